@@ -1,0 +1,90 @@
+"""Session fixtures shared by every ring: a fresh PostgreSQL database and an emptied Redis DB."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from txrelay.config import Config, load_config
+from txrelay.store import database
+
+ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
+
+pytest_plugins = ["tests.harness.fixtures"]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A database made for this run, migrated, dropped afterwards."""
+    name = f"txrelay_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        admin = psycopg.connect(ADMIN_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_DSN} ({exc}); "
+                    "scripts/test.sh starts it", pytrace=False)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(url) as conn:
+        database.migrate(conn)
+    yield url
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = f"{REDIS_BASE}/{REDIS_DB}"
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:
+        pytest.fail(f"Redis is not reachable at {url} ({exc}); scripts/test.sh starts it",
+                    pytrace=False)
+    return url
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
+                redis_url: str) -> Path:
+    """A txrelay.toml pointing at the run's database and Redis DB (sockets in a temp dir)."""
+    base = tmp_path_factory.mktemp("txrelay")
+    path = base / "txrelay.toml"
+    path.write_text(
+        f'[database]\nurl = "{database_url}"\n\n'
+        f'[redis]\nurl = "{redis_url}"\nkey_prefix = "txt{secrets.token_hex(2)}"\n\n'
+        f'[milter]\nsocket = "unix:{base}/milter.sock"\npolicy_refresh_seconds = 0.5\n'
+        'reservation_ttl_seconds = 60\n\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = 10587\n\n'
+        f'[dovecot]\nconfig_dir = "{base}/dovecot"\nbase_dir = "{base}/dovecot-run"\n'
+        f'auth_socket = "{base}/dovecot-run/auth-postfix"\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def config(config_file: Path) -> Config:
+    return load_config(config_file, required=True, environ={})
+
+
+@pytest.fixture()
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """A connection to the run's database (autocommit), for assertions."""
+    with psycopg.connect(database_url, autocommit=True,
+                         row_factory=psycopg.rows.dict_row) as conn:  # type: ignore[arg-type]
+        yield conn
+
+
+@pytest.fixture()
+def unique() -> str:
+    """A short unique token, so tests sharing the run's database never collide on names."""
+    return uuid.uuid4().hex[:8]

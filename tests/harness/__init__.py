@@ -1,0 +1,1 @@
+"""Test harness: real services (PostgreSQL, Redis, Dovecot, Postfix, milter, capture sink)."""

@@ -1,0 +1,1 @@
+"""The txrelay command line: click commands split by noun."""

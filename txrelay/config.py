@@ -1,0 +1,238 @@
+"""Loads, validates and freezes txrelay's configuration (TOML file + TXRELAY_* environment)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from txrelay.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
+ENV_PREFIX = "TXRELAY_"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "postgresql://postgres@127.0.0.1:5432/txrelay"
+    pool_min: int = 1
+    pool_max: int = 10
+    timeout_ms: int = 3000
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout_ms: int = 500
+    key_prefix: str = "txrelay"
+
+
+@dataclass(frozen=True)
+class MilterConfig:
+    socket: str = "unix:/run/txrelay/milter.sock"
+    max_message_size: int = 30 * 1024 * 1024
+    policy_refresh_seconds: float = 2.0
+    reservation_ttl_seconds: int = 900
+    log_level: str = "info"
+    node_name: str = ""
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "localhost"
+    port: int = 587
+
+
+@dataclass(frozen=True)
+class DovecotConfig:
+    config_dir: str = "/etc/txrelay/dovecot"
+    base_dir: str = "/run/txrelay/dovecot"
+    auth_socket: str = "/var/spool/postfix/private/txrelay-auth"
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    demo_quota: int = 1000
+    min_block: int = 25000
+    block_validity_days: int = 30
+    overage_price_eur: Decimal = Decimal("0.00095")
+    demo_rate_limit: int = 25
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    dovecot: DovecotConfig = field(default_factory=DovecotConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    source: str = "(defaults)"
+
+
+SECTIONS: dict[str, type] = {
+    "database": DatabaseConfig,
+    "redis": RedisConfig,
+    "milter": MilterConfig,
+    "smtp": SmtpConfig,
+    "dovecot": DovecotConfig,
+    "quota": QuotaConfig,
+}
+
+_POSITIVE = {
+    "database.pool_min", "database.pool_max", "database.timeout_ms", "redis.timeout_ms",
+    "milter.max_message_size", "milter.reservation_ttl_seconds", "smtp.port",
+    "quota.demo_quota", "quota.min_block", "quota.block_validity_days",
+}
+_NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+def config_path(explicit: str | None) -> Path:
+    """The file to read: --config, else $TXRELAY_CONFIG, else the system default."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(ENV_PREFIX + "CONFIG")
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path | None = None, *, required: bool = False,
+                environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if present), apply environment overrides, validate, freeze."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "(defaults)"
+    if path is not None and path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or run "
+                              "'txrelay init' to write a fresh one") from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+        source = str(path)
+    elif path is not None and required:
+        raise ConfigError(f"{path}: no such configuration file; run 'txrelay init' or pass "
+                          "--config")
+    _apply_environment(raw, environ)
+    return _build(raw, source)
+
+
+def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
+    """TXRELAY_<SECTION>_<KEY>=value overrides one key; TXRELAY_CONFIG is the file itself."""
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"environment variable {name}: unknown setting; expected "
+                              f"{ENV_PREFIX}<SECTION>_<KEY> with a section of "
+                              f"{', '.join(SECTIONS)}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] must be a table")
+        raw[section][key] = value
+
+
+def _build(raw: dict[str, Any], source: str) -> Config:
+    sections: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]; known sections: "
+                              f"{', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' must be a table ([{name}])")
+        sections[name] = _build_section(name, SECTIONS[name], value, source)
+    return Config(**sections, source=source)
+
+
+def _build_section(section: str, cls: type, values: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        qualified = f"{section}.{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{qualified}'; see "
+                              "docs/configuration.md for the keys of "
+                              f"[{section}]: {', '.join(sorted(known))}")
+        kwargs[key] = _coerce(qualified, hints[key], value, source)
+    return cls(**kwargs)
+
+
+def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: '{qualified}' = {value!r} is not {expected}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            result: Any = value
+        elif isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
+            result = value.lower() in {"true", "yes", "1"}
+        else:
+            raise bad("true or false")
+    elif kind is int:
+        if isinstance(value, bool):
+            raise bad("a whole number")
+        try:
+            result = int(value)
+        except (TypeError, ValueError):
+            raise bad("a whole number") from None
+    elif kind is float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    elif kind is Decimal:
+        try:
+            result = Decimal(str(value))
+        except InvalidOperation:
+            raise bad("a decimal amount such as \"0.00095\"") from None
+        if result < 0:
+            raise bad("a non-negative amount")
+    else:
+        if not isinstance(value, str):
+            raise bad("a string")
+        result = value
+    if qualified in _POSITIVE and result <= 0:
+        raise bad("greater than zero")
+    if qualified in _NON_NEGATIVE and result < 0:
+        raise bad("zero or more")
+    if qualified == "milter.log_level" and result not in _LOG_LEVELS:
+        raise bad(f"one of {', '.join(sorted(_LOG_LEVELS))}")
+    if qualified == "milter.socket" and not result.startswith(("unix:", "inet:", "inet6:")):
+        raise bad("a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1")
+    if qualified == "database.url" and not result.startswith(("postgresql://", "postgres://")):
+        raise bad("a postgresql:// URL")
+    if qualified == "redis.url" and not result.startswith(("redis://", "rediss://", "unix://")):
+        raise bad("a redis:// URL")
+    return result
+
+
+def render_toml(config: Config) -> str:
+    """The configuration as a TOML document (used by 'txrelay init')."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(getattr(config, section)):
+            value = getattr(getattr(config, section), f.name)
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Decimal):
+        return f'"{value}"'
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,1 @@
+"""PostgreSQL (source of truth) and Redis (fast shared state) behind small interfaces."""

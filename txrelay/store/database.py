@@ -1,0 +1,116 @@
+"""Opens PostgreSQL connections and applies the numbered SQL migrations."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from txrelay.config import DatabaseConfig
+from txrelay.errors import ServiceUnavailable
+
+MIGRATION_LOCK_KEY = 0x7478_7265_6C61_79  # "txrelay": one migrator at a time across nodes
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+SELECT_APPLIED = "SELECT version FROM schema_migrations ORDER BY version"
+INSERT_APPLIED = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available_migrations() -> list[Migration]:
+    """The migrations shipped with the package, in order (files NNNN_name.sql)."""
+    folder = resources.files("txrelay.store") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def connect(config: DatabaseConfig, *, autocommit: bool = False) -> psycopg.Connection:
+    """One connection, failing fast with an admin-readable message when PostgreSQL is away."""
+    try:
+        return psycopg.connect(
+            config.url,
+            autocommit=autocommit,
+            row_factory=dict_row,  # type: ignore[arg-type]
+            connect_timeout=max(1, config.timeout_ms // 1000),
+            options=f"-c statement_timeout={config.timeout_ms * 4}",
+        )
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+        raise ServiceUnavailable(
+            f"cannot connect to PostgreSQL at {_redacted(config.url)}: {reason}; check that "
+            "it runs and that [database] url (or TXRELAY_DATABASE_URL) is right"
+        ) from exc
+
+
+def open_pool(config: DatabaseConfig, name: str) -> ConnectionPool:
+    """A thread-safe pool for the milter and the tracker; opened without waiting for PG."""
+    return ConnectionPool(
+        config.url,
+        min_size=config.pool_min,
+        max_size=config.pool_max,
+        timeout=config.timeout_ms / 1000,
+        name=name,
+        kwargs={
+            "row_factory": dict_row,
+            "connect_timeout": max(1, config.timeout_ms // 1000),
+            "options": f"-c statement_timeout={config.timeout_ms}",
+        },
+        open=False,
+    )
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}@{host}"
+
+
+def applied_versions(conn: psycopg.Connection) -> list[int]:
+    conn.execute(CREATE_MIGRATIONS_TABLE)
+    return [row["version"] for row in conn.execute(SELECT_APPLIED)]  # type: ignore[call-overload]
+
+
+def migrate(conn: psycopg.Connection) -> list[Migration]:
+    """Apply every migration not yet applied, each in its own transaction; idempotent."""
+    done: list[Migration] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        applied = set(applied_versions(conn))
+        for migration in available_migrations():
+            if migration.version in applied:
+                continue
+            conn.execute(migration.sql.encode())
+            conn.execute(INSERT_APPLIED, (migration.version, migration.name))
+            done.append(migration)
+    return done
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """One command, one transaction: nothing half-written when something fails."""
+    with conn.transaction():
+        yield conn
