@@ -1,0 +1,103 @@
+"""Configuration loading: defaults, overrides, and the refusals that name the bad key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from txrelay.config import SECTIONS, Config, load_config, render_toml
+from txrelay.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "txrelay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_optional_file_gives_defaults(tmp_path: Path) -> None:
+    config = load_config(tmp_path / "absent.toml", environ={})
+    assert config.quota.demo_quota == 1000
+    assert config.quota.overage_price_eur == Decimal("0.00095")
+
+
+def test_missing_file_named_explicitly_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "absent.toml", required=True, environ={})
+
+
+def test_unknown_key_is_refused_by_name(tmp_path: Path) -> None:
+    path = write(tmp_path, '[milter]\nsockt = "unix:/x"\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'milter\.sockt'"):
+        load_config(path, environ={})
+
+
+def test_unknown_section_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown section \[miltr\]"):
+        load_config(write(tmp_path, "[miltr]\n"), environ={})
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[milter]\nmax_message_size = "big"\n', "milter.max_message_size"),
+    ("[milter]\nmax_message_size = 0\n", "milter.max_message_size"),
+    ('[milter]\nsocket = "/tmp/x.sock"\n', "milter.socket"),
+    ('[milter]\nlog_level = "loud"\n', "milter.log_level"),
+    ('[database]\nurl = "mysql://x"\n', "database.url"),
+    ('[quota]\noverage_price_eur = "cheap"\n', "quota.overage_price_eur"),
+    ("[quota]\nmin_block = true\n", "quota.min_block"),
+])
+def test_bad_value_is_refused_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_malformed_toml_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[database\nurl="), environ={})
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[database]\nurl = "postgresql://a@h/db"\n')
+    config = load_config(path, environ={
+        "TXRELAY_DATABASE_URL": "postgresql://b@h/other",
+        "TXRELAY_REDIS_URL": "redis://127.0.0.1:6380/2",
+        "TXRELAY_MILTER_MAX_MESSAGE_SIZE": "1000",
+        "TXRELAY_CONFIG": str(path),
+    })
+    assert config.database.url == "postgresql://b@h/other"
+    assert config.redis.url == "redis://127.0.0.1:6380/2"
+    assert config.milter.max_message_size == 1000
+
+
+def test_unknown_environment_override_is_refused() -> None:
+    with pytest.raises(ConfigError, match="TXRELAY_NOPE_X"):
+        load_config(None, environ={"TXRELAY_NOPE_X": "1"})
+
+
+def test_rendered_file_loads_back_to_the_same_config(tmp_path: Path) -> None:
+    original = Config()
+    loaded = load_config(write(tmp_path, render_toml(original)), environ={})
+    assert dataclasses.replace(loaded, source="") == dataclasses.replace(original, source="")
+
+
+def test_every_key_is_documented_and_every_documented_key_exists() -> None:
+    text = DOCS.read_text()
+    documented: set[str] = set()
+    section = None
+    for line in text.splitlines():
+        heading = re.match(r"## \[(\w+)\]", line)
+        if heading:
+            section = heading.group(1)
+        row = re.match(r"\| `(\w+)` \|", line)
+        if row and section:
+            documented.add(f"{section}.{row.group(1)}")
+    in_code = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
+               for f in dataclasses.fields(cls)}
+    assert in_code - documented == set(), "keys missing from docs/configuration.md"
+    assert documented - in_code == set(), "docs/configuration.md lists keys that do not exist"
