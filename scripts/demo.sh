@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# The demo: brings up the whole relay on loopback and sends a signed test mail through it.
+#
+#   scripts/demo.sh                      install, configure, start, provision, send, show
+#   scripts/demo.sh --relayhost H:PORT   deliver to that relay host instead of the capture sink
+#   scripts/demo.sh --stop               stop everything the demo started
+#
+# Postfix submission listens on 127.0.0.1:587 (self-signed certificate, STARTTLS + AUTH
+# required), Dovecot checks the SASL logins, the txrelay milter authorises, signs and accounts,
+# and by default every message goes to a capture sink writing the Maildir printed at the end.
+# Running it twice works: what runs is left running, what exists is reused.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${TXRELAY_VENV:-/opt/txrelay/venv}
+conf=/etc/txrelay/txrelay.toml
+state=/var/lib/txrelay/demo
+run=/run/txrelay
+maildir=$state/maildir
+sink_port=2525
+relayhost="[127.0.0.1]:$sink_port"
+account="Demo Shop"
+domain=shop.example
+connection="Web shop"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+stop_pidfile() {
+    local file=$1
+    [ -f "$file" ] || return 0
+    local pid
+    pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid"
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$file"
+}
+
+stop_all() {
+    log "stopping the demo relay"
+    postfix stop 2>/dev/null || true
+    stop_pidfile "$run/milter.pid"
+    stop_pidfile "$run/sink.pid"
+    if [ -f "$conf" ] && [ -f /etc/txrelay/dovecot/dovecot.conf ]; then
+        doveadm -c /etc/txrelay/dovecot/dovecot.conf stop 2>/dev/null || true
+    fi
+    echo "stopped: Postfix, txrelay milter, capture sink, txrelay's Dovecot (PostgreSQL and Redis left running)"
+}
+
+start_background() {  # name, pidfile, logfile, command...
+    local name=$1 pidfile=$2 logfile=$3
+    shift 3
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+        echo "$name already running (pid $(cat "$pidfile"))"
+        return 0
+    fi
+    nohup "$@" >>"$logfile" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    echo "$name started (pid $!, log $logfile)"
+}
+
+wait_for_socket() {  # path, what
+    for _ in $(seq 1 100); do [ -S "$1" ] && return 0; sleep 0.1; done
+    echo "$2 did not come up (no socket $1)" >&2
+    return 1
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --stop) stop_all; exit 0 ;;
+        --relayhost) relayhost=$2; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+log "installing packages and txrelay"
+bash "$here/scripts/install.sh"
+# shellcheck source=scripts/services.sh
+. "$here/scripts/services.sh"
+ensure_postgresql
+ensure_redis
+export PATH="$venv/bin:$PATH"
+mkdir -p "$state" "$run" /var/log/txrelay
+
+log "database and configuration"
+psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'txrelay'" | grep -q 1 \
+    || createdb -h 127.0.0.1 -U postgres txrelay
+if [ ! -f "$conf" ]; then
+    txrelay init --config-path "$conf" --smtp-host 127.0.0.1
+else
+    txrelay --config "$conf" db migrate
+fi
+
+log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
+if [ ! -f /etc/postfix/main.cf ]; then
+    cp /usr/share/postfix/main.cf.dist /etc/postfix/main.cf
+fi
+[ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
+[ -f /etc/ssl/private/ssl-cert-snakeoil.key ] || make-ssl-cert generate-default-snakeoil
+postconf -e \
+    "myhostname = relay.localdomain" \
+    "mydestination =" \
+    "inet_interfaces = loopback-only" \
+    "relayhost = $relayhost" \
+    "smtp_tls_security_level = may" \
+    "smtpd_tls_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem" \
+    "smtpd_tls_key_file = /etc/ssl/private/ssl-cert-snakeoil.key" \
+    "maillog_file = /var/log/txrelay/postfix.log" \
+    "compatibility_level = 3.6"
+txrelay --config "$conf" postfix configure
+
+log "Dovecot (txrelay's auth-only instance)"
+if doveadm -c /etc/txrelay/dovecot/dovecot.conf who >/dev/null 2>&1 \
+        || pgrep -f "dovecot -c /etc/txrelay/dovecot/dovecot.conf" >/dev/null; then
+    echo "Dovecot already running"
+else
+    dovecot -c /etc/txrelay/dovecot/dovecot.conf
+fi
+
+log "capture sink and milter"
+start_background "capture sink" "$run/sink.pid" /var/log/txrelay/sink.log \
+    txrelay sink --listen "127.0.0.1:$sink_port" --maildir "$maildir"
+start_background "txrelay milter" "$run/milter.pid" /var/log/txrelay/milter.log \
+    txrelay --config "$conf" milter
+wait_for_socket "$run/milter.sock" "the milter"
+if postfix status >/dev/null 2>&1; then postfix reload; else postfix start; fi
+
+log "provisioning: account \"$account\", domain $domain, connection \"$connection\""
+txrelay --config "$conf" account show "$account" >/dev/null 2>&1 \
+    || txrelay --config "$conf" account create "$account" --admin-email "postmaster@$domain"
+txrelay --config "$conf" domain list --json | grep -q "\"$domain\"" \
+    || txrelay --config "$conf" domain add "$account" "$domain" \
+        --list-help "https://$domain/help"
+if txrelay --config "$conf" connection show "$connection" --account "$account" >/dev/null 2>&1; then
+    access=$(txrelay --config "$conf" --json connection rotate-password "$connection" \
+        --account "$account")
+else
+    access=$(txrelay --config "$conf" --json connection create "$account" "$connection" \
+        --domain "$domain")
+fi
+username=$(printf '%s' "$access" | python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])')
+password=$(printf '%s' "$access" | python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])')
+cat <<EOF
+
+SMTP access data for the demo connection (shown once; rotate with
+'txrelay connection rotate-password "$connection" --account "$account"'):
+  host      127.0.0.1
+  port      587, STARTTLS required
+  username  $username
+  password  $password
+EOF
+
+log "sending a test mail with swaks (STARTTLS + AUTH)"
+before=$(find "$maildir/new" -type f 2>/dev/null | wc -l)
+subject="txrelay demo $(date -u +%FT%TZ)"
+swaks --silent 1 --server 127.0.0.1 --port 587 --tls \
+    --auth PLAIN --auth-user "$username" --auth-password "$password" \
+    --from "orders@$domain" --to customer@example.net \
+    --header "From: Demo Shop <orders@$domain>" --header "Subject: $subject" \
+    --body "Thank you for your order."
+
+if [ "$relayhost" = "[127.0.0.1]:$sink_port" ]; then
+    log "waiting for the message at the capture sink ($maildir)"
+    for _ in $(seq 1 100); do
+        [ "$(find "$maildir/new" -type f 2>/dev/null | wc -l)" -gt "$before" ] && break
+        sleep 0.2
+    done
+    newest=$(ls -t "$maildir"/new/* | head -n 1)
+    echo "delivered: $newest"
+    echo "--- headers ---"
+    sed '/^\r\?$/q' "$newest"
+    echo "--- DKIM check against the key txrelay stores (as receivers would see it in DNS) ---"
+    "$venv/bin/python" "$here/scripts/verify_dkim.py" --config "$conf" "$newest"
+fi
+
+log "ledger"
+txrelay --config "$conf" account show "$account"
+cat <<EOF
+
+The relay is up. Maildir of the capture sink: $maildir
+Logs: /var/log/txrelay/ (postfix.log, milter.log, sink.log)
+Stop everything: scripts/demo.sh --stop
+EOF
