@@ -53,6 +53,7 @@ class DovecotConfig:
     config_dir: str = "/etc/txrelay/dovecot"
     base_dir: str = "/run/txrelay/dovecot"
     auth_socket: str = "/var/spool/postfix/private/txrelay-auth"
+    log_path: str = "/var/log/txrelay/dovecot.log"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,22 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True)
+class TrackerConfig:
+    log_path: str = "/var/log/txrelay/postfix.log"
+    poll_interval_seconds: float = 0.5
+    confirm_timeout_seconds: int = 600
+    tick_interval_seconds: float = 60.0
+    active_window_days: int = 30
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    from_address: str = "txrelay@localhost"
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -72,6 +89,8 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     dovecot: DovecotConfig = field(default_factory=DovecotConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "(defaults)"
 
 
@@ -82,12 +101,16 @@ SECTIONS: dict[str, type] = {
     "smtp": SmtpConfig,
     "dovecot": DovecotConfig,
     "quota": QuotaConfig,
+    "tracker": TrackerConfig,
+    "notify": NotifyConfig,
 }
 
 _POSITIVE = {
     "database.pool_min", "database.pool_max", "database.timeout_ms", "redis.timeout_ms",
     "milter.max_message_size", "milter.reservation_ttl_seconds", "smtp.port",
     "quota.demo_quota", "quota.min_block", "quota.block_validity_days",
+    "tracker.poll_interval_seconds", "tracker.confirm_timeout_seconds",
+    "tracker.tick_interval_seconds", "tracker.active_window_days", "notify.smtp_port",
 }
 _NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}

@@ -22,7 +22,13 @@ COMMANDS = [
     ("txrelay.cli.postfix", "postfix"),
     ("txrelay.cli.daemons", "milter"),
     ("txrelay.cli.sink", "sink"),
+    ("txrelay.cli.tracker", "tracker"),
+    ("txrelay.cli.stats", "stats"),
+    ("txrelay.cli.messages", "messages"),
+    ("txrelay.cli.billing", "billing"),
 ]
+# Modules that attach subcommands to a group defined elsewhere (imported for that effect).
+EXTENSIONS = ["txrelay.cli.quota_lifecycle"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -53,6 +59,12 @@ def _register() -> None:
                 raise
             continue  # a command group still being built
         cli.add_command(getattr(module, attribute))
+    for module_name in EXTENSIONS:
+        try:
+            importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
 
 
 _register()
