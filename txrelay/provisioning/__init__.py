@@ -1,0 +1,1 @@
+"""Provisioning: the operations behind the CLI (accounts, domains, connections, quota)."""
