@@ -1,0 +1,1 @@
+"""The pymilter daemon: the only package that imports Milter (thin adapters over policy/store)."""

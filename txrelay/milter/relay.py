@@ -1,0 +1,279 @@
+"""The milter callbacks: read macros, ask policy and store, apply the verdict in one place.
+
+One RelayMilter instance per SMTP connection (libmilter gives each its own thread). A
+message costs one Redis round trip per RCPT, and at end of message one PostgreSQL
+transaction plus one Redis call. Nothing is ever answered with "accept" by default: an
+unexpected error becomes 451 4.3.0 and the transaction's reservations are released.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import Milter
+
+from txrelay.errors import ServiceUnavailable
+from txrelay.milter.logline import format_fields
+from txrelay.milter.runtime import Runtime
+from txrelay.milter.transaction import Transaction
+from txrelay.policy import message as message_policy
+from txrelay.policy.addresses import HeaderSender, envelope_address
+from txrelay.policy.quota import recipient_verdict
+from txrelay.policy.sender import authorize_sender
+from txrelay.policy.verdict import (
+    LEDGER_SERVICE,
+    QUOTA_SERVICE,
+    Action,
+    Verdict,
+    service_unavailable,
+)
+from txrelay.signing import sign
+from txrelay.store.ledger import AcceptedMessage
+from txrelay.store.reservations import ReservationRequest, reservation_member
+
+log = logging.getLogger("txrelay.milter")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MILTER_CODES = {
+    Action.CONTINUE: Milter.CONTINUE,
+    Action.ACCEPT: Milter.ACCEPT,
+    Action.TEMPFAIL: Milter.TEMPFAIL,
+    Action.REJECT: Milter.REJECT,
+}
+INTERNAL_ERROR = Verdict.tempfail("451", "4.3.0", "the relay hit an internal error; the "
+                                  "message was not accepted, please try again later")
+NO_TRANSACTION = Verdict.tempfail("451", "4.3.0", "the relay lost track of this transaction; "
+                                  "please send the message again")
+
+
+def guarded(func: F) -> F:
+    """Malformed input or a bug never crashes the milter nor lets mail through: it becomes a
+    451, the reservations are released, and the next message is served as usual."""
+
+    @functools.wraps(func)
+    def wrapper(self: RelayMilter, *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except Exception:  # the last line of defence: log it, refuse for now, go on
+            log.exception("event=callback_failed callback=%s txn=%s", func.__name__,
+                          self.txn.txn_id if self.txn else "-")
+            self._end_transaction(INTERNAL_ERROR, release=True)
+            return self._apply(INTERNAL_ERROR)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def guarded_noreply(func: F) -> F:
+    """For header and body, whose replies the MTA does not wait for: a failure marks the
+    transaction, and end of message answers 451 for it."""
+
+    @functools.wraps(func)
+    def wrapper(self: RelayMilter, *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except Exception:  # the last line of defence: log it, refuse at end of message
+            log.exception("event=callback_failed callback=%s txn=%s", func.__name__,
+                          self.txn.txn_id if self.txn else "-")
+            if self.txn is not None:
+                self.txn.failed = True
+            return Milter.CONTINUE
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RelayMilter(Milter.Base):  # type: ignore[misc]
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.txn: Transaction | None = None
+
+    @guarded
+    def envfrom(self, mail_from: str, *params: str) -> int:
+        """MAIL: who is sending ({auth_authen}) and may they use this sender domain."""
+        self._end_transaction(None, release=True)  # a transaction never closed by abort()
+        snapshot = self.runtime.policy.current
+        if snapshot is None:
+            return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
+        decision = authorize_sender(snapshot, self.getsymval("{auth_authen}"), mail_from)
+        if isinstance(decision, Verdict):
+            return self._refuse(decision, mail_from)
+        self.txn = Transaction(snapshot, decision, snapshot.account(decision.account_id),
+                               envelope_address(mail_from), self.getsymval("{i}") or "")
+        return Milter.CONTINUE
+
+    @guarded
+    def envrcpt(self, rcpt_to: str, *params: str) -> int:
+        """RCPT: reserve one unit of rate and quota for this recipient (or refuse it)."""
+        txn = self.txn
+        if txn is None:
+            return self._apply(NO_TRANSACTION)
+        recipient = envelope_address(rcpt_to).lower()
+        if recipient in txn.recipients:
+            return Milter.CONTINUE  # counted once
+        member = reservation_member(str(txn.txn_id), recipient)
+        try:
+            reservation = self.runtime.reservations.reserve(ReservationRequest(
+                txn.account.id, txn.connection.id, member, txn.connection.rate_limit,
+                txn.account.paid))
+        except ServiceUnavailable as exc:
+            log.warning("event=redis_unavailable txn=%s error=%r", txn.txn_id, str(exc))
+            verdict = service_unavailable(QUOTA_SERVICE)
+        else:
+            verdict = recipient_verdict(reservation, txn.connection.rate_limit,
+                                        txn.connection.name)
+        if verdict.refused:
+            txn.refused_recipients += 1
+        else:
+            txn.recipients.append(recipient)
+            txn.members.append(member)
+        return self._apply(verdict)
+
+    @Milter.noreply
+    @Milter.decode("bytes")
+    @guarded_noreply
+    def header(self, name: str, value: bytes) -> int:
+        if self.txn is not None:
+            self.txn.add_header(name, value)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded_noreply
+    def body(self, chunk: bytes) -> int:
+        if self.txn is not None:
+            self.txn.add_body(chunk, self.runtime.config.milter.max_message_size)
+        return Milter.CONTINUE
+
+    @guarded
+    def eom(self) -> int:
+        """End of message: check, add Message-ID and List-Help, sign, record."""
+        txn = self.txn
+        if txn is None:
+            return self._apply(NO_TRANSACTION)
+        txn.queue_id = self.getsymval("{i}") or txn.queue_id
+        author = self._check_message(txn)
+        if isinstance(author, Verdict):
+            return self._finish(author)
+        self._ensure_message_id(txn, author)
+        self._set_list_help(txn, author)
+        self._sign(txn, author)
+        return self._finish(self._record(txn, author))
+
+    def abort(self) -> int:
+        self._end_transaction(None, release=True)
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self._end_transaction(None, release=True)
+        return Milter.CONTINUE
+
+    # -- end of message steps -------------------------------------------------------------
+
+    def _check_message(self, txn: Transaction) -> HeaderSender | Verdict:
+        if txn.failed:
+            return INTERNAL_ERROR
+        if not txn.recipients:
+            return NO_TRANSACTION
+        too_big = message_policy.check_size(txn.size, self.runtime.config.milter.max_message_size)
+        if too_big is not None:
+            return too_big
+        from_values = [_unfold(v) for v in txn.header_values("From")]
+        return message_policy.check_author(txn.snapshot, txn.connection, from_values)
+
+    def _ensure_message_id(self, txn: Transaction, author: HeaderSender) -> None:
+        if txn.header_values("Message-ID"):
+            return
+        value = message_policy.new_message_id(uuid.uuid4().hex, author.domain)
+        self.addheader("Message-ID", value)
+        txn.add_header("Message-ID", value.encode("ascii"))
+
+    def _set_list_help(self, txn: Transaction, author: HeaderSender) -> None:
+        """Exactly one List-Help, ours: the client's are removed (last first, so the indexes
+        of the remaining ones do not move)."""
+        present = len(txn.header_values("List-Help"))
+        for index in range(present, 0, -1):
+            self.chgheader("List-Help", index, "")
+        txn.headers = [(n, v) for n, v in txn.headers if n.lower() != b"list-help"]
+        value = message_policy.list_help_value(txn.snapshot.domains[author.domain].list_help)
+        self.addheader("List-Help", value)
+        txn.add_header("List-Help", value.encode("ascii"))
+
+    def _sign(self, txn: Transaction, author: HeaderSender) -> None:
+        domain = txn.snapshot.domains[author.domain]
+        signature = sign(txn.headers, txn.body, domain=domain.domain,
+                         selector=domain.selector, signing_key=domain.signing_key)
+        self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other header
+
+    def _record(self, txn: Transaction, author: HeaderSender) -> Verdict:
+        """The ledger first (PostgreSQL, the source of truth), then the live balance."""
+        message_ids = txn.header_values("Message-ID")
+        accepted = AcceptedMessage(
+            txn_id=txn.txn_id, queue_id=txn.queue_id, node=self.runtime.node,
+            message_id=_unfold(message_ids[0]) if message_ids else None,
+            account_id=txn.account.id, connection_id=txn.connection.id,
+            envelope_sender=txn.envelope_sender, header_from=author.address, size=txn.size,
+            recipients=list(txn.recipients), accepted_at=self.runtime.clock.now())
+        try:
+            self.runtime.ledger.record(accepted)
+        except ServiceUnavailable as exc:
+            log.warning("event=postgres_unavailable txn=%s error=%r", txn.txn_id, str(exc))
+            return service_unavailable(LEDGER_SERVICE)
+        try:
+            self.runtime.reservations.commit(txn.account.id, txn.members)
+        except ServiceUnavailable as exc:
+            # Recorded in PostgreSQL, so accepting is right; the held units expire by
+            # themselves, and the live balance is high by this many until reloaded.
+            log.warning("event=balance_commit_failed txn=%s account=%d units=%d error=%r",
+                        txn.txn_id, txn.account.id, len(txn.members), str(exc))
+        txn.members = []
+        return Verdict.accept()
+
+    # -- the one place verdicts become milter replies -------------------------------------
+
+    def _finish(self, verdict: Verdict) -> int:
+        self._end_transaction(verdict, release=verdict.refused)
+        return self._apply(verdict)
+
+    def _refuse(self, verdict: Verdict, mail_from: str) -> int:
+        log.info("event=message %s", format_fields(
+            queue_id=self.getsymval("{i}") or "-", sender=envelope_address(mail_from),
+            verdict=verdict.label, reason=verdict.text))
+        return self._apply(verdict)
+
+    def _apply(self, verdict: Verdict) -> int:
+        if verdict.refused:
+            self.setreply(verdict.smtp_code, verdict.enhanced_code, _reply_text(verdict.text))
+        return _MILTER_CODES[verdict.action]
+
+    def _end_transaction(self, verdict: Verdict | None, *, release: bool) -> None:
+        """Log the message's one line, give back unrecorded reservations, forget it."""
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        if release and txn.members:
+            try:
+                self.runtime.reservations.release(txn.account.id, txn.connection.id,
+                                                  txn.members)
+            except ServiceUnavailable as exc:
+                log.warning("event=release_failed txn=%s error=%r (they expire by themselves)",
+                            txn.txn_id, str(exc))
+        log.info("event=message %s", format_fields(
+            queue_id=txn.queue_id or "-", connection=txn.connection.name,
+            sender=txn.envelope_sender, rcpts=len(txn.recipients),
+            refused_rcpts=txn.refused_recipients, size=txn.size,
+            verdict=verdict.label if verdict else "abandoned",
+            reason=verdict.text if verdict and verdict.refused else None,
+            ms=f"{txn.elapsed_ms():.1f}", txn=str(txn.txn_id)))
+
+
+def _unfold(value: bytes) -> str:
+    """A queued header value as text: unfolded, trimmed, undecodable bytes replaced."""
+    return value.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
+
+
+def _reply_text(text: str) -> str:
+    """SMTP reply text: one line of printable ASCII, '%' doubled for libmilter."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return printable.replace("%", "%%")

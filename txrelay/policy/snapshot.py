@@ -1,0 +1,58 @@
+"""The connection policy the milter caches: an immutable snapshot of who may send what."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """One connection as the milter sees it, found by its SASL username."""
+
+    id: int
+    name: str
+    account_id: int
+    enabled: bool
+    domains: frozenset[str]
+    rate_limit: int  # recipients per sliding hour; 0 = unlimited (already defaulted)
+
+
+@dataclass(frozen=True)
+class DomainPolicy:
+    """A sending domain: its List-Help target and its DKIM signing key (parsed once)."""
+
+    domain: str
+    account_id: int
+    list_help: str
+    selector: str
+    algorithm: str  # 'rsa' or 'ed25519'
+    signing_key: Any = field(repr=False, compare=False)  # never logged or printed
+
+
+@dataclass(frozen=True)
+class AccountPolicy:
+    id: int
+    paid: bool  # ever had a booked or plan block: out of quota means overage, not refusal
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """Everything the per-message path needs, loaded in one go; replaced, never changed."""
+
+    version: int
+    connections: Mapping[str, ConnectionPolicy]  # by SASL username
+    domains: Mapping[str, DomainPolicy]  # by domain (DNS form, lower case)
+    accounts: Mapping[int, AccountPolicy]
+
+    def account(self, account_id: int) -> AccountPolicy:
+        return self.accounts.get(account_id, AccountPolicy(account_id, paid=False))
+
+
+def effective_rate_limit(rate_limit: int | None, paid: bool, demo_rate_limit: int) -> int:
+    """The hourly limit that applies: the connection's own (0 = unlimited), else the default
+    for demo accounts, else unlimited for paid accounts."""
+    if rate_limit is not None:
+        return rate_limit
+    return 0 if paid else demo_rate_limit

@@ -1,0 +1,150 @@
+"""Records accepted messages and their recipients in the ledger, billed against quota blocks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+INSERT_MESSAGE = """
+INSERT INTO messages (txn_id, queue_id, node, message_id, account_id, connection_id,
+                      envelope_sender, header_from, size, recipient_count, accepted_at)
+VALUES (%(txn_id)s, %(queue_id)s, %(node)s, %(message_id)s, %(account_id)s,
+        %(connection_id)s, %(envelope_sender)s, %(header_from)s, %(size)s,
+        %(recipient_count)s, %(accepted_at)s)
+ON CONFLICT (txn_id) DO NOTHING
+RETURNING id"""
+
+# Oldest-expiring first; the demo block (no expiry) last. FOR UPDATE serialises concurrent
+# messages of one account, so two relay nodes never hand out the same unit.
+LOCK_LIVE_BLOCKS = """
+SELECT id, amount - used AS unused
+  FROM quota_blocks
+ WHERE account_id = %(account_id)s
+   AND expired_unused IS NULL
+   AND (expires_at IS NULL OR expires_at > %(now)s)
+ ORDER BY expires_at NULLS LAST, id
+   FOR UPDATE"""
+
+CONSUME_BLOCK = "UPDATE quota_blocks SET used = used + %(units)s WHERE id = %(block_id)s"
+
+INSERT_LEDGER_ROW = """
+INSERT INTO ledger (message_id, account_id, connection_id, recipient, billing,
+                    quota_block_id, accepted_at)
+VALUES (%(message_id)s, %(account_id)s, %(connection_id)s, %(recipient)s, %(billing)s,
+        %(quota_block_id)s, %(accepted_at)s)"""
+
+TOUCH_CONNECTION = "UPDATE connections SET last_used_at = %(now)s WHERE id = %(connection_id)s"
+
+REMAINING_QUOTA = """
+SELECT COALESCE(sum(amount - used), 0) AS remaining
+  FROM quota_blocks
+ WHERE account_id = %(account_id)s
+   AND expired_unused IS NULL
+   AND (expires_at IS NULL OR expires_at > %(now)s)"""
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    txn_id: uuid.UUID
+    queue_id: str
+    node: str
+    message_id: str | None
+    account_id: int
+    connection_id: int
+    envelope_sender: str
+    header_from: str
+    size: int
+    recipients: Sequence[str]  # distinct, in RCPT order
+    accepted_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Allocation:
+    recipient: str
+    billing: str  # 'quota' or 'overage'
+    quota_block_id: int | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    message_row_id: int | None  # None: this transaction was recorded before (a retry)
+    allocations: Sequence[Allocation]
+
+    @property
+    def overage(self) -> int:
+        return sum(1 for a in self.allocations if a.billing == "overage")
+
+
+def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> list[Allocation]:
+    """Each recipient to the first block with units left (blocks in consumption order),
+    overage once every block is used up."""
+    unused = [[block_id, left] for block_id, left in blocks]
+    result = []
+    for recipient in recipients:
+        block = next((b for b in unused if b[1] > 0), None)
+        if block is None:
+            result.append(Allocation(recipient, "overage", None))
+        else:
+            block[1] -= 1
+            result.append(Allocation(recipient, "quota", block[0]))
+    return result
+
+
+def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage) -> Recorded:
+    """The message, one ledger row per recipient, the quota used and the connection's last
+    use, in ONE transaction: all of it is recorded or none of it."""
+    with conn.transaction():
+        row = conn.execute(INSERT_MESSAGE, _message_params(message)).fetchone()
+        if row is None:
+            return Recorded(None, [])
+        message_row_id = _column(row, "id")
+        locked = conn.execute(LOCK_LIVE_BLOCKS, {"account_id": message.account_id,
+                                                 "now": message.accepted_at}).fetchall()
+        blocks = [(_column(r, "id"), _column(r, "unused")) for r in locked]
+        allocations = allocate(message.recipients, blocks)
+        _consume_blocks(conn, allocations)
+        with conn.cursor() as cursor:
+            cursor.executemany(INSERT_LEDGER_ROW, [
+                {"message_id": message_row_id, "account_id": message.account_id,
+                 "connection_id": message.connection_id, "recipient": a.recipient,
+                 "billing": a.billing, "quota_block_id": a.quota_block_id,
+                 "accepted_at": message.accepted_at} for a in allocations])
+        conn.execute(TOUCH_CONNECTION, {"now": message.accepted_at,
+                                        "connection_id": message.connection_id})
+    return Recorded(message_row_id, allocations)
+
+
+def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> int:
+    """Units left in the account's live blocks: what Redis's balance starts from."""
+    row = conn.execute(REMAINING_QUOTA, {"account_id": account_id, "now": now}).fetchone()
+    return int(_column(row, "remaining")) if row is not None else 0
+
+
+def _consume_blocks(conn: psycopg.Connection, allocations: Sequence[Allocation]) -> None:
+    used: dict[int, int] = {}
+    for allocation in allocations:
+        if allocation.quota_block_id is not None:
+            used[allocation.quota_block_id] = used.get(allocation.quota_block_id, 0) + 1
+    for block_id, units in used.items():
+        conn.execute(CONSUME_BLOCK, {"units": units, "block_id": block_id})
+
+
+def _message_params(message: AcceptedMessage) -> dict[str, object]:
+    return {
+        "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
+        "message_id": message.message_id, "account_id": message.account_id,
+        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
+        "header_from": message.header_from, "size": message.size,
+        "recipient_count": len(message.recipients), "accepted_at": message.accepted_at,
+    }
+
+
+def _column(row: object, name: str) -> int:
+    """A column from a dict_row (the pool's rows) or a tuple row."""
+    if isinstance(row, dict):
+        return int(row[name])
+    raise TypeError("ledger queries expect dict rows (txrelay.store.database connections)")

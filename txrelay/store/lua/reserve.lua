@@ -1,0 +1,58 @@
+-- reserve.lua: check a connection's hourly rate and its account's quota, and reserve one
+-- unit for one recipient of one SMTP transaction, atomically across every relay node.
+--
+-- KEYS[1]  the account's balance key   ({prefix}:{a<id>}:balance)  string, units left
+-- KEYS[2]  the account's held zset     ({prefix}:{a<id>}:held)     member -> expiry time
+-- KEYS[3]  the connection's rate zset  ({prefix}:{a<id>}:rate:<c>) member -> reserve time
+-- ARGV[1]  member: "<txn>|<recipient lower-cased>"
+-- ARGV[2]  reservation TTL in seconds (an orphaned reservation frees itself after it)
+-- ARGV[3]  hourly rate limit of the connection; 0 = unlimited (the rate zset is not touched)
+-- ARGV[4]  1 when the account is paid (out of quota = overage), 0 for a demo account
+--
+-- Returns {status, remaining, retry_after_ms}:
+--   status 1 reserved, 2 overage (paid account beyond quota), 3 duplicate (member already
+--   held: counted once), 4 rate limited, 5 quota exhausted (demo account), 6 need balance
+--   (no balance key: load it from PostgreSQL, SET NX, call again);
+--   remaining = units left after this reservation (balance - held; negative = overage);
+--   retry_after_ms = when the oldest rate member leaves the hour (status 4 only).
+-- Time is Redis's own (TIME), so the relay nodes' clocks do not matter.
+local member = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local rate_limit = tonumber(ARGV[3])
+local paid = ARGV[4] == '1'
+local window = 3600
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZSCORE', KEYS[2], member) then
+  return {3, 0, 0}
+end
+
+local balance = redis.call('GET', KEYS[1])
+if not balance then
+  return {6, 0, 0}
+end
+local available = tonumber(balance) - redis.call('ZCARD', KEYS[2])
+if available <= 0 and not paid then
+  return {5, available, 0}
+end
+
+if rate_limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[3]) >= rate_limit then
+    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    local retry_ms = math.ceil((tonumber(oldest[2]) + window - now) * 1000)
+    return {4, available, retry_ms}
+  end
+  redis.call('ZADD', KEYS[3], now, member)
+  redis.call('EXPIRE', KEYS[3], window + 60)
+end
+
+redis.call('ZADD', KEYS[2], now + ttl, member)
+redis.call('EXPIRE', KEYS[2], ttl + 60)
+if available <= 0 then
+  return {2, available - 1, 0}
+end
+return {1, available - 1, 0}

@@ -1,0 +1,113 @@
+"""Loads the connection-policy snapshot the milter caches from PostgreSQL (a few queries)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import psycopg
+
+from txrelay.config import QuotaConfig
+from txrelay.errors import InvalidInput
+from txrelay.policy.snapshot import (
+    AccountPolicy,
+    ConnectionPolicy,
+    DomainPolicy,
+    PolicySnapshot,
+    effective_rate_limit,
+)
+from txrelay.signing import SigningKey, load_signing_key
+
+log = logging.getLogger("txrelay.milter.policy")
+
+SELECT_VERSION = "SELECT version FROM policy_version"
+
+SELECT_ACCOUNTS = """
+SELECT a.id,
+       EXISTS (SELECT 1 FROM quota_blocks b
+                WHERE b.account_id = a.id AND b.kind IN ('booked', 'plan')) AS paid
+  FROM accounts a"""
+
+SELECT_CONNECTIONS = """
+SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit
+  FROM credentials cr
+  JOIN connections co ON co.id = cr.connection_id
+ WHERE co.deleted_at IS NULL"""
+
+SELECT_CONNECTION_DOMAINS = """
+SELECT cd.connection_id, sd.domain
+  FROM connection_domains cd
+  JOIN sending_domains sd ON sd.id = cd.domain_id"""
+
+SELECT_DOMAINS = """
+SELECT sd.domain, sd.account_id, sd.list_help, k.id AS key_id, k.selector, k.algorithm,
+       k.private_key_pem
+  FROM sending_domains sd
+  JOIN dkim_keys k ON k.id = sd.dkim_key_id"""
+
+
+def current_version(conn: psycopg.Connection) -> int:
+    row: Any = conn.execute(SELECT_VERSION).fetchone()
+    return int(row["version"])
+
+
+class PolicyLoader:
+    """Builds snapshots; keeps parsed DKIM keys between reloads so each is parsed once."""
+
+    def __init__(self, quota: QuotaConfig) -> None:
+        self.quota = quota
+        self._keys: dict[tuple[int, str], SigningKey] = {}
+
+    def load(self, conn: psycopg.Connection) -> PolicySnapshot:
+        """One consistent read (REPEATABLE READ) of everything the milter decides with."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            version = current_version(conn)
+            accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
+                        for r in _rows(conn, SELECT_ACCOUNTS)}
+            domains_of: dict[int, set[str]] = {}
+            for r in _rows(conn, SELECT_CONNECTION_DOMAINS):
+                domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
+            connections = {r["username"]: self._connection(r, accounts, domains_of)
+                           for r in _rows(conn, SELECT_CONNECTIONS)}
+            domain_rows = _rows(conn, SELECT_DOMAINS)
+        previous_keys, self._keys = self._keys, {}
+        domains = {}
+        for r in domain_rows:
+            domain = self._domain(r, previous_keys)
+            if domain is not None:
+                domains[domain.domain] = domain
+        return PolicySnapshot(version, connections, domains, accounts)
+
+    def _connection(self, r: dict[str, Any], accounts: dict[int, AccountPolicy],
+                    domains_of: dict[int, set[str]]) -> ConnectionPolicy:
+        account = accounts.get(int(r["account_id"]), AccountPolicy(int(r["account_id"]), False))
+        return ConnectionPolicy(
+            id=int(r["id"]), name=r["name"], account_id=account.id, enabled=bool(r["enabled"]),
+            domains=frozenset(domains_of.get(int(r["id"]), ())),
+            rate_limit=effective_rate_limit(r["rate_limit"], account.paid,
+                                            self.quota.demo_rate_limit))
+
+    def _domain(self, r: dict[str, Any],
+                previous_keys: dict[tuple[int, str], SigningKey]) -> DomainPolicy | None:
+        """A domain with its parsed key; a domain whose key cannot be read is left out (its
+        mail gets a 4xx) and logged, rather than stopping every other domain."""
+        fingerprint = hashlib.sha256(r["private_key_pem"].encode()).hexdigest()
+        cache_key = (int(r["key_id"]), fingerprint)
+        signing_key = self._keys.get(cache_key) or previous_keys.get(cache_key)
+        if signing_key is None:
+            try:
+                signing_key = load_signing_key(r["algorithm"], r["private_key_pem"])
+            except InvalidInput as exc:
+                log.error("event=bad_dkim_key domain=%s selector=%s error=%r",
+                          r["domain"], r["selector"], str(exc))
+                return None
+            self._keys[cache_key] = signing_key
+        return DomainPolicy(domain=r["domain"], account_id=int(r["account_id"]),
+                            list_help=r["list_help"], selector=r["selector"],
+                            algorithm=r["algorithm"], signing_key=signing_key)
+
+
+def _rows(conn: psycopg.Connection, sql: str) -> list[dict[str, Any]]:
+    return conn.execute(sql).fetchall()  # type: ignore[return-value]

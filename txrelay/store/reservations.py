@@ -1,0 +1,111 @@
+"""Reserves, commits and releases per-recipient quota and rate units in Redis.
+
+Each RCPT is one round trip to reserve.lua: it checks the connection's sliding-hour rate
+and the account's live balance and holds one unit for "<txn>|<recipient>". At end of
+message, after PostgreSQL has recorded the recipients, commit.lua turns the held units into
+consumption; an aborted or refused transaction gives them back with release.lua.
+
+Orphaned reservations — a milter that crashed or was killed between RCPT and end of
+message — are never committed nor released: each held member carries its own expiry
+([milter] reservation_ttl_seconds) and reserve.lua purges expired members before it
+decides, so the units return by themselves. Their rate members age out of the hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from txrelay.errors import ServiceUnavailable
+from txrelay.policy.quota import Reservation, ReservationStatus
+from txrelay.store.keys import AccountKeys
+from txrelay.store.scripts import register
+
+_STATUSES = {
+    1: ReservationStatus.RESERVED,
+    2: ReservationStatus.OVERAGE,
+    3: ReservationStatus.DUPLICATE,
+    4: ReservationStatus.RATE_LIMITED,
+    5: ReservationStatus.QUOTA_EXHAUSTED,
+    6: ReservationStatus.NEED_BALANCE,
+}
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    account_id: int
+    connection_id: int
+    member: str  # "<txn>|<recipient lower-cased>"
+    rate_limit: int  # 0 = unlimited
+    paid: bool
+
+
+def reservation_member(txn_id: str, recipient: str) -> str:
+    return f"{txn_id}|{recipient.lower()}"
+
+
+class ReservationStore(Protocol):
+    def reserve(self, request: ReservationRequest) -> Reservation: ...
+
+    def commit(self, account_id: int, members: Sequence[str]) -> int: ...
+
+    def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int: ...
+
+
+class RedisReservations:
+    """The Redis implementation; thread-safe (redis-py's client pools its connections)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: int,
+                 load_balance: Callable[[int], int]) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.load_balance = load_balance  # account id -> remaining quota per PostgreSQL
+        self._reserve = register(client, "reserve")
+        self._commit = register(client, "commit")
+        self._release = register(client, "release")
+
+    def reserve(self, request: ReservationRequest) -> Reservation:
+        """One unit for one recipient; loads the balance from PostgreSQL the first time."""
+        result = self._run_reserve(request)
+        if result.status is ReservationStatus.NEED_BALANCE:
+            remaining = self.load_balance(request.account_id)
+            keys = AccountKeys(self.prefix, request.account_id)
+            self._call(lambda: self.client.set(keys.balance, remaining, nx=True))
+            result = self._run_reserve(request)
+            if result.status is ReservationStatus.NEED_BALANCE:
+                raise ServiceUnavailable("Redis lost the quota balance it was just given")
+        return result
+
+    def _run_reserve(self, request: ReservationRequest) -> Reservation:
+        keys = AccountKeys(self.prefix, request.account_id)
+        args = [request.member, self.ttl_seconds, request.rate_limit, int(request.paid)]
+        raw = self._call(lambda: self._reserve(
+            keys=[keys.balance, keys.held, keys.rate(request.connection_id)], args=args))
+        status, remaining, retry_ms = (int(x) for x in raw)
+        return Reservation(_STATUSES[status], remaining, retry_ms / 1000)
+
+    def commit(self, account_id: int, members: Sequence[str]) -> int:
+        """The recipients are in the ledger: consume their units from the live balance."""
+        keys = AccountKeys(self.prefix, account_id)
+        return int(self._call(lambda: self._commit(
+            keys=[keys.balance, keys.held], args=[len(members), *members])))
+
+    def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int:
+        """The transaction was not recorded: give back its quota and rate units."""
+        if not members:
+            return 0
+        keys = AccountKeys(self.prefix, account_id)
+        return int(self._call(lambda: self._release(
+            keys=[keys.held, keys.rate(connection_id)], args=list(members))))
+
+    @staticmethod
+    def _call(operation: Callable[[], object]) -> object:
+        try:
+            return operation()
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"Redis did not answer ({exc.__class__.__name__}: "
+                                     f"{exc})") from exc
