@@ -1,0 +1,222 @@
+"""`txrelay connection`: SMTP credentials for the systems (shops, CRMs) that send mail."""
+
+from __future__ import annotations
+
+import click
+
+from txrelay.cli.context import CliContext, json_option, pass_cli
+from txrelay.config import Config
+from txrelay.provisioning import connections
+from txrelay.provisioning.connections import ConnectionChange, IssuedCredentials
+from txrelay.provisioning.views import (
+    access_view,
+    connection_view,
+    rate_limit_text,
+    short_time,
+    table,
+)
+from txrelay.store.connections import Connection
+
+ACCOUNT_OPTION = click.option(
+    "--account", metavar="ACCOUNT",
+    help="The account the connection belongs to (needed when NAME is not unique).")
+
+
+@click.group()
+def connection() -> None:
+    """Connections: one per sending system, each with its own SMTP login.
+
+    A connection may send only from its domains; disabling, rotating or deleting it takes
+    effect at the next SMTP login on every relay node.
+
+    \b
+    Example:
+      txrelay connection create "Acme GmbH" "Web shop" --domain acme.example
+      txrelay connection disable "Web shop" --account "Acme GmbH"
+    """
+
+
+@connection.command("create")
+@click.argument("account")
+@click.argument("name")
+@click.option("--domain", "domains", multiple=True, required=True, metavar="D",
+              help="A sending domain of ACCOUNT this system may send from (repeatable).")
+@click.option("--rate-limit", type=click.IntRange(min=0), metavar="N",
+              help="Mails per hour (0 = unlimited; default: 25 for demo accounts, "
+                   "unlimited for paid ones).")
+@json_option
+@pass_cli
+def create(cli: CliContext, account: str, name: str, domains: tuple[str, ...],
+           rate_limit: int | None) -> None:
+    """Create connection NAME for ACCOUNT and print its SMTP access data once.
+
+    The password is shown only now; store it in the sending system right away.
+
+    \b
+    Example:
+      txrelay connection create "Acme GmbH" "Web shop" --domain acme.example
+    """
+    issued = connections.create_connection(cli.db, account, name, domains, rate_limit)
+    _emit_access(cli, issued, "Created connection")
+
+
+def _emit_access(cli: CliContext, issued: IssuedCredentials, what: str) -> None:
+    data = access_view(cli.config, issued.connection, issued.password)
+    cli.emit(data, lambda: _print_access(cli.config, issued, what))
+
+
+def _print_access(config: Config, issued: IssuedCredentials, what: str) -> None:
+    found = issued.connection
+    click.echo(f"{what} {found.name!r} for account {found.account_name!r}.\n"
+               "SMTP access data (the password is shown only once):\n"
+               f"  host:      {config.smtp.host}\n"
+               f"  port:      {config.smtp.port}\n"
+               "  security:  STARTTLS (required)\n"
+               f"  username:  {found.username}\n"
+               f"  password:  {issued.password}\n"
+               f"  may send from: {', '.join(found.domains)}")
+
+
+@connection.command("list")
+@click.option("--account", metavar="ACCOUNT", help="Only this account's connections.")
+@json_option
+@pass_cli
+def list_(cli: CliContext, account: str | None) -> None:
+    """List connections: active or inactive, last use, domains, rate limit.
+
+    \b
+    Example:
+      txrelay connection list --account "Acme GmbH"
+    """
+    found = connections.list_connections(cli.db, account)
+    rows = [(c.account_name, c.name, c.username or "-",
+             "active" if c.enabled else "inactive", short_time(c.last_used_at),
+             rate_limit_text(c.rate_limit), ",".join(c.domains)) for c in found]
+    cli.emit([connection_view(c) for c in found], lambda: click.echo(table(
+        ("ACCOUNT", "CONNECTION", "USERNAME", "STATE", "LAST USED", "RATE", "DOMAINS"), rows)))
+
+
+@connection.command("show")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@json_option
+@pass_cli
+def show(cli: CliContext, name: str, account: str | None) -> None:
+    """Show one connection (by name with --account, or by its SMTP user name).
+
+    \b
+    Example:
+      txrelay connection show "Web shop" --account "Acme GmbH"
+    """
+    found = connections.find_connection(cli.db, name, account)
+    cli.emit(connection_view(found), lambda: _print_connection(found))
+
+
+def _print_connection(found: Connection, headline: str | None = None) -> None:
+    if headline:
+        click.echo(headline)
+    click.echo(f"  account:     {found.account_name}\n"
+               f"  connection:  {found.name}\n"
+               f"  username:    {found.username or '-'}\n"
+               f"  state:       {'active' if found.enabled else 'inactive'}\n"
+               f"  rate limit:  {rate_limit_text(found.rate_limit)}\n"
+               f"  domains:     {', '.join(found.domains) or '-'}\n"
+               f"  last used:   {short_time(found.last_used_at)}\n"
+               f"  created:     {short_time(found.created_at)}")
+
+
+@connection.command("disable")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@json_option
+@pass_cli
+def disable(cli: CliContext, name: str, account: str | None) -> None:
+    """Stop a connection: its login and its mail are refused until enabled again.
+
+    \b
+    Example:
+      txrelay connection disable "Web shop" --account "Acme GmbH"
+    """
+    changed = connections.set_enabled(cli.db, name, account, False)
+    cli.emit(connection_view(changed), lambda: click.echo(
+        f"Disabled connection {changed.name!r} of account {changed.account_name!r}."))
+
+
+@connection.command("enable")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@json_option
+@pass_cli
+def enable(cli: CliContext, name: str, account: str | None) -> None:
+    """Allow a disabled connection to log in and send again.
+
+    \b
+    Example:
+      txrelay connection enable "Web shop" --account "Acme GmbH"
+    """
+    changed = connections.set_enabled(cli.db, name, account, True)
+    cli.emit(connection_view(changed), lambda: click.echo(
+        f"Enabled connection {changed.name!r} of account {changed.account_name!r}."))
+
+
+@connection.command("rotate-password")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@json_option
+@pass_cli
+def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
+    """Issue a new password (shown once); the old one stops working immediately.
+
+    \b
+    Example:
+      txrelay connection rotate-password "Web shop" --account "Acme GmbH"
+    """
+    issued = connections.rotate_password(cli.db, name, account, cli.clock.now())
+    _emit_access(cli, issued, "New password for connection")
+
+
+@connection.command("delete")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@json_option
+@pass_cli
+def delete(cli: CliContext, name: str, account: str | None) -> None:
+    """Delete a connection: its login is removed for good, its statistics stay.
+
+    \b
+    Example:
+      txrelay connection delete "Old shop" --account "Acme GmbH"
+    """
+    gone = connections.delete_connection(cli.db, name, account, cli.clock.now())
+    data = {"account": gone.account_name, "connection": gone.name, "id": gone.id,
+            "username": gone.username, "deleted": True}
+    cli.emit(data, lambda: click.echo(
+        f"Deleted connection {gone.name!r} of account {gone.account_name!r}; user name "
+        f"{gone.username} can no longer log in. Its ledger entries are kept."))
+
+
+@connection.command("set")
+@click.argument("name", metavar="NAME_OR_USERNAME")
+@ACCOUNT_OPTION
+@click.option("--rate-limit", type=click.IntRange(min=0), metavar="N",
+              help="Mails per hour (0 = unlimited).")
+@click.option("--default-rate-limit", is_flag=True,
+              help="Go back to the default rate (25/h for demo accounts, unlimited if paid).")
+@click.option("--add-domain", multiple=True, metavar="D", help="Allow sending from D too.")
+@click.option("--remove-domain", multiple=True, metavar="D", help="Stop sending from D.")
+@json_option
+@pass_cli
+def set_(cli: CliContext, name: str, account: str | None, rate_limit: int | None,
+         default_rate_limit: bool, add_domain: tuple[str, ...],
+         remove_domain: tuple[str, ...]) -> None:
+    """Change a connection's rate limit or domains.
+
+    \b
+    Example:
+      txrelay connection set "Web shop" --account "Acme GmbH" --rate-limit 500 \\
+          --add-domain shop.acme.example
+    """
+    change = ConnectionChange(rate_limit, default_rate_limit, add_domain, remove_domain)
+    changed = connections.change_connection(cli.db, name, account, change)
+    cli.emit(connection_view(changed),
+             lambda: _print_connection(changed, f"Updated connection {changed.name!r}."))

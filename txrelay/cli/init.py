@@ -1,0 +1,178 @@
+"""`txrelay init`: first-time set-up of a relay node (config file, schema, Dovecot auth)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+import click
+
+from txrelay.cli.context import CliContext, pass_cli
+from txrelay.config import (
+    DEFAULT_CONFIG_PATH,
+    SECTIONS,
+    Config,
+    load_config,
+    render_toml,
+)
+from txrelay.config import config_path as configured_path
+from txrelay.errors import ConfigError, Conflict
+from txrelay.provisioning.integrity import transaction
+from txrelay.store import database
+
+CONFIG_MODE = 0o640  # readable by the txrelay group (the milter), never by everyone
+
+
+@click.command()
+@click.option("--config-path", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PATH", help="Where to write the configuration (default: --config, "
+                                   "$TXRELAY_CONFIG or /etc/txrelay/txrelay.toml).")
+@click.option("--database-url", metavar="URL", help="PostgreSQL URL, e.g. "
+              "postgresql://txrelay@db.example/txrelay.")
+@click.option("--redis-url", metavar="URL", help="Redis URL, e.g. redis://127.0.0.1:6379/0.")
+@click.option("--smtp-host", metavar="H", help="The host name shops connect to (port 587).")
+@click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Any other setting, e.g. --set dovecot.config_dir=/etc/txrelay/dovecot "
+                   "(repeatable; see docs/configuration.md).")
+@click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
+@pass_cli
+def init(cli: CliContext, config_path: Path | None, database_url: str | None,
+         redis_url: str | None, smtp_host: str | None, settings: tuple[str, ...],
+         force: bool) -> None:
+    """Set up this node: write the configuration, migrate the database, write Dovecot's
+    auth configuration, and print the next steps.
+
+    Nothing is written when the options are invalid or the database cannot be reached.
+
+    \b
+    Example:
+      txrelay init --database-url postgresql://txrelay@127.0.0.1/txrelay \\
+          --redis-url redis://127.0.0.1:6379/0 --smtp-host relay.example.com
+    """
+    target = config_path or configured_path(cli.config_file)
+    if target.exists() and not force:
+        raise Conflict(f"{target} exists already; pass --force to overwrite it, or use "
+                       "'txrelay db migrate' to only update the database")
+    values: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
+    for section, key, value in (("database", "url", database_url), ("redis", "url", redis_url),
+                                ("smtp", "host", smtp_host)):
+        if value is not None:
+            values[section][key] = value
+    for setting in settings:
+        section, key, value = _parse_setting(setting)
+        values[section][key] = value
+    text = _overlay(render_toml(Config()).splitlines(), values)
+    config = _validated(text)
+    applied = _migrate(config)
+    _write_config(target, render_toml(config))  # typed values, in the loader's own form
+    dovecot_files = _write_dovecot(config)
+    _print_summary(target, config, applied, dovecot_files)
+
+
+def _parse_setting(setting: str) -> tuple[str, str, str]:
+    name, sep, value = setting.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or section not in SECTIONS or not key.strip():
+        raise ConfigError(f"--set {setting!r}: expected SECTION.KEY=VALUE with a section of "
+                          f"{', '.join(SECTIONS)}")
+    return section, key.strip(), value.strip()
+
+
+def _overlay(lines: list[str], values: dict[str, dict[str, str]]) -> str:
+    """The rendered defaults with the given values put in (as strings: the loader coerces
+    and validates every key exactly as at start-up); unknown keys are appended, so the
+    loader names them."""
+    out: list[str] = []
+    section = ""
+    pending = {name: dict(keys) for name, keys in values.items()}
+    for line in [*lines, "[end]"]:
+        if line.startswith("["):
+            out.extend(f"{key} = {_toml_string(value)}"
+                       for key, value in pending.get(section, {}).items())
+            section = line.strip("[]")
+            if section == "end":
+                break
+        else:
+            key = line.partition("=")[0].strip()
+            if key and key in pending.get(section, {}):
+                line = f"{key} = {_toml_string(pending[section].pop(key))}"
+        out.append(line)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _validated(text: str) -> Config:
+    with tempfile.TemporaryDirectory(prefix="txrelay-init-") as folder:
+        candidate = Path(folder) / "txrelay.toml"
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            return load_config(candidate, required=True, environ={})
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(f"{candidate}: ", "")
+                              .replace(str(candidate), "the new configuration")) from exc
+
+
+def _migrate(config: Config) -> list[database.Migration]:
+    conn = database.connect(config.database)
+    try:
+        with transaction(conn):
+            return database.migrate(conn)
+    finally:
+        conn.close()
+
+
+def _write_config(target: Path, text: str) -> None:
+    """Atomically: a half-written config would stop every txrelay process on the node."""
+    try:
+        target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), CONFIG_MODE)  # the umask may have narrowed it
+            handle.write(text)
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror}; run as a user that may, "
+                          "or pass --config-path") from exc
+
+
+def _write_dovecot(config: Config) -> list[Path] | None:
+    try:
+        from txrelay.provisioning.dovecot import write_dovecot_config
+    except ImportError:
+        return None  # a build without the Dovecot module; the summary says so
+    return list(write_dovecot_config(config))
+
+
+def _print_summary(target: Path, config: Config, applied: list[database.Migration],
+                   dovecot_files: list[Path] | None) -> None:
+    click.echo(f"Wrote {target} (mode {CONFIG_MODE:04o}).")
+    if applied:
+        names = ", ".join(f"{m.version:04d} {m.name}" for m in applied)
+        click.echo(f"Database migrated: {names}.")
+    else:
+        click.echo("Database is up to date.")
+    if dovecot_files is None:
+        click.echo("Dovecot configuration NOT written: this build has no Dovecot module.")
+    else:
+        click.echo("Dovecot auth configuration: " + ", ".join(map(str, dovecot_files)))
+    cfg = "" if target == DEFAULT_CONFIG_PATH else f" --config {shlex.quote(str(target))}"
+    main_conf = next((p for p in dovecot_files or [] if p.name == "dovecot.conf"), None)
+    start = f"dovecot -c {main_conf}" if main_conf else "dovecot -c <the dovecot.conf above>"
+    click.echo("\nNext steps:\n"
+               f"  1. Start Dovecot's auth service:   {start}\n"
+               f"  2. Configure Postfix:              txrelay{cfg} postfix configure\n"
+               f"  3. Start the milter:               txrelay{cfg} milter\n"
+               f"  4. Create an account:              txrelay{cfg} account create \"Acme\" "
+               "--admin-email ops@acme.example\n"
+               f"  5. Add a sending domain:           txrelay{cfg} domain add \"Acme\" "
+               "acme.example --list-help https://acme.example/help\n"
+               f"  6. Connect a sending system:       txrelay{cfg} connection create \"Acme\" "
+               "\"Web shop\" --domain acme.example\n"
+               f"  (smtp host in the access data: {config.smtp.host}:{config.smtp.port})")

@@ -1,0 +1,44 @@
+"""SMTP credentials of a connection: a readable unique user name and a one-time password."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import unicodedata
+
+from argon2 import PasswordHasher
+
+USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+PASSWORD_SCHEME = "{ARGON2ID}"  # noqa: S105 - the hash scheme prefix, not a secret
+_SLUG_LENGTH = 20
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+
+# Parameters every node and Dovecot agree on (OWASP's argon2id minimum: 19 MiB, t=2, p=1).
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+def slug(text: str) -> str:
+    """Lower-case ASCII letters and digits joined by single hyphens ("Web Shop!" → web-shop)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+
+
+def make_username(account_name: str, connection_name: str) -> str:
+    """<account>-<connection>-<6 random chars>: recognisable in logs, unguessable in bulk."""
+    suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(6))
+    parts = [slug(account_name)[:_SLUG_LENGTH].strip("-"),
+             slug(connection_name)[:_SLUG_LENGTH].strip("-"), suffix]
+    username = "-".join(part for part in parts if part)
+    assert USERNAME_PATTERN.match(username), username
+    return username
+
+
+def make_password() -> str:
+    """192 random bits, URL-safe: survives every SMTP library's AUTH PLAIN/LOGIN encoding."""
+    return secrets.token_urlsafe(24)
+
+
+def hash_password(password: str) -> str:
+    """The form Dovecot's SQL passdb reads: {ARGON2ID}$argon2id$v=19$..."""
+    return PASSWORD_SCHEME + _HASHER.hash(password)

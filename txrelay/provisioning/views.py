@@ -1,0 +1,132 @@
+"""How provisioning records look to an admin: JSON-ready dicts and plain-text tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from txrelay.config import Config
+from txrelay.provisioning.dkim_keys import DnsRecord, dns_record
+from txrelay.provisioning.quota import QuotaReport
+from txrelay.store.accounts import AccountSummary
+from txrelay.store.connections import Connection
+from txrelay.store.domains import SendingDomain
+from txrelay.store.quota import QuotaBlock
+
+
+def timestamp(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+def short_time(value: dt.datetime | None) -> str:
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def account_view(summary: AccountSummary) -> dict[str, Any]:
+    account = summary.account
+    return {
+        "account": account.name,
+        "id": account.id,
+        "admin_email": account.admin_email,
+        "quota_remaining": summary.quota_remaining,
+        "paid": summary.paid,
+        "plan": "paid" if summary.paid else "demo",
+        "low_quota_threshold": account.low_quota_threshold,
+        "connections": summary.connections,
+        "domains": summary.domains,
+        "created_at": timestamp(account.created_at),
+    }
+
+
+def record_view(record: DnsRecord) -> dict[str, Any]:
+    return {"name": record.name, "type": "TXT", "value": record.value,
+            "strings": record.strings, "zone_line": record.zone_line()}
+
+
+def domain_record(domain: SendingDomain) -> DnsRecord:
+    return dns_record(domain.key.selector, domain.domain, domain.key.algorithm,
+                      domain.key.public_key_b64)
+
+
+def domain_view(domain: SendingDomain) -> dict[str, Any]:
+    """Public facts only: the private key never leaves the store."""
+    return {
+        "domain": domain.domain,
+        "account": domain.account_name,
+        "list_help": domain.list_help,
+        "selector": domain.key.selector,
+        "algorithm": domain.key.algorithm,
+        "dkim_key_id": domain.key.id,
+        "dns": record_view(domain_record(domain)),
+        "created_at": timestamp(domain.created_at),
+    }
+
+
+def connection_view(connection: Connection) -> dict[str, Any]:
+    return {
+        "account": connection.account_name,
+        "connection": connection.name,
+        "id": connection.id,
+        "username": connection.username,
+        "enabled": connection.enabled,
+        "state": "active" if connection.enabled else "inactive",
+        "rate_limit": connection.rate_limit,
+        "domains": list(connection.domains),
+        "last_used_at": timestamp(connection.last_used_at),
+        "created_at": timestamp(connection.created_at),
+    }
+
+
+def rate_limit_text(rate_limit: int | None) -> str:
+    if rate_limit is None:
+        return "default"
+    return "unlimited" if rate_limit == 0 else f"{rate_limit}/h"
+
+
+def access_view(config: Config, connection: Connection, password: str) -> dict[str, Any]:
+    """What the shop's developer types into their SMTP settings (the agreed JSON shape)."""
+    return {
+        "account": connection.account_name,
+        "connection": connection.name,
+        "username": connection.username,
+        "password": password,
+        "host": config.smtp.host,
+        "port": config.smtp.port,
+        "starttls": "required",
+        "domains": list(connection.domains),
+    }
+
+
+def block_view(block: QuotaBlock, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": block.id,
+        "kind": block.kind,
+        "amount": block.amount,
+        "used": block.used,
+        "remaining": block.remaining(now),
+        "booked_at": timestamp(block.booked_at),
+        "expires_at": timestamp(block.expires_at),
+        "expired": not block.is_live(now),
+    }
+
+
+def quota_view(report: QuotaReport) -> dict[str, Any]:
+    return {
+        "account": report.account.name,
+        "paid": report.paid,
+        "plan": "paid" if report.paid else "demo",
+        "quota_remaining": report.remaining,
+        "blocks": [block_view(block, report.now) for block in report.blocks],
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; "(none)" when there are no rows."""
+    if not rows:
+        return "(none)"
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                         strict=True)).rstrip()
+                     for row in cells)
