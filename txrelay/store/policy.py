@@ -60,9 +60,9 @@ class PolicyLoader:
         self._keys: dict[tuple[int, str], SigningKey] = {}
 
     def load(self, conn: psycopg.Connection) -> PolicySnapshot:
-        """One consistent read (REPEATABLE READ) of everything the milter decides with."""
+        """Everything the milter decides with. The version is read first: a change committed
+        while loading makes the data newer than the version, so the next poll loads again."""
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             version = current_version(conn)
             accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
                         for r in _rows(conn, SELECT_ACCOUNTS)}

@@ -1,0 +1,34 @@
+"""Store fixtures: the run's Redis DB with a per-test key prefix, and tenants made with SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from tests.store.builders import Tenant, make_tenant
+
+
+@pytest.fixture()
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def prefix(unique: str) -> str:
+    return f"tst{unique}"
+
+
+@pytest.fixture()
+def tenant_factory(db: psycopg.Connection, unique: str) -> Callable[..., Tenant]:
+    counter = iter(range(1000))
+
+    def make(**options: Any) -> Tenant:
+        return make_tenant(db, f"{unique}{next(counter)}", **options)
+
+    return make

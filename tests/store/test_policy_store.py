@@ -1,0 +1,71 @@
+"""Loading the milter's connection-policy snapshot from the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.store.builders import Tenant
+from txrelay.config import QuotaConfig
+from txrelay.store.policy import PolicyLoader, current_version
+
+
+@pytest.fixture()
+def conn(database_url: str) -> Any:
+    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
+        yield connection
+
+
+def test_snapshot_finds_connection_by_username_with_its_domains(
+        conn: psycopg.Connection, tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    snapshot = PolicyLoader(QuotaConfig(demo_rate_limit=25)).load(conn)
+    connection = snapshot.connections[tenant.username]
+    assert (connection.id, connection.name, connection.account_id) == (
+        tenant.connection_id, "Web shop", tenant.account_id)
+    assert connection.domains == {tenant.domain}
+    assert connection.rate_limit == 25  # demo default
+    domain = snapshot.domains[tenant.domain]
+    assert (domain.list_help, domain.selector, domain.algorithm) == (
+        tenant.list_help, tenant.selector, "rsa")
+    assert "PRIVATE" not in repr(domain)
+
+
+def test_paid_account_is_unlimited_unless_the_connection_says_otherwise(
+        conn: psycopg.Connection, tenant_factory: Callable[..., Tenant]) -> None:
+    paid = tenant_factory(paid=True)
+    limited = tenant_factory(paid=True, rate_limit=100)
+    demo_unlimited = tenant_factory(rate_limit=0)
+    snapshot = PolicyLoader(QuotaConfig()).load(conn)
+    assert snapshot.account(paid.account_id).paid
+    assert snapshot.connections[paid.username].rate_limit == 0
+    assert snapshot.connections[limited.username].rate_limit == 100
+    assert snapshot.connections[demo_unlimited.username].rate_limit == 0
+
+
+def test_provisioning_change_bumps_the_version(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    before = current_version(conn)
+    conn.rollback()
+    db.execute("UPDATE connections SET enabled = false WHERE id = %s", (tenant.connection_id,))
+    assert current_version(conn) > before
+    snapshot = PolicyLoader(QuotaConfig()).load(conn)
+    assert not snapshot.connections[tenant.username].enabled
+
+
+def test_unreadable_key_leaves_out_only_its_domain(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    broken = tenant_factory()
+    fine = tenant_factory()
+    db.execute("UPDATE dkim_keys SET private_key_pem = 'garbage' WHERE account_id = %s",
+               (broken.account_id,))
+    snapshot = PolicyLoader(QuotaConfig()).load(conn)
+    assert broken.domain not in snapshot.domains
+    assert fine.domain in snapshot.domains
