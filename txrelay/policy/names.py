@@ -30,7 +30,7 @@ _URL_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 def normalize_domain(text: str) -> str:
     """A sending domain in its DNS form: IDN to punycode, lower case, no trailing dot."""
-    candidate = text.strip()
+    candidate = text.strip(" ")
     if candidate.endswith(".") and not candidate.endswith(".."):
         candidate = candidate[:-1]
     if not candidate:
@@ -145,7 +145,7 @@ def normalize_email(text: str) -> str:
 
 def normalize_selector(text: str) -> str:
     """A DKIM selector: one or more DNS labels, lower case (e.g. txr202611 or 2026.mail)."""
-    value = text.strip().lower()
+    value = text.strip(" ").lower()
     if not value or len(value) > MAX_SELECTOR_LENGTH or not _SELECTOR.match(value):
         raise InvalidInput(f"{text!r} is not a valid DKIM selector; use letters, digits and "
                            "inner hyphens, optionally dot-separated labels (example: txr202611)")
