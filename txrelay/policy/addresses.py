@@ -63,6 +63,9 @@ def header_sender(from_values: list[str]) -> HeaderSender | Verdict:
     if mailboxes is None:
         return _from_refusal("the From: header cannot be parsed; use the form "
                              "\"Name <user@example.com>\"")
+    if not mailboxes:
+        return _from_refusal("the From: header holds no address; give exactly one address of "
+                             "a sending domain of this connection")
     if len(mailboxes) != 1:
         return _from_refusal(f"the From: header holds {len(mailboxes)} addresses; it must "
                              "hold exactly one")
