@@ -1,0 +1,279 @@
+"""Quota over time: block expiry, plan renewal, the low-quota reminder's arming, reconcile.
+
+Every function changes PostgreSQL only and returns the Redis balance deltas to apply once
+the transaction has committed (store.balance.credit_balance), so a rolled-back transaction
+never moves a live balance. Each step is idempotent: running the tick twice, or on two
+nodes at once, changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+import redis
+
+from txrelay.errors import InvalidInput, NotFound
+from txrelay.store.keys import AccountKeys
+
+Credit = tuple[int, int]  # (account id, units to add to the live balance)
+
+# Close every block whose 30 days are over: the unused remainder expires.
+EXPIRE_BLOCKS = """
+UPDATE quota_blocks SET expired_unused = amount - used
+ WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
+RETURNING id, account_id, expired_unused"""
+
+
+@dataclass(frozen=True)
+class ExpiredBlock:
+    block_id: int
+    account_id: int
+    expired_unused: int
+
+
+def expire_blocks(conn: psycopg.Connection, now: dt.datetime) -> list[ExpiredBlock]:
+    """Close due blocks (call inside a transaction); credit -expired_unused afterwards."""
+    rows = conn.execute(EXPIRE_BLOCKS, {"now": now}).fetchall()
+    return [ExpiredBlock(int(r["id"]), int(r["account_id"]),  # type: ignore[call-overload]
+                         int(r["expired_unused"])) for r in rows]  # type: ignore[call-overload]
+
+
+# --- plans --------------------------------------------------------------------------------
+
+LOCK_DUE_PLANS = """
+SELECT account_id, block_amount, next_renewal_at FROM quota_plans
+ WHERE next_renewal_at <= %(now)s AND (%(account_id)s::bigint IS NULL
+                                       OR account_id = %(account_id)s)
+ ORDER BY account_id
+   FOR UPDATE SKIP LOCKED"""
+
+# The scheduled date is the idempotency key (unique index quota_blocks_plan_renewal).
+BOOK_PLAN_BLOCK = """
+INSERT INTO quota_blocks (account_id, kind, amount, booked_at, expires_at)
+VALUES (%(account_id)s, 'plan', %(amount)s, %(booked_at)s, %(expires_at)s)
+ON CONFLICT (account_id, booked_at) WHERE kind = 'plan' DO NOTHING
+RETURNING id"""
+
+ADVANCE_PLAN = """
+UPDATE quota_plans SET next_renewal_at = %(next)s WHERE account_id = %(account_id)s"""
+
+UPSERT_PLAN = """
+INSERT INTO quota_plans (account_id, block_amount, next_renewal_at)
+VALUES (%(account_id)s, %(amount)s, %(now)s)
+ON CONFLICT (account_id) DO UPDATE SET block_amount = EXCLUDED.block_amount
+RETURNING next_renewal_at"""
+
+DELETE_PLAN = "DELETE FROM quota_plans WHERE account_id = %(account_id)s RETURNING block_amount"
+
+SELECT_PLAN = """
+SELECT block_amount, next_renewal_at FROM quota_plans WHERE account_id = %(account_id)s"""
+
+
+@dataclass(frozen=True)
+class Renewal:
+    account_id: int
+    block_id: int
+    amount: int
+    booked_at: dt.datetime
+    expires_at: dt.datetime
+
+
+def renew_plans(conn: psycopg.Connection, now: dt.datetime, validity: dt.timedelta,
+                account_id: int | None = None) -> list[Renewal]:
+    """Book each due plan block, dated its scheduled day (call inside a transaction).
+
+    Periods missed entirely (the tick did not run for a whole validity period) are not
+    booked: their block would be expired on arrival, billed for nothing.
+    """
+    renewals = []
+    plans = conn.execute(LOCK_DUE_PLANS, {"now": now, "account_id": account_id}).fetchall()
+    for plan in plans:
+        account, amount = int(plan["account_id"]), int(plan["block_amount"])  # type: ignore[call-overload]
+        due: dt.datetime = plan["next_renewal_at"]  # type: ignore[call-overload]
+        while due <= now:
+            expires = due + validity
+            if expires > now:
+                row = conn.execute(BOOK_PLAN_BLOCK, {
+                    "account_id": account, "amount": amount, "booked_at": due,
+                    "expires_at": expires}).fetchone()
+                if row is not None:
+                    renewals.append(Renewal(account, int(row["id"]), amount, due, expires))  # type: ignore[call-overload]
+            due = expires
+        conn.execute(ADVANCE_PLAN, {"next": due, "account_id": account})
+    return renewals
+
+
+def set_plan(conn: psycopg.Connection, account_id: int, amount: int, minimum: int,
+             now: dt.datetime) -> dt.datetime:
+    """Create or change the plan; a new plan is due at once. Returns the next renewal."""
+    if amount < minimum:
+        raise InvalidInput(f"a plan block must be at least {minimum} mails ([quota] "
+                           f"min_block); got {amount}")
+    row = conn.execute(UPSERT_PLAN, {"account_id": account_id, "amount": amount,
+                                     "now": now}).fetchone()
+    return row["next_renewal_at"]  # type: ignore[index,no-any-return]
+
+
+def clear_plan(conn: psycopg.Connection, account_id: int) -> int | None:
+    """Stop renewals (booked blocks stay until they expire); the old block size or None."""
+    row = conn.execute(DELETE_PLAN, {"account_id": account_id}).fetchone()
+    return None if row is None else int(row["block_amount"])  # type: ignore[call-overload]
+
+
+def get_plan(conn: psycopg.Connection, account_id: int) -> dict | None:
+    return conn.execute(SELECT_PLAN, {"account_id": account_id}).fetchone()  # type: ignore[return-value]
+
+
+# --- remaining quota and reconcile ---------------------------------------------------------
+
+# Remaining = unused units of live blocks (the shared rule of every helper).
+SELECT_REMAINING = """
+SELECT a.id, a.name, COALESCE(sum(b.amount - b.used) FILTER (
+           WHERE b.expired_unused IS NULL
+             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)::bigint AS remaining
+  FROM accounts a LEFT JOIN quota_blocks b ON b.account_id = a.id
+ WHERE %(name)s::text IS NULL OR a.name = %(name)s
+ GROUP BY a.id, a.name
+ ORDER BY a.name"""
+
+
+@dataclass(frozen=True)
+class BalanceCheck:
+    account_id: int
+    account: str
+    postgres: int
+    redis_before: int | None  # None: Redis held no balance (the milter loads it on use)
+
+    @property
+    def difference(self) -> int:
+        return 0 if self.redis_before is None else self.redis_before - self.postgres
+
+
+def remaining_by_account(conn: psycopg.Connection, now: dt.datetime,
+                         name: str | None = None) -> list[tuple[int, str, int]]:
+    rows = conn.execute(SELECT_REMAINING, {"now": now, "name": name}).fetchall()
+    if name is not None and not rows:
+        raise NotFound(f"no account named {name!r}; see 'txrelay account list'")
+    return [(int(r["id"]), r["name"], int(r["remaining"])) for r in rows]  # type: ignore[call-overload]
+
+
+def reconcile(conn: psycopg.Connection, client: redis.Redis, prefix: str, now: dt.datetime,
+              name: str | None = None) -> list[BalanceCheck]:
+    """Rewrite each cached balance to PostgreSQL's remaining quota; report what differed.
+
+    Balances Redis does not hold stay absent: the milter loads them from PostgreSQL.
+    """
+    checks = []
+    for account_id, account, remaining in remaining_by_account(conn, now, name):
+        key = AccountKeys(prefix, account_id).balance
+        before = client.get(key)
+        check = BalanceCheck(account_id, account, remaining,
+                             None if before is None else int(before))
+        if check.redis_before is not None and check.difference != 0:
+            client.set(key, remaining, xx=True)
+        checks.append(check)
+    conn.commit()
+    return checks
+
+
+def apply_credits(client: redis.Redis, prefix: str, credits: Sequence[Credit]) -> None:
+    """After commit: move the live balances by the committed deltas."""
+    from txrelay.store.balance import credit_balance
+
+    merged: dict[int, int] = {}
+    for account_id, units in credits:
+        merged[account_id] = merged.get(account_id, 0) + units
+    for account_id, units in sorted(merged.items()):
+        if units:
+            credit_balance(client, prefix, account_id, units)
+
+
+# --- low-quota reminder ---------------------------------------------------------------------
+
+ARM_NEW_REMINDERS = """
+INSERT INTO quota_reminders (account_id, armed, changed_at)
+SELECT id, true, %(now)s FROM accounts WHERE low_quota_threshold > 0
+ON CONFLICT (account_id) DO NOTHING"""
+
+# Accounts whose reminder must change: armed and below the threshold (send), or disarmed
+# and back at or above it (re-arm).
+SELECT_REMINDER_CHANGES = """
+SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, r.armed,
+       COALESCE((SELECT sum(b.amount - b.used) FROM quota_blocks b
+                  WHERE b.account_id = a.id AND b.expired_unused IS NULL
+                    AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)::bigint
+           AS remaining
+  FROM accounts a JOIN quota_reminders r ON r.account_id = a.id
+ WHERE a.low_quota_threshold > 0"""
+
+# Serialises two nodes' ticks: the second sees armed = false and sends nothing.
+LOCK_ARMED_REMINDER = """
+SELECT armed FROM quota_reminders WHERE account_id = %(account_id)s AND armed FOR UPDATE"""
+
+SET_ARMED = """
+UPDATE quota_reminders SET armed = %(armed)s, changed_at = %(now)s
+ WHERE account_id = %(account_id)s"""
+
+INSERT_NOTIFICATION = """
+INSERT INTO notifications (account_id, kind, sent_at, detail)
+VALUES (%(account_id)s, %(kind)s, %(now)s, %(detail)s)"""
+
+SELECT_USAGE = """
+SELECT count(*) FILTER (WHERE accepted_at > %(now)s - interval '24 hours') AS last_day,
+       count(*) FILTER (WHERE accepted_at > %(now)s - interval '7 days') AS last_week
+  FROM ledger
+ WHERE account_id = %(account_id)s AND billing <> 'void'
+   AND accepted_at > %(now)s - interval '7 days' AND accepted_at <= %(now)s"""
+
+
+@dataclass(frozen=True)
+class ReminderCandidate:
+    account_id: int
+    account: str
+    admin_email: str
+    threshold: int
+    remaining: int
+    armed: bool
+
+    @property
+    def due(self) -> bool:
+        return self.armed and self.remaining < self.threshold
+
+    @property
+    def rearm(self) -> bool:
+        return not self.armed and self.remaining >= self.threshold
+
+
+def reminder_candidates(conn: psycopg.Connection, now: dt.datetime) -> list[ReminderCandidate]:
+    conn.execute(ARM_NEW_REMINDERS, {"now": now})
+    rows = conn.execute(SELECT_REMINDER_CHANGES, {"now": now}).fetchall()
+    found = [ReminderCandidate(int(r["id"]), r["name"], r["admin_email"],  # type: ignore[call-overload]
+                               int(r["low_quota_threshold"]), int(r["remaining"]),  # type: ignore[call-overload]
+                               bool(r["armed"])) for r in rows]  # type: ignore[call-overload]
+    return [c for c in found if c.due or c.rearm]
+
+
+def lock_armed(conn: psycopg.Connection, account_id: int) -> bool:
+    """Inside a transaction: True (and the row locked) while the reminder is still armed."""
+    return conn.execute(LOCK_ARMED_REMINDER, {"account_id": account_id}).fetchone() is not None
+
+
+def set_armed(conn: psycopg.Connection, account_id: int, armed: bool, now: dt.datetime) -> None:
+    conn.execute(SET_ARMED, {"account_id": account_id, "armed": armed, "now": now})
+
+
+def record_notification(conn: psycopg.Connection, account_id: int, kind: str,
+                        detail: dict, now: dt.datetime) -> None:
+    from psycopg.types.json import Jsonb
+
+    conn.execute(INSERT_NOTIFICATION, {"account_id": account_id, "kind": kind, "now": now,
+                                       "detail": Jsonb(detail)})
+
+
+def usage(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> tuple[int, int]:
+    """Billed recipients of the last 24 hours and of the last 7 days."""
+    row = conn.execute(SELECT_USAGE, {"account_id": account_id, "now": now}).fetchone()
+    return int(row["last_day"]), int(row["last_week"])  # type: ignore[index]

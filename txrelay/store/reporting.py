@@ -1,0 +1,158 @@
+"""Read-only reports from the ledger: per-connection statistics, message search, billing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+
+import psycopg
+
+from txrelay.errors import NotFound
+from txrelay.policy.billing import BillingInputs, BookedBlock, Period
+
+SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s"
+
+# Per connection: recipients that arrived in the period and what became of them. Voided
+# rows never reached Postfix's queue: they did not arrive. Live connections are listed even
+# without mail; deleted ones only when they have mail in the period.
+CONNECTION_STATS = """
+SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled,
+       c.deleted_at,
+       GREATEST(c.last_used_at, (SELECT max(l2.accepted_at) FROM ledger l2
+                                  WHERE l2.connection_id = c.id)) AS last_used_at,
+       count(l.id) AS arrived,
+       count(l.id) FILTER (WHERE l.state = 'delivered') AS delivered,
+       count(l.id) FILTER (WHERE l.state = 'deferred') AS deferred,
+       count(l.id) FILTER (WHERE l.state = 'bounced') AS bounced,
+       count(l.id) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight
+  FROM connections c
+  JOIN accounts a ON a.id = c.account_id
+  LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
+                    AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
+                    AND l.accepted_at < %(until)s
+ WHERE (%(account)s::text IS NULL OR a.name = %(account)s)
+   AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
+ GROUP BY a.name, c.id
+HAVING c.deleted_at IS NULL OR count(l.id) > 0
+ ORDER BY a.name, c.name, c.id"""
+
+
+@dataclass(frozen=True)
+class ConnectionStats:
+    account: str
+    connection: str
+    connection_id: int
+    enabled: bool
+    deleted: bool
+    last_used_at: dt.datetime | None
+    active: bool
+    arrived: int
+    delivered: int
+    deferred: int
+    bounced: int
+    in_flight: int
+
+    @property
+    def bounce_rate(self) -> Decimal:
+        """Bounced / arrived, as a fraction with 4 places (0 without mail)."""
+        if not self.arrived:
+            return Decimal("0.0000")
+        return (Decimal(self.bounced) / Decimal(self.arrived)).quantize(Decimal("0.0001"))
+
+
+def connection_stats(conn: psycopg.Connection, *, now: dt.datetime, active_window: dt.timedelta,
+                     since: dt.datetime | None, until: dt.datetime, account: str | None,
+                     connection: str | None) -> list[ConnectionStats]:
+    if account is not None:
+        require_account(conn, account)
+    rows = conn.execute(CONNECTION_STATS, {"since": since, "until": until, "account": account,
+                                           "connection": connection}).fetchall()
+    if connection is not None and not rows:
+        raise NotFound(f"no connection named {connection!r}"
+                       + (f" in account {account!r}" if account else "")
+                       + "; see 'txrelay connection list'")
+    return [_stats(row, now, active_window) for row in rows]  # type: ignore[arg-type]
+
+
+def _stats(row: dict, now: dt.datetime, active_window: dt.timedelta) -> ConnectionStats:
+    last_used = row["last_used_at"]
+    active = (row["enabled"] and row["deleted_at"] is None and last_used is not None
+              and last_used >= now - active_window)
+    return ConnectionStats(
+        account=row["account"], connection=row["connection"],
+        connection_id=int(row["connection_id"]), enabled=bool(row["enabled"]),
+        deleted=row["deleted_at"] is not None, last_used_at=last_used, active=bool(active),
+        arrived=int(row["arrived"]), delivered=int(row["delivered"]),
+        deferred=int(row["deferred"]), bounced=int(row["bounced"]),
+        in_flight=int(row["in_flight"]))
+
+
+def require_account(conn: psycopg.Connection, name: str) -> int:
+    row = conn.execute(SELECT_ACCOUNT_ID, {"name": name}).fetchone()
+    if row is None:
+        raise NotFound(f"no account named {name!r}; see 'txrelay account list'")
+    return int(row["id"])  # type: ignore[call-overload]
+
+
+# Message-ID is matched with or without its angle brackets.
+SEARCH_RECIPIENTS = """
+SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
+       a.name AS account, c.name AS connection, l.recipient, l.state, l.billing, l.dsn,
+       l.last_event, l.last_event_at
+  FROM ledger l
+  JOIN messages m ON m.id = l.message_id
+  JOIN accounts a ON a.id = l.account_id
+  JOIN connections c ON c.id = l.connection_id
+ WHERE (%(to)s::text IS NULL OR lower(l.recipient) = lower(%(to)s))
+   AND (%(message_id)s::text IS NULL OR m.message_id = %(message_id)s
+        OR m.message_id = '<' || %(message_id)s || '>'
+        OR '<' || m.message_id || '>' = %(message_id)s)
+   AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
+   AND (%(account)s::text IS NULL OR a.name = %(account)s)
+   AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
+   AND (%(until)s::timestamptz IS NULL OR l.accepted_at < %(until)s)
+ ORDER BY l.accepted_at DESC, l.id DESC
+ LIMIT %(limit)s"""
+
+
+def search_recipients(conn: psycopg.Connection, *, to: str | None, message_id: str | None,
+                      connection: str | None, account: str | None, since: dt.datetime | None,
+                      until: dt.datetime | None, limit: int) -> list[dict]:
+    return conn.execute(SEARCH_RECIPIENTS, {  # type: ignore[return-value]
+        "to": to, "message_id": message_id, "connection": connection, "account": account,
+        "since": since, "until": until, "limit": limit}).fetchall()
+
+
+# --- billing --------------------------------------------------------------------------------
+
+BLOCKS_BOOKED = """
+SELECT id, kind, amount, booked_at FROM quota_blocks
+ WHERE account_id = %(account_id)s AND kind IN ('booked', 'plan')
+   AND booked_at >= %(start)s AND booked_at < %(end)s
+ ORDER BY booked_at, id"""
+
+# Bounced recipients are billed like delivered ones: billing, not state, decides.
+LEDGER_BILLING = """
+SELECT count(*) FILTER (WHERE billing = 'quota') AS from_blocks,
+       count(*) FILTER (WHERE billing = 'overage') AS overage,
+       count(*) FILTER (WHERE billing = 'void') AS voided
+  FROM ledger
+ WHERE account_id = %(account_id)s AND accepted_at >= %(start)s AND accepted_at < %(end)s"""
+
+EXPIRED_UNUSED = """
+SELECT COALESCE(sum(expired_unused), 0)::bigint AS expired
+  FROM quota_blocks
+ WHERE account_id = %(account_id)s AND expired_unused IS NOT NULL
+   AND expires_at >= %(start)s AND expires_at < %(end)s"""
+
+
+def billing_inputs(conn: psycopg.Connection, account_id: int, period: Period) -> BillingInputs:
+    params = {"account_id": account_id, "start": period.start, "end": period.end}
+    blocks = tuple(BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])  # type: ignore[call-overload]
+                   for r in conn.execute(BLOCKS_BOOKED, params).fetchall())
+    counts = conn.execute(LEDGER_BILLING, params).fetchone()
+    expired = conn.execute(EXPIRED_UNUSED, params).fetchone()
+    return BillingInputs(blocks, int(counts["from_blocks"]),  # type: ignore[index]
+                         int(counts["overage"]), int(expired["expired"]),  # type: ignore[index]
+                         int(counts["voided"]))  # type: ignore[index]

@@ -1,0 +1,265 @@
+"""PostgreSQL side of delivery tracking: log positions, per-recipient outcomes, voiding."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """A log file as the tracker knows it across renames: device, inode, first-line hash."""
+
+    device: int
+    inode: int
+    fingerprint: str | None  # None while the file has no complete first line
+
+
+@dataclass(frozen=True)
+class Position:
+    identity: FileIdentity | None  # None: never read anything of this log
+    offset: int
+
+
+@dataclass(frozen=True)
+class Counters:
+    lines_read: int = 0
+    unparsed_lines: int = 0
+    unmatched_events: int = 0
+    nrcpt_mismatches: int = 0
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(self.lines_read + other.lines_read,
+                        self.unparsed_lines + other.unparsed_lines,
+                        self.unmatched_events + other.unmatched_events,
+                        self.nrcpt_mismatches + other.nrcpt_mismatches)
+
+
+SELECT_POSITION = """
+SELECT device, inode, fingerprint, byte_offset FROM tracker_positions
+ WHERE node = %(node)s AND log_path = %(log_path)s"""
+
+# FOR UPDATE: two trackers started by mistake for the same node and log serialise here, so
+# neither applies a line the other already applied.
+LOCK_POSITION = """
+SELECT device, inode, fingerprint, byte_offset FROM tracker_positions
+ WHERE node = %(node)s AND log_path = %(log_path)s
+   FOR UPDATE"""
+
+INSERT_POSITION = """
+INSERT INTO tracker_positions (node, log_path) VALUES (%(node)s, %(log_path)s)
+ON CONFLICT (node, log_path) DO NOTHING"""
+
+SAVE_POSITION = """
+UPDATE tracker_positions
+   SET device = %(device)s, inode = %(inode)s, fingerprint = %(fingerprint)s,
+       byte_offset = %(offset)s, lines_read = lines_read + %(lines_read)s,
+       unparsed_lines = unparsed_lines + %(unparsed_lines)s,
+       unmatched_events = unmatched_events + %(unmatched_events)s,
+       nrcpt_mismatches = nrcpt_mismatches + %(nrcpt_mismatches)s, updated_at = %(now)s
+ WHERE node = %(node)s AND log_path = %(log_path)s"""
+
+SELECT_STATUS = """
+SELECT node, log_path, byte_offset, lines_read, unparsed_lines, unmatched_events,
+       nrcpt_mismatches, updated_at
+  FROM tracker_positions ORDER BY node, log_path"""
+
+
+def _position(row: dict | None) -> Position:
+    if row is None or row["inode"] is None:
+        return Position(None, 0)
+    identity = FileIdentity(int(row["device"]), int(row["inode"]), row["fingerprint"])
+    return Position(identity, int(row["byte_offset"]))
+
+
+def load_position(conn: psycopg.Connection, node: str, log_path: str) -> Position:
+    row = conn.execute(SELECT_POSITION, {"node": node, "log_path": log_path}).fetchone()
+    return _position(row)  # type: ignore[arg-type]
+
+
+def lock_position(conn: psycopg.Connection, node: str, log_path: str) -> Position:
+    """The stored position, locked until the transaction ends (call inside one)."""
+    params = {"node": node, "log_path": log_path}
+    conn.execute(INSERT_POSITION, params)
+    return _position(conn.execute(LOCK_POSITION, params).fetchone())  # type: ignore[arg-type]
+
+
+def save_position(conn: psycopg.Connection, node: str, log_path: str, position: Position,
+                  counters: Counters, now: dt.datetime) -> None:
+    identity = position.identity
+    conn.execute(SAVE_POSITION, {
+        "node": node, "log_path": log_path, "offset": position.offset, "now": now,
+        "device": identity.device if identity else None,
+        "inode": identity.inode if identity else None,
+        "fingerprint": identity.fingerprint if identity else None,
+        "lines_read": counters.lines_read, "unparsed_lines": counters.unparsed_lines,
+        "unmatched_events": counters.unmatched_events,
+        "nrcpt_mismatches": counters.nrcpt_mismatches})
+
+
+def tracker_status(conn: psycopg.Connection) -> list[dict]:
+    return conn.execute(SELECT_STATUS).fetchall()  # type: ignore[return-value]
+
+
+# --- events -------------------------------------------------------------------------------
+
+# The newest message of this node that still owns the queue id and awaits qmgr's line.
+CONFIRM_QUEUED = """
+UPDATE messages SET queued_at = %(now)s
+ WHERE id = (SELECT id FROM messages
+              WHERE node = %(node)s AND queue_id = %(queue_id)s
+                AND queued_at IS NULL AND removed_at IS NULL
+              ORDER BY id DESC LIMIT 1)
+RETURNING id"""
+
+MARK_LEDGER_QUEUED = """
+UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
+ WHERE message_id = %(message_id)s AND state = 'accepted'"""
+
+COUNT_LEDGER_ROWS = """
+SELECT count(*) AS rows, count(*) FILTER (WHERE state = 'voided') AS voided
+  FROM ledger WHERE message_id = %(message_id)s"""
+
+# The message that owns the queue id now: queued and not yet removed from Postfix's queue.
+SELECT_OWNER = """
+SELECT id, queued_at FROM messages
+ WHERE node = %(node)s AND queue_id = %(queue_id)s AND removed_at IS NULL
+ ORDER BY id DESC LIMIT 1"""
+
+SET_QUEUED_AT = """
+UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
+
+SELECT_LEDGER_RECIPIENTS = """
+SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s"""
+
+# Delivered and bounced are final; voided rows were never Postfix's to deliver.
+RECORD_OUTCOME = """
+UPDATE ledger SET state = %(state)s, dsn = %(dsn)s, last_event = %(event)s,
+                  last_event_at = %(now)s
+ WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred')"""
+
+EXPIRE_MESSAGE = """
+UPDATE ledger SET state = 'bounced', dsn = COALESCE(dsn, '4.4.7'),
+                  last_event = 'expired, returned to sender', last_event_at = %(now)s
+ WHERE message_id = %(message_id)s AND state IN ('accepted', 'queued', 'deferred')"""
+
+MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
+
+INSERT_ANOMALY = """
+INSERT INTO tracker_anomalies (node, queue_id, kind, detail, seen_at)
+VALUES (%(node)s, %(queue_id)s, %(kind)s, %(detail)s, %(now)s)"""
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    message_id: int
+    ledger_rows: int
+    voided_rows: int
+
+
+def confirm_queued(conn: psycopg.Connection, node: str, queue_id: str,
+                   now: dt.datetime) -> Confirmed | None:
+    """qmgr queued the message: accepted rows become queued. None: no message awaits it."""
+    row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id,
+                                        "now": now}).fetchone()
+    if row is None:
+        return None
+    message_id = int(row["id"])  # type: ignore[call-overload]
+    conn.execute(MARK_LEDGER_QUEUED, {"message_id": message_id, "now": now})
+    counts = conn.execute(COUNT_LEDGER_ROWS, {"message_id": message_id}).fetchone()
+    return Confirmed(message_id, int(counts["rows"]),  # type: ignore[index]
+                     int(counts["voided"]))  # type: ignore[index]
+
+
+def queue_owner(conn: psycopg.Connection, node: str, queue_id: str) -> tuple[int, bool] | None:
+    """(message id, already queued) of the message owning the queue id, if any."""
+    row = conn.execute(SELECT_OWNER, {"node": node, "queue_id": queue_id}).fetchone()
+    if row is None:
+        return None
+    return int(row["id"]), row["queued_at"] is not None  # type: ignore[call-overload]
+
+
+def ledger_recipients(conn: psycopg.Connection, message_id: int) -> dict[str, int]:
+    """Lower-cased recipient -> ledger row id."""
+    rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
+    return {row["recipient"]: int(row["id"]) for row in rows}  # type: ignore[call-overload]
+
+
+def record_outcome(conn: psycopg.Connection, message_id: int, ledger_id: int, state: str,
+                   dsn: str, event: str, now: dt.datetime) -> bool:
+    """Apply one recipient's outcome; False when the row was already final."""
+    conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
+    cursor = conn.execute(RECORD_OUTCOME, {"state": state, "dsn": dsn, "event": event,
+                                           "now": now, "ledger_id": ledger_id})
+    return cursor.rowcount == 1
+
+
+def expire_message(conn: psycopg.Connection, message_id: int, now: dt.datetime) -> int:
+    return conn.execute(EXPIRE_MESSAGE, {"message_id": message_id, "now": now}).rowcount
+
+
+def mark_removed(conn: psycopg.Connection, message_id: int, now: dt.datetime) -> None:
+    conn.execute(MARK_REMOVED, {"message_id": message_id, "now": now})
+
+
+def record_anomaly(conn: psycopg.Connection, node: str, queue_id: str, kind: str,
+                   detail: str, now: dt.datetime) -> None:
+    conn.execute(INSERT_ANOMALY, {"node": node, "queue_id": queue_id, "kind": kind,
+                                  "detail": detail, "now": now})
+
+
+# --- voiding ------------------------------------------------------------------------------
+
+# Rows the milter accepted that Postfix never queued (cleanup failed, the client vanished
+# after end-of-message...). Only this node's: other nodes' logs are not read here.
+VOID_UNCONFIRMED = """
+WITH stale AS (
+    SELECT l.id, l.account_id, l.billing, l.quota_block_id
+      FROM ledger l JOIN messages m ON m.id = l.message_id
+     WHERE m.node = %(node)s AND m.queued_at IS NULL AND l.state = 'accepted'
+       AND m.accepted_at < %(cutoff)s
+       FOR UPDATE OF l SKIP LOCKED)
+UPDATE ledger SET state = 'voided', billing = 'void', quota_block_id = NULL,
+                  last_event = 'voided: Postfix never queued the message',
+                  last_event_at = %(now)s
+  FROM stale
+ WHERE ledger.id = stale.id
+RETURNING stale.account_id, stale.quota_block_id"""
+
+# Give the units back to the block. A block already closed by expiry keeps amount =
+# used + expired_unused: the returned units expire with it.
+RETURN_TO_BLOCK = """
+UPDATE quota_blocks
+   SET used = used - %(units)s,
+       expired_unused = CASE WHEN expired_unused IS NULL THEN NULL
+                             ELSE expired_unused + %(units)s END
+ WHERE id = %(block_id)s
+RETURNING account_id, expired_unused IS NULL AS open"""
+
+
+@dataclass(frozen=True)
+class Voided:
+    rows: int
+    credits: Sequence[tuple[int, int]]  # (account id, units) to add to Redis after commit
+
+
+def void_unconfirmed(conn: psycopg.Connection, node: str, cutoff: dt.datetime,
+                     now: dt.datetime) -> Voided:
+    """Void rows never confirmed by qmgr before cutoff; quota-billed units go back."""
+    rows = conn.execute(VOID_UNCONFIRMED, {"node": node, "cutoff": cutoff,
+                                           "now": now}).fetchall()
+    per_block: dict[int, int] = {}
+    for row in rows:
+        block_id = row["quota_block_id"]  # type: ignore[call-overload]
+        if block_id is not None:
+            per_block[int(block_id)] = per_block.get(int(block_id), 0) + 1
+    credits: dict[int, int] = {}
+    for block_id, units in sorted(per_block.items()):
+        back = conn.execute(RETURN_TO_BLOCK, {"units": units, "block_id": block_id}).fetchone()
+        if back is not None and back["open"]:  # type: ignore[call-overload]
+            account_id = int(back["account_id"])  # type: ignore[call-overload]
+            credits[account_id] = credits.get(account_id, 0) + units
+    return Voided(len(rows), sorted(credits.items()))

@@ -1,0 +1,152 @@
+"""The tracker's loop: read the log, void what Postfix never queued, run the quota tick."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from txrelay.clock import Clock
+from txrelay.config import Config
+from txrelay.errors import ServiceUnavailable
+from txrelay.notify import Mailer, SmtpMailer
+from txrelay.store import database, lifecycle, tracking
+from txrelay.store.redis_client import open_redis
+from txrelay.store.tracking import Counters
+from txrelay.tracker.engine import Tracker
+from txrelay.tracker.tick import TickResult, run_tick
+
+log = logging.getLogger("txrelay.tracker")
+
+
+def node_name(config: Config) -> str:
+    """The same name the milter writes to messages.node: queue ids are unique per node."""
+    return config.milter.node_name or socket.gethostname()
+
+
+@dataclass
+class RunSummary:
+    counters: Counters = field(default_factory=Counters)
+    voided: int = 0
+    ticks: list[TickResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.counters
+        return {"lines_read": c.lines_read, "unparsed_lines": c.unparsed_lines,
+                "unmatched_events": c.unmatched_events,
+                "nrcpt_mismatches": c.nrcpt_mismatches, "voided": self.voided,
+                "ticks": [t.as_dict() for t in self.ticks]}
+
+
+class TrackerDaemon:
+    """Owns the connections; `run` loops until stopped (or one pass with once=True)."""
+
+    def __init__(self, config: Config, clock: Clock, *, log_path: Path | None = None,
+                 node: str | None = None, mailer: Mailer | None = None,
+                 rotation_grace: float | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.node = node or node_name(config)
+        self.log_path = log_path or Path(config.tracker.log_path)
+        self.mailer = mailer or SmtpMailer(config.notify)
+        self.rotation_grace = (rotation_grace if rotation_grace is not None
+                               else max(2.0, 2 * config.tracker.poll_interval_seconds))
+        self.stop = threading.Event()
+        self.conn: psycopg.Connection | None = None
+        self.redis: redis.Redis = open_redis(config.redis)
+        self.tracker: Tracker | None = None
+
+    def connect(self) -> Tracker:
+        if self.tracker is None:
+            self.conn = database.connect(self.config.database, autocommit=True)
+            self.tracker = Tracker(self.conn, self.node, self.log_path, self.clock,
+                                   rotation_grace=self.rotation_grace)
+        return self.tracker
+
+    def disconnect(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def run_once(self, summary: RunSummary, tick: bool) -> bool:
+        """Read everything there is, then void and tick; True when the log was caught up."""
+        tracker = self.connect()
+        result = tracker.run_pass()
+        summary.counters += result.counters
+        if result.caught_up:
+            summary.voided += self.void_unconfirmed()
+        if tick:
+            assert self.conn is not None
+            summary.ticks.append(run_tick(self.conn, self.redis, self.config,
+                                          self.clock.now(), self.mailer))
+        return result.caught_up
+
+    def once(self) -> RunSummary:
+        """Catch up with the log, void, tick once: what `txrelay tracker --once` does."""
+        summary = RunSummary()
+        try:
+            while not self.run_once(summary, tick=False):
+                pass
+            assert self.conn is not None
+            summary.ticks.append(run_tick(self.conn, self.redis, self.config,
+                                          self.clock.now(), self.mailer))
+        finally:
+            self.disconnect()
+        return summary
+
+    def void_unconfirmed(self) -> int:
+        """Only once the log is caught up: a lagging tracker must not void what it has
+        simply not read yet."""
+        assert self.conn is not None
+        now = self.clock.now()
+        cutoff = now - dt.timedelta(seconds=self.config.tracker.confirm_timeout_seconds)
+        with self.conn.transaction():
+            voided = tracking.void_unconfirmed(self.conn, self.node, cutoff, now)
+        lifecycle.apply_credits(self.redis, self.config.redis.key_prefix, voided.credits)
+        if voided.rows:
+            log.warning("event=ledger_voided node=%s rows=%d: accepted by the milter but "
+                        "never queued by Postfix within %ds", self.node, voided.rows,
+                        self.config.tracker.confirm_timeout_seconds)
+        return voided.rows
+
+    def run(self) -> RunSummary:
+        """Until SIGTERM/SIGINT: follow the log, tick every tick_interval_seconds."""
+        summary = RunSummary()
+        next_tick = 0.0
+        log.info("event=tracker_start node=%s path=%s", self.node, self.log_path)
+        while not self.stop.is_set():
+            try:
+                due = time.monotonic() >= next_tick
+                caught_up = self.run_once(summary, tick=due)
+                if due:
+                    next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
+                    summary.ticks.clear()
+            except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError) as exc:
+                log.error("event=tracker_backoff reason=%s", exc)
+                self.disconnect()
+                caught_up = True
+                self.stop.wait(5.0)
+            if caught_up:
+                self.stop.wait(self.config.tracker.poll_interval_seconds)
+        self.disconnect()
+        log.info("event=tracker_stop node=%s", self.node)
+        return summary
+
+    def install_signal_handlers(self) -> None:
+        def handle(_signum: int, _frame: object) -> None:
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)

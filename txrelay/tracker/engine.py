@@ -1,0 +1,162 @@
+"""Applies parsed log lines to the ledger, one chunk per transaction with its log position."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from txrelay.clock import Clock
+from txrelay.policy import logline
+from txrelay.store import tracking
+from txrelay.store.tracking import Counters
+from txrelay.tracker.follower import Chunk, LogFollower
+
+log = logging.getLogger("txrelay.tracker")
+
+
+@dataclass(frozen=True)
+class PassResult:
+    counters: Counters
+    caught_up: bool  # the log has no complete line left to read
+
+
+class PositionMoved(Exception):
+    """Another tracker advanced this node's position: re-read from the stored one."""
+
+
+class Tracker:
+    """One node's tracker for one log file."""
+
+    def __init__(self, conn: psycopg.Connection, node: str, log_path: Path, clock: Clock,
+                 rotation_grace: float = 2.0) -> None:
+        self.conn = conn
+        self.node = node
+        self.log_path = log_path
+        self.clock = clock
+        self.follower = LogFollower(log_path, rotation_grace=rotation_grace)
+        self.ready = False
+
+    def resume(self) -> bool:
+        """Open the log at the stored position; False while the log file does not exist."""
+        stored = tracking.load_position(self.conn, self.node, str(self.log_path))
+        self.conn.commit()
+        self.ready = self.follower.resume(stored)
+        return self.ready
+
+    def run_pass(self, max_chunks: int = 1000) -> PassResult:
+        """Apply whatever complete lines the log holds now (up to max_chunks transactions)."""
+        total = Counters()
+        if not self.ready and not self.resume():
+            return PassResult(total, caught_up=True)
+        for _ in range(max_chunks):
+            chunk = self.follower.read_chunk(max_bytes=256 * 1024)
+            if chunk is None:
+                return PassResult(total, caught_up=True)
+            try:
+                total += self.apply_chunk(chunk)
+            except PositionMoved:
+                log.warning("event=position_moved node=%s path=%s: another tracker applied "
+                            "these lines; resuming from the stored position", self.node,
+                            self.log_path)
+                self.resume()
+        return PassResult(total, caught_up=False)
+
+    def apply_chunk(self, chunk: Chunk) -> Counters:
+        """The chunk's events and the position after it, in one transaction."""
+        now = self.clock.now()
+        with self.conn.transaction():
+            stored = tracking.lock_position(self.conn, self.node, str(self.log_path))
+            if not _continues(stored, chunk.start):
+                raise PositionMoved()
+            counters = Counters(lines_read=len(chunk.lines))
+            for line in chunk.lines:
+                counters += apply_event(self.conn, self.node, logline.parse_line(line), now)
+            tracking.save_position(self.conn, self.node, str(self.log_path), chunk.end,
+                                   counters, now)
+        self.follower.advance(chunk)
+        return counters
+
+    def close(self) -> None:
+        self.follower.close()
+
+
+def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
+    """The chunk starts where the database says this tracker stopped."""
+    if stored.identity is None:
+        return True
+    if start.identity is None:
+        return False
+    same_file = (stored.identity.device, stored.identity.inode) == (start.identity.device,
+                                                                    start.identity.inode)
+    if same_file:
+        return stored.offset == start.offset
+    return start.offset == 0  # the first chunk of the next file after a rotation
+
+
+def apply_event(conn: psycopg.Connection, node: str, event: logline.Event,
+                now: dt.datetime) -> Counters:
+    """One event's effect on the ledger; the counters say what was not understood."""
+    if isinstance(event, logline.Unparsed):
+        return Counters(unparsed_lines=1)
+    if isinstance(event, logline.Queued):
+        return _apply_queued(conn, node, event, now)
+    if isinstance(event, logline.Delivery):
+        return _apply_delivery(conn, node, event, now)
+    if isinstance(event, logline.Expired):
+        owner = tracking.queue_owner(conn, node, event.queue_id)
+        if owner is None:
+            return Counters(unmatched_events=1)
+        tracking.expire_message(conn, owner[0], now)
+        return Counters()
+    if isinstance(event, logline.Removed):
+        owner = tracking.queue_owner(conn, node, event.queue_id)
+        if owner is not None:
+            tracking.mark_removed(conn, owner[0], now)
+        return Counters()
+    return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
+
+
+def _apply_queued(conn: psycopg.Connection, node: str, event: logline.Queued,
+                  now: dt.datetime) -> Counters:
+    confirmed = tracking.confirm_queued(conn, node, event.queue_id, now)
+    if confirmed is None:
+        owner = tracking.queue_owner(conn, node, event.queue_id)
+        if owner is not None and owner[1]:
+            return Counters()  # qmgr logs the line again on every retry from the deferred queue
+        return Counters(unmatched_events=1)
+    counters = Counters()
+    if confirmed.voided_rows:
+        tracking.record_anomaly(conn, node, event.queue_id, "queued_after_void",
+                                f"{confirmed.voided_rows} ledger rows were voided before "
+                                "Postfix queued the message", now)
+    if confirmed.ledger_rows != event.nrcpt:
+        log.warning("event=nrcpt_mismatch node=%s queue_id=%s nrcpt=%d ledger_rows=%d",
+                    node, event.queue_id, event.nrcpt, confirmed.ledger_rows)
+        tracking.record_anomaly(conn, node, event.queue_id, "nrcpt_mismatch",
+                                f"Postfix queued {event.nrcpt} recipients, the ledger holds "
+                                f"{confirmed.ledger_rows}", now)
+        counters = Counters(nrcpt_mismatches=1)
+    return counters
+
+
+def _apply_delivery(conn: psycopg.Connection, node: str, event: logline.Delivery,
+                    now: dt.datetime) -> Counters:
+    owner = tracking.queue_owner(conn, node, event.queue_id)
+    if owner is None:
+        return Counters(unmatched_events=1)
+    message_id = owner[0]
+    recipients = tracking.ledger_recipients(conn, message_id)
+    picked = logline.pick_candidate(event, set(recipients))
+    if picked is None:
+        if len(event.candidates) > 1:
+            tracking.record_anomaly(conn, node, event.queue_id, "ambiguous_delivery_line",
+                                    f"{len(event.candidates)} readings of one line", now)
+        return Counters(unmatched_events=1)
+    candidate, address = picked
+    tracking.record_outcome(conn, message_id, recipients[address], candidate.outcome.value,
+                            candidate.dsn, candidate.describe(), now)
+    return Counters()

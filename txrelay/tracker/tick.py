@@ -1,0 +1,101 @@
+"""The periodic quota tick: renew plans, expire blocks, send low-quota reminders.
+
+Run by the tracker every [tracker] tick_interval_seconds and by `txrelay quota tick`.
+Idempotent: a second run (or another node's run) changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+import psycopg
+import redis
+
+from txrelay.config import Config
+from txrelay.errors import ServiceUnavailable
+from txrelay.notify import Mailer, Reminder, Usage, compose
+from txrelay.store import lifecycle
+
+log = logging.getLogger("txrelay.tracker")
+
+
+@dataclass
+class TickResult:
+    renewals: list[lifecycle.Renewal] = field(default_factory=list)
+    expired: list[lifecycle.ExpiredBlock] = field(default_factory=list)
+    reminders_sent: list[str] = field(default_factory=list)  # account names
+    rearmed: list[str] = field(default_factory=list)
+    reminder_failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "renewals": [{"account_id": r.account_id, "block_id": r.block_id,
+                          "amount": r.amount, "booked_at": r.booked_at.isoformat(),
+                          "expires_at": r.expires_at.isoformat()} for r in self.renewals],
+            "expired": [{"account_id": e.account_id, "block_id": e.block_id,
+                         "expired_unused": e.expired_unused} for e in self.expired],
+            "reminders_sent": self.reminders_sent, "rearmed": self.rearmed,
+            "reminder_failures": self.reminder_failures,
+        }
+
+
+def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
+             now: dt.datetime, mailer: Mailer) -> TickResult:
+    """Renewal before expiry (a renewed plan never leaves a gap), then reminders."""
+    result = TickResult()
+    validity = dt.timedelta(days=config.quota.block_validity_days)
+    with conn.transaction():
+        result.renewals = lifecycle.renew_plans(conn, now, validity)
+        result.expired = lifecycle.expire_blocks(conn, now)
+    credits = [(r.account_id, r.amount) for r in result.renewals]
+    credits += [(e.account_id, -e.expired_unused) for e in result.expired]
+    lifecycle.apply_credits(client, config.redis.key_prefix, credits)
+    for renewal in result.renewals:
+        log.info("event=plan_renewed account_id=%d block_id=%d amount=%d",
+                 renewal.account_id, renewal.block_id, renewal.amount)
+    for block in result.expired:
+        log.info("event=block_expired account_id=%d block_id=%d expired_unused=%d",
+                 block.account_id, block.block_id, block.expired_unused)
+    check_reminders(conn, config, now, mailer, result)
+    return result
+
+
+def check_reminders(conn: psycopg.Connection, config: Config, now: dt.datetime,
+                    mailer: Mailer, result: TickResult) -> None:
+    """One e-mail per crossing below the threshold; back at or above it re-arms."""
+    with conn.transaction():
+        candidates = lifecycle.reminder_candidates(conn, now)
+    for candidate in candidates:
+        if candidate.rearm:
+            with conn.transaction():
+                lifecycle.set_armed(conn, candidate.account_id, True, now)
+            result.rearmed.append(candidate.account)
+            continue
+        try:
+            if send_reminder(conn, config, now, mailer, candidate):
+                result.reminders_sent.append(candidate.account)
+        except ServiceUnavailable as exc:
+            log.warning("event=reminder_failed account=%s reason=%s", candidate.account, exc)
+            result.reminder_failures.append(candidate.account)
+
+
+def send_reminder(conn: psycopg.Connection, config: Config, now: dt.datetime, mailer: Mailer,
+                  candidate: lifecycle.ReminderCandidate) -> bool:
+    """Send while holding the armed row; the record and the disarm commit after the send,
+    so a failed send is retried by the next tick (a crash right after sending could repeat
+    one reminder: at least once, never lost)."""
+    with conn.transaction():
+        if not lifecycle.lock_armed(conn, candidate.account_id):
+            return False
+        last_day, last_week = lifecycle.usage(conn, candidate.account_id, now)
+        reminder = Reminder(candidate.account, candidate.admin_email, candidate.remaining,
+                            candidate.threshold, Usage(last_day, last_week), now)
+        mailer.send(compose(reminder, config.notify.from_address))
+        lifecycle.record_notification(conn, candidate.account_id, "low_quota",
+                                      reminder.detail(), now)
+        lifecycle.set_armed(conn, candidate.account_id, False, now)
+    log.info("event=low_quota_reminder account=%s remaining=%d threshold=%d",
+             candidate.account, candidate.remaining, candidate.threshold)
+    return True
