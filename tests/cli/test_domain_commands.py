@@ -115,7 +115,7 @@ def _pem_file(tmp_path: Path, key: object, name: str = "key.pem") -> Path:
 
 
 @pytest.mark.parametrize(("make_key", "algorithm"), [
-    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "rsa"),
+    (lambda: rsa.generate_private_key(public_exponent=65537, key_size=1024), "rsa"),  # noqa: S505 - the minimum accepted
     (ed25519.Ed25519PrivateKey.generate, "ed25519"),
 ])
 def test_existing_key_file_is_used_and_its_algorithm_inferred(
