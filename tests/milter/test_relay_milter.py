@@ -56,7 +56,8 @@ def test_accepted_message_is_signed_decorated_and_recorded(
 
 def test_client_list_help_is_replaced_and_message_id_kept(
         driver: Driver, tenant: Tenant) -> None:
-    headers = [*default_headers(tenant.domain), ("List-Help", b"<https://evil.example/a>"), ("Message-ID", b"<own-id@shop>"), ("List-Help", b"<https://evil.example/b>")]
+    headers = [*default_headers(tenant.domain), ("List-Help", b"<https://evil.example/a>"),
+               ("Message-ID", b"<own-id@shop>"), ("List-Help", b"<https://evil.example/b>")]
     outcome = driver.send(tenant, headers=headers)
     assert outcome.eom == Milter.ACCEPT
     assert [c for c in outcome.changes if c[0] == "chg"] == [
@@ -67,7 +68,8 @@ def test_client_list_help_is_replaced_and_message_id_kept(
 
 
 def test_signature_survives_odd_but_legal_header_spacing(driver: Driver, tenant: Tenant) -> None:
-    headers = [*default_headers(tenant.domain), ("X-Long", b"one\n two\n\tthree"), ("Cc", b"  carol@customer.example  ")]
+    headers = [*default_headers(tenant.domain), ("X-Long", b"one\n two\n\tthree"),
+               ("Cc", b"  carol@customer.example  ")]
     outcome = driver.send(tenant, headers=headers, body=b"line one\r\n\r\n\r\n")
     assert dkim.verify(outcome.queued, dnsfunc=dns_for(tenant))
 
@@ -186,7 +188,8 @@ def test_committed_message_consumes_balance_and_aborted_one_does_not(
 
 def test_garbage_headers_do_not_crash_and_next_message_is_served(
         driver: Driver, tenant: Tenant) -> None:
-    headers = [*default_headers(tenant.domain), ("X-Bin", b"\xff\xfe\x00\x01"), ("Subject", b"=?bogus?q?=ZZ?=")]
+    headers = [*default_headers(tenant.domain), ("X-Bin", b"\xff\xfe\x00\x01"),
+               ("Subject", b"=?bogus?q?=ZZ?=")]
     first = driver.send(tenant, headers=headers)
     assert first.eom == Milter.ACCEPT
     assert driver.send(tenant).eom == Milter.ACCEPT

@@ -31,6 +31,10 @@ log = logging.getLogger("txrelay.milter")
 T = TypeVar("T")
 
 
+class LedgerUnavailable(ServiceUnavailable):
+    """PostgreSQL did not answer in time, or the pool had no connection to give."""
+
+
 class Ledger:
     """PostgreSQL behind the two calls the milter makes, failures as ServiceUnavailable."""
 
@@ -50,7 +54,7 @@ class Ledger:
             with self.pool.connection() as conn:
                 return work(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise ServiceUnavailable(f"PostgreSQL did not answer ({exc.__class__.__name__}: "
+            raise LedgerUnavailable(f"PostgreSQL did not answer ({exc.__class__.__name__}: "
                                      f"{str(exc).strip().splitlines()[0] if str(exc) else ''})"
                                      ) from exc
 

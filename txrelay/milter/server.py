@@ -13,7 +13,7 @@ import Milter
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ConfigError
-from txrelay.milter.relay import RelayMilter
+from txrelay.milter.relay import ACTIONS, RelayMilter
 from txrelay.milter.runtime import open_runtime
 
 log = logging.getLogger("txrelay.milter")
@@ -50,7 +50,7 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     runtime = open_runtime(config, clock)
     try:
         Milter.factory = lambda: RelayMilter(runtime)
-        Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS)
+        Milter.set_flags(ACTIONS)
         Milter.set_exception_policy(Milter.TEMPFAIL)
         log.info("event=milter_start socket=%s node=%s pid=%d", spec, runtime.node, os.getpid())
         Milter.runmilter(MILTER_NAME, spec, timeout=LIBMILTER_TIMEOUT, rmsock=True)

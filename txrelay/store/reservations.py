@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -45,6 +45,10 @@ class ReservationRequest:
 
 def reservation_member(txn_id: str, recipient: str) -> str:
     return f"{txn_id}|{recipient.lower()}"
+
+
+class RedisUnavailable(ServiceUnavailable):
+    """Redis did not answer in time ([redis] timeout_ms) or refused the script."""
 
 
 class ReservationStore(Protocol):
@@ -77,7 +81,7 @@ class RedisReservations:
             self._call(lambda: self.client.set(keys.balance, remaining, nx=True))
             result = self._run_reserve(request)
             if result.status is ReservationStatus.NEED_BALANCE:
-                raise ServiceUnavailable("Redis lost the quota balance it was just given")
+                raise RedisUnavailable("Redis lost the quota balance it was just given")
         return result
 
     def _run_reserve(self, request: ReservationRequest) -> Reservation:
@@ -103,9 +107,9 @@ class RedisReservations:
             keys=[keys.held, keys.rate(connection_id)], args=list(members))))
 
     @staticmethod
-    def _call(operation: Callable[[], object]) -> object:
+    def _call(operation: Callable[[], Any]) -> Any:
         try:
             return operation()
         except redis.RedisError as exc:
-            raise ServiceUnavailable(f"Redis did not answer ({exc.__class__.__name__}: "
+            raise RedisUnavailable(f"Redis did not answer ({exc.__class__.__name__}: "
                                      f"{exc})") from exc
