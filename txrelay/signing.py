@@ -51,7 +51,8 @@ def load_signing_key(algorithm: str, private_key_pem: str) -> SigningKey:
         raise InvalidInput(f"the stored DKIM private key cannot be read ({exc})") from None
     expected = {"rsa": rsa.RSAPrivateKey, "ed25519": ed25519.Ed25519PrivateKey}.get(algorithm)
     if expected is None or not isinstance(key, expected):
-        raise InvalidInput(f"the stored DKIM private key is not a {algorithm} key")
+        raise InvalidInput("the stored DKIM private key does not match its algorithm "
+                           f"{algorithm!r}")
     return SigningKey(algorithm, key)  # type: ignore[arg-type]  # narrowed by isinstance
 
 
