@@ -43,7 +43,7 @@ def plan(cli: CliContext, account: str, block: int | None, no_plan: bool) -> Non
                 assert block is not None
                 lifecycle.set_plan(conn, account_id, block, config.quota.min_block, now)
                 renewals = lifecycle.renew_plans(
-                    conn, now, _validity(cli), account_id=account_id)
+                    conn, now, _validity(cli), accounts=[account_id])
             current = lifecycle.get_plan(conn, account_id)
         lifecycle.apply_credits(cli.redis, config.redis.key_prefix,
                                 [(r.account_id, r.amount) for r in renewals])
@@ -77,18 +77,21 @@ def _print_plan(data: dict[str, Any]) -> None:
 
 
 @quota.command("tick")
+@click.argument("account", required=False)
 @json_option
 @pass_cli
-def tick(cli: CliContext) -> None:
-    """Renew due plans, expire blocks older than their validity, send low-quota reminders.
-    The tracker does this every [tracker] tick_interval_seconds; a timer may call this.
-    Running it twice changes nothing the second time."""
+def tick(cli: CliContext, account: str | None) -> None:
+    """Renew due plans, expire blocks older than their validity, send low-quota reminders
+    (for ACCOUNT only, if given). The tracker does this every [tracker]
+    tick_interval_seconds; a timer may call this. Running it twice changes nothing the
+    second time."""
     from txrelay.notify import SmtpMailer
 
     conn = database.connect(cli.config.database, autocommit=True)
     try:
+        accounts = None if account is None else [reporting.require_account(conn, account)]
         result = run_tick(conn, cli.redis, cli.config, cli.clock.now(),
-                          SmtpMailer(cli.config.notify))
+                          SmtpMailer(cli.config.notify), accounts)
     finally:
         conn.close()
     cli.emit(result.as_dict(), lambda: _print_tick(result))

@@ -24,6 +24,7 @@ Credit = tuple[int, int]  # (account id, units to add to the live balance)
 EXPIRE_BLOCKS = """
 UPDATE quota_blocks SET expired_unused = amount - used
  WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
 RETURNING id, account_id, expired_unused"""
 
 
@@ -34,9 +35,11 @@ class ExpiredBlock:
     expired_unused: int
 
 
-def expire_blocks(conn: psycopg.Connection, now: dt.datetime) -> list[ExpiredBlock]:
-    """Close due blocks (call inside a transaction); credit -expired_unused afterwards."""
-    rows = conn.execute(EXPIRE_BLOCKS, {"now": now}).fetchall()
+def expire_blocks(conn: psycopg.Connection, now: dt.datetime,
+                  accounts: Sequence[int] | None = None) -> list[ExpiredBlock]:
+    """Close due blocks (call inside a transaction); credit -expired_unused afterwards.
+    `accounts` limits the work to those accounts (None: all)."""
+    rows = conn.execute(EXPIRE_BLOCKS, {"now": now, "accounts": _ids(accounts)}).fetchall()
     return [ExpiredBlock(int(r["id"]), int(r["account_id"]),  # type: ignore[call-overload]
                          int(r["expired_unused"])) for r in rows]  # type: ignore[call-overload]
 
@@ -45,8 +48,8 @@ def expire_blocks(conn: psycopg.Connection, now: dt.datetime) -> list[ExpiredBlo
 
 LOCK_DUE_PLANS = """
 SELECT account_id, block_amount, next_renewal_at FROM quota_plans
- WHERE next_renewal_at <= %(now)s AND (%(account_id)s::bigint IS NULL
-                                       OR account_id = %(account_id)s)
+ WHERE next_renewal_at <= %(now)s
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
  ORDER BY account_id
    FOR UPDATE SKIP LOCKED"""
 
@@ -82,14 +85,14 @@ class Renewal:
 
 
 def renew_plans(conn: psycopg.Connection, now: dt.datetime, validity: dt.timedelta,
-                account_id: int | None = None) -> list[Renewal]:
+                accounts: Sequence[int] | None = None) -> list[Renewal]:
     """Book each due plan block, dated its scheduled day (call inside a transaction).
 
     Periods missed entirely (the tick did not run for a whole validity period) are not
     booked: their block would be expired on arrival, billed for nothing.
     """
     renewals = []
-    plans = conn.execute(LOCK_DUE_PLANS, {"now": now, "account_id": account_id}).fetchall()
+    plans = conn.execute(LOCK_DUE_PLANS, {"now": now, "accounts": _ids(accounts)}).fetchall()
     for plan in plans:
         account, amount = int(plan["account_id"]), int(plan["block_amount"])  # type: ignore[call-overload]
         due: dt.datetime = plan["next_renewal_at"]  # type: ignore[call-overload]
@@ -179,6 +182,10 @@ def reconcile(conn: psycopg.Connection, client: redis.Redis, prefix: str, now: d
     return checks
 
 
+def _ids(accounts: Sequence[int] | None) -> list[int] | None:
+    return None if accounts is None else list(accounts)
+
+
 def apply_credits(client: redis.Redis, prefix: str, credits: Sequence[Credit]) -> None:
     """After commit: move the live balances by the committed deltas."""
     from txrelay.store.balance import credit_balance
@@ -196,6 +203,7 @@ def apply_credits(client: redis.Redis, prefix: str, credits: Sequence[Credit]) -
 ARM_NEW_REMINDERS = """
 INSERT INTO quota_reminders (account_id, armed, changed_at)
 SELECT id, true, %(now)s FROM accounts WHERE low_quota_threshold > 0
+   AND (%(accounts)s::bigint[] IS NULL OR id = ANY(%(accounts)s))
 ON CONFLICT (account_id) DO NOTHING"""
 
 # Accounts whose reminder must change: armed and below the threshold (send), or disarmed
@@ -207,7 +215,8 @@ SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, r.armed,
                     AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)::bigint
            AS remaining
   FROM accounts a JOIN quota_reminders r ON r.account_id = a.id
- WHERE a.low_quota_threshold > 0"""
+ WHERE a.low_quota_threshold > 0
+   AND (%(accounts)s::bigint[] IS NULL OR a.id = ANY(%(accounts)s))"""
 
 # Serialises two nodes' ticks: the second sees armed = false and sends nothing.
 LOCK_ARMED_REMINDER = """
@@ -247,9 +256,11 @@ class ReminderCandidate:
         return not self.armed and self.remaining >= self.threshold
 
 
-def reminder_candidates(conn: psycopg.Connection, now: dt.datetime) -> list[ReminderCandidate]:
-    conn.execute(ARM_NEW_REMINDERS, {"now": now})
-    rows = conn.execute(SELECT_REMINDER_CHANGES, {"now": now}).fetchall()
+def reminder_candidates(conn: psycopg.Connection, now: dt.datetime,
+                        accounts: Sequence[int] | None = None) -> list[ReminderCandidate]:
+    params = {"now": now, "accounts": _ids(accounts)}
+    conn.execute(ARM_NEW_REMINDERS, params)
+    rows = conn.execute(SELECT_REMINDER_CHANGES, params).fetchall()
     found = [ReminderCandidate(int(r["id"]), r["name"], r["admin_email"],  # type: ignore[call-overload]
                                int(r["low_quota_threshold"]), int(r["remaining"]),  # type: ignore[call-overload]
                                bool(r["armed"])) for r in rows]  # type: ignore[call-overload]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -42,13 +43,15 @@ class TickResult:
 
 
 def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
-             now: dt.datetime, mailer: Mailer) -> TickResult:
-    """Renewal before expiry (a renewed plan never leaves a gap), then reminders."""
+             now: dt.datetime, mailer: Mailer,
+             accounts: Sequence[int] | None = None) -> TickResult:
+    """Renewal before expiry (a renewed plan never leaves a gap), then reminders.
+    `accounts` limits the tick to those account ids (None: every account)."""
     result = TickResult()
     validity = dt.timedelta(days=config.quota.block_validity_days)
     with conn.transaction():
-        result.renewals = lifecycle.renew_plans(conn, now, validity)
-        result.expired = lifecycle.expire_blocks(conn, now)
+        result.renewals = lifecycle.renew_plans(conn, now, validity, accounts)
+        result.expired = lifecycle.expire_blocks(conn, now, accounts)
     credits = [(r.account_id, r.amount) for r in result.renewals]
     credits += [(e.account_id, -e.expired_unused) for e in result.expired]
     lifecycle.apply_credits(client, config.redis.key_prefix, credits)
@@ -58,15 +61,16 @@ def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
     for block in result.expired:
         log.info("event=block_expired account_id=%d block_id=%d expired_unused=%d",
                  block.account_id, block.block_id, block.expired_unused)
-    check_reminders(conn, config, now, mailer, result)
+    check_reminders(conn, config, now, mailer, result, accounts)
     return result
 
 
 def check_reminders(conn: psycopg.Connection, config: Config, now: dt.datetime,
-                    mailer: Mailer, result: TickResult) -> None:
+                    mailer: Mailer, result: TickResult,
+                    accounts: Sequence[int] | None = None) -> None:
     """One e-mail per crossing below the threshold; back at or above it re-arms."""
     with conn.transaction():
-        candidates = lifecycle.reminder_candidates(conn, now)
+        candidates = lifecycle.reminder_candidates(conn, now, accounts)
     for candidate in candidates:
         if candidate.rearm:
             with conn.transaction():
