@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -39,6 +40,8 @@ class CliRun:
 
 
 Txrelay = Callable[..., CliRun]
+# The `db` fixture's connection: rows are dicts (psycopg's dict_row).
+DictConnection = psycopg.Connection[dict[str, Any]]
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch) -> CliRun:
@@ -91,6 +94,12 @@ def domain(txrelay: Txrelay, account: str, unique: str) -> str:
     result = txrelay("domain", "add", account, name, "--list-help", "https://help.example/")
     assert result.exit_code == 0, result.stderr
     return name
+
+
+def one_row(db: DictConnection, sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    row = db.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    assert row is not None, (sql, params)
+    return row
 
 
 def zone_strings(output: str) -> tuple[str, str]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import psycopg
-
-from tests.cli.conftest import Txrelay
+from tests.cli.conftest import DictConnection, Txrelay
 
 
 def test_new_account_gets_the_demo_quota_and_is_listed(txrelay: Txrelay, unique: str,
-                                                       db: psycopg.Connection) -> None:
+                                                       db: DictConnection) -> None:
     name = f"Bücher {unique} GmbH"
     created = txrelay("--json", "account", "create", name, "--admin-email",
                       f"Ops@{unique}.EXAMPLE").json()
@@ -50,7 +48,7 @@ def test_account_set_without_a_change_says_what_to_give(txrelay: Txrelay, accoun
 
 
 def test_duplicate_account_name_is_refused_and_nothing_is_written(
-        txrelay: Txrelay, account: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, db: DictConnection) -> None:
     before = db.execute("SELECT count(*) AS n FROM quota_blocks").fetchone()
     result = txrelay("account", "create", account, "--admin-email", "x@example.org")
     assert result.exit_code == 1
@@ -66,7 +64,7 @@ def test_unknown_account_is_named_in_the_error(txrelay: Txrelay, unique: str) ->
 
 
 def test_invalid_admin_email_is_refused(txrelay: Txrelay, unique: str,
-                                        db: psycopg.Connection) -> None:
+                                        db: DictConnection) -> None:
     result = txrelay("account", "create", f"Bad {unique}", "--admin-email",
                      "ops@example.com\r\nBcc: x@example.org")
     assert result.exit_code == 1
@@ -76,7 +74,7 @@ def test_invalid_admin_email_is_refused(txrelay: Txrelay, unique: str,
 
 
 def test_sql_looking_account_name_is_stored_verbatim(txrelay: Txrelay, unique: str,
-                                                     db: psycopg.Connection) -> None:
+                                                     db: DictConnection) -> None:
     name = f"Robert'); DROP TABLE accounts;-- {unique}"
     created = txrelay("account", "create", name, "--admin-email", "ops@example.org", "--json")
     assert created.json()["account"] == name

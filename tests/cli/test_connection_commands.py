@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import re
 
-import psycopg
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from tests.cli.conftest import Txrelay
+from tests.cli.conftest import DictConnection, Txrelay, one_row
 
 ACCESS_KEYS = {"account", "connection", "username", "password", "host", "port", "starttls",
                "domains"}
 
 
-def _hash_of(db: psycopg.Connection, username: str) -> str | None:
+def _hash_of(db: DictConnection, username: str) -> str | None:
     row = db.execute("SELECT password FROM sasl_passdb WHERE username = %s",
                      (username,)).fetchone()
     return None if row is None else row["password"]
@@ -32,7 +31,7 @@ def _verifies(stored: str | None, password: str) -> bool:
 
 
 def test_create_prints_the_access_data_once_and_stores_only_a_hash(
-        txrelay: Txrelay, account: str, domain: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, domain: str, db: DictConnection) -> None:
     access = txrelay("--json", "connection", "create", account, "Web shop", "--domain",
                      domain).json()
     assert set(access) == ACCESS_KEYS
@@ -69,7 +68,7 @@ def test_list_and_show_report_state_domains_and_rate(txrelay: Txrelay, account: 
 
 
 def test_disable_enable_rotate_delete_change_what_dovecot_reads(
-        txrelay: Txrelay, account: str, domain: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, domain: str, db: DictConnection) -> None:
     access = txrelay("--json", "connection", "create", account, "Shop", "--domain",
                      domain).json()
     user = access["username"]
@@ -87,18 +86,18 @@ def test_disable_enable_rotate_delete_change_what_dovecot_reads(
     deleted = txrelay("connection", "delete", *ref)
     assert deleted.exit_code == 0 and "can no longer log in" in deleted.stdout
     assert db.execute("SELECT 1 FROM credentials WHERE username = %s", (user,)).fetchone() is None
-    row = db.execute("SELECT deleted_at, enabled FROM connections WHERE id = %s",
-                     (_connection_id(db, account, "Shop"),)).fetchone()
+    row = one_row(db, "SELECT deleted_at, enabled FROM connections WHERE id = %s",
+                  (_connection_id(db, account, "Shop"),))
     assert row["deleted_at"] is not None and row["enabled"] is False
     assert txrelay("connection", "show", *ref).exit_code == 1
     again = txrelay("--json", "connection", "create", account, "Shop", "--domain", domain)
     assert again.json()["username"] != user  # the name is free again, the login is new
 
 
-def _connection_id(db: psycopg.Connection, account: str, name: str) -> int:
-    return db.execute("SELECT c.id FROM connections c JOIN accounts a ON a.id = c.account_id "
-                      "WHERE a.name = %s AND c.name = %s ORDER BY c.id DESC LIMIT 1",
-                      (account, name)).fetchone()["id"]
+def _connection_id(db: DictConnection, account: str, name: str) -> int:
+    return one_row(db, "SELECT c.id FROM connections c JOIN accounts a ON a.id = c.account_id "
+                   "WHERE a.name = %s AND c.name = %s ORDER BY c.id DESC LIMIT 1",
+                   (account, name))["id"]
 
 
 def test_set_changes_rate_limit_and_domains(txrelay: Txrelay, account: str, domain: str,
@@ -119,7 +118,7 @@ def test_set_changes_rate_limit_and_domains(txrelay: Txrelay, account: str, doma
 
 
 def test_domain_of_another_account_is_refused_and_nothing_is_written(
-        txrelay: Txrelay, account: str, unique: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, unique: str, db: DictConnection) -> None:
     other = f"Other {unique}"
     txrelay("account", "create", other, "--admin-email", "o@example.org")
     theirs = f"theirs-{unique}.example"
@@ -146,7 +145,7 @@ def test_unknown_domain_or_account_or_connection_is_named(txrelay: Txrelay, acco
 
 
 def test_duplicate_connection_name_in_one_account_is_a_conflict(
-        txrelay: Txrelay, account: str, domain: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, domain: str, db: DictConnection) -> None:
     txrelay("connection", "create", account, "Web shop", "--domain", domain)
     before = db.execute("SELECT count(*) AS n FROM credentials").fetchone()
     result = txrelay("connection", "create", account, "Web shop", "--domain", domain)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import psycopg
 import redis
 
-from tests.cli.conftest import Txrelay
+from tests.cli.conftest import DictConnection, Txrelay, one_row
 from txrelay.clock import FixedClock
 from txrelay.config import Config
 from txrelay.store.keys import AccountKeys
@@ -19,15 +18,15 @@ def _account_id(txrelay: Txrelay, account: str) -> int:
 
 
 def test_booking_adds_a_block_that_expires_after_30_days_and_makes_the_account_paid(
-        txrelay: Txrelay, account: str, clock: FixedClock, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, clock: FixedClock, db: DictConnection) -> None:
     booked = txrelay("quota", "book", account, "--amount", "25,000", "--json").json()
     block = booked["block"]
     assert (block["kind"], block["amount"], block["used"]) == ("booked", 25000, 0)
     assert block["booked_at"] == "2026-11-03T09:30:00+00:00"
     assert block["expires_at"] == "2026-12-03T09:30:00+00:00"
     assert booked["quota_remaining"] == 26000 and booked["paid"] is True
-    row = db.execute("SELECT booked_at, expires_at FROM quota_blocks WHERE id = %s",
-                     (block["id"],)).fetchone()
+    row = one_row(db, "SELECT booked_at, expires_at FROM quota_blocks WHERE id = %s",
+                  (block["id"],))
     assert row["expires_at"] - row["booked_at"] == dt.timedelta(days=30)
     assert txrelay("account", "show", account, "--json").json()["plan"] == "paid"
 
@@ -57,7 +56,7 @@ def test_demo_account_report(txrelay: Txrelay, account: str) -> None:
 
 
 def test_block_under_the_minimum_is_refused_naming_the_minimum(
-        txrelay: Txrelay, account: str, db: psycopg.Connection) -> None:
+        txrelay: Txrelay, account: str, db: DictConnection) -> None:
     before = db.execute("SELECT count(*) AS n FROM quota_blocks").fetchone()
     result = txrelay("quota", "book", account, "--amount", "24999")
     assert result.exit_code == 1
@@ -78,7 +77,7 @@ def test_booking_credits_the_live_balance_the_milters_use(
     key = AccountKeys(config.redis.key_prefix, _account_id(txrelay, account)).balance
     client.set(key, 12)
     txrelay("quota", "book", account, "--amount", "25000")
-    assert int(client.get(key)) == 25012
+    assert client.get(key) == b"25012"
 
 
 def test_booking_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) -> None:
@@ -88,7 +87,7 @@ def test_booking_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) -
 
 def test_booking_with_redis_down_is_kept_and_says_how_to_repair(
         txrelay: Txrelay, account: str, config_file: Path, tmp_path: Path,
-        db: psycopg.Connection) -> None:
+        db: DictConnection) -> None:
     broken = tmp_path / "redis-down.toml"
     text = config_file.read_text()
     redis_url = next(line for line in text.splitlines() if line.startswith("url = \"redis"))
@@ -96,6 +95,6 @@ def test_booking_with_redis_down_is_kept_and_says_how_to_repair(
     result = txrelay("--config", str(broken), "quota", "book", account, "--amount", "25000")
     assert result.exit_code == 0
     assert "the block is booked, but Redis did not take the new balance" in result.stderr
-    assert db.execute("SELECT count(*) AS n FROM quota_blocks b JOIN accounts a "
-                      "ON a.id = b.account_id WHERE a.name = %s AND kind = 'booked'",
-                      (account,)).fetchone()["n"] == 1
+    assert one_row(db, "SELECT count(*) AS n FROM quota_blocks b JOIN accounts a "
+                   "ON a.id = b.account_id WHERE a.name = %s AND kind = 'booked'",
+                   (account,))["n"] == 1

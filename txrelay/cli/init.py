@@ -147,7 +147,12 @@ def _write_dovecot(config: Config) -> list[Path] | None:
         from txrelay.provisioning.dovecot import write_dovecot_config
     except ImportError:
         return None  # a build without the Dovecot module; the summary says so
-    return list(write_dovecot_config(config))
+    try:
+        return list(write_dovecot_config(config))
+    except OSError as exc:
+        raise ConfigError(f"the configuration is written, but not Dovecot's in "
+                          f"{config.dovecot.config_dir} ({exc.strerror}); fix that and run "
+                          "'txrelay init --force' again") from exc
 
 
 def _print_summary(target: Path, config: Config, applied: list[database.Migration],

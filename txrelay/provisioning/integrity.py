@@ -56,6 +56,9 @@ def translated_errors(messages: Mapping[str, str] | None = None) -> Iterator[Non
     except psycopg.errors.UndefinedTable as exc:
         raise ServiceUnavailable("the database has no txrelay tables yet; run 'txrelay db "
                                  "migrate' (or 'txrelay init')") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ServiceUnavailable(f"PostgreSQL refused the command ({_first_line(exc)}); "
+                                 "connect as the database owner in [database] url") from exc
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable(f"PostgreSQL failed during the command ({_first_line(exc)}); "
                                  "nothing was changed, try again when it is back") from exc
