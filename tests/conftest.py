@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -77,10 +78,10 @@ def config(config_file: Path) -> Config:
 
 
 @pytest.fixture()
-def db(database_url: str) -> Iterator[psycopg.Connection]:
+def db(database_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     """A connection to the run's database (autocommit), for assertions."""
     with psycopg.connect(database_url, autocommit=True,
-                         row_factory=psycopg.rows.dict_row) as conn:  # type: ignore[arg-type]
+                         row_factory=psycopg.rows.dict_row) as conn:
         yield conn
 
 

@@ -15,6 +15,8 @@ from txrelay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
 ENV_PREFIX = "TXRELAY_"
+# TXRELAY_* variables that are not settings: the file itself, and the tests' fixed clock.
+NOT_SETTINGS = {"TXRELAY_CONFIG", "TXRELAY_TEST_NOW"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def load_config(path: Path | None = None, *, required: bool = False,
 def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
     """TXRELAY_<SECTION>_<KEY>=value overrides one key; TXRELAY_CONFIG is the file itself."""
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")

@@ -101,3 +101,8 @@ def test_every_key_is_documented_and_every_documented_key_exists() -> None:
                for f in dataclasses.fields(cls)}
     assert in_code - documented == set(), "keys missing from docs/configuration.md"
     assert documented - in_code == set(), "docs/configuration.md lists keys that do not exist"
+
+
+def test_test_clock_variable_is_not_taken_for_a_setting() -> None:
+    config = load_config(None, environ={"TXRELAY_TEST_NOW": "2026-01-01T00:00:00+00:00"})
+    assert config.quota.demo_quota == 1000

@@ -55,6 +55,9 @@ class CliContext:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:
         """--json prints data as JSON; otherwise the human form is printed by `human`."""

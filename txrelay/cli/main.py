@@ -73,7 +73,7 @@ _register()
 def main() -> None:
     """Entry point: any TxRelayError becomes one line on stderr and exit status 1."""
     try:
-        cli.main(standalone_mode=False, prog_name="txrelay")
+        status = cli.main(standalone_mode=False, prog_name="txrelay")
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
@@ -85,3 +85,5 @@ def main() -> None:
     except TxRelayError as exc:
         click.echo(f"txrelay: error: {exc}", err=True)
         sys.exit(1)
+    # ctx.exit(n) inside a command returns n here instead of raising (standalone_mode=False).
+    sys.exit(status if isinstance(status, int) else 0)
