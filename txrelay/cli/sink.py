@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from txrelay.sink import DEFAULT_RULES, parse_listen, parse_reply_rule, run_sink
-
 
 @click.command("sink")
 @click.option("--listen", default="127.0.0.1:2525", show_default=True, metavar="HOST:PORT",
@@ -27,6 +25,9 @@ def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...],
 
     One log line per message; stops on SIGTERM. Not a mail server: for the demo and tests.
     """
+    # Imported here: aiosmtpd is not worth loading for every other txrelay command.
+    from txrelay.sink import DEFAULT_RULES, parse_listen, parse_reply_rule, run_sink
+
     host, port = parse_listen(listen)
     rules = [parse_reply_rule(rule) for rule in reply_rules]
     if not no_default_rules:
