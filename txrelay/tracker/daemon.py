@@ -85,7 +85,7 @@ class TrackerDaemon:
         tracker = self.connect()
         result = tracker.run_pass()
         summary.counters += result.counters
-        if result.caught_up:
+        if result.caught_up and not self._rotation_pending():
             summary.voided += self.void_unconfirmed()
         if tick:
             assert self.conn is not None
@@ -97,14 +97,18 @@ class TrackerDaemon:
         """Catch up with the log, void, tick once: what `txrelay tracker --once` does."""
         summary = RunSummary()
         try:
-            while not self.run_once(summary, tick=False):
-                pass
+            while not self.run_once(summary, tick=False) or self._rotation_pending():
+                time.sleep(0.2)
             assert self.conn is not None
             summary.ticks.append(run_tick(self.conn, self.redis, self.config,
                                           self.clock.now(), self.mailer))
         finally:
             self.disconnect()
         return summary
+
+    def _rotation_pending(self) -> bool:
+        """Catching up includes the file that replaced a rotated one."""
+        return self.tracker is not None and self.tracker.follower.rotation_pending
 
     def void_unconfirmed(self) -> int:
         """Only once the log is caught up: a lagging tracker must not void what it has

@@ -111,6 +111,11 @@ class LogFollower:
             return None
         return Position(self.sources[0].identity, self.offset)
 
+    @property
+    def rotation_pending(self) -> bool:
+        """The live file was renamed away; the switch waits for the grace period."""
+        return self._rotation_seen is not None
+
     def resume(self, stored: Position) -> bool:
         """Open what the stored position names; False while the log does not exist yet."""
         self.close()
