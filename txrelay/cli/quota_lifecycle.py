@@ -49,7 +49,7 @@ def plan(cli: CliContext, account: str, block: int | None, no_plan: bool) -> Non
                                 [(r.account_id, r.amount) for r in renewals])
     finally:
         conn.close()
-    data = {"account": account, "plan": None if current is None else {
+    data: dict[str, Any] = {"account": account, "plan": None if current is None else {
                 "block": current["block_amount"],
                 "next_renewal_at": current["next_renewal_at"].isoformat()},
             "booked_now": [{"block_id": r.block_id, "amount": r.amount,

@@ -11,12 +11,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import redis
 
 from txrelay.errors import InvalidInput, NotFound
 from txrelay.store.keys import AccountKeys
+
+Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 Credit = tuple[int, int]  # (account id, units to add to the live balance)
 
@@ -35,13 +38,13 @@ class ExpiredBlock:
     expired_unused: int
 
 
-def expire_blocks(conn: psycopg.Connection, now: dt.datetime,
+def expire_blocks(conn: Conn, now: dt.datetime,
                   accounts: Sequence[int] | None = None) -> list[ExpiredBlock]:
     """Close due blocks (call inside a transaction); credit -expired_unused afterwards.
     `accounts` limits the work to those accounts (None: all)."""
     rows = conn.execute(EXPIRE_BLOCKS, {"now": now, "accounts": _ids(accounts)}).fetchall()
-    return [ExpiredBlock(int(r["id"]), int(r["account_id"]),  # type: ignore[call-overload]
-                         int(r["expired_unused"])) for r in rows]  # type: ignore[call-overload]
+    return [ExpiredBlock(int(r["id"]), int(r["account_id"]),
+                         int(r["expired_unused"])) for r in rows]
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -84,7 +87,7 @@ class Renewal:
     expires_at: dt.datetime
 
 
-def renew_plans(conn: psycopg.Connection, now: dt.datetime, validity: dt.timedelta,
+def renew_plans(conn: Conn, now: dt.datetime, validity: dt.timedelta,
                 accounts: Sequence[int] | None = None) -> list[Renewal]:
     """Book each due plan block, dated its scheduled day (call inside a transaction).
 
@@ -94,8 +97,8 @@ def renew_plans(conn: psycopg.Connection, now: dt.datetime, validity: dt.timedel
     renewals = []
     plans = conn.execute(LOCK_DUE_PLANS, {"now": now, "accounts": _ids(accounts)}).fetchall()
     for plan in plans:
-        account, amount = int(plan["account_id"]), int(plan["block_amount"])  # type: ignore[call-overload]
-        due: dt.datetime = plan["next_renewal_at"]  # type: ignore[call-overload]
+        account, amount = int(plan["account_id"]), int(plan["block_amount"])
+        due: dt.datetime = plan["next_renewal_at"]
         while due <= now:
             expires = due + validity
             if expires > now:
@@ -103,13 +106,13 @@ def renew_plans(conn: psycopg.Connection, now: dt.datetime, validity: dt.timedel
                     "account_id": account, "amount": amount, "booked_at": due,
                     "expires_at": expires}).fetchone()
                 if row is not None:
-                    renewals.append(Renewal(account, int(row["id"]), amount, due, expires))  # type: ignore[call-overload]
+                    renewals.append(Renewal(account, int(row["id"]), amount, due, expires))
             due = expires
         conn.execute(ADVANCE_PLAN, {"next": due, "account_id": account})
     return renewals
 
 
-def set_plan(conn: psycopg.Connection, account_id: int, amount: int, minimum: int,
+def set_plan(conn: Conn, account_id: int, amount: int, minimum: int,
              now: dt.datetime) -> dt.datetime:
     """Create or change the plan; a new plan is due at once. Returns the next renewal."""
     if amount < minimum:
@@ -117,17 +120,18 @@ def set_plan(conn: psycopg.Connection, account_id: int, amount: int, minimum: in
                            f"min_block); got {amount}")
     row = conn.execute(UPSERT_PLAN, {"account_id": account_id, "amount": amount,
                                      "now": now}).fetchone()
-    return row["next_renewal_at"]  # type: ignore[index,no-any-return]
+    assert row is not None  # INSERT … ON CONFLICT DO UPDATE returns the row either way
+    return row["next_renewal_at"]  # type: ignore[no-any-return]
 
 
-def clear_plan(conn: psycopg.Connection, account_id: int) -> int | None:
+def clear_plan(conn: Conn, account_id: int) -> int | None:
     """Stop renewals (booked blocks stay until they expire); the old block size or None."""
     row = conn.execute(DELETE_PLAN, {"account_id": account_id}).fetchone()
-    return None if row is None else int(row["block_amount"])  # type: ignore[call-overload]
+    return None if row is None else int(row["block_amount"])
 
 
-def get_plan(conn: psycopg.Connection, account_id: int) -> dict | None:
-    return conn.execute(SELECT_PLAN, {"account_id": account_id}).fetchone()  # type: ignore[return-value]
+def get_plan(conn: Conn, account_id: int) -> dict | None:
+    return conn.execute(SELECT_PLAN, {"account_id": account_id}).fetchone()
 
 
 # --- remaining quota and reconcile ---------------------------------------------------------
@@ -155,15 +159,15 @@ class BalanceCheck:
         return 0 if self.redis_before is None else self.redis_before - self.postgres
 
 
-def remaining_by_account(conn: psycopg.Connection, now: dt.datetime,
+def remaining_by_account(conn: Conn, now: dt.datetime,
                          name: str | None = None) -> list[tuple[int, str, int]]:
     rows = conn.execute(SELECT_REMAINING, {"now": now, "name": name}).fetchall()
     if name is not None and not rows:
         raise NotFound(f"no account named {name!r}; see 'txrelay account list'")
-    return [(int(r["id"]), r["name"], int(r["remaining"])) for r in rows]  # type: ignore[call-overload]
+    return [(int(r["id"]), r["name"], int(r["remaining"])) for r in rows]
 
 
-def reconcile(conn: psycopg.Connection, client: redis.Redis, prefix: str, now: dt.datetime,
+def reconcile(conn: Conn, client: redis.Redis, prefix: str, now: dt.datetime,
               name: str | None = None) -> list[BalanceCheck]:
     """Rewrite each cached balance to PostgreSQL's remaining quota; report what differed.
 
@@ -256,27 +260,27 @@ class ReminderCandidate:
         return not self.armed and self.remaining >= self.threshold
 
 
-def reminder_candidates(conn: psycopg.Connection, now: dt.datetime,
+def reminder_candidates(conn: Conn, now: dt.datetime,
                         accounts: Sequence[int] | None = None) -> list[ReminderCandidate]:
     params = {"now": now, "accounts": _ids(accounts)}
     conn.execute(ARM_NEW_REMINDERS, params)
     rows = conn.execute(SELECT_REMINDER_CHANGES, params).fetchall()
-    found = [ReminderCandidate(int(r["id"]), r["name"], r["admin_email"],  # type: ignore[call-overload]
-                               int(r["low_quota_threshold"]), int(r["remaining"]),  # type: ignore[call-overload]
-                               bool(r["armed"])) for r in rows]  # type: ignore[call-overload]
+    found = [ReminderCandidate(int(r["id"]), r["name"], r["admin_email"],
+                               int(r["low_quota_threshold"]), int(r["remaining"]),
+                               bool(r["armed"])) for r in rows]
     return [c for c in found if c.due or c.rearm]
 
 
-def lock_armed(conn: psycopg.Connection, account_id: int) -> bool:
+def lock_armed(conn: Conn, account_id: int) -> bool:
     """Inside a transaction: True (and the row locked) while the reminder is still armed."""
     return conn.execute(LOCK_ARMED_REMINDER, {"account_id": account_id}).fetchone() is not None
 
 
-def set_armed(conn: psycopg.Connection, account_id: int, armed: bool, now: dt.datetime) -> None:
+def set_armed(conn: Conn, account_id: int, armed: bool, now: dt.datetime) -> None:
     conn.execute(SET_ARMED, {"account_id": account_id, "armed": armed, "now": now})
 
 
-def record_notification(conn: psycopg.Connection, account_id: int, kind: str,
+def record_notification(conn: Conn, account_id: int, kind: str,
                         detail: dict, now: dt.datetime) -> None:
     from psycopg.types.json import Jsonb
 
@@ -284,7 +288,8 @@ def record_notification(conn: psycopg.Connection, account_id: int, kind: str,
                                        "detail": Jsonb(detail)})
 
 
-def usage(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> tuple[int, int]:
+def usage(conn: Conn, account_id: int, now: dt.datetime) -> tuple[int, int]:
     """Billed recipients of the last 24 hours and of the last 7 days."""
     row = conn.execute(SELECT_USAGE, {"account_id": account_id, "now": now}).fetchone()
-    return int(row["last_day"]), int(row["last_week"])  # type: ignore[index]
+    assert row is not None  # an aggregate: always one row
+    return int(row["last_day"]), int(row["last_week"])

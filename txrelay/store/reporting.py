@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 
 from txrelay.errors import NotFound
 from txrelay.policy.billing import BillingInputs, BookedBlock, Period
+
+Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s"
 
@@ -61,7 +64,7 @@ class ConnectionStats:
         return (Decimal(self.bounced) / Decimal(self.arrived)).quantize(Decimal("0.0001"))
 
 
-def connection_stats(conn: psycopg.Connection, *, now: dt.datetime, active_window: dt.timedelta,
+def connection_stats(conn: Conn, *, now: dt.datetime, active_window: dt.timedelta,
                      since: dt.datetime | None, until: dt.datetime, account: str | None,
                      connection: str | None) -> list[ConnectionStats]:
     if account is not None:
@@ -72,7 +75,7 @@ def connection_stats(conn: psycopg.Connection, *, now: dt.datetime, active_windo
         raise NotFound(f"no connection named {connection!r}"
                        + (f" in account {account!r}" if account else "")
                        + "; see 'txrelay connection list'")
-    return [_stats(row, now, active_window) for row in rows]  # type: ignore[arg-type]
+    return [_stats(row, now, active_window) for row in rows]
 
 
 def _stats(row: dict, now: dt.datetime, active_window: dt.timedelta) -> ConnectionStats:
@@ -88,11 +91,11 @@ def _stats(row: dict, now: dt.datetime, active_window: dt.timedelta) -> Connecti
         in_flight=int(row["in_flight"]))
 
 
-def require_account(conn: psycopg.Connection, name: str) -> int:
+def require_account(conn: Conn, name: str) -> int:
     row = conn.execute(SELECT_ACCOUNT_ID, {"name": name}).fetchone()
     if row is None:
         raise NotFound(f"no account named {name!r}; see 'txrelay account list'")
-    return int(row["id"])  # type: ignore[call-overload]
+    return int(row["id"])
 
 
 # Message-ID is matched with or without its angle brackets.
@@ -116,10 +119,10 @@ SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
  LIMIT %(limit)s"""
 
 
-def search_recipients(conn: psycopg.Connection, *, to: str | None, message_id: str | None,
+def search_recipients(conn: Conn, *, to: str | None, message_id: str | None,
                       connection: str | None, account: str | None, since: dt.datetime | None,
                       until: dt.datetime | None, limit: int) -> list[dict]:
-    return conn.execute(SEARCH_RECIPIENTS, {  # type: ignore[return-value]
+    return conn.execute(SEARCH_RECIPIENTS, {
         "to": to, "message_id": message_id, "connection": connection, "account": account,
         "since": since, "until": until, "limit": limit}).fetchall()
 
@@ -147,12 +150,13 @@ SELECT COALESCE(sum(expired_unused), 0)::bigint AS expired
    AND expires_at >= %(start)s AND expires_at < %(end)s"""
 
 
-def billing_inputs(conn: psycopg.Connection, account_id: int, period: Period) -> BillingInputs:
+def billing_inputs(conn: Conn, account_id: int, period: Period) -> BillingInputs:
     params = {"account_id": account_id, "start": period.start, "end": period.end}
-    blocks = tuple(BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])  # type: ignore[call-overload]
+    blocks = tuple(BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])
                    for r in conn.execute(BLOCKS_BOOKED, params).fetchall())
     counts = conn.execute(LEDGER_BILLING, params).fetchone()
     expired = conn.execute(EXPIRED_UNUSED, params).fetchone()
-    return BillingInputs(blocks, int(counts["from_blocks"]),  # type: ignore[index]
-                         int(counts["overage"]), int(expired["expired"]),  # type: ignore[index]
-                         int(counts["voided"]))  # type: ignore[index]
+    assert counts is not None and expired is not None  # aggregates: always one row
+    return BillingInputs(blocks, int(counts["from_blocks"]),
+                         int(counts["overage"]), int(expired["expired"]),
+                         int(counts["voided"]))

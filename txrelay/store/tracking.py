@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+
+Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 
 @dataclass(frozen=True)
@@ -75,19 +78,19 @@ def _position(row: dict | None) -> Position:
     return Position(identity, int(row["byte_offset"]))
 
 
-def load_position(conn: psycopg.Connection, node: str, log_path: str) -> Position:
+def load_position(conn: Conn, node: str, log_path: str) -> Position:
     row = conn.execute(SELECT_POSITION, {"node": node, "log_path": log_path}).fetchone()
-    return _position(row)  # type: ignore[arg-type]
+    return _position(row)
 
 
-def lock_position(conn: psycopg.Connection, node: str, log_path: str) -> Position:
+def lock_position(conn: Conn, node: str, log_path: str) -> Position:
     """The stored position, locked until the transaction ends (call inside one)."""
     params = {"node": node, "log_path": log_path}
     conn.execute(INSERT_POSITION, params)
-    return _position(conn.execute(LOCK_POSITION, params).fetchone())  # type: ignore[arg-type]
+    return _position(conn.execute(LOCK_POSITION, params).fetchone())
 
 
-def save_position(conn: psycopg.Connection, node: str, log_path: str, position: Position,
+def save_position(conn: Conn, node: str, log_path: str, position: Position,
                   counters: Counters, now: dt.datetime) -> None:
     identity = position.identity
     conn.execute(SAVE_POSITION, {
@@ -100,8 +103,8 @@ def save_position(conn: psycopg.Connection, node: str, log_path: str, position: 
         "nrcpt_mismatches": counters.nrcpt_mismatches})
 
 
-def tracker_status(conn: psycopg.Connection) -> list[dict]:
-    return conn.execute(SELECT_STATUS).fetchall()  # type: ignore[return-value]
+def tracker_status(conn: Conn) -> list[dict]:
+    return conn.execute(SELECT_STATUS).fetchall()
 
 
 # --- events -------------------------------------------------------------------------------
@@ -160,35 +163,36 @@ class Confirmed:
     voided_rows: int
 
 
-def confirm_queued(conn: psycopg.Connection, node: str, queue_id: str,
+def confirm_queued(conn: Conn, node: str, queue_id: str,
                    now: dt.datetime) -> Confirmed | None:
     """qmgr queued the message: accepted rows become queued. None: no message awaits it."""
     row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id,
                                         "now": now}).fetchone()
     if row is None:
         return None
-    message_id = int(row["id"])  # type: ignore[call-overload]
+    message_id = int(row["id"])
     conn.execute(MARK_LEDGER_QUEUED, {"message_id": message_id, "now": now})
     counts = conn.execute(COUNT_LEDGER_ROWS, {"message_id": message_id}).fetchone()
-    return Confirmed(message_id, int(counts["rows"]),  # type: ignore[index]
-                     int(counts["voided"]))  # type: ignore[index]
+    assert counts is not None  # an aggregate: always one row
+    return Confirmed(message_id, int(counts["rows"]),
+                     int(counts["voided"]))
 
 
-def queue_owner(conn: psycopg.Connection, node: str, queue_id: str) -> tuple[int, bool] | None:
+def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None:
     """(message id, already queued) of the message owning the queue id, if any."""
     row = conn.execute(SELECT_OWNER, {"node": node, "queue_id": queue_id}).fetchone()
     if row is None:
         return None
-    return int(row["id"]), row["queued_at"] is not None  # type: ignore[call-overload]
+    return int(row["id"]), row["queued_at"] is not None
 
 
-def ledger_recipients(conn: psycopg.Connection, message_id: int) -> dict[str, int]:
+def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
     """Lower-cased recipient -> ledger row id."""
     rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
-    return {row["recipient"]: int(row["id"]) for row in rows}  # type: ignore[call-overload]
+    return {row["recipient"]: int(row["id"]) for row in rows}
 
 
-def record_outcome(conn: psycopg.Connection, message_id: int, ledger_id: int, state: str,
+def record_outcome(conn: Conn, message_id: int, ledger_id: int, state: str,
                    dsn: str, event: str, now: dt.datetime) -> bool:
     """Apply one recipient's outcome; False when the row was already final."""
     conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
@@ -197,15 +201,15 @@ def record_outcome(conn: psycopg.Connection, message_id: int, ledger_id: int, st
     return cursor.rowcount == 1
 
 
-def expire_message(conn: psycopg.Connection, message_id: int, now: dt.datetime) -> int:
+def expire_message(conn: Conn, message_id: int, now: dt.datetime) -> int:
     return conn.execute(EXPIRE_MESSAGE, {"message_id": message_id, "now": now}).rowcount
 
 
-def mark_removed(conn: psycopg.Connection, message_id: int, now: dt.datetime) -> None:
+def mark_removed(conn: Conn, message_id: int, now: dt.datetime) -> None:
     conn.execute(MARK_REMOVED, {"message_id": message_id, "now": now})
 
 
-def record_anomaly(conn: psycopg.Connection, node: str, queue_id: str, kind: str,
+def record_anomaly(conn: Conn, node: str, queue_id: str, kind: str,
                    detail: str, now: dt.datetime) -> None:
     conn.execute(INSERT_ANOMALY, {"node": node, "queue_id": queue_id, "kind": kind,
                                   "detail": detail, "now": now})
@@ -246,20 +250,20 @@ class Voided:
     credits: Sequence[tuple[int, int]]  # (account id, units) to add to Redis after commit
 
 
-def void_unconfirmed(conn: psycopg.Connection, node: str, cutoff: dt.datetime,
+def void_unconfirmed(conn: Conn, node: str, cutoff: dt.datetime,
                      now: dt.datetime) -> Voided:
     """Void rows never confirmed by qmgr before cutoff; quota-billed units go back."""
     rows = conn.execute(VOID_UNCONFIRMED, {"node": node, "cutoff": cutoff,
                                            "now": now}).fetchall()
     per_block: dict[int, int] = {}
     for row in rows:
-        block_id = row["quota_block_id"]  # type: ignore[call-overload]
+        block_id = row["quota_block_id"]
         if block_id is not None:
             per_block[int(block_id)] = per_block.get(int(block_id), 0) + 1
     credits: dict[int, int] = {}
     for block_id, units in sorted(per_block.items()):
         back = conn.execute(RETURN_TO_BLOCK, {"units": units, "block_id": block_id}).fetchone()
-        if back is not None and back["open"]:  # type: ignore[call-overload]
-            account_id = int(back["account_id"])  # type: ignore[call-overload]
+        if back is not None and back["open"]:
+            account_id = int(back["account_id"])
             credits[account_id] = credits.get(account_id, 0) + units
     return Voided(len(rows), sorted(credits.items()))
