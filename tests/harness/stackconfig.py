@@ -1,0 +1,38 @@
+"""Configuration files for the e2e stacks: the run's settings with their own sockets/ports."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from txrelay.config import Config, render_toml
+
+
+def stack_config(base: Config, directory: Path, *, submission_port: int,
+                 database_url: str | None = None, redis_url: str | None = None,
+                 max_message_size: int | None = None) -> Config:
+    """`base` with the milter socket, Dovecot directories and logs under `directory`."""
+    milter = dataclasses.replace(
+        base.milter, socket=f"unix:{directory}/milter/milter.sock",
+        max_message_size=max_message_size or base.milter.max_message_size)
+    dovecot = dataclasses.replace(
+        base.dovecot, config_dir=str(directory / "dovecot"),
+        base_dir=str(directory / "dovecot-run"),
+        auth_socket=str(directory / "dovecot-run" / "auth-postfix"),
+        log_path=str(directory / "dovecot.log"))
+    tracker = dataclasses.replace(base.tracker, log_path=str(directory / "postfix" / "maillog"))
+    return dataclasses.replace(
+        base, milter=milter, dovecot=dovecot, tracker=tracker,
+        smtp=dataclasses.replace(base.smtp, host="127.0.0.1", port=submission_port),
+        database=dataclasses.replace(base.database, url=database_url or base.database.url),
+        redis=dataclasses.replace(base.redis, url=redis_url or base.redis.url))
+
+
+def write_stack_config(base: Config, directory: Path, **changes: object) -> Path:
+    """Write stack_config(...) as TOML in `directory`; returns the file."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (directory / "milter").mkdir(mode=0o755, exist_ok=True)
+    config = stack_config(base, directory, **changes)  # type: ignore[arg-type]
+    path = directory / "txrelay.toml"
+    path.write_text(render_toml(config))
+    return path
