@@ -29,6 +29,7 @@ from tests.harness.provision import (
     provision_many,
 )
 from tests.harness.services import CaptureSink, DovecotService, MilterProcess, PostfixInstance
+from tests.harness.stack import FaultStack, fault_stack
 from tests.harness.stackconfig import write_stack_config
 from txrelay.config import Config, load_config
 from txrelay.store.keys import AccountKeys
@@ -159,6 +160,15 @@ def relay(e2e_config: Config, e2e_config_file: Path, dovecot: DovecotService,
           postfix: PostfixInstance) -> RelayStack:
     return RelayStack(e2e_config, e2e_config_file, e2e_config.database.url, dovecot,
                       capture_sink, postfix, milter)
+
+
+@pytest.fixture(scope="session")
+def faults(config: Config, e2e_dir: Path) -> Iterator[FaultStack]:
+    """A second relay stack on a private Redis and PostgreSQL, for tests that stop them."""
+    directory = e2e_dir / "faults"
+    directory.mkdir(mode=0o755)
+    with fault_stack(config, directory) as stack:
+        yield stack
 
 
 @pytest.fixture()
