@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,10 @@ import psycopg
 import redis
 
 from tests.milter.conftest import Driver, default_headers
-from tests.store.builders import Tenant
-from txrelay.milter.runtime import Runtime
+from tests.store.builders import Tenant, make_tenant
+from txrelay.clock import SystemClock
+from txrelay.config import Config
+from txrelay.milter.runtime import Runtime, open_runtime
 from txrelay.store.keys import AccountKeys
 
 
@@ -193,3 +196,17 @@ def test_garbage_headers_do_not_crash_and_next_message_is_served(
     first = driver.send(tenant, headers=headers)
     assert first.eom == Milter.ACCEPT
     assert driver.send(tenant).eom == Milter.ACCEPT
+
+
+def test_connection_created_a_moment_ago_is_served_before_the_next_policy_poll(
+        config: Config, db: psycopg.Connection, unique: str) -> None:
+    """Dovecot accepts a new login at once; the milter must not refuse it until its poll."""
+    never_polls = dataclasses.replace(config, milter=dataclasses.replace(
+        config.milter, policy_refresh_seconds=3600, node_name="test-node"))
+    runtime = open_runtime(never_polls, SystemClock())
+    try:
+        tenant = make_tenant(db, unique)
+        outcome = Driver(runtime).send(tenant, queue_id="4QFRESH")
+        assert outcome.eom == Milter.ACCEPT
+    finally:
+        runtime.close()

@@ -121,7 +121,7 @@ def test_commit_consumes_balance_and_keeps_rate(redis_client: redis.Redis, prefi
     members = ["t1|a@x.example", "t1|b@x.example"]
     for member in members:
         store.reserve(request(member, rate_limit=5))
-    assert store.commit(ACCOUNT, members) == 2
+    assert store.commit(ACCOUNT, members, units=2) == 2
     keys = AccountKeys(prefix, ACCOUNT)
     assert redis_client.get(keys.balance) == b"8"
     assert redis_client.zcard(keys.held) == 0
@@ -133,8 +133,18 @@ def test_commit_without_balance_key_leaves_it_to_the_next_load(redis_client: red
     store = reservations(redis_client, prefix, balance=10)
     store.reserve(request("t1|a@x.example"))
     redis_client.delete(AccountKeys(prefix, ACCOUNT).balance)
-    assert store.commit(ACCOUNT, ["t1|a@x.example"]) == 1
+    assert store.commit(ACCOUNT, ["t1|a@x.example"], units=1) == 1
     assert not redis_client.exists(AccountKeys(prefix, ACCOUNT).balance)
+
+
+def test_overage_commit_leaves_the_balance_at_zero_like_postgresql(
+        redis_client: redis.Redis, prefix: str) -> None:
+    store = reservations(redis_client, prefix, balance=1)
+    members = ["t1|a@x.example", "t1|b@x.example", "t1|c@x.example"]
+    for member in members:
+        store.reserve(request(member, paid=True))
+    assert store.commit(ACCOUNT, members, units=1) == 3  # the ledger billed 1 to quota
+    assert redis_client.get(AccountKeys(prefix, ACCOUNT).balance) == b"0"
 
 
 def test_release_gives_back_quota_and_rate(redis_client: redis.Redis, prefix: str) -> None:

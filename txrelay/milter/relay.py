@@ -104,10 +104,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mail_from: str, *params: str) -> int:
         """MAIL: who is sending ({auth_authen}) and may they use this sender domain."""
         self._end_transaction(None, release=True)  # a transaction never closed by abort()
-        snapshot = self.runtime.policy.current
+        login = self.getsymval("{auth_authen}")
+        snapshot = self.runtime.policy.snapshot_knowing(login)
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
-        decision = authorize_sender(snapshot, self.getsymval("{auth_authen}"), mail_from)
+        decision = authorize_sender(snapshot, login, mail_from)
         if isinstance(decision, Verdict):
             return self._refuse(decision, mail_from)
         self.txn = Transaction(snapshot, decision, snapshot.account(decision.account_id),
@@ -227,12 +228,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             envelope_sender=txn.envelope_sender, header_from=author.address, size=txn.size,
             recipients=list(txn.recipients), accepted_at=self.runtime.clock.now())
         try:
-            self.runtime.ledger.record(accepted)
+            recorded = self.runtime.ledger.record(accepted)
         except ServiceUnavailable as exc:
             log.warning("event=postgres_unavailable txn=%s error=%r", txn.txn_id, str(exc))
             return service_unavailable(LEDGER_SERVICE)
         try:
-            self.runtime.reservations.commit(txn.account.id, txn.members)
+            self.runtime.reservations.commit(txn.account.id, txn.members, recorded.quota_units)
         except ServiceUnavailable as exc:
             # Recorded in PostgreSQL, so accepting is right; the held units expire by
             # themselves, and the live balance is high by this many until reloaded.

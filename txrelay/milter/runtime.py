@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,6 +30,7 @@ from txrelay.store.reservations import RedisReservations, ReservationStore
 
 log = logging.getLogger("txrelay.milter")
 T = TypeVar("T")
+UNKNOWN_LOGIN_RECHECK = 0.25  # seconds between on-demand policy checks for unknown logins
 
 
 class LedgerUnavailable(ServiceUnavailable):
@@ -71,6 +73,26 @@ class PolicyCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self._refresh_lock = threading.Lock()
+        self._last_refresh = 0.0
+
+    def snapshot_knowing(self, login: str | None) -> PolicySnapshot | None:
+        """The current snapshot; when it does not know this SASL login, look for a newer one
+        first. Dovecot sees a new connection at once, so without this a shop connected a
+        second ago would be refused until the next poll. At most one such check runs per
+        UNKNOWN_LOGIN_RECHECK seconds, so a stream of bad logins costs PostgreSQL nothing."""
+        current = self.current
+        if not login or current is None or login.strip().lower() in current.connections:
+            return current
+        now = time.monotonic()
+        if now - self._last_refresh >= UNKNOWN_LOGIN_RECHECK and self._refresh_lock.acquire(
+                blocking=False):
+            try:
+                self._last_refresh = now
+                self.refresh()
+            finally:
+                self._refresh_lock.release()
+        return self.current
 
     def refresh(self) -> bool:
         """Reload when the version moved; True when the snapshot is usable afterwards."""

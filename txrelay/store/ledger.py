@@ -78,6 +78,11 @@ class Recorded:
     def overage(self) -> int:
         return sum(1 for a in self.allocations if a.billing == "overage")
 
+    @property
+    def quota_units(self) -> int:
+        """Recipients billed to quota blocks: what the live Redis balance loses."""
+        return sum(1 for a in self.allocations if a.billing == "quota")
+
 
 def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> list[Allocation]:
     """Each recipient to the first block with units left (blocks in consumption order),

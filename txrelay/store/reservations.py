@@ -54,7 +54,7 @@ class RedisUnavailable(ServiceUnavailable):
 class ReservationStore(Protocol):
     def reserve(self, request: ReservationRequest) -> Reservation: ...
 
-    def commit(self, account_id: int, members: Sequence[str]) -> int: ...
+    def commit(self, account_id: int, members: Sequence[str], units: int) -> int: ...
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int: ...
 
@@ -92,11 +92,12 @@ class RedisReservations:
         status, remaining, retry_ms = (int(x) for x in raw)
         return Reservation(_STATUSES[status], remaining, retry_ms / 1000)
 
-    def commit(self, account_id: int, members: Sequence[str]) -> int:
-        """The recipients are in the ledger: consume their units from the live balance."""
+    def commit(self, account_id: int, members: Sequence[str], units: int) -> int:
+        """The recipients are in the ledger: drop their holds and take the units the ledger
+        billed to quota from the live balance (overage units were never in it)."""
         keys = AccountKeys(self.prefix, account_id)
         return int(self._call(lambda: self._commit(
-            keys=[keys.balance, keys.held], args=[len(members), *members])))
+            keys=[keys.balance, keys.held], args=[units, *members])))
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int:
         """The transaction was not recorded: give back its quota and rate units."""

@@ -3,7 +3,8 @@
 --
 -- KEYS[1]  the account's balance key ({prefix}:{a<id>}:balance)
 -- KEYS[2]  the account's held zset   ({prefix}:{a<id>}:held)
--- ARGV[1]  units consumed (recipients recorded in the ledger)
+-- ARGV[1]  units consumed: recipients the ledger billed to quota (overage ones are not taken
+--          from the balance, which mirrors PostgreSQL's remaining quota and never goes below 0)
 -- ARGV[2..] the transaction's held members ("<txn>|<recipient>")
 --
 -- Returns the number of held members removed (fewer than given when some had expired).
