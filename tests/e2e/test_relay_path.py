@@ -3,8 +3,11 @@ the milter, the capture sink receives what Postfix relays."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import smtplib
 import subprocess
+import uuid
 
 import pytest
 
@@ -14,7 +17,8 @@ from tests.harness.smtp import build_message, smtp_session, submit, transact
 
 pytestmark = pytest.mark.e2e
 
-RCPT = "customer@rcpt.example.net"
+def unique_rcpt(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}@rcpt.example.net"
 LIST_HELP = "https://help.example.com/lists"
 
 
@@ -31,14 +35,14 @@ def shop(shops: list[Provisioned]) -> Provisioned:
 
 def test_authenticated_mail_is_delivered_signed_with_list_help(relay: RelayStack,
                                                                shop: Provisioned) -> None:
-    before = relay.sink.count()
-    raw = build_message(shop.address(), [RCPT], subject="Order 1001 confirmed")
-    result = submit(shop.username, shop.password, shop.address(), [RCPT], raw, port=relay.port)
-    assert result.delivered_to == [RCPT], result
-    captured = relay.sink.wait_for(before + 1)[-1]
-    assert captured.rcpt_tos == (RCPT,)
+    rcpt = unique_rcpt("signed")
+    raw = build_message(shop.address(), [rcpt], subject="Order 1001 confirmed")
+    result = submit(shop.username, shop.password, shop.address(), [rcpt], raw, port=relay.port)
+    assert result.delivered_to == [rcpt], result
+    captured = relay.sink.wait_for_recipient(rcpt)
+    assert captured.rcpt_tos == (rcpt,)
     assert captured.mail_from == shop.address()
-    message = relay.sink.messages()[-1]
+    message = email.message_from_bytes(captured.raw, policy=email.policy.default)
     assert message["List-Help"] == "<https://help.example.com/lists>"
     assert message["Subject"] == "Order 1001 confirmed"
     tags = dkim_tags(captured.raw)
@@ -50,44 +54,46 @@ def test_authenticated_mail_is_delivered_signed_with_list_help(relay: RelayStack
 
 def test_swaks_submission_is_delivered_and_verifies(relay: RelayStack,
                                                     shop: Provisioned) -> None:
-    before = relay.sink.count()
+    rcpt = unique_rcpt("swaks")
     done = subprocess.run(
         ["swaks", "--server", f"127.0.0.1:{relay.port}", "--tls", "--auth", "LOGIN",
          "--auth-user", shop.username, "--auth-password", shop.password,
-         "--from", shop.address("news"), "--to", RCPT,
+         "--from", shop.address("news"), "--to", rcpt,
          "--header", f"From: Shop <{shop.address('news')}>", "--header", "Subject: via swaks"],
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout[-2000:]
-    captured = relay.sink.wait_for(before + 1)[-1]
+    captured = relay.sink.wait_for_recipient(rcpt)
     assert b"Subject: via swaks" in captured.raw
     assert verify_dkim(captured.raw, relay.database_url)
 
 
 def test_without_starttls_auth_is_not_offered_and_relaying_is_refused(
         relay: RelayStack, shop: Provisioned) -> None:
-    before = relay.sink.count()
-    raw = build_message(shop.address(), [RCPT])
+    rcpt = unique_rcpt("plain")
+    raw = build_message(shop.address(), [rcpt])
     with smtp_session(None, None, port=relay.port, starttls=False) as client:
         assert not client.has_extn("auth")
         with pytest.raises(smtplib.SMTPNotSupportedError):
             client.login(shop.username, shop.password)
-        result = transact(client, shop.address(), [RCPT], raw)
+        result = transact(client, shop.address(), [rcpt], raw)
     refusal = result.first_refusal()
     assert refusal is not None and refusal.code == 530, result
     assert not result.accepted
-    assert relay.sink.count() == before
+    relay.postfix.flush()
+    assert not relay.sink.for_recipient(rcpt)
 
 
 def test_without_auth_relaying_is_refused(relay: RelayStack, shop: Provisioned) -> None:
-    before = relay.sink.count()
-    raw = build_message(shop.address(), [RCPT])
+    rcpt = unique_rcpt("noauth")
+    raw = build_message(shop.address(), [rcpt])
     with smtp_session(None, None, port=relay.port) as client:
         assert client.has_extn("auth")
-        result = transact(client, shop.address(), [RCPT], raw)
+        result = transact(client, shop.address(), [rcpt], raw)
     refusal = result.first_refusal()
     assert refusal is not None and refusal.code // 100 == 5, result
     assert not result.accepted
-    assert relay.sink.count() == before
+    relay.postfix.flush()
+    assert not relay.sink.for_recipient(rcpt)
 
 
 def test_wrong_password_is_refused_at_auth(relay: RelayStack, shop: Provisioned) -> None:
@@ -117,12 +123,13 @@ def test_connection_cannot_send_with_another_accounts_domain(relay: RelayStack,
     else:
         headers = [("From", f"{own}, {foreign}")]
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    body = build_message(own, [RCPT]).split(b"\r\n", 1)[1]  # drop the built From: line
+    rcpt = unique_rcpt(case)
+    body = build_message(own, [rcpt]).split(b"\r\n", 1)[1]  # drop the built From: line
     raw = head.encode() + body
-    before = relay.sink.count()
-    result = submit(shop_a.username, shop_a.password, envelope, [RCPT], raw, port=relay.port)
+    result = submit(shop_a.username, shop_a.password, envelope, [rcpt], raw, port=relay.port)
     refusal = result.first_refusal()
     assert refusal is not None and refusal.code == 550, result
     assert refusal.enhanced == "5.7.1", result
     assert not result.accepted
-    assert relay.sink.count() == before
+    relay.postfix.flush()
+    assert not relay.sink.for_recipient(rcpt)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.harness.processes import free_port
+from tests.harness.processes import Stopper, free_port
 from tests.harness.provision import (
     Provisioned,
     Usage,
@@ -96,6 +96,17 @@ def e2e_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def stopper(e2e_dir: Path) -> Iterator[Stopper]:
+    """Every service fixture hands its stop here; all stops run at once and are waited for
+    before e2e_dir is removed."""
+    stops = Stopper()
+    try:
+        yield stops
+    finally:
+        stops.join()
+
+
+@pytest.fixture(scope="session")
 def e2e_config_file(config: Config, e2e_dir: Path) -> Path:
     """The run's configuration (same database, Redis DB and key prefix) with its sockets in
     e2e_dir and a free submission port, so parallel runs on one machine do not collide."""
@@ -108,17 +119,17 @@ def e2e_config(e2e_config_file: Path) -> Config:
 
 
 @pytest.fixture(scope="session")
-def dovecot(e2e_config: Config) -> Iterator[DovecotService]:
+def dovecot(e2e_config: Config, stopper: Stopper) -> Iterator[DovecotService]:
     service = DovecotService(e2e_config)
     try:
         service.start()
         yield service
     finally:
-        service.stop()
+        stopper.stop_later(service.stop)
 
 
 @pytest.fixture(scope="session")
-def capture_sink(e2e_dir: Path) -> Iterator[CaptureSink]:
+def capture_sink(e2e_dir: Path, stopper: Stopper) -> Iterator[CaptureSink]:
     directory = e2e_dir / "sink"
     directory.mkdir()
     sink = CaptureSink(directory)
@@ -126,12 +137,12 @@ def capture_sink(e2e_dir: Path) -> Iterator[CaptureSink]:
         sink.start()
         yield sink
     finally:
-        sink.stop()
+        stopper.stop_later(sink.stop)
 
 
 @pytest.fixture(scope="session")
 def postfix(e2e_dir: Path, e2e_config: Config, e2e_config_file: Path,
-            capture_sink: CaptureSink) -> Iterator[PostfixInstance]:
+            capture_sink: CaptureSink, stopper: Stopper) -> Iterator[PostfixInstance]:
     instance = PostfixInstance(e2e_dir / "main" / "postfix", sink_port=capture_sink.port,
                                submission_port=e2e_config.smtp.port,
                                config_file=e2e_config_file)
@@ -140,18 +151,18 @@ def postfix(e2e_dir: Path, e2e_config: Config, e2e_config_file: Path,
         instance.start()
         yield instance
     finally:
-        instance.stop()
+        stopper.stop_later(instance.stop)
 
 
 @pytest.fixture(scope="session")
-def milter(e2e_config: Config, e2e_config_file: Path,
-           e2e_dir: Path) -> Iterator[MilterProcess]:
+def milter(e2e_config: Config, e2e_config_file: Path, e2e_dir: Path,
+           stopper: Stopper) -> Iterator[MilterProcess]:
     process = MilterProcess(e2e_config, e2e_config_file, e2e_dir / "main" / "milter.log")
     try:
         process.start()
         yield process
     finally:
-        process.stop()
+        stopper.stop_later(process.stop)
 
 
 @pytest.fixture(scope="session")
@@ -163,11 +174,11 @@ def relay(e2e_config: Config, e2e_config_file: Path, dovecot: DovecotService,
 
 
 @pytest.fixture(scope="session")
-def faults(config: Config, e2e_dir: Path) -> Iterator[FaultStack]:
+def faults(config: Config, e2e_dir: Path, stopper: Stopper) -> Iterator[FaultStack]:
     """A second relay stack on a private Redis and PostgreSQL, for tests that stop them."""
     directory = e2e_dir / "faults"
     directory.mkdir(mode=0o755)
-    with fault_stack(config, directory) as stack:
+    with fault_stack(config, directory, stopper) as stack:
         yield stack
 
 

@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 VENV_BIN = Path(os.environ.get("E2E_VENV_BIN", "/opt/txrelay-venv/bin"))
@@ -142,3 +143,22 @@ class ManagedProcess:
 
     def log(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)
+
+
+class Stopper:
+    """Stops services in background threads, so a session's teardown takes as long as its
+    slowest service rather than the sum; join() waits for every stop and re-raises."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=12, thread_name_prefix="stop")
+        self._futures: list[Future[None]] = []
+
+    def stop_later(self, stop: Callable[[], None]) -> None:
+        self._futures.append(self._pool.submit(stop))
+
+    def join(self) -> None:
+        try:
+            for future in self._futures:
+                future.result(timeout=60)
+        finally:
+            self._pool.shutdown(wait=True)

@@ -6,7 +6,6 @@ import email
 import email.message
 import email.policy
 import json
-import mailbox
 import os
 import secrets
 import shutil
@@ -84,10 +83,10 @@ class CaptureSink:
         self.process.stop()
 
     def captures(self) -> list[Capture]:
-        """Every stored message, oldest first: envelope and the bytes as received."""
-        box = mailbox.Maildir(str(self.maildir), create=True)
-        keys = sorted(box.keys())
-        return [read_capture(box.get_bytes(key)) for key in keys]
+        """Every stored message, in order of arrival: envelope and the bytes as received."""
+        new = self.maildir / "new"
+        paths = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
+        return [read_capture(path.read_bytes()) for path in paths]
 
     def messages(self) -> list[email.message.EmailMessage]:
         return [email.message_from_bytes(c.raw, policy=email.policy.default)  # type: ignore[misc]
@@ -101,6 +100,15 @@ class CaptureSink:
         wait_until(lambda: self.count() >= count, timeout, f"{count} message(s) at the sink",
                    lambda: f"sink has {self.count()}\n{self.process.log(10)}")
         return self.captures()
+
+    def for_recipient(self, rcpt: str) -> list[Capture]:
+        return [c for c in self.captures() if rcpt in c.rcpt_tos]
+
+    def wait_for_recipient(self, rcpt: str, timeout: float = 20) -> Capture:
+        """The message relayed to `rcpt` (use a recipient unique to the test)."""
+        wait_until(lambda: bool(self.for_recipient(rcpt)), timeout, f"mail for {rcpt}",
+                   lambda: self.process.log(10))
+        return self.for_recipient(rcpt)[-1]
 
     def clear(self) -> None:
         for sub in ("new", "cur"):
@@ -145,7 +153,8 @@ class PostfixInstance:
     def _make_certificate(self) -> None:
         self.cert = self.config_directory / "cert.pem"
         self.key = self.config_directory / "key.pem"
-        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
              "-subj", "/CN=relay.txrelay.test", "-keyout", str(self.key), "-out",
              str(self.cert)])
         self.key.chmod(0o600)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.private import PrivatePostgres, PrivateRedis
-from tests.harness.processes import free_port
+from tests.harness.processes import Stopper, free_port
 from tests.harness.services import CaptureSink, DovecotService, MilterProcess, PostfixInstance
 from tests.harness.stackconfig import write_stack_config
 from txrelay.config import Config, load_config
@@ -33,31 +33,31 @@ class FaultStack:
 
 
 @contextlib.contextmanager
-def fault_stack(base: Config, directory: Path) -> Iterator[FaultStack]:
-    """Start everything; stop everything that started, in reverse order, whatever happens."""
+def fault_stack(base: Config, directory: Path, stopper: Stopper) -> Iterator[FaultStack]:
+    """Start everything; whatever happens, hand every started service's stop to `stopper`."""
     with contextlib.ExitStack() as cleanup:
         redis = PrivateRedis(directory / "redis")
-        cleanup.callback(redis.stop)
+        cleanup.callback(stopper.stop_later, redis.stop)
         redis.start()
         postgres = PrivatePostgres(directory / "pg")
-        cleanup.callback(postgres.stop)
+        cleanup.callback(stopper.stop_later, postgres.stop)
         postgres.create()
         config_file = write_stack_config(base, directory / "stack", submission_port=free_port(),
                                          database_url=postgres.url, redis_url=redis.url)
         config = load_config(config_file, required=True, environ={})
         dovecot = DovecotService(config)
-        cleanup.callback(dovecot.stop)
+        cleanup.callback(stopper.stop_later, dovecot.stop)
         dovecot.start()
         (directory / "sink").mkdir()
         sink = CaptureSink(directory / "sink")
-        cleanup.callback(sink.stop)
+        cleanup.callback(stopper.stop_later, sink.stop)
         sink.start()
         milter = MilterProcess(config, config_file, directory / "stack" / "milter.log")
-        cleanup.callback(milter.stop)
+        cleanup.callback(stopper.stop_later, milter.stop)
         milter.start()
         postfix = PostfixInstance(directory / "stack" / "postfix", sink_port=sink.port,
                                   submission_port=config.smtp.port, config_file=config_file)
-        cleanup.callback(postfix.stop)
+        cleanup.callback(stopper.stop_later, postfix.stop)
         postfix.prepare()
         postfix.start()
         yield FaultStack(config, config_file, redis, postgres, dovecot, sink, milter, postfix)
