@@ -8,7 +8,8 @@ service back in a finally block and proves the relay works again afterwards.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
+import time
+import uuid
 
 import pytest
 
@@ -28,13 +29,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def shop(faults: FaultStack) -> Iterator[Provisioned]:
-    import time
-    import uuid
-
+def shop(faults: FaultStack) -> Provisioned:
     made = provision(faults.config_file, f"fault-{uuid.uuid4().hex[:8]}", rate_limit=0)
+    # The milter learns of the new connection at its next policy poll.
     time.sleep(2 * faults.config.milter.policy_refresh_seconds + 0.3)
-    yield made
+    return made
 
 
 def attempt(faults: FaultStack, shop: Provisioned, tag: str) -> Submission:
@@ -45,7 +44,9 @@ def attempt(faults: FaultStack, shop: Provisioned, tag: str) -> Submission:
         return submit(shop.username, shop.password, shop.address(), to,
                       build_message(shop.address(), to, subject=tag), port=faults.port)
     except smtplib.SMTPResponseException as exc:
-        return Submission(mail=Reply(exc.smtp_code, exc.smtp_error.decode(errors="replace")))
+        text = exc.smtp_error
+        text = text.decode(errors="replace") if isinstance(text, bytes) else text
+        return Submission(mail=Reply(exc.smtp_code, text))
 
 
 def relayed_recipients(faults: FaultStack, shop: Provisioned) -> int:
