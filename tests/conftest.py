@@ -22,6 +22,11 @@ REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
 
 pytest_plugins = ["tests.harness.fixtures"]
 
+# Several milters and trackers run at once in the suite: none may take the default metrics
+# ports (tests that check metrics give their daemon a free port explicitly).
+os.environ.setdefault("TXRELAY_METRICS_MILTER_LISTEN", "")
+os.environ.setdefault("TXRELAY_METRICS_TRACKER_LISTEN", "")
+
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:

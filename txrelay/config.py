@@ -84,6 +84,12 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    milter_listen: str = "127.0.0.1:9151"
+    tracker_listen: str = "127.0.0.1:9152"
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -93,6 +99,7 @@ class Config:
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str = "(defaults)"
 
 
@@ -105,6 +112,7 @@ SECTIONS: dict[str, type] = {
     "quota": QuotaConfig,
     "tracker": TrackerConfig,
     "notify": NotifyConfig,
+    "metrics": MetricsConfig,
 }
 
 _POSITIVE = {
@@ -233,11 +241,18 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
         raise bad(f"one of {', '.join(sorted(_LOG_LEVELS))}")
     if qualified == "milter.socket" and not result.startswith(("unix:", "inet:", "inet6:")):
         raise bad("a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1")
+    if qualified.startswith("metrics.") and result and not _is_host_port(result):
+        raise bad("HOST:PORT such as 127.0.0.1:9151, or \"\" to turn it off")
     if qualified == "database.url" and not result.startswith(("postgresql://", "postgres://")):
         raise bad("a postgresql:// URL")
     if qualified == "redis.url" and not result.startswith(("redis://", "rediss://", "unix://")):
         raise bad("a redis:// URL")
     return result
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def render_toml(config: Config) -> str:

@@ -106,3 +106,10 @@ def test_every_key_is_documented_and_every_documented_key_exists() -> None:
 def test_test_clock_variable_is_not_taken_for_a_setting() -> None:
     config = load_config(None, environ={"TXRELAY_TEST_NOW": "2026-01-01T00:00:00+00:00"})
     assert config.quota.demo_quota == 1000
+
+
+def test_metrics_endpoint_may_be_turned_off_but_not_misspelt(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[metrics]\nmilter_listen = ""\n'), environ={})
+    assert config.metrics.milter_listen == ""
+    with pytest.raises(ConfigError, match=r"'metrics\.tracker_listen'"):
+        load_config(write(tmp_path, '[metrics]\ntracker_listen = "9152"\n'), environ={})
