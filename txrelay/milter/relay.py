@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import Milter
 
+from txrelay import metrics
 from txrelay.errors import ServiceUnavailable
 from txrelay.milter.logline import format_fields
 from txrelay.milter.runtime import LedgerUnavailable, Runtime
@@ -100,6 +101,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             opts[0] = self._actions = opts[0] & ACTIONS
         return result
 
+    @metrics.timed("mail")
     @guarded
     def envfrom(self, mail_from: str, *params: str) -> int:
         """MAIL: who is sending ({auth_authen}) and may they use this sender domain."""
@@ -115,6 +117,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
                                envelope_address(mail_from), self.getsymval("{i}") or "")
         return Milter.CONTINUE
 
+    @metrics.timed("rcpt")
     @guarded
     def envrcpt(self, rcpt_to: str, *params: str) -> int:
         """RCPT: reserve one unit of rate and quota for this recipient (or refuse it)."""
@@ -158,6 +161,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             self.txn.add_body(chunk, self.runtime.config.milter.max_message_size)
         return Milter.CONTINUE
 
+    @metrics.timed("eom")
     @guarded
     def eom(self) -> int:
         """End of message: check, add Message-ID and List-Help, sign, record."""
@@ -249,6 +253,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         return self._apply(verdict)
 
     def _refuse(self, verdict: Verdict, mail_from: str) -> int:
+        metrics.record_decision(verdict.label)
         log.info("event=message %s", format_fields(
             queue_id=self.getsymval("{i}") or "-", sender=envelope_address(mail_from),
             verdict=verdict.label, reason=verdict.text))
@@ -271,6 +276,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             except ServiceUnavailable as exc:
                 log.warning("event=release_failed txn=%s error=%r (they expire by themselves)",
                             txn.txn_id, str(exc))
+        metrics.record_decision(verdict.label if verdict else "abandoned", txn.account.id,
+                                txn.connection.name)
         log.info("event=message %s", format_fields(
             queue_id=txn.queue_id or "-", connection=txn.connection.name,
             sender=txn.envelope_sender, rcpts=len(txn.recipients),

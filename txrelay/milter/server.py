@@ -13,6 +13,7 @@ import Milter
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ConfigError
+from txrelay.metrics import start_milter_endpoint
 from txrelay.milter.relay import ACTIONS, RelayMilter
 from txrelay.milter.runtime import open_runtime
 
@@ -48,6 +49,7 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     prepare_socket(spec)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every thread
     runtime = open_runtime(config, clock)
+    endpoint = start_milter_endpoint(config)  # [metrics] milter_listen; "" = none
     try:
         Milter.factory = lambda: RelayMilter(runtime)
         Milter.set_flags(ACTIONS)
@@ -55,5 +57,7 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
         log.info("event=milter_start socket=%s node=%s pid=%d", spec, runtime.node, os.getpid())
         Milter.runmilter(MILTER_NAME, spec, timeout=LIBMILTER_TIMEOUT, rmsock=True)
     finally:
+        if endpoint is not None:
+            endpoint.close()
         runtime.close()
         log.info("event=milter_stop socket=%s", spec)

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import redis
 
+from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
@@ -130,6 +131,7 @@ class TrackerDaemon:
         summary = RunSummary()
         next_tick = 0.0
         log.info("event=tracker_start node=%s path=%s", self.node, self.log_path)
+        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position)
         while not self.stop.is_set():
             try:
                 due = time.monotonic() >= next_tick
@@ -145,8 +147,16 @@ class TrackerDaemon:
             if caught_up:
                 self.stop.wait(self.config.tracker.poll_interval_seconds)
         self.disconnect()
+        if endpoint is not None:
+            endpoint.close()
         log.info("event=tracker_stop node=%s", self.node)
         return summary
+
+    def log_position(self) -> metrics.FollowerPosition | None:
+        """Where this tracker is in the log, for the metrics endpoint (None while
+        disconnected)."""
+        tracker = self.tracker
+        return metrics.FollowerPosition(tracker.follower) if tracker is not None else None
 
     def install_signal_handlers(self) -> None:
         def handle(_signum: int, _frame: object) -> None:
