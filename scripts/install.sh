@@ -20,7 +20,7 @@ packages=(
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
     openssl ssl-cert ca-certificates
-    swaks                         # a real SMTP client for tests and the demo
+    swaks libnet-ssleay-perl      # a real SMTP client for tests and the demo (+ its STARTTLS)
     procps iproute2               # pgrep/ss used by the scripts
 )
 # PostgreSQL and Redis: use what runs already; install Debian's only where there is none.

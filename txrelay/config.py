@@ -37,6 +37,7 @@ class RedisConfig:
 @dataclass(frozen=True)
 class MilterConfig:
     socket: str = "unix:/run/txrelay/milter.sock"
+    socket_group: str = "postfix"
     max_message_size: int = 30 * 1024 * 1024
     policy_refresh_seconds: float = 2.0
     reservation_ttl_seconds: int = 900

@@ -231,11 +231,8 @@ class MilterProcess:
         self.config = config
         spec = config.milter.socket
         self.socket_path = Path(spec.split(":", 1)[1]) if spec.startswith("unix:") else None
-        # Workaround until the milter makes its socket connectable by Postfix itself:
-        # libmilter creates it with the process umask, and smtpd (user postfix) needs write
-        # permission on it.
         self.process = ManagedProcess([TXRELAY, "--config", str(config_file), "milter"],
-                                      log_path, umask=0o000)
+                                      log_path)
 
     def start(self) -> None:
         self.process.start()

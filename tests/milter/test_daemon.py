@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import time
@@ -179,3 +181,14 @@ def test_connection_created_while_running_is_served_within_seconds(
         time.sleep(0.2)
     assert replies == [(b"c", b"")]
     client.close()
+
+
+def test_socket_is_usable_by_postfix_and_nobody_else(
+        daemon: tuple[subprocess.Popen[bytes], str]) -> None:
+    _, path = daemon
+    info = os.stat(path)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert grp.getgrgid(info.st_gid).gr_name == "postfix"
+    directory = os.stat(os.path.dirname(path))
+    assert directory.st_mode & stat.S_ISGID
+    assert grp.getgrgid(directory.st_gid).gr_name == "postfix"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import signal
@@ -27,12 +28,20 @@ LIBMILTER_TIMEOUT = 600
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def prepare_socket(spec: str) -> None:
-    """For unix:PATH, create the parent directory and remove a stale socket file."""
+def prepare_socket(spec: str, group_name: str) -> None:
+    """For unix:PATH: create the parent directory, remove a stale socket file, and make sure
+    the socket libmilter is about to create can be used by Postfix.
+
+    smtpd runs as user postfix and needs write permission on the socket. The directory gets
+    the group ([milter] socket_group) and the set-group-ID bit, so the socket inherits that
+    group, and the umask gives it mode 0660: Postfix can connect, nobody else can.
+    """
     if not spec.startswith(("unix:", "local:")):
         return
     path = Path(spec.split(":", 1)[1])
     path.parent.mkdir(parents=True, exist_ok=True)
+    _share_directory_with(path.parent, group_name)
+    os.umask(0o117)
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -43,10 +52,27 @@ def prepare_socket(spec: str) -> None:
     path.unlink()
 
 
+def _share_directory_with(directory: Path, group_name: str) -> None:
+    if not group_name:
+        return
+    try:
+        gid = grp.getgrnam(group_name).gr_gid
+    except KeyError:
+        raise ConfigError(f"[milter] socket_group {group_name!r} does not exist on this machine; "
+                          "set it to the group Postfix runs as (postfix), or \"\" to manage "
+                          "the socket's permissions yourself") from None
+    info = directory.stat()
+    if info.st_gid != gid:
+        os.chown(directory, -1, gid)
+    wanted = stat.S_IMODE(info.st_mode) | stat.S_ISGID | stat.S_IRGRP | stat.S_IXGRP
+    if stat.S_IMODE(info.st_mode) != wanted:
+        os.chmod(directory, wanted)
+
+
 def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT; returns after libmilter stopped and handles are closed."""
     spec = socket_spec or config.milter.socket
-    prepare_socket(spec)
+    prepare_socket(spec, config.milter.socket_group)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every thread
     runtime = open_runtime(config, clock)
     endpoint = start_milter_endpoint(config)  # [metrics] milter_listen; "" = none
