@@ -22,6 +22,8 @@ packages=(
     openssl ssl-cert ca-certificates
     swaks libnet-ssleay-perl      # a real SMTP client for tests and the demo (+ its STARTTLS)
     procps iproute2               # pgrep/ss used by the scripts
+    curl                          # the metrics tests read /metrics as an operator would
+    buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
 )
 # PostgreSQL and Redis: use what runs already; install Debian's only where there is none.
 command -v pg_ctlcluster >/dev/null || command -v postgres >/dev/null || packages+=(postgresql)
