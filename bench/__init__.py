@@ -1,0 +1,1 @@
+"""Throughput and cost benchmark of the txrelay milter against Postfix alone and OpenDKIM."""

@@ -1,0 +1,155 @@
+"""`python -m bench [--quick] [--profile]`: the milter's cost next to Postfix alone and OpenDKIM.
+
+Brings up its own Postfix, smtp-sink, Dovecot, OpenDKIM and txrelay milters under a temp
+directory, runs the scenarios (medians of --runs), prints the table, the ratios and the
+issue's targets, and writes results.json. Exits 1 when any scenario sent, delivered or signed
+the wrong messages; missed performance targets are reported, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import plan as plans
+from bench.client import Login
+from bench.procs import BenchFailure
+from bench.profile import Profiler, summarise
+from bench.report import as_json, medians, ratios, render, targets
+from bench.scenarios import Measurement, Runner
+from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX, Stack, bench_stack
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    plan = plans.QUICK if args.quick else plans.FULL
+    if args.runs:
+        plan = plans.Plan(**{**plan.__dict__, "runs": args.runs})
+    root = Path(args.directory or tempfile.mkdtemp(prefix="txrelay-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # smtpd (user postfix) must reach the sockets below it
+    results = root / "results"
+    results.mkdir(exist_ok=True)
+    print(f"bench: {'quick' if args.quick else 'full'} run in {root}; load average "
+          f"{_load()} on {os.cpu_count()} CPUs", flush=True)
+    try:
+        with bench_stack(root) as stack:
+            runner = Runner(stack, results, plan.verify_sample, args.keep_dumps)
+            raw = _run_all(runner, stack, plan, args)
+            profile = _profile(runner, stack, plan, results) if args.profile else None
+    except BenchFailure as exc:
+        print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
+        return 1
+    _report(raw, profile, results, args)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small counts, one run: checks the harness, not the figures")
+    parser.add_argument("--runs", type=int, default=0, help="repetitions (default 3, quick 1)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record the txrelay milter with py-spy during a 10 KB run")
+    parser.add_argument("--only", default="",
+                        help="comma list of scenarios: 10KB,1MB,100KB,submission,big")
+    parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
+    parser.add_argument("--keep-dumps", action="store_true",
+                        help="keep every message smtp-sink received")
+    return parser
+
+
+def _run_all(runner: Runner, stack: Stack, plan: plans.Plan,
+             args: argparse.Namespace) -> list[Measurement]:
+    wanted = set(filter(None, args.only.split(","))) or {"10KB", "1MB", "100KB", "submission",
+                                                         "big"}
+    for name in (NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET):
+        _show(runner.smtp_source("warmup", stack.targets[name], plans.SMALL_SIZE, plan.warmup))
+    raw: list[Measurement] = []
+    login = Login(stack.sender.username, stack.sender.password)
+    for run in range(1, plan.runs + 1):
+        print(f"-- run {run} of {plan.runs} (load {_load()})", flush=True)
+        if "10KB" in wanted:
+            for name in (NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET):
+                raw.append(_show(runner.smtp_source("10KB", stack.targets[name],
+                                                    plans.SMALL_SIZE, plan.small)))
+        if "1MB" in wanted:
+            for name in (NONE, ODK_UNIX, TX_UNIX):
+                raw.append(_show(runner.smtp_source("1MB", stack.targets[name],
+                                                    plans.LARGE_SIZE, plan.large)))
+        if "100KB" in wanted:
+            raw.append(_show(runner.smtp_source("100KB", stack.targets[TX_UNIX],
+                                                plans.MEDIUM_SIZE, plan.medium)))
+        if "submission" in wanted:
+            raw.append(_show(runner.client(
+                "submission", stack.targets[TX_UNIX], plans.SMALL_SIZE,
+                sessions=plan.submission_sessions, per_session=plan.submission_per_session,
+                login=login, port=stack.submission_port)))
+    if "big" in wanted:
+        raw.append(_show(runner.big_with_small(
+            stack.targets[TX_UNIX], big_count=plan.big_count, big_size=plans.BIG_SIZE,
+            small_sessions=plan.big_small_sessions,
+            small_per_session=plan.big_small_per_session)))
+    return raw
+
+
+def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
+             results: Path) -> dict[str, object]:
+    target = stack.targets[TX_UNIX]
+    output = results / "profile-10KB-unix.txt"
+    profiler = Profiler(target.watched.pid, output)
+    time.sleep(1)  # py-spy attaches
+    try:
+        measured = _show(runner.smtp_source("profiled", target, plans.SMALL_SIZE, plan.small))
+    finally:
+        profiler.stop()
+    return {"file": str(output), "measurement": measured.__dict__, **summarise(output)}
+
+
+def _show(m: Measurement) -> Measurement:
+    print(f"   {m.scenario:<10} {m.target:<14} {m.messages:>4} msgs {m.msg_per_s:>7} msg/s  "
+          f"cpu {m.milter_cpu_ms_per_msg} ms/msg  eom p99 {m.eom_ms_p99}  "
+          f"client p99 {m.client_ms_p99}  rss {m.peak_rss_mb} MB  verified {m.verified}",
+          flush=True)
+    return m
+
+
+def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
+            args: argparse.Namespace) -> None:
+    table = medians(raw)
+    print(f"\n== medians ({'quick' if args.quick else 'full'} run; load now {_load()}) ==")
+    print(render(table))
+    print("\n== ratios ==")
+    print("\n".join(ratios(table)))
+    print("\n== targets ==")
+    print("\n".join(targets(table)))
+    submission = table.get(("submission", TX_UNIX))
+    if submission:
+        print("\n== submission (STARTTLS + AUTH): client-side time per phase ==")
+        phases = submission["extra"].get("phases_ms", {})  # type: ignore[union-attr]
+        for phase, figures in phases.items():
+            print(f"   {phase:<26} {figures}")
+    if profile:
+        print(f"\n== py-spy profile of the milter (10 KB, unix): {profile['file']} ==")
+        for kind in ("self", "inclusive"):
+            print(f"-- top {kind} (% of busy samples)")
+            for name, share in profile[kind][:15]:  # type: ignore[index]
+                print(f"   {share:>5}%  {name}")
+    document = as_json(table, raw)
+    document["profile"] = profile
+    document["load_average"] = _load()
+    (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
+    print(f"\nresults: {results / 'results.json'}")
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Reading a milter's cost during a scenario: CPU and peak RSS from /proc, the per-message
+log lines (ms=), and the stage histogram of its Prometheus endpoint."""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import ProcSample, machine_busy_ms, reset_peak_rss, sample
+
+MESSAGE_LINE = re.compile(rb"event=message .*?verdict=(\S+).*? ms=([0-9.]+)")
+BUCKET_LINE = re.compile(
+    r'^txrelay_milter_stage_seconds_bucket\{le="([^"]+)",stage="([^"]+)"\} ([0-9.e+]+)$')
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Watched:
+    """A milter process under measurement (pid 0: none, as for Postfix alone)."""
+
+    pid: int = 0
+    log_path: Path | None = None
+    metrics_port: int = 0
+
+
+@dataclass
+class Window:
+    """What a scenario cost, between start() and stop()."""
+
+    watched: Watched
+    before: ProcSample | None = None
+    after: ProcSample | None = None
+    machine_before: float = 0.0
+    machine_after: float = 0.0
+    log_offset: int = 0
+    buckets_before: dict[tuple[str, str], float] | None = None
+    buckets_after: dict[tuple[str, str], float] | None = None
+    log_lines: list[tuple[str, float]] | None = None
+
+    def start(self) -> None:
+        if self.watched.pid:
+            reset_peak_rss(self.watched.pid)
+            self.before = sample(self.watched.pid)
+        if self.watched.log_path is not None:
+            self.log_offset = self.watched.log_path.stat().st_size
+        if self.watched.metrics_port:
+            self.buckets_before = scrape_buckets(self.watched.metrics_port)
+        self.machine_before = machine_busy_ms()
+
+    def stop(self) -> None:
+        self.machine_after = machine_busy_ms()
+        if self.watched.pid:
+            self.after = sample(self.watched.pid)
+        if self.watched.metrics_port:
+            self.buckets_after = scrape_buckets(self.watched.metrics_port)
+        if self.watched.log_path is not None:
+            with open(self.watched.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                text = log.read()
+            self.log_lines = [(m.group(1).decode(), float(m.group(2)))
+                              for m in MESSAGE_LINE.finditer(text)]
+
+    def cpu_ms(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after.cpu_ms - self.before.cpu_ms
+
+    def peak_rss_mb(self) -> float | None:
+        return self.after.hwm_kb / 1024 if self.after else None
+
+    def machine_cpu_ms(self) -> float:
+        return self.machine_after - self.machine_before
+
+    def verdicts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for verdict, _ms in self.log_lines or []:
+            counts[verdict] = counts.get(verdict, 0) + 1
+        return counts
+
+    def transaction_ms(self) -> list[float]:
+        return [ms for _verdict, ms in self.log_lines or []]
+
+    def stage_quantile(self, stage: str, fraction: float) -> float | None:
+        """From the histogram's bucket deltas, interpolated inside the bucket (ms)."""
+        if self.buckets_before is None or self.buckets_after is None:
+            return None
+        return histogram_quantile(self.buckets_before, self.buckets_after, stage, fraction)
+
+
+def scrape_buckets(port: int) -> dict[tuple[str, str], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        match = BUCKET_LINE.match(line)
+        if match:
+            buckets[(match.group(2), match.group(1))] = float(match.group(3))
+    return buckets
+
+
+def histogram_quantile(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float],
+                       stage: str, fraction: float) -> float | None:
+    bounds = sorted(((float(le), after[(s, le)] - before.get((s, le), 0.0))
+                     for (s, le) in after if s == stage), key=lambda item: item[0])
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    wanted = fraction * bounds[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in bounds:
+        if count >= wanted:
+            if math.isinf(bound):
+                return lower_bound * 1000
+            share = (wanted - lower_count) / (count - lower_count) if count > lower_count else 1
+            return (lower_bound + share * (bound - lower_bound)) * 1000
+        lower_bound, lower_count = bound, count
+    return None

@@ -1,0 +1,109 @@
+"""Medians over the runs, ratios between targets, and the issue's targets as PASS/MISS lines."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, fields
+
+from bench.scenarios import Measurement
+from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX
+
+NUMERIC = [f.name for f in fields(Measurement)
+           if f.name not in ("scenario", "target", "size", "messages", "extra")]
+COLUMNS = [("msg/s", "msg_per_s"), ("cpu ms/msg", "milter_cpu_ms_per_msg"),
+           ("eom p50", "eom_ms_p50"), ("eom p99", "eom_ms_p99"), ("txn p50", "txn_ms_p50"),
+           ("txn p99", "txn_ms_p99"), ("client p99", "client_ms_p99"),
+           ("peak RSS MB", "peak_rss_mb"), ("host cpu ms/msg", "machine_cpu_ms_per_msg")]
+
+
+def medians(measurements: Iterable[Measurement]) -> dict[tuple[str, str], dict[str, object]]:
+    """(scenario, target) -> the median of every figure over the runs, plus the runs' msg/s."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in measurements:
+        groups.setdefault((m.scenario, m.target), []).append(m)
+    table: dict[tuple[str, str], dict[str, object]] = {}
+    for key, group in groups.items():
+        row: dict[str, object] = {"size": group[0].size, "messages": group[0].messages,
+                                  "runs": len(group),
+                                  "msg_per_s_runs": [m.msg_per_s for m in group]}
+        for name in NUMERIC:
+            values = [getattr(m, name) for m in group if getattr(m, name) is not None]
+            row[name] = round(statistics.median(values), 2) if values else None
+        row["extra"] = group[-1].extra
+        table[key] = row
+    return table
+
+
+def render(table: dict[tuple[str, str], dict[str, object]]) -> str:
+    head = f"{'scenario':<11} {'target':<14} {'msgs':>5} " + " ".join(
+        f"{title:>10}" for title, _ in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for (scenario, target), row in table.items():
+        cells = " ".join(f"{_cell(row.get(name)):>10}" for _, name in COLUMNS)
+        lines.append(f"{scenario:<11} {target:<14} {row['messages']:>5} {cells}")
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _get(table: dict[tuple[str, str], dict[str, object]], scenario: str, target: str,
+         name: str) -> float | None:
+    value = table.get((scenario, target), {}).get(name)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def ratios(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
+    lines = []
+    for scenario in ("10KB", "1MB"):
+        tx = _get(table, scenario, TX_UNIX, "msg_per_s")
+        for reference in (NONE, ODK_UNIX, ODK_INET):
+            ref = _get(table, scenario, reference, "msg_per_s")
+            if tx and ref:
+                lines.append(f"{scenario}: txrelay-unix / {reference} = {tx / ref:.2f}")
+        tx_inet = _get(table, scenario, TX_INET, "msg_per_s")
+        if tx and tx_inet:
+            lines.append(f"{scenario}: txrelay-inet / txrelay-unix = {tx_inet / tx:.2f}")
+    return lines
+
+
+def targets(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
+    """The issue's targets, each PASS/MISS/n.a. with the measured value."""
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+        x, y = _get(table, *a, "msg_per_s"), _get(table, *b, "msg_per_s")
+        return x / y if x and y else None
+
+    checks = [
+        ("10KB unix throughput >= 1.0 x OpenDKIM-unix",
+         ratio(("10KB", TX_UNIX), ("10KB", ODK_UNIX)), 1.0, True),
+        ("10KB unix throughput >= 0.75 x no milter (stretch)",
+         ratio(("10KB", TX_UNIX), ("10KB", NONE)), 0.75, True),
+        ("10KB milter CPU <= 4 ms/msg", _get(table, "10KB", TX_UNIX, "milter_cpu_ms_per_msg"),
+         4.0, False),
+        ("1MB throughput >= 1.0 x OpenDKIM-unix",
+         ratio(("1MB", TX_UNIX), ("1MB", ODK_UNIX)), 1.0, True),
+        ("inet within 10% of unix (10KB, ratio >= 0.9)",
+         ratio(("10KB", TX_INET), ("10KB", TX_UNIX)), 0.9, True),
+        ("EOM p99 <= 25 ms, 10KB", _get(table, "10KB", TX_UNIX, "eom_ms_p99"), 25.0, False),
+        ("EOM p99 <= 25 ms, 100KB", _get(table, "100KB", TX_UNIX, "eom_ms_p99"), 25.0, False),
+        ("30MB x N: milter peak RSS < 1024 MB", _get(table, "big", TX_UNIX, "peak_rss_mb"),
+         1024.0, False),
+        ("small messages during 30MB: client p99 < 1000 ms",
+         _get(table, "big", TX_UNIX, "client_ms_p99"), 1000.0, False),
+    ]
+    lines = []
+    for title, value, limit, at_least in checks:
+        if value is None:
+            lines.append(f"n.a.  {title}")
+            continue
+        ok = value >= limit if at_least else value <= limit
+        lines.append(f"{'PASS' if ok else 'MISS'}  {title}: {value:.2f}")
+    return lines
+
+
+def as_json(table: dict[tuple[str, str], dict[str, object]],
+            raw: list[Measurement]) -> dict[str, object]:
+    return {"medians": [{"scenario": s, "target": t, **row} for (s, t), row in table.items()],
+            "runs": [asdict(m) for m in raw]}
