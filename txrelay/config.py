@@ -43,6 +43,8 @@ class MilterConfig:
     reservation_ttl_seconds: int = 900
     log_level: str = "info"
     node_name: str = ""
+    journal_dir: str = "/var/lib/txrelay/journal"
+    journal_max_per_hour: int = 5000
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ SECTIONS: dict[str, type] = {
 
 _POSITIVE = {
     "database.pool_min", "database.pool_max", "database.timeout_ms", "redis.timeout_ms",
-    "milter.max_message_size", "milter.reservation_ttl_seconds", "smtp.port",
+    "milter.max_message_size", "milter.reservation_ttl_seconds",
+    "milter.journal_max_per_hour", "smtp.port",
     "quota.demo_quota", "quota.min_block", "quota.block_validity_days",
     "tracker.poll_interval_seconds", "tracker.confirm_timeout_seconds",
     "tracker.tick_interval_seconds", "tracker.active_window_days", "notify.smtp_port",

@@ -1,8 +1,13 @@
-"""What every milter connection shares: pool, Redis client, and the refreshed policy snapshot.
+"""What every milter connection shares: pool, Redis client, the refreshed policy snapshot,
+the local journal, and the degraded modes that keep mail flowing through an outage.
 
 Created once at start; everything here is thread-safe because libmilter runs each SMTP
 connection on its own thread. The snapshot is replaced whole (one attribute assignment),
 never changed, so a transaction that pinned one keeps deciding with it.
+
+Degraded modes (docs/failure-modes.md): Redis down → reservations in PostgreSQL
+(store/fallback.py); PostgreSQL down → policy from memory or its local copy, ledger records
+to the local journal (store/journal.py), replayed when PostgreSQL answers again.
 """
 
 from __future__ import annotations
@@ -11,26 +16,47 @@ import logging
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 import psycopg_pool
 
+from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
 from txrelay.policy.snapshot import PolicySnapshot
 from txrelay.store import database
-from txrelay.store.ledger import AcceptedMessage, Recorded, record_acceptance, remaining_quota
-from txrelay.store.policy import PolicyLoader, current_version
+from txrelay.store.fallback import FailoverReservations, PostgresReservations, rebuild_redis
+from txrelay.store.journal import Journal, JournalEntry, database_tag
+from txrelay.store.ledger import (
+    AcceptedMessage,
+    Allocation,
+    Recorded,
+    record_acceptance,
+    remaining_quota,
+)
+from txrelay.store.policy import (
+    PolicyLoader,
+    current_version,
+    fetch_policy_rows,
+    read_policy_rows,
+    save_policy_rows,
+)
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
 
 log = logging.getLogger("txrelay.milter")
 T = TypeVar("T")
 UNKNOWN_LOGIN_RECHECK = 0.25  # seconds between on-demand policy checks for unknown logins
+REPLAY_INTERVAL = 1.0  # seconds between attempts to replay the journal into PostgreSQL
+# PostgreSQL did not answer (connection refused or lost, timeout): the journal takes over.
+# Any other database error (a constraint, a bug) is a 451, never journaled.
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
 
 
 class LedgerUnavailable(ServiceUnavailable):
@@ -38,14 +64,54 @@ class LedgerUnavailable(ServiceUnavailable):
 
 
 class Ledger:
-    """PostgreSQL behind the two calls the milter makes, failures as ServiceUnavailable."""
+    """PostgreSQL behind the two calls the milter makes, failures as ServiceUnavailable.
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock) -> None:
+    With a journal, a record PostgreSQL cannot take is written to the journal instead (and
+    the message accepted); without one (tests, tools) it is a 451."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock,
+                 journal: Journal | None = None,
+                 holds_of: Callable[[uuid.UUID], list[str]] | None = None) -> None:
         self.pool = pool
         self.clock = clock
+        self.journal = journal
+        self.holds_of = holds_of or (lambda txn_id: [])
 
     def record(self, message: AcceptedMessage) -> Recorded:
-        return self._with_connection(lambda conn: record_acceptance(conn, message))
+        holds = self.holds_of(message.txn_id)
+        try:
+            with self.pool.connection() as conn:
+                return record_acceptance(conn, message, holds)
+        except UNREACHABLE as exc:
+            if self.journal is None:
+                raise _unavailable(exc) from exc
+            self.journal.append(JournalEntry(message, holds))  # JournalUnavailable → 451
+            log.warning("event=journaled txn=%s rcpts=%d backlog=%d error=%r", message.txn_id,
+                        len(message.recipients), self.journal.backlog(),
+                        exc.__class__.__name__)
+            return Recorded(None, [Allocation(r, "pending", None) for r in message.recipients],
+                            journaled=len(message.recipients))
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+
+    def replay_journal(self) -> int:
+        """Write journaled records to PostgreSQL (idempotent); 0 when there was nothing or
+        PostgreSQL is still away."""
+        journal = self.journal
+        if journal is None or not journal.backlog():
+            return 0
+        try:
+            with self.pool.connection() as conn:
+                done = journal.replay(
+                    lambda entry: record_acceptance(conn, entry.message, entry.holds))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            log.info("event=journal_replay_waiting backlog=%d error=%r", journal.backlog(),
+                     exc.__class__.__name__)
+            return 0
+        if done:
+            log.warning("event=journal_replayed messages=%d backlog=%d", done,
+                        journal.backlog())
+        return done
 
     def remaining_quota(self, account_id: int) -> int:
         return self._with_connection(
@@ -56,19 +122,23 @@ class Ledger:
             with self.pool.connection() as conn:
                 return work(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise LedgerUnavailable(f"PostgreSQL did not answer ({exc.__class__.__name__}: "
-                                     f"{str(exc).strip().splitlines()[0] if str(exc) else ''})"
-                                     ) from exc
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: Exception) -> LedgerUnavailable:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return LedgerUnavailable(f"PostgreSQL did not answer ({exc.__class__.__name__}: {first})")
 
 
 class PolicyCache:
     """Holds the current snapshot; a daemon thread polls policy_version and reloads on change."""
 
     def __init__(self, pool: psycopg_pool.ConnectionPool, loader: PolicyLoader,
-                 interval: float) -> None:
+                 interval: float, copy_path: Path | None = None) -> None:
         self.pool = pool
         self.loader = loader
         self.interval = max(interval, 0.1)
+        self.copy_path = copy_path  # the local copy for a start during a PostgreSQL outage
         self.current: PolicySnapshot | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,21 +171,43 @@ class PolicyCache:
                 version = current_version(conn)
                 conn.rollback()
                 if self.current is None or self.current.version != version:
-                    self.current = self.loader.load(conn)
+                    rows = fetch_policy_rows(conn)
+                    self.current = self.loader.build(rows)
                     log.info("event=policy_loaded version=%d connections=%d domains=%d",
                              self.current.version, len(self.current.connections),
                              len(self.current.domains))
+                    self._save_copy(rows)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if not self._failing:
                 log.warning("event=policy_refresh_failed error=%r (keeping version %s)",
                             exc.__class__.__name__,
                             self.current.version if self.current else "none")
             self._failing = True
+            if self.current is None:
+                self._load_copy()
             return self.current is not None
         if self._failing:
             log.info("event=policy_refresh_recovered version=%d", self.current.version)
         self._failing = False
         return True
+
+    def _save_copy(self, rows: dict[str, object]) -> None:
+        if self.copy_path is None:
+            return
+        try:
+            save_policy_rows(self.copy_path, rows)
+        except OSError as exc:
+            log.warning("event=policy_copy_not_saved path=%s error=%r (a restart during a "
+                        "PostgreSQL outage could not authorise)", self.copy_path, str(exc))
+
+    def _load_copy(self) -> None:
+        """PostgreSQL is away and this process has no snapshot yet: use the local copy."""
+        rows = None if self.copy_path is None else read_policy_rows(self.copy_path)
+        if rows is None:
+            return
+        self.current = self.loader.build(rows)
+        log.warning("event=policy_loaded_from_copy version=%d path=%s connections=%d",
+                    self.current.version, self.copy_path, len(self.current.connections))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="policy-refresh", daemon=True)
@@ -142,24 +234,68 @@ class Runtime:
     close: Callable[[], None]
 
 
+class Repeater:
+    """A daemon thread calling one function every `interval` seconds until stopped (the
+    first call right away: a milter started after an outage replays its journal at once)."""
+
+    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
+        self._stop = threading.Event()
+        self._work = work
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Repeater:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            self._work()
+            if self._stop.wait(self._interval):
+                return
+
+
 def open_runtime(config: Config, clock: Clock) -> Runtime:
-    """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts and
-    answers 4xx until they come, and recovers by itself when they return."""
+    """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
+    even when they are away, works in a degraded mode while one of them is, and recovers by
+    itself when they return (docs/failure-modes.md)."""
+    node = config.milter.node_name or socket.gethostname()
     pool = database.open_pool(config.database, "txrelay-milter")
     pool.open(wait=False)
     client = open_redis(config.redis)
-    ledger = Ledger(pool, clock)
-    reservations = RedisReservations(client, config.redis.key_prefix,
-                                     config.milter.reservation_ttl_seconds,
-                                     ledger.remaining_quota)
-    policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds)
+    state_dir = Path(config.milter.journal_dir)
+    journal = Journal(state_dir, config.database.url, config.milter.journal_max_per_hour)
+    metrics.watch_journal_backlog(journal.backlog)
+    postgres_holds = PostgresReservations(pool, config.milter.reservation_ttl_seconds, node)
+
+    def rebuild(accounts: set[int]) -> None:
+        with pool.connection() as conn:
+            rebuild_redis(conn, client, config.redis.key_prefix, accounts)
+
+    ledger = Ledger(pool, clock, journal)
+    redis_store = RedisReservations(client, config.redis.key_prefix,
+                                    config.milter.reservation_ttl_seconds,
+                                    ledger.remaining_quota)
+    reservations = FailoverReservations(redis_store, postgres_holds, rebuild)
+    ledger.holds_of = reservations.held_in_postgres
+    copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
+    policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds,
+                         copy_path)
     policy.refresh()
     policy.start()
+    reservations.start()
+    replayer = Repeater("journal-replay", REPLAY_INTERVAL, ledger.replay_journal).start()
 
     def close() -> None:
+        replayer.stop()
+        reservations.stop()
         policy.stop()
+        journal.close()
         pool.close()
         client.close()
 
-    return Runtime(config, config.milter.node_name or socket.gethostname(), clock, policy,
-                   reservations, ledger, close)
+    return Runtime(config, node, clock, policy, reservations, ledger, close)

@@ -37,6 +37,9 @@ INSERT INTO ledger (message_id, account_id, connection_id, recipient, billing,
 VALUES (%(message_id)s, %(account_id)s, %(connection_id)s, %(recipient)s, %(billing)s,
         %(quota_block_id)s, %(accepted_at)s)"""
 
+# Degraded mode (txrelay.store.fallback): the message's PostgreSQL holds end with its record.
+DELETE_HOLDS = "DELETE FROM quota_holds WHERE member = ANY(%(members)s)"
+
 TOUCH_CONNECTION = "UPDATE connections SET last_used_at = %(now)s WHERE id = %(connection_id)s"
 
 REMAINING_QUOTA = """
@@ -71,8 +74,9 @@ class Allocation:
 
 @dataclass(frozen=True)
 class Recorded:
-    message_row_id: int | None  # None: this transaction was recorded before (a retry)
+    message_row_id: int | None  # None: recorded before (a retry), or journaled
     allocations: Sequence[Allocation]
+    journaled: int = 0  # recipients written to the local journal, not yet to PostgreSQL
 
     @property
     def overage(self) -> int:
@@ -80,7 +84,12 @@ class Recorded:
 
     @property
     def quota_units(self) -> int:
-        """Recipients billed to quota blocks: what the live Redis balance loses."""
+        """Recipients billed to quota blocks: what the live Redis balance loses. A journaled
+        message is allocated when it is replayed; until then the balance loses every
+        recipient, down to 0 at most (commit.lua), which is what the replay will bill to
+        quota: the units left, the rest as overage."""
+        if self.journaled:
+            return self.journaled
         return sum(1 for a in self.allocations if a.billing == "quota")
 
 
@@ -99,10 +108,18 @@ def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> li
     return result
 
 
-def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage) -> Recorded:
+def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
+                      release_holds: Sequence[str] = ()) -> Recorded:
     """The message, one ledger row per recipient, the quota used and the connection's last
-    use, in ONE transaction: all of it is recorded or none of it."""
+    use, in ONE transaction: all of it is recorded or none of it. release_holds: the
+    message's reservations held in PostgreSQL (degraded mode), which end in the same
+    transaction so that "used" and "held" never count a recipient twice.
+
+    Idempotent by txn_id: recording a transaction again (a journal replayed twice, a retry
+    after a timeout that did commit) changes nothing."""
     with conn.transaction():
+        if release_holds:
+            conn.execute(DELETE_HOLDS, {"members": list(release_holds)})
         row = conn.execute(INSERT_MESSAGE, _message_params(message)).fetchone()
         if row is None:
             return Recorded(None, [])

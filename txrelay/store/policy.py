@@ -1,9 +1,15 @@
-"""Loads the connection-policy snapshot the milter caches from PostgreSQL (a few queries)."""
+"""Loads the connection-policy snapshot the milter caches from PostgreSQL (a few queries),
+and keeps a local copy of it so that a milter restarted during a PostgreSQL outage can still
+authorise (the copy holds DKIM private keys: it is written mode 0600, atomically)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -60,25 +66,24 @@ class PolicyLoader:
         self._keys: dict[tuple[int, str], SigningKey] = {}
 
     def load(self, conn: psycopg.Connection) -> PolicySnapshot:
-        """Everything the milter decides with. The version is read first: a change committed
-        while loading makes the data newer than the version, so the next poll loads again."""
-        with conn.transaction():
-            version = current_version(conn)
-            accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
-                        for r in _rows(conn, SELECT_ACCOUNTS)}
-            domains_of: dict[int, set[str]] = {}
-            for r in _rows(conn, SELECT_CONNECTION_DOMAINS):
-                domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
-            connections = {r["username"]: self._connection(r, accounts, domains_of)
-                           for r in _rows(conn, SELECT_CONNECTIONS)}
-            domain_rows = _rows(conn, SELECT_DOMAINS)
+        return self.build(fetch_policy_rows(conn))
+
+    def build(self, rows: PolicyRows) -> PolicySnapshot:
+        """The snapshot from its rows (fresh from PostgreSQL, or from the local copy)."""
+        accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
+                    for r in rows["accounts"]}
+        domains_of: dict[int, set[str]] = {}
+        for r in rows["connection_domains"]:
+            domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
+        connections = {r["username"]: self._connection(r, accounts, domains_of)
+                       for r in rows["connections"]}
         previous_keys, self._keys = self._keys, {}
         domains = {}
-        for r in domain_rows:
+        for r in rows["domains"]:
             domain = self._domain(r, previous_keys)
             if domain is not None:
                 domains[domain.domain] = domain
-        return PolicySnapshot(version, connections, domains, accounts)
+        return PolicySnapshot(int(rows["version"]), connections, domains, accounts)
 
     def _connection(self, r: dict[str, Any], accounts: dict[int, AccountPolicy],
                     domains_of: dict[int, set[str]]) -> ConnectionPolicy:
@@ -107,6 +112,51 @@ class PolicyLoader:
         return DomainPolicy(domain=r["domain"], account_id=int(r["account_id"]),
                             list_help=r["list_help"], selector=r["selector"],
                             algorithm=r["algorithm"], signing_key=signing_key)
+
+
+PolicyRows = dict[str, Any]  # version + the rows of each query, as JSON-able values
+
+
+def fetch_policy_rows(conn: psycopg.Connection) -> PolicyRows:
+    """Everything the milter decides with. The version is read first: a change committed
+    while loading makes the data newer than the version, so the next poll loads again."""
+    with conn.transaction():
+        return {
+            "version": current_version(conn),
+            "accounts": _rows(conn, SELECT_ACCOUNTS),
+            "connection_domains": _rows(conn, SELECT_CONNECTION_DOMAINS),
+            "connections": _rows(conn, SELECT_CONNECTIONS),
+            "domains": _rows(conn, SELECT_DOMAINS),
+        }
+
+
+def save_policy_rows(path: Path, rows: PolicyRows) -> None:
+    """Write the local copy: temp file mode 0600 in the same directory, fsync, rename."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump(rows, handle, separators=(",", ":"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def read_policy_rows(path: Path) -> PolicyRows | None:
+    """The local copy, or None when there is none or it cannot be read whole."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("event=policy_copy_unreadable path=%s error=%r", path, str(exc))
+        return None
+    wanted = {"version", "accounts", "connection_domains", "connections", "domains"}
+    return rows if isinstance(rows, dict) and wanted <= set(rows) else None
 
 
 def _rows(conn: psycopg.Connection, sql: str) -> list[dict[str, Any]]:

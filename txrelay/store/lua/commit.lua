@@ -1,10 +1,13 @@
--- commit.lua: a transaction's recipients are recorded in PostgreSQL; turn their
--- reservations into consumption of the live balance.
+-- commit.lua: a transaction's recipients are recorded in PostgreSQL (or in the milter's
+-- local journal while PostgreSQL is down); turn their reservations into consumption of the
+-- live balance.
 --
 -- KEYS[1]  the account's balance key ({prefix}:{a<id>}:balance)
--- KEYS[2]  the account's held zset   ({prefix}:{a<id>}:held)
 -- ARGV[1]  units consumed: recipients the ledger billed to quota (overage ones are not taken
---          from the balance, which mirrors PostgreSQL's remaining quota and never goes below 0)
+--          from the balance, which mirrors PostgreSQL's remaining quota and never goes below 0).
+--          For a journaled message every recipient is given: the balance goes down to 0 at
+--          most, exactly what the replay will bill to quota.
+-- KEYS[2]  the account's held zset   ({prefix}:{a<id>}:held)
 -- ARGV[2..] the transaction's held members ("<txn>|<recipient>")
 --
 -- Returns the number of held members removed (fewer than given when some had expired).
@@ -16,6 +19,8 @@ if #ARGV > 1 then
   removed = redis.call('ZREM', KEYS[2], unpack(ARGV, 2))
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('DECRBY', KEYS[1], ARGV[1])
+  if redis.call('DECRBY', KEYS[1], ARGV[1]) < 0 then
+    redis.call('SET', KEYS[1], 0)
+  end
 end
 return removed

@@ -1,0 +1,248 @@
+"""The milter's local durable journal: ledger records written while PostgreSQL is down.
+
+While PostgreSQL does not answer, each accepted message's ledger record (an AcceptedMessage)
+is appended to a file in [milter] journal_dir as one JSON line and fsync'd before the milter
+answers 250; when PostgreSQL answers again the lines are replayed through the same
+record_acceptance() as live traffic. Replay is idempotent (messages.txn_id is UNIQUE and
+record_acceptance does nothing for a known txn_id), so a crash half-way through a replay,
+or two replays, change nothing.
+
+Files: journal-<db>-<pid>-<start>.jsonl, <db> a digest of the database URL, so that a
+journal is only ever replayed into the database it was meant for. A writer holds an
+exclusive flock on its file for as long as it appends to it; a replayer takes the same lock
+(non-blocking) before reading, so it never reads a file that is still growing, and files of
+a dead milter (no lock) are replayed by the next milter to start. A new file is created under
+a hidden name, locked, then renamed, so no replayer can take it first.
+
+Only whole lines count: the milter replies after the fsync, so a line torn by a crash was
+never acknowledged and is skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from txrelay.errors import ServiceUnavailable
+from txrelay.store.ledger import AcceptedMessage
+
+log = logging.getLogger("txrelay.milter.journal")
+
+HOUR = 3600.0
+
+
+class JournalUnavailable(ServiceUnavailable):
+    """The journal cannot take this message (unwritable, or the hourly bound is reached)."""
+
+
+def database_tag(database_url: str) -> str:
+    """A short digest naming the database a journal belongs to (no secret in file names)."""
+    return hashlib.sha256(database_url.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One accepted message and its reservations held in PostgreSQL (degraded Redis mode),
+    which the replay ends in the same transaction as the record."""
+
+    message: AcceptedMessage
+    holds: Sequence[str] = ()
+
+
+def encode_entry(entry: JournalEntry) -> bytes:
+    message = entry.message
+    record = {
+        "txn_id": str(message.txn_id), "queue_id": message.queue_id, "node": message.node,
+        "message_id": message.message_id, "account_id": message.account_id,
+        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
+        "header_from": message.header_from, "size": message.size,
+        "recipients": list(message.recipients), "accepted_at": message.accepted_at.isoformat(),
+        "holds": list(entry.holds),
+    }
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+
+
+def decode_entry(line: bytes) -> JournalEntry:
+    """One journal line; ValueError/KeyError/TypeError when it is not a whole record."""
+    r: dict[str, Any] = json.loads(line)
+    accepted_at = dt.datetime.fromisoformat(r["accepted_at"])
+    if accepted_at.tzinfo is None:
+        raise ValueError("accepted_at without a time zone")
+    message = AcceptedMessage(
+        txn_id=uuid.UUID(r["txn_id"]), queue_id=str(r["queue_id"]), node=str(r["node"]),
+        message_id=r["message_id"], account_id=int(r["account_id"]),
+        connection_id=int(r["connection_id"]), envelope_sender=str(r["envelope_sender"]),
+        header_from=str(r["header_from"]), size=int(r["size"]),
+        recipients=[str(x) for x in r["recipients"]], accepted_at=accepted_at)
+    return JournalEntry(message, [str(x) for x in r.get("holds", [])])
+
+
+class Journal:
+    """Append (fsync'd), count, replay. Thread-safe: one lock around the active file."""
+
+    def __init__(self, directory: Path, database_url: str, max_per_hour: int) -> None:
+        self.directory = directory
+        self.tag = database_tag(database_url)
+        self.max_per_hour = max_per_hour
+        self._lock = threading.Lock()
+        self._active: int | None = None  # fd of the file this process appends to
+        self._active_path: Path | None = None
+        self._appended: collections.deque[tuple[float, int]] = collections.deque()
+        # Messages waiting for PostgreSQL: those left by an earlier process, then ours.
+        self._backlog = sum(_count_lines(p) for p in self.pending_files())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, entry: JournalEntry) -> None:
+        """Durably store one ledger record, or raise JournalUnavailable (answer 451)."""
+        line = encode_entry(entry)
+        units = len(entry.message.recipients)
+        with self._lock:
+            self._check_budget(units)
+            try:
+                fd = self._active_fd()
+                _write_all(fd, line)
+                os.fsync(fd)
+            except OSError as exc:
+                self._close_active()  # a fresh file next time (the disk may come back)
+                raise JournalUnavailable(f"the local journal {self.directory} is not "
+                                         f"writable ({exc.strerror or exc})") from exc
+            self._appended.append((time.monotonic(), units))
+            self._backlog += 1
+
+    def _check_budget(self, units: int) -> None:
+        horizon = time.monotonic() - HOUR
+        while self._appended and self._appended[0][0] < horizon:
+            self._appended.popleft()
+        used = sum(n for _, n in self._appended)
+        if used + units > self.max_per_hour:
+            raise JournalUnavailable(f"the local journal holds {used} unconfirmed recipients "
+                                     f"this hour ([milter] journal_max_per_hour = "
+                                     f"{self.max_per_hour})")
+
+    def _active_fd(self) -> int:
+        if self._active is not None:
+            return self._active
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"journal-{self.tag}-{os.getpid()}-{time.time_ns()}.jsonl"
+        hidden = self.directory / f".{name}"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self.directory / name)
+            _fsync_directory(self.directory)
+        except OSError:
+            os.close(fd)
+            raise
+        self._active, self._active_path = fd, self.directory / name
+        return fd
+
+    def _close_active(self) -> None:
+        if self._active is not None:
+            os.close(self._active)  # releases the flock: the file may now be replayed
+        self._active = self._active_path = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_active()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def backlog(self) -> int:
+        """Journaled messages not replayed yet (for the metric and the replay loop)."""
+        return self._backlog
+
+    def pending_files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(f"journal-{self.tag}-*.jsonl"))
+
+    def replay(self, record: Callable[[JournalEntry], object]) -> int:
+        """Record every journaled message; returns how many lines were replayed. Stops at the
+        first failure of `record` (PostgreSQL away again) and leaves that file for later."""
+        with self._lock:
+            if self._active is not None:
+                self._close_active()  # later appends go to a new file
+        replayed = 0
+        for path in self.pending_files():
+            replayed += self._replay_file(path, record)
+        with self._lock:
+            self._backlog = max(0, self._backlog - replayed)
+        return replayed
+
+    def _replay_file(self, path: Path, record: Callable[[JournalEntry], object]) -> int:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return 0  # another milter replayed it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # still being written, or being replayed by another milter
+            count = 0
+            for line in _read_lines(fd):
+                entry = _parse(line, path)
+                if entry is not None:
+                    record(entry)
+                    count += 1
+            path.unlink(missing_ok=True)
+            _fsync_directory(self.directory)
+            log.info("event=journal_replayed file=%s messages=%d", path.name, count)
+            return count
+        finally:
+            os.close(fd)
+
+
+def _parse(line: bytes, path: Path) -> JournalEntry | None:
+    if not line.endswith(b"\n"):
+        log.warning("event=journal_torn_line file=%s bytes=%d (never acknowledged: skipped)",
+                    path.name, len(line))
+        return None
+    try:
+        return decode_entry(line)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("event=journal_bad_line file=%s error=%r", path.name, str(exc))
+        return None
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def _read_lines(fd: int) -> list[bytes]:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    return data.splitlines(keepends=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
