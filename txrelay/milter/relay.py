@@ -23,6 +23,7 @@ from txrelay.milter.runtime import LedgerUnavailable, Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
 from txrelay.policy.addresses import HeaderSender, envelope_address
+from txrelay.policy.message import IdentityHeaders
 from txrelay.policy.quota import recipient_verdict
 from txrelay.policy.sender import authorize_sender
 from txrelay.policy.verdict import (
@@ -192,11 +193,13 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             return INTERNAL_ERROR
         if not txn.recipients:
             return NO_TRANSACTION
-        too_big = message_policy.check_size(txn.size, self.runtime.config.milter.max_message_size)
-        if too_big is not None:
-            return too_big
-        from_values = [_unfold(v) for v in txn.header_values("From")]
-        return message_policy.check_author(txn.snapshot, txn.connection, from_values)
+        refusal = (message_policy.check_size(txn.size, self.runtime.config.milter.max_message_size)
+                   or message_policy.check_lines(*txn.longest_line))
+        if refusal is not None:
+            return refusal
+        return message_policy.check_identity(txn.snapshot, txn.connection, IdentityHeaders(
+            txn.header_texts("From"), txn.header_texts("Sender"),
+            txn.header_texts("DKIM-Signature")))
 
     def _ensure_message_id(self, txn: Transaction, author: HeaderSender) -> None:
         if txn.header_values("Message-ID"):

@@ -76,6 +76,11 @@ def header_sender(from_values: list[str]) -> HeaderSender | Verdict:
     return HeaderSender(address, domain)
 
 
+def header_mailboxes(value: str) -> list[str] | None:
+    """The addr-specs of an address header (From:, Sender:), or None when unparsable."""
+    return _mailboxes(value)
+
+
 def _mailboxes(value: str) -> list[str] | None:
     """The addr-specs of the header, or None when it is not a clean RFC 5322 mailbox list."""
     if "\x00" in value or "\r" in value.replace("\r\n", ""):

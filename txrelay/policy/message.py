@@ -1,11 +1,30 @@
-"""Decides at end of message: size, the author (From:) and the headers the relay adds."""
+"""Decides at end of message: size, line length, who the message claims to be from (From:,
+Sender:, a client's DKIM-Signature) and the headers the relay adds."""
 
 from __future__ import annotations
 
-from txrelay.policy.addresses import HeaderSender, header_sender
+import re
+from dataclasses import dataclass
+
+from txrelay.policy.addresses import HeaderSender, dns_form, header_mailboxes, header_sender
 from txrelay.policy.sender import check_author_domain
 from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
+
+# RFC 5322 2.1.1. Postfix's smtp client breaks longer lines on delivery
+# (smtp_line_length_limit), after the milter signed them: the signature would not verify.
+MAX_LINE_BYTES = 998
+_D_TAG = re.compile(r"(?:^|;)\s*d\s*=\s*([^;\s]*)")
+
+
+@dataclass(frozen=True)
+class IdentityHeaders:
+    """The header values (unfolded text) that say who a message is from."""
+
+    from_values: list[str]
+    sender_values: list[str]
+    signature_values: list[str]  # the client's own DKIM-Signature headers
+
 
 
 def check_size(size: int, max_message_size: int) -> Verdict | None:
@@ -14,6 +33,59 @@ def check_size(size: int, max_message_size: int) -> Verdict | None:
     limit_mb = max_message_size / (1024 * 1024)
     return Verdict.reject("552", "5.3.4", f"message size exceeds the limit of "
                           f"{limit_mb:g} MB; send smaller attachments or a link")
+
+
+def check_lines(longest_header_line: int, longest_body_line: int) -> Verdict | None:
+    if longest_header_line > MAX_LINE_BYTES:
+        return Verdict.reject("550", "5.6.0", f"a header line is longer than {MAX_LINE_BYTES} "
+                              "bytes; fold long headers (RFC 5322 2.2.3) or encode them")
+    if longest_body_line > MAX_LINE_BYTES:
+        return Verdict.reject("550", "5.6.0", f"a body line is longer than {MAX_LINE_BYTES} "
+                              "bytes; encode the body (quoted-printable or base64)")
+    return None
+
+
+def check_identity(snapshot: PolicySnapshot, connection: ConnectionPolicy,
+                   headers: IdentityHeaders) -> HeaderSender | Verdict:
+    """The author, if From:, Sender: and any client DKIM-Signature all name this
+    connection's domains."""
+    author = check_author(snapshot, connection, headers.from_values)
+    if isinstance(author, Verdict):
+        return author
+    refusal = (check_sender_header(connection, headers.sender_values)
+               or check_client_signatures(connection, headers.signature_values))
+    return refusal or author
+
+
+def check_sender_header(connection: ConnectionPolicy, values: list[str]) -> Verdict | None:
+    """Sender: names who sent the mail on the author's behalf: at most one, one mailbox, of a
+    domain of this connection (a foreign one would let a shop speak for another)."""
+    if not values:
+        return None
+    mailboxes = header_mailboxes(values[0]) if len(values) == 1 else None
+    if mailboxes is None or len(mailboxes) != 1:
+        return Verdict.reject("550", "5.7.1", "the Sender: header must appear at most once and "
+                              "hold exactly one address of a sending domain of this connection; "
+                              "remove it or fix it")
+    domain = mailboxes[0].rpartition("@")[2]
+    if dns_form(domain) not in connection.domains:
+        return Verdict.reject("550", "5.7.1", f"Sender: header domain {dns_form(domain)} is not "
+                              f"enabled for connection \"{connection.name}\"")
+    return None
+
+
+def check_client_signatures(connection: ConnectionPolicy, values: list[str]) -> Verdict | None:
+    """A client's own DKIM-Signature may stay only if it is for one of its domains: a copied
+    signature of another domain must never leave through this relay."""
+    for value in values:
+        match = _D_TAG.search(value)
+        domain = dns_form(match.group(1)) if match else ""
+        if domain not in connection.domains:
+            shown = domain or "no d= domain"
+            return Verdict.reject("550", "5.7.1", f"the message carries a DKIM-Signature "
+                                  f"({shown}) of a domain not enabled for connection "
+                                  f"\"{connection.name}\"; remove it, the relay signs")
+    return None
 
 
 def check_author(snapshot: PolicySnapshot, connection: ConnectionPolicy,

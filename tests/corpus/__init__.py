@@ -1,0 +1,1 @@
+"""Message corpora for the robustness tests (malformed and hostile input)."""
