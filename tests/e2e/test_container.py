@@ -1,0 +1,226 @@
+"""The container image, built and run for real: mail submitted to the container's Postfix
+over STARTTLS + AUTH reaches the capture sink DKIM-signed and recorded in the ledger.
+
+The image is built once per session (scripts/build-image.sh: buildah on a debootstrap base,
+no Docker engine) and run through podman's Docker-compatible API with the Python `docker`
+SDK, the way an operator's tooling would drive Docker. Host networking only: the container
+reaches the machine's PostgreSQL (a database made for this test) and Redis over 127.0.0.1,
+and its Postfix listens on free loopback ports so it collides with nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import psycopg
+import pytest
+from docker.models.containers import Container
+
+from tests.conftest import ADMIN_DSN
+from tests.harness.metrics import http_get
+from tests.harness.processes import HarnessError, ManagedProcess, free_port, port_open, wait_until
+from tests.harness.provision import account_usage, verify_dkim
+from tests.harness.services import CaptureSink
+from tests.harness.smtp import build_message, submit
+from txrelay.config import Config
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("TXRELAY_TEST_IMAGE", "localhost/txrelay:test")
+# What podman needs on these machines whatever the client asks (docs/deployment.md):
+# runc (crun refuses the cgroup layout), limits root cannot raise, an init for prompt stops.
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=8192:8192", "nproc=8192:8192"]
+init = true
+[engine]
+runtime = "runc"
+"""
+
+
+@pytest.fixture(scope="session")
+def container_image() -> str:
+    """The image, built from this checkout (layers cached between runs)."""
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE],
+                          capture_output=True, text=True, timeout=1500, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-image.sh failed ({done.returncode})\n"
+                    f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}", pytrace=False)
+    print(f"image {IMAGE} built in {time.monotonic() - started:.0f}s")
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """podman's Docker API on a socket of the test's own."""
+    directory = Path(tempfile.mkdtemp(prefix="txrelay-podman-"))
+    conf = directory / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    sock = directory / "podman.sock"
+    service = ManagedProcess(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                             directory / "service.log",
+                             env={**os.environ, "CONTAINERS_CONF": str(conf)})
+    service.start()
+    try:
+        wait_until(sock.exists, 30, "podman API socket", service.log)
+        client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41", timeout=120)
+        wait_until(lambda: bool(client.ping()), 30, "podman API", service.log)
+        yield client
+        client.close()
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def container_database() -> Iterator[str]:
+    """An empty database: the container's start must migrate it."""
+    name = f"txrelay_ctr_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class RelayContainer:
+    """The running container and the loopback ports it was given."""
+
+    def __init__(self, container: Container, database_url: str, submission_port: int,
+                 metrics_port: int, tracker_metrics_port: int) -> None:
+        self.container = container
+        self.database_url = database_url
+        self.submission_port = submission_port
+        self.metrics_port = metrics_port
+        self.tracker_metrics_port = tracker_metrics_port
+
+    def txrelay(self, *args: str) -> Any:
+        """`txrelay --json ARGS` inside the container: the operator's CLI there."""
+        code, output = self.container.exec_run(["txrelay", "--json", *args], demux=True)
+        stdout, stderr = output
+        if code != 0:
+            raise HarnessError(f"txrelay {' '.join(args)} exited {code}: {stderr!r}")
+        return json.loads(stdout)
+
+    def run(self, *argv: str) -> tuple[int, str]:
+        code, output = self.container.exec_run(list(argv))
+        return code, output.decode(errors="replace")
+
+    def logs(self) -> str:
+        return self.container.logs(tail=80).decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def relay_container(container_image: str, docker_client: docker.DockerClient,
+                    container_database: str, config: Config,
+                    capture_sink: CaptureSink) -> Iterator[RelayContainer]:
+    ports = [free_port() for _ in range(3)]
+    environment = {
+        "TXRELAY_DATABASE_URL": container_database,
+        "TXRELAY_REDIS_URL": config.redis.url,
+        "TXRELAY_REDIS_KEY_PREFIX": f"ctr{secrets.token_hex(3)}",
+        "TXRELAY_MILTER_NODE_NAME": f"container-{secrets.token_hex(3)}",
+        "TXRELAY_METRICS_MILTER_LISTEN": f"127.0.0.1:{ports[1]}",
+        "TXRELAY_METRICS_TRACKER_LISTEN": f"127.0.0.1:{ports[2]}",
+        "RELAY_HOSTNAME": "relay.container.test",
+        "RELAY_SUBMISSION_LISTEN": f"127.0.0.1:{ports[0]}",
+        "RELAY_RELAYHOST": f"[127.0.0.1]:{capture_sink.port}",
+        "POSTCONF_inet_interfaces": "127.0.0.1",
+        "POSTCONF_inet_protocols": "ipv4",
+    }
+    container = docker_client.containers.run(
+        container_image, detach=True, name=f"txrelay-test-{secrets.token_hex(4)}",
+        environment=environment, network_mode="host", runtime="runc", init=True,
+        ulimits=[docker.types.Ulimit(name="nofile", soft=8192, hard=8192),
+                 docker.types.Ulimit(name="nproc", soft=8192, hard=8192)])
+    relay = RelayContainer(container, container_database, *ports)
+    try:
+        wait_until(lambda: _ready(relay), 120, "the container's submission port",
+                   relay.logs)
+        yield relay
+    finally:
+        container.stop(timeout=20)
+        container.remove(v=True, force=True)
+
+
+def _ready(relay: RelayContainer) -> bool:
+    relay.container.reload()
+    if relay.container.status == "exited":
+        raise HarnessError(f"the container exited\n{relay.logs()}")
+    return port_open(relay.submission_port)
+
+
+def _ledger_states(database_url: str, account_id: int) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT state FROM ledger WHERE account_id = %s", (account_id,))]
+
+
+def test_mail_submitted_to_the_container_reaches_the_sink_signed_and_accounted(
+        relay_container: RelayContainer, capture_sink: CaptureSink) -> None:
+    account = relay_container.txrelay("account", "create", "ctr-shop", "--admin-email",
+                                      "admin@ctr-shop.example.com")
+    relay_container.txrelay("domain", "add", "ctr-shop", "mail.ctr-shop.example.com",
+                            "--list-help", "https://help.ctr-shop.example.com/")
+    connection = relay_container.txrelay("connection", "create", "ctr-shop", "web",
+                                         "--domain", "mail.ctr-shop.example.com")
+    assert (connection["host"], connection["port"]) == ("relay.container.test",
+                                                        relay_container.submission_port)
+    rcpt = f"buyer-{secrets.token_hex(4)}@customer.example.net"
+    sender = "orders@mail.ctr-shop.example.com"
+    result = submit(connection["username"], connection["password"], sender, [rcpt],
+                    build_message(sender, [rcpt]), port=relay_container.submission_port)
+    assert result.accepted, f"{result.first_refusal()}\n{relay_container.logs()}"
+
+    capture = capture_sink.wait_for_recipient(rcpt, timeout=30)
+    assert verify_dkim(capture.raw, relay_container.database_url)
+    assert b"List-Help: <https://help.ctr-shop.example.com/>" in capture.raw
+    usage = account_usage(relay_container.database_url, int(account["id"]))
+    assert (usage.messages, usage.ledger_rows, usage.used) == (1, 1, 1)
+    # The container's tracker reads its Postfix's log: the recipient ends up delivered.
+    wait_until(lambda: _ledger_states(relay_container.database_url,
+                                      int(account["id"])) == ["delivered"],
+               30, "ledger state 'delivered'", relay_container.logs)
+
+
+def test_container_reports_healthy_and_serves_metrics(relay_container: RelayContainer) -> None:
+    code, output = relay_container.run("txrelay-healthcheck")
+    assert code == 0, output
+    status, body = http_get(f"http://127.0.0.1:{relay_container.metrics_port}/healthz")
+    assert (status, body.splitlines()[0]) == (200, "ok")
+    _, metrics = http_get(f"http://127.0.0.1:{relay_container.metrics_port}/metrics")
+    assert 'txrelay_dependency_up{dependency="postgresql"} 1.0' in metrics
+    _, tracker = http_get(f"http://127.0.0.1:{relay_container.tracker_metrics_port}/metrics")
+    assert "txrelay_tracker_unread_bytes" in tracker
+
+
+def test_container_runs_the_milter_and_tracker_as_txrelay(
+        relay_container: RelayContainer) -> None:
+    code, output = relay_container.run(
+        "python3", "-c",
+        "import os, pwd\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+        "    if b'milter' in cmd or b'tracker' in cmd:\n"
+        "        print(cmd[-2].decode(), pwd.getpwuid(os.stat(f'/proc/{pid}').st_uid).pw_name)")
+    assert code == 0, output
+    assert sorted(output.split("\n")) == ["", "milter txrelay", "tracker txrelay"], output
+
+
+def test_image_declares_volumes_and_healthcheck(container_image: str) -> None:
+    done = subprocess.run(["podman", "image", "inspect", container_image], capture_output=True,
+                          text=True, check=True)
+    image = json.loads(done.stdout)[0]
+    assert set(image["Config"]["Volumes"]) == {"/var/spool/postfix", "/var/lib/txrelay",
+                                               "/etc/txrelay/tls"}
+    assert image["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/txrelay-healthcheck"]

@@ -1,0 +1,117 @@
+"""Metrics and health as an operator sees them: curl on the milter's and tracker's endpoints
+of a real stack while mail goes through it, and /healthz when a dependency is down."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness.fixtures import RelayStack
+from tests.harness.metrics import MetricsStack, http_get, metrics_stack, samples
+from tests.harness.processes import TXRELAY, ManagedProcess, free_port, port_open, wait_until
+from tests.harness.smtp import build_message, submit
+
+pytestmark = pytest.mark.e2e
+__all__ = ["metrics_stack"]  # the fixture, imported for pytest
+
+
+def curl(url: str) -> str:
+    """What `curl -sf URL` prints (fails the test on an HTTP error)."""
+    done = subprocess.run(["curl", "-sS", "-f", "--max-time", "10", url], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, f"curl {url}: {done.stderr}"
+    return done.stdout
+
+
+def decisions(stack: MetricsStack) -> dict[tuple[tuple[str, str], ...], float]:
+    return samples(curl(f"{stack.milter_url}/metrics"), "txrelay_milter_decisions_total")
+
+
+def stage_count(text: str, stage: str) -> float:
+    return samples(text, "txrelay_milter_stage_seconds_count").get((("stage", stage),), 0.0)
+
+
+def test_decision_counters_move_when_mail_is_sent(relay: RelayStack,
+                                                  metrics_stack: MetricsStack) -> None:
+    shop = relay.provision()
+    accepted = (("account", str(shop.account_id)), ("connection", shop.connection),
+                ("verdict", "accept"))
+    before = curl(f"{metrics_stack.milter_url}/metrics")
+    assert samples(before, "txrelay_milter_decisions_total").get(accepted, 0.0) == 0.0
+
+    for _ in range(2):
+        rcpt = f"m-{secrets.token_hex(4)}@customer.example.net"
+        result = submit(shop.username, shop.password, shop.address(), [rcpt],
+                        build_message(shop.address(), [rcpt]), port=metrics_stack.port)
+        assert result.accepted, f"{result.first_refusal()}\n{metrics_stack.milter.log()}"
+    wrong = submit(shop.username, shop.password, "shop@not-theirs.example.org",
+                   ["x@customer.example.net"], b"Subject: x\r\n\r\nx\r\n",
+                   port=metrics_stack.port)
+    assert not wrong.accepted
+
+    after = curl(f"{metrics_stack.milter_url}/metrics")
+    counted = samples(after, "txrelay_milter_decisions_total")
+    assert counted[accepted] == 2.0
+    refusals = {labels: value for labels, value in counted.items()
+                if dict(labels)["verdict"].startswith("5")}
+    assert sum(refusals.values()) >= 1.0, counted
+    for stage in ("mail", "rcpt", "eom"):
+        assert stage_count(after, stage) >= stage_count(before, stage) + 2, stage
+    remaining = samples(after, "txrelay_quota_remaining")[(("account", str(shop.account_id)),)]
+    assert remaining == 1000 - 2  # a demo account's quota, two recipients spent
+    held = samples(after, "txrelay_reservations_outstanding")
+    assert held[(("account", str(shop.account_id)),)] == 0.0
+
+
+def test_tracker_metrics_show_it_caught_up_with_the_log(relay: RelayStack,
+                                                        metrics_stack: MetricsStack) -> None:
+    shop = relay.provision()
+    rcpt = f"t-{secrets.token_hex(4)}@customer.example.net"
+    assert submit(shop.username, shop.password, shop.address(), [rcpt],
+                  build_message(shop.address(), [rcpt]), port=metrics_stack.port).accepted
+    relay.sink.wait_for_recipient(rcpt)
+
+    def caught_up() -> bool:
+        text = curl(f"{metrics_stack.tracker_url}/metrics")
+        unread = samples(text, "txrelay_tracker_unread_bytes")
+        return unread == {(): 0.0} and samples(text, "txrelay_tracker_lag_seconds") == {(): 0.0}
+
+    wait_until(caught_up, 20, "tracker caught up", metrics_stack.tracker.log)
+    assert Path(metrics_stack.config.tracker.log_path).stat().st_size > 0
+
+
+def test_healthz_is_ok_while_postgresql_and_redis_answer(metrics_stack: MetricsStack) -> None:
+    for url in (metrics_stack.milter_url, metrics_stack.tracker_url):
+        status, body = http_get(f"{url}/healthz")
+        assert (status, body) == (200, "ok\npostgresql: ok\nredis: ok\n")
+
+
+@pytest.mark.parametrize(("setting", "dead_url", "named"), [
+    ("TXRELAY_REDIS_URL", "redis://127.0.0.1:{port}/0", "redis: ConnectionError"),
+    ("TXRELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:{port}/txrelay",
+     "postgresql: OperationalError"),
+])
+def test_healthz_answers_503_naming_the_dependency_that_is_down(
+        relay: RelayStack, tmp_path: Path, setting: str, dead_url: str, named: str) -> None:
+    """A milter whose Redis or PostgreSQL is a port nobody listens on."""
+    listen = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "TXRELAY_METRICS_MILTER_LISTEN": listen,
+           setting: dead_url.format(port=free_port())}
+    milter = ManagedProcess([TXRELAY, "--config", str(relay.config_file), "milter", "--socket",
+                             f"unix:{tmp_path}/health.sock"], tmp_path / "milter.log", env=env)
+    milter.start()
+    try:
+        wait_until(lambda: port_open(int(listen.rsplit(":", 1)[1])), 20, "metrics endpoint",
+                   milter.log)
+        status, body = http_get(f"http://{listen}/healthz")
+        assert status == 503
+        assert body.startswith("unavailable\n") and named in body, body
+        metrics = curl(f"http://{listen}/metrics")
+        down = named.split(":", 1)[0]
+        assert samples(metrics, "txrelay_dependency_up")[(("dependency", down),)] == 0.0
+    finally:
+        milter.stop()
