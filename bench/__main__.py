@@ -37,15 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(exist_ok=True)
     print(f"bench: {'quick' if args.quick else 'full'} run in {root}; load average "
           f"{_load()} on {os.cpu_count()} CPUs", flush=True)
+    raw: list[Measurement] = []
+    profile = None
+    failure = None
     try:
         with bench_stack(root) as stack:
-            runner = Runner(stack, results, plan.verify_sample, args.keep_dumps)
-            raw = _run_all(runner, stack, plan, args)
+            runner = Runner(stack, results, plan.verify_sample, args.keep_dumps,
+                            rss_guard_mb=args.rss_guard_mb)
+            _run_all(runner, stack, plan, args, raw)
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except BenchFailure as exc:
-        print(f"\nBENCH FAILED: {exc}", file=sys.stderr)
-        return 1
+        failure = exc
     _report(raw, profile, results, args)
+    if failure is not None:
+        print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -59,18 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default="",
                         help="comma list of scenarios: 10KB,1MB,100KB,submission,big")
     parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
+    parser.add_argument("--rss-guard-mb", type=int, default=8192,
+                        help="stop the 30 MB scenario (and fail) when the milter's RSS passes "
+                             "this, to protect the machine (default 8192)")
     parser.add_argument("--keep-dumps", action="store_true",
                         help="keep every message smtp-sink received")
     return parser
 
 
-def _run_all(runner: Runner, stack: Stack, plan: plans.Plan,
-             args: argparse.Namespace) -> list[Measurement]:
+def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Namespace,
+             raw: list[Measurement]) -> None:
     wanted = set(filter(None, args.only.split(","))) or {"10KB", "1MB", "100KB", "submission",
                                                          "big"}
     for name in (NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET):
         _show(runner.smtp_source("warmup", stack.targets[name], plans.SMALL_SIZE, plan.warmup))
-    raw: list[Measurement] = []
     login = Login(stack.sender.username, stack.sender.password)
     for run in range(1, plan.runs + 1):
         print(f"-- run {run} of {plan.runs} (load {_load()})", flush=True)
@@ -95,20 +103,29 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan,
             stack.targets[TX_UNIX], big_count=plan.big_count, big_size=plans.BIG_SIZE,
             small_sessions=plan.big_small_sessions,
             small_per_session=plan.big_small_per_session)))
-    return raw
 
 
 def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
              results: Path) -> dict[str, object]:
+    """py-spy on the txrelay milter (unix) during a 10 KB and a 1 MB run: GIL samples (its
+    Python CPU) and busy-thread samples (wall time, waits included)."""
     target = stack.targets[TX_UNIX]
-    output = results / "profile-10KB-unix.txt"
-    profiler = Profiler(target.watched.pid, output)
-    time.sleep(1)  # py-spy attaches
-    try:
-        measured = _show(runner.smtp_source("profiled", target, plans.SMALL_SIZE, plan.small))
-    finally:
-        profiler.stop()
-    return {"file": str(output), "measurement": measured.__dict__, **summarise(output)}
+    profiles: dict[str, object] = {}
+    for label, size, count in (("10KB", plans.SMALL_SIZE, plan.small),
+                               ("1MB", plans.LARGE_SIZE, plan.large)):
+        outputs = {kind: results / f"profile-{label}-{kind}.txt" for kind in ("cpu", "wall")}
+        profilers = [Profiler(target.watched.pid, outputs["cpu"], gil=True),
+                     Profiler(target.watched.pid, outputs["wall"], gil=False)]
+        time.sleep(1.5)  # py-spy attaches
+        try:
+            measured = _show(runner.smtp_source(f"profiled-{label}", target, size, count))
+        finally:
+            for profiler in profilers:
+                profiler.stop()
+        profiles[label] = {"measurement": measured.__dict__,
+                           **{kind: {"file": str(path), **summarise(path)}
+                              for kind, path in outputs.items()}}
+    return profiles
 
 
 def _show(m: Measurement) -> Measurement:
@@ -131,15 +148,18 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     submission = table.get(("submission", TX_UNIX))
     if submission:
         print("\n== submission (STARTTLS + AUTH): client-side time per phase ==")
-        phases = submission["extra"].get("phases_ms", {})  # type: ignore[union-attr]
+        extra = submission["extra"]
+        phases = extra.get("phases_ms", {}) if isinstance(extra, dict) else {}
         for phase, figures in phases.items():
             print(f"   {phase:<26} {figures}")
-    if profile:
-        print(f"\n== py-spy profile of the milter (10 KB, unix): {profile['file']} ==")
-        for kind in ("self", "inclusive"):
-            print(f"-- top {kind} (% of busy samples)")
-            for name, share in profile[kind][:15]:  # type: ignore[index]
-                print(f"   {share:>5}%  {name}")
+    for label, figures in (profile or {}).items():
+        for kind in ("cpu", "wall"):
+            found = figures[kind]  # type: ignore[index]
+            print(f"\n== py-spy, milter, {label} unix, {kind} ({found['file']}) ==")
+            for view in ("self", "inclusive"):
+                print(f"-- top {view} (% of samples)")
+                for name, share in found[view][:12]:
+                    print(f"   {share:>5}%  {name}")
     document = as_json(table, raw)
     document["profile"] = profile
     document["load_average"] = _load()

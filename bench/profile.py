@@ -13,9 +13,14 @@ from bench.procs import BenchFailure
 
 
 class Profiler:
-    """`py-spy record` of one process while a scenario runs (samples only busy threads)."""
+    """`py-spy record` of one process while a scenario runs.
 
-    def __init__(self, pid: int, output: Path, rate: int = 250) -> None:
+    gil=True keeps only samples of the thread holding the GIL: the milter's Python CPU.
+    gil=False keeps every thread py-spy does not see idle: closer to wall-clock time, so
+    waits on PostgreSQL and Redis show up (py-spy cannot tell them from work).
+    """
+
+    def __init__(self, pid: int, output: Path, *, gil: bool, rate: int = 250) -> None:
         tool = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
         if not Path(tool).exists():
             raise BenchFailure("py-spy is not installed: /opt/txrelay-venv/bin/pip install "
@@ -25,7 +30,7 @@ class Profiler:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [tool, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                 "--output", str(output), "--nonblocking"],
+                 "--output", str(output), "--nonblocking", *(["--gil"] if gil else [])],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:

@@ -4,6 +4,7 @@ check the count and the signatures, and read what it cost."""
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from bench.checks import check_count, check_signed
 from bench.client import ClientResult, Login, drive
 from bench.measure import Window, percentile
 from bench.messages import crlf, message, write_message_file
-from bench.procs import BenchFailure, run, wait_until
+from bench.procs import BenchFailure, run, sample, wait_until
 from bench.stack import Stack, Target
 
 RECIPIENT = "rcpt@sink.bench.test"
@@ -44,8 +45,9 @@ class Measurement:
 
 class Runner:
     def __init__(self, stack: Stack, results_dir: Path, verify_sample: int,
-                 keep_dumps: bool = False) -> None:
+                 keep_dumps: bool = False, rss_guard_mb: int = 8192) -> None:
         self.stack = stack
+        self.rss_guard_mb = rss_guard_mb
         self.keep_dumps = keep_dumps
         self.results_dir = results_dir
         self.verify_sample = verify_sample
@@ -111,11 +113,17 @@ class Runner:
              "-f", self.stack.sender.address, "-t", RECIPIENT, "-M", "client.bench.test",
              f"127.0.0.1:{target.port}"], stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        guard = RssGuard(target.watched.pid, self.rss_guard_mb, source)
         time.sleep(0.5)  # let the big transfers begin before the small ones
         outcome = drive(target.port, sessions=small_sessions, per_session=small_per_session,
                         message=small, sender=self.stack.sender.address, recipient=RECIPIENT,
                         pause=0.05)
         _out, err = source.communicate(timeout=900)
+        guard.stop()
+        if guard.tripped:
+            raise BenchFailure(f"big/{target.name}: the milter's RSS passed "
+                               f"{self.rss_guard_mb} MB (--rss-guard-mb): the 30 MB senders "
+                               "were stopped to protect the machine")
         if source.returncode != 0:
             raise BenchFailure(f"big/{target.name}: smtp-source exited {source.returncode}: "
                                f"{err.decode(errors='replace')[-500:]}")
@@ -173,6 +181,30 @@ class Runner:
             eom_ms_p99=_round(window.stage_quantile("eom", 0.99)),
             machine_cpu_ms_per_msg=round(window.machine_cpu_ms() / count, 2),
             verified=verified)
+
+
+class RssGuard:
+    """Kills the big sender when the milter's resident memory passes a limit."""
+
+    def __init__(self, pid: int, limit_mb: int, source: subprocess.Popen[bytes]) -> None:
+        self.pid = pid
+        self.limit_kb = limit_mb * 1024
+        self.source = source
+        self.tripped = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="rss-guard", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            if sample(self.pid).rss_kb > self.limit_kb:
+                self.tripped = True
+                self.source.kill()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def add_client_figures(result: Measurement, outcome: ClientResult) -> None:
