@@ -24,6 +24,7 @@ packages=(
     procps iproute2               # pgrep/ss used by the scripts
     curl                          # the metrics tests read /metrics as an operator would
     buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
+    systemd                       # systemd-analyze proves the unit files where systemd is not PID 1
 )
 # PostgreSQL and Redis: use what runs already; install Debian's only where there is none.
 command -v pg_ctlcluster >/dev/null || command -v postgres >/dev/null || packages+=(postgresql)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs txrelay's systemd units next to an existing Postfix: user txrelay (in group
+# postfix, for the milter socket), the units for the milter, the tracker and txrelay's
+# Dovecot, and the tmpfiles.d entry for their directories. Idempotent.
+#
+#   scripts/install-systemd.sh              install, then enable and start when systemd runs
+#   scripts/install-systemd.sh --no-start   install only
+#   DESTDIR=/tmp/root scripts/install-systemd.sh --no-start   stage into another root
+#
+# Run `txrelay init` first (it writes /etc/txrelay/txrelay.toml and Dovecot's config) and
+# `txrelay postfix configure` to plug the milter into Postfix. docs/deployment.md has it all.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+destdir=${DESTDIR:-}
+start=1
+[ "${1:-}" = --no-start ] && start=0
+units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service)
+
+log() { printf '[install-systemd] %s\n' "$*"; }
+
+[ "$(id -u)" -eq 0 ] || { echo "install-systemd.sh must run as root" >&2; exit 1; }
+
+if [ -z "$destdir" ]; then
+    getent group postfix >/dev/null || { echo "group postfix is missing: install Postfix" >&2; exit 1; }
+    if ! getent passwd txrelay >/dev/null; then
+        log "creating system user txrelay"
+        useradd --system --home-dir /var/lib/txrelay --no-create-home \
+            --shell /usr/sbin/nologin txrelay
+    fi
+    usermod -a -G postfix txrelay
+    [ -x /usr/local/bin/txrelay ] || log "warning: /usr/local/bin/txrelay is missing (scripts/install.sh links it)"
+fi
+
+install -d "$destdir/etc/systemd/system" "$destdir/etc/tmpfiles.d"
+for unit in "${units[@]}"; do
+    install -m 0644 "$here/deploy/systemd/$unit" "$destdir/etc/systemd/system/$unit"
+done
+install -m 0644 "$here/deploy/systemd/txrelay.tmpfiles.conf" "$destdir/etc/tmpfiles.d/txrelay.conf"
+log "installed ${units[*]} and tmpfiles.d/txrelay.conf under ${destdir:-/}"
+
+[ -z "$destdir" ] || exit 0
+if [ -d /etc/txrelay ]; then
+    chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml 2>/dev/null || true
+fi
+if [ "$(ps -p 1 -o comm= 2>/dev/null)" != systemd ]; then
+    log "systemd is not running here: create the directories with"
+    log "  systemd-tmpfiles --create /etc/tmpfiles.d/txrelay.conf"
+    log "and start the services when it is (systemctl enable --now ${units[*]})"
+    exit 0
+fi
+systemd-tmpfiles --create /etc/tmpfiles.d/txrelay.conf
+systemctl daemon-reload
+if [ "$start" = 1 ]; then
+    systemctl enable --now "${units[@]}"
+    log "started; check with: systemctl status ${units[*]}"
+else
+    log "enable and start with: systemctl enable --now ${units[*]}"
+fi

@@ -1,0 +1,73 @@
+"""The systemd units, as scripts/install-systemd.sh installs them, proven by systemd's own
+tools (systemd is not PID 1 on the test machines, so the units are verified, not started)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ("txrelay-milter.service", "txrelay-tracker.service", "txrelay-dovecot.service")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The units staged by the documented installer into an empty root."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is missing: scripts/install.sh installs systemd",
+                    pytrace=False)
+    root = tmp_path_factory.mktemp("root")
+    subprocess.run(["bash", str(ROOT / "scripts" / "install-systemd.sh"), "--no-start"],
+                   env={**os.environ, "DESTDIR": str(root)}, check=True, capture_output=True)
+    return root / "etc" / "systemd" / "system"
+
+
+def verify(*units: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True,
+                          text=True, check=False)
+
+
+def test_installer_stages_every_unit_and_the_tmpfiles_entry(installed: Path) -> None:
+    assert sorted(p.name for p in installed.iterdir()) == sorted(UNITS)
+    tmpfiles = (installed.parents[1] / "tmpfiles.d" / "txrelay.conf").read_text()
+    assert re.search(r"^d /run/txrelay\s+2750 txrelay postfix", tmpfiles, re.M)
+
+
+def test_units_pass_systemd_analyze_verify_without_a_warning(installed: Path) -> None:
+    done = verify(*(installed / unit for unit in UNITS))
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+def test_verify_catches_a_broken_unit(installed: Path, tmp_path: Path) -> None:
+    """The check above can fail: a typo and a missing program are reported."""
+    broken = tmp_path / "txrelay-milter.service"
+    text = (installed / "txrelay-milter.service").read_text()
+    broken.write_text(text.replace("ProtectSystem=strict", "ProtectSystem=strictly")
+                      .replace("/usr/local/bin/txrelay", "/nonexistent/txrelay"))
+    done = verify(broken)
+    assert done.returncode != 0
+    assert "protect system value" in done.stderr and "/nonexistent/txrelay" in done.stderr
+
+
+@pytest.mark.parametrize("unit", ["txrelay-milter.service", "txrelay-tracker.service"])
+def test_daemons_run_as_txrelay_with_a_low_exposure_score(installed: Path, unit: str) -> None:
+    text = (installed / unit).read_text()
+    for setting in ("User=txrelay", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                    "PrivateTmp=yes", "ProtectHome=yes"):
+        assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                           str(installed / unit)], capture_output=True, text=True, check=False)
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert score is not None, done.stdout + done.stderr
+    assert float(score[1]) <= 2.5, done.stdout[-2000:]
+
+
+def test_milter_may_write_only_its_socket_and_state_directories(installed: Path) -> None:
+    text = (installed / "txrelay-milter.service").read_text()
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == ["/run/txrelay /var/lib/txrelay"]
+    assert "SupplementaryGroups=postfix" in text
