@@ -8,6 +8,7 @@ from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning.postfix import (
     ConfigureResult,
     PostfixPlan,
+    check_postfix,
     configure_postfix,
     plan_postfix,
     resolve_target,
@@ -60,6 +61,42 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
     plan = plan_postfix(cli.config, listen=listen, milter_socket=milter_socket)
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(_result_dict(result), lambda: _print_result(result))
+
+
+@postfix.command("check")
+@click.option("--instance", metavar="NAME", help="A postmulti instance, e.g. postfix-txrelay.")
+@click.option("--config-directory", metavar="DIR",
+              help="A Postfix config directory (holding main.cf and master.cf).")
+@_listen_option
+@_milter_option
+@json_option
+@pass_cli
+def check(cli: CliContext, instance: str | None, config_directory: str | None,
+          listen: str | None, milter_socket: str | None) -> None:
+    """Check that Postfix cannot relay mail unsigned or unbilled, nor break signatures.
+
+    Prints one line per problem with what to do, and exits 1 if there is any. Checks
+    milter_default_action, non_smtpd_milters, milter_macro_defaults, MIME output conversion,
+    rewriting after signing (smtp_*_checks, smtp_generic_maps, content_filter, short
+    smtp_line_length_limit) and the submission service's TLS, AUTH and milter settings.
+    """
+    target = resolve_target(instance, config_directory)
+    plan = plan_postfix(cli.config, listen=listen, milter_socket=milter_socket)
+    problems = check_postfix(target, plan)
+    data = {"target": target.label, "config_directory": str(target.config_directory),
+            "ok": not problems,
+            "problems": [{"where": p.where, "setting": p.setting, "value": p.value,
+                          "fix": p.fix} for p in problems]}
+
+    def human() -> None:
+        for problem in problems:
+            click.echo(problem.describe())
+        if not problems:
+            click.echo(f"Postfix {target.label} ({target.config_directory}): ok")
+
+    cli.emit(data, human)
+    if problems:
+        click.get_current_context().exit(1)
 
 
 def _print_plan(plan: PostfixPlan) -> None:

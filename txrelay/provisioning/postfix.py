@@ -302,3 +302,139 @@ def _run(argv: list[str], *, what: str) -> str:
         reason = errors[0] if errors else (done.stderr.strip() or f"exit {done.returncode}")
         raise ConfigError(f"{what}: {' '.join(argv[:4])} failed: {reason}")
     return done.stdout
+
+
+# -- txrelay postfix check: settings that would let mail through unaccounted or unsigned,
+#    or break signatures after the milter made them --------------------------------------
+
+MIN_TLS_PROTOCOLS = (">=TLSv1.2", ">=TLSv1.3")
+OLD_TLS_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
+CONTENT_REWRITING = (*SIGNATURE_BREAKERS, "lmtp_header_checks", "lmtp_body_checks",
+                     "lmtp_mime_header_checks", "lmtp_generic_maps")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One setting that must change, where it is, and what to do."""
+
+    where: str  # "main.cf" or "master.cf NAME/TYPE"
+    setting: str
+    value: str
+    fix: str
+
+    def describe(self) -> str:
+        return f"{self.where}: {self.setting} = {self.value!r}: {self.fix}"
+
+
+@dataclass(frozen=True)
+class PostfixSettings:
+    """What a config directory says: main.cf with defaults, and every master.cf service."""
+
+    main: dict[str, str]
+    services: dict[str, str]  # "name/type" -> command (8th field)
+    overrides: dict[str, dict[str, str]]  # "name/type" -> -o settings
+
+    def effective(self, service: str, name: str) -> str:
+        return self.overrides.get(service, {}).get(name, self.main.get(name, ""))
+
+
+def read_settings(target: PostfixTarget) -> PostfixSettings:
+    main = _parse_postconf(_postconf(target, "-x"))
+    services = {}
+    for line in _postconf(target, "-M").splitlines():
+        fields = line.split()
+        if len(fields) >= 8:
+            services[f"{fields[0]}/{fields[1]}"] = fields[7]
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in _parse_postconf(_postconf(target, "-P")).items():
+        service, _, parameter = name.rpartition("/")
+        overrides.setdefault(service, {})[parameter] = value
+    return PostfixSettings(main, services, overrides)
+
+
+def check_postfix(target: PostfixTarget, plan: PostfixPlan) -> list[Problem]:
+    """Every problem, one per setting; empty when Postfix is safe for txrelay."""
+    settings = read_settings(target)
+    milter = dict(plan.service_overrides)["smtpd_milters"]
+    return [*_main_problems(settings), *_submission_problems(settings, plan.service_key, milter),
+            *_delivery_problems(settings)]
+
+
+def _main_problems(settings: PostfixSettings) -> list[Problem]:
+    main = settings.main
+    problems = []
+    if main.get("milter_default_action", "tempfail") == "accept":
+        problems.append(Problem("main.cf", "milter_default_action", "accept",
+                                "when the milter is unreachable mail would be relayed unsigned "
+                                "and unbilled; set it to tempfail"))
+    if main.get("non_smtpd_milters"):
+        problems.append(Problem("main.cf", "non_smtpd_milters", main["non_smtpd_milters"],
+                                "locally submitted mail (sendmail, bounces) is not a shop's "
+                                "mail; set it empty"))
+    if main.get("disable_mime_output_conversion", "no") != "yes":
+        problems.append(Problem("main.cf", "disable_mime_output_conversion",
+                                main.get("disable_mime_output_conversion", "no"),
+                                "8bit to quoted-printable conversion on delivery changes signed "
+                                "bodies; set it to yes"))
+    if "auth_authen" in main.get("milter_macro_defaults", ""):
+        problems.append(Problem("main.cf", "milter_macro_defaults", main["milter_macro_defaults"],
+                                "a default {auth_authen} makes unauthenticated sessions look "
+                                "logged in to the milter; remove it"))
+    return problems
+
+
+def _submission_problems(settings: PostfixSettings, service: str,
+                         milter: str) -> list[Problem]:
+    if service not in settings.services:
+        return [Problem("master.cf", service, "(missing)", "txrelay's submission service is "
+                        "not configured; run txrelay postfix configure")]
+    where = f"master.cf {service}"
+    wanted = (
+        ("smtpd_tls_security_level", lambda v: v == "encrypt", "STARTTLS must be mandatory; "
+         "set -o smtpd_tls_security_level=encrypt"),
+        ("smtpd_tls_auth_only", lambda v: v == "yes", "passwords would cross the wire in "
+         "clear; set -o smtpd_tls_auth_only=yes"),
+        ("smtpd_tls_mandatory_protocols", _modern_tls, "allows TLS below 1.2; set "
+         "-o smtpd_tls_mandatory_protocols=>=TLSv1.2"),
+        ("smtpd_milters", lambda v: milter in v.replace(",", " ").split(), f"the txrelay milter "
+         f"({milter}) is not asked: mail would go out unsigned and unbilled; add it"),
+        ("milter_default_action", lambda v: v != "accept", "when the milter is unreachable "
+         "mail would be relayed unsigned and unbilled; set -o milter_default_action=tempfail"),
+        ("milter_macro_defaults", lambda v: "auth_authen" not in v, "a default {auth_authen} "
+         "makes unauthenticated sessions look logged in; set -o milter_macro_defaults="),
+    )
+    return [Problem(where, name, settings.effective(service, name), fix)
+            for name, ok, fix in wanted if not ok(settings.effective(service, name))]
+
+
+def _modern_tls(value: str) -> bool:
+    if value.replace(" ", "") in MIN_TLS_PROTOCOLS:
+        return True
+    excluded = {item.strip().lstrip("!") for item in value.replace(",", " ").split()
+                if item.strip().startswith("!")}
+    return all(protocol in excluded for protocol in OLD_TLS_PROTOCOLS)
+
+
+def _delivery_problems(settings: PostfixSettings) -> list[Problem]:
+    """What changes mail after signing: the smtp/lmtp clients' rewriting, line splitting
+    below 998 bytes, and a content filter that re-injects mail."""
+    places = [("main.cf", settings.main)]
+    places += [(f"master.cf {service}", settings.overrides.get(service, {}))
+               for service, command in settings.services.items() if command in ("smtp", "lmtp")]
+    places += [(f"master.cf {service}", settings.overrides.get(service, {}))
+               for service, command in settings.services.items() if command == "smtpd"]
+    problems = []
+    for where, values in places:
+        for name in CONTENT_REWRITING:
+            if values.get(name):
+                problems.append(Problem(where, name, values[name], "rewrites mail after the "
+                                        "milter signed it and breaks DKIM; remove it"))
+        limit = values.get("smtp_line_length_limit")
+        if limit and limit.isdigit() and 0 < int(limit) < 998:
+            problems.append(Problem(where, "smtp_line_length_limit", limit, "splits signed "
+                                    "lines shorter than 998 bytes and breaks DKIM; set 998"))
+        if values.get("content_filter"):
+            problems.append(Problem(where, "content_filter", values["content_filter"],
+                                    "an after-queue filter re-injects mail after signing and "
+                                    "may change it; remove it or filter before the milter"))
+    return problems
