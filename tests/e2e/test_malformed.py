@@ -90,7 +90,7 @@ def check_outcomes(relay: RelayStack, shop: Shop, cases: list[Case],
     by_rcpt = dict(zip(outcomes, cases, strict=True))
     accepted = [rcpt for rcpt, outcome in outcomes.items() if outcome.accepted]
     arrived = wait_for_all(relay, set(accepted))
-    problems = []
+    problems: list[str] = []
     for rcpt, outcome in outcomes.items():
         case = by_rcpt[rcpt]
         problems.extend(f"{case.name}: {p}" for p in judge(relay, shop, case, outcome,
