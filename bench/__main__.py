@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except BenchFailure as exc:
         failure = exc
+    for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
+        shutil.rmtree(root / bulky, ignore_errors=True)
     _report(raw, profile, results, args)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
@@ -130,6 +133,7 @@ def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
 
 def _show(m: Measurement) -> Measurement:
     print(f"   {m.scenario:<10} {m.target:<14} {m.messages:>4} msgs {m.msg_per_s:>7} msg/s  "
+          f"load {m.extra.get('load1')}  "
           f"cpu {m.milter_cpu_ms_per_msg} ms/msg  eom p99 {m.eom_ms_p99}  "
           f"client p99 {m.client_ms_p99}  rss {m.peak_rss_mb} MB  verified {m.verified}",
           flush=True)

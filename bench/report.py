@@ -14,7 +14,8 @@ NUMERIC = [f.name for f in fields(Measurement)
 COLUMNS = [("msg/s", "msg_per_s"), ("cpu ms/msg", "milter_cpu_ms_per_msg"),
            ("eom p50", "eom_ms_p50"), ("eom p99", "eom_ms_p99"), ("txn p50", "txn_ms_p50"),
            ("txn p99", "txn_ms_p99"), ("client p99", "client_ms_p99"),
-           ("peak RSS MB", "peak_rss_mb"), ("host cpu ms/msg", "machine_cpu_ms_per_msg")]
+           ("peak RSS MB", "peak_rss_mb"), ("host cpu ms/msg", "machine_cpu_ms_per_msg"),
+           ("load", "load1")]
 
 
 def medians(measurements: Iterable[Measurement]) -> dict[tuple[str, str], dict[str, object]]:
@@ -30,6 +31,9 @@ def medians(measurements: Iterable[Measurement]) -> dict[tuple[str, str], dict[s
         for name in NUMERIC:
             values = [getattr(m, name) for m in group if getattr(m, name) is not None]
             row[name] = round(statistics.median(values), 2) if values else None
+        loads = [float(m.extra["load1"]) for m in group  # type: ignore[arg-type]
+                 if isinstance(m.extra.get("load1"), int | float)]
+        row["load1"] = round(statistics.median(loads), 2) if loads else None
         row["extra"] = group[-1].extra
         table[key] = row
     return table

@@ -50,13 +50,15 @@ class Runner:
         self.rss_guard_mb = rss_guard_mb
         self.keep_dumps = keep_dumps
         self.results_dir = results_dir
+        self.messages_dir = stack.root / "messages"
+        self.messages_dir.mkdir(exist_ok=True)
         self.verify_sample = verify_sample
         self.sequence = 0
 
     def smtp_source(self, scenario: str, target: Target, size: int, count: int,
                     sessions: int = SMTP_SOURCE_SESSIONS) -> Measurement:
         """smtp-source -s 10, one connection per message, until all are delivered."""
-        path = write_message_file(self.results_dir, size, sender=self.stack.sender.address,
+        path = write_message_file(self.messages_dir, size, sender=self.stack.sender.address,
                                   recipient=RECIPIENT)
         window = Window(target.watched)
         window.start()
@@ -101,7 +103,7 @@ class Runner:
                        small_sessions: int, small_per_session: int) -> Measurement:
         """`big_count` concurrent big messages (smtp-source), and meanwhile small messages from
         the Python client whose latency is what the report shows."""
-        path = write_message_file(self.results_dir, big_size, sender=self.stack.sender.address,
+        path = write_message_file(self.messages_dir, big_size, sender=self.stack.sender.address,
                                   recipient=RECIPIENT)
         small = crlf(message(10_000, sender=self.stack.sender.address, recipient=RECIPIENT,
                              subject="bench small during big"))
@@ -172,6 +174,7 @@ class Runner:
                 dump.unlink()
         cpu = window.cpu_ms()
         txn = window.transaction_ms()
+        load = float(Path("/proc/loadavg").read_text().split()[0])
         return Measurement(
             scenario, target.name, size, count, round(elapsed, 3), round(count / elapsed, 1),
             milter_cpu_ms_per_msg=_round(cpu / count if cpu is not None else None),
@@ -180,7 +183,7 @@ class Runner:
             eom_ms_p50=_round(window.stage_quantile("eom", 0.5)),
             eom_ms_p99=_round(window.stage_quantile("eom", 0.99)),
             machine_cpu_ms_per_msg=round(window.machine_cpu_ms() / count, 2),
-            verified=verified)
+            verified=verified, extra={"load1": load})
 
 
 class RssGuard:
