@@ -309,7 +309,8 @@ class MetricsEndpoint:
         return self
 
     def close(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():  # shutdown() waits for serve_forever, forever if unstarted
+            self.server.shutdown()
         self.server.server_close()
 
     def metrics(self) -> bytes:
