@@ -126,6 +126,10 @@ def eight_bit_cases(d: Domains) -> Iterator[Case]:
     yield Case("8bit-to", message(replace(base, "To", "Jürgen <j@rcpt.example.net>".encode())),
                ACCEPT)
     yield Case("8bit-header-name", message([*base, ("X-Tëst", "value")]))
+    yield Case("8bit-header-name-latin1", message([*base, (b"X-T\xe9st", "value")]))
+    yield Case("8bit-header-name-invalid-utf8", message([*base, (b"X-\xff\xfe", "value")]))
+    yield Case("8bit-header-value-invalid-utf8-from", message(replace(
+        base, "From", b"\xff\xfe <shop@" + d.own.encode() + b">")))
     body_8bit = "Grüße aus München\r\n".encode()
     yield Case("8bit-body-declared", message(
         [*base, ("Content-Transfer-Encoding", "8bit")], body_8bit), ACCEPT)
