@@ -41,11 +41,12 @@ stop_all() {
     log "stopping the demo relay"
     postfix stop 2>/dev/null || true
     stop_pidfile "$run/milter.pid"
+    stop_pidfile "$run/tracker.pid"
     stop_pidfile "$run/sink.pid"
     if [ -f "$conf" ] && [ -f /etc/txrelay/dovecot/dovecot.conf ]; then
         doveadm -c /etc/txrelay/dovecot/dovecot.conf stop 2>/dev/null || true
     fi
-    echo "stopped: Postfix, txrelay milter, capture sink, txrelay's Dovecot (PostgreSQL and Redis left running)"
+    echo "stopped: Postfix, txrelay milter and tracker, capture sink, txrelay's Dovecot (PostgreSQL and Redis left running)"
 }
 
 start_background() {  # name, pidfile, logfile, command...
@@ -94,9 +95,9 @@ else
 fi
 
 log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
-if [ ! -f /etc/postfix/main.cf ]; then
-    cp /usr/share/postfix/main.cf.dist /etc/postfix/main.cf
-fi
+# Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in
+# defaults (main.cf.dist is a commented template whose empty values would break Postfix).
+[ -f /etc/postfix/main.cf ] || : >/etc/postfix/main.cf
 [ -f /etc/postfix/master.cf ] || cp /usr/share/postfix/master.cf.dist /etc/postfix/master.cf
 [ -f /etc/ssl/private/ssl-cert-snakeoil.key ] || make-ssl-cert generate-default-snakeoil
 postconf -e \
@@ -116,7 +117,9 @@ if doveadm -c /etc/txrelay/dovecot/dovecot.conf who >/dev/null 2>&1 \
         || pgrep -f "dovecot -c /etc/txrelay/dovecot/dovecot.conf" >/dev/null; then
     echo "Dovecot already running"
 else
-    dovecot -c /etc/txrelay/dovecot/dovecot.conf
+    # Dovecot keeps the stdio it was started with: give it a file, not the caller's terminal.
+    dovecot -c /etc/txrelay/dovecot/dovecot.conf </dev/null >>/var/log/txrelay/dovecot-start.log 2>&1 \
+        || { cat /var/log/txrelay/dovecot-start.log >&2; exit 1; }
 fi
 
 log "capture sink and milter"
@@ -124,8 +127,10 @@ start_background "capture sink" "$run/sink.pid" /var/log/txrelay/sink.log \
     txrelay sink --listen "127.0.0.1:$sink_port" --maildir "$maildir"
 start_background "txrelay milter" "$run/milter.pid" /var/log/txrelay/milter.log \
     txrelay --config "$conf" milter
+start_background "txrelay tracker" "$run/tracker.pid" /var/log/txrelay/tracker.log \
+    txrelay --config "$conf" tracker
 wait_for_socket "$run/milter.sock" "the milter"
-if postfix status >/dev/null 2>&1; then postfix reload; else postfix start; fi
+if postfix status >/dev/null 2>&1; then postfix reload; else postfix start </dev/null; fi
 
 log "provisioning: account \"$account\", domain $domain, connection \"$connection\""
 txrelay --config "$conf" account show "$account" >/dev/null 2>&1 \
@@ -153,33 +158,40 @@ SMTP access data for the demo connection (shown once; rotate with
 EOF
 
 log "sending a test mail with swaks (STARTTLS + AUTH)"
-before=$(find "$maildir/new" -type f 2>/dev/null | wc -l)
-subject="txrelay demo $(date -u +%FT%TZ)"
+message_id="demo-$(date +%s%N)@$domain"
 swaks --silent 1 --server 127.0.0.1 --port 587 --tls \
     --auth PLAIN --auth-user "$username" --auth-password "$password" \
     --from "orders@$domain" --to customer@example.net \
-    --header "From: Demo Shop <orders@$domain>" --header "Subject: $subject" \
-    --body "Thank you for your order."
+    --header "From: Demo Shop <orders@$domain>" --header "Subject: txrelay demo" \
+    --header "Message-ID: <$message_id>" --body "Thank you for your order."
 
 if [ "$relayhost" = "[127.0.0.1]:$sink_port" ]; then
     log "waiting for the message at the capture sink ($maildir)"
+    delivered=""
     for _ in $(seq 1 100); do
-        [ "$(find "$maildir/new" -type f 2>/dev/null | wc -l)" -gt "$before" ] && break
+        delivered=$(grep -l -F "<$message_id>" "$maildir"/new/* 2>/dev/null | head -n 1 || true)
+        [ -n "$delivered" ] && break
         sleep 0.2
     done
-    newest=$(ls -t "$maildir"/new/* | head -n 1)
-    echo "delivered: $newest"
+    if [ -z "$delivered" ]; then
+        echo "the test mail <$message_id> did not reach the capture sink within 20 s;" \
+             "see /var/log/txrelay/postfix.log and milter.log" >&2
+        exit 1
+    fi
+    echo "delivered: $delivered"
     echo "--- headers ---"
-    sed '/^\r\?$/q' "$newest"
+    sed '/^\r\?$/q' "$delivered"
     echo "--- DKIM check against the key txrelay stores (as receivers would see it in DNS) ---"
-    "$venv/bin/python" "$here/scripts/verify_dkim.py" --config "$conf" "$newest"
+    "$venv/bin/python" "$here/scripts/verify_dkim.py" --config "$conf" "$delivered"
 fi
 
-log "ledger"
+log "ledger and statistics (the tracker reads Postfix's log)"
+sleep 2
 txrelay --config "$conf" account show "$account"
+txrelay --config "$conf" stats --account "$account"
 cat <<EOF
 
 The relay is up. Maildir of the capture sink: $maildir
-Logs: /var/log/txrelay/ (postfix.log, milter.log, sink.log)
+Logs: /var/log/txrelay/ (postfix.log, milter.log, tracker.log, sink.log)
 Stop everything: scripts/demo.sh --stop
 EOF

@@ -54,6 +54,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 log "installing txrelay from $here into $venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-"$venv/bin/pip" install -q -e "$here[test]"
+# Build-backend chatter goes to a log; a failure still stops the script and shows it.
+if ! "$venv/bin/pip" install -q -e "$here[test]" >/tmp/txrelay-pip.log 2>&1; then
+    cat /tmp/txrelay-pip.log >&2
+    echo "pip install failed (log above)" >&2
+    exit 1
+fi
 ln -sf "$venv/bin/txrelay" /usr/local/bin/txrelay
-log "done: $("$venv/bin/txrelay" --version)"
+version=$("$venv/bin/txrelay" --version)  # fails the script if the CLI cannot start
+log "done: $version"
