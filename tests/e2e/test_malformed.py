@@ -165,3 +165,35 @@ def test_generated_messages_never_break_the_milter_nor_a_signature(relay: RelayS
     log = new_milter_log(relay, offset)
     assert "Traceback" not in log and "callback_failed" not in log, log[-3000:]
     assert not problems, "\n".join(problems)
+
+
+def sized_message(shop: Shop, size: int) -> bytes:
+    """A message of exactly `size` bytes as the milter counts them (unfolded headers,
+    CRLF lines): base64-like 76-byte lines, the last one cut to fit."""
+    head = (f"From: Shop <shop@{shop.domains.own}>\r\nTo: c@rcpt.example.net\r\n"
+            f"Subject: size {size}\r\nDate: Tue, 03 Nov 2026 10:00:00 +0100\r\n"
+            f"Message-ID: <size-{size}-{uuid.uuid4().hex}@{shop.domains.own}>\r\n"
+            "\r\n").encode()
+    line = b"QUJD" * 19 + b"\r\n"
+    count, rest = divmod(size - len(head), len(line))
+    if rest == 1:  # no line is one byte long: one full line fewer, a longer last line
+        count, rest = count - 1, rest + len(line)
+    body = line * count + (b"x" * (rest - 2) + b"\r\n" if rest else b"")
+    assert len(head) + len(body) == size, (len(head) + len(body), size)
+    return head + body
+
+
+def test_message_at_the_size_limit_is_relayed_and_one_byte_more_is_refused(
+        relay: RelayStack, shop: Shop) -> None:
+    limit = relay.config.milter.max_message_size
+    token = uuid.uuid4().hex[:6]
+    envelopes = [Envelope(name, f"shop@{shop.domains.own}", f"{name}-{token}@rcpt.example.net",
+                          sized_message(shop, size))
+                 for name, size in (("at-limit", limit), ("over-limit", limit + 1))]
+    outcomes = send_parallel(shop.username, shop.password, relay.port, envelopes, sessions=2)
+    assert outcomes["at-limit"].accepted, outcomes["at-limit"]
+    refused = outcomes["over-limit"].reply
+    assert (refused.code, refused.enhanced) == (552, "5.3.4"), refused
+    capture = relay.sink.wait_for_recipient(envelopes[0].rcpt_to, timeout=60)
+    assert verify_dkim(capture.raw, relay.database_url)
+    assert not relay.sink.for_recipient(envelopes[1].rcpt_to)
