@@ -265,3 +265,9 @@ def test_secret_files_are_not_world_readable(relay: RelayStack) -> None:
         mode = stat.S_IMODE(path.stat().st_mode)
         if "sql" in path.name:
             assert not mode & 0o007, f"{path} is {oct(mode)}"
+
+
+def test_postfix_check_passes_on_the_tests_own_postfix(relay: RelayStack) -> None:
+    done = cli(relay, "postfix", "check", "--config-directory",
+               str(relay.postfix.config_directory), "--listen", f"{HOST}:{relay.port}")
+    assert done.returncode == 0, done.stdout + done.stderr
