@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench import plan as plans
+from bench.backing import probe_latency
 from bench.client import Login
 from bench.procs import BenchFailure
 from bench.profile import Profiler, summarise
@@ -40,22 +41,28 @@ def main(argv: list[str] | None = None) -> int:
           f"{_load()} on {os.cpu_count()} CPUs", flush=True)
     raw: list[Measurement] = []
     profile = None
+    probe: dict[str, float] = {}
     failure = None
     try:
         with bench_stack(root) as stack:
             runner = Runner(stack, results, plan.verify_sample, args.keep_dumps,
                             rss_guard_mb=args.rss_guard_mb)
+            probe = probe_latency(stack.config.database.url)
+            print(f"bench: backing services now: {probe}", flush=True)
             _run_all(runner, stack, plan, args, raw)
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except BenchFailure as exc:
         failure = exc
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
-    _report(raw, profile, results, args)
+    _report(raw, profile, results, args, probe)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+PROFILE_RATE = 250  # py-spy samples per second
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,17 +124,23 @@ def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
     for label, size, count in (("10KB", plans.SMALL_SIZE, plan.small),
                                ("1MB", plans.LARGE_SIZE, plan.large)):
         outputs = {kind: results / f"profile-{label}-{kind}.txt" for kind in ("cpu", "wall")}
-        profilers = [Profiler(target.watched.pid, outputs["cpu"], gil=True),
-                     Profiler(target.watched.pid, outputs["wall"], gil=False)]
+        profilers = [Profiler(target.watched.pid, outputs["cpu"], gil=True, rate=PROFILE_RATE),
+                     Profiler(target.watched.pid, outputs["wall"], gil=False,
+                              rate=PROFILE_RATE)]
         time.sleep(1.5)  # py-spy attaches
         try:
             measured = _show(runner.smtp_source(f"profiled-{label}", target, size, count))
         finally:
             for profiler in profilers:
                 profiler.stop()
+        cpu = summarise(outputs["cpu"])
+        gil_s = sum(n for _, n in cpu["samples"]) / PROFILE_RATE
+        milter_s = (measured.milter_cpu_ms_per_msg or 0) * count / 1000
         profiles[label] = {"measurement": measured.__dict__,
-                           **{kind: {"file": str(path), **summarise(path)}
-                              for kind, path in outputs.items()}}
+                           "python_holding_gil_s": round(gil_s, 2),
+                           "milter_cpu_s": round(milter_s, 2),
+                           "cpu": {"file": str(outputs["cpu"]), **cpu},
+                           "wall": {"file": str(outputs["wall"]), **summarise(outputs["wall"])}}
     return profiles
 
 
@@ -141,7 +154,7 @@ def _show(m: Measurement) -> Measurement:
 
 
 def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
-            args: argparse.Namespace) -> None:
+            args: argparse.Namespace, probe: dict[str, float]) -> None:
     table = medians(raw)
     print(f"\n== medians ({'quick' if args.quick else 'full'} run; load now {_load()}) ==")
     print(render(table))
@@ -157,6 +170,9 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
         for phase, figures in phases.items():
             print(f"   {phase:<26} {figures}")
     for label, figures in (profile or {}).items():
+        print(f"\n== py-spy, milter, {label}: Python held the GIL "
+              f"{figures['python_holding_gil_s']} s of the milter's "  # type: ignore[index]
+              f"{figures['milter_cpu_s']} s of CPU (the rest: C code, kernel) ==")  # type: ignore[index]
         for kind in ("cpu", "wall"):
             found = figures[kind]  # type: ignore[index]
             print(f"\n== py-spy, milter, {label} unix, {kind} ({found['file']}) ==")
@@ -167,6 +183,7 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     document = as_json(table, raw)
     document["profile"] = profile
     document["load_average"] = _load()
+    document["backing_latency"] = probe
     (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nresults: {results / 'results.json'}")
 

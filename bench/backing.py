@@ -6,6 +6,8 @@ import dataclasses
 import json
 import os
 import secrets
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,3 +123,26 @@ def provision(config_file: Path) -> Sender:
     connection = cli("connection", "create", "bench", "shop", "--domain", BENCH_DOMAIN)
     cli("quota", "book", "bench", "--amount", str(QUOTA_BLOCK))
     return Sender(connection["username"], connection["password"], BENCH_DOMAIN, SELECTOR)
+
+
+def probe_latency(database_url: str, samples: int = 50) -> dict[str, float]:
+    """Median round trips of the backing services right now: one PostgreSQL INSERT + COMMIT
+    (an fsync), and one Redis PING. The milter's end of message waits on both."""
+    commits, pings = [], []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_probe (n int)")
+        for n in range(samples):
+            started = time.perf_counter()
+            with conn.transaction():
+                conn.execute("INSERT INTO bench_probe VALUES (%s)", (n,))
+            commits.append((time.perf_counter() - started) * 1000)
+        conn.execute("DROP TABLE bench_probe")
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    for _ in range(samples):
+        started = time.perf_counter()
+        client.ping()
+        pings.append((time.perf_counter() - started) * 1000)
+    client.close()
+    return {"postgresql_commit_ms_p50": round(statistics.median(commits), 2),
+            "postgresql_commit_ms_max": round(max(commits), 2),
+            "redis_ping_ms_p50": round(statistics.median(pings), 3)}

@@ -76,6 +76,11 @@ class Window:
             return None
         return self.after.cpu_ms - self.before.cpu_ms
 
+    def system_ms(self) -> float | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after.system_ms - self.before.system_ms
+
     def peak_rss_mb(self) -> float | None:
         return self.after.hwm_kb / 1024 if self.after else None
 

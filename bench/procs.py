@@ -122,6 +122,7 @@ class ProcSample:
     """CPU time (all threads) and resident memory of one process at one moment."""
 
     cpu_ms: float
+    system_ms: float
     rss_kb: int
     hwm_kb: int
 
@@ -130,9 +131,10 @@ def sample(pid: int) -> ProcSample:
     # Fields after the command name (which may hold spaces): utime is 14th, stime 15th.
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu_ms = (int(stat[11]) + int(stat[12])) * CLOCK_TICK_MS
+    system_ms = int(stat[12]) * CLOCK_TICK_MS
     status = dict(line.split(":", 1) for line in
                   Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return ProcSample(cpu_ms, _kb(status.get("VmRSS")), _kb(status.get("VmHWM")))
+    return ProcSample(cpu_ms, system_ms, _kb(status.get("VmRSS")), _kb(status.get("VmHWM")))
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -12,6 +12,7 @@ from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX
 NUMERIC = [f.name for f in fields(Measurement)
            if f.name not in ("scenario", "target", "size", "messages", "extra")]
 COLUMNS = [("msg/s", "msg_per_s"), ("cpu ms/msg", "milter_cpu_ms_per_msg"),
+           ("of it sys", "milter_system_ms_per_msg"),
            ("eom p50", "eom_ms_p50"), ("eom p99", "eom_ms_p99"), ("txn p50", "txn_ms_p50"),
            ("txn p99", "txn_ms_p99"), ("client p99", "client_ms_p99"),
            ("peak RSS MB", "peak_rss_mb"), ("host cpu ms/msg", "machine_cpu_ms_per_msg"),

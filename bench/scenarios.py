@@ -31,6 +31,7 @@ class Measurement:
     elapsed_s: float
     msg_per_s: float
     milter_cpu_ms_per_msg: float | None = None
+    milter_system_ms_per_msg: float | None = None  # the kernel's share of the CPU above
     peak_rss_mb: float | None = None
     txn_ms_p50: float | None = None  # milter log ms= (MAIL FROM to end of EOM)
     txn_ms_p99: float | None = None
@@ -178,6 +179,7 @@ class Runner:
         return Measurement(
             scenario, target.name, size, count, round(elapsed, 3), round(count / elapsed, 1),
             milter_cpu_ms_per_msg=_round(cpu / count if cpu is not None else None),
+            milter_system_ms_per_msg=_round(_per(window.system_ms(), count)),
             peak_rss_mb=_round(window.peak_rss_mb()),
             txn_ms_p50=_round(percentile(txn, 0.5)), txn_ms_p99=_round(percentile(txn, 0.99)),
             eom_ms_p50=_round(window.stage_quantile("eom", 0.5)),
@@ -218,6 +220,10 @@ def add_client_figures(result: Measurement, outcome: ClientResult) -> None:
         phase: {"count": len(values), "p50": _round(percentile(values, 0.5)),
                 "p99": _round(percentile(values, 0.99)), "total_s": round(sum(values) / 1000, 2)}
         for phase, values in outcome.phases_ms.items()}
+
+
+def _per(value: float | None, count: int) -> float | None:
+    return None if value is None else value / count
 
 
 def _round(value: float | None) -> float | None:
