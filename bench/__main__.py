@@ -12,10 +12,14 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import psycopg
+import redis
 
 from bench import plan as plans
 from bench.backing import probe_latency
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except BenchFailure as exc:
         failure = exc
+    except (OSError, subprocess.SubprocessError, psycopg.Error, redis.RedisError) as exc:
+        failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
     _report(raw, profile, results, args, probe)
@@ -71,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="small counts, one run: checks the harness, not the figures")
     parser.add_argument("--runs", type=int, default=0, help="repetitions (default 3, quick 1)")
     parser.add_argument("--profile", action="store_true",
-                        help="also record the txrelay milter with py-spy during a 10 KB run")
+                        help="also record the txrelay milter with py-spy (10 KB and 1 MB runs)")
     parser.add_argument("--only", default="",
                         help="comma list of scenarios: 10KB,1MB,100KB,submission,big")
     parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
