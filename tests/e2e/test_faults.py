@@ -1,134 +1,382 @@
-"""A backing service down: the client gets a 4xx, and nothing is relayed unaccounted.
+"""Faults under load with the real services stopped or killed: nothing lost, nothing counted
+twice, and in-limit mail keeps flowing where the design allows it.
 
-These run on a second stack (tests/harness/stack.py) with a private Redis and a private
-PostgreSQL cluster; the machine's shared instances are never stopped. Each test brings the
-service back in a finally block and proves the relay works again afterwards.
+Every test runs a few SMTP clients that keep submitting (each message to recipients unique
+to it, retried after a 4xx like a well-behaved client), causes one fault mid-run, repairs
+it, and then checks the invariants of docs/failure-modes.md:
+
+- every message the client got a 250 for is at the sink exactly once and billed exactly once;
+- nothing at the sink is missing from the ledger (non-void rows == recipients relayed);
+- quota used == ledger rows billed to quota.
+
+They run on a second stack (tests/harness/stack.py): a private Redis and PostgreSQL, two
+milters behind one Postfix, a tracker. The machine's shared instances are never stopped;
+each fault is repaired in a finally block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
 import smtplib
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.harness.processes import wait_until
-from tests.harness.provision import Provisioned, account_usage, provision
-from tests.harness.smtp import (
-    Reply,
-    Submission,
-    build_message,
-    smtp_session,
-    submit,
-    transact,
-)
+from tests.harness.provision import Provisioned, provision, txrelay_json, verify_dkim
+from tests.harness.smtp import Submission, build_message, smtp_session, transact
 from tests.harness.stack import FaultStack
 
 pytestmark = pytest.mark.e2e
+
+DOMAIN = "rcpt.example.net"
 
 
 @pytest.fixture(scope="module")
 def shop(faults: FaultStack) -> Provisioned:
     made = provision(faults.config_file, f"fault-{uuid.uuid4().hex[:8]}", rate_limit=0)
-    # The milter learns of the new connection at its next policy poll.
-    time.sleep(2 * faults.config.milter.policy_refresh_seconds + 0.3)
+    # Paid, so that the load never runs out (it sends a few thousand recipients in all).
+    txrelay_json(faults.config_file, "quota", "book", made.account, "--amount", "25000")
+    settle(faults)
     return made
 
 
-def attempt(faults: FaultStack, shop: Provisioned, tag: str) -> Submission:
-    """Submit one message; a refusal before MAIL (e.g. at STARTTLS) is recorded as the MAIL
-    reply so that every outcome can be checked the same way."""
-    to = [f"{tag}@rcpt.example.net"]
-    try:
-        return submit(shop.username, shop.password, shop.address(), to,
-                      build_message(shop.address(), to, subject=tag), port=faults.port)
-    except smtplib.SMTPResponseException as exc:
-        text = exc.smtp_error
-        text = text.decode(errors="replace") if isinstance(text, bytes) else text
-        return Submission(mail=Reply(exc.smtp_code, text))
+def settle(faults: FaultStack) -> None:
+    """Both milters learn of a new connection at their next policy poll."""
+    time.sleep(2 * faults.config.milter.policy_refresh_seconds + 0.3)
 
 
-def relayed_recipients(faults: FaultStack, shop: Provisioned) -> int:
-    return sum(len(c.rcpt_tos) for c in faults.sink.captures()
-               if c.mail_from == shop.address())
+# -- load ---------------------------------------------------------------------------------
 
 
-def assert_all_relayed_mail_accounted(faults: FaultStack, shop: Provisioned) -> None:
-    """Every recipient the sink got has its ledger row, and no ledger row lacks mail."""
-    def balanced() -> bool:
-        return account_usage(faults.config.database.url,
-                             shop.account_id).ledger_rows == relayed_recipients(faults, shop)
+@dataclass
+class Load:
+    """Clients that keep submitting until stopped; a 4xx'd message is sent again later."""
 
-    wait_until(balanced, 30, "ledger rows == recipients relayed",
-               lambda: f"ledger {account_usage(faults.config.database.url, shop.account_id)}"
-                       f" sink {relayed_recipients(faults, shop)}\n{faults.milter.log(20)}")
+    faults: FaultStack
+    shop: Provisioned
+    accepted: dict[str, list[str]] = field(default_factory=dict)  # tag -> recipients
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    refusals: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    deadline: float = 0.0  # after stop: how long clients may go on retrying
 
+    def client(self, number: int, port: int) -> None:
+        pending: list[str] = []  # tags refused for now: retried (the same message)
+        sequence = 0
+        while not self.stop.is_set() or pending:
+            if self.stop.is_set() and time.monotonic() > self.deadline:
+                return
+            try:
+                with smtp_session(self.shop.username, self.shop.password, port=port,
+                                  timeout=30) as session:
+                    while not self.stop.is_set() or pending:
+                        if pending:
+                            tag = pending.pop(0)
+                        else:
+                            sequence += 1
+                            tag = f"c{number}-{sequence}-{uuid.uuid4().hex[:6]}"
+                        if not self.send(session, tag):
+                            # Postfix tempfails the rest of a session whose milter broke:
+                            # retry in a new session, as shop libraries do.
+                            pending.append(tag)
+                            time.sleep(0.2)
+                            break
+            except (smtplib.SMTPException, OSError) as exc:
+                with self.lock:
+                    self.refusals[f"session: {exc.__class__.__name__}"] += 1
+                time.sleep(0.3)
 
-def relayed(faults: FaultStack, tag: str) -> bool:
-    return any(f"{tag}@rcpt.example.net" in c.rcpt_tos for c in faults.sink.captures())
-
-
-def assert_refused_for_now_or_accounted(faults: FaultStack, result: Submission,
-                                        tag: str) -> None:
-    """A 4xx with nothing relayed; or (a journalling design) accepted and accounted later."""
-    if result.accepted:
-        wait_until(lambda: relayed(faults, tag), 20, f"{tag} at the sink")
-        return
-    refusal = result.first_refusal()
-    assert refusal is not None and refusal.code // 100 == 4, result
-    faults.postfix.flush()
-    assert not relayed(faults, tag)
-
-
-def assert_relay_works(faults: FaultStack, shop: Provisioned, tag: str) -> None:
-    """Accepted and delivered to the sink (retrying while the service recovers)."""
-    wait_until(lambda: attempt(faults, shop, tag).accepted, 30,
-               "the relay accepting mail again", lambda: faults.milter.log(20))
-    wait_until(lambda: relayed(faults, tag), 20, f"{tag} at the sink")
-
-
-def test_milter_killed_means_4xx_and_nothing_relayed(faults: FaultStack,
-                                                     shop: Provisioned) -> None:
-    faults.milter.kill()
-    try:
-        result = attempt(faults, shop, "milter-down")
-    finally:
-        faults.milter.start()
-    refusal = result.first_refusal()
-    assert refusal is not None and refusal.code // 100 == 4, result
-    assert not result.accepted
-    faults.postfix.flush()
-    assert not relayed(faults, "milter-down")
-    assert_relay_works(faults, shop, "milter-back")
-    assert_all_relayed_mail_accounted(faults, shop)
-
-
-def test_redis_stopped_means_4xx_or_accounted_mail(faults: FaultStack,
-                                                   shop: Provisioned) -> None:
-    assert_relay_works(faults, shop, "redis-warm")
-    faults.redis.stop()
-    try:
-        result = attempt(faults, shop, "redis-down")
-    finally:
-        faults.redis.start()
-    assert_refused_for_now_or_accounted(faults, result, "redis-down")
-    assert_relay_works(faults, shop, "redis-back")
-    assert_all_relayed_mail_accounted(faults, shop)
+    def send(self, session: smtplib.SMTP, tag: str) -> bool:
+        to = [f"{tag}-{i}@{DOMAIN}" for i in range(1 + len(tag) % 2)]
+        result = transact(session, self.shop.address(), to,
+                          build_message(self.shop.address(), to, subject=tag))
+        if result.accepted:
+            assert result.delivered_to == to, result
+            with self.lock:
+                assert tag not in self.accepted
+                self.accepted[tag] = to
+                self.accepted_at[tag] = time.monotonic()
+            return True
+        refusal = result.first_refusal()
+        assert refusal is not None and refusal.code // 100 == 4, (  # never a 5xx here
+            f"{result} after {len(self.accepted)} accepted messages")
+        with self.lock:
+            self.refusals[f"{refusal.code} {refusal.enhanced}"] += 1
+        return False
 
 
-def test_postgresql_stopped_mid_session_means_4xx_or_accounted_mail(
-        faults: FaultStack, shop: Provisioned) -> None:
-    assert_relay_works(faults, shop, "pg-warm")
-    to = ["pg-down@rcpt.example.net"]
-    # AUTH first: Dovecot reads credentials from the same PostgreSQL.
-    with smtp_session(shop.username, shop.password, port=faults.port) as session:
-        faults.postgres.stop()
+@contextlib.contextmanager
+def running_load(faults: FaultStack, shop: Provisioned, *, clients: int = 3,
+                 second_node: bool = False) -> Iterator[Load]:
+    """Clients submitting while the block runs; afterwards they finish their retries."""
+    load = Load(faults, shop)
+    ports = [faults.port, faults.second_port] if second_node else [faults.port]
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(load.client, n, ports[n % len(ports)]) for n in range(clients)]
         try:
-            result = transact(session, shop.address(), to,
-                              build_message(shop.address(), to, subject="pg-down"))
+            time.sleep(2)  # traffic before the fault
+            yield load
+            time.sleep(2)  # and after the repair
         finally:
-            faults.postgres.start()
-    assert_refused_for_now_or_accounted(faults, result, "pg-down")
-    assert_relay_works(faults, shop, "pg-back")
-    assert_all_relayed_mail_accounted(faults, shop)
+            load.deadline = time.monotonic() + 60
+            load.stop.set()
+            for future in futures:
+                future.result(timeout=120)
+    assert load.accepted, f"nothing was accepted: {load.refusals}"
+
+
+# -- invariants ---------------------------------------------------------------------------
+
+SELECT_BILLING = """
+SELECT l.recipient, l.billing, l.state
+  FROM ledger l WHERE l.account_id = %(a)s"""
+
+SELECT_USED = """
+SELECT (SELECT coalesce(sum(used), 0) FROM quota_blocks WHERE account_id = %(a)s) AS used,
+       (SELECT count(*) FROM ledger WHERE account_id = %(a)s AND billing = 'quota') AS quota"""
+
+
+def sink_recipients(faults: FaultStack, shop: Provisioned) -> Counter[str]:
+    return Counter(r for c in faults.sink.captures() if c.mail_from == shop.address()
+                   for r in c.rcpt_tos)
+
+
+def ledger_recipients(faults: FaultStack, shop: Provisioned, *,
+                      including_void: bool = False) -> Counter[str]:
+    with psycopg.connect(faults.config.database.url) as conn:
+        rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
+    return Counter(recipient for recipient, billing, _ in rows
+                   if including_void or billing != "void")
+
+
+def assert_exactly_once(faults: FaultStack, shop: Provisioned, load: Load) -> None:
+    """The three invariants, once the queue has drained and unconfirmed rows were voided."""
+    wanted = Counter(r for to in load.accepted.values() for r in to)
+    faults.postfix.flush()
+
+    def settled() -> bool:
+        sink = sink_recipients(faults, shop)
+        return all(sink[r] >= 1 for r in wanted) and sink == ledger_recipients(faults, shop)
+
+    wait_until(settled, 60, "every accepted recipient at the sink and sink == ledger",
+               lambda: _difference(faults, shop, wanted))
+    sink = sink_recipients(faults, shop)
+    assert all(sink[r] == 1 for r in wanted), "a recipient reached the sink twice"
+    assert max(sink.values()) == 1
+    with psycopg.connect(faults.config.database.url) as conn:
+        row = conn.execute(SELECT_USED, {"a": shop.account_id}).fetchone()
+    assert row is not None
+    assert row[0] == row[1], f"quota used {row[0]} != ledger rows billed to quota {row[1]}"
+
+
+def _difference(faults: FaultStack, shop: Provisioned, wanted: Counter[str]) -> str:
+    sink, ledger = sink_recipients(faults, shop), ledger_recipients(faults, shop)
+    return (f"missing at sink: {sorted(set(wanted) - set(sink))[:5]}; "
+            f"sink not in ledger: {sorted(set(sink) - set(ledger))[:5]}; "
+            f"ledger not at sink: {sorted(set(ledger) - set(sink))[:5]}; "
+            f"queue: {faults.postfix.queue_count()}\n{faults.milter.log(15)}")
+
+
+def accepted_between(load: Load, start: float, end: float) -> list[str]:
+    return [tag for tag, at in load.accepted_at.items() if start <= at <= end]
+
+
+# -- the faults ---------------------------------------------------------------------------
+
+
+def test_redis_stopped_under_load_mail_flows_through_postgresql(
+        faults: FaultStack, shop: Provisioned) -> None:
+    with running_load(faults, shop) as load:
+        faults.redis.stop()
+        try:
+            stopped = time.monotonic()
+            time.sleep(3)
+            during = accepted_between(load, stopped + 1, time.monotonic())
+        finally:
+            faults.redis.start()
+    assert during, f"nothing accepted while Redis was down: {load.refusals}"
+    assert_exactly_once(faults, shop, load)
+    assert "event=redis_recovered" in faults.milter.log(400)
+
+
+def test_redis_frozen_slower_than_the_deadline_mail_flows_through_postgresql(
+        faults: FaultStack, shop: Provisioned) -> None:
+    process = faults.redis.process.process
+    assert process is not None
+    with running_load(faults, shop) as load:
+        process.send_signal(signal.SIGSTOP)
+        try:
+            frozen = time.monotonic()
+            time.sleep(3)
+            during = accepted_between(load, frozen + 1, time.monotonic())
+        finally:
+            process.send_signal(signal.SIGCONT)
+    assert during, f"nothing accepted while Redis was frozen: {load.refusals}"
+    assert_exactly_once(faults, shop, load)
+
+
+def test_postgresql_stopped_under_load_journals_then_replays_exactly_once(
+        faults: FaultStack, tmp_path: Path) -> None:
+    shop = fresh_shop(faults, 1000, paid=True)
+    journal_dir = Path(faults.config.milter.journal_dir)
+    saved = tmp_path / "journal-copy"
+    # Known gap (docs/failure-modes.md): the tracker drops log events of a queue id it cannot
+    # find in the ledger yet, so a journaled message whose log lines it reads before the
+    # replay would be voided. Here it is down for the outage and back after the replay.
+    faults.tracker.stop()
+    try:
+        with running_load(faults, shop) as load:
+            faults.postgres.stop()
+            try:
+                stopped = time.monotonic()
+                time.sleep(4)
+                during = accepted_between(load, stopped + 0.5, time.monotonic())
+                shutil.copytree(journal_dir, saved)  # for the second replay below
+            finally:
+                faults.postgres.start()
+        wait_until(lambda: not list(journal_dir.glob("journal-*.jsonl")), 30,
+                   "the journal replayed", lambda: faults.milter.log(20))
+    finally:
+        faults.tracker.start()
+    assert during, f"nothing accepted while PostgreSQL was down: {load.refusals}"
+    assert_exactly_once(faults, shop, load)
+    # Signed and delivered while the database was away (the signature verifies).
+    raw = faults.sink.wait_for_recipient(load.accepted[during[0]][0]).raw
+    assert verify_dkim(raw, faults.config.database.url)
+    # Replay the same journal a second time (a restarted milter replays what it finds).
+    copies = list(saved.glob("journal-*.jsonl"))
+    assert copies, "PostgreSQL was down, yet nothing was journaled"
+    before = ledger_recipients(faults, shop, including_void=True)
+    for copy in copies:
+        shutil.copy(copy, journal_dir / copy.name)
+    faults.milter.stop()
+    faults.milter.start()
+    wait_until(lambda: not list(journal_dir.glob("journal-*.jsonl")), 30,
+               "the journal replayed at start", lambda: faults.milter.log(20))
+    assert ledger_recipients(faults, shop, including_void=True) == before
+    assert_exactly_once(faults, shop, load)
+
+
+def test_milter_killed_under_load_loses_and_double_counts_nothing(
+        faults: FaultStack, shop: Provisioned) -> None:
+    with running_load(faults, shop, clients=4) as load:
+        for _ in range(2):
+            faults.milter.kill()
+            try:
+                time.sleep(1)
+            finally:
+                faults.milter.start()
+            time.sleep(1.5)
+    assert load.refusals, "the kills were not noticed by any client"
+    assert_exactly_once(faults, shop, load)
+
+
+def test_tracker_killed_under_load_every_outcome_recorded_once(
+        faults: FaultStack, shop: Provisioned) -> None:
+    with running_load(faults, shop) as load:
+        faults.tracker.kill()
+        try:
+            time.sleep(2)
+        finally:
+            faults.tracker.start()
+    assert_exactly_once(faults, shop, load)
+
+    def all_delivered() -> bool:
+        with psycopg.connect(faults.config.database.url) as conn:
+            rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
+        return all(state in ("delivered", "voided") for _, _, state in rows)
+
+    wait_until(all_delivered, 30, "every ledger row delivered", lambda: faults.tracker.log(20))
+
+
+def test_postfix_reloaded_under_load(faults: FaultStack, shop: Provisioned) -> None:
+    with running_load(faults, shop, second_node=True) as load:
+        faults.postfix.reload()
+        time.sleep(1)
+        faults.postfix.reload()
+    assert_exactly_once(faults, shop, load)
+
+
+# -- races and retries --------------------------------------------------------------------
+
+
+def fresh_shop(faults: FaultStack, quota: int, *, paid: bool = False) -> Provisioned:
+    made = provision(faults.config_file, f"shop-{uuid.uuid4().hex[:8]}", rate_limit=0)
+    with psycopg.connect(faults.config.database.url) as conn:
+        conn.execute("UPDATE quota_blocks SET amount = %s WHERE account_id = %s",
+                     (quota, made.account_id))
+    if paid:
+        txrelay_json(faults.config_file, "quota", "book", made.account, "--amount", "25000")
+    settle(faults)
+    return made
+
+
+def race(faults: FaultStack, shop: Provisioned, ports: list[int]) -> list[Submission]:
+    """20 sessions at once, each one message to 10 recipients of its own."""
+    start = threading.Barrier(20)
+
+    def session(n: int) -> Submission:
+        to = [f"race{n}-{i}-{uuid.uuid4().hex[:6]}@{DOMAIN}" for i in range(10)]
+        with smtp_session(shop.username, shop.password, port=ports[n % len(ports)]) as s:
+            start.wait(30)
+            return transact(s, shop.address(), to, build_message(shop.address(), to))
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        return list(pool.map(session, range(20)))
+
+
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one-milter", "two-milters"])
+def test_last_unit_race_accepts_exactly_the_quota(faults: FaultStack, nodes: int) -> None:
+    shop = fresh_shop(faults, 100)
+    ports = [faults.port, faults.second_port][:nodes]
+    results = race(faults, shop, ports)
+    replies = Counter(reply.code for r in results for reply in r.rcpts.values())
+    assert replies[250] == 100 and replies[550] == 100, replies
+    accepted = [rcpt for r in results for rcpt in r.delivered_to]
+    assert len(accepted) == 100
+    faults.postfix.flush()
+    wait_until(lambda: sum(sink_recipients(faults, shop).values()) == 100, 30, "100 at sink")
+    assert sum(ledger_recipients(faults, shop).values()) == 100
+
+
+def test_client_retrying_after_a_4xx_is_billed_once(faults: FaultStack,
+                                                    shop: Provisioned) -> None:
+    to = [f"retry-{uuid.uuid4().hex[:8]}@{DOMAIN}"]
+    message = build_message(shop.address(), to, subject="retry")
+    with smtp_session(shop.username, shop.password, port=faults.port) as session:
+        faults.milter.kill()  # Postfix answers the transaction with 4xx (tempfail)
+        try:
+            first = transact(session, shop.address(), to, message)
+        finally:
+            faults.milter.start()
+    assert not first.accepted and first.first_refusal() is not None
+    with smtp_session(shop.username, shop.password, port=faults.port) as session:
+        second = transact(session, shop.address(), to, message)
+    assert second.accepted, second
+    faults.postfix.flush()
+    wait_until(lambda: sink_recipients(faults, shop)[to[0]] == 1, 30, "retry at the sink")
+    assert ledger_recipients(faults, shop)[to[0]] == 1
+
+
+def test_duplicate_recipients_in_one_message_are_billed_once(faults: FaultStack,
+                                                            shop: Provisioned) -> None:
+    rcpt = f"dup-{uuid.uuid4().hex[:8]}@{DOMAIN}"
+    to = [rcpt, rcpt, rcpt.upper().replace(DOMAIN.upper(), DOMAIN)]
+    with smtp_session(shop.username, shop.password, port=faults.port) as session:
+        result = transact(session, shop.address(), to, build_message(shop.address(), [rcpt]))
+    assert result.data is not None and result.data.code == 250
+    faults.postfix.flush()
+    wait_until(lambda: sink_recipients(faults, shop)[rcpt] >= 1, 30, "dup at the sink")
+    assert ledger_recipients(faults, shop)[rcpt] == 1
