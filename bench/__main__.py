@@ -168,6 +168,13 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     print("\n".join(ratios(table)))
     print("\n== targets ==")
     print("\n".join(targets(table)))
+    print("\n== txrelay's PostgreSQL sessions: what they were doing (% of busy samples) ==")
+    for (scenario, target), row in table.items():
+        extra = row["extra"]
+        waits = extra.get("pg_waits") if isinstance(extra, dict) else None
+        if waits:
+            print(f"   {scenario:<10} {target:<13} "
+                  + "; ".join(f"{share}% {kind}" for kind, share in waits.items()))
     submission = table.get(("submission", TX_UNIX))
     if submission:
         print("\n== submission (STARTTLS + AUTH): client-side time per phase ==")

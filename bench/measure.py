@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from bench.procs import ProcSample, machine_busy_ms, reset_peak_rss, sample
 
@@ -32,6 +36,7 @@ class Watched:
     pid: int = 0
     log_path: Path | None = None
     metrics_port: int = 0
+    pg_waits: PgWaits | None = None  # for txrelay: its database sessions
 
 
 @dataclass
@@ -47,6 +52,7 @@ class Window:
     buckets_before: dict[tuple[str, str], float] | None = None
     buckets_after: dict[tuple[str, str], float] | None = None
     log_lines: list[tuple[str, float]] | None = None
+    pg_waits: dict[str, float] | None = None
 
     def start(self) -> None:
         if self.watched.pid:
@@ -56,10 +62,14 @@ class Window:
             self.log_offset = self.watched.log_path.stat().st_size
         if self.watched.metrics_port:
             self.buckets_before = scrape_buckets(self.watched.metrics_port)
+        if self.watched.pg_waits is not None:
+            self.watched.pg_waits.start()
         self.machine_before = machine_busy_ms()
 
     def stop(self) -> None:
         self.machine_after = machine_busy_ms()
+        if self.watched.pg_waits is not None:
+            self.pg_waits = self.watched.pg_waits.stop()
         if self.watched.pid:
             self.after = sample(self.watched.pid)
         if self.watched.metrics_port:
@@ -130,3 +140,43 @@ def histogram_quantile(before: dict[tuple[str, str], float], after: dict[tuple[s
             return (lower_bound + share * (bound - lower_bound)) * 1000
         lower_bound, lower_count = bound, count
     return None
+
+
+class PgWaits:
+    """Samples what the bench database's sessions are doing (pg_stat_activity) while a
+    scenario runs: row-lock waits, WAL fsync, idle in transaction (waiting on the client)."""
+
+    QUERY = r"""
+SELECT coalesce(wait_event_type, 'CPU') || ':' || coalesce(wait_event, '-') AS wait,
+       state, (regexp_match(query, '^\s*(\w+)'))[1] AS verb
+  FROM pg_stat_activity
+ WHERE datname = %s AND state <> 'idle' AND pid <> pg_backend_pid()"""
+
+    def __init__(self, admin_dsn: str, database: str, interval: float = 0.05) -> None:
+        self.admin_dsn = admin_dsn
+        self.database = database
+        self.interval = interval
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.counts.clear()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pg-waits", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Share (%) of sampled busy sessions per 'wait (state, statement)', biggest first."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        total = sum(self.counts.values())
+        return {key: round(100 * n / total, 1) for key, n in self.counts.most_common(6)} \
+            if total else {}
+
+    def _run(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            while not self._stop.wait(self.interval):
+                for wait, state, verb in conn.execute(self.QUERY, (self.database,)):
+                    self.counts[f"{wait} ({state}, {verb})"] += 1

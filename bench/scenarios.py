@@ -185,7 +185,8 @@ class Runner:
             eom_ms_p50=_round(window.stage_quantile("eom", 0.5)),
             eom_ms_p99=_round(window.stage_quantile("eom", 0.99)),
             machine_cpu_ms_per_msg=round(window.machine_cpu_ms() / count, 2),
-            verified=verified, extra={"load1": load})
+            verified=verified,
+            extra={"load1": load, **({"pg_waits": window.pg_waits} if window.pg_waits else {})})
 
 
 class RssGuard:

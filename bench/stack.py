@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import backing
 from bench.checks import Signer
-from bench.measure import Watched
+from bench.measure import PgWaits, Watched
 from bench.opendkim import SELECTOR as OPENDKIM_SELECTOR
 from bench.opendkim import OpenDkim, make_key
 from bench.postfix import BenchPostfix
@@ -125,6 +125,7 @@ def bench_stack(root: Path) -> Iterator[Stack]:
         cleanup.callback(postfix.stop)
         postfix.start()
         odk_signer = odk[2]
+        pg_waits = PgWaits(backing.ADMIN_DSN, db.name)
         targets = {
             NONE: Target(NONE, postfix.listeners[NONE].port, Watched(), None),
             ODK_UNIX: Target(ODK_UNIX, postfix.listeners[ODK_UNIX].port,
@@ -133,10 +134,10 @@ def bench_stack(root: Path) -> Iterator[Stack]:
                              Watched(odk[1].daemon.pid), odk_signer),
             TX_UNIX: Target(TX_UNIX, postfix.listeners[TX_UNIX].port,
                             Watched(tx_unix.daemon.pid, tx_unix.daemon.log_path,
-                                    tx_unix.metrics_port), tx_signer),
+                                    tx_unix.metrics_port, pg_waits), tx_signer),
             TX_INET: Target(TX_INET, postfix.listeners[TX_INET].port,
                             Watched(tx_inet.daemon.pid, tx_inet.daemon.log_path,
-                                    tx_inet.metrics_port), tx_signer),
+                                    tx_inet.metrics_port, pg_waits), tx_signer),
         }
         yield Stack(root, config, config_file, sender, postfix, sink, targets,
                     {TX_UNIX: tx_unix.daemon, TX_INET: tx_inet.daemon})
