@@ -61,17 +61,28 @@ def _get(table: dict[tuple[str, str], dict[str, object]], scenario: str, target:
 
 
 def ratios(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
+    """Ratios of the medians, and each run's own ratios (targets of one run share its load:
+    the run-by-run ratios show how much of a median ratio is noise)."""
     lines = []
     for scenario in ("10KB", "1MB"):
         tx = _get(table, scenario, TX_UNIX, "msg_per_s")
         for reference in (NONE, ODK_UNIX, ODK_INET):
             ref = _get(table, scenario, reference, "msg_per_s")
             if tx and ref:
-                lines.append(f"{scenario}: txrelay-unix / {reference} = {tx / ref:.2f}")
+                lines.append(f"{scenario}: txrelay-unix / {reference} = {tx / ref:.2f}"
+                             f"   (run by run: {_run_ratios(table, scenario, reference)})")
         tx_inet = _get(table, scenario, TX_INET, "msg_per_s")
         if tx and tx_inet:
             lines.append(f"{scenario}: txrelay-inet / txrelay-unix = {tx_inet / tx:.2f}")
     return lines
+
+
+def _run_ratios(table: dict[tuple[str, str], dict[str, object]], scenario: str,
+                reference: str) -> str:
+    ours = table[(scenario, TX_UNIX)]["msg_per_s_runs"]
+    theirs = table[(scenario, reference)]["msg_per_s_runs"]
+    assert isinstance(ours, list) and isinstance(theirs, list)
+    return " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=False) if b)
 
 
 def targets(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
