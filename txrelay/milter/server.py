@@ -74,8 +74,10 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     spec = socket_spec or config.milter.socket
     prepare_socket(spec, config.milter.socket_group)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every thread
-    runtime = open_runtime(config, clock)
+    # Before the runtime: /healthz answers (503, naming the dependency) while PostgreSQL is
+    # still being waited for.
     endpoint = start_milter_endpoint(config)  # [metrics] milter_listen; "" = none
+    runtime = open_runtime(config, clock)
     try:
         Milter.factory = lambda: RelayMilter(runtime)
         Milter.set_flags(ACTIONS)
