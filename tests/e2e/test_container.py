@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -80,6 +81,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.close()
     finally:
         service.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
