@@ -1,0 +1,47 @@
+"""compose.yaml, the Dockerfile and the entrypoint agree (no YAML parser or Docker engine
+needed): the variables compose sets are ones the image reads, and its volumes are the
+image's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from txrelay.config import SECTIONS, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose_service(name: str) -> str:
+    text = (ROOT / "compose.yaml").read_text()
+    start = text.index(f"\n  {name}:\n")
+    end = re.search(r"\n  \w[\w-]*:\n|\nvolumes:\n", text[start + 1:])
+    assert end is not None
+    return text[start:start + 1 + end.start()]
+
+
+def test_compose_sets_only_variables_the_image_reads() -> None:
+    service = compose_service("txrelay")
+    entrypoint = (ROOT / "deploy" / "container" / "entrypoint.sh").read_text()
+    names = re.findall(r"^      ([A-Z][A-Z0-9_]+):", service, re.M)
+    assert "TXRELAY_DATABASE_URL" in names and "RELAY_HOSTNAME" in names
+    settings = {name: "x" for name in names if name.startswith("TXRELAY_")}
+    settings.update(TXRELAY_DATABASE_URL="postgresql://h/db", TXRELAY_REDIS_URL="redis://h")
+    load_config(None, environ=settings)  # raises ConfigError on a TXRELAY_ name that is no setting
+    for name in names:
+        if not name.startswith("TXRELAY_"):
+            assert f"${{{name}" in entrypoint, f"{name} is not read by the entrypoint"
+    assert set(SECTIONS) >= {n.split("_")[1].lower() for n in settings}
+
+
+def test_compose_volumes_are_the_images_volumes() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    declared = set(re.findall(r'"(/[^"]+)"', re.search(r"^VOLUME \[(.*)\]$", dockerfile,
+                                                        re.M)[1]))  # type: ignore[index]
+    mounted = set(re.findall(r"^      - [\w-]+:(/\S+)$", compose_service("txrelay"), re.M))
+    assert mounted == declared == {"/var/spool/postfix", "/var/lib/txrelay", "/etc/txrelay/tls"}
+
+
+def test_image_starts_from_the_base_build_image_sh_makes() -> None:
+    froms = re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert froms == ["debian:bookworm-slim", "debian:bookworm-slim"]
