@@ -53,6 +53,7 @@ from txrelay.store.reservations import RedisReservations, ReservationStore
 log = logging.getLogger("txrelay.milter")
 T = TypeVar("T")
 UNKNOWN_LOGIN_RECHECK = 0.25  # seconds between on-demand policy checks for unknown logins
+UNKNOWN_LOGIN_WAIT = 3.0  # most an unknown login waits for a policy reload in progress
 REPLAY_INTERVAL = 1.0  # seconds between attempts to replay the journal into PostgreSQL
 # PostgreSQL did not answer (connection refused or lost, timeout): the journal takes over.
 # Any other database error (a constraint, a bug) is a 451, never journaled.
@@ -154,14 +155,20 @@ class PolicyCache:
         current = self.current
         if not login or current is None or login.strip().lower() in current.connections:
             return current
-        now = time.monotonic()
-        if now - self._last_refresh >= UNKNOWN_LOGIN_RECHECK and self._refresh_lock.acquire(
-                blocking=False):
-            try:
+        # Wait for a reload already running (the poll, or another connection's check): the
+        # login is likely what it is loading. Then check ourselves if none ran just now.
+        if not self._refresh_lock.acquire(timeout=UNKNOWN_LOGIN_WAIT):
+            return self.current
+        try:
+            current = self.current
+            if current is not None and login.strip().lower() in current.connections:
+                return current
+            now = time.monotonic()
+            if now - self._last_refresh >= UNKNOWN_LOGIN_RECHECK:
                 self._last_refresh = now
                 self.refresh()
-            finally:
-                self._refresh_lock.release()
+        finally:
+            self._refresh_lock.release()
         return self.current
 
     def refresh(self) -> bool:
@@ -220,7 +227,8 @@ class PolicyCache:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.refresh()
+            with self._refresh_lock:  # connections meeting an unknown login wait for it
+                self.refresh()
 
 
 @dataclass
