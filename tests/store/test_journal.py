@@ -47,19 +47,25 @@ def test_replaying_the_journal_twice_records_each_message_once(
         tmp_path: Path, database_url: str, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant]) -> None:
     tenant = tenant_factory()
-    journal = Journal(tmp_path, database_url, 1000)
+    journal = Journal(tmp_path / "state", database_url, 1000)
+    old_umask = os.umask(0o117)  # the milter daemon's (for its socket)
+    try:
+        journal.append(JournalEntry(accepted(tenant, ["z@x.example"])))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     for recipients in (["a@x.example", "b@x.example"], ["c@x.example"]):
         journal.append(JournalEntry(accepted(tenant, recipients)))
     files = journal.pending_files()
     assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
     copy = files[0].read_bytes()
-    assert journal.backlog() == 2
-    assert replay_into(journal, database_url) == 2
-    assert counts(db, tenant) == (2, 3, 3) and journal.backlog() == 0
+    assert journal.backlog() == 3
+    assert replay_into(journal, database_url) == 3
+    assert counts(db, tenant) == (3, 4, 4) and journal.backlog() == 0
     assert journal.pending_files() == []
     files[0].write_bytes(copy)  # the same journal again (e.g. a restored backup)
-    assert replay_into(Journal(tmp_path, database_url, 1000), database_url) == 2
-    assert counts(db, tenant) == (2, 3, 3)
+    assert replay_into(Journal(tmp_path / "state", database_url, 1000), database_url) == 3
+    assert counts(db, tenant) == (3, 4, 4)
 
 
 def test_a_torn_last_line_was_never_acknowledged_and_is_skipped(

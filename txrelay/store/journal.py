@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -45,6 +46,14 @@ HOUR = 3600.0
 
 class JournalUnavailable(ServiceUnavailable):
     """The journal cannot take this message (unwritable, or the hourly bound is reached)."""
+
+
+def private_directory(directory: Path) -> None:
+    """Create the state directory owner-only (0700). Explicit chmod: the milter daemon runs
+    with umask 0117 for its socket, which would leave a new directory without its x bit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+        directory.chmod(0o700)
 
 
 def database_tag(database_url: str) -> str:
@@ -135,7 +144,7 @@ class Journal:
     def _active_fd(self) -> int:
         if self._active is not None:
             return self._active
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_directory(self.directory)
         name = f"journal-{self.tag}-{os.getpid()}-{time.time_ns()}.jsonl"
         hidden = self.directory / f".{name}"
         fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)

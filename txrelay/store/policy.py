@@ -24,6 +24,7 @@ from txrelay.policy.snapshot import (
     effective_rate_limit,
 )
 from txrelay.signing import SigningKey, load_signing_key
+from txrelay.store.journal import private_directory
 
 log = logging.getLogger("txrelay.milter.policy")
 
@@ -132,7 +133,7 @@ def fetch_policy_rows(conn: psycopg.Connection) -> PolicyRows:
 
 def save_policy_rows(path: Path, rows: PolicyRows) -> None:
     """Write the local copy: temp file mode 0600 in the same directory, fsync, rename."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_directory(path.parent)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
