@@ -1,15 +1,21 @@
-"""DKIM-signs messages: dkimpy canonicalises and hashes, OpenSSL (cryptography) signs.
+"""DKIM-signs messages: dkimpy canonicalises the headers, OpenSSL (cryptography) signs.
 
 dkimpy's own signer parses the PEM key on every call and computes RSA in pure Python
 (about 12 ms per signature); the milter parses each key once when it loads the policy
 snapshot and lets OpenSSL do the private-key operation (about 1 ms). Header selection,
-canonicalisation, the body hash and the header's layout are dkimpy's, so what a verifier
-computes is what we computed.
+header canonicalisation and the header's layout are dkimpy's.
+
+The body is canonicalised (relaxed, RFC 6376 3.4.4) and hashed as it arrives, chunk by
+chunk, by BodyHash: byte for byte what dkimpy's Relaxed.canonicalize_body produces over the
+joined body (property-tested against it), without keeping the body or holding the GIL for
+a whole-body regular expression at end of message.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,12 +69,100 @@ def header_list(headers: Sequence[Header]) -> list[bytes]:
     return chosen + [name for name in chosen if name in OVERSIGNED_HEADERS]
 
 
-def sign(headers: Sequence[Header], body: bytes, *, domain: str, selector: str,
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"[\t ]+")
+_CRLF = b"\r\n"
+
+
+class BodyHash:
+    """SHA-256 of the relaxed-canonical body, fed chunk by chunk (RFC 6376 3.4.4, exactly as
+    dkimpy: WSP before a CRLF removed, other WSP runs made one SP, trailing empty lines
+    dropped, one CRLF at the end unless the body is empty; a bare CR or LF is text).
+
+    Only a suffix that the next bytes could still change is carried between chunks: WSP
+    (kept as one SP) and a final CR. Empty lines are held as a count until text follows."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._carry = b""  # [ ]?\r? : what the next chunk may turn into a line end
+        self._held_crlf = 0  # empty lines (CRLFs) not yet known to be followed by text
+        self._any_text = False
+        self._digest: bytes | None = None
+
+    def update(self, chunk: bytes) -> None:
+        data = self._carry + chunk if self._carry else chunk
+        end = len(data) - 1 if data.endswith(b"\r") else len(data)
+        cut = len(data[:end].rstrip(b" \t")) if end and data[end - 1] in b" \t" else end
+        tail = data[cut:]
+        self._carry = ((b" " if tail[:1] in (b" ", b"\t") else b"")
+                       + (b"\r" if tail.endswith(b"\r") else b""))
+        self._emit(data[:cut] if cut < len(data) else data)
+
+    def digest(self) -> bytes:
+        """The body hash (bh=); the first call ends the body."""
+        if self._digest is None:
+            if self._carry:
+                self._emit(self._carry)
+                self._carry = b""
+            if self._any_text:
+                self._hash.update(_CRLF)
+            self._digest = self._hash.digest()
+        return self._digest
+
+    def _emit(self, head: bytes) -> None:
+        """Canonicalise a piece that ends where no later byte can change it."""
+        if not head:
+            return
+        if b"\t" in head or b"  " in head:
+            head = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(_CRLF, head))
+        elif b" \r\n" in head:
+            head = _TRAILING_WSP.sub(_CRLF, head)
+        text_end, empty_lines = _strip_trailing_crlfs(head)
+        if text_end == 0:
+            self._held_crlf += empty_lines
+            return
+        self._flush_held()
+        self._hash.update(head if text_end == len(head) else head[:text_end])
+        self._any_text = True
+        self._held_crlf = empty_lines
+
+    def _flush_held(self) -> None:
+        while self._held_crlf:
+            count = min(self._held_crlf, 32768)
+            self._hash.update(_CRLF * count)
+            self._held_crlf -= count
+
+
+def _strip_trailing_crlfs(data: bytes) -> tuple[int, int]:
+    """(length without the trailing CRLF pairs, how many there were)."""
+    stripped = len(data.rstrip(b"\r\n"))
+    tail = data[stripped:]
+    if not tail:
+        return stripped, 0
+    pairs = tail.count(_CRLF)
+    if pairs * 2 == len(tail):
+        return stripped, pairs
+    end = len(data)
+    while data.endswith(_CRLF, 0, end):
+        end -= 2
+    return end, (len(data) - end) // 2
+
+
+def body_hash(body: bytes) -> bytes:
+    """The relaxed body hash of a whole body (tests, and callers that have it all)."""
+    hasher = BodyHash()
+    hasher.update(body)
+    return hasher.digest()
+
+
+def sign(headers: Sequence[Header], body: bytes | BodyHash, *, domain: str, selector: str,
          signing_key: SigningKey, now: float | None = None) -> str:
-    """The DKIM-Signature header value (folded with LF, as a milter hands it to the MTA)."""
+    """The DKIM-Signature header value (folded with LF, as a milter hands it to the MTA).
+    body: the body, or its BodyHash fed as it arrived."""
     signer = _Signer(signing_key, now)
     signer.headers = [[name, value] for name, value in headers]
-    signer.body = body
+    signer.precomputed_body_hash = (body.digest() if isinstance(body, BodyHash)
+                                    else body_hash(body))
     field = signer.sign_prepared(selector.encode("ascii"), domain.encode("ascii"),
                                  header_list(headers))
     value = field.split(b":", 1)[1].strip()
@@ -95,7 +189,7 @@ class _Signer(dkim.DKIM):  # type: ignore[misc]
         canon_policy = dkim.CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZATION))
         self.include_headers = tuple(include)
         self.hasher = dkim.HASH_ALGORITHMS[self.signature_algorithm]
-        body_hash = self.hasher(canon_policy.canonicalize_body(self.body)).digest()
+        body_hash = self.precomputed_body_hash  # sha256 for both algorithms
         fields = [
             (b"v", b"1"), (b"a", self.signature_algorithm), (b"c", canon_policy.to_c_value()),
             (b"d", domain), (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", selector),

@@ -221,7 +221,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def _sign(self, txn: Transaction, author: HeaderSender) -> None:
         domain = txn.snapshot.domains[author.domain]
-        signature = sign(txn.headers, txn.body, domain=domain.domain,
+        signature = sign(txn.headers, txn.body_hash, domain=domain.domain,
                          selector=domain.selector, signing_key=domain.signing_key)
         self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other header
 

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from txrelay.policy.snapshot import AccountPolicy, ConnectionPolicy, PolicySnapshot
-from txrelay.signing import Header, queued_header
+from txrelay.signing import BodyHash, Header, queued_header
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Transaction:
     refused_recipients: int = 0
     headers: list[Header] = field(default_factory=list)  # as queued, for the signer
     header_bytes: int = 0
-    body_chunks: list[bytes] = field(default_factory=list)
+    body_hash: BodyHash = field(default_factory=BodyHash)  # the body is hashed, not kept
     body_bytes: int = 0
     oversized: bool = False
     longest_header_line: int = 0  # bytes, without the line end, as Postfix will send it
@@ -49,19 +49,22 @@ class Transaction:
         self._measure_lines(chunk)
         self.body_bytes += len(chunk)
         if self.size > max_size:
-            self.oversized = True
-            self.body_chunks.clear()  # refused at end of message; keep no more of it
+            self.oversized = True  # refused at end of message; hash no more of it
         elif not self.oversized:
-            self.body_chunks.append(chunk)
+            self.body_hash.update(chunk)
 
     def _measure_lines(self, chunk: bytes) -> None:
         """Track the longest body line (CRLF not counted; a bare CR is part of the line, as
-        for Postfix), across chunk boundaries."""
-        pieces = chunk.split(b"\n")
-        for piece in pieces[:-1]:
-            ends_with_cr = piece.endswith(b"\r") if piece else self.body_line_cr
-            length = self.body_line_run + len(piece) - ends_with_cr
-            self.longest_body_line = max(self.longest_body_line, length)
+        for Postfix), across chunk boundaries. CRLF becomes LF first, so that the lengths of
+        whole lines are plain lengths, measured in C."""
+        pieces = chunk.replace(b"\r\n", b"\n").split(b"\n")
+        if len(pieces) > 1:
+            # A chunk starting with LF ends the carried line; the CR the previous chunk
+            # ended with, if any, is then the line end's.
+            length = self.body_line_run + (-self.body_line_cr if chunk.startswith(b"\n")
+                                           else len(pieces[0]))
+            longest = max(length, max(map(len, pieces[1:-1]), default=0))
+            self.longest_body_line = max(self.longest_body_line, longest)
             self.body_line_run, self.body_line_cr = 0, False
         if pieces[-1]:
             self.body_line_run += len(pieces[-1])
@@ -75,10 +78,6 @@ class Transaction:
     @property
     def size(self) -> int:
         return self.header_bytes + 2 + self.body_bytes
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.body_chunks)
 
     def header_values(self, name: str) -> list[bytes]:
         wanted = name.lower().encode("ascii")
