@@ -9,38 +9,16 @@ from dataclasses import dataclass
 
 import psycopg
 
-INSERT_MESSAGE = """
-INSERT INTO messages (txn_id, queue_id, node, message_id, account_id, connection_id,
-                      envelope_sender, header_from, size, recipient_count, accepted_at)
-VALUES (%(txn_id)s, %(queue_id)s, %(node)s, %(message_id)s, %(account_id)s,
-        %(connection_id)s, %(envelope_sender)s, %(header_from)s, %(size)s,
-        %(recipient_count)s, %(accepted_at)s)
-ON CONFLICT (txn_id) DO NOTHING
-RETURNING id"""
-
-# Oldest-expiring first; the demo block (no expiry) last. FOR UPDATE serialises concurrent
-# messages of one account, so two relay nodes never hand out the same unit.
-LOCK_LIVE_BLOCKS = """
-SELECT id, amount - used AS unused
-  FROM quota_blocks
- WHERE account_id = %(account_id)s
-   AND expired_unused IS NULL
-   AND (expires_at IS NULL OR expires_at > %(now)s)
- ORDER BY expires_at NULLS LAST, id
-   FOR UPDATE"""
-
-CONSUME_BLOCK = "UPDATE quota_blocks SET used = used + %(units)s WHERE id = %(block_id)s"
-
-INSERT_LEDGER_ROW = """
-INSERT INTO ledger (message_id, account_id, connection_id, recipient, billing,
-                    quota_block_id, accepted_at)
-VALUES (%(message_id)s, %(account_id)s, %(connection_id)s, %(recipient)s, %(billing)s,
-        %(quota_block_id)s, %(accepted_at)s)"""
-
-# Degraded mode (txrelay.store.fallback): the message's PostgreSQL holds end with its record.
-DELETE_HOLDS = "DELETE FROM quota_holds WHERE member = ANY(%(members)s)"
-
-TOUCH_CONNECTION = "UPDATE connections SET last_used_at = %(now)s WHERE id = %(connection_id)s"
+# One round trip: migration 0007's function records the message, its ledger rows, the quota
+# used, the end of its degraded-mode holds and the connection's last use, locking the
+# account's quota blocks (FOR UPDATE, so two relay nodes never hand out the same unit) only
+# for its last statement.
+RECORD_ACCEPTANCE = """
+SELECT message_row_id, recipient, billing, quota_block_id
+  FROM txrelay_record_acceptance(
+       %(txn_id)s, %(queue_id)s, %(node)s, %(message_id)s, %(account_id)s,
+       %(connection_id)s, %(envelope_sender)s, %(header_from)s, %(size)s, %(recipients)s,
+       %(accepted_at)s, %(release_holds)s)"""
 
 REMAINING_QUOTA = """
 SELECT COALESCE(sum(amount - used), 0) AS remaining
@@ -116,28 +94,25 @@ def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
     transaction so that "used" and "held" never count a recipient twice.
 
     Idempotent by txn_id: recording a transaction again (a journal replayed twice, a retry
-    after a timeout that did commit) changes nothing."""
-    with conn.transaction():
-        if release_holds:
-            conn.execute(DELETE_HOLDS, {"members": list(release_holds)})
-        row = conn.execute(INSERT_MESSAGE, _message_params(message)).fetchone()
-        if row is None:
-            return Recorded(None, [])
-        message_row_id = _column(row, "id")
-        locked = conn.execute(LOCK_LIVE_BLOCKS, {"account_id": message.account_id,
-                                                 "now": message.accepted_at}).fetchall()
-        blocks = [(_column(r, "id"), _column(r, "unused")) for r in locked]
-        allocations = allocate(message.recipients, blocks)
-        _consume_blocks(conn, allocations)
-        with conn.cursor() as cursor:
-            cursor.executemany(INSERT_LEDGER_ROW, [
-                {"message_id": message_row_id, "account_id": message.account_id,
-                 "connection_id": message.connection_id, "recipient": a.recipient,
-                 "billing": a.billing, "quota_block_id": a.quota_block_id,
-                 "accepted_at": message.accepted_at} for a in allocations])
-        conn.execute(TOUCH_CONNECTION, {"now": message.accepted_at,
-                                        "connection_id": message.connection_id})
-    return Recorded(message_row_id, allocations)
+    after a timeout that did commit) changes nothing.
+
+    BEGIN, the statement and COMMIT go out in one pipeline: one network round trip."""
+    params = {
+        "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
+        "message_id": message.message_id, "account_id": message.account_id,
+        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
+        "header_from": message.header_from, "size": message.size,
+        "recipients": list(message.recipients), "accepted_at": message.accepted_at,
+        "release_holds": list(release_holds),
+    }
+    with conn.pipeline(), conn.transaction():
+        cursor = conn.execute(RECORD_ACCEPTANCE, params)
+    rows = cursor.fetchall()
+    if not rows:
+        return Recorded(None, [])
+    allocations = [Allocation(str(_field(r, "recipient")), str(_field(r, "billing")),
+                              _optional_int(_field(r, "quota_block_id"))) for r in rows]
+    return Recorded(_column(rows[0], "message_row_id"), allocations)
 
 
 def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> int:
@@ -146,23 +121,14 @@ def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime)
     return int(_column(row, "remaining")) if row is not None else 0
 
 
-def _consume_blocks(conn: psycopg.Connection, allocations: Sequence[Allocation]) -> None:
-    used: dict[int, int] = {}
-    for allocation in allocations:
-        if allocation.quota_block_id is not None:
-            used[allocation.quota_block_id] = used.get(allocation.quota_block_id, 0) + 1
-    for block_id, units in used.items():
-        conn.execute(CONSUME_BLOCK, {"units": units, "block_id": block_id})
+def _field(row: object, name: str) -> object:
+    if isinstance(row, dict):
+        return row[name]
+    raise TypeError("ledger queries expect dict rows (txrelay.store.database connections)")
 
 
-def _message_params(message: AcceptedMessage) -> dict[str, object]:
-    return {
-        "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
-        "message_id": message.message_id, "account_id": message.account_id,
-        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
-        "header_from": message.header_from, "size": message.size,
-        "recipient_count": len(message.recipients), "accepted_at": message.accepted_at,
-    }
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
 
 
 def _column(row: object, name: str) -> int:
