@@ -69,6 +69,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         f'[database]\nurl = "{database_url}"\n\n'
         f'[redis]\nurl = "{redis_url}"\nkey_prefix = "txt{secrets.token_hex(2)}"\n\n'
         f'[milter]\nsocket = "unix:{base}/milter.sock"\npolicy_refresh_seconds = 0.5\n'
+        f'journal_dir = "{base}/journal"\n'
         'reservation_ttl_seconds = 60\n\n'
         f'[smtp]\nhost = "127.0.0.1"\nport = 10587\n\n'
         f'[dovecot]\nconfig_dir = "{base}/dovecot"\nbase_dir = "{base}/dovecot-run"\n'

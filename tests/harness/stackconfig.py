@@ -14,6 +14,7 @@ def stack_config(base: Config, directory: Path, *, submission_port: int,
     """`base` with the milter socket, Dovecot directories and logs under `directory`."""
     milter = dataclasses.replace(
         base.milter, socket=f"unix:{directory}/milter/milter.sock",
+        journal_dir=str(directory / "journal"),
         max_message_size=max_message_size or base.milter.max_message_size)
     dovecot = dataclasses.replace(
         base.dovecot, config_dir=str(directory / "dovecot"),
