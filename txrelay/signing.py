@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,8 +68,7 @@ def header_list(headers: Sequence[Header]) -> list[bytes]:
     return chosen + [name for name in chosen if name in OVERSIGNED_HEADERS]
 
 
-_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_WSP_RUN = re.compile(rb"[\t ]+")
+_TAB_TO_SP = bytes.maketrans(b"\t", b" ")
 _CRLF = b"\r\n"
 
 
@@ -113,10 +111,14 @@ class BodyHash:
         """Canonicalise a piece that ends where no later byte can change it."""
         if not head:
             return
-        if b"\t" in head or b"  " in head:
-            head = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(_CRLF, head))
-        elif b" \r\n" in head:
-            head = _TRAILING_WSP.sub(_CRLF, head)
+        # dkimpy strips WSP before CRLF, then makes WSP runs one SP; making runs one SP
+        # first, then dropping the SP before CRLF is the same, with C-speed bytes methods.
+        if b"\t" in head:
+            head = head.translate(_TAB_TO_SP)
+        while b"  " in head:
+            head = head.replace(b"  ", b" ")
+        if b" \r\n" in head:
+            head = head.replace(b" \r\n", _CRLF)
         text_end, empty_lines = _strip_trailing_crlfs(head)
         if text_end == 0:
             self._held_crlf += empty_lines

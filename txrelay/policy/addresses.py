@@ -5,11 +5,21 @@ from __future__ import annotations
 import email.errors
 import email.headerregistry
 import email.policy
+import re
 from dataclasses import dataclass
 
 from txrelay.policy.verdict import Verdict
 
 _FROM_PARSER = email.headerregistry.HeaderRegistry()
+
+# The forms nearly every message uses, which need no full RFC 5322 parser (about a tenth of
+# the milter's CPU at end of message): addr-spec, or a display name of plain atoms or one
+# simple quoted string before <addr-spec>. Anything else goes to email.headerregistry; a
+# test checks that both agree on everything the fast path takes.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+_SIMPLE_MAILBOX = re.compile(
+    rf'(?:{_ADDR_SPEC}|(?:{_ATEXT}(?: {_ATEXT})*|"[ !#-\[\]-~]+") <{_ADDR_SPEC.replace("?P<", "?P<a")}>)')
 
 
 def envelope_address(raw: str) -> str:
@@ -83,6 +93,12 @@ def header_mailboxes(value: str) -> list[str] | None:
 
 def _mailboxes(value: str) -> list[str] | None:
     """The addr-specs of the header, or None when it is not a clean RFC 5322 mailbox list."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple is not None:
+        local, domain = simple.group("local", "domain")
+        if local is None:
+            local, domain = simple.group("alocal", "adomain")
+        return [f"{local}@{domain}"]
     if "\x00" in value or "\r" in value.replace("\r\n", ""):
         return None
     try:
