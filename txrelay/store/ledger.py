@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -96,7 +97,9 @@ def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
     Idempotent by txn_id: recording a transaction again (a journal replayed twice, a retry
     after a timeout that did commit) changes nothing.
 
-    BEGIN, the statement and COMMIT go out in one pipeline: one network round trip."""
+    One statement in its own implicit transaction: one network round trip, and the quota
+    blocks stay locked only while PostgreSQL runs it and commits (never while it waits
+    for the client to send COMMIT)."""
     params = {
         "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
         "message_id": message.message_id, "account_id": message.account_id,
@@ -105,9 +108,7 @@ def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
         "recipients": list(message.recipients), "accepted_at": message.accepted_at,
         "release_holds": list(release_holds),
     }
-    with conn.pipeline(), conn.transaction():
-        cursor = conn.execute(RECORD_ACCEPTANCE, params)
-    rows = cursor.fetchall()
+    rows = _one_statement(conn, RECORD_ACCEPTANCE, params)
     if not rows:
         return Recorded(None, [])
     allocations = [Allocation(str(_field(r, "recipient")), str(_field(r, "billing")),
@@ -119,6 +120,22 @@ def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime)
     """Units left in the account's live blocks: what Redis's balance starts from."""
     row = conn.execute(REMAINING_QUOTA, {"account_id": account_id, "now": now}).fetchone()
     return int(_column(row, "remaining")) if row is not None else 0
+
+
+def _one_statement(conn: psycopg.Connection, query: str,
+                   params: dict[str, object]) -> list[Any]:
+    """Run one statement as its own transaction (autocommit: atomic, no BEGIN/COMMIT round
+    trips), or inside the caller's transaction when there is one."""
+    if conn.autocommit:
+        return conn.execute(query, params).fetchall()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with conn.transaction():  # a savepoint in the caller's transaction
+            return conn.execute(query, params).fetchall()
+    conn.autocommit = True
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.autocommit = False
 
 
 def _field(row: object, name: str) -> object:
