@@ -19,6 +19,7 @@ import Milter
 from txrelay import metrics
 from txrelay.errors import ServiceUnavailable
 from txrelay.milter.logline import format_fields
+from txrelay.milter.nodelay import ensure_nodelay
 from txrelay.milter.runtime import LedgerUnavailable, Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
@@ -107,6 +108,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mail_from: str, *params: str) -> int:
         """MAIL: who is sending ({auth_authen}) and may they use this sender domain."""
         self._end_transaction(None, release=True)  # a transaction never closed by abort()
+        ensure_nodelay()  # once per process: inet sockets without Nagle's 40 ms stall
         login = self.getsymval("{auth_authen}")
         snapshot = self.runtime.policy.snapshot_knowing(login)
         if snapshot is None:

@@ -18,8 +18,9 @@ _FROM_PARSER = email.headerregistry.HeaderRegistry()
 # test checks that both agree on everything the fast path takes.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDR_SPEC = rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+_ANGLE_ADDR = "<" + _ADDR_SPEC.replace("?P<", "?P<a") + ">"  # groups alocal, adomain
 _SIMPLE_MAILBOX = re.compile(
-    rf'(?:{_ADDR_SPEC}|(?:{_ATEXT}(?: {_ATEXT})*|"[ !#-\[\]-~]+") <{_ADDR_SPEC.replace("?P<", "?P<a")}>)')
+    rf'(?:{_ADDR_SPEC}|(?:{_ATEXT}(?: {_ATEXT})*|"[ !#-\[\]-~]+") {_ANGLE_ADDR})')
 
 
 def envelope_address(raw: str) -> str:
@@ -103,7 +104,7 @@ def _mailboxes(value: str) -> list[str] | None:
         return None
     try:
         header = _FROM_PARSER("from", value)
-    except (email.errors.HeaderParseError, ValueError, IndexError, TypeError):
+    except (email.errors.HeaderParseError, ValueError, IndexError, TypeError, AttributeError):
         return None
     if getattr(header, "defects", None):
         return None
