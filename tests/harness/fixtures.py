@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -63,13 +64,21 @@ class RelayStack:
         return made
 
     def settle_policy(self) -> None:
-        """Wait until the milter's policy poll has seen a provisioning change.
+        """Wait until the milter has loaded the policy version PostgreSQL holds now.
 
-        The milter reloads its policy snapshot every [milter] policy_refresh_seconds; until
-        then a just-created login is unknown to it (refused 550). Reported to the milter's
-        owner: a miss should force a reload before refusing.
+        A new login makes the milter reload at once, but other changes (a booked block
+        turning a demo account into a paid one) reach it with its next poll; under load a
+        fixed sleep was not always enough, so wait for the milter's own log line.
         """
-        time.sleep(2 * self.config.milter.policy_refresh_seconds + 0.3)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT version FROM policy_version").fetchone()
+        wanted = int(row[0]) if row else 0
+        deadline = time.monotonic() + 20
+        while self.milter.loaded_policy_version() < wanted:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the milter did not load policy version {wanted} in 20 s"
+                                     f"\n{self.milter.log()}")
+            time.sleep(0.05)
 
     def usage(self, account_id: int) -> Usage:
         return account_usage(self.database_url, account_id)

@@ -7,6 +7,7 @@ import email.message
 import email.policy
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -258,6 +259,15 @@ class MilterProcess:
 
     def log(self, lines: int = 60) -> str:
         return self.process.log(lines)
+
+    def loaded_policy_version(self) -> int:
+        """The newest policy version the milter logged as loaded (0 before the first)."""
+        try:
+            text = self.process.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return 0
+        versions = re.findall(r"event=policy_loaded version=(\d+)", text)
+        return int(versions[-1]) if versions else 0
 
 
 def _alive(pid: int) -> bool:
