@@ -52,19 +52,9 @@ def cli(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
 
 def _register() -> None:
     for module_name, attribute in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # a command group still being built
-        cli.add_command(getattr(module, attribute))
+        cli.add_command(getattr(importlib.import_module(module_name), attribute))
     for module_name in EXTENSIONS:
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
+        importlib.import_module(module_name)
 
 
 _register()
