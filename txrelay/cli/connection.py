@@ -137,9 +137,7 @@ def disable(cli: CliContext, name: str, account: str | None) -> None:
     Example:
       txrelay connection disable "Web shop" --account "Acme GmbH"
     """
-    changed = connections.set_enabled(cli.db, name, account, False)
-    cli.emit(connection_view(changed), lambda: click.echo(
-        f"Disabled connection {changed.name!r} of account {changed.account_name!r}."))
+    _set_enabled(cli, name, account, enabled=False)
 
 
 @connection.command("enable")
@@ -154,9 +152,14 @@ def enable(cli: CliContext, name: str, account: str | None) -> None:
     Example:
       txrelay connection enable "Web shop" --account "Acme GmbH"
     """
-    changed = connections.set_enabled(cli.db, name, account, True)
+    _set_enabled(cli, name, account, enabled=True)
+
+
+def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bool) -> None:
+    changed = connections.set_enabled(cli.db, name, account, enabled)
+    verb = "Enabled" if enabled else "Disabled"
     cli.emit(connection_view(changed), lambda: click.echo(
-        f"Enabled connection {changed.name!r} of account {changed.account_name!r}."))
+        f"{verb} connection {changed.name!r} of account {changed.account_name!r}."))
 
 
 @connection.command("rotate-password")
