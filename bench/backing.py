@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from bench.procs import BenchFailure, free_port, run
 from txrelay.config import Config, MetricsConfig, load_config, render_toml
 from txrelay.store import database
 
-VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", "/opt/txrelay-venv/bin"))
+# The venv whose txrelay (and py-spy) the bench runs: the one running it, unless named.
+VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", Path(sys.executable).parent))
 TXRELAY = str(VENV_BIN / "txrelay")
 ADMIN_DSN = os.environ.get("BENCH_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Never DB 0 (production-like data) nor 9 (the test suite); keys carry a per-run prefix and

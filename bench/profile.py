@@ -23,7 +23,7 @@ class Profiler:
     def __init__(self, pid: int, output: Path, *, gil: bool, rate: int = 250) -> None:
         tool = shutil.which("py-spy") or str(VENV_BIN / "py-spy")
         if not Path(tool).exists():
-            raise BenchFailure("py-spy is not installed: /opt/txrelay-venv/bin/pip install "
+            raise BenchFailure(f"py-spy is not installed: {VENV_BIN / 'pip'} install "
                                "py-spy (or run without --profile)")
         self.output = output
         self.log = output.with_suffix(".log")

@@ -6,13 +6,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-VENV_BIN = Path(os.environ.get("E2E_VENV_BIN", "/opt/txrelay-venv/bin"))
+# The `txrelay` the services run: the one installed beside the Python running the tests
+# (scripts/test.sh runs the venv's pytest), unless E2E_VENV_BIN names another venv.
+VENV_BIN = Path(os.environ.get("E2E_VENV_BIN", Path(sys.executable).parent))
 TXRELAY = str(VENV_BIN / "txrelay")
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import Milter
 import pytest
 
+from tests.harness.processes import TXRELAY as HARNESS_TXRELAY
 from tests.milter.conftest import BODY, default_headers
 from tests.store.builders import Tenant
 
-TXRELAY = Path("/opt/txrelay-venv/bin/txrelay")
+TXRELAY = Path(HARNESS_TXRELAY)
 SMFIP_NOCONNECT, SMFIP_NOHELO, SMFIP_NOHDRS, SMFIP_NOEOH = 0x01, 0x02, 0x20, 0x40
 SMFIP_NODATA = 0x200
 SMFIP_NR_HDR, SMFIP_NOUNKNOWN = 0x80, 0x100

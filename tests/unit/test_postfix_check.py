@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.processes import TXRELAY
 from txrelay.config import Config
 from txrelay.provisioning.postfix import (
     PostfixPlan,
@@ -19,7 +20,6 @@ from txrelay.provisioning.postfix import (
     plan_postfix,
 )
 
-TXRELAY = "/opt/txrelay-venv/bin/txrelay"
 LISTEN = "127.0.0.1:10998"
 SERVICE = f"{LISTEN}/inet"
 
