@@ -29,6 +29,7 @@ from bench.profile import Profiler, summarise
 from bench.report import as_json, medians, ratios, render, targets
 from bench.scenarios import Measurement, Runner
 from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX, Stack, bench_stack
+from tests.harness.processes import HarnessError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: backing services now: {probe}", flush=True)
             _run_all(runner, stack, plan, args, raw)
             profile = _profile(runner, stack, plan, results) if args.profile else None
-    except BenchFailure as exc:
+    except HarnessError as exc:  # BenchFailure, or a shared process helper's failure
         failure = exc
     except (OSError, subprocess.SubprocessError, psycopg.Error, redis.RedisError) as exc:
         failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")

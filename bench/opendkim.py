@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bench.procs import Daemon, port_open, unix_socket_open, wait_until
+from bench.procs import ManagedProcess, port_open, unix_socket_open, wait_until
 
 SELECTOR = "odkim"
 
@@ -53,7 +53,7 @@ class OpenDkim:
             f"PidFile {directory / (name + '.pid')}",
             "",
         ]))
-        self.daemon = Daemon(["opendkim", "-f", "-x", str(conf)], directory / f"{name}.log")
+        self.daemon = ManagedProcess(["opendkim", "-f", "-x", str(conf)], directory / f"{name}.log")
 
     def start(self) -> None:
         self.daemon.start()

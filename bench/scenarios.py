@@ -150,7 +150,7 @@ class Runner:
         wait_until(lambda: sink.count() >= count and postfix.queued() == 0,
                    120 + count / 2, f"{scenario}/{target.name}: {count} messages at the sink",
                    lambda: f"sink has {sink.count()}, queue {postfix.queued()}\n"
-                           f"{postfix.log_since(max(0, postfix.log_size() - 3000))}",
+                           f"{postfix.log(30)}",
                    interval=0.02)
         return time.perf_counter() - started
 

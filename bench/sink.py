@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from bench.procs import Daemon, free_port, port_open, wait_until
+from bench.procs import ManagedProcess, free_port, port_open, wait_until
 
 # Lines smtp-sink writes in front of the message (its dump format, see smtp-sink(1)).
 SINK_RECORDS = (b"X-Client-Addr:", b"X-Client-Proto:", b"X-Helo-Args:", b"X-Mail-Args:",
@@ -24,7 +24,7 @@ class SmtpSink:
         self.spool = root / "sink-spool"
         self.spool.mkdir(mode=0o755, parents=True)
         shutil.chown(self.spool, "postfix", "postfix")
-        self.daemon = Daemon(["smtp-sink", "-u", "postfix", "-h", "sink.bench.test",
+        self.daemon = ManagedProcess(["smtp-sink", "-u", "postfix", "-h", "sink.bench.test",
                               "-d", f"{self.spool}/m.", f"127.0.0.1:{self.port}", "256"],
                              root / "smtp-sink.log")
 

@@ -17,7 +17,7 @@ from bench.opendkim import OpenDkim, make_key
 from bench.postfix import BenchPostfix
 from bench.procs import (
     BenchFailure,
-    Daemon,
+    ManagedProcess,
     free_port,
     port_open,
     run,
@@ -53,7 +53,7 @@ class Stack:
     postfix: BenchPostfix
     sink: SmtpSink
     targets: dict[str, Target]
-    milters: dict[str, Daemon]
+    milters: dict[str, ManagedProcess]
 
     @property
     def submission_port(self) -> int:
@@ -70,7 +70,7 @@ class TxrelayMilter:
         if socket:
             argv += ["--socket", socket]
         env = dict(os.environ, TXRELAY_METRICS_MILTER_LISTEN=f"127.0.0.1:{self.metrics_port}")
-        self.daemon = Daemon(argv, log_path, env=env)
+        self.daemon = ManagedProcess(argv, log_path, env=env)
 
     def start(self, config: Config) -> None:
         self.daemon.start()
@@ -115,7 +115,7 @@ def bench_stack(root: Path) -> Iterator[Stack]:
                                submission_port=config.smtp.port, config_file=config_file,
                                txrelay=backing.TXRELAY)
         unix_socket = "unix:" + config.milter.socket.split(":", 1)[1]
-        postfix.prepare([
+        postfix.prepare_listeners([
             (NONE, "", ""),
             (ODK_UNIX, odk[0].postfix_socket, ""),
             (ODK_INET, odk[1].postfix_socket, ""),

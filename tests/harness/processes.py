@@ -31,12 +31,12 @@ def free_port() -> int:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
-               diagnose: Callable[[], str] | None = None) -> None:
+               diagnose: Callable[[], str] | None = None, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(0.05)
+        time.sleep(interval)
     detail = f"\n{diagnose()}" if diagnose else ""
     raise HarnessError(f"{what} not ready after {timeout:.0f}s{detail}")
 
@@ -124,6 +124,12 @@ class ManagedProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise HarnessError(f"{self.argv[0]} is not running")
+        return self.process.pid
 
     def stop(self, timeout: float = 10) -> None:
         if self.process is None:

@@ -124,7 +124,8 @@ class PostfixInstance:
     configure --config-directory` (the code path an admin runs)."""
 
     def __init__(self, directory: Path, *, sink_port: int, submission_port: int,
-                 config_file: Path) -> None:
+                 config_file: Path, txrelay: str = TXRELAY) -> None:
+        self.txrelay = txrelay
         self.root = directory
         self.config_directory = directory / "etc"
         self.queue_directory = directory / "queue"
@@ -146,7 +147,7 @@ class PostfixInstance:
         shutil.copy("/etc/postfix/master.cf", self.config_directory / "master.cf")
         self.postconf("-F", "*/*/chroot = n")
         self.postconf("-MX", "smtp/inet")
-        done = run([TXRELAY, "--config", str(self.config_file), "--json", "postfix",
+        done = run([self.txrelay, "--config", str(self.config_file), "--json", "postfix",
                     "configure", "--config-directory", str(self.config_directory),
                     "--listen", f"{SUBMISSION_HOST}:{self.submission_port}"])
         self.configure_report = json.loads(done.stdout)
