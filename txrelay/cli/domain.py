@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import click
@@ -9,9 +10,10 @@ import click
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.errors import Conflict, NotFound, ServiceUnavailable, TxRelayError
 from txrelay.provisioning import dns_check, domains
-from txrelay.provisioning.domains import KeyChoice
-from txrelay.provisioning.views import domain_record, domain_view, table
-from txrelay.store.domains import SendingDomain
+from txrelay.provisioning.dns_check import PublicationCheck
+from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
+from txrelay.provisioning.views import domain_record, domain_view, short_time, table
+from txrelay.store.domains import DkimKey, SendingDomain
 
 _CHECK_FAILURES: dict[str, type[TxRelayError]] = {
     "missing": NotFound, "mismatch": Conflict, "dns-error": ServiceUnavailable,
@@ -26,6 +28,12 @@ def domain() -> None:
     Example:
       txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help
       txrelay domain check acme.example
+
+    \b
+    Replacing a DKIM key without breaking verification:
+      txrelay domain rotate-key acme.example    # new key, not used yet; publish its record
+      txrelay domain switch-key acme.example    # once DNS has it: sign with the new key
+      txrelay domain retire-key acme.example OLD_SELECTOR   # 7 days later: drop the old one
     """
 
 
@@ -69,12 +77,23 @@ def _print_added(added: SendingDomain) -> None:
 
 
 def _print_record(found: SendingDomain) -> None:
+    """Every record the domain must publish: the signing key's, then pending/retiring ones."""
     record = domain_record(found)
     click.echo("Publish this DNS record (BIND zone-file form):\n")
     click.echo(record.zone_line() + "\n")
+    for rotating in found.rotating:
+        click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
+        click.echo(domain_record(found, rotating.key).zone_line() + "\n")
     click.echo(f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
                "single value, paste the quoted parts joined without quotes or spaces. Then run "
                f"'txrelay domain check {found.domain}'.")
+
+
+def _state_text(state: str, since: dt.datetime) -> str:
+    if state == "pending":
+        return f"for the new key (pending since {short_time(since)}, not signing yet)"
+    return (f"for the old key (retiring: stopped signing {short_time(since)}; keep it "
+            f"published until {short_time(since + RETIRE_AFTER)})")
 
 
 @domain.command("dns")
@@ -97,24 +116,45 @@ def dns(cli: CliContext, domain_name: str) -> None:
 @json_option
 @pass_cli
 def check(cli: CliContext, domain_name: str) -> None:
-    """Look up DOMAIN's DKIM record in DNS; exit 1 unless it publishes the stored key.
+    """Look up DOMAIN's DKIM records in DNS; exit 1 unless each publishes its stored key.
+
+    During a key rotation the new (pending) and old (retiring) keys are checked too: the new
+    record must be there before 'switch-key', the old one until 'retire-key'.
 
     \b
     Example:
       txrelay domain check acme.example && echo ready to send
     """
     found = domains.get_domain(cli.db, domain_name)
-    result = dns_check.check_publication(domain_record(found), found.key.algorithm,
-                                         found.key.public_key_b64)
+    result = _check_key(found, found.key)
+    others = [(r.state, r.key.selector, _check_key(found, r.key)) for r in found.rotating]
     data = {"domain": found.domain, "record": result.record_name, "status": result.status,
-            "ok": result.ok, "found": list(result.found), "detail": result.detail}
+            "ok": result.ok, "found": list(result.found), "detail": result.detail,
+            "keys": [{"selector": found.key.selector, "state": "signing",
+                      "status": result.status, "ok": result.ok, "detail": result.detail},
+                     *({"selector": selector, "state": state, "status": other.status,
+                        "ok": other.ok, "detail": other.detail}
+                       for state, selector, other in others)]}
     if cli.as_json:
         cli.emit(data, lambda: None)
-    elif result.ok:
-        click.echo(f"OK: {result.detail}")
+    else:
+        for state, selector, other in [("signing", found.key.selector, result), *others]:
+            if other.ok:
+                click.echo(f"OK ({state} key, selector {selector}): {other.detail}"
+                           if others else f"OK: {other.detail}")
     if not result.ok:
         # main.py turns these into one line on stderr and exit status 1.
         raise _CHECK_FAILURES[result.status](f"DKIM not ready: {result.detail}")
+    for state, selector, other in others:
+        if not other.ok:
+            raise _CHECK_FAILURES[other.status](
+                f"the {state} key (selector {selector}) is not published as it must be: "
+                f"{other.detail}")
+
+
+def _check_key(found: SendingDomain, key: DkimKey) -> PublicationCheck:
+    return dns_check.check_publication(domain_record(found, key), key.algorithm,
+                                       key.public_key_b64)
 
 
 @domain.command("list")
@@ -122,17 +162,24 @@ def check(cli: CliContext, domain_name: str) -> None:
 @json_option
 @pass_cli
 def list_(cli: CliContext, account: str | None) -> None:
-    """List sending domains with account, selector, algorithm and List-Help.
+    """List sending domains with account, signing selector, algorithm and List-Help.
+
+    ROTATING names keys in the middle of a rotation: pending (published, not signing yet)
+    and retiring (no longer signing, still published).
 
     \b
     Example:
       txrelay domain list --account "Acme GmbH"
     """
     found = domains.list_domains(cli.db, account)
-    rows = [(d.domain, d.account_name, d.key.selector, d.key.algorithm, d.list_help)
-            for d in found]
+    rows = [(d.domain, d.account_name, d.key.selector, d.key.algorithm, _rotating_text(d),
+             d.list_help) for d in found]
     cli.emit([domain_view(d) for d in found], lambda: click.echo(table(
-        ("DOMAIN", "ACCOUNT", "SELECTOR", "ALGORITHM", "LIST-HELP"), rows)))
+        ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "ROTATING", "LIST-HELP"), rows)))
+
+
+def _rotating_text(found: SendingDomain) -> str:
+    return ", ".join(f"{r.key.selector} ({r.state})" for r in found.rotating) or "-"
 
 
 @domain.command("set")
@@ -151,3 +198,136 @@ def set_(cli: CliContext, domain_name: str, list_help: str) -> None:
     changed = domains.change_list_help(cli.db, domain_name, list_help)
     cli.emit(domain_view(changed), lambda: click.echo(
         f"{changed.domain}: List-Help is now {changed.list_help}"))
+
+
+@domain.command("show")
+@click.argument("domain_name", metavar="DOMAIN")
+@json_option
+@pass_cli
+def show(cli: CliContext, domain_name: str) -> None:
+    """Show DOMAIN: account, List-Help, and each DKIM key with its state.
+
+    States: signing (mail is signed with it), pending (new key; publish its record, then
+    'switch-key'), retiring (replaced; keep its record published until the date shown, then
+    'retire-key').
+
+    \b
+    Example:
+      txrelay domain show acme.example
+    """
+    found = domains.get_domain(cli.db, domain_name)
+    cli.emit(domain_view(found), lambda: _print_domain(found))
+
+
+def _print_domain(found: SendingDomain) -> None:
+    click.echo(f"Domain:    {found.domain}\nAccount:   {found.account_name}\n"
+               f"List-Help: {found.list_help}\nAdded:     {short_time(found.created_at)}\n")
+    rows = [(found.key.selector, found.key.algorithm, "signing", "-", "-")]
+    rows += [(r.key.selector, r.key.algorithm, r.state, short_time(r.since),
+              short_time(r.since + RETIRE_AFTER) if r.state == "retiring" else "-")
+             for r in found.rotating]
+    click.echo(table(("SELECTOR", "ALGORITHM", "STATE", "SINCE", "KEEP PUBLISHED UNTIL"),
+                     rows))
+
+
+@domain.command("rotate-key")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--selector", metavar="S",
+              help="Selector of the new key (default txr<yyyymm>, or txr<yyyymm>-2… if taken).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              help="Use this existing unencrypted PEM private key instead of generating one.")
+@click.option("--algorithm", type=click.Choice(["rsa", "ed25519"]),
+              help="Key type to generate (default: the type of the current key).")
+@json_option
+@pass_cli
+def rotate_key(cli: CliContext, domain_name: str, selector: str | None, key_file: Path | None,
+               algorithm: str | None) -> None:
+    """Step 1 of a key rotation: add a new DKIM key for DOMAIN under a new selector.
+
+    Nothing is signed with the new key yet: publish the DNS record printed here, then run
+    'txrelay domain switch-key DOMAIN'. The current key keeps signing until then.
+
+    \b
+    Example:
+      txrelay domain rotate-key acme.example
+      txrelay domain rotate-key acme.example --selector mail2027 --algorithm ed25519
+    """
+    choice = KeyChoice(selector, algorithm, key_file)
+    rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice)
+    pending = domains.pending_key(rotated)
+    cli.emit(domain_view(rotated), lambda: _print_pending(rotated, pending.key))
+
+
+def _print_pending(found: SendingDomain, key: DkimKey) -> None:
+    record = domain_record(found, key)
+    click.echo(f"New DKIM key for {found.domain}: selector {key.selector}, {key.algorithm} "
+               f"(pending; {found.domain} still signs with selector {found.key.selector}).")
+    click.echo("Publish this DNS record (BIND zone-file form) next to the current one:\n")
+    click.echo(record.zone_line() + "\n")
+    click.echo(f"Then run 'txrelay domain switch-key {found.domain}': it checks that the record "
+               "is visible in DNS and starts signing with the new key.")
+
+
+@domain.command("switch-key")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--force", is_flag=True,
+              help="Switch without looking the new record up in DNS. Receivers cannot verify "
+                   "mail signed with the new key until its record is published, so use this "
+                   "only when you checked DNS yourself (e.g. a split-horizon resolver).")
+@json_option
+@pass_cli
+def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
+    """Step 2 of a key rotation: sign DOMAIN's mail with its new (pending) key.
+
+    First checks in DNS that the new key's record is published (refuses otherwise). The old
+    key becomes 'retiring': keep its DNS record for 7 more days, since mail already signed
+    with it is still in queues and is verified on arrival; then run 'txrelay domain
+    retire-key DOMAIN OLD_SELECTOR'. Every milter picks the new key up with its next policy
+    refresh (seconds).
+
+    \b
+    Example:
+      txrelay domain switch-key acme.example
+    """
+    found = domains.get_domain(cli.db, domain_name)
+    pending = domains.pending_key(found)
+    if not force:
+        result = _check_key(found, pending.key)
+        if not result.ok:
+            raise _CHECK_FAILURES[result.status](
+                f"not switching: the new key (selector {pending.key.selector}) is not "
+                f"published yet: {result.detail}. Run again once DNS shows it, or give --force")
+    switched, old = domains.switch_key(cli.db, cli.clock.now(), found.domain, pending.key.id)
+    keep_until = short_time(cli.clock.now() + RETIRE_AFTER)
+    cli.emit(domain_view(switched), lambda: click.echo(
+        f"{switched.domain} now signs with selector {switched.key.selector}. Keep the record "
+        f"of selector {old.selector} ({old.selector}._domainkey.{switched.domain}) published "
+        f"until {keep_until} UTC, then run 'txrelay domain retire-key {switched.domain} "
+        f"{old.selector}'."))
+
+
+@domain.command("retire-key")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.argument("selector", metavar="SELECTOR")
+@click.option("--force", is_flag=True,
+              help="Retire a replaced key before its 7 days are over. Mail signed with it that "
+                   "is still queued somewhere will fail DKIM once its record is removed.")
+@json_option
+@pass_cli
+def retire_key(cli: CliContext, domain_name: str, selector: str, force: bool) -> None:
+    """Step 3 of a key rotation: forget DOMAIN's old key SELECTOR.
+
+    Allowed 7 days after 'switch-key' replaced it. Also drops a pending key that never
+    signed (a rotation given up). Afterwards remove its DNS record.
+
+    \b
+    Example:
+      txrelay domain retire-key acme.example txr202611
+    """
+    retired_from, retired = domains.retire_key(cli.db, cli.clock.now(), domain_name, selector,
+                                               force)
+    name = f"{retired.key.selector}._domainkey.{retired_from.domain}"
+    cli.emit(domain_view(retired_from), lambda: click.echo(
+        f"Retired the {retired.state} key of {retired_from.domain} (selector "
+        f"{retired.key.selector}); remove the DNS record {name} now. "
+        f"{retired_from.domain} signs with selector {retired_from.key.selector}."))

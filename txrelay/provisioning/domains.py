@@ -1,4 +1,4 @@
-"""Sending-domain operations: add with a DKIM key, show the DNS record, change List-Help."""
+"""Sending-domain operations: add with a DKIM key, rotate that key, change List-Help."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 
 import psycopg
 
-from txrelay.errors import InvalidInput, NotFound
+from txrelay.errors import Conflict, InvalidInput, NotFound
 from txrelay.policy.names import normalize_domain, normalize_list_help, normalize_selector
 from txrelay.provisioning import dkim_keys
 from txrelay.provisioning.accounts import get_account
 from txrelay.provisioning.integrity import transaction
 from txrelay.store import domains as domain_store
-from txrelay.store.domains import SendingDomain
+from txrelay.store.domains import DkimKey, RotatingKey, SendingDomain
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,14 @@ def add_domain(conn: psycopg.Connection, now: dt.datetime, account_name: str, do
         if choice.reuse_key_of is not None:
             key_id = _shared_key(conn, account.id, account.name, choice)
         else:
-            key_id = _new_key(conn, account.id, now, choice)
+            selector = normalize_selector(choice.selector or default_selector(now))
+            key_id = _new_key(conn, account.id, selector, choice)
         domain_store.insert_domain(conn, account.id, name, help_target, key_id)
     return get_domain(conn, name)
 
 
-def _new_key(conn: psycopg.Connection, account_id: int, now: dt.datetime,
+def _new_key(conn: psycopg.Connection, account_id: int, selector: str,
              choice: KeyChoice) -> int:
-    selector = normalize_selector(choice.selector or default_selector(now))
     if choice.key_file is not None:
         material = dkim_keys.load_key_file(choice.key_file, choice.algorithm)
     else:
@@ -100,3 +100,109 @@ def change_list_help(conn: psycopg.Connection, domain: str, list_help: str) -> S
         domain_store.update_list_help(conn, found.id, help_target)
     return get_domain(conn, domain)
 
+
+
+# How long a replaced key stays published. Postfix gives up on a message after 5 days
+# (maximal_queue_lifetime), other senders' queues are similar, and receivers verify when the
+# message arrives; two more days cover clock skew and slow retries.
+RETIRE_AFTER = dt.timedelta(days=7)
+
+_ONE_PENDING = {"dkim_key_rotations_one_pending": "another rotation of this domain started at "
+                                                   "the same time; see 'txrelay domain show'"}
+
+
+def start_rotation(conn: psycopg.Connection, now: dt.datetime, domain: str,
+                   choice: KeyChoice) -> SendingDomain:
+    """Add a new key under a new selector as 'pending': the domain keeps signing with its
+    current key until the new record is published and the admin switches."""
+    if choice.reuse_key_of is not None:
+        raise InvalidInput("a rotation makes a new key (or takes --key-file); --reuse-key-of "
+                           "is only for 'txrelay domain add'")
+    with transaction(conn, _ONE_PENDING):
+        found = _locked_domain(conn, domain)
+        pending = found.rotating_key("pending")
+        if pending is not None:
+            raise Conflict(f"{found.domain} already has a new key waiting under selector "
+                           f"{pending.key.selector}; publish its record and run 'txrelay domain "
+                           f"switch-key {found.domain}', or drop it with 'txrelay domain "
+                           f"retire-key {found.domain} {pending.key.selector}'")
+        selector = _rotation_selector(choice.selector, now, found.selectors, found.domain)
+        key_choice = KeyChoice(selector, choice.algorithm or (
+            None if choice.key_file else found.key.algorithm), choice.key_file)
+        key_id = _new_key(conn, found.account_id, selector, key_choice)
+        domain_store.insert_rotating_key(conn, found.id, key_id, "pending", now)
+    return get_domain(conn, found.domain)
+
+
+def _rotation_selector(wanted: str | None, now: dt.datetime, taken: set[str],
+                       domain: str) -> str:
+    """The given selector, or txr<yyyymm> (then -2, -3… when this month's is taken)."""
+    if wanted is not None:
+        selector = normalize_selector(wanted)
+        if selector in taken:
+            raise Conflict(f"{domain} already publishes selector {selector}; a new key needs a "
+                           "selector of its own (its DNS record is separate)")
+        return selector
+    base = default_selector(now)
+    candidates = (base if n == 1 else f"{base}-{n}" for n in range(1, len(taken) + 2))
+    return next(c for c in candidates if c not in taken)
+
+
+def pending_key(found: SendingDomain) -> RotatingKey:
+    """The new key waiting to sign for the domain, or a message saying how to make one."""
+    pending = found.rotating_key("pending")
+    if pending is None:
+        raise NotFound(f"{found.domain} has no new key waiting; start a rotation with "
+                       f"'txrelay domain rotate-key {found.domain}'")
+    return pending
+
+
+def switch_key(conn: psycopg.Connection, now: dt.datetime, domain: str,
+               checked_key_id: int) -> tuple[SendingDomain, DkimKey]:
+    """Sign with the pending key from now on; the old key becomes 'retiring' (still listed as
+    published). checked_key_id is the pending key whose DNS record the caller checked (or
+    chose not to): a rotation restarted meanwhile is refused rather than switched blind."""
+    with transaction(conn):
+        found = _locked_domain(conn, domain)
+        pending = pending_key(found)
+        if pending.key.id != checked_key_id:
+            raise Conflict(f"the new key of {found.domain} changed while its DNS record was "
+                           "checked; run the command again")
+        domain_store.delete_rotating_key(conn, found.id, pending.key.id)
+        domain_store.update_signing_key(conn, found.id, pending.key.id)
+        domain_store.insert_rotating_key(conn, found.id, found.key.id, "retiring", now)
+    return get_domain(conn, found.domain), found.key
+
+
+def retire_key(conn: psycopg.Connection, now: dt.datetime, domain: str, selector: str,
+               force: bool) -> tuple[SendingDomain, RotatingKey]:
+    """Stop publishing a retiring key (after RETIRE_AFTER unless forced), or drop a pending
+    key that never signed. The key itself is deleted once no domain uses it."""
+    wanted = normalize_selector(selector)
+    with transaction(conn):
+        found = _locked_domain(conn, domain)
+        if wanted == found.key.selector:
+            raise InvalidInput(f"selector {wanted} signs the mail of {found.domain}; replace "
+                               f"it first ('txrelay domain rotate-key {found.domain}', then "
+                               "'switch-key')")
+        match = next((r for r in found.rotating if r.key.selector == wanted), None)
+        if match is None:
+            raise NotFound(f"{found.domain} has no key with selector {wanted}; 'txrelay domain "
+                           f"show {found.domain}' lists its keys")
+        since = match.since.astimezone(dt.UTC)
+        keep_until = since + RETIRE_AFTER
+        if match.state == "retiring" and now < keep_until and not force:
+            raise Conflict(f"selector {wanted} of {found.domain} stopped signing on "
+                           f"{since:%Y-%m-%d %H:%M} UTC; receivers may still verify "
+                           f"mail signed with it until {keep_until:%Y-%m-%d %H:%M} UTC. Retire "
+                           "it then, or give --force if no such mail can remain")
+        domain_store.delete_rotating_key(conn, found.id, match.key.id)
+        domain_store.delete_unused_key(conn, match.key.id)
+    return get_domain(conn, found.domain), match
+
+
+def _locked_domain(conn: psycopg.Connection, domain: str) -> SendingDomain:
+    """The domain, re-read after locking its row (inside the caller's transaction)."""
+    found = get_domain(conn, domain)
+    domain_store.lock_domain(conn, found.id)
+    return get_domain(conn, found.domain)

@@ -11,7 +11,7 @@ from txrelay.provisioning.dkim_keys import DnsRecord, dns_record
 from txrelay.provisioning.quota import QuotaReport
 from txrelay.store.accounts import AccountSummary
 from txrelay.store.connections import Connection
-from txrelay.store.domains import SendingDomain
+from txrelay.store.domains import DkimKey, SendingDomain
 from txrelay.store.quota import QuotaBlock
 
 
@@ -44,9 +44,18 @@ def record_view(record: DnsRecord) -> dict[str, Any]:
             "strings": record.strings, "zone_line": record.zone_line()}
 
 
-def domain_record(domain: SendingDomain) -> DnsRecord:
-    return dns_record(domain.key.selector, domain.domain, domain.key.algorithm,
-                      domain.key.public_key_b64)
+def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecord:
+    """The TXT record of the domain's signing key, or of another key it publishes."""
+    key = key or domain.key
+    return dns_record(key.selector, domain.domain, key.algorithm, key.public_key_b64)
+
+
+def domain_keys_view(domain: SendingDomain) -> list[dict[str, Any]]:
+    """Every key the domain publishes: the signing one, then pending and retiring ones."""
+    keys = [(domain.key, "signing", None), *((r.key, r.state, r.since) for r in domain.rotating)]
+    return [{"selector": key.selector, "algorithm": key.algorithm, "state": state,
+             "since": timestamp(since), "dkim_key_id": key.id,
+             "dns": record_view(domain_record(domain, key))} for key, state, since in keys]
 
 
 def domain_view(domain: SendingDomain) -> dict[str, Any]:
@@ -59,6 +68,7 @@ def domain_view(domain: SendingDomain) -> dict[str, Any]:
         "algorithm": domain.key.algorithm,
         "dkim_key_id": domain.key.id,
         "dns": record_view(domain_record(domain)),
+        "keys": domain_keys_view(domain),
         "created_at": timestamp(domain.created_at),
     }
 

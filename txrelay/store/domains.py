@@ -20,6 +20,16 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
+class RotatingKey:
+    """A key the domain publishes but does not sign with: 'pending' (new, waiting for its DNS
+    record) or 'retiring' (old, kept published for mail still in flight), since when."""
+
+    key: DkimKey
+    state: str
+    since: dt.datetime
+
+
+@dataclass(frozen=True)
 class SendingDomain:
     id: int
     account_id: int
@@ -27,7 +37,17 @@ class SendingDomain:
     domain: str
     list_help: str
     created_at: dt.datetime
-    key: DkimKey
+    key: DkimKey  # the key the domain signs with
+    rotating: tuple[RotatingKey, ...] = ()
+
+    def rotating_key(self, state: str) -> RotatingKey | None:
+        """The first pending or retiring key (there is at most one pending key)."""
+        return next((r for r in self.rotating if r.state == state), None)
+
+    @property
+    def selectors(self) -> set[str]:
+        """Every selector whose record this domain publishes."""
+        return {self.key.selector, *(r.key.selector for r in self.rotating)}
 
 
 INSERT_DKIM_KEY = """
@@ -66,21 +86,42 @@ SELECT d.id, d.account_id, a.name AS account_name, d.domain, d.list_help, d.crea
  ORDER BY a.name, d.domain"""
 
 
+SELECT_ROTATING_KEYS = """
+SELECT r.domain_id, r.state, r.since,
+       k.id AS key_id, k.account_id, k.selector, k.algorithm, k.public_key_b64
+  FROM dkim_key_rotations r
+  JOIN dkim_keys k ON k.id = r.dkim_key_id
+ WHERE r.domain_id = ANY(%s)
+ ORDER BY r.state, r.since, k.id"""
+
+
 def find_domain(conn: psycopg.Connection, domain: str) -> SendingDomain | None:
     rows = conn.execute(SELECT_DOMAINS, {"domain": domain, "account_id": None}).fetchall()
-    return _domain(rows[0]) if rows else None  # type: ignore[arg-type]
+    found = _with_rotating_keys(conn, rows)  # type: ignore[arg-type]
+    return found[0] if found else None
 
 
 def list_domains(conn: psycopg.Connection, account_id: int | None = None) -> list[SendingDomain]:
     rows = conn.execute(SELECT_DOMAINS, {"domain": None, "account_id": account_id}).fetchall()
-    return [_domain(row) for row in rows]  # type: ignore[arg-type]
+    return _with_rotating_keys(conn, rows)  # type: ignore[arg-type]
 
 
-def _domain(row: dict) -> SendingDomain:
-    key = DkimKey(row["key_id"], row["account_id"], row["selector"], row["algorithm"],
-                  row["public_key_b64"])
-    return SendingDomain(row["id"], row["account_id"], row["account_name"], row["domain"],
-                         row["list_help"], row["created_at"], key)
+def _with_rotating_keys(conn: psycopg.Connection, rows: list[dict]) -> list[SendingDomain]:
+    """The domains of rows, each with its pending and retiring keys (one more query)."""
+    rotating: dict[int, list[RotatingKey]] = {}
+    if rows:
+        for r in conn.execute(SELECT_ROTATING_KEYS, ([row["id"] for row in rows],)).fetchall():
+            rotating.setdefault(r["domain_id"], []).append(  # type: ignore[call-overload]
+                RotatingKey(_key(r), r["state"], r["since"]))  # type: ignore[arg-type, call-overload]
+    return [SendingDomain(row["id"], row["account_id"], row["account_name"], row["domain"],
+                          row["list_help"], row["created_at"], _key(row),
+                          tuple(rotating.get(row["id"], ())))
+            for row in rows]
+
+
+def _key(row: dict) -> DkimKey:
+    return DkimKey(row["key_id"], row["account_id"], row["selector"], row["algorithm"],
+                   row["public_key_b64"])
 
 
 UPDATE_LIST_HELP = "UPDATE sending_domains SET list_help = %s WHERE id = %s"
@@ -88,3 +129,48 @@ UPDATE_LIST_HELP = "UPDATE sending_domains SET list_help = %s WHERE id = %s"
 
 def update_list_help(conn: psycopg.Connection, domain_id: int, list_help: str) -> None:
     conn.execute(UPDATE_LIST_HELP, (list_help, domain_id))
+
+
+INSERT_ROTATING_KEY = """
+INSERT INTO dkim_key_rotations (domain_id, dkim_key_id, state, since) VALUES (%s, %s, %s, %s)"""
+
+
+def insert_rotating_key(conn: psycopg.Connection, domain_id: int, key_id: int, state: str,
+                        since: dt.datetime) -> None:
+    conn.execute(INSERT_ROTATING_KEY, (domain_id, key_id, state, since))
+
+
+DELETE_ROTATING_KEY = "DELETE FROM dkim_key_rotations WHERE domain_id = %s AND dkim_key_id = %s"
+
+
+def delete_rotating_key(conn: psycopg.Connection, domain_id: int, key_id: int) -> None:
+    conn.execute(DELETE_ROTATING_KEY, (domain_id, key_id))
+
+
+UPDATE_SIGNING_KEY = "UPDATE sending_domains SET dkim_key_id = %s WHERE id = %s"
+
+
+def update_signing_key(conn: psycopg.Connection, domain_id: int, key_id: int) -> None:
+    conn.execute(UPDATE_SIGNING_KEY, (key_id, domain_id))
+
+
+# A key shared with other domains (domain add --reuse-key-of) lives on while any uses it.
+DELETE_UNUSED_KEY = """
+DELETE FROM dkim_keys k
+ WHERE k.id = %(id)s
+   AND NOT EXISTS (SELECT 1 FROM sending_domains d WHERE d.dkim_key_id = %(id)s)
+   AND NOT EXISTS (SELECT 1 FROM dkim_key_rotations r WHERE r.dkim_key_id = %(id)s)"""
+
+
+def delete_unused_key(conn: psycopg.Connection, key_id: int) -> bool:
+    """Delete the key (private half included) unless a domain still signs with or publishes
+    it; True when it was deleted."""
+    return conn.execute(DELETE_UNUSED_KEY, {"id": key_id}).rowcount == 1
+
+
+LOCK_DOMAIN = "SELECT id FROM sending_domains WHERE id = %s FOR UPDATE"
+
+
+def lock_domain(conn: psycopg.Connection, domain_id: int) -> None:
+    """Serialise rotation steps of one domain (two admins switching at once)."""
+    conn.execute(LOCK_DOMAIN, (domain_id,))
