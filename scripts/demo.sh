@@ -159,11 +159,13 @@ EOF
 
 log "sending a test mail with swaks (STARTTLS + AUTH)"
 message_id="demo-$(date +%s%N)@$domain"
+# "Message-Id", spelt as swaks spells its own: swaks replaces a default header only when
+# the name matches exactly, and "Message-ID" gave the demo mail two of them.
 swaks --silent 1 --server 127.0.0.1 --port 587 --tls \
     --auth PLAIN --auth-user "$username" --auth-password "$password" \
     --from "orders@$domain" --to customer@example.net \
     --header "From: Demo Shop <orders@$domain>" --header "Subject: txrelay demo" \
-    --header "Message-ID: <$message_id>" --body "Thank you for your order."
+    --header "Message-Id: <$message_id>" --body "Thank you for your order."
 
 if [ "$relayhost" = "[127.0.0.1]:$sink_port" ]; then
     log "waiting for the message at the capture sink ($maildir)"
