@@ -215,16 +215,94 @@ def record_anomaly(conn: Conn, node: str, queue_id: str, kind: str,
                                   "detail": detail, "now": now})
 
 
+# --- events of queue ids the ledger does not know yet ---------------------------------------
+
+# A journaled message (PostgreSQL was down) gets its row at replay, possibly after Postfix
+# logged its lines: those lines wait here. Lines of queue ids that are never txrelay's
+# (Postfix's own bounces, local mail) are deleted after this long; a journal older than this
+# is not expected (every milter replays its node's journal as soon as PostgreSQL answers).
+PENDING_EVENT_RETENTION = dt.timedelta(days=7)
+
+KEEP_EVENT = """
+INSERT INTO tracker_pending_events (node, queue_id, line, seen_at)
+VALUES (%(node)s, %(queue_id)s, %(line)s, %(now)s)"""
+
+# Only lines read after the owning message was accepted: older ones were an earlier use of
+# the queue id (they stay until they expire, harmlessly).
+SELECT_PENDING = """
+SELECT p.id, p.line FROM tracker_pending_events p
+  JOIN messages m ON m.id = (SELECT id FROM messages
+                              WHERE node = %(node)s AND queue_id = %(queue_id)s
+                                AND removed_at IS NULL
+                              ORDER BY id DESC LIMIT 1)
+ WHERE p.node = %(node)s AND p.queue_id = %(queue_id)s AND p.seen_at >= m.accepted_at
+ ORDER BY p.id"""
+
+FORGET_PENDING = "DELETE FROM tracker_pending_events WHERE id = %(id)s"
+
+# Driven by the few rows awaiting qmgr (partial index ledger_awaiting_queue), not by the
+# pending table, which holds a week of Postfix's own mail.
+SELECT_AWAITED_WITH_PENDING = """
+SELECT DISTINCT m.queue_id FROM ledger l JOIN messages m ON m.id = l.message_id
+ WHERE l.state = 'accepted' AND m.node = %(node)s AND m.removed_at IS NULL
+   AND EXISTS (SELECT 1 FROM tracker_pending_events p
+                WHERE p.node = m.node AND p.queue_id = m.queue_id)
+ ORDER BY m.queue_id"""
+
+EXPIRE_PENDING = """
+DELETE FROM tracker_pending_events WHERE node = %(node)s AND seen_at < %(before)s"""
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    id: int
+    line: str
+
+
+def keep_event(conn: Conn, node: str, queue_id: str, line: str, now: dt.datetime) -> None:
+    """Keep a line whose queue id has no message row yet, to apply when it gets one. A NUL
+    (which PostgreSQL text cannot hold) can only be in text outsiders control: replaced."""
+    conn.execute(KEEP_EVENT, {"node": node, "queue_id": queue_id,
+                              "line": line.replace("\x00", "\ufffd"), "now": now})
+
+
+def pending_events(conn: Conn, node: str, queue_id: str) -> list[PendingEvent]:
+    """The kept lines of the message owning queue_id now, in log order (none without one).
+    Callers hold the node's position lock (lock_position), so no other tracker applies them."""
+    rows = conn.execute(SELECT_PENDING, {"node": node, "queue_id": queue_id}).fetchall()
+    return [PendingEvent(int(row["id"]), row["line"]) for row in rows]
+
+
+def forget_pending(conn: Conn, event_id: int) -> None:
+    conn.execute(FORGET_PENDING, {"id": event_id})
+
+
+def awaited_with_pending(conn: Conn, node: str) -> list[str]:
+    """Queue ids of messages awaiting qmgr's line that have kept lines (journal replays)."""
+    rows = conn.execute(SELECT_AWAITED_WITH_PENDING, {"node": node}).fetchall()
+    return [row["queue_id"] for row in rows]
+
+
+def expire_pending(conn: Conn, node: str, now: dt.datetime) -> int:
+    """Delete this node's kept lines older than PENDING_EVENT_RETENTION."""
+    return conn.execute(EXPIRE_PENDING, {"node": node,
+                                         "before": now - PENDING_EVENT_RETENTION}).rowcount
+
+
 # --- voiding ------------------------------------------------------------------------------
 
 # Rows the milter accepted that Postfix never queued (cleanup failed, the client vanished
-# after end-of-message...). Only this node's: other nodes' logs are not read here.
+# after end-of-message...). Only this node's: other nodes' logs are not read here. A message
+# with kept lines of its queue id waits for them to be applied (a replayed journal entry).
 VOID_UNCONFIRMED = """
 WITH stale AS (
     SELECT l.id, l.account_id, l.billing, l.quota_block_id
       FROM ledger l JOIN messages m ON m.id = l.message_id
      WHERE m.node = %(node)s AND m.queued_at IS NULL AND l.state = 'accepted'
        AND m.accepted_at < %(cutoff)s
+       AND NOT EXISTS (SELECT 1 FROM tracker_pending_events p  -- its qmgr line may be kept
+                        WHERE p.node = m.node AND p.queue_id = m.queue_id
+                          AND p.seen_at >= m.accepted_at)
        FOR UPDATE OF l SKIP LOCKED)
 UPDATE ledger SET state = 'voided', billing = 'void', quota_block_id = NULL,
                   last_event = 'voided: Postfix never queued the message',

@@ -85,10 +85,11 @@ class TrackerDaemon:
         """Read everything there is, then void and tick; True when the log was caught up."""
         tracker = self.connect()
         result = tracker.run_pass()
-        summary.counters += result.counters
+        summary.counters += result.counters + tracker.apply_kept()
         if result.caught_up and not self._rotation_pending():
             summary.voided += self.void_unconfirmed()
         if tick:
+            self.expire_kept()
             assert self.conn is not None
             summary.ticks.append(run_tick(self.conn, self.redis, self.config,
                                           self.clock.now(), self.mailer))
@@ -100,6 +101,7 @@ class TrackerDaemon:
         try:
             while not self.run_once(summary, tick=False) or self._rotation_pending():
                 time.sleep(0.2)
+            self.expire_kept()
             assert self.conn is not None
             summary.ticks.append(run_tick(self.conn, self.redis, self.config,
                                           self.clock.now(), self.mailer))
@@ -125,6 +127,16 @@ class TrackerDaemon:
                         "never queued by Postfix within %ds", self.node, voided.rows,
                         self.config.tracker.confirm_timeout_seconds)
         return voided.rows
+
+    def expire_kept(self) -> int:
+        """Kept lines no message claimed within tracking.PENDING_EVENT_RETENTION: Postfix's
+        own mail (bounces, local mail), never txrelay's."""
+        assert self.conn is not None
+        with self.conn.transaction():
+            expired = tracking.expire_pending(self.conn, self.node, self.clock.now())
+        if expired:
+            log.info("event=kept_lines_expired node=%s lines=%d", self.node, expired)
+        return expired
 
     def run(self) -> RunSummary:
         """Until SIGTERM/SIGINT: follow the log, tick every tick_interval_seconds."""

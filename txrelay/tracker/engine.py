@@ -74,10 +74,22 @@ class Tracker:
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
             for line in chunk.lines:
-                counters += apply_event(self.conn, self.node, logline.parse_line(line), now)
+                counters += apply_event(self.conn, self.node, logline.parse_line(line), now,
+                                        line)
             tracking.save_position(self.conn, self.node, str(self.log_path), chunk.end,
                                    counters, now)
         self.follower.advance(chunk)
+        return counters
+
+    def apply_kept(self) -> Counters:
+        """Kept lines of messages that got their rows since (a journal replay), in one
+        transaction under the position lock, so that no chunk interleaves."""
+        now = self.clock.now()
+        counters = Counters()
+        with self.conn.transaction():
+            tracking.lock_position(self.conn, self.node, str(self.log_path))
+            for queue_id in tracking.awaited_with_pending(self.conn, self.node):
+                counters += apply_pending(self.conn, self.node, queue_id, now)
         return counters
 
     def close(self) -> None:
@@ -97,11 +109,46 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
     return start.offset == 0  # the first chunk of the next file after a rotation
 
 
+_LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
+
+
 def apply_event(conn: psycopg.Connection, node: str, event: logline.Event,
-                now: dt.datetime) -> Counters:
-    """One event's effect on the ledger; the counters say what was not understood."""
+                now: dt.datetime, line: str) -> Counters:
+    """One event's effect on the ledger; the counters say what was not understood.
+
+    An event of a queue id without a message row is kept (the line itself): a message the
+    milter journaled while PostgreSQL was down gets its row only at replay, which may come
+    after Postfix delivered it. Kept lines of a queue id go first, so the order is the log's."""
     if isinstance(event, logline.Unparsed):
         return Counters(unparsed_lines=1)
+    if not isinstance(event, _LEDGER_EVENTS):
+        return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
+    counters = apply_pending(conn, node, event.queue_id, now)
+    if tracking.queue_owner(conn, node, event.queue_id) is None:
+        tracking.keep_event(conn, node, event.queue_id, line, now)
+        if isinstance(event, logline.Removed):
+            return counters
+        return counters + Counters(unmatched_events=1)
+    return counters + _apply_known(conn, node, event, now)
+
+
+def apply_pending(conn: psycopg.Connection, node: str, queue_id: str,
+                  now: dt.datetime) -> Counters:
+    """Apply the kept lines of queue_id, oldest first, once a message owns it; each is deleted
+    in the transaction that applies it (exactly once). A kept 'removed' ends that message:
+    the lines after it belong to the queue id's next use and stay kept."""
+    counters = Counters()
+    for pending in tracking.pending_events(conn, node, queue_id):
+        if tracking.queue_owner(conn, node, queue_id) is None:
+            break
+        counters += _apply_known(conn, node, logline.parse_line(pending.line), now)
+        tracking.forget_pending(conn, pending.id)
+    return counters
+
+
+def _apply_known(conn: psycopg.Connection, node: str, event: logline.Event,
+                 now: dt.datetime) -> Counters:
+    """A ledger event of a queue id some message owned when the line was read."""
     if isinstance(event, logline.Queued):
         return _apply_queued(conn, node, event, now)
     if isinstance(event, logline.Delivery):
@@ -116,8 +163,7 @@ def apply_event(conn: psycopg.Connection, node: str, event: logline.Event,
         owner = tracking.queue_owner(conn, node, event.queue_id)
         if owner is not None:
             tracking.mark_removed(conn, owner[0], now)
-        return Counters()
-    return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
+    return Counters()
 
 
 def _apply_queued(conn: psycopg.Connection, node: str, event: logline.Queued,
