@@ -17,6 +17,7 @@ each fault is repaired in a finally block.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import smtplib
@@ -34,6 +35,7 @@ import pytest
 
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned, provision, txrelay_json, verify_dkim
+from tests.harness.services import MilterProcess
 from tests.harness.smtp import Submission, build_message, smtp_session, transact
 from tests.harness.stack import FaultStack
 
@@ -189,6 +191,19 @@ def _difference(faults: FaultStack, shop: Provisioned, wanted: Counter[str]) -> 
             f"queue: {faults.postfix.queue_count()}\n{faults.milter.log(15)}")
 
 
+def all_delivered(faults: FaultStack, shop: Provisioned) -> bool:
+    """Every ledger row of the shop delivered: none voided, none left awaiting its lines."""
+    with psycopg.connect(faults.config.database.url) as conn:
+        rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
+    return bool(rows) and all(state == "delivered" for _, _, state in rows)
+
+
+def _states(faults: FaultStack, shop: Provisioned) -> str:
+    with psycopg.connect(faults.config.database.url) as conn:
+        rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
+    return f"{Counter(state for _, _, state in rows)}\n{faults.tracker.log(20)}"
+
+
 def accepted_between(load: Load, start: float, end: float) -> list[str]:
     return [tag for tag, at in load.accepted_at.items() if start <= at <= end]
 
@@ -232,34 +247,43 @@ def test_postgresql_stopped_under_load_journals_then_replays_exactly_once(
     shop = fresh_shop(faults, 1000, paid=True)
     journal_dir = Path(faults.config.milter.journal_dir)
     saved = tmp_path / "journal-copy"
-    # Known gap (docs/failure-modes.md): the tracker drops log events of a queue id it cannot
-    # find in the ledger yet, so a journaled message whose log lines it reads before the
-    # replay would be voided. Here it is down for the outage and back after the replay.
-    faults.tracker.stop()
+    # The tracker runs through the outage, and the test makes sure it reads the journaled
+    # messages' log lines BEFORE their rows are replayed (the milter is frozen until then):
+    # it must keep them and apply them after the replay, never void those rows.
     try:
         with running_load(faults, shop) as load:
             faults.postgres.stop()
-            try:
-                stopped = time.monotonic()
-                time.sleep(4)
-                during = accepted_between(load, stopped + 0.5, time.monotonic())
-                shutil.copytree(journal_dir, saved)  # for the second replay below
-            finally:
-                faults.postgres.start()
-        wait_until(lambda: not list(journal_dir.glob("journal-*.jsonl")), 30,
-                   "the journal replayed", lambda: faults.milter.log(20))
+            stopped = time.monotonic()
+            time.sleep(4)
+            during = accepted_between(load, stopped + 0.5, time.monotonic())
+        assert during, f"nothing accepted while PostgreSQL was down: {load.refusals}"
+        faults.postfix.flush()
+        wait_until(lambda: all(sink_recipients(faults, shop)[r] >= 1
+                               for to in load.accepted.values() for r in to),
+                   60, "everything accepted delivered while PostgreSQL is down",
+                   lambda: _difference(faults, shop, Counter()))
+        shutil.copytree(journal_dir, saved)  # for the second replay below
+        journaled = journaled_queue_ids(saved)
+        assert journaled, "PostgreSQL was down, yet nothing was journaled"
+        with frozen(faults.milter):  # no replay until the tracker has read those lines
+            faults.postgres.start()
+            wait_until(lambda: kept_removals(faults, journaled) == len(journaled), 60,
+                       "the tracker read the journaled messages' lines before the replay",
+                       lambda: faults.tracker.log(20))
     finally:
-        faults.tracker.start()
-    assert during, f"nothing accepted while PostgreSQL was down: {load.refusals}"
+        if not faults.postgres.running:
+            faults.postgres.start()
+    wait_until(lambda: not list(journal_dir.glob("journal-*.jsonl")), 30,
+               "the journal replayed", lambda: faults.milter.log(20))
     assert_exactly_once(faults, shop, load)
+    wait_until(lambda: all_delivered(faults, shop), 30,
+               "every ledger row delivered, none voided", lambda: _states(faults, shop))
     # Signed and delivered while the database was away (the signature verifies).
     raw = faults.sink.wait_for_recipient(load.accepted[during[0]][0]).raw
     assert verify_dkim(raw, faults.config.database.url)
     # Replay the same journal a second time (a restarted milter replays what it finds).
-    copies = list(saved.glob("journal-*.jsonl"))
-    assert copies, "PostgreSQL was down, yet nothing was journaled"
     before = ledger_recipients(faults, shop, including_void=True)
-    for copy in copies:
+    for copy in saved.glob("journal-*.jsonl"):
         shutil.copy(copy, journal_dir / copy.name)
     faults.milter.stop()
     faults.milter.start()
@@ -267,6 +291,34 @@ def test_postgresql_stopped_under_load_journals_then_replays_exactly_once(
                "the journal replayed at start", lambda: faults.milter.log(20))
     assert ledger_recipients(faults, shop, including_void=True) == before
     assert_exactly_once(faults, shop, load)
+    assert all_delivered(faults, shop), _states(faults, shop)
+    assert kept_removals(faults, journaled) == 0
+
+
+def journaled_queue_ids(directory: Path) -> set[str]:
+    return {json.loads(line)["queue_id"] for path in directory.glob("journal-*.jsonl")
+            for line in path.read_text().splitlines() if line.endswith("}")}
+
+
+def kept_removals(faults: FaultStack, queue_ids: set[str]) -> int:
+    """How many of these queue ids have their qmgr 'removed' line kept by the tracker."""
+    with psycopg.connect(faults.config.database.url) as conn:
+        row = conn.execute("SELECT count(DISTINCT queue_id) FROM tracker_pending_events "
+                           "WHERE queue_id = ANY(%s) AND line LIKE %s",
+                           (list(queue_ids), "%: removed%")).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+@contextlib.contextmanager
+def frozen(milter: MilterProcess) -> Iterator[None]:
+    """The milter stopped (SIGSTOP) for the block: its journal replay waits."""
+    process = milter.process.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)
 
 
 def test_milter_killed_under_load_loses_and_double_counts_nothing(
@@ -293,12 +345,13 @@ def test_tracker_killed_under_load_every_outcome_recorded_once(
             faults.tracker.start()
     assert_exactly_once(faults, shop, load)
 
-    def all_delivered() -> bool:
+    def all_delivered_or_voided() -> bool:
         with psycopg.connect(faults.config.database.url) as conn:
             rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
         return all(state in ("delivered", "voided") for _, _, state in rows)
 
-    wait_until(all_delivered, 30, "every ledger row delivered", lambda: faults.tracker.log(20))
+    wait_until(all_delivered_or_voided, 30, "every ledger row delivered",
+               lambda: faults.tracker.log(20))
 
 
 def test_postfix_reloaded_under_load(faults: FaultStack, shop: Provisioned) -> None:
