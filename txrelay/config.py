@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from txrelay.errors import ConfigError
 
@@ -32,6 +33,19 @@ class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     timeout_ms: int = 500
     key_prefix: str = "txrelay"
+    # standalone: url names the server. sentinel: the sentinels name the master, url gives
+    # its user, password, database and TLS. cluster: cluster_nodes are the seed nodes.
+    mode: str = "standalone"
+    sentinels: str = ""  # "host:port,host:port"
+    sentinel_master: str = ""
+    sentinel_password: str = ""
+    cluster_nodes: str = ""  # "host:port,host:port"
+
+    def addresses(self, key: str) -> list[tuple[str, int]]:
+        """sentinels or cluster_nodes as (host, port) pairs (validated at load)."""
+        text: str = getattr(self, key)
+        return [(host, int(port)) for host, _, port in
+                (item.strip().rpartition(":") for item in text.split(",") if item.strip())]
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+_REDIS_MODES = ("standalone", "sentinel", "cluster")
 
 
 def config_path(explicit: str | None) -> Path:
@@ -186,7 +201,9 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{name}' must be a table ([{name}])")
         sections[name] = _build_section(name, SECTIONS[name], value, source)
-    return Config(**sections, source=source)
+    config = Config(**sections, source=source)
+    _check_redis_topology(config.redis, source)
+    return config
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any], source: str) -> Any:
@@ -252,6 +269,32 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
     if qualified == "redis.url" and not result.startswith(("redis://", "rediss://", "unix://")):
         raise bad("a redis:// URL")
     return result
+
+
+def _check_redis_topology(redis: RedisConfig, source: str) -> None:
+    """The [redis] keys a mode needs are there, and none of another mode is left over."""
+    needed = {"standalone": (), "sentinel": ("sentinels", "sentinel_master"),
+              "cluster": ("cluster_nodes",)}
+    if redis.mode not in needed:
+        raise ConfigError(f"{source}: 'redis.mode' = {redis.mode!r} is not one of "
+                          f"{', '.join(_REDIS_MODES)}")
+    for key in ("sentinels", "sentinel_master", "cluster_nodes"):
+        value = getattr(redis, key)
+        if key in needed[redis.mode] and not value:
+            raise ConfigError(f"{source}: redis.mode = \"{redis.mode}\" needs 'redis.{key}'; "
+                              "see docs/configuration.md")
+        if key not in needed[redis.mode] and value:
+            raise ConfigError(f"{source}: 'redis.{key}' is set but redis.mode is "
+                              f"\"{redis.mode}\"; set the mode it belongs to or remove it")
+    for key in ("sentinels", "cluster_nodes"):
+        for item in getattr(redis, key).split(","):
+            if getattr(redis, key) and not _is_host_port(item.strip()):
+                raise ConfigError(f"{source}: 'redis.{key}' has {item.strip()!r}; give "
+                                  "HOST:PORT entries separated by commas, such as "
+                                  "\"10.0.0.1:26379,10.0.0.2:26379\"")
+    if redis.mode == "cluster" and urlsplit(redis.url).path.strip("/") not in {"", "0"}:
+        raise ConfigError(f"{source}: 'redis.url' selects a database other than 0; Redis "
+                          "Cluster has only database 0")
 
 
 def _is_host_port(value: str) -> bool:

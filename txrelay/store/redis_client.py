@@ -1,13 +1,33 @@
-"""Opens the shared, thread-safe Redis client with short timeouts."""
+"""Opens the shared, thread-safe Redis client with short timeouts: one server, a master
+found through Sentinel, or a Redis Cluster."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
+from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel
 
 from txrelay.config import RedisConfig
+from txrelay.errors import ServiceUnavailable
 
 
 def open_redis(config: RedisConfig) -> redis.Redis:
+    """The client for [redis] mode.
+
+    A RedisCluster is not a redis.Redis subclass, but it offers every command txrelay uses
+    (scripts, single-key commands, non-transactional pipelines, scan_iter over all masters),
+    and each script and multi-key call stays within one {a<id>} hash tag (store/keys.py):
+    the callers keep their redis.Redis annotations, and tests/store/test_redis_topologies.py
+    runs the store through a real cluster to hold that promise.
+    """
+    if config.mode == "sentinel":
+        return _sentinel_master(config)
+    if config.mode == "cluster":
+        return cast(redis.Redis, _cluster(config))
     timeout = config.timeout_ms / 1000
     return redis.Redis.from_url(
         config.url,
@@ -16,3 +36,42 @@ def open_redis(config: RedisConfig) -> redis.Redis:
         health_check_interval=30,
         decode_responses=False,
     )
+
+
+def _data_node_options(config: RedisConfig) -> dict[str, Any]:
+    """User, password, database and TLS of the data nodes, from url (its host is unused)."""
+    parsed = parse_url(config.url)
+    timeout = config.timeout_ms / 1000
+    options: dict[str, Any] = {
+        "socket_timeout": timeout, "socket_connect_timeout": timeout,
+        "health_check_interval": 30, "decode_responses": False,
+        "username": parsed.get("username"), "password": parsed.get("password"),
+    }
+    if config.url.startswith("rediss://"):
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_master(config: RedisConfig) -> redis.Redis:
+    """A client that asks the sentinels for the current master on every (re)connect, so a
+    failover is followed without a restart (redis-py's SentinelConnectionPool)."""
+    timeout = config.timeout_ms / 1000
+    sentinel_options: dict[str, Any] = {"socket_timeout": timeout,
+                                        "socket_connect_timeout": timeout}
+    if config.sentinel_password:
+        sentinel_options["password"] = config.sentinel_password
+    sentinel = Sentinel(config.addresses("sentinels"), sentinel_kwargs=sentinel_options)
+    options = _data_node_options(config)
+    options["db"] = parse_url(config.url).get("db", 0)
+    return sentinel.master_for(config.sentinel_master, **options)
+
+
+def _cluster(config: RedisConfig) -> RedisCluster:
+    """A cluster client; it reads the slot map from the first seed node that answers."""
+    nodes = [ClusterNode(host, port) for host, port in config.addresses("cluster_nodes")]
+    try:
+        return RedisCluster(startup_nodes=nodes, **_data_node_options(config))
+    except (RedisClusterException, redis.RedisError) as exc:
+        raise ServiceUnavailable(
+            f"no Redis Cluster node of [redis] cluster_nodes ({config.cluster_nodes}) answered "
+            f"({exc.__class__.__name__}); start the cluster or fix the list") from exc
