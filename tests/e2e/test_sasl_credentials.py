@@ -1,4 +1,8 @@
-"""Connections made with the CLI log in to the real Dovecot, until disabled, rotated or deleted."""
+"""Connections made with the CLI log in to the real Dovecot, until disabled, rotated or deleted.
+
+Dovecot caches credentials (so that known logins work while PostgreSQL is down): each test
+logs in first, so the change must get past a cached entry; the CLI flushes it on this node.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.harness.processes import TXRELAY
+from txrelay.config import Config
 
 pytestmark = pytest.mark.e2e
 
@@ -44,8 +50,9 @@ def test_printed_password_logs_in_and_a_wrong_one_does_not(dovecot: Any,
 def test_disabled_connection_cannot_log_in_until_enabled(dovecot: Any, e2e_config_file: Path,
                                                          connection: dict[str, Any]) -> None:
     user, password = connection["username"], connection["password"]
+    assert dovecot.auth_test(user, password)  # now in Dovecot's cache
     _txrelay(e2e_config_file, "connection", "disable", user)
-    assert not dovecot.auth_test(user, password)
+    assert not dovecot.auth_test(user, password)  # and now "unknown" is
     _txrelay(e2e_config_file, "connection", "enable", user)
     assert dovecot.auth_test(user, password)
 
@@ -53,6 +60,7 @@ def test_disabled_connection_cannot_log_in_until_enabled(dovecot: Any, e2e_confi
 def test_rotated_password_replaces_the_old_one(dovecot: Any, e2e_config_file: Path,
                                                connection: dict[str, Any]) -> None:
     user, old = connection["username"], connection["password"]
+    assert dovecot.auth_test(user, old)
     new = _txrelay(e2e_config_file, "connection", "rotate-password", user)["password"]
     assert new != old
     assert not dovecot.auth_test(user, old)
@@ -62,5 +70,21 @@ def test_rotated_password_replaces_the_old_one(dovecot: Any, e2e_config_file: Pa
 def test_deleted_connection_can_never_log_in_again(dovecot: Any, e2e_config_file: Path,
                                                    connection: dict[str, Any]) -> None:
     user, password = connection["username"], connection["password"]
+    assert dovecot.auth_test(user, password)
     _txrelay(e2e_config_file, "connection", "delete", user)
+    assert not dovecot.auth_test(user, password)
+
+
+def test_a_change_made_elsewhere_waits_for_the_cache_the_cli_flushes_it(
+        dovecot: Any, e2e_config: Config, e2e_config_file: Path,
+        connection: dict[str, Any]) -> None:
+    """What the flush is for: a change another node's CLI made (here: straight in SQL)
+    leaves this node's cached entry in use for up to auth_cache_ttl (60 s)."""
+    user, password = connection["username"], connection["password"]
+    assert dovecot.auth_test(user, password)
+    with psycopg.connect(e2e_config.database.url, autocommit=True) as conn:
+        conn.execute("UPDATE connections SET enabled = false WHERE id = (SELECT connection_id "
+                     "FROM credentials WHERE username = %s)", (user,))
+    assert dovecot.auth_test(user, password)  # the cached entry, younger than 60 s
+    _txrelay(e2e_config_file, "connection", "delete", user)  # on this node: flushed
     assert not dovecot.auth_test(user, password)

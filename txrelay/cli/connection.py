@@ -8,6 +8,7 @@ from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.config import Config
 from txrelay.provisioning import connections
 from txrelay.provisioning.connections import ConnectionChange, IssuedCredentials
+from txrelay.provisioning.dovecot import AUTH_CACHE_TTL_SECONDS, flush_auth_cache
 from txrelay.provisioning.views import (
     access_view,
     connection_view,
@@ -27,7 +28,8 @@ def connection() -> None:
     """Connections: one per sending system, each with its own SMTP login.
 
     A connection may send only from its domains; disabling, rotating or deleting it takes
-    effect at the next SMTP login on every relay node.
+    effect at the next SMTP login on this machine, and within 60 s on other relay nodes
+    (their login cache, which lets known logins work while PostgreSQL is down).
 
     \b
     Example:
@@ -157,9 +159,23 @@ def enable(cli: CliContext, name: str, account: str | None) -> None:
 
 def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bool) -> None:
     changed = connections.set_enabled(cli.db, name, account, enabled)
+    _flush_login_cache(cli, changed.username)
     verb = "Enabled" if enabled else "Disabled"
     cli.emit(connection_view(changed), lambda: click.echo(
         f"{verb} connection {changed.name!r} of account {changed.account_name!r}."))
+
+
+def _flush_login_cache(cli: CliContext, username: str | None) -> None:
+    """Dovecot caches credentials (so that logins work while PostgreSQL is down): the
+    Dovecot on this machine forgets the user's now, other relay nodes' expire within
+    AUTH_CACHE_TTL_SECONDS."""
+    if username is None:
+        return
+    reason = flush_auth_cache(cli.config, username)
+    if reason is not None:
+        click.echo(f"note: the SMTP login cache on this machine was not flushed ({reason}); "
+                   f"relay nodes apply the change to {username} within "
+                   f"{AUTH_CACHE_TTL_SECONDS} s.", err=True)
 
 
 @connection.command("rotate-password")
@@ -168,13 +184,15 @@ def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bo
 @json_option
 @pass_cli
 def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
-    """Issue a new password (shown once); the old one stops working immediately.
+    """Issue a new password (shown once); the old one stops working at once on this
+    machine, within 60 s on other relay nodes.
 
     \b
     Example:
       txrelay connection rotate-password "Web shop" --account "Acme GmbH"
     """
     issued = connections.rotate_password(cli.db, name, account, cli.clock.now())
+    _flush_login_cache(cli, issued.connection.username)
     _emit_access(cli, issued, "New password for connection")
 
 
@@ -191,6 +209,7 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
       txrelay connection delete "Old shop" --account "Acme GmbH"
     """
     gone = connections.delete_connection(cli.db, name, account, cli.clock.now())
+    _flush_login_cache(cli, gone.username)
     data = {"account": gone.account_name, "connection": gone.name, "id": gone.id,
             "username": gone.username, "deleted": True}
     cli.emit(data, lambda: click.echo(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import subprocess
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,10 @@ from txrelay.config import Config
 from txrelay.errors import ConfigError
 
 CONFIG_NAME = "dovecot.conf"
+# auth_cache_ttl in templates/dovecot.conf: how long another node may still use the
+# credentials a CLI change replaced (this node's entry is flushed at once).
+AUTH_CACHE_TTL_SECONDS = 60
+_DOVEADM_TIMEOUT_SECONDS = 10
 SQL_NAME = "dovecot-sql.conf.ext"
 DOVECOT_GROUP = "dovecot"
 
@@ -54,6 +59,27 @@ def write_dovecot_config(config: Config) -> list[Path]:
     _write_atomically(sql_path, sql_text, mode=0o640, group=_dovecot_gid())
     _write_atomically(conf_path, conf_text, mode=0o644, group=None)
     return [conf_path, sql_path]
+
+
+def flush_auth_cache(config: Config, username: str) -> str | None:
+    """Drop the cached credentials of `username` in this machine's txrelay Dovecot, so that
+    a disable, enable, rotation or deletion takes effect at its next login here (other relay
+    nodes: within AUTH_CACHE_TTL_SECONDS). None when flushed, else why it could not be."""
+    conf_path = dovecot_config_path(config)
+    if not conf_path.exists():
+        return f"no txrelay Dovecot is configured on this machine ({conf_path} is missing)"
+    try:
+        done = subprocess.run(["doveadm", "-c", str(conf_path), "auth", "cache", "flush",
+                               username], capture_output=True, text=True, check=False,
+                              timeout=_DOVEADM_TIMEOUT_SECONDS)
+    except FileNotFoundError:
+        return "doveadm is not installed"
+    except subprocess.TimeoutExpired:
+        return f"doveadm did not answer within {_DOVEADM_TIMEOUT_SECONDS} s"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"doveadm auth cache flush failed: {lines[-1] if lines else done.returncode}"
+    return None
 
 
 def pgsql_connect_string(url: str) -> str:
