@@ -321,6 +321,75 @@ def frozen(milter: MilterProcess) -> Iterator[None]:
         process.send_signal(signal.SIGCONT)
 
 
+@contextlib.contextmanager
+def short_auth_cache_ttl(faults: FaultStack) -> Iterator[None]:
+    """The fault stack's Dovecot with a 1 s auth_cache_ttl for the block, so that a cached
+    entry has expired (as it has in production a minute after the login) when PostgreSQL
+    stops: the login must then come from Dovecot's fallback to expired data (which it logs
+    with auth_verbose)."""
+    faults.dovecot.stop()
+    try:
+        faults.dovecot.start({"auth_cache_ttl": "1 s", "auth_verbose": "yes"})
+        faults.postfix.reload()  # smtpd processes still hold the old auth connection
+        yield
+    finally:
+        faults.dovecot.stop()
+        faults.dovecot.start()
+        faults.postfix.reload()
+
+
+def send_once(faults: FaultStack, shop: Provisioned, to: list[str]) -> bool:
+    """One message in a new session; False on a 4xx (e.g. 454 while Postfix's smtpd
+    processes reconnect to a restarted Dovecot), as a client would retry."""
+    try:
+        with smtp_session(shop.username, shop.password, port=faults.port) as session:
+            result = transact(session, shop.address(), to, build_message(shop.address(), to))
+    except smtplib.SMTPAuthenticationError as exc:
+        if exc.smtp_code // 100 == 4:
+            return False
+        raise
+    return result.accepted
+
+
+def test_a_known_connection_logs_in_again_while_postgresql_is_down(
+        faults: FaultStack) -> None:
+    """Measured limit (docs/failure-modes.md): Dovecot 2.3.19's auth process crashes once its
+    PostgreSQL reconnect fails (dovecot/core PR #199), taking the cache with it, after the
+    first lookups of the outage; this test covers those first logins."""
+    shop = fresh_shop(faults, 1000, paid=True)
+    before = [f"login-before-{uuid.uuid4().hex[:8]}@{DOMAIN}"]
+    during = [f"login-during-{uuid.uuid4().hex[:8]}@{DOMAIN}"]
+    with short_auth_cache_ttl(faults):
+        wait_until(lambda: send_once(faults, shop, before), 30, "a login before the outage",
+                   lambda: faults.dovecot.log_path.read_text(errors="replace")[-2000:])
+        log_start = faults.dovecot.log_path.stat().st_size
+        time.sleep(2)  # past the 1 s TTL: the cached entry has expired
+        faults.postgres.stop()
+        try:
+            with smtp_session(shop.username, shop.password, port=faults.port) as session:
+                result = transact(session, shop.address(), during,
+                                  build_message(shop.address(), during, subject="outage"))
+            assert result.accepted, (result, faults.milter.log(20))
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused, \
+                    smtp_session(shop.username, shop.password + "x", port=faults.port):
+                pass
+            assert refused.value.smtp_code == 535, refused.value
+            faults.postfix.flush()
+            capture = faults.sink.wait_for_recipient(during[0], timeout=30)
+        finally:
+            faults.postgres.start()
+        dovecot_log = faults.dovecot.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "Falling back to expired data from cache" in dovecot_log, dovecot_log[-2000:]
+    assert verify_dkim(capture.raw, faults.config.database.url)
+    wait_until(lambda: ledger_recipients(faults, shop)[during[0]] == 1, 30,
+               "the message accepted during the outage in the ledger",
+               lambda: faults.milter.log(20))
+    wait_until(lambda: all_delivered(faults, shop), 30, "both messages delivered",
+               lambda: _states(faults, shop))
+    assert ledger_recipients(faults, shop, including_void=True) == Counter(before + during)
+    assert sink_recipients(faults, shop) == Counter(before + during)
+
+
 def test_milter_killed_under_load_loses_and_double_counts_nothing(
         faults: FaultStack, shop: Provisioned) -> None:
     with running_load(faults, shop, clients=4) as load:
