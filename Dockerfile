@@ -47,8 +47,10 @@ RUN useradd --system --home-dir /var/lib/txrelay --shell /usr/sbin/nologin txrel
 COPY --from=build /opt/txrelay/venv /opt/txrelay/venv
 COPY deploy/container/entrypoint.sh /usr/local/bin/txrelay-entrypoint
 COPY deploy/container/healthcheck.sh /usr/local/bin/txrelay-healthcheck
+COPY deploy/container/rotate-maillog.sh /usr/local/bin/txrelay-rotate-maillog
 RUN ln -s /opt/txrelay/venv/bin/txrelay /usr/local/bin/txrelay \
- && chmod 0755 /usr/local/bin/txrelay-entrypoint /usr/local/bin/txrelay-healthcheck
+ && chmod 0755 /usr/local/bin/txrelay-entrypoint /usr/local/bin/txrelay-healthcheck \
+        /usr/local/bin/txrelay-rotate-maillog
 
 # Queue (mail accepted but not yet delivered), txrelay's state, TLS key and certificate.
 VOLUME ["/var/spool/postfix", "/var/lib/txrelay", "/etc/txrelay/tls"]

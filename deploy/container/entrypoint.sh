@@ -13,6 +13,8 @@
 #                             a self-signed pair is made there when both are missing)
 #   RELAY_RELAYHOST           Postfix relayhost, e.g. [smtp.example.net]:587 (default: direct)
 #   POSTCONF_<name>=<value>   any other main.cf parameter, e.g. POSTCONF_inet_protocols=ipv4
+#   RELAY_LOG_ROTATE_MB, RELAY_LOG_ROTATE_HOURS, RELAY_LOG_KEEP_DAYS, RELAY_LOG_CHECK_SECONDS
+#                             rotation of the Postfix log (txrelay-rotate-maillog)
 set -euo pipefail
 
 log() { printf '%s txrelay-entrypoint: %s\n' "$(date -u +%FT%TZ)" "$*" >&2; }
@@ -154,6 +156,7 @@ main() {
     wait_for_socket "$(txrelay_setting dovecot auth_socket)" 30 "Dovecot"
     start tracker "${as_txrelay[@]}" txrelay tracker
     start postfix postfix start-fg
+    start maillog-rotation /usr/local/bin/txrelay-rotate-maillog
     log "ready: submission on $listen as $hostname"
     local code=0
     wait -n "${pids[@]}" || code=$?

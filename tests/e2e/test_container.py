@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -51,15 +52,59 @@ runtime = "runc"
 
 @pytest.fixture(scope="session")
 def container_image() -> str:
-    """The image, built from this checkout (layers cached between runs)."""
+    """The image, built from this checkout (layers cached between runs). What earlier builds
+    left behind (the image IMAGE named before, build-stage leftovers) is removed afterwards,
+    down to the layers this build reused; the debootstrap base is tagged and stays."""
     started = time.monotonic()
+    # build-image.sh tags the build stage IMAGE-build: its cache, kept while it is current.
+    previous = {found for name in (IMAGE, f"{IMAGE}-build") if (found := _image_id(name))}
+    leftovers = _dangling_images() | previous
     done = subprocess.run(["bash", str(ROOT / "scripts" / "build-image.sh"), IMAGE],
                           capture_output=True, text=True, timeout=1500, check=False)
     if done.returncode != 0:
         pytest.fail(f"scripts/build-image.sh failed ({done.returncode})\n"
                     f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}", pytrace=False)
     print(f"image {IMAGE} built in {time.monotonic() - started:.0f}s")
+    removed = [image for leftover in sorted(leftovers)
+               for image in prune_untagged_chain(leftover)]
+    print(f"removed {len(removed)} image(s) left by earlier builds")
     return IMAGE
+
+
+def _image_id(name: str) -> str | None:
+    done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", name],
+                          capture_output=True, text=True, check=False)
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _dangling_images() -> set[str]:
+    """Untagged images nothing builds on, as they were before this build started."""
+    done = subprocess.run(["podman", "images", "--all", "--quiet", "--no-trunc", "--filter",
+                           "dangling=true"], capture_output=True, text=True, check=False)
+    return {line.removeprefix("sha256:") for line in done.stdout.split()}
+
+
+def prune_untagged_chain(image_id: str) -> list[str]:
+    """Remove an untagged image, then its parents while they are untagged and nothing else
+    builds on them. Stops at a tagged image (the debootstrap base, the new build) or one with
+    children (layers the new build reused) or in use (`podman rmi` refuses both). Only images
+    that were leftovers before the build are given: unlike `podman image prune`, an image of
+    a build running meanwhile is never touched."""
+    removed: list[str] = []
+    current: str | None = image_id
+    while current:
+        done = subprocess.run(["podman", "image", "inspect", "--format",
+                               "{{len .RepoTags}} {{.Parent}}", current],
+                              capture_output=True, text=True, check=False)
+        tags, _, parent = done.stdout.strip().partition(" ")
+        if done.returncode != 0 or tags != "0":
+            break
+        if subprocess.run(["podman", "rmi", current], capture_output=True,
+                          check=False).returncode != 0:
+            break  # a child image uses it
+        removed.append(current)
+        current = parent or None
+    return removed
 
 
 @pytest.fixture(scope="session")
@@ -217,6 +262,43 @@ def test_container_runs_the_milter_and_tracker_as_txrelay(
         "        print(cmd[-2].decode(), pwd.getpwuid(os.stat(f'/proc/{pid}').st_uid).pw_name)")
     assert code == 0, output
     assert sorted(output.split("\n")) == ["", "milter txrelay", "tracker txrelay"], output
+
+
+def test_postfix_log_is_rotated_and_the_tracker_follows(
+        relay_container: RelayContainer, capture_sink: CaptureSink) -> None:
+    """Run after the first mail (module order): rotate now, then mail again; the tracker must
+    read the new file (made root:txrelay 0640, not postlogd's 0600) and old logs are pruned."""
+    code, output = relay_container.run("txrelay-rotate-maillog", "--now")
+    assert code == 0, output
+    code, listing = relay_container.run("sh", "-c", "cd /var/log/txrelay && stat -c '%n %U:%G "
+                                        "%a' postfix.log postfix.log.*")
+    assert code == 0, listing
+    files = dict(line.split(" ", 1) for line in listing.strip().splitlines())
+    assert files.pop("postfix.log") == "root:txrelay 640"
+    assert [name for name in files if re.fullmatch(r"postfix\.log\.\d{8}-\d{6}\.gz", name)] \
+        == list(files), files
+
+    account = relay_container.txrelay("account", "show", "ctr-shop")
+    connection = relay_container.txrelay("connection", "rotate-password", "web", "--account",
+                                         "ctr-shop")
+    rcpt = f"after-rotation-{secrets.token_hex(4)}@customer.example.net"
+    sender = "orders@mail.ctr-shop.example.com"
+    result = submit(connection["username"], connection["password"], sender, [rcpt],
+                    build_message(sender, [rcpt]), port=relay_container.submission_port)
+    assert result.accepted, f"{result.first_refusal()}\n{relay_container.logs()}"
+    capture_sink.wait_for_recipient(rcpt, timeout=30)
+    wait_until(lambda: _ledger_states(relay_container.database_url,
+                                      int(account["id"])) == ["delivered"] * 2,
+               30, "both recipients 'delivered' across the rotation", relay_container.logs)
+
+    code, output = relay_container.run(
+        "sh", "-c", "touch -d '10 days ago' /var/log/txrelay/postfix.log.20200101-000000.gz "
+        "&& txrelay-rotate-maillog --once")
+    assert code == 0, output
+    assert "deleted /var/log/txrelay/postfix.log.20200101-000000.gz" in output
+    _, listing = relay_container.run("ls", "/var/log/txrelay")
+    assert "postfix.log.20200101-000000.gz" not in listing
+    assert len(re.findall(r"postfix\.log\.\d{8}-\d{6}\.gz", listing)) == 1, listing
 
 
 def test_image_declares_volumes_and_healthcheck(container_image: str) -> None:
