@@ -156,7 +156,7 @@ def test_sentinel_failover_is_followed_without_a_new_client(workdir: Path,
         wait_until(lambda: _replica_in_sync(replica_port), 20, "replica in sync")
         sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         # Done when SENTINEL MASTERS (what redis-py asks) names the replica, not earlier.
-        wait_until(lambda: _master_port(sentinel) == replica_port, 30, "sentinel failover")
+        wait_until(lambda: master_port(sentinel) == replica_port, 30, "sentinel failover")
         wait_until(lambda: _reserves(store), 30, "a reservation on the new master")
         assert client.execute_command("ROLE")[0] in (b"master", "master")
         pool = client.connection_pool
@@ -166,7 +166,7 @@ def test_sentinel_failover_is_followed_without_a_new_client(workdir: Path,
         sentinel.close()
 
 
-def _master_port(sentinel: redis.Redis) -> int:
+def master_port(sentinel: redis.Redis) -> int:
     masters: dict[str, dict[str, int]] = sentinel.sentinel_masters()  # type: ignore[assignment]
     return masters[MASTER_NAME]["port"]
 
