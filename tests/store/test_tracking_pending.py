@@ -123,8 +123,9 @@ def test_lines_read_before_the_replay_are_applied_once_after_it(
     assert replay(Journal(journal.directory, database_url, 1000), database_url) == 1
     daemon.run_once(summary, tick=False)
     assert states(db, row["id"]) == {"a@x.test": "delivered", "b@x.test": "delivered"}
-    assert db.execute("SELECT count(*) AS n FROM ledger WHERE account_id = %s",
-                      (tenant.account_id,)).fetchone()["n"] == 2  # type: ignore[index]
+    rows = db.execute("SELECT count(*) AS n FROM ledger WHERE account_id = %s",
+                      (tenant.account_id,)).fetchone()
+    assert rows["n"] == 2  # type: ignore[index,call-overload]
     assert used(db, tenant) == (2, 2)
     assert summary.voided == 0
 
