@@ -330,12 +330,20 @@ def short_auth_cache_ttl(faults: FaultStack) -> Iterator[None]:
     faults.dovecot.stop()
     try:
         faults.dovecot.start({"auth_cache_ttl": "1 s", "auth_verbose": "yes"})
-        faults.postfix.reload()  # smtpd processes still hold the old auth connection
+        restart_smtpd(faults)
         yield
     finally:
         faults.dovecot.stop()
         faults.dovecot.start()
-        faults.postfix.reload()
+        restart_smtpd(faults)
+
+
+def restart_smtpd(faults: FaultStack) -> None:
+    """A running smtpd keeps its connection to the Dovecot auth process it first used and
+    answers its next AUTH with 454 once that process is gone: fresh processes, not a reload
+    (after which idle ones may still take a session)."""
+    faults.postfix.stop()
+    faults.postfix.start()
 
 
 def send_once(faults: FaultStack, shop: Provisioned, to: list[str]) -> bool:
