@@ -76,10 +76,6 @@ class Recorded:
     journaled: int = 0  # recipients written to the local journal, not yet to PostgreSQL
 
     @property
-    def overage(self) -> int:
-        return sum(1 for a in self.allocations if a.billing == "overage")
-
-    @property
     def quota_units(self) -> int:
         """What the live Redis balance loses. A pending recipient (recorded, not yet settled)
         or a journaled one (not yet recorded) is allocated later; until then the balance
