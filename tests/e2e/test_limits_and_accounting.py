@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -118,6 +119,20 @@ def test_two_hundred_messages_from_ten_clients_are_accounted_exactly(
                f"quota used == {accepted}")
     assert delivered_count() == accepted
     assert time.monotonic() - started < 120
+
+
+def test_quota_show_right_after_sending_counts_every_recipient(relay: RelayStack) -> None:
+    """The milter records recipients as pending and bills them to blocks in the background;
+    an admin asking at once still sees them used (the command settles the account first)."""
+    shop = relay.provision()
+    to = rcpts(3, f"show-{shop.account}")
+    result = submit(shop.username, shop.password, shop.address(), to,
+                    build_message(shop.address(), to), port=relay.port)
+    assert result.delivered_to == to, result
+    shown = json.loads(run([TXRELAY, "--config", str(relay.config_file), "quota", "show",
+                            shop.account, "--json"]).stdout)
+    assert shown["quota_remaining"] == relay.config.quota.demo_quota - 3, shown
+    assert [b["used"] for b in shown["blocks"]] == [3], shown
 
 
 def test_aborted_transactions_consume_no_quota(relay: RelayStack) -> None:

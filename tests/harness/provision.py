@@ -10,7 +10,7 @@ from typing import Any
 import dkim
 import psycopg
 
-from tests.harness.processes import TXRELAY, run
+from tests.harness.processes import TXRELAY, run, wait_until
 
 SELECT_DNS_KEY = """
 SELECT k.algorithm, k.public_key_b64
@@ -107,6 +107,8 @@ SELECT (SELECT count(*) FROM ledger WHERE account_id = %(a)s) AS ledger_rows,
        (SELECT count(*) FROM messages WHERE account_id = %(a)s) AS messages,
        (SELECT coalesce(sum(used), 0) FROM quota_blocks WHERE account_id = %(a)s) AS used"""
 
+SELECT_PENDING = "SELECT count(*) FROM ledger WHERE account_id = %(a)s AND billing = 'pending'"
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -117,8 +119,16 @@ class Usage:
 
 
 def account_usage(database_url: str, account_id: int) -> Usage:
-    """What PostgreSQL has recorded for an account."""
-    with psycopg.connect(database_url) as conn:
+    """What PostgreSQL has recorded for an account, once the milter's settler has billed
+    every recorded recipient to a block or as overage (it does so within a second)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        wait_until(lambda: _pending(conn, account_id) == 0, 10,
+                   f"the milter settling account {account_id}'s ledger rows")
         row = conn.execute(SELECT_USAGE, {"a": account_id}).fetchone()
     assert row is not None
     return Usage(*(int(value) for value in row))
+
+
+def _pending(conn: psycopg.Connection, account_id: int) -> int:
+    row = conn.execute(SELECT_PENDING, {"a": account_id}).fetchone()
+    return int(row[0]) if row is not None else 0

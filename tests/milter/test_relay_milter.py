@@ -11,6 +11,7 @@ import Milter
 import psycopg
 import redis
 
+from tests.harness.processes import wait_until
 from tests.milter.conftest import Driver, default_headers
 from tests.store.builders import Tenant, make_tenant
 from txrelay.clock import SystemClock
@@ -28,10 +29,16 @@ def dns_for(tenant: Tenant) -> Callable[..., bytes]:
 
 
 def ledger_rows(db: psycopg.Connection, queue_id: str) -> list[dict[str, Any]]:
-    return db.execute(  # type: ignore[return-value]
-        "SELECT l.recipient, l.billing, m.message_id, m.node, m.header_from, m.size "
-        "FROM ledger l JOIN messages m ON m.id = l.message_id WHERE m.queue_id = %s "
-        "ORDER BY l.id", (queue_id,)).fetchall()
+    """The message's ledger rows once the milter's settler has billed them to blocks."""
+    def read() -> list[dict[str, Any]]:
+        return db.execute(  # type: ignore[return-value]
+            "SELECT l.recipient, l.billing, m.message_id, m.node, m.header_from, m.size "
+            "FROM ledger l JOIN messages m ON m.id = l.message_id WHERE m.queue_id = %s "
+            "ORDER BY l.id", (queue_id,)).fetchall()
+
+    wait_until(lambda: all(r["billing"] != "pending" for r in read()), 10,
+               f"the settler billing message {queue_id}")
+    return read()
 
 
 def test_accepted_message_is_signed_decorated_and_recorded(

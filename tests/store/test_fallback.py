@@ -24,7 +24,7 @@ from txrelay.store.fallback import (
     rebuild_redis,
 )
 from txrelay.store.keys import AccountKeys
-from txrelay.store.ledger import AcceptedMessage, record_acceptance, remaining_quota
+from txrelay.store.ledger import AcceptedMessage, record_acceptance, remaining_quota, settle
 from txrelay.store.reservations import (
     RedisReservations,
     ReservationRequest,
@@ -99,6 +99,24 @@ def test_recorded_message_ends_its_holds_in_the_same_transaction(
     assert recorded.quota_units == 2 and live_holds(db, tenant) == 0
     # Used up in the ledger now, and no hold counted twice: still exhausted, nothing more.
     assert store.reserve(ask(tenant, reservation_member(str(uuid.uuid4()), "d@x.example"))
+                         ).status is ReservationStatus.QUOTA_EXHAUSTED
+
+
+def test_postgresql_mode_counts_pending_rows_as_used_before_and_after_settling(
+        pool: object, tenant_factory: Callable[..., Tenant], db: psycopg.Connection) -> None:
+    """Recorded recipients not yet billed to a block take their units all the same: the
+    decision is the same before and after the account is settled."""
+    tenant = tenant_factory(demo_quota=3)
+    store = holds(pool)
+    with database.connect(DatabaseConfig(url=db.info.dsn)) as conn:
+        record_acceptance(conn, message(tenant, uuid.uuid4(), ["a@x.example", "b@x.example"]))
+        txn = str(uuid.uuid4())
+        last = store.reserve(ask(tenant, reservation_member(txn, "c@x.example")))
+        assert (last.status, last.remaining) == (ReservationStatus.RESERVED, 0)
+        assert store.reserve(ask(tenant, reservation_member(txn, "d@x.example"))
+                             ).status is ReservationStatus.QUOTA_EXHAUSTED
+        assert settle(conn, tenant.account_id) == 2
+    assert store.reserve(ask(tenant, reservation_member(txn, "d@x.example"))
                          ).status is ReservationStatus.QUOTA_EXHAUSTED
 
 

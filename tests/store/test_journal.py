@@ -18,7 +18,7 @@ from tests.store.builders import Tenant
 from txrelay.config import DatabaseConfig
 from txrelay.store import database
 from txrelay.store.journal import Journal, JournalEntry, JournalUnavailable
-from txrelay.store.ledger import AcceptedMessage, record_acceptance
+from txrelay.store.ledger import AcceptedMessage, Recorded, record_acceptance, settle
 
 
 def accepted(tenant: Tenant, recipients: list[str]) -> AcceptedMessage:
@@ -39,8 +39,18 @@ def counts(db: psycopg.Connection, tenant: Tenant) -> tuple[int, int, int]:
 
 
 def replay_into(journal: Journal, database_url: str) -> int:
+    """Replay, then settle the accounts replayed for, as the milter's settler would."""
     with database.connect(DatabaseConfig(url=database_url)) as conn:
-        return journal.replay(lambda e: record_acceptance(conn, e.message, e.holds))
+        accounts: set[int] = set()
+
+        def record(entry: JournalEntry) -> Recorded:
+            accounts.add(entry.message.account_id)
+            return record_acceptance(conn, entry.message, entry.holds)
+
+        replayed = journal.replay(record)
+        for account_id in accounts:
+            settle(conn, account_id)
+        return replayed
 
 
 def test_replaying_the_journal_twice_records_each_message_once(

@@ -1,4 +1,5 @@
-"""record_acceptance against the real PostgreSQL: allocation, overage, one transaction."""
+"""record_acceptance and settle against the real PostgreSQL: allocation, overage, one
+transaction."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, add_block
-from txrelay.store.ledger import AcceptedMessage, allocate, record_acceptance, remaining_quota
+from txrelay.store.ledger import (
+    AcceptedMessage,
+    allocate,
+    record_acceptance,
+    remaining_quota,
+    settle,
+)
 
 
 @pytest.fixture()
@@ -38,6 +45,13 @@ def used(db: psycopg.Connection, block_id: int) -> int:
     return int(row["used"])
 
 
+def billed(db: psycopg.Connection, message_row_id: int | None) -> list[tuple[str, str, Any]]:
+    """The message's ledger rows as (recipient, billing, quota block), in RCPT order."""
+    rows: Any = db.execute("SELECT recipient, billing, quota_block_id FROM ledger "
+                           "WHERE message_id = %s ORDER BY id", (message_row_id,)).fetchall()
+    return [(r["recipient"], r["billing"], r["quota_block_id"]) for r in rows]
+
+
 def demo_block(db: psycopg.Connection, tenant: Tenant) -> int:
     row: Any = db.execute("SELECT id FROM quota_blocks WHERE account_id = %s AND kind = 'demo'",
                           (tenant.account_id,)).fetchone()
@@ -59,13 +73,25 @@ def test_oldest_expiring_block_is_used_first_and_demo_last(
     expired = add_block(db, tenant.account_id, "booked", 25000, expires_in_days=-1)
     recorded = record_acceptance(conn, message(tenant, ["a@x.example", "b@x.example",
                                                         "c@x.example"]))
-    assert [a.quota_block_id for a in recorded.allocations] == [
-        sooner, later, demo_block(db, tenant)]
+    assert settle(conn, tenant.account_id) == 3
+    assert billed(db, recorded.message_row_id) == [
+        ("a@x.example", "quota", sooner), ("b@x.example", "quota", later),
+        ("c@x.example", "quota", demo_block(db, tenant))]
     assert (used(db, sooner), used(db, later), used(db, expired)) == (25000, 25000, 0)
-    rows = db.execute("SELECT recipient, billing, quota_block_id FROM ledger "
-                      "WHERE message_id = %s ORDER BY id", (recorded.message_row_id,)).fetchall()
-    assert [r["recipient"] for r in rows] == ["a@x.example", "b@x.example", "c@x.example"]
-    assert {r["billing"] for r in rows} == {"quota"}
+
+
+def test_recording_bills_nothing_until_the_account_is_settled(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory(demo_quota=5)
+    recorded = record_acceptance(conn, message(tenant, ["a@x.example", "b@x.example"]))
+    assert [(a.billing, a.quota_block_id) for a in recorded.allocations] == [
+        ("pending", None), ("pending", None)]
+    assert recorded.quota_units == 2  # the live balance loses them at once
+    assert billed(db, recorded.message_row_id) == [
+        ("a@x.example", "pending", None), ("b@x.example", "pending", None)]
+    assert used(db, demo_block(db, tenant)) == 0
+    assert remaining_quota(conn, tenant.account_id, dt.datetime.now(dt.UTC)) == 3
 
 
 def test_recipients_beyond_quota_are_recorded_as_overage(
@@ -73,11 +99,10 @@ def test_recipients_beyond_quota_are_recorded_as_overage(
         tenant_factory: Callable[..., Tenant]) -> None:
     tenant = tenant_factory(demo_quota=1, paid=True)
     recorded = record_acceptance(conn, message(tenant, ["a@x.example", "b@x.example"]))
-    assert recorded.overage == 1
-    rows = db.execute("SELECT billing, quota_block_id FROM ledger WHERE message_id = %s "
-                      "ORDER BY id", (recorded.message_row_id,)).fetchall()
-    assert [(r["billing"], r["quota_block_id"]) for r in rows] == [
-        ("quota", demo_block(db, tenant)), ("overage", None)]
+    assert remaining_quota(db, tenant.account_id, dt.datetime.now(dt.UTC)) == 0
+    settle(conn, tenant.account_id)
+    assert billed(db, recorded.message_row_id) == [
+        ("a@x.example", "quota", demo_block(db, tenant)), ("b@x.example", "overage", None)]
 
 
 def test_message_row_and_connection_last_use_are_recorded(
@@ -115,6 +140,7 @@ def test_same_transaction_recorded_twice_counts_once(
     record_acceptance(conn, accepted)
     again = record_acceptance(conn, accepted)
     assert again.message_row_id is None
+    settle(conn, tenant.account_id)
     assert used(db, demo_block(db, tenant)) == 1
 
 

@@ -1,6 +1,6 @@
-"""record_acceptance as one server-side function (migration 0007): the same rules under
-concurrency, the connection's last use written at most once a minute, errors leave the
-connection usable."""
+"""record_acceptance as one server-side function (migrations 0007, 0009) and settle: the
+same allocation rules under concurrency, the connection's last use written at most once a
+minute, errors leave the connection usable."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, add_block
-from tests.store.test_ledger import demo_block, message, used
-from txrelay.store.ledger import record_acceptance
+from tests.store.test_ledger import billed, demo_block, message, used
+from txrelay.store.ledger import record_acceptance, settle
 
 
 @pytest.fixture()
@@ -50,7 +50,8 @@ def test_blocks_are_split_per_recipient_and_never_overfilled(
     tenant = tenant_factory(demo_quota=1, paid=True)
     first = add_block(db, tenant.account_id, "booked", 25000, used=24998, expires_in_days=5)
     recorded = record_acceptance(conn, message(tenant, [f"r{i}@x.example" for i in range(5)]))
-    assert [(a.recipient, a.billing, a.quota_block_id) for a in recorded.allocations] == [
+    settle(conn, tenant.account_id)
+    assert billed(db, recorded.message_row_id) == [
         ("r0@x.example", "quota", first), ("r1@x.example", "quota", first),
         ("r2@x.example", "quota", demo_block(db, tenant)),
         ("r3@x.example", "overage", None), ("r4@x.example", "overage", None)]
@@ -60,6 +61,8 @@ def test_blocks_are_split_per_recipient_and_never_overfilled(
 def test_concurrent_messages_of_one_account_hand_out_each_unit_once(
         database_url: str, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant]) -> None:
+    """Four senders record while each settles the account after every message: four
+    settlers at once, each unit handed out once and used exact."""
     tenant = tenant_factory(demo_quota=30, paid=True)
     results: list[int] = []
     errors: list[BaseException] = []
@@ -68,9 +71,9 @@ def test_concurrent_messages_of_one_account_hand_out_each_unit_once(
         try:
             with psycopg.connect(database_url, row_factory=dict_row) as own:  # type: ignore[arg-type]
                 for n in range(10):
-                    recorded = record_acceptance(own, message(
+                    record_acceptance(own, message(
                         tenant, [f"w{worker}m{n}a@x.example", f"w{worker}m{n}b@x.example"]))
-                    results.append(len(recorded.allocations) - recorded.overage)
+                    results.append(settle(own, tenant.account_id))
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
@@ -80,7 +83,7 @@ def test_concurrent_messages_of_one_account_hand_out_each_unit_once(
     for thread in threads:
         thread.join()
     assert errors == []
-    assert sum(results) == 30 and used(db, demo_block(db, tenant)) == 30
+    assert sum(results) == 80 and used(db, demo_block(db, tenant)) == 30
     rows: Any = db.execute("SELECT billing, count(*) AS n FROM ledger WHERE account_id = %s "
                            "GROUP BY billing ORDER BY billing", (tenant.account_id,)).fetchall()
     assert [(r["billing"], r["n"]) for r in rows] == [("overage", 50), ("quota", 30)]
@@ -93,4 +96,5 @@ def test_connection_is_usable_after_a_failed_record(
     with pytest.raises(psycopg.errors.UniqueViolation):
         record_acceptance(conn, message(tenant, ["a@x.example", "a@x.example"]))
     recorded = record_acceptance(conn, message(tenant, ["b@x.example"]))
-    assert recorded.message_row_id is not None and used(db, demo_block(db, tenant)) == 1
+    assert recorded.message_row_id is not None and settle(conn, tenant.account_id) == 1
+    assert used(db, demo_block(db, tenant)) == 1

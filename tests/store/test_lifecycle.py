@@ -156,6 +156,32 @@ def test_reconcile_rewrites_wrong_balances_and_reports_them(db, conn, client, co
     assert clean[0].difference == 0
 
 
+def test_reconcile_counts_pending_rows_as_used(db, conn, client, config, clock, unique):
+    sender = make_sender(db, unique, quota=1000)
+    add_message(db, sender, f"L5{unique}", ["a@x.test", "b@x.test"], accepted_at=START,
+                billing="pending")
+    cache_balance(client, config, sender.account_id, 1000)
+    checks = lifecycle.reconcile(conn, client, config.redis.key_prefix, clock.now(),
+                                 sender.account)
+    assert [(c.postgres, c.redis_before) for c in checks] == [(998, 1000)]
+    assert balance(client, config, sender.account_id) == 998
+
+
+def test_renewal_settles_first_so_earlier_mail_does_not_use_the_new_block(
+        db, conn, client, config, clock, unique):
+    sender = make_sender(db, unique, quota=1)
+    add_message(db, sender, f"L6{unique}", ["a@x.test", "b@x.test"], accepted_at=START,
+                billing="pending")
+    with conn.transaction():
+        lifecycle.set_plan(conn, sender.account_id, 25000, config.quota.min_block, clock.now())
+        [renewal] = lifecycle.renew_plans(conn, clock.now(), 30 * DAY, [sender.account_id])
+    rows = db.execute("SELECT billing, quota_block_id FROM ledger WHERE account_id = %s "
+                      "ORDER BY id", (sender.account_id,)).fetchall()
+    assert [(r["billing"], r["quota_block_id"]) for r in rows] == [
+        ("quota", sender.block_id), ("overage", None)]
+    assert block(db, renewal.block_id)["used"] == 0
+
+
 def test_reconcile_leaves_uncached_balances_to_the_milter(db, conn, client, config, clock,
                                                           unique):
     sender = make_sender(db, unique)

@@ -9,9 +9,11 @@ import redis
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning import quota as quota_ops
+from txrelay.provisioning.accounts import get_account
 from txrelay.provisioning.views import block_view, quota_view, short_time, table
 from txrelay.store.balance import credit_balance
 from txrelay.store.keys import AccountKeys
+from txrelay.store.ledger import settle
 
 
 class MailCount(click.ParamType):
@@ -58,6 +60,7 @@ def book(cli: CliContext, account: str, amount: int) -> None:
       txrelay quota book "Acme GmbH" --amount 50000
     """
     now = cli.clock.now()
+    settle_account(cli, account)  # mail accepted before the booking is billed without it
     owner, block = quota_ops.book_block(cli.db, cli.config.quota, now, account, amount)
     warning = _credit_live_balance(cli, owner.id, block.amount)
     report = quota_ops.quota_report(cli.db, account, now)
@@ -68,6 +71,13 @@ def book(cli: CliContext, account: str, amount: int) -> None:
         f"{short_time(block.expires_at)} UTC. Remaining quota: {report.remaining:,}."))
     if warning:
         click.echo(warning, err=True)
+
+
+def settle_account(cli: CliContext, account: str) -> None:
+    """Bill ACCOUNT's pending ledger rows to its blocks, so that the blocks' used figures
+    include every recipient recorded so far (the milters settle within a second anyway)."""
+    settle(cli.db, get_account(cli.db, account).id)
+    cli.db.commit()
 
 
 def _credit_live_balance(cli: CliContext, account_id: int, units: int) -> str | None:
@@ -94,6 +104,7 @@ def show(cli: CliContext, account: str) -> None:
     Example:
       txrelay quota show "Acme GmbH" --json
     """
+    settle_account(cli, account)
     report = quota_ops.quota_report(cli.db, account, cli.clock.now())
 
     def human() -> None:

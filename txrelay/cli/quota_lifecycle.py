@@ -8,7 +8,7 @@ import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.cli.quota import MailCount, quota
-from txrelay.store import database, lifecycle, reporting
+from txrelay.store import database, ledger, lifecycle, reporting
 from txrelay.tracker.daemon import RunSummary
 from txrelay.tracker.tick import TickResult, run_tick
 
@@ -81,15 +81,16 @@ def _print_plan(data: dict[str, Any]) -> None:
 @json_option
 @pass_cli
 def tick(cli: CliContext, account: str | None) -> None:
-    """Renew due plans, expire blocks older than their validity, send low-quota reminders
-    (for ACCOUNT only, if given). The tracker does this every [tracker]
-    tick_interval_seconds; a timer may call this. Running it twice changes nothing the
-    second time."""
+    """Bill recorded mail still pending to quota blocks, renew due plans, expire blocks older
+    than their validity, send low-quota reminders (for ACCOUNT only, if given). The tracker
+    does this every [tracker] tick_interval_seconds; a timer may call this. Running it
+    twice changes nothing the second time."""
     from txrelay.notify import SmtpMailer
 
     conn = database.connect(cli.config.database, autocommit=True)
     try:
         accounts = None if account is None else [reporting.require_account(conn, account)]
+        ledger.settle_all(conn, accounts)  # e.g. left pending by a milter that was killed
         result = run_tick(conn, cli.redis, cli.config, cli.clock.now(),
                           SmtpMailer(cli.config.notify), accounts)
     finally:

@@ -29,6 +29,7 @@ from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
+from txrelay.milter.settler import Settler
 from txrelay.policy.snapshot import PolicySnapshot
 from txrelay.store import database
 from txrelay.store.fallback import FailoverReservations, PostgresReservations, rebuild_redis
@@ -68,21 +69,26 @@ class Ledger:
     """PostgreSQL behind the two calls the milter makes, failures as ServiceUnavailable.
 
     With a journal, a record PostgreSQL cannot take is written to the journal instead (and
-    the message accepted); without one (tests, tools) it is a 451."""
+    the message accepted); without one (tests, tools) it is a 451. Each account recorded
+    for is passed to `recorded_for` (the settler, which bills the pending rows to blocks)."""
 
     def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock,
                  journal: Journal | None = None,
-                 holds_of: Callable[[uuid.UUID], list[str]] | None = None) -> None:
+                 holds_of: Callable[[uuid.UUID], list[str]] | None = None,
+                 recorded_for: Callable[[int], None] | None = None) -> None:
         self.pool = pool
         self.clock = clock
         self.journal = journal
         self.holds_of = holds_of or (lambda txn_id: [])
+        self.recorded_for = recorded_for or (lambda account_id: None)
 
     def record(self, message: AcceptedMessage) -> Recorded:
         holds = self.holds_of(message.txn_id)
         try:
             with self.pool.connection() as conn:
-                return record_acceptance(conn, message, holds)
+                recorded = record_acceptance(conn, message, holds)
+            self.recorded_for(message.account_id)
+            return recorded
         except UNREACHABLE as exc:
             if self.journal is None:
                 raise _unavailable(exc) from exc
@@ -103,8 +109,7 @@ class Ledger:
             return 0
         try:
             with self.pool.connection() as conn:
-                done = journal.replay(
-                    lambda entry: record_acceptance(conn, entry.message, entry.holds))
+                done = journal.replay(lambda entry: self._replay(conn, entry))
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.info("event=journal_replay_waiting backlog=%d error=%r", journal.backlog(),
                      exc.__class__.__name__)
@@ -113,6 +118,11 @@ class Ledger:
             log.warning("event=journal_replayed messages=%d backlog=%d", done,
                         journal.backlog())
         return done
+
+    def _replay(self, conn: psycopg.Connection, entry: JournalEntry) -> Recorded:
+        recorded = record_acceptance(conn, entry.message, entry.holds)
+        self.recorded_for(entry.message.account_id)
+        return recorded
 
     def remaining_quota(self, account_id: int) -> int:
         return self._with_connection(
@@ -284,7 +294,8 @@ def open_runtime(config: Config, clock: Clock) -> Runtime:
         with pool.connection() as conn:
             rebuild_redis(conn, client, config.redis.key_prefix, accounts)
 
-    ledger = Ledger(pool, clock, journal)
+    settler = Settler(lambda: database.connect(config.database, autocommit=True)).start()
+    ledger = Ledger(pool, clock, journal, recorded_for=settler.notify)
     redis_store = RedisReservations(client, config.redis.key_prefix,
                                     config.milter.reservation_ttl_seconds,
                                     ledger.remaining_quota)
@@ -300,6 +311,7 @@ def open_runtime(config: Config, clock: Clock) -> Runtime:
 
     def close() -> None:
         replayer.stop()
+        settler.stop()
         reservations.stop()
         policy.stop()
         journal.close()

@@ -4,12 +4,13 @@ Degraded mode, chosen for exactness over speed: while Redis is down (or slower t
 [redis] timeout_ms) each RCPT is decided by PostgreSQL under a per-account advisory lock, in
 one conditional statement that counts exactly what reserve.lua counts:
 
-  available = unused units of the live quota blocks − live holds of the account
+  available = unused units of the live quota blocks − pending (recorded, not yet settled)
+              ledger rows of the account − live holds of the account
   rate used = ledger rows of the connection in the last hour + live holds of the connection
 
 and inserts the hold (table quota_holds) only when the decision is "reserved" or "overage".
 The end-of-message ledger transaction deletes the message's holds (record_acceptance's
-release_holds), so "used" and "held" move together atomically. A killed milter's holds stop
+release_holds), so "pending" and "held" move together atomically. A killed milter's holds stop
 counting at expires_at ([milter] reservation_ttl_seconds).
 
 When Redis answers again, rebuild_redis() makes it agree with PostgreSQL before the node
@@ -62,6 +63,8 @@ WITH state AS (
     (SELECT COALESCE(sum(amount - used), 0) FROM quota_blocks
       WHERE account_id = %(account_id)s AND expired_unused IS NULL
         AND (expires_at IS NULL OR expires_at > now()))
+    - (SELECT count(*) FROM ledger
+        WHERE account_id = %(account_id)s AND billing = 'pending')
     - (SELECT count(*) FROM quota_holds WHERE account_id = %(account_id)s) AS available,
     (SELECT count(*) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s))

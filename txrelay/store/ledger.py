@@ -1,4 +1,10 @@
-"""Records accepted messages and their recipients in the ledger, billed against quota blocks."""
+"""Records accepted messages and their recipients in the ledger, billed against quota blocks.
+
+Two steps (migration 0009): record_acceptance, on the end-of-message hot path, writes the
+recipients as billing 'pending' and locks no per-account row; settle allocates an account's
+pending rows to its quota blocks later (the milter's settler, the quota tick, any report
+that reads quota_blocks.used or billing). Until then a pending row counts as a unit used.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,8 @@ from typing import Any
 
 import psycopg
 
-# One round trip: migration 0007's function records the message, its ledger rows, the quota
-# used, the end of its degraded-mode holds and the connection's last use, locking the
-# account's quota blocks (FOR UPDATE, so two relay nodes never hand out the same unit) only
-# for its last statement.
+# One round trip: migration 0009's function records the message, its pending ledger rows,
+# the end of its degraded-mode holds and the connection's last use; it locks no quota block.
 RECORD_ACCEPTANCE = """
 SELECT message_row_id, recipient, billing, quota_block_id
   FROM txrelay_record_acceptance(
@@ -21,12 +25,26 @@ SELECT message_row_id, recipient, billing, quota_block_id
        %(connection_id)s, %(envelope_sender)s, %(header_from)s, %(size)s, %(recipients)s,
        %(accepted_at)s, %(release_holds)s)"""
 
+# Allocates the account's pending rows (migration 0009): blocks locked, used moved, rows
+# billed 'quota' or 'overage'. Safe with any number of settlers at once.
+SETTLE_ACCOUNT = "SELECT txrelay_settle_account(%(account_id)s) AS settled"
+
+PENDING_ACCOUNTS = """
+SELECT DISTINCT account_id FROM ledger
+ WHERE billing = 'pending'
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
+ ORDER BY account_id"""
+
+# Unused units of the live blocks minus the pending rows, which take them first when they
+# are settled (never below 0: what does not fit becomes overage).
 REMAINING_QUOTA = """
-SELECT COALESCE(sum(amount - used), 0) AS remaining
-  FROM quota_blocks
- WHERE account_id = %(account_id)s
-   AND expired_unused IS NULL
-   AND (expires_at IS NULL OR expires_at > %(now)s)"""
+SELECT GREATEST(
+         (SELECT COALESCE(sum(amount - used), 0) FROM quota_blocks
+           WHERE account_id = %(account_id)s AND expired_unused IS NULL
+             AND (expires_at IS NULL OR expires_at > %(now)s))
+         - (SELECT count(*) FROM ledger
+             WHERE account_id = %(account_id)s AND billing = 'pending'),
+         0) AS remaining"""
 
 
 @dataclass(frozen=True)
@@ -47,7 +65,7 @@ class AcceptedMessage:
 @dataclass(frozen=True)
 class Allocation:
     recipient: str
-    billing: str  # 'quota' or 'overage'
+    billing: str  # 'pending' until settled, then 'quota' or 'overage'
     quota_block_id: int | None
 
 
@@ -58,18 +76,14 @@ class Recorded:
     journaled: int = 0  # recipients written to the local journal, not yet to PostgreSQL
 
     @property
-    def overage(self) -> int:
-        return sum(1 for a in self.allocations if a.billing == "overage")
-
-    @property
     def quota_units(self) -> int:
-        """Recipients billed to quota blocks: what the live Redis balance loses. A journaled
-        message is allocated when it is replayed; until then the balance loses every
-        recipient, down to 0 at most (commit.lua), which is what the replay will bill to
-        quota: the units left, the rest as overage."""
+        """What the live Redis balance loses. A pending recipient (recorded, not yet settled)
+        or a journaled one (not yet recorded) is allocated later; until then the balance
+        loses every such recipient, down to 0 at most (commit.lua), which is what settling
+        will bill to quota: the units left, the rest as overage."""
         if self.journaled:
             return self.journaled
-        return sum(1 for a in self.allocations if a.billing == "quota")
+        return sum(1 for a in self.allocations if a.billing in ("quota", "pending"))
 
 
 def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> list[Allocation]:
@@ -89,17 +103,17 @@ def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> li
 
 def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
                       release_holds: Sequence[str] = ()) -> Recorded:
-    """The message, one ledger row per recipient, the quota used and the connection's last
-    use, in ONE transaction: all of it is recorded or none of it. release_holds: the
-    message's reservations held in PostgreSQL (degraded mode), which end in the same
-    transaction so that "used" and "held" never count a recipient twice.
+    """The message, one pending ledger row per recipient and the connection's last use, in
+    ONE transaction: all of it is recorded or none of it. release_holds: the message's
+    reservations held in PostgreSQL (degraded mode), which end in the same transaction so
+    that "pending" and "held" never count a recipient twice.
 
     Idempotent by txn_id: recording a transaction again (a journal replayed twice, a retry
     after a timeout that did commit) changes nothing.
 
-    One statement in its own implicit transaction: one network round trip, and the quota
-    blocks stay locked only while PostgreSQL runs it and commits (never while it waits
-    for the client to send COMMIT)."""
+    One statement in its own implicit transaction: one network round trip, and no lock on
+    any row another message of the account needs, so messages of one account never wait
+    for each other's COMMIT. settle() bills the rows to blocks afterwards."""
     params = {
         "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
         "message_id": message.message_id, "account_id": message.account_id,
@@ -116,8 +130,25 @@ def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
     return Recorded(_column(rows[0], "message_row_id"), allocations)
 
 
+def settle(conn: psycopg.Connection, account_id: int) -> int:
+    """Bill the account's pending rows to its quota blocks (or as overage); returns how many
+    it settled. One statement: its own transaction, or a savepoint in the caller's (whose
+    transaction then keeps the account's blocks locked until it ends)."""
+    rows = _one_statement(conn, SETTLE_ACCOUNT, {"account_id": account_id})
+    return int(_column(rows[0], "settled"))
+
+
+def settle_all(conn: psycopg.Connection, accounts: Sequence[int] | None = None) -> int:
+    """Settle every account with pending rows (only `accounts`, when given), one account per
+    transaction outside a caller's transaction; returns the rows settled."""
+    found = _one_statement(conn, PENDING_ACCOUNTS,
+                           {"accounts": None if accounts is None else list(accounts)})
+    return sum(settle(conn, _column(row, "account_id")) for row in found)
+
+
 def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> int:
-    """Units left in the account's live blocks: what Redis's balance starts from."""
+    """Units left in the account's live blocks once its pending rows are settled: what
+    Redis's balance starts from."""
     row = conn.execute(REMAINING_QUOTA, {"account_id": account_id, "now": now}).fetchone()
     return int(_column(row, "remaining")) if row is not None else 0
 

@@ -4,6 +4,10 @@ Every function changes PostgreSQL only and returns the Redis balance deltas to a
 the transaction has committed (store.balance.credit_balance), so a rolled-back transaction
 never moves a live balance. Each step is idempotent: running the tick twice, or on two
 nodes at once, changes nothing the second time.
+
+Pending ledger rows (recorded, not yet billed to a block: store/ledger.py) are settled
+before a block closes or a renewal adds one, so that each row is billed with the blocks of
+its own time; the remaining quota counts the rows still pending as used.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import redis
 
 from txrelay.errors import InvalidInput, NotFound
 from txrelay.store.keys import AccountKeys
+from txrelay.store.ledger import settle_all
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
@@ -30,6 +35,11 @@ UPDATE quota_blocks SET expired_unused = amount - used
    AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
 RETURNING id, account_id, expired_unused"""
 
+SELECT_DUE_BLOCK_ACCOUNTS = """
+SELECT DISTINCT account_id FROM quota_blocks
+ WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))"""
+
 
 @dataclass(frozen=True)
 class ExpiredBlock:
@@ -41,7 +51,12 @@ class ExpiredBlock:
 def expire_blocks(conn: Conn, now: dt.datetime,
                   accounts: Sequence[int] | None = None) -> list[ExpiredBlock]:
     """Close due blocks (call inside a transaction); credit -expired_unused afterwards.
-    `accounts` limits the work to those accounts (None: all)."""
+    `accounts` limits the work to those accounts (None: all). Their owners' pending rows
+    are settled first: a block still serves the rows accepted before it expired."""
+    due = conn.execute(SELECT_DUE_BLOCK_ACCOUNTS,
+                       {"now": now, "accounts": _ids(accounts)}).fetchall()
+    if due:
+        settle_all(conn, [int(r["account_id"]) for r in due])
     rows = conn.execute(EXPIRE_BLOCKS, {"now": now, "accounts": _ids(accounts)}).fetchall()
     return [ExpiredBlock(int(r["id"]), int(r["account_id"]),
                          int(r["expired_unused"])) for r in rows]
@@ -96,6 +111,8 @@ def renew_plans(conn: Conn, now: dt.datetime, validity: dt.timedelta,
     """
     renewals = []
     plans = conn.execute(LOCK_DUE_PLANS, {"now": now, "accounts": _ids(accounts)}).fetchall()
+    if plans:  # rows accepted before the renewal are billed without its block
+        settle_all(conn, [int(plan["account_id"]) for plan in plans])
     for plan in plans:
         account, amount = int(plan["account_id"]), int(plan["block_amount"])
         due: dt.datetime = plan["next_renewal_at"]
@@ -136,11 +153,14 @@ def get_plan(conn: Conn, account_id: int) -> dict | None:
 
 # --- remaining quota and reconcile ---------------------------------------------------------
 
-# Remaining = unused units of live blocks (the shared rule of every helper).
+# Remaining = unused units of live blocks minus pending ledger rows, never below 0 (the
+# shared rule of every helper; store.ledger.REMAINING_QUOTA for one account).
 SELECT_REMAINING = """
-SELECT a.id, a.name, COALESCE(sum(b.amount - b.used) FILTER (
+SELECT a.id, a.name, GREATEST(COALESCE(sum(b.amount - b.used) FILTER (
            WHERE b.expired_unused IS NULL
-             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)::bigint AS remaining
+             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)
+         - (SELECT count(*) FROM ledger l
+             WHERE l.account_id = a.id AND l.billing = 'pending'), 0)::bigint AS remaining
   FROM accounts a LEFT JOIN quota_blocks b ON b.account_id = a.id
  WHERE %(name)s::text IS NULL OR a.name = %(name)s
  GROUP BY a.id, a.name
@@ -214,9 +234,11 @@ ON CONFLICT (account_id) DO NOTHING"""
 # and back at or above it (re-arm).
 SELECT_REMINDER_CHANGES = """
 SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, r.armed,
-       COALESCE((SELECT sum(b.amount - b.used) FROM quota_blocks b
-                  WHERE b.account_id = a.id AND b.expired_unused IS NULL
-                    AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)::bigint
+       GREATEST(COALESCE((SELECT sum(b.amount - b.used) FROM quota_blocks b
+                           WHERE b.account_id = a.id AND b.expired_unused IS NULL
+                             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)
+                - (SELECT count(*) FROM ledger l
+                    WHERE l.account_id = a.id AND l.billing = 'pending'), 0)::bigint
            AS remaining
   FROM accounts a JOIN quota_reminders r ON r.account_id = a.id
  WHERE a.low_quota_threshold > 0
