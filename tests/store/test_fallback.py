@@ -34,7 +34,10 @@ from txrelay.store.reservations import (
 
 @pytest.fixture()
 def pool(database_url: str) -> Iterator[object]:
-    opened = database.open_pool(DatabaseConfig(url=database_url, pool_max=20), "fallback-test")
+    # 20 threads queue on one account's advisory lock: on a busy CI machine the last one
+    # waits longer than the default 3 s statement timeout. Exactness is tested, not latency.
+    opened = database.open_pool(DatabaseConfig(url=database_url, pool_max=20, timeout_ms=15000),
+                                "fallback-test")
     opened.open(wait=True)
     yield opened
     opened.close()

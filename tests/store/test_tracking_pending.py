@@ -19,7 +19,7 @@ from txrelay.clock import FixedClock
 from txrelay.config import Config, DatabaseConfig
 from txrelay.store import database, tracking
 from txrelay.store.journal import Journal, JournalEntry
-from txrelay.store.ledger import AcceptedMessage, record_acceptance
+from txrelay.store.ledger import AcceptedMessage, record_acceptance, settle
 from txrelay.tracker.daemon import RunSummary, TrackerDaemon
 
 ACCEPTED = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
@@ -82,7 +82,9 @@ def kept(db: psycopg.Connection, node: str) -> int:
 
 
 def used(db: psycopg.Connection, tenant: Tenant) -> tuple[int, int]:
-    """(quota used, ledger rows billed to quota) of the tenant."""
+    """(quota used, ledger rows billed to quota) of the tenant, once its pending rows are
+    settled (as the milter's settler does within a fraction of a second)."""
+    settle(db, tenant.account_id)
     row = db.execute(
         "SELECT (SELECT sum(used) FROM quota_blocks WHERE account_id = %(a)s) AS used, "
         "(SELECT count(*) FROM ledger WHERE account_id = %(a)s AND billing = 'quota') AS q",
