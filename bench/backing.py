@@ -85,7 +85,8 @@ def write_config(root: Path, database_url: str) -> tuple[Path, Config]:
     dovecot = dataclasses.replace(
         base.dovecot, config_dir=str(root / "dovecot"), base_dir=str(root / "dovecot-run"),
         auth_socket=str(root / "dovecot-run" / "auth-postfix"),
-        log_path=str(root / "dovecot.log"))
+        log_path=str(root / "dovecot.log"),
+        passdb_file=str(root / "dovecot-passdb" / "passwd"))
     config = dataclasses.replace(
         base, milter=milter, dovecot=dovecot,
         database=dataclasses.replace(base.database, url=database_url, pool_max=20),

@@ -88,11 +88,9 @@ mkdir -p "$state" "$run" /var/log/txrelay
 log "database and configuration"
 psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'txrelay'" | grep -q 1 \
     || createdb -h 127.0.0.1 -U postgres txrelay
-if [ ! -f "$conf" ]; then
-    txrelay init --config-path "$conf" --smtp-host 127.0.0.1
-else
-    txrelay --config "$conf" db migrate
-fi
+# Every run: the demo's settings never change, and a newer txrelay may write a newer Dovecot
+# configuration (e.g. the SMTP login file's passdb); the running Dovecot reloads it below.
+txrelay init --config-path "$conf" --smtp-host 127.0.0.1 --force
 
 log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
 # Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in
@@ -115,7 +113,8 @@ txrelay --config "$conf" postfix configure
 log "Dovecot (txrelay's auth-only instance)"
 if doveadm -c /etc/txrelay/dovecot/dovecot.conf who >/dev/null 2>&1 \
         || pgrep -f "dovecot -c /etc/txrelay/dovecot/dovecot.conf" >/dev/null; then
-    echo "Dovecot already running"
+    doveadm -c /etc/txrelay/dovecot/dovecot.conf reload
+    echo "Dovecot already running (configuration reloaded)"
 else
     # Dovecot keeps the stdio it was started with: give it a file, not the caller's terminal.
     dovecot -c /etc/txrelay/dovecot/dovecot.conf </dev/null >>/var/log/txrelay/dovecot-start.log 2>&1 \

@@ -74,7 +74,9 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         f'[smtp]\nhost = "127.0.0.1"\nport = 10587\n\n'
         f'[dovecot]\nconfig_dir = "{base}/dovecot"\nbase_dir = "{base}/dovecot-run"\n'
         f'auth_socket = "{base}/dovecot-run/auth-postfix"\n'
+        f'passdb_file = "{base}/passdb/passwd"\n'
     )
+    (base / "passdb").mkdir()
     return path
 
 

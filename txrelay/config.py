@@ -73,6 +73,9 @@ class DovecotConfig:
     base_dir: str = "/run/txrelay/dovecot"
     auth_socket: str = "/var/spool/postfix/private/txrelay-auth"
     log_path: str = "/var/log/txrelay/dovecot.log"
+    # The enabled connections' logins, Dovecot's passdb; the CLI and every milter
+    # keep it current, so logins need no PostgreSQL (docs/failure-modes.md).
+    passdb_file: str = "/var/lib/txrelay-auth/passwd"
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,12 @@ EOF
 prepare_runtime() {
     install -d -o txrelay -g postfix -m 2750 /run/txrelay
     install -d -o txrelay -g txrelay -m 0750 /var/lib/txrelay
+    # The SMTP login file: the milter (txrelay) writes it, Dovecot's auth process (group
+    # dovecot) reads it; init made the directory root's, the milter must own it.
+    local passdb_dir
+    passdb_dir=$(dirname "$(txrelay_setting dovecot passdb_file)")
+    install -d -o txrelay -g dovecot -m 2750 "$passdb_dir"
+    chown txrelay:dovecot "$passdb_dir" && chmod 2750 "$passdb_dir"
 }
 
 pids=()

@@ -35,6 +35,7 @@ def _init(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str,
                      "--set", f"dovecot.config_dir={tmp_path / 'dovecot'}",
                      "--set", f"dovecot.base_dir={tmp_path / 'dovecot-run'}",
                      "--set", f"dovecot.auth_socket={tmp_path / 'dovecot-run' / 'auth'}",
+                     "--set", f"dovecot.passdb_file={tmp_path / 'passdb' / 'passwd'}",
                      *extra], monkeypatch)
 
 

@@ -41,13 +41,8 @@ class DovecotService:
         self.auth_socket = Path(config.dovecot.auth_socket)
         self.log_path = Path(config.dovecot.log_path)
 
-    def start(self, overrides: dict[str, str] | None = None) -> None:
-        """Start with the configuration txrelay writes; `overrides` (setting -> value) are
-        appended, and Dovecot uses the last value of a setting."""
+    def start(self) -> None:
         write_dovecot_config(self.config)
-        if overrides:
-            with self.conf_path.open("a", encoding="utf-8") as conf:
-                conf.writelines(f"{key} = {value}\n" for key, value in overrides.items())
         run(["dovecot", "-c", str(self.conf_path)])
         wait_until(lambda: unix_socket_open(self.auth_socket), 15, "Dovecot auth socket",
                    lambda: tail(self.log_path))

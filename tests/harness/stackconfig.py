@@ -20,7 +20,8 @@ def stack_config(base: Config, directory: Path, *, submission_port: int,
         base.dovecot, config_dir=str(directory / "dovecot"),
         base_dir=str(directory / "dovecot-run"),
         auth_socket=str(directory / "dovecot-run" / "auth-postfix"),
-        log_path=str(directory / "dovecot.log"))
+        log_path=str(directory / "dovecot.log"),
+        passdb_file=str(directory / "dovecot-passdb" / "passwd"))
     tracker = dataclasses.replace(base.tracker, log_path=str(directory / "postfix" / "maillog"))
     return dataclasses.replace(
         base, milter=milter, dovecot=dovecot, tracker=tracker,

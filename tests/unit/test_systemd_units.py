@@ -36,6 +36,7 @@ def test_installer_stages_every_unit_and_the_tmpfiles_entry(installed: Path) -> 
     assert sorted(p.name for p in installed.iterdir()) == sorted(UNITS)
     tmpfiles = (installed.parents[1] / "tmpfiles.d" / "txrelay.conf").read_text()
     assert re.search(r"^d /run/txrelay\s+2750 txrelay postfix", tmpfiles, re.M)
+    assert re.search(r"^d /var/lib/txrelay-auth\s+2750 txrelay dovecot", tmpfiles, re.M)
 
 
 def test_units_pass_systemd_analyze_verify_without_a_warning(installed: Path) -> None:
@@ -69,5 +70,6 @@ def test_daemons_run_as_txrelay_with_a_low_exposure_score(installed: Path, unit:
 
 def test_milter_may_write_only_its_socket_and_state_directories(installed: Path) -> None:
     text = (installed / "txrelay-milter.service").read_text()
-    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == ["/run/txrelay /var/lib/txrelay"]
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == [
+        "/run/txrelay /var/lib/txrelay /var/lib/txrelay-auth"]
     assert "SupplementaryGroups=postfix" in text

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+import psycopg
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.config import Config
 from txrelay.provisioning import connections
 from txrelay.provisioning.connections import ConnectionChange, IssuedCredentials
-from txrelay.provisioning.dovecot import AUTH_CACHE_TTL_SECONDS, flush_auth_cache
 from txrelay.provisioning.views import (
     access_view,
     connection_view,
@@ -17,6 +19,11 @@ from txrelay.provisioning.views import (
     table,
 )
 from txrelay.store.connections import Connection
+from txrelay.store.passdb_file import (
+    PassdbFileError,
+    sync_passdb_file,
+    wait_until_dovecot_sees_it,
+)
 
 ACCOUNT_OPTION = click.option(
     "--account", metavar="ACCOUNT",
@@ -27,9 +34,10 @@ ACCOUNT_OPTION = click.option(
 def connection() -> None:
     """Connections: one per sending system, each with its own SMTP login.
 
-    A connection may send only from its domains; disabling, rotating or deleting it takes
-    effect at the next SMTP login on this machine, and within 60 s on other relay nodes
-    (their login cache, which lets known logins work while PostgreSQL is down).
+    A connection may send only from its domains. Creating, disabling, enabling, rotating
+    or deleting it takes effect at the next SMTP login on this machine (the command updates
+    its SMTP login file), and within [milter] policy_refresh_seconds on other relay nodes
+    (their milter updates theirs). The login file lets logins work while PostgreSQL is down.
 
     \b
     Example:
@@ -59,6 +67,7 @@ def create(cli: CliContext, account: str, name: str, domains: tuple[str, ...],
       txrelay connection create "Acme GmbH" "Web shop" --domain acme.example
     """
     issued = connections.create_connection(cli.db, account, name, domains, rate_limit)
+    _update_login_file(cli)
     _emit_access(cli, issued, "Created connection")
 
 
@@ -159,23 +168,26 @@ def enable(cli: CliContext, name: str, account: str | None) -> None:
 
 def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bool) -> None:
     changed = connections.set_enabled(cli.db, name, account, enabled)
-    _flush_login_cache(cli, changed.username)
+    _update_login_file(cli)
     verb = "Enabled" if enabled else "Disabled"
     cli.emit(connection_view(changed), lambda: click.echo(
         f"{verb} connection {changed.name!r} of account {changed.account_name!r}."))
 
 
-def _flush_login_cache(cli: CliContext, username: str | None) -> None:
-    """Dovecot caches credentials (so that logins work while PostgreSQL is down): the
-    Dovecot on this machine forgets the user's now, other relay nodes' expire within
-    AUTH_CACHE_TTL_SECONDS."""
-    if username is None:
+def _update_login_file(cli: CliContext) -> None:
+    """Write this machine's SMTP login file (Dovecot's passdb) from PostgreSQL now, and
+    return once Dovecot will read it; other relay nodes' milters follow on their next policy
+    refresh. A failure is a note: the change itself is committed."""
+    path = Path(cli.config.dovecot.passdb_file)
+    try:
+        written = sync_passdb_file(cli.db, path)
+    except (PassdbFileError, psycopg.Error) as exc:
+        click.echo(f"note: the SMTP login file on this machine was not updated ({exc}); "
+                   "the relay nodes' milters apply the change within [milter] "
+                   "policy_refresh_seconds.", err=True)
         return
-    reason = flush_auth_cache(cli.config, username)
-    if reason is not None:
-        click.echo(f"note: the SMTP login cache on this machine was not flushed ({reason}); "
-                   f"relay nodes apply the change to {username} within "
-                   f"{AUTH_CACHE_TTL_SECONDS} s.", err=True)
+    if written:
+        wait_until_dovecot_sees_it()
 
 
 @connection.command("rotate-password")
@@ -185,14 +197,14 @@ def _flush_login_cache(cli: CliContext, username: str | None) -> None:
 @pass_cli
 def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
     """Issue a new password (shown once); the old one stops working at once on this
-    machine, within 60 s on other relay nodes.
+    machine, within [milter] policy_refresh_seconds on other relay nodes.
 
     \b
     Example:
       txrelay connection rotate-password "Web shop" --account "Acme GmbH"
     """
     issued = connections.rotate_password(cli.db, name, account, cli.clock.now())
-    _flush_login_cache(cli, issued.connection.username)
+    _update_login_file(cli)
     _emit_access(cli, issued, "New password for connection")
 
 
@@ -209,7 +221,7 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
       txrelay connection delete "Old shop" --account "Acme GmbH"
     """
     gone = connections.delete_connection(cli.db, name, account, cli.clock.now())
-    _flush_login_cache(cli, gone.username)
+    _update_login_file(cli)
     data = {"account": gone.account_name, "connection": gone.name, "id": gone.id,
             "username": gone.username, "deleted": True}
     cli.emit(data, lambda: click.echo(

@@ -41,6 +41,7 @@ from txrelay.store.ledger import (
     record_acceptance,
     remaining_quota,
 )
+from txrelay.store.passdb_file import PassdbFileError, sync_passdb_file
 from txrelay.store.policy import (
     PolicyLoader,
     current_version,
@@ -142,14 +143,22 @@ def _unavailable(exc: Exception) -> LedgerUnavailable:
 
 
 class PolicyCache:
-    """Holds the current snapshot; a daemon thread polls policy_version and reloads on change."""
+    """Holds the current snapshot; a daemon thread polls policy_version and reloads on change.
+
+    With a `passdb_path`, each change of the version also brings this node's SMTP login file
+    (Dovecot's passdb) up to date, so that a change made by the CLI on another node
+    reaches this node's logins within one poll; while PostgreSQL is down the file stays."""
 
     def __init__(self, pool: psycopg_pool.ConnectionPool, loader: PolicyLoader,
-                 interval: float, copy_path: Path | None = None) -> None:
+                 interval: float, copy_path: Path | None = None,
+                 passdb_path: Path | None = None) -> None:
         self.pool = pool
         self.loader = loader
         self.interval = max(interval, 0.1)
         self.copy_path = copy_path  # the local copy for a start during a PostgreSQL outage
+        self.passdb_path = passdb_path
+        self._passdb_due = passdb_path is not None
+        self._passdb_failing = False
         self.current: PolicySnapshot | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,6 +203,9 @@ class PolicyCache:
                              self.current.version, len(self.current.connections),
                              len(self.current.domains))
                     self._save_copy(rows)
+                    self._passdb_due = self.passdb_path is not None
+                if self._passdb_due:
+                    self._sync_passdb(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if not self._failing:
                 log.warning("event=policy_refresh_failed error=%r (keeping version %s)",
@@ -216,6 +228,24 @@ class PolicyCache:
         except OSError as exc:
             log.warning("event=policy_copy_not_saved path=%s error=%r (a restart during a "
                         "PostgreSQL outage could not authorise)", self.copy_path, str(exc))
+
+    def _sync_passdb(self, conn: psycopg.Connection) -> None:
+        """Rewrite the login file when its content changed; when it cannot be written, say
+        so once and try again at every poll until it can."""
+        assert self.passdb_path is not None
+        try:
+            written = sync_passdb_file(conn, self.passdb_path)
+        except PassdbFileError as exc:
+            if not self._passdb_failing:
+                log.error("event=passdb_file_not_written error=%r (SMTP logins on this node "
+                          "miss the latest changes, and fail while PostgreSQL is down)",
+                          str(exc))
+            self._passdb_failing = True
+            return
+        if written:
+            log.info("event=passdb_file_written path=%s", self.passdb_path)
+        self._passdb_due = False
+        self._passdb_failing = False
 
     def _load_copy(self) -> None:
         """PostgreSQL is away and this process has no snapshot yet: use the local copy."""
@@ -303,7 +333,7 @@ def open_runtime(config: Config, clock: Clock) -> Runtime:
     ledger.holds_of = reservations.held_in_postgres
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
     policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds,
-                         copy_path)
+                         copy_path, Path(config.dovecot.passdb_file))
     policy.refresh()
     policy.start()
     reservations.start()
