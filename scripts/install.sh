@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything txrelay needs on a Debian/Ubuntu machine, as root, idempotently:
-# Debian packages (Postfix, Dovecot auth + pgsql, libmilter for pymilter, PostgreSQL and Redis
+# Debian packages (Postfix, Dovecot auth, libmilter for pymilter, PostgreSQL and Redis
 # when absent), a virtualenv in $TXRELAY_VENV with txrelay installed from this checkout, and
 # /usr/local/bin/txrelay. Safe to run again: it only adds what is missing.
 set -euo pipefail
@@ -16,7 +16,7 @@ command -v apt-get >/dev/null || { echo "install.sh needs a Debian or Ubuntu mac
 
 packages=(
     postfix postfix-pcre          # the MTA: SMTP, STARTTLS, queue, smtp-sink/smtp-source
-    dovecot-core dovecot-pgsql    # SASL authentication for Postfix, reading txrelay's PostgreSQL
+    dovecot-core                  # SASL authentication for Postfix, from txrelay's SMTP login file
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
     openssl ssl-cert ca-certificates

@@ -40,5 +40,5 @@ def make_password() -> str:
 
 
 def hash_password(password: str) -> str:
-    """The form Dovecot's SQL passdb reads: {ARGON2ID}$argon2id$v=19$..."""
+    """The form Dovecot reads from the SMTP login file: {ARGON2ID}$argon2id$v=19$..."""
     return PASSWORD_SCHEME + _HASHER.hash(password)
