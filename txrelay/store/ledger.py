@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
+
 # One round trip: migration 0009's function records the message, its pending ledger rows,
 # the end of its degraded-mode holds and the connection's last use; it locks no quota block.
 RECORD_ACCEPTANCE = """
@@ -101,7 +103,7 @@ def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> li
     return result
 
 
-def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
+def record_acceptance(conn: Conn, message: AcceptedMessage,
                       release_holds: Sequence[str] = ()) -> Recorded:
     """The message, one pending ledger row per recipient and the connection's last use, in
     ONE transaction: all of it is recorded or none of it. release_holds: the message's
@@ -130,7 +132,7 @@ def record_acceptance(conn: psycopg.Connection, message: AcceptedMessage,
     return Recorded(_column(rows[0], "message_row_id"), allocations)
 
 
-def settle(conn: psycopg.Connection, account_id: int) -> int:
+def settle(conn: Conn, account_id: int) -> int:
     """Bill the account's pending rows to its quota blocks (or as overage); returns how many
     it settled. One statement: its own transaction, or a savepoint in the caller's (whose
     transaction then keeps the account's blocks locked until it ends)."""
@@ -138,7 +140,7 @@ def settle(conn: psycopg.Connection, account_id: int) -> int:
     return int(_column(rows[0], "settled"))
 
 
-def settle_all(conn: psycopg.Connection, accounts: Sequence[int] | None = None) -> int:
+def settle_all(conn: Conn, accounts: Sequence[int] | None = None) -> int:
     """Settle every account with pending rows (only `accounts`, when given), one account per
     transaction outside a caller's transaction; returns the rows settled."""
     found = _one_statement(conn, PENDING_ACCOUNTS,
@@ -146,14 +148,14 @@ def settle_all(conn: psycopg.Connection, accounts: Sequence[int] | None = None) 
     return sum(settle(conn, _column(row, "account_id")) for row in found)
 
 
-def remaining_quota(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> int:
+def remaining_quota(conn: Conn, account_id: int, now: dt.datetime) -> int:
     """Units left in the account's live blocks once its pending rows are settled: what
     Redis's balance starts from."""
     row = conn.execute(REMAINING_QUOTA, {"account_id": account_id, "now": now}).fetchone()
     return int(_column(row, "remaining")) if row is not None else 0
 
 
-def _one_statement(conn: psycopg.Connection, query: str,
+def _one_statement(conn: Conn, query: str,
                    params: dict[str, object]) -> list[Any]:
     """Run one statement as its own transaction (autocommit: atomic, no BEGIN/COMMIT round
     trips), or inside the caller's transaction when there is one."""
