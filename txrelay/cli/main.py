@@ -20,6 +20,7 @@ COMMANDS = [
     ("txrelay.cli.connection", "connection"),
     ("txrelay.cli.quota", "quota"),
     ("txrelay.cli.postfix", "postfix"),
+    ("txrelay.cli.dovecot", "dovecot"),
     ("txrelay.cli.daemons", "milter"),
     ("txrelay.cli.sink", "sink"),
     ("txrelay.cli.tracker", "tracker"),

@@ -17,6 +17,9 @@ CONFIG_NAME = "dovecot.conf"
 DOVECOT_GROUP = "dovecot"
 
 
+OBSOLETE_SQL_CONF = "dovecot-sql.conf.ext"
+
+
 def dovecot_config_path(config: Config) -> Path:
     """The file to start Dovecot with: dovecot -c <this>."""
     return Path(config.dovecot.config_dir) / CONFIG_NAME
@@ -42,6 +45,9 @@ def write_dovecot_config(config: Config) -> list[Path]:
         auth_socket=_listener_path(config),
     )
     _write_atomically(conf_path, conf_text, mode=0o644)
+    # Versions before the login file had Dovecot query PostgreSQL through this file, which
+    # holds the database URL (and its password, if any): nothing reads it any more.
+    (config_dir / OBSOLETE_SQL_CONF).unlink(missing_ok=True)
     return [conf_path, passdb_path]
 
 
