@@ -15,9 +15,10 @@ from Milter.testctx import TestCtx
 
 from tests.store.builders import Tenant, make_tenant
 from txrelay.clock import SystemClock
-from txrelay.config import Config
+from txrelay.config import Config, DatabaseConfig
 from txrelay.milter.relay import RelayMilter
 from txrelay.milter.runtime import Runtime, open_runtime
+from txrelay.store import database
 
 BODY = b"Hello,\r\n\r\nyour order 42 has shipped.\r\n-- \r\nThe shop\r\n"
 
@@ -171,3 +172,16 @@ def tenant_factory(db: psycopg.Connection, unique: str,
 @pytest.fixture()
 def driver(runtime: Runtime) -> Driver:
     return Driver(runtime)
+
+
+# A PostgreSQL nobody answers on: port 1 refuses at once, so outage tests do not wait.
+DEAD_DATABASE = DatabaseConfig(url="postgresql://postgres@127.0.0.1:1/none", timeout_ms=300)
+
+
+@pytest.fixture()
+def dead_pool() -> Iterator[object]:
+    """A connection pool on a PostgreSQL that is down."""
+    pool = database.open_pool(DEAD_DATABASE, "dead")
+    pool.open(wait=False)
+    yield pool
+    pool.close()

@@ -5,35 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import Milter
 import psycopg
-import pytest
 import redis
 
 from tests.milter.conftest import Driver
 from tests.store.builders import Tenant
 from txrelay.clock import SystemClock
-from txrelay.config import DatabaseConfig
 from txrelay.milter.runtime import Ledger, PolicyCache, Runtime
-from txrelay.store import database
 from txrelay.store.fallback import FailoverReservations, PostgresReservations
 from txrelay.store.journal import Journal
 from txrelay.store.keys import AccountKeys
 from txrelay.store.policy import PolicyLoader
 from txrelay.store.reservations import RedisReservations
-
-DEAD_DATABASE = DatabaseConfig(url="postgresql://postgres@127.0.0.1:1/none", timeout_ms=300)
-
-
-@pytest.fixture()
-def dead_pool() -> Iterator[object]:
-    pool = database.open_pool(DEAD_DATABASE, "dead")
-    pool.open(wait=False)
-    yield pool
-    pool.close()
 
 
 def dead_redis(runtime: Runtime) -> RedisReservations:

@@ -3,27 +3,14 @@ leaves it alone while PostgreSQL is away."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.store.builders import make_tenant
-from txrelay.config import DatabaseConfig
 from txrelay.milter.runtime import PolicyCache, Runtime
-from txrelay.store import database
 from txrelay.store.policy import PolicyLoader
-
-DEAD_DATABASE = DatabaseConfig(url="postgresql://postgres@127.0.0.1:1/none", timeout_ms=300)
-
-
-@pytest.fixture()
-def dead_pool() -> Iterator[object]:
-    pool = database.open_pool(DEAD_DATABASE, "dead")
-    pool.open(wait=False)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture()
