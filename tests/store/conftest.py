@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, make_tenant
 
@@ -32,3 +33,10 @@ def tenant_factory(db: psycopg.Connection, unique: str) -> Callable[..., Tenant]
         return make_tenant(db, f"{unique}{next(counter)}", **options)
 
     return make
+
+
+@pytest.fixture()
+def conn(database_url: str) -> Any:
+    """A dict-row connection to the run's database, not autocommit (tests see transactions)."""
+    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
+        yield connection

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, add_block
 from txrelay.store.ledger import (
@@ -20,12 +19,6 @@ from txrelay.store.ledger import (
     remaining_quota,
     settle,
 )
-
-
-@pytest.fixture()
-def conn(database_url: str) -> Any:
-    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
-        yield connection
 
 
 def message(tenant: Tenant, recipients: list[str], **changes: Any) -> AcceptedMessage:

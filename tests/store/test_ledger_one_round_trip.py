@@ -18,12 +18,6 @@ from tests.store.test_ledger import billed, demo_block, message, used
 from txrelay.store.ledger import record_acceptance, settle
 
 
-@pytest.fixture()
-def conn(database_url: str) -> Any:
-    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
-        yield connection
-
-
 def last_used(db: psycopg.Connection, tenant: Tenant) -> Any:
     row: Any = db.execute("SELECT last_used_at FROM connections WHERE id = %s",
                           (tenant.connection_id,)).fetchone()

@@ -20,12 +20,6 @@ from txrelay.store.lifecycle import expire_blocks
 from txrelay.store.tracking import void_unconfirmed
 
 
-@pytest.fixture()
-def conn(database_url: str) -> Any:
-    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
-        yield connection
-
-
 def billing_counts(db: psycopg.Connection, tenant: Tenant) -> dict[str, int]:
     rows: Any = db.execute("SELECT billing, count(*) AS n FROM ledger WHERE account_id = %s "
                            "GROUP BY billing", (tenant.account_id,)).fetchall()

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant
 from txrelay.provisioning.credentials import hash_password
@@ -20,12 +19,6 @@ from txrelay.store.passdb_file import (
     sync_passdb_file,
     write_passdb_file,
 )
-
-
-@pytest.fixture()
-def conn(database_url: str) -> Any:
-    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
-        yield connection
 
 
 @pytest.fixture()

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
-import pytest
-from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant
 from txrelay.config import QuotaConfig
 from txrelay.store.policy import PolicyLoader, current_version
-
-
-@pytest.fixture()
-def conn(database_url: str) -> Any:
-    with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
-        yield connection
 
 
 def test_snapshot_finds_connection_by_username_with_its_domains(
