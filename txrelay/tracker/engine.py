@@ -13,7 +13,7 @@ from txrelay.clock import Clock
 from txrelay.policy import logline
 from txrelay.store import tracking
 from txrelay.store.tracking import Counters
-from txrelay.tracker.follower import Chunk, LogFollower
+from txrelay.tracker.follower import Chunk, LogFollower, same_file
 
 log = logging.getLogger("txrelay.tracker")
 
@@ -45,7 +45,19 @@ class Tracker:
         stored = tracking.load_position(self.conn, self.node, str(self.log_path))
         self.conn.commit()
         self.ready = self.follower.resume(stored)
+        if self.ready and self.follower.truncated:
+            self._restart_file(stored)
         return self.ready
+
+    def _restart_file(self, stored: tracking.Position) -> None:
+        """The stored file is shorter than the stored offset (truncated in place, or a new
+        file that got the old one's inode number): store offset 0 of it, so that its first
+        chunk continues the stored position instead of looking moved forever."""
+        with self.conn.transaction():
+            if tracking.lock_position(self.conn, self.node, str(self.log_path)) == stored:
+                tracking.save_position(self.conn, self.node, str(self.log_path),
+                                       tracking.Position(stored.identity, 0), Counters(),
+                                       self.clock.now())
 
     def run_pass(self, max_chunks: int = 1000) -> PassResult:
         """Apply whatever complete lines the log holds now (up to max_chunks transactions)."""
@@ -102,9 +114,7 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
         return True
     if start.identity is None:
         return False
-    same_file = (stored.identity.device, stored.identity.inode) == (start.identity.device,
-                                                                    start.identity.inode)
-    if same_file:
+    if same_file(stored.identity, start.identity):
         return stored.offset == start.offset
     return start.offset == 0  # the first chunk of the next file after a rotation
 

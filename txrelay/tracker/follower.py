@@ -103,6 +103,7 @@ class LogFollower:
         self.monotonic = monotonic
         self.sources: list[Source] = []
         self.offset = 0
+        self.truncated = False  # resume() found the stored file shorter than the offset
         self._rotation_seen: float | None = None
 
     @property
@@ -119,16 +120,18 @@ class LogFollower:
     def resume(self, stored: Position) -> bool:
         """Open what the stored position names; False while the log does not exist yet."""
         self.close()
+        self.truncated = False
         if not self.path.exists():
             return False
         live = _open_plain(self.path, live=True)
         if stored.identity is None:
             self.sources, self.offset = [live], 0
-        elif _same_file(stored.identity, live.identity):
+        elif same_file(stored.identity, live.identity):
             self.sources, self.offset = [live], stored.offset
             if live.reader.stat().st_size < stored.offset:  # type: ignore[attr-defined]
                 log.warning("event=log_truncated path=%s offset=%d", self.path, stored.offset)
                 self.offset = 0
+                self.truncated = True  # the stored position must follow, or no chunk fits
         else:
             self.sources = [*self._rotated_since(stored.identity), live]
             if len(self.sources) == 1:
@@ -221,7 +224,9 @@ class LogFollower:
         return []
 
 
-def _same_file(stored: FileIdentity, current: FileIdentity) -> bool:
+def same_file(stored: FileIdentity, current: FileIdentity) -> bool:
+    """The same log file: device and inode, and the first line's hash when both know it (an
+    inode number is reused by a new file once the old one is deleted)."""
     if (stored.device, stored.inode) != (current.device, current.inode):
         return False
     return stored.fingerprint is None or stored.fingerprint == current.fingerprint
