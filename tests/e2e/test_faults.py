@@ -217,7 +217,8 @@ def _states(faults: FaultStack, shop: Provisioned) -> str:
 
 
 def accepted_between(load: Load, start: float, end: float) -> list[str]:
-    return [tag for tag, at in load.accepted_at.items() if start <= at <= end]
+    with load.lock:  # the clients go on adding while the fault runs
+        return [tag for tag, at in load.accepted_at.items() if start <= at <= end]
 
 
 # -- the faults ---------------------------------------------------------------------------
