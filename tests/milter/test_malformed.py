@@ -95,28 +95,31 @@ def test_lines_of_998_bytes_split_over_chunks_are_not_too_long(chunks: list[byte
     txn = _transaction()
     for chunk in chunks:
         txn.add_body(chunk, 10**9)
-    assert txn.longest_line[1] == MAX_LINE_BYTES
+    assert txn.lines_too_long == (False, False)
 
 
 @pytest.mark.parametrize("chunks", [
     [b"a" * 999 + b"\r\n"],
     [b"a" * 500, b"a" * 499, b"\r\n"],
     [b"a" * 998 + b"\rb\r\n"],  # a bare CR is part of the line for Postfix
+    [b"a" * 999, b"\nnext\r\n"],  # 999 bytes, then a bare LF in the next chunk
     [b"x\r\n", b"a" * 999],
 ])
 def test_lines_over_998_bytes_are_measured_across_chunks(chunks: list[bytes]) -> None:
     txn = _transaction()
     for chunk in chunks:
         txn.add_body(chunk, 10**9)
-    assert txn.longest_line[1] > MAX_LINE_BYTES
+    assert txn.lines_too_long == (False, True)
 
 
 def test_folded_header_is_measured_per_line() -> None:
     txn = _transaction()
     txn.add_header("Subject", b"s" * 989 + b"\n " + b"t" * 997)  # "Subject: " + 989 = 998
-    assert txn.longest_line[0] == MAX_LINE_BYTES
+    assert txn.longest_header_line == MAX_LINE_BYTES
+    assert txn.lines_too_long == (False, False)
     txn.add_header("X", b"short\n " + b"u" * 999)
-    assert txn.longest_line[0] == 1000
+    assert txn.longest_header_line == 1000
+    assert txn.lines_too_long == (True, False)
 
 
 def _transaction() -> Transaction:

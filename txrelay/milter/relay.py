@@ -196,7 +196,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if not txn.recipients:
             return NO_TRANSACTION
         refusal = (message_policy.check_size(txn.size, self.runtime.config.milter.max_message_size)
-                   or message_policy.check_lines(*txn.longest_line))
+                   or message_policy.check_lines(*txn.lines_too_long))
         if refusal is not None:
             return refusal
         return message_policy.check_identity(txn.snapshot, txn.connection, IdentityHeaders(

@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from txrelay.policy.message import MAX_LINE_BYTES
 from txrelay.policy.snapshot import AccountPolicy, ConnectionPolicy, PolicySnapshot
 from txrelay.signing import BodyHash, Header, queued_header
 
@@ -29,10 +30,11 @@ class Transaction:
     body_hash: BodyHash = field(default_factory=BodyHash)  # the body is hashed, not kept
     body_bytes: int = 0
     oversized: bool = False
+    line_limit: int = MAX_LINE_BYTES  # bytes per line, without the line end
     longest_header_line: int = 0  # bytes, without the line end, as Postfix will send it
-    longest_body_line: int = 0
-    body_line_run: int = 0  # bytes of the body line not yet ended by LF (chunks split lines)
-    body_line_cr: bool = False  # the last byte seen was a CR
+    body_line_too_long: bool = False
+    body_line_run: int = 0  # bytes (a CR included) of the body line not yet ended by an LF
+    body_line_cr: bool = False  # the last body byte seen was a CR
     failed: bool = False  # a header or body callback hit an error: answer 451 at the end
 
     def add_header(self, name: str, value: bytes) -> None:
@@ -54,26 +56,47 @@ class Transaction:
             self.body_hash.update(chunk)
 
     def _measure_lines(self, chunk: bytes) -> None:
-        """Track the longest body line (CRLF not counted; a bare CR is part of the line, as
-        for Postfix), across chunk boundaries. CRLF becomes LF first, so that the lengths of
-        whole lines are plain lengths, measured in C."""
-        pieces = chunk.replace(b"\r\n", b"\n").split(b"\n")
-        if len(pieces) > 1:
-            # A chunk starting with LF ends the carried line; the CR the previous chunk
-            # ended with, if any, is then the line end's.
-            length = self.body_line_run + (-self.body_line_cr if chunk.startswith(b"\n")
-                                           else len(pieces[0]))
-            longest = max(length, max(map(len, pieces[1:-1]), default=0))
-            self.longest_body_line = max(self.longest_body_line, longest)
-            self.body_line_run, self.body_line_cr = 0, False
-        if pieces[-1]:
-            self.body_line_run += len(pieces[-1])
-            self.body_line_cr = pieces[-1].endswith(b"\r")
+        """Whether a body line is longer than line_limit (CRLF not counted; a bare CR is part
+        of the line, as for Postfix), across chunk boundaries.
+
+        Only the verdict is needed, not every line's length: each step looks at the window
+        in which the current line must end to be short enough and jumps past the window's
+        LAST line feed, so a chunk of short lines costs one C-speed rfind per window (about
+        a thousand per megabyte), not one Python object per line."""
+        if self.body_line_too_long or not chunk:
+            return
+        limit, size = self.line_limit, len(chunk)
+        start, run = 0, self.body_line_run
+        if run > limit:  # the carried line is limit + 1 bytes: short only if CR LF ends it
+            if not (self.body_line_cr and chunk.startswith(b"\n")):
+                self.body_line_too_long = True
+                return
+            start, run = 1, 0
+        while True:
+            window_end = start + limit - run + 1  # an LF before this keeps the line short
+            found = chunk.rfind(b"\n", start, window_end)
+            if found >= 0:
+                start, run = found + 1, 0
+                continue
+            if window_end >= size:  # the chunk ended first: carry the unended line
+                if start < size:
+                    run += size - start
+                    self.body_line_cr = chunk.endswith(b"\r")
+                self.body_line_run = run
+                return
+            # limit + 1 bytes and no LF: short only if those end in CR and an LF follows.
+            if chunk[window_end] == 0x0A and chunk[window_end - 1] == 0x0D:
+                start, run = window_end + 1, 0
+                continue
+            self.body_line_too_long = True
+            return
 
     @property
-    def longest_line(self) -> tuple[int, int]:
-        """(longest header line, longest body line), an unended last body line included."""
-        return self.longest_header_line, max(self.longest_body_line, self.body_line_run)
+    def lines_too_long(self) -> tuple[bool, bool]:
+        """(a header line, a body line) longer than line_limit; an unended last body line
+        counts whole."""
+        return (self.longest_header_line > self.line_limit,
+                self.body_line_too_long or self.body_line_run > self.line_limit)
 
     @property
     def size(self) -> int:

@@ -35,11 +35,12 @@ def check_size(size: int, max_message_size: int) -> Verdict | None:
                           f"{limit_mb:g} MB; send smaller attachments or a link")
 
 
-def check_lines(longest_header_line: int, longest_body_line: int) -> Verdict | None:
-    if longest_header_line > MAX_LINE_BYTES:
+def check_lines(header_line_too_long: bool, body_line_too_long: bool) -> Verdict | None:
+    """Lines longer than MAX_LINE_BYTES (measured as the message streams in)."""
+    if header_line_too_long:
         return Verdict.reject("550", "5.6.0", f"a header line is longer than {MAX_LINE_BYTES} "
                               "bytes; fold long headers (RFC 5322 2.2.3) or encode them")
-    if longest_body_line > MAX_LINE_BYTES:
+    if body_line_too_long:
         return Verdict.reject("550", "5.6.0", f"a body line is longer than {MAX_LINE_BYTES} "
                               "bytes; encode the body (quoted-printable or base64)")
     return None
