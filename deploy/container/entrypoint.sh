@@ -6,7 +6,10 @@
 # milter is going away.
 #
 # Environment (docs/deployment.md has the full list):
-#   TXRELAY_DATABASE_URL, TXRELAY_REDIS_URL   required; any TXRELAY_<SECTION>_<KEY> is a setting
+#   TXRELAY_DATABASE_URL      required; any TXRELAY_<SECTION>_<KEY> is a setting
+#   TXRELAY_REDIS_URL         required unless TXRELAY_REDIS_MODE is sentinel (then
+#                             TXRELAY_REDIS_SENTINELS and _SENTINEL_MASTER) or cluster
+#                             (TXRELAY_REDIS_CLUSTER_NODES); it still carries their password
 #   RELAY_HOSTNAME            Postfix myhostname and the host shops connect to (default: hostname -f)
 #   RELAY_SUBMISSION_LISTEN   submission (= :587, default), a port, or HOST:PORT
 #   RELAY_TLS_CERT, RELAY_TLS_KEY   PEM files (default /etc/txrelay/tls/{cert,key}.pem,
@@ -30,7 +33,15 @@ milter_socket=${TXRELAY_MILTER_SOCKET:-unix:/run/txrelay/milter.sock}
 as_txrelay=(setpriv --reuid txrelay --regid txrelay --init-groups --inh-caps=-all --)
 
 [ -n "${TXRELAY_DATABASE_URL:-}" ] || die "set TXRELAY_DATABASE_URL (postgresql://user:pass@host/db)"
-[ -n "${TXRELAY_REDIS_URL:-}" ] || die "set TXRELAY_REDIS_URL (redis://host:6379/0)"
+case "${TXRELAY_REDIS_MODE:-standalone}" in
+    standalone) [ -n "${TXRELAY_REDIS_URL:-}" ] \
+        || die "set TXRELAY_REDIS_URL (redis://host:6379/0), or TXRELAY_REDIS_MODE=sentinel|cluster" ;;
+    sentinel) [ -n "${TXRELAY_REDIS_SENTINELS:-}" ] && [ -n "${TXRELAY_REDIS_SENTINEL_MASTER:-}" ] \
+        || die "TXRELAY_REDIS_MODE=sentinel needs TXRELAY_REDIS_SENTINELS (host:port,...) and TXRELAY_REDIS_SENTINEL_MASTER" ;;
+    cluster) [ -n "${TXRELAY_REDIS_CLUSTER_NODES:-}" ] \
+        || die "TXRELAY_REDIS_MODE=cluster needs TXRELAY_REDIS_CLUSTER_NODES (host:port,...)" ;;
+    *) die "TXRELAY_REDIS_MODE=${TXRELAY_REDIS_MODE}: use standalone, sentinel or cluster" ;;
+esac
 
 case "$listen" in
     submission) port=587 ;;

@@ -5,7 +5,10 @@ image's."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from txrelay.config import SECTIONS, load_config
 
@@ -45,3 +48,22 @@ def test_compose_volumes_are_the_images_volumes() -> None:
 def test_image_starts_from_the_base_build_image_sh_makes() -> None:
     froms = re.findall(r"^FROM (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
     assert froms == ["debian:bookworm-slim", "debian:bookworm-slim"]
+
+
+@pytest.mark.parametrize(("redis", "complaint"), [
+    ({}, "set TXRELAY_REDIS_URL"),
+    ({"TXRELAY_REDIS_MODE": "sentinel", "TXRELAY_REDIS_SENTINELS": "s1:26379"},
+     "needs TXRELAY_REDIS_SENTINELS (host:port,...) and TXRELAY_REDIS_SENTINEL_MASTER"),
+    ({"TXRELAY_REDIS_MODE": "cluster"}, "needs TXRELAY_REDIS_CLUSTER_NODES"),
+    ({"TXRELAY_REDIS_MODE": "clustered", "TXRELAY_REDIS_URL": "redis://h"},
+     "use standalone, sentinel or cluster"),
+])
+def test_entrypoint_names_the_redis_setting_that_is_missing(redis: dict[str, str],
+                                                            complaint: str) -> None:
+    """Checked before the entrypoint touches anything, so it can run here."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "container" / "entrypoint.sh")],
+        env={"PATH": "/usr/bin:/bin", "TXRELAY_DATABASE_URL": "postgresql://h/db", **redis},
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert complaint in result.stderr
