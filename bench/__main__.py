@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,9 @@ from tests.harness.processes import HarnessError
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the bench's Postfix, Dovecot, OpenDKIM,
+    # milters and database are stopped and dropped, not left running.
+    signal.signal(signal.SIGTERM, _terminated)
     plan = plans.QUICK if args.quick else plans.FULL
     if args.runs:
         plan = plans.Plan(**{**plan.__dict__, "runs": args.runs})
@@ -67,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 PROFILE_RATE = 250  # py-spy samples per second
