@@ -120,12 +120,15 @@ class BodyHash:
             return
         # dkimpy strips WSP before CRLF, then makes WSP runs one SP; making runs one SP
         # first, then dropping the SP before CRLF is the same, with C-speed bytes methods.
+        # Single-byte searches are memchr (about 0.01 ms per MB here), two-byte ones about
+        # 0.7 ms: a piece without any WSP (base64 attachments) skips the latter.
         if b"\t" in head:
             head = head.translate(_TAB_TO_SP)
-        while b"  " in head:
-            head = head.replace(b"  ", b" ")
-        if b" \r\n" in head:
-            head = head.replace(b" \r\n", _CRLF)
+        if b" " in head:
+            while b"  " in head:
+                head = head.replace(b"  ", b" ")
+            if b" \r\n" in head:
+                head = head.replace(b" \r\n", _CRLF)
         text_end, empty_lines = _strip_trailing_crlfs(head)
         if text_end == 0:
             self._held_crlf += empty_lines
