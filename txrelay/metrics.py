@@ -99,7 +99,7 @@ HealthCheck = Callable[[], None]  # raises when the dependency is unusable
 def dependency_checks(config: Config) -> dict[str, HealthCheck]:
     """PostgreSQL and Redis, each reached the way the daemons reach them, with a short
     timeout of its own (a fresh PostgreSQL connection: a pool could hide a dead server)."""
-    client = open_redis(config.redis)
+    client = open_redis(config.redis, lazy=True)
 
     def postgresql() -> None:
         with psycopg.connect(config.database.url, connect_timeout=int(HEALTH_TIMEOUT),
@@ -379,7 +379,7 @@ def start_endpoint(listen: str, what: str, checks: Mapping[str, HealthCheck],
 
 def start_milter_endpoint(config: Config) -> MetricsEndpoint | None:
     """[metrics] milter_listen: decisions, stage latency, quota, reservations, health."""
-    client = open_redis(config.redis)
+    client = open_redis(config.redis, lazy=True)
     return start_endpoint(config.metrics.milter_listen, "milter", dependency_checks(config),
                           [AccountCollector(client, config.redis.key_prefix)])
 

@@ -62,25 +62,35 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def cluster_config(workdir: Path) -> Iterator[RedisConfig]:
-    """Three masters, no replicas, slots spread by redis-cli --cluster create."""
-    ports = [cluster_port() for _ in range(3)]
+@contextlib.contextmanager
+def redis_cluster(directory: Path, ports: list[int]) -> Iterator[RedisConfig]:
+    """Masters on `ports`, no replicas, slots spread by redis-cli --cluster create; the
+    config names the first as the seed node."""
     processes: list[ManagedProcess] = []
     try:
         for port in ports:
             processes.append(redis_server(
-                workdir / f"cluster-{port}", port, "--cluster-enabled", "yes",
-                "--cluster-config-file", str(workdir / f"cluster-{port}" / "nodes.conf")))
+                directory / f"cluster-{port}", port, "--cluster-enabled", "yes",
+                "--cluster-config-file", str(directory / f"cluster-{port}" / "nodes.conf")))
         subprocess.run(["redis-cli", "--cluster", "create",
                         *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         wait_until(lambda: all(_cluster_ok(p) for p in ports), 30, "cluster_state:ok")
-        yield RedisConfig(mode="cluster", cluster_nodes=f"127.0.0.1:{ports[0]}",
-                          url="redis://127.0.0.1/0", timeout_ms=2000)
+        yield cluster_settings(ports)
     finally:
         for process in processes:
             process.stop()
+
+
+def cluster_settings(ports: list[int], timeout_ms: int = 2000) -> RedisConfig:
+    return RedisConfig(mode="cluster", cluster_nodes=f"127.0.0.1:{ports[0]}",
+                       url="redis://127.0.0.1/0", timeout_ms=timeout_ms)
+
+
+@pytest.fixture(scope="module")
+def cluster_config(workdir: Path) -> Iterator[RedisConfig]:
+    with redis_cluster(workdir, [cluster_port() for _ in range(3)]) as config:
+        yield config
 
 
 def _cluster_ok(port: int) -> bool:
@@ -128,10 +138,12 @@ def _sentinel(conf: Path, port: int) -> ManagedProcess:
     return process
 
 
-@pytest.fixture(scope="module", params=["cluster", "sentinel"])
+@pytest.fixture(scope="module", params=["cluster", "lazy-cluster", "sentinel"])
 def topology(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    config: RedisConfig = request.getfixturevalue(f"{request.param}_config")
-    client = open_redis(config)
+    """The store's calls through each client: lazy-cluster is the daemons' cluster client."""
+    mode = str(request.param)
+    config: RedisConfig = request.getfixturevalue(f"{mode.removeprefix('lazy-')}_config")
+    client = open_redis(config, lazy=mode.startswith("lazy-"))
     yield client
     client.close()
 
@@ -176,11 +188,11 @@ def _replica_in_sync(port: int) -> bool:
         return replica.info("replication").get("master_link_status") == "up"
 
 
-def _reserves(store: RedisReservations) -> bool:
+def _reserves(store: RedisReservations, remaining: int = 3) -> bool:
     """One more reservation went through (the first calls after a failover may fail, as
     they would for a milter, which then holds in PostgreSQL for that message)."""
     try:
-        return store.reserve(ReservationRequest(1, 10, "t|b@x", 0, False)).remaining == 3
+        return store.reserve(ReservationRequest(1, 10, "t|b@x", 0, False)).remaining == remaining
     except ServiceUnavailable:
         return False
 
@@ -260,6 +272,25 @@ def test_unreachable_cluster_is_a_clear_error_at_start() -> None:
     with pytest.raises(ServiceUnavailable, match=f"cluster_nodes \\(127.0.0.1:{port}\\)"):
         open_redis(RedisConfig(mode="cluster", cluster_nodes=f"127.0.0.1:{port}",
                                timeout_ms=300))
+
+
+def test_the_daemons_cluster_client_starts_without_the_cluster_and_uses_it_once_it_answers(
+        workdir: Path, unique: str) -> None:
+    """A milter or tracker starting while no seed node answers: no error at start, each use
+    until then fails as "Redis is away" (a redis error, which the callers fall back on), and
+    the first use after the cluster came up goes through, without a new client."""
+    ports = [cluster_port() for _ in range(3)]
+    client = open_redis(cluster_settings(ports, timeout_ms=300), lazy=True)
+    store = _store(client, f"tst{unique}")  # its scripts are registered without a server
+    with pytest.raises(redis.ConnectionError, match=f"cluster_nodes \\(127.0.0.1:{ports[0]}\\)"):
+        client.ping()
+    with pytest.raises(ServiceUnavailable):
+        store.reserve(ReservationRequest(1, 10, "t|a@x", 0, False))
+    with redis_cluster(workdir / "late", ports):
+        wait_until(lambda: _reserves(store, remaining=4), 30,
+                   "a reservation once the cluster answers")
+        assert client.zcard(AccountKeys(f"tst{unique}", 1).held) == 1  # held in the cluster
+    client.close()
 
 
 @pytest.mark.parametrize(("environ", "message"), [

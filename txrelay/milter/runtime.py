@@ -314,7 +314,7 @@ def open_runtime(config: Config, clock: Clock) -> Runtime:
     node = config.milter.node_name or socket.gethostname()
     pool = database.open_pool(config.database, "txrelay-milter")
     pool.open(wait=False)
-    client = open_redis(config.redis)
+    client = open_redis(config.redis, lazy=True)
     state_dir = Path(config.milter.journal_dir)
     journal = Journal(state_dir, config.database.url, config.milter.journal_max_per_hour)
     metrics.watch_journal_backlog(journal.backlog)

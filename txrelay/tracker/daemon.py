@@ -63,7 +63,7 @@ class TrackerDaemon:
                                else max(2.0, 2 * config.tracker.poll_interval_seconds))
         self.stop = threading.Event()
         self.conn: psycopg.Connection | None = None
-        self.redis: redis.Redis = open_redis(config.redis)
+        self.redis: redis.Redis = open_redis(config.redis, lazy=True)
         self.tracker: Tracker | None = None
 
     def connect(self) -> Tracker:
