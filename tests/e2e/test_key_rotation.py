@@ -5,38 +5,15 @@ the switch still verifies while the old key is retiring (its record still publis
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import dkim
-import psycopg
 import pytest
 
 from tests.harness.fixtures import RelayStack
-from tests.harness.provision import Provisioned, dkim_tags, txrelay_json
+from tests.harness.provision import Provisioned, dkim_dns, dkim_tags, txrelay_json
 from tests.harness.smtp import build_message, submit
 
 pytestmark = pytest.mark.e2e
-
-# What the domain's DNS would publish: the signing key and every pending or retiring key.
-SELECT_PUBLISHED_KEY = """
-SELECT k.algorithm, k.public_key_b64
-  FROM sending_domains d
-  JOIN dkim_keys k ON k.id = d.dkim_key_id
-       OR k.id IN (SELECT r.dkim_key_id FROM dkim_key_rotations r WHERE r.domain_id = d.id)
- WHERE d.domain = %s AND k.selector = %s"""
-
-
-def published_dns(database_url: str) -> Any:
-    """A dkimpy dnsfunc answering <selector>._domainkey.<domain> as the zone would."""
-
-    def lookup(name: bytes | str, timeout: int = 5) -> bytes | None:
-        text = name.decode() if isinstance(name, bytes) else name
-        selector, _, domain = text.rstrip(".").partition("._domainkey.")
-        with psycopg.connect(database_url) as conn:
-            row = conn.execute(SELECT_PUBLISHED_KEY, (domain.lower(), selector.lower())).fetchone()
-        return None if row is None else f"v=DKIM1; k={row[0]}; p={row[1]}".encode()
-
-    return lookup
 
 
 def send_one(relay: RelayStack, shop: Provisioned, tag: str) -> bytes:
@@ -50,7 +27,7 @@ def send_one(relay: RelayStack, shop: Provisioned, tag: str) -> bytes:
 def test_mail_is_signed_with_the_old_selector_until_the_switch_and_the_new_one_after(
         relay: RelayStack, provisioned: Provisioned) -> None:
     config, domain = relay.config_file, provisioned.domain
-    verify = published_dns(relay.database_url)
+    verify = dkim_dns(relay.database_url)
     old = txrelay_json(config, "domain", "show", domain)["selector"]
 
     rotated = txrelay_json(config, "domain", "rotate-key", domain, "--selector", "e2enext")

@@ -12,9 +12,12 @@ import psycopg
 
 from tests.harness.processes import TXRELAY, run, wait_until
 
+# What the domain's DNS would publish: the signing key and every pending or retiring key.
 SELECT_DNS_KEY = """
 SELECT k.algorithm, k.public_key_b64
-  FROM sending_domains d JOIN dkim_keys k ON k.id = d.dkim_key_id
+  FROM sending_domains d
+  JOIN dkim_keys k ON k.id = d.dkim_key_id
+       OR k.id IN (SELECT r.dkim_key_id FROM dkim_key_rotations r WHERE r.domain_id = d.id)
  WHERE d.domain = %s AND k.selector = %s"""
 
 
@@ -62,7 +65,8 @@ def provision(config_file: Path, name: str, *, domain_count: int = 1,
 
 
 def dkim_dns(database_url: str) -> Any:
-    """A dkimpy dnsfunc answering <selector>._domainkey.<domain> from dkim_keys, never DNS."""
+    """A dkimpy dnsfunc answering <selector>._domainkey.<domain> as the zone would (the
+    signing key and any key being rotated in or out), from dkim_keys, never DNS."""
 
     def lookup(name: bytes | str, timeout: int = 5) -> bytes | None:
         text = name.decode() if isinstance(name, bytes) else name
