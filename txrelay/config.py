@@ -65,6 +65,10 @@ class MilterConfig:
 class SmtpConfig:
     host: str = "localhost"
     port: int = 587
+    # txrelay's own service's certificate (an -o override on its master.cf service); empty:
+    # the service uses main.cf's smtpd_tls_* certificate like every other smtpd.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)
