@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, starts PostgreSQL and Redis if they are not
+# The test command: installs what is missing (scripts/install.sh: txrelay from this checkout,
+# reinstalled at every run so the daemons the tests start run the current code;
+# scripts/install-test-deps.sh: the test tools), starts PostgreSQL and Redis if they are not
 # running, and runs the whole suite (unit, milter, store, CLI, end-to-end through real Postfix
 # and Dovecot). Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${TXRELAY_VENV:-/opt/txrelay/venv}
 
-bash "$here/scripts/install.sh"
+# No /usr/local/bin/txrelay link: the tests run their venv's txrelay, and that link belongs
+# to the node's own installation.
+TXRELAY_VENV=$venv TXRELAY_BIN_LINK= bash "$here/scripts/install.sh"
+TXRELAY_VENV=$venv bash "$here/scripts/install-test-deps.sh"
 # shellcheck source=scripts/services.sh
 . "$here/scripts/services.sh"
 ensure_postgresql
