@@ -26,6 +26,7 @@ packages=(
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
     openssl ssl-cert ca-certificates  # txrelay init makes a self-signed certificate with openssl
+    postgresql-client             # psql: txrelay init creates its role and database with it
     procps iproute2               # pgrep/ss used by the scripts
 )
 # PostgreSQL and Redis: use what runs already; install Debian's only where there is none.
