@@ -3,7 +3,7 @@
 # idempotently: Debian packages (Postfix, Dovecot auth, libmilter and a compiler for pymilter,
 # PostgreSQL and Redis when absent), a virtualenv in $TXRELAY_VENV (default /opt/txrelay/venv)
 # with txrelay installed from this checkout (a copy, not a link to the checkout: the checkout
-# can be removed afterwards), and /usr/local/bin/txrelay ($TXRELAY_BIN_LINK; empty: none).
+# can be removed afterwards), and /usr/local/bin/txrelay (not with --no-link).
 # Nothing for tests, CI or the image:
 # scripts/install-test-deps.sh (run by scripts/test.sh) and scripts/build-image.sh install
 # those. Safe to run again: it adds what is missing and reinstalls txrelay from the checkout.
@@ -11,8 +11,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${TXRELAY_VENV:-/opt/txrelay/venv}
-# The command on PATH; empty: none (scripts/test.sh, whose venv is not the node's).
-link=${TXRELAY_BIN_LINK-/usr/local/bin/txrelay}
+# The command on PATH; --no-link: none (scripts/test.sh, whose venv is not the node's).
+link=/usr/local/bin/txrelay
+[ "${1:-}" = --no-link ] && link=
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf '[install] %s\n' "$*"; }

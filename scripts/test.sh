@@ -10,7 +10,7 @@ venv=${TXRELAY_VENV:-/opt/txrelay/venv}
 
 # No /usr/local/bin/txrelay link: the tests run their venv's txrelay, and that link belongs
 # to the node's own installation.
-TXRELAY_VENV=$venv TXRELAY_BIN_LINK= bash "$here/scripts/install.sh"
+TXRELAY_VENV=$venv bash "$here/scripts/install.sh" --no-link
 TXRELAY_VENV=$venv bash "$here/scripts/install-test-deps.sh"
 # shellcheck source=scripts/services.sh
 . "$here/scripts/services.sh"

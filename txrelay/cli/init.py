@@ -47,7 +47,10 @@ CONFIG_MODE = 0o640  # readable by the txrelay group (the milter), never by ever
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
               help="Its private key, e.g. .../privkey.pem.")
 @click.option("--redis-url", metavar="URL", help="Redis URL, e.g. redis://127.0.0.1:6379/0.")
-@click.option("--smtp-host", metavar="H", help="The host name shops connect to (port 587).")
+@click.option("--smtp-host", metavar="H", help="The host name shops connect to.")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="The port of txrelay's SMTP service (default 587; next to a Postfix whose "
+                   "submission service has 587, e.g. 2587).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any other setting, e.g. --set dovecot.config_dir=/etc/txrelay/dovecot "
                    "(repeatable; see docs/configuration.md).")
@@ -56,7 +59,7 @@ CONFIG_MODE = 0o640  # readable by the txrelay group (the milter), never by ever
 def init(cli: CliContext, config_path: Path | None, database_url: str | None,
          admin_url: str | None, database_name: str, tls_cert: Path | None,
          tls_key: Path | None, redis_url: str | None, smtp_host: str | None,
-         settings: tuple[str, ...], force: bool) -> None:
+         smtp_port: int | None, settings: tuple[str, ...], force: bool) -> None:
     """Set up this node: create the database and its own role (no superuser), migrate it,
     check the TLS certificate or make a self-signed one, write the configuration and
     Dovecot's auth configuration, and print the next steps.
@@ -80,8 +83,9 @@ def init(cli: CliContext, config_path: Path | None, database_url: str | None,
         raise Conflict(f"{target} exists already; pass --force to overwrite it, or use "
                        "'txrelay db migrate' to only update the database")
     values: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
+    port = None if smtp_port is None else str(smtp_port)
     for section, key, value in (("database", "url", database_url), ("redis", "url", redis_url),
-                                ("smtp", "host", smtp_host)):
+                                ("smtp", "host", smtp_host), ("smtp", "port", port)):
         if value is not None:
             values[section][key] = value
     for setting in settings:
