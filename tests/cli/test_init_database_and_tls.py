@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from tests.cli.conftest import CliRun, run_main
 from tests.conftest import ADMIN_DSN
 from txrelay.config import load_config
+from txrelay.provisioning import database_setup
 
 
 def _admin(sql: str, *params: object) -> list[tuple[object, ...]]:
@@ -175,3 +176,26 @@ def test_init_with_a_bad_certificate_is_one_line_and_writes_nothing(
     assert result.exit_code == 1
     assert message in result.error
     assert not (tmp_path / "etc").exists() and not (tmp_path / "dovecot").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (("--admin-url", "postgresql://postgres@127.0.0.1:1/postgres"),
+     "cannot connect to PostgreSQL as postgresql://postgres@127.0.0.1:1/postgres: "
+     "connection to server at \"127.0.0.1\", port 1 failed"),
+    (("--admin-url", "mysql://root@127.0.0.1/mysql"), "is not a postgresql:// URL"),
+    (("--database-name", "Tx-Relay"), "use lower-case letters, digits and _"),
+])
+def test_init_with_a_bad_admin_url_or_name_is_one_line_and_writes_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, options: tuple[str, ...],
+        message: str) -> None:
+    result = _init(monkeypatch, tmp_path, *options)
+    assert result.exit_code == 1
+    assert message in result.error
+    assert not (tmp_path / "etc").exists() and not (tmp_path / "dovecot").exists()
+
+
+def test_a_password_in_the_admin_url_is_passed_outside_the_command_line() -> None:
+    url, password = database_setup._split_password(
+        "postgresql://admin:s%40cret@db.example:5433/postgres?sslmode=require")
+    assert (url, password) == ("postgresql://admin@db.example:5433/postgres?sslmode=require",
+                               "s@cret")

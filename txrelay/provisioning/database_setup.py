@@ -16,6 +16,7 @@ from txrelay.provisioning.credentials import make_password
 NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOCAL_SUPERUSER = "postgres"  # Debian's: reachable through the unix socket by peer auth
 PSQL_TIMEOUT_SECONDS = 60
+PSQL_CONNECTION_FAILED = 2  # psql's exit status when it could not connect
 # Where the node reaches a local cluster (password auth on loopback: Debian's pg_hba.conf).
 LOCAL_HOST, DEFAULT_PORT = "127.0.0.1", 5432
 
@@ -77,10 +78,15 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
     """
     password = password or make_password()
     done = _run_psql(plan_, _script(plan_.name, password))
+    if done.returncode == PSQL_CONNECTION_FAILED:
+        raise ServiceUnavailable(
+            f"cannot connect to PostgreSQL as {plan_.admin_description()}: "
+            f"{_first_error(done.stderr)}; check that it runs, or pass --admin-url (a role "
+            "that may create roles and databases) or --database-url")
     if done.returncode != 0:
         reason = _first_error(done.stderr)
         if "exists and belongs to" in reason:
-            raise ServiceUnavailable(reason.removeprefix("ERROR:").strip())
+            raise ServiceUnavailable(reason)
         raise ServiceUnavailable(
             f"cannot create role and database {plan_.name!r} as "
             f"{plan_.admin_description()}: {reason}\n"
@@ -127,15 +133,19 @@ def _run_psql(plan_: DatabasePlan, script: str) -> subprocess.CompletedProcess[s
                                  "install.sh does), or pass --database-url of a database "
                                  "made by your DBA")
     command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    environment = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
     if plan_.admin_url is not None:
-        command += ["-d", plan_.admin_url]
+        # A password in the URL goes through the environment, not the process list.
+        url, password = _split_password(plan_.admin_url)
+        command += ["-d", url]
+        if password is not None:
+            environment["PGPASSWORD"] = password
     else:
         command += ["-U", LOCAL_SUPERUSER, "-d", "postgres"]
         if os.geteuid() == 0 and _system_user_exists(LOCAL_SUPERUSER):
             # Debian's peer authentication lets only the system user postgres in as postgres.
             command = ["runuser", "-u", LOCAL_SUPERUSER, "--", *command]
-    # The script goes through stdin: the password never appears in a process list.
-    environment = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
+    # The script goes through stdin: the role's password never appears in a process list.
     try:
         return subprocess.run(command, input=script, capture_output=True,
                               text=True, env=environment, timeout=PSQL_TIMEOUT_SECONDS,
@@ -153,10 +163,20 @@ def _system_user_exists(name: str) -> bool:
     return True
 
 
+def _split_password(url: str) -> tuple[str, str | None]:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return parts._replace(netloc=netloc).geturl(), unquote(parts.password)
+
+
 def _first_error(stderr: str) -> str:
+    """psql's first error, without its prefixes ('psql: error:', 'ERROR:  ')."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "ERROR" in line or "FATAL" in line]
-    return (errors or lines or ["psql failed"])[0].replace("psql: ", "")
+    errors = [line for line in lines if "ERROR" in line or "error:" in line]
+    first = (errors or lines or ["psql failed"])[0]
+    return re.sub(r"^(psql:\S*\s*)?(error:|ERROR:|FATAL:)\s*", "", first)
 
 
 def _redacted(url: str) -> str:
