@@ -77,10 +77,11 @@ def test_init_creates_its_own_role_and_database_and_keeps_them_on_rerun(
     assert urlsplit(load_config(config_path, environ={}).database.url) == url
 
 
+@pytest.mark.parametrize("rights", ["", "CREATEROLE", "CREATEDB"])
 def test_init_as_an_admin_without_rights_prints_the_sql_and_writes_nothing(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_name: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_name: str, rights: str) -> None:
     weak = f"{fresh_name}_weak"
-    _admin(f'CREATE ROLE "{weak}" LOGIN')
+    _admin(f'CREATE ROLE "{weak}" LOGIN {rights}')
     try:
         weak_url = f"postgresql://{weak}@127.0.0.1:5432/postgres"
         result = _init(monkeypatch, tmp_path, "--admin-url", weak_url,
@@ -90,12 +91,14 @@ def test_init_as_an_admin_without_rights_prints_the_sql_and_writes_nothing(
     assert result.exit_code == 1
     first_line = result.stderr.splitlines()[0]
     assert first_line.startswith("txrelay: error: cannot create role and database")
-    assert "permission denied to create role" in first_line and "Traceback" not in result.stderr
+    assert f"permission denied: role {weak} may not create roles and databases" in first_line
+    assert "Traceback" not in result.stderr
     assert f"CREATE ROLE {fresh_name} LOGIN PASSWORD 'choose-a-password';" in result.stderr
     assert f"CREATE DATABASE {fresh_name} OWNER {fresh_name};" in result.stderr
     assert "txrelay init --database-url postgresql://" in result.stderr
     assert not (tmp_path / "etc").exists() and not (tmp_path / "dovecot").exists()
     assert _admin("SELECT 1 FROM pg_roles WHERE rolname = %s", fresh_name) == []
+    assert _admin("SELECT 1 FROM pg_database WHERE datname = %s", fresh_name) == []
 
 
 def test_init_refuses_a_database_of_that_name_that_belongs_to_another_role(

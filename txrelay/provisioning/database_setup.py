@@ -109,9 +109,15 @@ def _script(name: str, password: str) -> str:
 
 
 # CREATE DATABASE cannot run in a transaction or DO block: \gexec runs each generated
-# statement; a NULL (nothing to do) is skipped. The first one refuses, before anything is
-# made, a database of that name that belongs to another role.
+# statement; a NULL (nothing to do) is skipped. The first two refuse, before anything is
+# made, an administrator without both rights (else a role could be left without its
+# database) and a database of that name that belongs to another role.
 _SETUP_SQL = """\\set ON_ERROR_STOP on
+SELECT format('DO $check$ BEGIN RAISE EXCEPTION %L; END $check$',
+              format('permission denied: role %s may not create roles and databases '
+                     '(needs CREATEROLE and CREATEDB)', current_user))
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user
+                      AND (rolsuper OR (rolcreaterole AND rolcreatedb))) \\gexec
 SELECT format('DO $check$ BEGIN RAISE EXCEPTION %L; END $check$',
               format('database %s exists and belongs to %s, not to role %s; pass '
                      '--database-name for another one', datname, pg_get_userbyid(datdba),
