@@ -94,13 +94,11 @@ class Node:
         """Config() with its default paths moved under the root, for 'txrelay init'."""
         defaults = config_module.Config()
         sections: dict[str, Any] = {}
-        for field in dataclasses.fields(defaults):
-            section: Any = getattr(defaults, field.name)
-            if not dataclasses.is_dataclass(section):
-                continue
+        for name in config_module.SECTIONS:
+            section: Any = getattr(defaults, name)
             moved = {f.name: self.to_test(value) for f in dataclasses.fields(section)
                      if isinstance(value := getattr(section, f.name), str)}
-            sections[field.name] = dataclasses.replace(section, **moved)
+            sections[name] = dataclasses.replace(section, **moved)
         return dataclasses.replace(defaults, **sections)
 
 
