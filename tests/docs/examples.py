@@ -5,7 +5,8 @@ The conventions (docs/admin-guide.md's "Documentation is tested" says the same f
 - Only ```console blocks run. In one, a line starting with `$ ` is a command (a line ending
   in `\\` continues on the next); the lines after it, up to the next `$ `, are what it prints
   (stdout and stderr as a terminal shows them). A trailing `# comment` is not part of the
-  command. ```sh, ```text and unlabelled blocks never run: use them for what cannot run
+  command. A command must exit 0 unless its documented output has an error line
+  (`txrelay: error: …`, or click's `Error: …`). ```sh, ```text and unlabelled blocks never run: use them for what cannot run
   here (systemctl, apt, postfix reload, a daemon started with `&`).
 - A console block that cannot run yet is marked by the line `<!-- not run: REASON -->`
   right above its fence; the reason says what it waits for.

@@ -144,6 +144,10 @@ def node(tmp_path: Path, fresh_database_url: str, redis_url: str,
     return node
 
 
+def shows_error(example: Example) -> bool:
+    return any(line.startswith(("txrelay: error:", "Error:")) for line in example.expected)
+
+
 @pytest.mark.parametrize("document", DOCUMENTS)
 def test_documented_examples_print_what_the_docs_show(document: str, node: Node) -> None:
     blocks = read_blocks(document, (REPO / document).read_text(encoding="utf-8"))
@@ -160,5 +164,8 @@ def test_documented_examples_print_what_the_docs_show(document: str, node: Node)
             status, printed = node.run(example)
             if not matches(example.expected, printed):
                 pytest.fail(mismatch_report(example, printed, status), pytrace=False)
+            if status != 0 and not shows_error(example):
+                pytest.fail(f"{example.where}: `$ {example.command}` failed (exit status "
+                            f"{status}) where the documentation shows it succeed", pytrace=False)
             ran += 1
     assert ran, f"{document} has no console example that runs"
