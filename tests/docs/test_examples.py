@@ -138,8 +138,10 @@ def node(tmp_path: Path, fresh_database_url: str, redis_url: str,
     monkeypatch.setattr(context, "default_clock", lambda: FixedClock(NOW))
     monkeypatch.setattr(init_command, "Config", node.sandboxed_defaults)
     monkeypatch.setattr(init_command, "DEFAULT_CONFIG_PATH", Path(node.to_test(DOC_CONFIG)))
-    for name in [name for name in os.environ if name.startswith("TXRELAY_TEST_")]:
-        monkeypatch.delenv(name)  # the test run's own settings, unknown to txrelay's loader
+    # The shell of the docs has no TXRELAY_* variables but those its examples export (the
+    # test run's own, TXRELAY_VENV or TXRELAY_TEST_*, would be unknown settings to txrelay).
+    for name in [name for name in os.environ if name.startswith("TXRELAY_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("TXRELAY_CONFIG", node.to_test(DOC_CONFIG))
     return node
 
