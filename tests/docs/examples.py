@@ -6,23 +6,26 @@ The conventions (docs/admin-guide.md's "Documentation is tested" says the same f
   in `\\` continues on the next); the lines after it, up to the next `$ `, are what it prints
   (stdout and stderr as a terminal shows them). A trailing `# comment` is not part of the
   command. A command must exit 0 unless its documented output has an error line
-  (`txrelay: error: …`, or click's `Error: …`). ```sh, ```text and unlabelled blocks never run: use them for what cannot run
-  here (systemctl, apt, postfix reload, a daemon started with `&`).
+  (`txrelay: error: …`, or click's `Error: …`).
+- ```sh, ```text and unlabelled blocks never run: use them for what cannot run here
+  (systemctl, apt, postfix reload, a daemon started with `&`).
 - A console block that cannot run yet is marked by the line `<!-- not run: REASON -->`
   right above its fence; the reason says what it waits for.
-- Expected output may hold placeholders: `<NAME>` in capitals (`<PASSWORD>`, `<USERNAME>`,
+- Expected output may hold placeholders: `<NAME>` in capitals (`<PASSWORD>`, `<RANDOM>`,
   `<DATE>`) stands for one word (no spaces); `…` stands for any text within a line; a line
   that is only `...` stands for any number of lines, none included. Runs of spaces match
   runs of spaces of any length, so tables with a placeholder stay readable; trailing spaces
   and trailing blank lines do not count.
 - The blocks of one file run in order as one scenario: what one block creates, the next
   uses. Each file starts with a database of its own and on a clock fixed at
-  2026-11-27 22:48 UTC (tests/docs/test_examples.py).
-- Commands run as the documentation shows them: `txrelay ...` with TXRELAY_CONFIG in the
-  environment (an `export TXRELAY_CONFIG=...` line sets it), and the only other commands
-  understood are `export` and `unset`. Paths under /etc/txrelay, /var/lib/txrelay*,
-  /run/txrelay, /var/log/txrelay and /var/spool/postfix are moved into a temporary
-  directory, both in the command and in what it prints; the database URL
+  2026-11-27 22:48 UTC; README.md starts where its install section ends ('txrelay init'
+  has run), docs/admin-guide.md on a bare node (DOCUMENTS in tests/docs/test_examples.py).
+- Commands run as the documentation shows them: `txrelay ...` goes through txrelay's own
+  entry point (in-process, for speed) with TXRELAY_CONFIG in the environment (an
+  `export TXRELAY_CONFIG=...` line sets it); the only other commands understood are
+  `export` and `unset`. Paths under /etc/txrelay, /var/lib/txrelay*, /run/txrelay,
+  /var/log/txrelay and /var/spool/postfix (and init's defaults there) are moved into a
+  temporary directory, both in the command and in what it prints; the database URL
   postgresql://txrelay@127.0.0.1/txrelay and redis://127.0.0.1:6379/0 are the test run's.
 """
 
