@@ -121,6 +121,7 @@ def test_init_without_a_certificate_makes_a_self_signed_one_and_says_so(
         "txrelay.key"
     assert f"TLS: Made a SELF-SIGNED certificate {cert_file}" in result.stdout
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "etc").stat().st_mode) == 0o750  # as without TLS
     smtp = load_config(tmp_path / "etc" / "txrelay.toml", environ={}).smtp
     assert (smtp.tls_cert_file, smtp.tls_key_file) == (str(cert_file), str(key_file))
     certificate = x509.load_pem_x509_certificate(cert_file.read_bytes())

@@ -25,6 +25,7 @@ from txrelay.provisioning.integrity import transaction
 from txrelay.store import database
 
 CONFIG_MODE = 0o640  # readable by the txrelay group (the milter), never by everyone
+CONFIG_DIR_MODE = 0o750
 
 
 @click.command()
@@ -127,7 +128,12 @@ def _tls_request(target: Path, smtp: dict[str, str], tls_cert: Path | None,
     smtp["tls_cert_file"] = str(folder / tls.SELF_SIGNED_CERT)
     smtp["tls_key_file"] = str(folder / tls.SELF_SIGNED_KEY)
     host = smtp.get("host") or Config().smtp.host
-    return lambda: tls.self_signed(folder, host)
+
+    def make_self_signed() -> tls.Certificate:
+        _make_config_directory(target)  # tls/ goes inside it: make it with its own mode first
+        return tls.self_signed(folder, host)
+
+    return make_self_signed
 
 
 def _previous_password(target: Path, dedicated: database_setup.DatabasePlan) -> str | None:
@@ -199,8 +205,8 @@ def _migrate(config: Config) -> list[database.Migration]:
 
 def _write_config(target: Path, text: str) -> None:
     """Atomically: a half-written config would stop every txrelay process on the node."""
+    _make_config_directory(target)
     try:
-        target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -210,6 +216,14 @@ def _write_config(target: Path, text: str) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write {target}: {exc.strerror}; run as a user that may, "
                           "or pass --config-path") from exc
+
+
+def _make_config_directory(target: Path) -> None:
+    try:
+        target.parent.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {target.parent}: {exc.strerror}; run as a user "
+                          "that may, or pass --config-path") from exc
 
 
 def _write_dovecot(config: Config) -> list[Path] | None:
