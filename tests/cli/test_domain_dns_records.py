@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.cli.conftest import RELAY_INCLUDE, CliRun, Txrelay, printed_records
 from tests.harness.dns import DnsServer, running_dns_server
+from tests.harness.processes import port_open
 
 Records = dict[str, list[tuple[str, str]]]
 
@@ -265,3 +266,14 @@ def test_a_resolver_that_refuses_to_answer_gives_dns_errors(
     assert "try again later" in result.stdout
     assert as_json.exit_code == 1
     assert {r["verdict"] for r in _json(as_json)["records"]} == {"dns-error"}
+
+
+def test_the_dns_server_is_stopped_even_when_the_test_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="the test failed"), \
+            running_dns_server(tmp_path / "nsd") as server:
+        assert server.process is not None
+        process = server.process.process
+        assert process is not None and process.poll() is None
+        raise RuntimeError("the test failed")
+    assert process.poll() is not None, "NSD still runs"
+    assert not port_open(server.port)
