@@ -19,8 +19,9 @@ from txrelay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
 ENV_PREFIX = "TXRELAY_"
-# TXRELAY_* variables that are not settings: the file itself, the venv scripts/test.sh and
-# install.sh use, and the test harness's own (TXRELAY_TEST_NOW, TXRELAY_TEST_REDIS_DB, ...).
+# TXRELAY_* variables that are not settings: the file itself, and the tests' fixed clock.
+# Variables of the same prefix that are not settings: the config file's path, the scripts'
+# venv, and everything the test suite reads (TXRELAY_TEST_*).
 NOT_SETTINGS = {"TXRELAY_CONFIG", "TXRELAY_VENV"}
 NOT_SETTINGS_PREFIX = "TXRELAY_TEST_"
 
