@@ -9,8 +9,10 @@ import dns.nameserver
 import dns.resolver
 
 from txrelay.config import DnsConfig
+from txrelay.errors import ServiceUnavailable
 
 LOOKUP_SECONDS = 5.0
+SYSTEM_RESOLVERS = "/etc/resolv.conf"
 
 
 class LookupFailed(Exception):
@@ -31,12 +33,20 @@ class DnsLookup:
     """Lookups through one dnspython resolver made from [dns]: the configured servers, or
     the system's when `resolver` is empty."""
 
-    def __init__(self, config: DnsConfig, lifetime: float = LOOKUP_SECONDS) -> None:
+    def __init__(self, config: DnsConfig, lifetime: float = LOOKUP_SECONDS,
+                 system_resolvers: str = SYSTEM_RESOLVERS) -> None:
         servers = config.resolver_addresses()
-        self.resolver = dns.resolver.Resolver(configure=not servers)
         if servers:
+            self.resolver = dns.resolver.Resolver(configure=False)
             self.resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port)
                                          for address, port in servers]
+        else:
+            try:
+                self.resolver = dns.resolver.Resolver(filename=system_resolvers)
+            except dns.resolver.NoResolverConfiguration:
+                raise ServiceUnavailable(
+                    f"no DNS resolver to ask: {system_resolvers} names none; set [dns] "
+                    "resolver in txrelay.toml (e.g. \"127.0.0.1:53\")") from None
         self.lifetime = lifetime
 
     def txt(self, name: str) -> list[str]:

@@ -43,12 +43,13 @@ def required_records(domain: SendingDomain, config: DnsConfig) -> list[ExpectedR
 def dkim_records(domain: SendingDomain) -> list[ExpectedRecord]:
     """The signing key's record, then those of keys being rotated in or out."""
     keys = [(domain.key, "signing"), *((r.key, r.state) for r in domain.rotating)]
-    return [ExpectedRecord(DKIM, record.name, record,
-                           f"the public key receivers verify txrelay's signatures with "
-                           f"(selector {key.selector}, {key.algorithm})", key=key, state=state)
-            for key, state in keys
-            for record in [dns_record(key.selector, domain.domain, key.algorithm,
-                                      key.public_key_b64)]]
+    records = []
+    for key, state in keys:
+        record = dns_record(key.selector, domain.domain, key.algorithm, key.public_key_b64)
+        records.append(ExpectedRecord(
+            DKIM, record.name, record, "the public key receivers verify txrelay's signatures "
+            f"with (selector {key.selector}, {key.algorithm})", key=key, state=state))
+    return records
 
 
 def relay_spf_terms(config: DnsConfig) -> list[str]:
