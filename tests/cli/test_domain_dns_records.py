@@ -205,6 +205,26 @@ def test_check_sees_a_record_published_after_a_failed_check(
     assert result.exit_code == 0, result.stdout + result.stderr
 
 
+def test_during_a_rotation_both_keys_are_printed_and_checked(
+        txrelay: Txrelay, domain: str, zone: DnsServer) -> None:
+    before = printed_records(txrelay, domain)
+    assert txrelay("domain", "rotate-key", domain, "--selector", "next").exit_code == 0
+    printed = txrelay("domain", "dns", domain)
+    assert printed.stdout.count("._domainkey.") == 2
+    assert "DKIM for the new key (pending since" in printed.stdout
+    zone.serve(before)  # only the signing key's record
+    result = txrelay("domain", "check", domain)
+    assert result.exit_code == 1
+    assert f"DKIM (pending key next) missing: no TXT record at next._domainkey.{domain}" \
+        in result.stdout
+    assert "DKIM pending" not in result.stdout
+    zone.serve(printed_records(txrelay, domain))
+    result = txrelay("domain", "check", domain, "--json")
+    assert result.exit_code == 0, result.stdout
+    keys = [(k["selector"], k["state"], k["status"]) for k in result.json()["keys"]]
+    assert keys == [("txr202611", "signing", "published"), ("next", "pending", "published")]
+
+
 def test_a_parent_domains_dmarc_record_applies_to_a_subdomain(
         txrelay: Txrelay, account: str, unique: str, zone: DnsServer) -> None:
     parent = f"acme-{unique}.example"

@@ -15,10 +15,10 @@ from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.provisioning.dns_records import ExpectedRecord
 from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
 from txrelay.provisioning.views import (
+    domain_check_view,
     domain_record,
     domain_view,
     expected_record_view,
-    record_check_view,
     short_time,
     table,
 )
@@ -176,18 +176,7 @@ def check(cli: CliContext, domain_name: str) -> None:
     """
     found = domains.get_domain(cli.db, domain_name)
     checks = dns_check.check_domain(DnsLookup(cli.config.dns), found, cli.config.dns)
-    signing = checks[0]
-    data = {"domain": found.domain, "record": signing.expected.name,
-            "status": "published" if signing.verdict == "ok" else signing.verdict,
-            "ok": signing.verdict == "ok", "found": list(signing.found),
-            "detail": signing.detail,
-            "keys": [{"selector": c.expected.key.selector, "state": c.expected.state,
-                      "status": "published" if c.verdict == "ok" else c.verdict,
-                      "ok": c.verdict == "ok", "detail": c.detail}
-                     for c in checks if c.expected.key is not None],
-            "records": [record_check_view(c) for c in checks],
-            "ready": not any(c.failed for c in checks)}
-    cli.emit(data, lambda: _print_checks(checks))
+    cli.emit(domain_check_view(found, checks), lambda: _print_checks(checks))
     failed = [c for c in checks if c.failed]
     if failed:
         # main.py turns these into one line on stderr and exit status 1.

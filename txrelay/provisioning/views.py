@@ -70,6 +70,24 @@ def record_check_view(check: RecordCheck) -> dict[str, Any]:
     return view
 
 
+def domain_check_view(domain: SendingDomain, checks: list[RecordCheck]) -> dict[str, Any]:
+    """`domain check --json`: records (every verdict) and ready; the older top-level fields
+    (record, status, ok, found, detail, keys) keep describing the DKIM keys as they did."""
+    signing = checks[0]
+
+    def status(check: RecordCheck) -> str:
+        return "published" if check.verdict == "ok" else check.verdict
+
+    return {"domain": domain.domain, "record": signing.expected.name, "status": status(signing),
+            "ok": signing.verdict == "ok", "found": list(signing.found),
+            "detail": signing.detail,
+            "keys": [{"selector": c.expected.key.selector, "state": c.expected.state,
+                      "status": status(c), "ok": c.verdict == "ok", "detail": c.detail}
+                     for c in checks if c.expected.key is not None],
+            "records": [record_check_view(c) for c in checks],
+            "ready": not any(c.failed for c in checks)}
+
+
 def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecord:
     """The TXT record of the domain's signing key, or of another key it publishes."""
     key = key or domain.key
