@@ -99,7 +99,7 @@ def test_json_never_contains_the_private_key(txrelay: Txrelay, account: str,
 
 
 def test_idn_domain_is_stored_in_punycode(txrelay: Txrelay, account: str,
-                                          unique: str) -> None:
+                                          unique: str, zone: DnsServer) -> None:
     added = txrelay("domain", "add", account, f"bücher-{unique}.example", "--list-help",
                     "https://h.example/", "--json").json()
     assert added["domain"] == idna.encode(f"bücher-{unique}.example").decode()
@@ -231,7 +231,8 @@ def test_domain_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) ->
     assert result.exit_code == 1 and "no account named" in result.error
 
 
-def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str) -> None:
+def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str,
+                          zone: DnsServer) -> None:
     listed = txrelay("domain", "list", "--account", account, "--json").json()
     assert [d["domain"] for d in listed] == [domain]
     assert listed[0]["account"] == account

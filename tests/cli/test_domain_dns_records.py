@@ -43,7 +43,8 @@ def test_dns_prints_dkim_spf_and_dmarc_ready_for_the_zone(
     assert f'{domain}. IN TXT "v=spf1 include:{RELAY_INCLUDE} ~all"' in out
     assert (f'_dmarc.{domain}. IN TXT "v=DMARC1; p=none; '
             f'rua=mailto:dmarc-reports@{domain}"') in out
-    assert "do not add a second one" in out and f'add "include:{RELAY_INCLUDE}" to it' in out
+    assert f"{domain} has no SPF record yet" in out
+    assert f"_dmarc.{domain} has no DMARC record yet" in out
     records = txrelay("domain", "dns", domain, "--json").json()["records"]
     assert [r["kind"] for r in records] == ["dkim", "spf", "dmarc"]
     assert records[0]["state"] == "signing"
@@ -51,7 +52,9 @@ def test_dns_prints_dkim_spf_and_dmarc_ready_for_the_zone(
 
 
 def test_dns_lists_the_relay_addresses_when_there_is_no_include(
-        txrelay: Txrelay, domain: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        txrelay: Txrelay, domain: str, zone: DnsServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TXRELAY_DNS_SPF_INCLUDE")
     monkeypatch.setenv("TXRELAY_DNS_RELAY_ADDRESSES", "192.0.2.10, 2001:db8::10, 198.51.100.0/28")
     monkeypatch.setenv("TXRELAY_DNS_DMARC_RUA", "mailto:reports@relay.example")
     result = txrelay("domain", "dns", domain)
@@ -63,12 +66,56 @@ def test_dns_lists_the_relay_addresses_when_there_is_no_include(
 
 
 def test_dns_without_relay_addresses_says_to_ask_the_relay_admin(
-        txrelay: Txrelay, domain: str) -> None:
+        txrelay: Txrelay, domain: str, zone: DnsServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TXRELAY_DNS_SPF_INCLUDE")
+    monkeypatch.delenv("TXRELAY_DNS_RELAY_ADDRESSES")
     result = txrelay("domain", "dns", domain)
     assert result.exit_code == 0, result.stderr
     assert "relay's sending addresses are not configured" in result.stdout
     spf = txrelay("domain", "dns", domain, "--json").json()["records"][1]
     assert (spf["kind"], spf["value"], spf["zone_line"]) == ("spf", None, None)
+
+
+def test_dns_extends_the_spf_record_the_domain_has_and_keeps_its_dmarc_record(
+        txrelay: Txrelay, domain: str, zone: DnsServer) -> None:
+    theirs = "v=spf1 mx include:_spf.mailbox.example -all"
+    dmarc = "v=DMARC1; p=reject; rua=mailto:d@mailbox.example"
+    zone.serve({domain: [("TXT", theirs), ("TXT", "google-site-verification=x")],
+                f"_dmarc.{domain}": [("TXT", dmarc)]})
+    result = txrelay("domain", "dns", domain)
+    assert result.exit_code == 0, result.stderr
+    merged = f"v=spf1 mx include:_spf.mailbox.example include:{RELAY_INCLUDE} -all"
+    assert f'{domain}. IN TXT "{merged}"' in result.stdout
+    assert f"{domain} already publishes '{theirs}'; there must be one SPF record per name, " \
+        "so replace it with the record above" in result.stdout
+    assert f'_dmarc.{domain}. IN TXT "{dmarc}"' in result.stdout
+    assert "publishes this record already: keep it" in result.stdout
+    assert "p=none" not in result.stdout
+    records = txrelay("domain", "dns", domain, "--json").json()["records"]
+    assert (records[1]["value"], records[1]["published"]) == (merged, [theirs])
+    assert (records[2]["value"], records[2]["published"]) == (dmarc, [dmarc])
+
+    zone.serve({domain: [("TXT", merged)]})
+    again = txrelay("domain", "dns", domain)
+    assert f"{domain} publishes this record already; nothing to change" in again.stdout
+
+
+def test_dns_without_an_answer_from_dns_says_how_to_merge(
+        txrelay: Txrelay, domain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXRELAY_DNS_SPF_INCLUDE", RELAY_INCLUDE)
+    with running_dns_server(tmp_path / "nsd", zones=("invalid",)) as elsewhere:
+        monkeypatch.setenv("TXRELAY_DNS_RESOLVER", elsewhere.address)  # REFUSED for .example
+        result = txrelay("domain", "dns", domain)
+        as_json = txrelay("domain", "dns", domain, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert f"txrelay could not look up the records {domain} has now" in result.stdout
+    assert "do not add a second one" in result.stdout
+    assert f'add "include:{RELAY_INCLUDE}" to it, before its "all" term' in result.stdout
+    assert f'{domain}. IN TXT "v=spf1 include:{RELAY_INCLUDE} ~all"' in result.stdout
+    data = as_json.json()
+    assert "failed" in data["lookup_error"]
+    assert data["records"][1]["published"] is None
 
 
 def test_check_is_ok_when_every_printed_record_is_published(

@@ -103,7 +103,7 @@ def test_policy_snapshot_signs_with_the_signing_key_only(
 
 
 def test_json_of_every_rotation_step_never_contains_a_private_key(
-        txrelay: Txrelay, domain: str, tmp_path: Path) -> None:
+        txrelay: Txrelay, domain: str, tmp_path: Path, zone: DnsServer) -> None:
     pem = tmp_path / "new.pem"
     pem.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -122,7 +122,7 @@ def test_json_of_every_rotation_step_never_contains_a_private_key(
 
 
 def test_show_list_and_dns_say_which_selector_signs_and_which_rotate(
-        txrelay: Txrelay, domain: str, db: DictConnection) -> None:
+        txrelay: Txrelay, domain: str, db: DictConnection, zone: DnsServer) -> None:
     old = _signing_selector(db, domain)
     assert txrelay("domain", "rotate-key", domain, "--selector", "fresh").exit_code == 0
     shown = txrelay("domain", "show", domain)

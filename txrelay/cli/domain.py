@@ -11,8 +11,8 @@ from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.errors import Conflict, NotFound, ServiceUnavailable, TxRelayError
 from txrelay.provisioning import dns_check, dns_records, domains
 from txrelay.provisioning.dns_check import PublicationCheck, RecordCheck
-from txrelay.provisioning.dns_lookup import DnsLookup
-from txrelay.provisioning.dns_records import ExpectedRecord
+from txrelay.provisioning.dns_lookup import DnsLookup, LookupFailed
+from txrelay.provisioning.dns_records import ExpectedRecord, Published
 from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
 from txrelay.provisioning.views import (
     domain_check_view,
@@ -24,6 +24,9 @@ from txrelay.provisioning.views import (
 )
 from txrelay.store.domains import DkimKey, SendingDomain
 
+# `domain dns` looks the current SPF and DMARC records up only to advise: it does not wait
+# long for them.
+PUBLISHED_LOOKUP_SECONDS = 3.0
 _CHECK_FAILURES: dict[str, type[TxRelayError]] = {
     "missing": NotFound, "mismatch": Conflict, "dns-error": ServiceUnavailable,
 }
@@ -116,8 +119,9 @@ def dns(cli: CliContext, domain_name: str) -> None:
     DKIM   the public key of each key DOMAIN publishes (two during a key rotation);
     SPF    authorises the relay's addresses ([dns] spf_include or relay_addresses);
     DMARC  a starting record that only asks for reports (p=none).
-    There is one SPF and one DMARC record per name: when DOMAIN has one already, the
-    output says what to add to it instead. docs/dns.md explains each record.
+    There is one SPF and one DMARC record per name: DOMAIN's current ones are looked
+    up ([dns] resolver), and the output gives the SPF record extended with the relay's
+    mechanisms, and keeps a DMARC record DOMAIN has. docs/dns.md explains each record.
 
     \b
     Example:
@@ -125,13 +129,29 @@ def dns(cli: CliContext, domain_name: str) -> None:
       txrelay domain check acme.example    # once published
     """
     found = domains.get_domain(cli.db, domain_name)
-    records = dns_records.required_records(found, cli.config.dns)
-    view = {**domain_view(found), "records": [expected_record_view(r) for r in records]}
-    cli.emit(view, lambda: _print_records(found, records))
+    published, lookup_error = _published_now(cli, found.domain)
+    records = dns_records.required_records(found, cli.config.dns, published)
+    view = {**domain_view(found), "records": [expected_record_view(r) for r in records],
+            "lookup_error": lookup_error or None}
+    cli.emit(view, lambda: _print_records(found, records, lookup_error))
 
 
-def _print_records(found: SendingDomain, records: list[ExpectedRecord]) -> None:
+def _published_now(cli: CliContext, domain: str) -> tuple[Published, str]:
+    """The domain's current SPF and DMARC records, so the output can say to extend or keep
+    them; without an answer from DNS, the output falls back to saying how."""
+    try:
+        lookup = DnsLookup(cli.config.dns, lifetime=PUBLISHED_LOOKUP_SECONDS)
+        return dns_check.published_now(lookup, domain), ""
+    except (LookupFailed, ServiceUnavailable) as exc:
+        return Published(), str(exc)
+
+
+def _print_records(found: SendingDomain, records: list[ExpectedRecord],
+                   lookup_error: str) -> None:
     click.echo(f"Publish these DNS records for {found.domain} (BIND zone-file form):\n")
+    if lookup_error:
+        click.echo(f"Note: txrelay could not look up the records {found.domain} has now "
+                   f"({lookup_error}); the notes say what to do if it has some.\n")
     for expected in records:
         state = ""
         if expected.state in ("pending", "retiring"):

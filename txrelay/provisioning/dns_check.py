@@ -14,6 +14,7 @@ from txrelay.provisioning.dns_records import (
     DMARC,
     SPF,
     ExpectedRecord,
+    Published,
     relay_spf_terms,
     required_records,
 )
@@ -75,6 +76,14 @@ def check_publication(lookup: Lookup, expected: DnsRecord, algorithm: str,
     return PublicationCheck("mismatch", name, tuple(found), f"{name} publishes a different key "
                             "than the one txrelay signs with; replace it with the record shown "
                             "by 'txrelay domain dns'")
+
+
+def published_now(lookup: Lookup, domain: str) -> Published:
+    """DOMAIN's SPF records and _dmarc.DOMAIN's DMARC records as DNS holds them (LookupFailed
+    when DNS does not answer)."""
+    return Published(
+        spf=tuple(spf_policy.spf_records(lookup.txt(domain))),
+        dmarc=tuple(dmarc_policy.dmarc_records(lookup.txt(dmarc_policy.record_name(domain)))))
 
 
 def check_domain(lookup: Lookup, domain: SendingDomain, config: DnsConfig) -> list[RecordCheck]:

@@ -50,6 +50,9 @@ def expected_record_view(expected: ExpectedRecord) -> dict[str, Any]:
     """One record of `domain dns`: value None when txrelay cannot say (see note)."""
     view: dict[str, Any] = {"kind": expected.kind, "name": expected.name, "type": "TXT",
                             "purpose": expected.purpose, "note": expected.note}
+    if expected.kind in ("spf", "dmarc"):
+        view["published"] = (None if expected.published is None
+                             else list(expected.published))
     view.update(record_view(expected.record) if expected.record else
                 {"value": None, "strings": [], "zone_line": None})
     if expected.key is not None:
