@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
-# (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald)
+# (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
+# NSD for the DNS tests)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -20,6 +21,23 @@ packages=(
 # shellcheck source=scripts/apt.sh
 . "$here/scripts/apt.sh"
 apt_install_missing install-test-deps "${packages[@]}"
+
+# NSD, the authoritative DNS server the DNS tests start on loopback (tests/harness/dns.py).
+# Its own service must not start (policy-rc.d 101 while installing): the tests run NSD
+# themselves.
+if ! dpkg-query -W -f='${Status}' nsd 2>/dev/null | grep -q "install ok installed"; then
+    echo "[install-test-deps] installing Debian packages: nsd"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nsd >/dev/null \
+        || { apt-get update -q >/dev/null &&
+             DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                 nsd >/dev/null; }
+    [ -z "$made_policy" ] || rm -f "$policy"
+fi
 
 # The [test] extra alone (txrelay itself is installed by install.sh): read from pyproject.toml
 # so that the list lives in one place.
