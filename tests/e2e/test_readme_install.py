@@ -10,6 +10,7 @@ ExecStart lines say.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -230,6 +231,9 @@ def test_readme_install_section_works_as_written_next_to_an_existing_submission_
         assert verify_dkim(capture.raw, config.database.url)
         assert b"\nList-Help: <mailto:postmaster@example.net>" in capture.raw.replace(
             b"\r\n", b"\n")
+        # The tracker, started as its unit says, reads the test Postfix's log: delivered.
+        wait_until(lambda: _delivered(config_file) == 1, 30, "the tracker's delivered count",
+                   lambda: daemons[-1].log(20))
         assert server.service(server.mailbox_service) == mailbox_service_before
         txrelay_service = server.service(f"{port}/inet")
         assert f"smtpd_milters=unix:{state / 'milter' / 'milter.sock'}" in \
@@ -237,6 +241,12 @@ def test_readme_install_section_works_as_written_next_to_an_existing_submission_
     finally:
         for daemon in reversed(daemons):
             daemon.stop()
+
+
+def _delivered(config_file: Path) -> int:
+    done = subprocess.run([TXRELAY, "--config", str(config_file), "--json", "stats",
+                           "--account", "Test"], capture_output=True, text=True, check=True)
+    return sum(int(row["delivered"]) for row in json.loads(done.stdout))
 
 
 def _access(output: str, field: str) -> str:
