@@ -13,7 +13,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${TXRELAY_VENV:-/opt/txrelay/venv}
 # The command on PATH; --no-link: none (scripts/test.sh, whose venv is not the node's).
 link=/usr/local/bin/txrelay
-[ "${1:-}" = --no-link ] && link=
+case "${1:-}" in
+    "") ;;
+    --no-link) link= ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (the only one is --no-link)" >&2; exit 2 ;;
+esac
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf '[install] %s\n' "$*"; }
@@ -26,7 +31,7 @@ packages=(
     dovecot-core                  # SASL authentication for Postfix, from txrelay's SMTP login file
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
-    openssl ssl-cert ca-certificates  # txrelay init makes a self-signed certificate with openssl
+    openssl ssl-cert ca-certificates  # TLS tools, the snakeoil certificate, CA roots
     postgresql-client             # psql: txrelay init creates its role and database with it
     procps iproute2               # pgrep/ss used by the scripts
 )
