@@ -16,7 +16,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 destdir=${DESTDIR:-}
 start=1
-[ "${1:-}" = --no-start ] && start=0
+case "${1:-}" in
+    "") ;;
+    --no-start) start=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "install-systemd.sh: unknown option $1 (the only one is --no-start)" >&2; exit 2 ;;
+esac
 units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service)
 
 log() { printf '[install-systemd] %s\n' "$*"; }
