@@ -19,7 +19,7 @@ start=1
 case "${1:-}" in
     "") ;;
     --no-start) start=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "install-systemd.sh: unknown option $1 (the only one is --no-start)" >&2; exit 2 ;;
 esac
 units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service)

@@ -16,7 +16,7 @@ link=/usr/local/bin/txrelay
 case "${1:-}" in
     "") ;;
     --no-link) link= ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (the only one is --no-link)" >&2; exit 2 ;;
 esac
 export DEBIAN_FRONTEND=noninteractive
