@@ -74,8 +74,8 @@ def book(cli: CliContext, account: str, amount: int) -> None:
 
 
 def settle_account(cli: CliContext, account: str) -> None:
-    """Bill ACCOUNT's pending ledger rows to its blocks, so that the blocks' used figures
-    include every recipient recorded so far (the milters settle within a second anyway)."""
+    """Bill ACCOUNT's pending ledger rows to its blocks before a booking changes them (the
+    milters settle within a second anyway). Reports never call this: they read."""
     settle(cli.db, get_account(cli.db, account).id)
     cli.db.commit()
 
@@ -104,7 +104,6 @@ def show(cli: CliContext, account: str) -> None:
     Example:
       txrelay quota show "Acme GmbH" --json
     """
-    settle_account(cli, account)
     report = quota_ops.quota_report(cli.db, account, cli.clock.now())
 
     def human() -> None:

@@ -4,8 +4,8 @@ Degraded mode, chosen for exactness over speed: while Redis is down (or slower t
 [redis] timeout_ms) each RCPT is decided by PostgreSQL under a per-account advisory lock, in
 one conditional statement that counts exactly what reserve.lua counts:
 
-  available = unused units of the live quota blocks − pending (recorded, not yet settled)
-              ledger rows of the account − live holds of the account
+  available = remaining quota (migration 0012's txrelay_remaining_quota, the figure Redis's
+              balance is loaded from) − live holds of the account
   rate used = ledger rows of the connection in the last hour + live holds of the connection
 
 and inserts the hold (table quota_holds) only when the decision is "reserved" or "overage".
@@ -60,11 +60,7 @@ DELETE FROM quota_holds WHERE account_id = %(account_id)s AND expires_at <= now(
 RESERVE_HOLD = """
 WITH state AS (
   SELECT
-    (SELECT COALESCE(sum(amount - used), 0) FROM quota_blocks
-      WHERE account_id = %(account_id)s AND expired_unused IS NULL
-        AND (expires_at IS NULL OR expires_at > now()))
-    - (SELECT count(*) FROM ledger
-        WHERE account_id = %(account_id)s AND billing = 'pending')
+    txrelay_remaining_quota(%(account_id)s, now())
     - (SELECT count(*) FROM quota_holds WHERE account_id = %(account_id)s) AS available,
     (SELECT count(*) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s))

@@ -31,10 +31,7 @@ log = logging.getLogger("txrelay.milter.policy")
 SELECT_VERSION = "SELECT version FROM policy_version"
 
 SELECT_ACCOUNTS = """
-SELECT a.id,
-       EXISTS (SELECT 1 FROM quota_blocks b
-                WHERE b.account_id = a.id AND b.kind IN ('booked', 'plan')) AS paid
-  FROM accounts a"""
+SELECT a.id, txrelay_account_paid(a.id) AS paid FROM accounts a"""
 
 SELECT_CONNECTIONS = """
 SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit

@@ -40,13 +40,36 @@ def insert_block(conn: psycopg.Connection, account_id: int, kind: str, amount: i
 
 
 # The order in which blocks are consumed: oldest-expiring first, demo (no expiry) last.
+# `used` includes the account's pending ledger rows where settling would bill them now
+# (migration 0012's txrelay_pending_allocation): a report sees fresh figures and writes
+# nothing; the settler and the quota tick do the writing.
 SELECT_BLOCKS = """
-SELECT id, account_id, kind, amount, used, booked_at, expires_at, expired_unused
-  FROM quota_blocks
- WHERE account_id = %s
- ORDER BY expires_at NULLS LAST, id"""
+SELECT b.id, b.account_id, b.kind, b.amount, b.used + COALESCE(p.units, 0) AS used,
+       b.booked_at, b.expires_at, b.expired_unused
+  FROM quota_blocks b
+  LEFT JOIN (SELECT a.block_id, count(*)::integer AS units
+               FROM txrelay_pending_allocation(%(account_id)s) a
+              WHERE a.block_id IS NOT NULL
+              GROUP BY a.block_id) p ON p.block_id = b.id
+ WHERE b.account_id = %(account_id)s
+ ORDER BY b.expires_at NULLS LAST, b.id"""
 
 
 def list_blocks(conn: psycopg.Connection, account_id: int) -> list[QuotaBlock]:
+    """The account's blocks as they stand once its pending rows are settled (read-only)."""
     return [QuotaBlock(**row)  # type: ignore[arg-type]
-            for row in conn.execute(SELECT_BLOCKS, (account_id,)).fetchall()]
+            for row in conn.execute(SELECT_BLOCKS, {"account_id": account_id}).fetchall()]
+
+
+# Migration 0012's rules, read-only: remaining quota (pending rows count as used) and paid.
+SELECT_QUOTA_RULES = """
+SELECT txrelay_remaining_quota(%(account_id)s, %(now)s) AS remaining,
+       txrelay_account_paid(%(account_id)s) AS paid"""
+
+
+def quota_rules(conn: psycopg.Connection, account_id: int,
+                now: dt.datetime) -> tuple[int, bool]:
+    """The account's remaining quota at `now` and whether it is paid."""
+    row = conn.execute(SELECT_QUOTA_RULES, {"account_id": account_id, "now": now}).fetchone()
+    assert row is not None  # a SELECT without FROM: always one row
+    return int(row["remaining"]), bool(row["paid"])  # type: ignore[call-overload]
