@@ -2,8 +2,8 @@
 
 Two steps (migration 0009): record_acceptance, on the end-of-message hot path, writes the
 recipients as billing 'pending' and locks no per-account row; settle allocates an account's
-pending rows to its quota blocks later (the milter's settler, the quota tick, any report
-that reads quota_blocks.used or billing). Until then a pending row counts as a unit used.
+pending rows to its quota blocks later (the milter's settler, the quota tick, a booking).
+Until then a pending row counts as a unit used; reports project it read-only (migration 0012).
 """
 
 from __future__ import annotations
