@@ -32,15 +32,6 @@ TTL = 60
 
 
 @pytest.fixture()
-def pool(database_url: str) -> Iterator[object]:
-    opened = database.open_pool(DatabaseConfig(url=database_url, pool_max=4, timeout_ms=15000),
-                                "quota-rule-test")
-    opened.open(wait=True)
-    yield opened
-    opened.close()
-
-
-@pytest.fixture()
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with database.connect(DatabaseConfig(url=database_url)) as connection:
         yield connection

@@ -36,6 +36,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.policy.quota import Reservation, ReservationStatus
 from txrelay.store.keys import AccountKeys
 from txrelay.store.reservations import (
+    RESERVE_STATUSES,
     RedisReservations,
     RedisUnavailable,
     ReservationRequest,
@@ -108,14 +109,6 @@ SELECT_RECORDED_TXNS = "SELECT txn_id::text AS txn FROM messages WHERE txn_id = 
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
-_STATUSES = {
-    1: ReservationStatus.RESERVED,
-    2: ReservationStatus.OVERAGE,
-    3: ReservationStatus.DUPLICATE,
-    4: ReservationStatus.RATE_LIMITED,
-    5: ReservationStatus.QUOTA_EXHAUSTED,
-}
-
 
 class PostgresHoldsUnavailable(ServiceUnavailable):
     """Neither Redis nor PostgreSQL could decide: the recipient gets a 451."""
@@ -135,7 +128,7 @@ class PostgresReservations:
                   "paid": request.paid, "rate_limit": request.rate_limit,
                   "ttl": self.ttl_seconds, "window": RATE_WINDOW_SECONDS, "node": self.node}
         row = self._run(lambda conn: _reserve_in(conn, params))
-        return Reservation(_STATUSES[int(row["status"])], int(row["available"]) - 1,
+        return Reservation(RESERVE_STATUSES[int(row["status"])], int(row["available"]) - 1,
                            int(row["retry_ms"]) / 1000)
 
     def release(self, members: Sequence[str]) -> None:
