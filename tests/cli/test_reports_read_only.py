@@ -82,6 +82,7 @@ def test_stats_leave_the_database_unchanged(
 
 @pytest.mark.parametrize("command", [
     ("account", "list"), ("account", "show", "{account}"), ("connection", "list"),
+    ("domain", "list"), ("db", "status"),
     ("messages", "search", "--account", "{account}"), ("quota", "show", "{account}"),
     ("billing", "report", "{account}", "--period", "2026-11"),
     ("stats", "--since", "30d")])
