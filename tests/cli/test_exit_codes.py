@@ -4,11 +4,21 @@ main(), exactly as the console script runs it."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import Txrelay, run_main
+from txrelay.cli.main import (
+    EXIT_INVALID_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_OTHER_ERROR,
+    EXIT_SERVICE_UNAVAILABLE,
+    EXIT_STATUS,
+    EXIT_USAGE,
+)
+from txrelay.errors import InvalidInput, NotFound, ServiceUnavailable
 
 
 def test_a_command_that_succeeds_exits_0(txrelay: Txrelay, account: str) -> None:
@@ -60,3 +70,17 @@ def test_postgresql_not_answering_is_service_unavailable_exiting_5(
     monkeypatch.setenv("TXRELAY_DATABASE_URL", "postgresql://txrelay@127.0.0.1:1/txrelay")
     result = txrelay("account", "list")
     assert result.exit_code == 5 and "cannot connect to PostgreSQL" in result.error
+
+
+def test_docs_cli_md_lists_the_statuses_the_cli_uses() -> None:
+    """The table in docs/cli.md is the contract: the same numbers, the same meanings."""
+    table = (Path(__file__).parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    documented = {int(cells[1]): cells[2].strip() for cells in (
+        line.split("|") for line in table.splitlines()
+        if re.match(r"^\|\s*\d+\s*\|", line))}
+    assert documented == {0: "done", 1: "another txrelay error, or a check found problems",
+                          2: "usage error", 3: "not found", 4: "invalid input",
+                          5: "service unavailable"}
+    assert (EXIT_OTHER_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID_INPUT,
+            EXIT_SERVICE_UNAVAILABLE) == (1, 2, 3, 4, 5)
+    assert dict(EXIT_STATUS) == {NotFound: 3, InvalidInput: 4, ServiceUnavailable: 5}

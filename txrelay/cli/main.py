@@ -59,6 +59,10 @@ def cli(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     Provision accounts, sending domains (DKIM + List-Help), connections (SMTP
     credentials) and quota; run the milter that authorises, throttles, signs and
     accounts every message.
+
+    \b
+    Exit status: 0 done, 1 another error (or a check found problems), 2 usage,
+    3 not found, 4 invalid input, 5 PostgreSQL or Redis unavailable (retry later).
     """
     cli_context = CliContext(config_file, as_json)
     ctx.obj = cli_context
