@@ -84,7 +84,8 @@ def request(tenant: Tenant, label: str) -> ReservationRequest:
 
 
 def blocks_used(conn: psycopg.Connection, account_id: int) -> list[tuple[str, int, int]]:
-    blocks = [(b.kind, b.amount, b.used) for b in list_blocks(conn, account_id)]
+    now = dt.datetime.now(dt.UTC)
+    blocks = [(b.kind, b.amount, b.used) for b in list_blocks(conn, account_id, now)]
     conn.rollback()
     return blocks
 

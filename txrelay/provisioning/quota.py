@@ -48,5 +48,5 @@ def quota_report(conn: psycopg.Connection, account_name: str, now: dt.datetime) 
     with transaction(conn):
         account = get_account(conn, account_name)
         remaining, paid = quota_store.quota_rules(conn, account.id, now)
-        return QuotaReport(account, quota_store.list_blocks(conn, account.id), now,
+        return QuotaReport(account, quota_store.list_blocks(conn, account.id, now), now,
                            remaining, paid)

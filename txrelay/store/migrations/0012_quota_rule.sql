@@ -2,10 +2,12 @@
 -- left", "is the account paid" or "which block would bill a pending row" calls these
 -- functions instead of spelling the rule out.
 --
---   txrelay_remaining_quota(account, now)   unused units of the account's live blocks (not
---       closed by the expiry tick, not expired at `now`) minus its pending ledger rows (they
---       take those units first when they are settled), never below 0: what does not fit is
---       overage. The milter's Redis balance starts from it (reserve.lua then subtracts its
+--   txrelay_block_live(expires_at, expired_unused, at)   a block counts at `at`: not closed
+--       by the expiry tick, not expired. txrelay_block_left(...): its unused units then (0
+--       once it is not live).
+--   txrelay_remaining_quota(account, now)   the unused units of the account's blocks
+--       (txrelay_block_left) minus its pending ledger rows (they take those units first
+--       when they are settled), never below 0: what does not fit is overage. The milter's Redis balance starts from it (reserve.lua then subtracts its
 --       held reservations); the degraded-mode fallback subtracts its PostgreSQL holds.
 --   txrelay_account_paid(account)   a block was ever booked or renewed from a plan: out of
 --       quota, mail goes on as overage; demo accounts are refused instead.
@@ -13,13 +15,29 @@
 --       billed to (NULL: overage). Read-only; txrelay_settle_account writes its answer, and
 --       reports project unsettled rows with it (txrelay_pending_allocation) without writing.
 
+CREATE FUNCTION txrelay_block_live(p_expires_at timestamptz, p_expired_unused integer,
+                                   p_at timestamptz)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_expired_unused IS NULL AND (p_expires_at IS NULL OR p_expires_at > p_at)
+$$;
+
+CREATE FUNCTION txrelay_block_left(p_amount integer, p_used integer, p_expires_at timestamptz,
+                                   p_expired_unused integer, p_at timestamptz)
+RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN txrelay_block_live(p_expires_at, p_expired_unused, p_at)
+                THEN p_amount - p_used ELSE 0 END
+$$;
+
 CREATE FUNCTION txrelay_remaining_quota(p_account_id bigint, p_now timestamptz)
 RETURNS bigint
 LANGUAGE sql STABLE AS $$
     SELECT GREATEST(
-             (SELECT COALESCE(sum(b.amount - b.used), 0) FROM quota_blocks b
-               WHERE b.account_id = p_account_id AND b.expired_unused IS NULL
-                 AND (b.expires_at IS NULL OR b.expires_at > p_now))
+             (SELECT COALESCE(sum(txrelay_block_left(b.amount, b.used, b.expires_at,
+                                                     b.expired_unused, p_now)), 0)
+                FROM quota_blocks b
+               WHERE b.account_id = p_account_id)
              - (SELECT count(*) FROM ledger l
                  WHERE l.account_id = p_account_id AND l.billing = 'pending'),
              0)::bigint
@@ -47,19 +65,21 @@ DECLARE
     v_left integer[];
     v_served bigint[];
     v_count integer := coalesce(cardinality(p_rows), 0);
+    v_first timestamptz := (SELECT min(a) FROM unnest(p_accepted) AS a);
     v_block_count integer;
 BEGIN
     IF v_count = 0 THEN
         RETURN;
     END IF;
+    -- The blocks live when the first row was accepted, each with its units left then.
     SELECT array_agg(q.id ORDER BY q.expires_at NULLS LAST, q.id),
            array_agg(q.expires_at ORDER BY q.expires_at NULLS LAST, q.id),
-           array_agg(q.amount - q.used ORDER BY q.expires_at NULLS LAST, q.id)
+           array_agg(txrelay_block_left(q.amount, q.used, q.expires_at, q.expired_unused,
+                                        v_first) ORDER BY q.expires_at NULLS LAST, q.id)
       INTO v_blocks, v_expires, v_left
       FROM quota_blocks q
-     WHERE q.account_id = p_account_id AND q.expired_unused IS NULL
-       AND (q.expires_at IS NULL
-            OR q.expires_at > (SELECT min(a) FROM unnest(p_accepted) AS a));
+     WHERE q.account_id = p_account_id
+       AND txrelay_block_live(q.expires_at, q.expired_unused, v_first);
     v_block_count := coalesce(cardinality(v_blocks), 0);
     v_served := array_fill(NULL::bigint, ARRAY[v_count]);
     FOR i IN 1 .. v_count LOOP
@@ -115,9 +135,9 @@ BEGIN
     END IF;
     PERFORM 1
        FROM (SELECT q.id FROM quota_blocks q
-              WHERE q.account_id = p_account_id AND q.expired_unused IS NULL
-                AND (q.expires_at IS NULL
-                     OR q.expires_at > (SELECT min(a) FROM unnest(v_accepted) AS a))
+              WHERE q.account_id = p_account_id
+                AND txrelay_block_live(q.expires_at, q.expired_unused,
+                                       (SELECT min(a) FROM unnest(v_accepted) AS a))
               ORDER BY q.expires_at NULLS LAST, q.id
                 FOR UPDATE) b;
     SELECT array_agg(a.block_id ORDER BY a.n)
