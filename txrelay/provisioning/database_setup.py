@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from txrelay.errors import InvalidInput, ServiceUnavailable
+from txrelay.errors import ConfigError, Conflict, InvalidInput, ServiceUnavailable, TxRelayError
 from txrelay.provisioning.credentials import make_password
 
 NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -73,8 +73,9 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
     """Create (or keep) the role and the database it owns; returns the node's URL.
 
     An existing role gets the password again (the one given, or a new one); a database that
-    exists and belongs to another role is refused. Raises ServiceUnavailable with the SQL a
-    DBA can run when the admin connection cannot do it.
+    exists and belongs to another role is refused (Conflict). When the administrator lacks
+    the rights, the error carries the SQL a DBA can run; ServiceUnavailable when PostgreSQL
+    cannot be reached.
     """
     password = password or make_password()
     done = _run_psql(plan_, _script(plan_.name, password))
@@ -86,8 +87,9 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
     if done.returncode != 0:
         reason = _first_error(done.stderr)
         if "exists and belongs to" in reason:
-            raise ServiceUnavailable(reason)
-        raise ServiceUnavailable(
+            raise Conflict(reason)
+        # Not worth retrying unchanged (exit status 1, not 5): the rights are missing.
+        raise TxRelayError(
             f"cannot create role and database {plan_.name!r} as "
             f"{plan_.admin_description()}: {reason}\n"
             f"Have a PostgreSQL administrator run:\n{dba_sql(plan_.name)}\n"
@@ -135,7 +137,7 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'role_name', :'role_name')
 def _run_psql(plan_: DatabasePlan, script: str) -> subprocess.CompletedProcess[str]:
     psql = shutil.which("psql")
     if psql is None:
-        raise ServiceUnavailable("psql is missing: install postgresql-client (scripts/"
+        raise ConfigError("psql is missing: install postgresql-client (scripts/"
                                  "install.sh does), or pass --database-url of a database "
                                  "made by your DBA")
     command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
