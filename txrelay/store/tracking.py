@@ -62,7 +62,8 @@ ON CONFLICT (node, log_path) DO NOTHING"""
 SAVE_POSITION = """
 UPDATE tracker_positions
    SET device = %(device)s, inode = %(inode)s, fingerprint = %(fingerprint)s,
-       byte_offset = %(offset)s, journal_cursor = %(cursor)s, lines_read = lines_read + %(lines_read)s,
+       byte_offset = %(offset)s, journal_cursor = %(cursor)s,
+       lines_read = lines_read + %(lines_read)s,
        unparsed_lines = unparsed_lines + %(unparsed_lines)s,
        unmatched_events = unmatched_events + %(unmatched_events)s,
        nrcpt_mismatches = nrcpt_mismatches + %(nrcpt_mismatches)s, updated_at = %(now)s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+
 import psycopg
 
 from txrelay.clock import Clock
