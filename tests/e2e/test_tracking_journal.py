@@ -21,6 +21,8 @@ from tests.harness.journal import system_journal
 from tests.harness.processes import TXRELAY, ManagedProcess, free_port, run, wait_until
 from tests.harness.services import CaptureSink, DovecotService, MilterProcess, PostfixInstance
 from txrelay.config import Config, load_config, render_toml
+from txrelay.store.tracking import Position
+from txrelay.tracker.journal import JournalReader, JournalUnreadable
 from txrelay.tracker.sources import SYSLOG_FILES
 
 pytestmark = pytest.mark.e2e
@@ -166,3 +168,32 @@ def test_journal_tracker_killed_and_restarted_records_each_outcome_once(
     mine = [row for row in stats if row["node"] == journal_relay.config.milter.node_name]
     assert [row["log_path"] for row in mine] == ["journal"]
     assert mine[0]["journal_cursor"] == position["journal_cursor"]
+
+
+@pytest.mark.parametrize("groups", [["--groups", "systemd-journal"], ["--clear-groups"]],
+                         ids=["in-systemd-journal", "no-group"])
+def test_the_journal_reader_needs_only_the_systemd_journal_group(
+        journal_relay: RelayStack, groups: list[str], tmp_path: Path) -> None:
+    """What the unit gives user txrelay (SupplementaryGroups=systemd-journal) is enough to
+    read Postfix's entries; without it the reader fails saying what to do. (journalctl runs
+    as nobody; the test's venv lives under /root, so the whole CLI cannot.)"""
+    wrapper = tmp_path / "journalctl"
+    wrapper.write_text("#!/bin/sh\nexec setpriv --reuid nobody --regid nogroup "
+                       f"{' '.join(groups)} journalctl \"$@\"\n")
+    wrapper.chmod(0o755)
+    reader = JournalReader(journal_relay.postfix.syslog_name or "", journalctl=str(wrapper))
+    reader.resume(Position(None, 0))
+    try:
+        if groups[0] == "--groups":
+            chunk = reader.read_chunk()
+            assert chunk is not None and chunk.end.cursor
+            assert any(f" {journal_relay.postfix.syslog_name}/qmgr[" in line
+                       for line in chunk.lines), chunk.lines[:5]
+        else:
+            with pytest.raises(JournalUnreadable) as raised:
+                reader.read_chunk()
+            assert str(raised.value) == (
+                "journalctl exited 1: No journal files were opened due to insufficient "
+                "permissions.; run the tracker as root or in group systemd-journal")
+    finally:
+        reader.close()

@@ -35,6 +35,9 @@ def system_journal(directory: Path) -> Iterator[None]:
             journald.start()
             wait_until(lambda: SOCKET.exists() and SYSLOG_SOCKET.exists(), 15,
                        "systemd-journald's sockets", journald.log)
+            # What boot does on a systemd host: the journal's files belong to group
+            # systemd-journal, whose members may read them (the tracker's unit relies on it).
+            run(["systemd-tmpfiles", "--create", f"--prefix={RUNTIME_STORE}"])
         if not os.path.lexists(DEV_LOG):
             DEV_LOG.symlink_to(SYSLOG_SOCKET)
             linked = True

@@ -146,7 +146,8 @@ class JournalReader:
 
     def _stream(self) -> IO[bytes]:
         if self._process is None:
-            argv = [self.journalctl, "--output=json", "--no-pager", "--quiet",
+            # Not --quiet: it would hide that the user may not read the system journal.
+            argv = [self.journalctl, "--output=json", "--no-pager",
                     f"--output-fields={OUTPUT_FIELDS}"]
             argv.append(f"--after-cursor={self.cursor}" if self.cursor else "--lines=all")
             self._process = subprocess.Popen(argv, stdout=subprocess.PIPE,
@@ -162,9 +163,14 @@ class JournalReader:
         returncode = process.wait()
         error = process.stderr.read().decode(errors="replace") if process.stderr else ""
         self._close_pipes(process)
-        if returncode != 0:
-            last = error.strip().splitlines()[-1] if error.strip() else ""
-            raise JournalUnreadable(f"journalctl exited {returncode}: {last}")
+        # Without the right, journalctl exits 1 ("No journal files were opened due to
+        # insufficient permissions"), or 0 with only the user's own journal and a hint.
+        partial = "not seeing messages from other users and the system" in error
+        if returncode != 0 or partial:
+            last = error.strip().splitlines()[0] if error.strip() else ""
+            hint = ("; run the tracker as root or in group systemd-journal"
+                    if partial or "permission" in error else "")
+            raise JournalUnreadable(f"journalctl exited {returncode}: {last}{hint}")
 
     @staticmethod
     def _close_pipes(process: subprocess.Popen[bytes]) -> None:
