@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Txrelay
+from tests.cli.conftest import DictConnection, Txrelay
 from txrelay.tracker import journal
 
 
@@ -30,7 +30,8 @@ def test_source_file_without_log_path_is_one_line_naming_the_setting(
     assert result.error.startswith('[tracker] source = "file" needs [tracker] log_path')
 
 
-def test_status_shows_a_journal_trackers_cursor(txrelay: Txrelay, db, unique: str) -> None:
+def test_status_shows_a_journal_trackers_cursor(txrelay: Txrelay, db: DictConnection,
+                                                unique: str) -> None:
     node = f"status-{unique}"
     db.execute("INSERT INTO tracker_positions (node, log_path, journal_cursor, lines_read) "
                "VALUES (%s, 'journal', 's=ab;i=1f', 7)", (node,))

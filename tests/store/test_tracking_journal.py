@@ -5,6 +5,7 @@ here that prints stored entries after a cursor, as journalctl does; the e2e test
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
@@ -13,13 +14,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.store.test_tracking import NOW
 from tests.store.tracking_fixtures import add_message, make_sender, states
 from txrelay.clock import FixedClock
 from txrelay.config import Config
 from txrelay.store import database, tracking
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.journal import JournalReader, JournalUnreadable
+
+NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 
 FAKE_JOURNALCTL = """#!{python}
 import json, sys

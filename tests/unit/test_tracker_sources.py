@@ -3,6 +3,7 @@ turned into the log lines the parser reads (no services)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,21 +12,16 @@ from txrelay.config import TrackerConfig, load_config
 from txrelay.errors import ConfigError
 from txrelay.policy import logline
 from txrelay.tracker import journal
-from txrelay.tracker.sources import choose_source
+from txrelay.tracker.sources import Postconf, SourceChoice, choose_source
 
 
-def postconf_of(**values: str):
-    asked: list[str] = []
-
-    def read(name: str) -> str | None:
-        asked.append(name)
-        return values.get(name)
-
-    read.asked = asked  # type: ignore[attr-defined]
-    return read
+def postconf_of(**values: str) -> Postconf:
+    """postconf -h NAME answering from `values` (None: not set, as postconf's empty)."""
+    return values.get
 
 
-def choose(tracker: TrackerConfig, *, postconf=None, syslog_files=(), journald=False):
+def choose(tracker: TrackerConfig, *, postconf: Postconf | None = None,
+           syslog_files: Sequence[Path] = (), journald: bool = False) -> SourceChoice:
     return choose_source(tracker, postconf=postconf or postconf_of(),
                          syslog_files=syslog_files, journal_available=lambda: journald)
 
@@ -87,8 +83,8 @@ def test_source_journal_where_journald_does_not_run_names_the_setting(
     assert 'set [tracker] source = "file" and log_path' in str(raised.value)
 
 
-def test_journal_identifier_set_wins_over_postfixs_syslog_name(tmp_path: Path,
-                                                                 monkeypatch) -> None:
+def test_journal_identifier_set_wins_over_postfixs_syslog_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     socket = tmp_path / "socket"
     socket.write_text("")
     monkeypatch.setattr(journal, "JOURNALD_SOCKET", socket)
