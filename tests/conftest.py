@@ -16,12 +16,9 @@ import redis
 from txrelay.config import Config, load_config
 from txrelay.store import database
 
-# Taken out of the environment once read: the daemons and CLI the tests start inherit it,
-# and txrelay refuses TXRELAY_* variables that are not settings.
-ADMIN_DSN = os.environ.pop("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.pop("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.pop("TXRELAY_TEST_REDIS_DB", "9"))
-os.environ.pop("TXRELAY_VENV", None)  # scripts/test.sh's choice of virtualenv
+ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
 
 pytest_plugins = ["tests.harness.fixtures"]
 
