@@ -129,3 +129,22 @@ def test_a_message_that_is_not_utf8_comes_as_bytes_and_is_still_a_line() -> None
     ("postfix-txrelay/smtp", False), ("postfix", False), ("sshd", False)])
 def test_only_the_instances_own_entries_are_postfixs(identifier: str, postfix: bool) -> None:
     assert journal.is_postfix_entry(entry(identifier, "x"), "postfix") is postfix
+
+
+def test_a_postfix_config_directory_postconf_cannot_read_names_the_setting(
+        tmp_path: Path) -> None:
+    missing = tmp_path / "postfix-nowhere"
+    with pytest.raises(ConfigError) as raised:
+        choose_source(TrackerConfig(postfix_config_directory=str(missing)))
+    message = str(raised.value)
+    assert message.startswith(f"[tracker] postfix_config_directory = '{missing}': postconf "
+                              "cannot read it (")
+    assert "\n" not in message and "holds the Postfix instance's main.cf" in message
+
+
+def test_postconf_of_a_real_config_directory_answers_for_auto(tmp_path: Path) -> None:
+    (tmp_path / "main.cf").write_text(f"maillog_file = {tmp_path}/postfix.log\n"
+                                      "syslog_name = postfix-out\n")
+    choice = choose_source(TrackerConfig(postfix_config_directory=str(tmp_path)))
+    assert (choice.kind, choice.log_path) == ("file", tmp_path / "postfix.log")
+    assert choice.identifier == "postfix-out"

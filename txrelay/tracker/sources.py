@@ -72,7 +72,8 @@ Postconf = Callable[[str], str | None]
 
 def postconf_reader(config_directory: str) -> Postconf:
     """`postconf -h NAME` of the configured Postfix (None when postconf is missing or
-    fails: the tracker may run where Postfix is not installed)."""
+    fails: the tracker may run where Postfix is not installed). A configuration directory
+    that was set but postconf cannot read is the admin's mistake: ConfigError."""
     def read(name: str) -> str | None:
         argv = ["postconf", "-h"]
         if config_directory:
@@ -82,6 +83,11 @@ def postconf_reader(config_directory: str) -> Postconf:
                                   check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
+        if done.returncode != 0 and config_directory:
+            reason = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            raise ConfigError(f"[tracker] postfix_config_directory = {config_directory!r}: "
+                              f"postconf cannot read it ({reason}); set the directory that "
+                              "holds the Postfix instance's main.cf, or \"\" for /etc/postfix")
         return done.stdout.strip() if done.returncode == 0 else None
 
     return read
