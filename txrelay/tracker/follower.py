@@ -113,9 +113,6 @@ class LogFollower:
             return None
         return Position(self.sources[0].identity, self.offset)
 
-    def describe(self) -> str:
-        return f"the file {self.path}"
-
     @property
     def rotation_pending(self) -> bool:
         """The live file was renamed away; the switch waits for the grace period."""

@@ -88,22 +88,13 @@ class JournalReader:
         self.identifier = identifier
         self.journalctl = journalctl
         self.cursor: str | None = None  # committed: the last entry applied
-        self.ready = False
         self._process: subprocess.Popen[bytes] | None = None
         self._unapplied: Chunk | None = None
-
-    @property
-    def position(self) -> Position | None:
-        return Position(None, 0, self.cursor) if self.ready else None
-
-    def describe(self) -> str:
-        return f"the systemd journal (SYSLOG_IDENTIFIER {self.identifier}/*)"
 
     def resume(self, stored: Position) -> bool:
         """Continue after the stored cursor (from the journal's start without one)."""
         self.close()
         self.cursor = stored.cursor
-        self.ready = True
         return True
 
     def read_chunk(self, max_bytes: int = 1 << 20) -> Chunk | None:
