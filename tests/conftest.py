@@ -20,7 +20,7 @@ ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.
 REDIS_BASE = os.environ.get("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.dns"]
 
 # Several milters and trackers run at once in the suite: none may take the default metrics
 # ports (tests that check metrics give their daemon a free port explicitly).
