@@ -97,8 +97,9 @@ def _print_record(found: SendingDomain) -> None:
         click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
         click.echo(domain_record(found, rotating.key).zone_line() + "\n")
     click.echo(f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
-               "single value, paste the quoted parts joined without quotes or spaces. Then run "
-               f"'txrelay domain check {found.domain}'.")
+               "single value, paste the quoted parts joined without quotes or spaces. "
+               f"'txrelay domain dns {found.domain}' prints the DKIM, SPF and DMARC records to "
+               f"publish; then run 'txrelay domain check {found.domain}'.")
 
 
 def _state_text(state: str, since: dt.datetime) -> str:
