@@ -20,6 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import psycopg
 import pytest
 import redis
@@ -210,3 +213,85 @@ def test_documented_examples_print_what_the_docs_show(document: str, node: Node)
         initialise(node)
     ran = run_document(node, document, (REPO / document).read_text(encoding="utf-8"))
     assert ran, f"{document} has no console example that runs"
+
+
+PUBLISHING = """
+```console
+$ export TXRELAY_DNS_RELAY_ADDRESSES=192.0.2.10
+$ txrelay account create "Acme GmbH" --admin-email it@acme.example
+...
+$ txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help
+...
+$ txrelay domain check acme.example
+DKIM missing: no TXT record at txr202611._domainkey.acme.example; …
+  fix: publish: txr202611._domainkey.acme.example. IN TXT …
+SPF missing: …
+  fix: …
+DMARC missing: …
+  fix: …
+txrelay: error: acme.example is not ready: …
+```
+
+<!-- publish: the records `txrelay domain dns acme.example` prints -->
+```console
+$ txrelay domain check acme.example
+DKIM ok: txr202611._domainkey.acme.example publishes the stored rsa key
+SPF ok: …
+DMARC ok: …
+$ txrelay domain rotate-key acme.example
+...
+```
+
+<!-- publish: the records `txrelay domain dns acme.example` prints -->
+```console
+$ txrelay domain switch-key acme.example
+acme.example now signs with selector txr202611-2. …
+```
+
+<!-- clock: 2026-12-05 09:00 UTC -->
+```console
+$ txrelay domain retire-key acme.example txr202611
+Retired the retiring key of acme.example (selector txr202611); …
+```
+
+<!-- publish: the records `txrelay domain dns acme.example` prints -->
+```console
+$ txrelay domain check acme.example
+DKIM ok: txr202611-2._domainkey.acme.example publishes the stored rsa key
+SPF ok: …
+DMARC ok: …
+```
+"""
+
+
+def _txt(node: Node, name: str) -> list[str]:
+    query = dns.message.make_query(name, dns.rdatatype.TXT)
+    answer = dns.query.udp(query, "127.0.0.1", port=node.dns.port, timeout=2)
+    return [b"".join(rdata.strings).decode() for rrset in answer.answer for rdata in rrset]
+
+
+def test_a_publish_line_puts_what_domain_dns_prints_into_the_documents_dns(node: Node) -> None:
+    initialise(node)
+    assert run_document(node, "publishing.md", PUBLISHING) == 9
+    # The last publish replaced the domain's records: the retired key's record is gone.
+    assert _txt(node, "txr202611._domainkey.acme.example.") == []
+    assert _txt(node, "txr202611-2._domainkey.acme.example.")[0].startswith("v=DKIM1; k=rsa;")
+    assert _txt(node, "acme.example.") == ["v=spf1 ip4:192.0.2.10 ~all"]
+
+
+def test_a_check_shown_passing_without_a_publish_line_fails_the_document(node: Node) -> None:
+    initialise(node)
+    unpublished = PUBLISHING.replace(
+        "<!-- publish: the records `txrelay domain dns acme.example` prints -->\n", "", 1)
+    with pytest.raises(pytest.fail.Exception, match=r"publishing.md:\d+: `\$ txrelay domain "
+                                                    r"check acme.example` printed something"):
+        run_document(node, "publishing.md", unpublished)
+
+
+def test_publishing_a_domain_the_node_does_not_have_fails_naming_the_line(node: Node) -> None:
+    initialise(node)
+    document = ("<!-- publish: the records `txrelay domain dns acme.example` prints -->\n"
+                "```console\n$ txrelay domain list\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"guide.md:2: publish: `txrelay domain "
+                                                    r"dns acme.example` failed"):
+        run_document(node, "guide.md", document)
