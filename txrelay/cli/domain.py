@@ -34,12 +34,13 @@ _CHECK_FAILURES: dict[str, type[TxRelayError]] = {
 
 @click.group()
 def domain() -> None:
-    """Sending domains: each needs a DKIM key (published in DNS) and a List-Help URL.
+    """Sending domains: each needs a DKIM key, its DNS records and a List-Help URL.
 
     \b
     Example:
       txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help
-      txrelay domain check acme.example
+      txrelay domain dns acme.example      # the DKIM, SPF and DMARC records to publish
+      txrelay domain check acme.example    # once they are published
 
     \b
     Replacing a DKIM key without breaking verification:
