@@ -154,7 +154,7 @@ def test_unusable_key_files_are_refused(txrelay: Txrelay, account: str, unique: 
     for path, message in cases.items():
         result = txrelay("domain", "add", account, domain, "--list-help", "https://h.example/",
                          "--key-file", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 4
         assert message in result.error
     assert not _is_registered(db, domain)
 
@@ -164,7 +164,7 @@ def test_key_file_of_the_wrong_algorithm_is_refused(txrelay: Txrelay, account: s
     path = _pem_file(tmp_path, ed25519.Ed25519PrivateKey.generate())
     result = txrelay("domain", "add", account, f"x-{unique}.example", "--list-help",
                      "https://h.example/", "--key-file", str(path), "--algorithm", "rsa")
-    assert result.exit_code == 1 and "is an ed25519 key" in result.error
+    assert result.exit_code == 4 and "is an ed25519 key" in result.error
 
 
 def test_reuse_key_of_shares_the_selector_and_key_row(txrelay: Txrelay, account: str,
@@ -186,7 +186,7 @@ def test_reuse_key_of_another_accounts_domain_is_refused(txrelay: Txrelay, domai
     txrelay("account", "create", f"Other {unique}", "--admin-email", "o@example.org")
     result = txrelay("domain", "add", f"Other {unique}", f"theirs-{unique}.example",
                      "--list-help", "https://h.example/", "--reuse-key-of", domain)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "a key can only be shared within an account" in result.error
 
 
@@ -202,7 +202,7 @@ def test_bad_list_help_is_refused_and_nothing_is_written(
     keys_before = db.execute("SELECT count(*) AS n FROM dkim_keys").fetchone()
     result = txrelay("domain", "add", account, f"lh-{unique}.example", "--list-help",
                      list_help)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert message in result.error
     assert db.execute("SELECT count(*) AS n FROM dkim_keys").fetchone() == keys_before
 
@@ -211,7 +211,7 @@ def test_bad_list_help_is_refused_and_nothing_is_written(
                                   "x'; DROP TABLE sending_domains;--.example"])
 def test_invalid_domain_names_are_refused(txrelay: Txrelay, account: str, name: str) -> None:
     result = txrelay("domain", "add", account, name, "--list-help", "https://h.example/")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "domain name" in result.error
 
 
@@ -228,7 +228,7 @@ def test_domain_registered_twice_is_a_conflict_and_no_key_is_left_behind(
 def test_domain_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("domain", "add", f"ghost {unique}", f"g-{unique}.example", "--list-help",
                      "https://h.example/")
-    assert result.exit_code == 1 and "no account named" in result.error
+    assert result.exit_code == 3 and "no account named" in result.error
 
 
 def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str,
@@ -243,14 +243,14 @@ def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str,
                       "--json").json()
     assert changed["list_help"] == "mailto:support@example.org"
     refused = txrelay("domain", "set", domain, "--list-help", "gopher://x.example/")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 4
     assert txrelay("domain", "dns", domain, "--json").json()["list_help"] == \
         "mailto:support@example.org"
 
 
 def test_unknown_domain_is_named(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("domain", "dns", f"nowhere-{unique}.example")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert f"domain nowhere-{unique}.example is not registered" in result.error
 
 

@@ -158,17 +158,18 @@ def test_default_selector_does_not_reuse_one_the_domain_publishes(
 def test_bad_rotation_requests_are_refused_with_what_to_do(
         txrelay: Txrelay, domain: str, db: DictConnection) -> None:
     signing = _signing_selector(db, domain)
-    cases = [
-        (("domain", "rotate-key", domain, "--selector", signing), "already publishes selector"),
-        (("domain", "switch-key", domain), "no new key waiting"),
-        (("domain", "retire-key", domain, signing), "signs the mail of"),
-        (("domain", "retire-key", domain, "nosuch"), "has no key with selector nosuch"),
-        (("domain", "rotate-key", "nowhere.example"), "is not registered"),
-        (("domain", "rotate-key", domain, "--selector", "-bad"), "not a valid DKIM selector"),
+    cases = [  # (command, message, exit status: docs/cli.md)
+        (("domain", "rotate-key", domain, "--selector", signing), "already publishes selector",
+         1),
+        (("domain", "switch-key", domain), "no new key waiting", 3),
+        (("domain", "retire-key", domain, signing), "signs the mail of", 4),
+        (("domain", "retire-key", domain, "nosuch"), "has no key with selector nosuch", 3),
+        (("domain", "rotate-key", "nowhere.example"), "is not registered", 3),
+        (("domain", "rotate-key", domain, "--selector", "-bad"), "not a valid DKIM selector", 4),
     ]
-    for args, message in cases:
+    for args, message, status in cases:
         result = txrelay(*args)
-        assert result.exit_code == 1, args
+        assert result.exit_code == status, args
         assert message in result.error, (args, result.error)
 
 

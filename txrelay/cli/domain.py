@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
-from txrelay.errors import Conflict, NotFound, ServiceUnavailable, TxRelayError
+from txrelay.errors import CheckFailed, ServiceUnavailable
 from txrelay.provisioning import dns_check, dns_records, domains
 from txrelay.provisioning.dns_check import PublicationCheck, RecordCheck
 from txrelay.provisioning.dns_lookup import DnsLookup, LookupFailed
@@ -27,9 +27,6 @@ from txrelay.store.domains import DkimKey, SendingDomain
 # `domain dns` looks the current SPF and DMARC records up only to advise: it does not wait
 # long for them.
 PUBLISHED_LOOKUP_SECONDS = 3.0
-_CHECK_FAILURES: dict[str, type[TxRelayError]] = {
-    "missing": NotFound, "mismatch": Conflict, "dns-error": ServiceUnavailable,
-}
 
 
 @click.group()
@@ -201,8 +198,8 @@ def check(cli: CliContext, domain_name: str) -> None:
     cli.emit(domain_check_view(found, checks), lambda: _print_checks(checks))
     failed = [c for c in checks if c.failed]
     if failed:
-        # main.py turns these into one line on stderr and exit status 1.
-        raise _CHECK_FAILURES[failed[0].verdict](
+        # main.py turns this into one line on stderr and exit status 1.
+        raise CheckFailed(
             f"{found.domain} is not ready: " + "; ".join(
                 f"{_check_label(c)} {c.verdict}: {c.detail}" for c in failed))
 
@@ -363,7 +360,7 @@ def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
     if not force:
         result = _check_key(cli, found, pending.key)
         if not result.ok:
-            raise _CHECK_FAILURES[result.status](
+            raise CheckFailed(
                 f"not switching: the new key (selector {pending.key.selector}) is not "
                 f"published yet: {result.detail}. Run again once DNS shows it, or give --force")
     switched, old = domains.switch_key(cli.db, cli.clock.now(), found.domain, pending.key.id)

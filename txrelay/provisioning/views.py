@@ -155,16 +155,16 @@ def access_view(config: Config, connection: Connection, password: str) -> dict[s
     }
 
 
-def block_view(block: QuotaBlock, now: dt.datetime) -> dict[str, Any]:
+def block_view(block: QuotaBlock) -> dict[str, Any]:
     return {
         "id": block.id,
         "kind": block.kind,
         "amount": block.amount,
         "used": block.used,
-        "remaining": block.remaining(now),
+        "remaining": block.remaining,
         "booked_at": timestamp(block.booked_at),
         "expires_at": timestamp(block.expires_at),
-        "expired": not block.is_live(now),
+        "expired": not block.live,
     }
 
 
@@ -174,7 +174,7 @@ def quota_view(report: QuotaReport) -> dict[str, Any]:
         "paid": report.paid,
         "plan": "paid" if report.paid else "demo",
         "quota_remaining": report.remaining,
-        "blocks": [block_view(block, report.now) for block in report.blocks],
+        "blocks": [block_view(block) for block in report.blocks],
     }
 
 
