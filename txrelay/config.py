@@ -99,7 +99,12 @@ class QuotaConfig:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    log_path: str = "/var/log/txrelay/postfix.log"
+    # Where Postfix's log is (txrelay/tracker/sources.py): "auto" finds it; a log_path set
+    # means that file.
+    source: str = "auto"
+    log_path: str = ""
+    journal_identifier: str = ""  # "": Postfix's syslog_name (postconf), else "postfix"
+    postfix_config_directory: str = ""  # "": postconf's default (/etc/postfix)
     poll_interval_seconds: float = 0.5
     confirm_timeout_seconds: int = 600
     tick_interval_seconds: float = 60.0
@@ -197,6 +202,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _REDIS_MODES = ("standalone", "sentinel", "cluster")
+_TRACKER_SOURCES = ("auto", "file", "journal")
 _HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
                         r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
 _DMARC_URI = re.compile(r"mailto:[^\s;,!@]+@(\{domain\}|[A-Za-z0-9.-]+)(![0-9]+[kmgt]?)?")
@@ -318,6 +324,10 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
         raise bad("zero or more")
     if qualified == "milter.log_level" and result not in _LOG_LEVELS:
         raise bad(f"one of {', '.join(sorted(_LOG_LEVELS))}")
+    if qualified == "tracker.source" and result not in _TRACKER_SOURCES:
+        raise bad(f"one of {', '.join(_TRACKER_SOURCES)}")
+    if qualified == "tracker.journal_identifier" and any(c.isspace() for c in result):
+        raise bad("a syslog_name such as postfix or postfix-txrelay (no spaces)")
     if qualified == "milter.socket" and not result.startswith(("unix:", "inet:", "inet6:")):
         raise bad("a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1")
     if qualified.startswith("metrics.") and result and not _is_host_port(result):

@@ -292,6 +292,24 @@ def test_check_fails_when_the_record_does_not_exist(txrelay: Txrelay, domain: st
     assert "no TXT record at" in result.error
 
 
+def test_domain_add_sends_the_admin_to_domain_dns_since_its_dkim_record_alone_fails_check(
+        txrelay: Txrelay, account: str, unique: str, zone: DnsServer) -> None:
+    domain = f"hint-{unique}.example"
+    added = txrelay("domain", "add", account, domain, "--list-help", "https://x.example/help")
+    assert added.exit_code == 0, added.stderr
+    assert added.stdout.splitlines()[-1].endswith(
+        f"'txrelay domain dns {domain}' prints the DKIM, SPF and DMARC records to publish; "
+        f"then run 'txrelay domain check {domain}'.")
+    name, value = zone_strings(added.stdout)
+    zone.serve({name: [("TXT", value)]})
+    only_dkim = txrelay("domain", "check", domain)
+    assert only_dkim.exit_code == 1
+    assert "SPF missing" in only_dkim.error and "DMARC missing" in only_dkim.error
+    zone.serve(printed_records(txrelay, domain))
+    everything = txrelay("domain", "check", domain)
+    assert everything.exit_code == 0, everything.error
+
+
 def test_check_reports_a_dns_failure_as_such(txrelay: Txrelay, domain: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     with running_dns_server(tmp_path / "nsd", zones=("invalid",)) as elsewhere:

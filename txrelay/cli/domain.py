@@ -31,12 +31,13 @@ PUBLISHED_LOOKUP_SECONDS = 3.0
 
 @click.group()
 def domain() -> None:
-    """Sending domains: each needs a DKIM key (published in DNS) and a List-Help URL.
+    """Sending domains: each needs a DKIM key, its DNS records and a List-Help URL.
 
     \b
     Example:
       txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help
-      txrelay domain check acme.example
+      txrelay domain dns acme.example      # the DKIM, SPF and DMARC records to publish
+      txrelay domain check acme.example    # once they are published
 
     \b
     Replacing a DKIM key without breaking verification:
@@ -94,8 +95,9 @@ def _print_record(found: SendingDomain) -> None:
         click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
         click.echo(domain_record(found, rotating.key).zone_line() + "\n")
     click.echo(f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
-               "single value, paste the quoted parts joined without quotes or spaces. Then run "
-               f"'txrelay domain check {found.domain}'.")
+               "single value, paste the quoted parts joined without quotes or spaces. "
+               f"'txrelay domain dns {found.domain}' prints the DKIM, SPF and DMARC records to "
+               f"publish; then run 'txrelay domain check {found.domain}'.")
 
 
 def _state_text(state: str, since: dt.datetime) -> str:
