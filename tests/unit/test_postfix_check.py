@@ -31,7 +31,10 @@ def configured(tmp_path_factory: pytest.TempPathFactory, plan: PostfixPlan) -> P
     """A config directory as an admin has it after `txrelay postfix configure`."""
     directory = tmp_path_factory.mktemp("postfix") / "etc"
     directory.mkdir()
+    (directory.parent / "queue").mkdir()
+    # Its own queue directory: configure's `postfix check` creates what is missing there.
     (directory / "main.cf").write_text("compatibility_level = 3.6\n"
+                                       f"queue_directory = {directory.parent / 'queue'}\n"
                                        "smtpd_tls_chain_files = /etc/ssl/private/relay.pem\n"
                                        "disable_mime_output_conversion = yes\n")
     shutil.copy("/etc/postfix/master.cf", directory / "master.cf")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import pty
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -244,16 +246,40 @@ def _write_like(path: Path, data: bytes) -> None:
 
 
 def _postfix_check(target: PostfixTarget) -> str | None:
+    """None when `postfix -c DIR check` passes, else its first error line. Postfix writes
+    its messages to stderr only when that is a terminal, so it gets a pseudo-terminal
+    (read while it runs: a full terminal buffer would block it)."""
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(leader, chunks), daemon=True)
+    reader.start()
     try:
         done = subprocess.run(["postfix", "-c", str(target.config_directory), "check"],
-                              capture_output=True, text=True, check=False,
-                              timeout=POSTCONF_TIMEOUT * 2)
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=follower, check=False, timeout=POSTCONF_TIMEOUT * 2)
     except (FileNotFoundError, subprocess.TimeoutExpired) as error:
         return str(error)
+    finally:
+        os.close(follower)
+        reader.join(timeout=5)
+        os.close(leader)
     if done.returncode == 0:
         return None
-    errors = [line for line in done.stderr.splitlines() if "fatal" in line or "error" in line]
-    return (errors or done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
+    lines = [line.strip() for line in b"".join(chunks).decode(errors="replace").splitlines()
+             if line.strip()]
+    errors = [line for line in lines if "fatal" in line or "error" in line]
+    return (errors or lines or [f"exit {done.returncode}"])[0]
+
+
+def _drain(leader: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: every writer is gone and everything was read
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
 
 
 def read_state(target: PostfixTarget) -> PostfixState | None:
