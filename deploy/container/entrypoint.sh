@@ -106,6 +106,11 @@ smtpd_tls_key_file = $key
 smtp_tls_security_level = may
 smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt
 maillog_file = $maillog
+# Global settings txrelay postfix configure leaves to the admin (it only adds its own
+# service); this Postfix relays nothing but txrelay's mail, so they are set here.
+disable_mime_output_conversion = yes
+smtputf8_enable = yes
+enable_long_queue_ids = yes
 EOF
     # No chroot (the auth and milter sockets are outside the queue), no port 25: this
     # Postfix only relays what shops submit.
