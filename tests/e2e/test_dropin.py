@@ -10,6 +10,7 @@ $smtpd_milters, an after-queue content_filter (delivering to a sink of its own) 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tests.harness.dropin import MAILBOX_PASSWORD, MAILBOX_USER, ExistingServer, MailboxDovecot
 from tests.harness.fixtures import RelayStack
@@ -33,6 +36,10 @@ from tests.harness.stackconfig import write_stack_config
 from txrelay.config import Config, load_config
 
 pytestmark = pytest.mark.e2e
+
+# txrelay's service gets a certificate of its own ([smtp] tls_cert_file, an -o override);
+# the server's other services keep main.cf's (the harness's, CN=relay.txrelay.test).
+OWN_CERTIFICATE_CN = "relay-own.txrelay.test"
 
 
 @dataclass
@@ -85,7 +92,16 @@ def dropin(config: Config) -> Iterator[DropIn]:
 def _start(config: Config, directory: Path, stopper: Stopper,
            cleanup: contextlib.ExitStack) -> DropIn:
     listen_port = free_port()
-    config_file = write_stack_config(config, directory / "txrelay", submission_port=listen_port)
+    tls = directory / "txrelay-tls"
+    tls.mkdir()
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", f"/CN={OWN_CERTIFICATE_CN}", "-keyout",
+         str(tls / "key.pem"), "-out", str(tls / "cert.pem")])
+    (tls / "key.pem").chmod(0o600)
+    own_certificate = dataclasses.replace(config.smtp, tls_cert_file=str(tls / "cert.pem"),
+                                          tls_key_file=str(tls / "key.pem"))
+    config_file = write_stack_config(dataclasses.replace(config, smtp=own_certificate),
+                                     directory / "txrelay", submission_port=listen_port)
     stack_config = load_config(config_file, required=True, environ={})
     services = []
     for name in ("sink", "filter-sink"):
@@ -177,6 +193,22 @@ def test_txrelays_service_relays_signed_accounted_mail_past_the_filter(dropin: D
     assert "postfix/txrelay/smtpd[" in dropin.server.log(400)
 
 
+def certificate_cn(client: smtplib.SMTP) -> str:
+    der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert der is not None
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME)
+    return str(names[0].value)
+
+
+def test_txrelays_service_presents_its_own_certificate_others_keep_main_cfs(
+        dropin: DropIn) -> None:
+    with smtp_session(None, None, port=dropin.relay.port) as client:
+        assert certificate_cn(client) == OWN_CERTIFICATE_CN
+    with smtp_session(None, None, port=dropin.server.mailbox_port) as client:
+        assert certificate_cn(client) == "relay.txrelay.test"
+
+
 def test_txrelays_service_refuses_mailbox_users(dropin: DropIn) -> None:
     with pytest.raises(smtplib.SMTPAuthenticationError), \
             smtp_session(MAILBOX_USER, MAILBOX_PASSWORD, port=dropin.relay.port):
@@ -219,6 +251,7 @@ def test_implicit_tls_service_relays_signed_mail_to_a_real_ssl_client(
     raw = build_message(shop.address(), [rcpt], subject="Order 2002 over implicit TLS")
     with smtplib.SMTP_SSL("127.0.0.1", implicit_port, local_hostname="shop.client.test",
                           context=tls_context(), timeout=60) as client:
+        assert certificate_cn(client) == OWN_CERTIFICATE_CN
         client.login(shop.username, shop.password)
         refused = client.sendmail(shop.address(), [rcpt], raw)
     assert refused == {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -168,6 +169,40 @@ def test_bad_listen_address_is_one_line_and_exit_nonzero(config_file: Path,
     assert done.stderr.count("\n") == 1 and "is not a listen address" in done.stderr
     assert "Traceback" not in done.stderr
     assert digests(config_directory) == before
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("TXRELAY_SMTP_TLS_CERT_FILE", "/nonexistent/cert.pem", "No such file"),
+    ("TXRELAY_SMTP_TLS_CERT_FILE", "/etc/hostname", "is not a PEM file"),
+    ("TXRELAY_SMTP_TLS_KEY_FILE", "/etc/ssl/private/key.pem", "tls_cert_file is empty"),
+])
+def test_missing_or_unreadable_certificate_is_one_line_and_nothing_written(
+        config_file: Path, config_directory: Path, variable: str, value: str,
+        says: str) -> None:
+    before = digests(config_directory)
+    done = run([TXRELAY, "--config", str(config_file), "postfix", "configure",
+                "--config-directory", str(config_directory), "--listen", LISTEN],
+               check=False, env={**os.environ, variable: value})
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+    assert digests(config_directory) == before
+
+
+def test_own_certificate_is_an_override_on_txrelays_service_only(
+        config_file: Path, config_directory: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=own.txrelay.test", "-keyout", str(key), "-out",
+         str(cert)])
+    main_before = (config_directory / "main.cf").read_bytes()
+    done = run([TXRELAY, "--config", str(config_file), "postfix", "configure",
+                "--config-directory", str(config_directory), "--listen", LISTEN],
+               env={**os.environ, "TXRELAY_SMTP_TLS_CERT_FILE": str(cert),
+                    "TXRELAY_SMTP_TLS_KEY_FILE": str(key)})
+    assert done.returncode == 0
+    assert f"{SERVICE}/smtpd_tls_chain_files = {key},{cert}" in postconf(
+        config_directory, "-P").splitlines()
+    assert (config_directory / "main.cf").read_bytes() == main_before
 
 
 def test_configuration_postfix_check_rejects_is_restored(config_file: Path,

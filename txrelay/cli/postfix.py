@@ -13,6 +13,7 @@ from txrelay.provisioning.postfix import (
     PostfixTarget,
     plan_postfix,
     read_settings,
+    require_certificate_files,
     resolve_target,
 )
 from txrelay.provisioning.postfix_apply import (
@@ -94,6 +95,7 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
 
     Example: txrelay postfix configure --listen 2587 --implicit-tls 2465 --dry-run
     """
+    require_certificate_files(cli.config)
     target = resolve_target(instance, config_directory)
     plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
                         milter_socket=milter_socket)

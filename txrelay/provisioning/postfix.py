@@ -138,10 +138,10 @@ def _overrides(config: Config, milter: str, size_limit: int,
         ("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
     )
     if config.smtp.tls_cert_file:
-        # The key first: chain_files wants each private key followed by its certificate.
-        tls += (("smtpd_tls_chain_files",
-                 f"{config.smtp.tls_key_file or config.smtp.tls_cert_file},"
-                 f"{config.smtp.tls_cert_file}"),)
+        # The key first: chain_files wants each private key followed by its certificate
+        # (without tls_key_file, the certificate file holds the key too).
+        files = [config.smtp.tls_key_file] if config.smtp.tls_key_file else []
+        tls += (("smtpd_tls_chain_files", ",".join([*files, config.smtp.tls_cert_file])),)
     return (*tls,
             ("smtpd_sasl_auth_enable", "yes"),
             ("smtpd_sasl_type", "dovecot"),
@@ -165,6 +165,27 @@ def _overrides(config: Config, milter: str, size_limit: int,
             ("message_size_limit", str(size_limit)),
             ("content_filter", ""),
             ("receive_override_options", ""))
+
+
+def require_certificate_files(config: Config) -> None:
+    """[smtp] tls_cert_file/tls_key_file, when set, must be readable PEM files: Postfix would
+    otherwise start the service and fail every TLS handshake."""
+    if config.smtp.tls_key_file and not config.smtp.tls_cert_file:
+        raise InvalidInput("[smtp] tls_key_file is set but tls_cert_file is empty; set both, "
+                           "or neither to use main.cf's certificate")
+    for key, path in (("tls_cert_file", config.smtp.tls_cert_file),
+                      ("tls_key_file", config.smtp.tls_key_file)):
+        if not path:
+            continue
+        try:
+            head = Path(path).read_bytes()[:65536]
+        except OSError as error:
+            raise InvalidInput(f"[smtp] {key} = {path}: {error.strerror or error}; give a "
+                               "readable PEM file, or leave tls_cert_file empty to use "
+                               "main.cf's certificate") from None
+        if b"-----BEGIN " not in head:
+            raise InvalidInput(f"[smtp] {key} = {path} is not a PEM file; give the PEM "
+                               "certificate (chain) and its private key")
 
 
 def resolve_target(instance: str | None, config_directory: str | None) -> PostfixTarget:
