@@ -53,6 +53,8 @@ def postfix() -> None:
     txrelay adds master.cf services of its own and never changes main.cf or another
     service: `configure` adds them, `check` judges what reaches txrelay's mail,
     `unconfigure` removes them again.
+
+    Example: txrelay postfix configure --listen 2587 --dry-run
     """
 
 
