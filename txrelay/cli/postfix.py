@@ -11,6 +11,7 @@ from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning.postfix import (
     PostfixPlan,
     PostfixTarget,
+    master_option,
     plan_postfix,
     read_settings,
     require_certificate_files,
@@ -190,10 +191,10 @@ def _print_plan(plan: PostfixPlan) -> None:
     for service in plan.services:
         click.echo(service.listen.service + " " + " ".join(service.entry().split()[1:8]))
         for name, value in service.overrides:
-            click.echo(f"  -o {name}={value}")
-    click.echo(f"# when main.cf's message_size_limit is below {plan.message_size_limit}, also "
-               f"-o cleanup_service_name=txrelay-cleanup on each service, and\n"
-               f"# txrelay-cleanup unix n - n - 0 cleanup\n"
+            click.echo(f"  {master_option(name, value)}")
+    click.echo(f"# When main.cf's message_size_limit is below {plan.message_size_limit}, also\n"
+               "#   -o cleanup_service_name=txrelay-cleanup on each service above, and\n"
+               "# txrelay-cleanup unix n - n - 0 cleanup\n"
                f"#   -o message_size_limit={plan.message_size_limit}")
 
 

@@ -77,11 +77,14 @@ class PostfixPlan:
         }
 
 
+def master_option(name: str, value: str) -> str:
+    """One -o of master.cf; a value with spaces needs Postfix 3's `-o { name = value }`."""
+    return f"-o {{ {name} = {value} }}" if any(c.isspace() for c in value) else f"-o {name}={value}"
+
+
 def master_entry(name: str, command: tuple[str, ...],
                  overrides: tuple[tuple[str, str], ...]) -> str:
-    options = [f"-o {{ {n} = {v} }}" if any(c.isspace() for c in v) else f"-o {n}={v}"
-               for n, v in overrides]
-    return " ".join((name, *command, *options))
+    return " ".join((name, *command, *(master_option(n, v) for n, v in overrides)))
 
 
 def postfix_milter_socket(libmilter_socket: str) -> str:
