@@ -3,7 +3,8 @@
 Every metric object lives here; the daemons make one call per event (a decision, a timed
 stage) and never wait on anything of ours. Values that live elsewhere (quota balances and
 reservations in Redis, the tracker's position in its log) are read lazily, at scrape time,
-by collectors. `/healthz` answers 503 with the reason when PostgreSQL or Redis is down.
+by collectors. `/healthz` answers whether the daemon can do its work now (the milter's: can
+this node accept mail), with one line per dependency (txrelay/policy/health.py judges).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from txrelay.config import Config
+from txrelay.policy.health import NodeHealth, judge_dependencies, judge_milter
 from txrelay.store.keys import AccountKeys
 from txrelay.store.redis_client import open_redis
 
@@ -94,6 +96,7 @@ def watch_journal_backlog(count: Callable[[], float]) -> None:
 # -- health of the dependencies -------------------------------------------------------------
 
 HealthCheck = Callable[[], None]  # raises when the dependency is unusable
+Judge = Callable[[Mapping[str, str | None]], NodeHealth]  # problems -> /healthz verdict
 
 
 def dependency_checks(config: Config) -> dict[str, HealthCheck]:
@@ -110,6 +113,17 @@ def dependency_checks(config: Config) -> dict[str, HealthCheck]:
         client.ping()
 
     return {"postgresql": postgresql, "redis": redis_ping}
+
+
+def milter_checks(config: Config) -> dict[str, HealthCheck]:
+    """The dependencies plus txrelay's Dovecot, without which no shop can log in."""
+
+    def dovecot() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(HEALTH_TIMEOUT)
+            probe.connect(config.dovecot.auth_socket)
+
+    return {**dependency_checks(config), "dovecot": dovecot}
 
 
 def run_checks(checks: Mapping[str, HealthCheck]) -> dict[str, str | None]:
@@ -289,8 +303,10 @@ class MetricsEndpoint:
     daemon thread; close() stops it."""
 
     def __init__(self, listen: str, checks: Mapping[str, HealthCheck],
-                 collectors: Iterable[Collector] = ()) -> None:
+                 collectors: Iterable[Collector] = (),
+                 judge: Judge = judge_dependencies) -> None:
         self.checks = checks
+        self.judge = judge
         self.local = CollectorRegistry(auto_describe=False)
         for collector in [DependencyCollector(checks), *collectors]:
             self.local.register(collector)
@@ -316,12 +332,8 @@ class MetricsEndpoint:
     def metrics(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.local)
 
-    def health(self) -> tuple[int, str]:
-        results = run_checks(self.checks)
-        problems = [f"{name}: {problem}" for name, problem in results.items() if problem]
-        if problems:
-            return 503, "unavailable\n" + "\n".join(problems) + "\n"
-        return 200, "ok\n" + "".join(f"{name}: ok\n" for name in results)
+    def health(self) -> NodeHealth:
+        return self.judge(run_checks(self.checks))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -333,8 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, endpoint.metrics(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            status, text = endpoint.health()
-            self._send(status, text.encode(), "text/plain; charset=utf-8")
+            health = endpoint.health()
+            self._send(health.status, health.body().encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
 
@@ -365,23 +377,30 @@ def _make_server(listen: str, endpoint: MetricsEndpoint) -> _Server:
 
 
 def start_endpoint(listen: str, what: str, checks: Mapping[str, HealthCheck],
-                   collectors: Iterable[Collector] = ()) -> MetricsEndpoint | None:
+                   collectors: Iterable[Collector] = (),
+                   judge: Judge = judge_dependencies) -> MetricsEndpoint | None:
     """Start serving, or log why not: a metrics port in use must not stop mail."""
     if not listen:
         return None
     try:
-        return MetricsEndpoint(listen, checks, collectors).start()
+        return MetricsEndpoint(listen, checks, collectors, judge).start()
     except OSError as exc:
         log.error("event=metrics_unavailable address=%s error=%r: [metrics] %s_listen cannot "
                   "be bound; the %s runs without metrics", listen, str(exc), what, what)
         return None
 
 
-def start_milter_endpoint(config: Config) -> MetricsEndpoint | None:
-    """[metrics] milter_listen: decisions, stage latency, quota, reservations, health."""
+def start_milter_endpoint(config: Config,
+                          journal_room: Callable[[], int]) -> MetricsEndpoint | None:
+    """[metrics] milter_listen: decisions, stage latency, quota, reservations, and /healthz
+    as "can this node accept mail now" (degraded but serving is 200)."""
     client = open_redis(config.redis, lazy=True)
-    return start_endpoint(config.metrics.milter_listen, "milter", dependency_checks(config),
-                          [AccountCollector(client, config.redis.key_prefix)])
+
+    def judge(problems: Mapping[str, str | None]) -> NodeHealth:
+        return judge_milter(problems, journal_room())
+
+    return start_endpoint(config.metrics.milter_listen, "milter", milter_checks(config),
+                          [AccountCollector(client, config.redis.key_prefix)], judge)
 
 
 def start_tracker_endpoint(config: Config,

@@ -1,6 +1,7 @@
 #!/bin/bash
-# The container's HEALTHCHECK: Postfix's master runs, and the milter's /healthz says
-# PostgreSQL and Redis answer (HTTP 503 with the reason otherwise). Exit 0 = healthy.
+# The container's HEALTHCHECK: Postfix's master runs, and the milter's /healthz says this
+# node can accept mail (200, also while degraded; 503 with the reason when mail would be
+# refused). Exit 0 = healthy.
 set -euo pipefail
 
 postfix status >/dev/null 2>&1 || { echo "Postfix is not running"; exit 1; }

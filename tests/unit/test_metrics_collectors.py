@@ -67,7 +67,9 @@ def test_health_names_each_failing_dependency() -> None:
     endpoint = metrics.MetricsEndpoint("127.0.0.1:0", {"postgresql": lambda: None,
                                                        "redis": failing})
     try:
-        assert endpoint.health() == (503, "unavailable\nredis: OSError: connection refused\n")
+        health = endpoint.health()
+        assert (health.status, health.body()) == (
+            503, "unavailable\nredis: OSError: connection refused\n")
         assert 'txrelay_dependency_up{dependency="redis"} 0.0' in endpoint.metrics().decode()
     finally:
         endpoint.close()

@@ -73,3 +73,47 @@ def test_milter_may_write_only_its_socket_and_state_directories(installed: Path)
     assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == [
         "/run/txrelay /var/lib/txrelay /var/lib/txrelay-auth"]
     assert "SupplementaryGroups=postfix" in text
+
+
+def test_tracker_may_read_the_journal_and_the_mail_log_but_write_only_its_state(
+        installed: Path) -> None:
+    text = (installed / "txrelay-tracker.service").read_text()
+    assert re.findall(r"^SupplementaryGroups=(.*)$", text, re.M) == ["systemd-journal"]
+    assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == ["CAP_DAC_READ_SEARCH"]
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == ["/var/lib/txrelay"]
+    assert "ProtectSystem=strict" in text.splitlines()
+
+
+# Directives through which stopping or restarting a unit stops or restarts another
+# (systemd.unit(5)): none of txrelay's units may name Postfix in one of them.
+PROPAGATING = ("Requires", "Requisite", "BindsTo", "PartOf", "Upholds", "PropagatesStopTo",
+               "StopPropagatedFrom", "RequiredBy", "UpheldBy")
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_no_unit_propagates_stop_or_restart_to_postfix(installed: Path, unit: str) -> None:
+    text = (installed / unit).read_text()
+    for directive in PROPAGATING:
+        for value in re.findall(rf"^{directive}=(.*)$", text, re.M):
+            assert "postfix" not in value, f"{unit}: {directive}={value}"
+
+
+def test_enabling_the_units_links_nothing_into_postfix(tmp_path: Path) -> None:
+    """systemctl's own offline enable, next to Debian's Postfix units: the only links made
+    are wants of multi-user.target, none under postfix.service.requires (which would make
+    `systemctl restart txrelay-milter` restart Postfix, port 25 included)."""
+    root = tmp_path / "root"
+    subprocess.run(["bash", str(ROOT / "scripts" / "install-systemd.sh"), "--no-start"],
+                   env={**os.environ, "DESTDIR": str(root)}, check=True, capture_output=True)
+    debian = root / "lib" / "systemd" / "system"
+    debian.mkdir(parents=True)
+    for name in ("postfix.service", "postfix@.service"):
+        shutil.copy(Path("/lib/systemd/system") / name, debian / name)
+    done = subprocess.run(["systemctl", f"--root={root}", "enable", *UNITS],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    links = sorted(str(p.relative_to(root / "etc" / "systemd" / "system"))
+                   for p in (root / "etc" / "systemd" / "system").rglob("*") if p.is_symlink())
+    assert links == [f"multi-user.target.wants/{unit}" for unit in sorted(UNITS)]
+    verified = verify(*(root / "etc" / "systemd" / "system" / unit for unit in UNITS))
+    assert verified.returncode == 0, verified.stderr

@@ -307,7 +307,13 @@ class Repeater:
                 return
 
 
-def open_runtime(config: Config, clock: Clock) -> Runtime:
+def open_journal(config: Config) -> Journal:
+    """This milter's local journal ([milter] journal_dir), for the runtime and /healthz."""
+    return Journal(Path(config.milter.journal_dir), config.database.url,
+                   config.milter.journal_max_per_hour)
+
+
+def open_runtime(config: Config, clock: Clock, journal: Journal | None = None) -> Runtime:
     """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
     even when they are away, works in a degraded mode while one of them is, and recovers by
     itself when they return (docs/failure-modes.md)."""
@@ -316,7 +322,7 @@ def open_runtime(config: Config, clock: Clock) -> Runtime:
     pool.open(wait=False)
     client = open_redis(config.redis, lazy=True)
     state_dir = Path(config.milter.journal_dir)
-    journal = Journal(state_dir, config.database.url, config.milter.journal_max_per_hour)
+    journal = journal or open_journal(config)
     metrics.watch_journal_backlog(journal.backlog)
     postgres_holds = PostgresReservations(pool, config.milter.reservation_ttl_seconds, node)
 

@@ -16,7 +16,7 @@ from txrelay.config import Config
 from txrelay.errors import ConfigError
 from txrelay.metrics import start_milter_endpoint
 from txrelay.milter.relay import ACTIONS, RelayMilter
-from txrelay.milter.runtime import open_runtime
+from txrelay.milter.runtime import open_journal, open_runtime
 
 log = logging.getLogger("txrelay.milter")
 
@@ -74,10 +74,10 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     spec = socket_spec or config.milter.socket
     prepare_socket(spec, config.milter.socket_group)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every thread
-    # Before the runtime: /healthz answers (503, naming the dependency) while PostgreSQL is
-    # still being waited for.
-    endpoint = start_milter_endpoint(config)  # [metrics] milter_listen; "" = none
-    runtime = open_runtime(config, clock)
+    # The endpoint starts before the runtime, so /healthz answers from the first second.
+    journal = open_journal(config)
+    endpoint = start_milter_endpoint(config, journal.room)  # [metrics] milter_listen; "" = none
+    runtime = open_runtime(config, clock, journal)
     try:
         Milter.factory = lambda: RelayMilter(runtime)
         Milter.set_flags(ACTIONS)

@@ -131,11 +131,19 @@ class Journal:
             self._appended.append((time.monotonic(), units))
             self._backlog += 1
 
-    def _check_budget(self, units: int) -> None:
+    def room(self) -> int:
+        """Recipients this milter may still journal this hour (what /healthz reports)."""
+        with self._lock:
+            return self.max_per_hour - self._used_this_hour()
+
+    def _used_this_hour(self) -> int:
         horizon = time.monotonic() - HOUR
         while self._appended and self._appended[0][0] < horizon:
             self._appended.popleft()
-        used = sum(n for _, n in self._appended)
+        return sum(n for _, n in self._appended)
+
+    def _check_budget(self, units: int) -> None:
+        used = self._used_this_hour()
         if used + units > self.max_per_hour:
             raise JournalUnavailable(f"the local journal holds {used} unconfirmed recipients "
                                      f"this hour ([milter] journal_max_per_hour = "

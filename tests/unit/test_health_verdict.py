@@ -1,0 +1,61 @@
+"""/healthz of the milter: 503 only when this node would refuse mail, 200 while degraded."""
+
+from __future__ import annotations
+
+import pytest
+
+from txrelay.policy.health import judge_dependencies, judge_milter
+
+UP = {"postgresql": None, "redis": None, "dovecot": None}
+ROOM = 5000
+
+
+def down(*names: str) -> dict[str, str | None]:
+    return {**UP, **dict.fromkeys(names, "ConnectionError: refused")}
+
+
+def test_everything_up_is_ok_with_a_line_per_dependency() -> None:
+    health = judge_milter(UP, ROOM)
+    assert (health.status, health.body()) == (
+        200, "ok\npostgresql: ok\nredis: ok\ndovecot: ok\n")
+
+
+@pytest.mark.parametrize("name, because", [
+    ("redis", "rate and quota are decided in PostgreSQL"),
+    ("postgresql", "ledger records go to the local journal"),
+])
+def test_one_store_down_is_degraded_but_serving(name: str, because: str) -> None:
+    health = judge_milter(down(name), ROOM)
+    assert (health.status, health.state) == (200, "degraded")
+    assert because in health.lines[0]
+    assert f"{name}: ConnectionError: refused" in health.lines
+
+
+def test_both_stores_down_refuses_mail() -> None:
+    health = judge_milter(down("redis", "postgresql"), ROOM)
+    assert (health.status, health.state) == (503, "unavailable")
+    assert "451 4.3.0" in health.lines[0]
+
+
+def test_postgresql_down_with_a_full_journal_refuses_mail() -> None:
+    assert judge_milter(down("postgresql"), 1).status == 200
+    health = judge_milter(down("postgresql"), 0)
+    assert health.status == 503
+    assert "journal_max_per_hour" in health.lines[0]
+
+
+def test_a_full_journal_does_not_matter_while_postgresql_answers() -> None:
+    assert judge_milter(UP, 0).status == 200
+
+
+def test_no_sasl_service_refuses_mail() -> None:
+    health = judge_milter(down("dovecot"), ROOM)
+    assert health.status == 503
+    assert "SMTP logins fail" in health.lines[0]
+
+
+def test_the_tracker_needs_every_dependency() -> None:
+    assert judge_dependencies({"postgresql": None, "redis": None}).status == 200
+    health = judge_dependencies({"postgresql": None, "redis": "ConnectionError: refused"})
+    assert (health.status, health.body()) == (
+        503, "unavailable\nredis: ConnectionError: refused\n")
