@@ -219,6 +219,15 @@ def test_configuration_postfix_check_rejects_is_restored(config_file: Path,
     assert not (config_directory / "txrelay-postfix.json").exists()
 
 
+def test_service_logs_inside_the_instances_own_syslog_name(config_file: Path,
+                                                          config_directory: Path) -> None:
+    with (config_directory / "main.cf").open("a") as main_cf:
+        main_cf.write("multi_instance_name = postfix-out\n")
+    configure(config_file, config_directory, "--listen", LISTEN)
+    assert f"{SERVICE}/syslog_name = postfix-out/txrelay" in postconf(
+        config_directory, "-P").splitlines()
+
+
 def test_shipped_fragment_matches_what_configure_adds_by_default() -> None:
     plan = plan_postfix(Config())
     master = (POSTFIX_CONF / "master.cf.fragment").read_text().splitlines()

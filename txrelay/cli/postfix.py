@@ -16,6 +16,7 @@ from txrelay.provisioning.postfix import (
     read_settings,
     require_certificate_files,
     resolve_target,
+    target_syslog_name,
 )
 from txrelay.provisioning.postfix_apply import (
     ApplyResult,
@@ -101,7 +102,7 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
     require_certificate_files(cli.config)
     target = resolve_target(instance, config_directory)
     plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
-                        milter_socket=milter_socket)
+                        milter_socket=milter_socket, syslog_name=target_syslog_name(target))
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(result.as_dict(), lambda: _print_result(result))
 

@@ -23,8 +23,10 @@ CLEANUP_COMMAND = ("unix", "n", "-", "n", "-", "0", "cleanup")
 ENVELOPE_SLACK_BYTES = 1024 * 1024
 MILTER_MAIL_MACROS = ("i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} "
                       "{mail_mailer}")
-STARTTLS_SYSLOG_NAME = "postfix/txrelay"
-IMPLICIT_TLS_SYSLOG_NAME = "postfix/txrelay_tls"
+# Appended to the instance's syslog_name: postfix/txrelay/smtpd[...] in the log, inside the
+# instance's own name space (what the tracker and fail2ban's stock filter read).
+STARTTLS_SYSLOG_SUFFIX = "txrelay"
+IMPLICIT_TLS_SYSLOG_SUFFIX = "txrelay_tls"
 POSTCONF_TIMEOUT = 30
 
 
@@ -108,8 +110,8 @@ def default_listen(config: Config) -> str:
 
 
 def plan_postfix(config: Config, *, listen: str | None = None,
-                 implicit_tls: str | None = None,
-                 milter_socket: str | None = None) -> PostfixPlan:
+                 implicit_tls: str | None = None, milter_socket: str | None = None,
+                 syslog_name: str = "postfix") -> PostfixPlan:
     """txrelay's services for this configuration: a STARTTLS service (--listen, default
     [smtp] port) and/or an implicit-TLS one (--implicit-tls); postfix-conf/README.md
     explains each override."""
@@ -125,15 +127,17 @@ def plan_postfix(config: Config, *, listen: str | None = None,
     if len(wanted) == 2 and wanted[0][0].service == wanted[1][0].service:
         raise InvalidInput("--listen and --implicit-tls name the same service; give each "
                            "its own port (e.g. --listen 2587 --implicit-tls 2465)")
-    services = tuple(ServicePlan(address, tls, _overrides(config, milter, size_limit, tls))
+    services = tuple(ServicePlan(address, tls, _overrides(config, milter, size_limit, tls,
+                                                          syslog_name))
                      for address, tls in wanted)
     return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit)
 
 
-def _overrides(config: Config, milter: str, size_limit: int,
-               implicit_tls: bool) -> tuple[tuple[str, str], ...]:
+def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
+               syslog_name: str) -> tuple[tuple[str, str], ...]:
+    suffix = IMPLICIT_TLS_SYSLOG_SUFFIX if implicit_tls else STARTTLS_SYSLOG_SUFFIX
     tls: tuple[tuple[str, str], ...] = (
-        ("syslog_name", IMPLICIT_TLS_SYSLOG_NAME if implicit_tls else STARTTLS_SYSLOG_NAME),
+        ("syslog_name", f"{syslog_name}/{suffix}"),
         *((("smtpd_tls_wrappermode", "yes"),) if implicit_tls else ()),
         ("smtpd_tls_security_level", "encrypt"),
         ("smtpd_tls_auth_only", "yes"),
@@ -168,6 +172,11 @@ def _overrides(config: Config, milter: str, size_limit: int,
             ("message_size_limit", str(size_limit)),
             ("content_filter", ""),
             ("receive_override_options", ""))
+
+
+def target_syslog_name(target: PostfixTarget) -> str:
+    """The instance's syslog_name (postfix, postfix-NAME for a postmulti instance)."""
+    return postconf(target, "-xh", "syslog_name").strip() or "postfix"
 
 
 def require_certificate_files(config: Config) -> None:
