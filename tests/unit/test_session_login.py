@@ -13,8 +13,9 @@ SHOP = ConnectionPolicy(id=1, name="Web shop", account_id=10, enabled=True,
                         credential="v1", credential_since=0.0)
 
 
-def snapshot(*connections: ConnectionPolicy) -> PolicySnapshot:
-    return PolicySnapshot(1, {"webshop": c for c in connections}, {}, {})
+def snapshot(connection: ConnectionPolicy | None = None) -> PolicySnapshot:
+    """A snapshot in which the login 'webshop' is `connection` (or nobody)."""
+    return PolicySnapshot(1, {"webshop": connection} if connection else {}, {}, {})
 
 
 def test_first_mail_pins_the_credential_current_then() -> None:
