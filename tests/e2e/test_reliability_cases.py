@@ -271,3 +271,22 @@ def test_conversion_to_quoted_printable_would_break_the_signature(
     assert b"Content-Transfer-Encoding: quoted-printable" in captured.raw
     assert EIGHT_BIT_BODY.encode() not in captured.raw
     assert not verify_dkim(captured.raw, faults.config.database.url)
+
+
+def test_conversion_off_on_the_delivering_smtp_service_alone_keeps_the_signature(
+        faults: FaultStack, shop: Provisioned,
+        next_hop_without_8bitmime: PlainSmtpSink) -> None:
+    """Where the setting has to be: with main.cf at Postfix's default, `-o
+    disable_mime_output_conversion=yes` on the smtp delivery service alone (the one that
+    relays txrelay's mail) is enough: the smtp client is what converts."""
+    rcpt = unique_rcpt("smtp-service")
+    with main_cf(faults.postfix, disable_mime_output_conversion="no"):
+        faults.postfix.postconf("-P", "smtp/unix/disable_mime_output_conversion=yes")
+        faults.postfix.reload()
+        try:
+            send_eight_bit(faults, shop, rcpt)
+            captured = next_hop_without_8bitmime.wait_for_recipient(rcpt)
+        finally:
+            faults.postfix.postconf("-PX", "smtp/unix/disable_mime_output_conversion")
+    assert EIGHT_BIT_BODY.encode() in captured.raw
+    assert verify_dkim(captured.raw, faults.config.database.url)
