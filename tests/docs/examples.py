@@ -11,6 +11,15 @@ The conventions (docs/admin-guide.md's "Documentation is tested" says the same f
   (systemctl, apt, postfix reload, a daemon started with `&`).
 - A console block that cannot run yet is marked by the line `<!-- not run: REASON -->`
   right above its fence; the reason says what it waits for.
+- DNS: each document has a DNS server of its own (NSD on loopback, authoritative for
+  `example.`, through txrelay's [dns] resolver: TXRELAY_DNS_RESOLVER, not shown), empty at
+  the start. The line `<!-- publish: the records `txrelay domain dns DOMAIN` prints -->`
+  above a fence makes the zone hold, from then on, exactly the records that command prints
+  at that moment (with --json) for DOMAIN, as a reader who pastes them into the zone would;
+  a later publish for the same DOMAIN replaces them (a retired key's record goes). One line
+  per domain; a block without it sees DNS as it was.
+- `<!-- clock: 2026-12-05 09:00 UTC -->` above a fence runs that block at that time (a
+  rotation's "a week later"); the next block runs at the document's time again.
 - Expected output may hold placeholders: `<NAME>` in capitals (`<PASSWORD>`, `<RANDOM>`,
   `<DATE>`) stands for one word (no spaces); `…` stands for any text within a line; a line
   that is only `...` stands for any number of lines, none included. Runs of spaces match
@@ -31,13 +40,16 @@ The conventions (docs/admin-guide.md's "Documentation is tested" says the same f
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 import shlex
 from dataclasses import dataclass
 
 FENCE = re.compile(r"^(```+|~~~+)\s*([\w-]*)")
-NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->$")
+DIRECTIVE = re.compile(r"^<!--\s*(not run|publish|clock):\s*(.+?)\s*-->$")
+PUBLISHED_BY = re.compile(r"^the records `txrelay domain dns (\S+)` prints$")
+CLOCK_FORMAT = "%Y-%m-%d %H:%M UTC"
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_-]*>")
 ANY_LINES = "..."
 
@@ -62,12 +74,15 @@ class Example:
 
 @dataclass(frozen=True)
 class Block:
-    """A ```console block: its examples, or the reason it is not run."""
+    """A ```console block: its examples, or the reason it is not run, and what the
+    directives above it ask for before it runs."""
 
     path: str
     line: int
     examples: tuple[Example, ...]
     not_run: str | None
+    publish: tuple[str, ...] = ()  # domains whose `domain dns` records DNS then holds
+    clock: dt.datetime | None = None  # the time the block runs at, if not the document's
 
 
 def read_blocks(path: str, text: str) -> list[Block]:
@@ -88,17 +103,50 @@ def read_blocks(path: str, text: str) -> list[Block]:
             index += 1
         index += 1  # the closing fence
         if language == "console":
-            reason = _not_run_reason(lines, start)
-            blocks.append(Block(path, start + 1, _examples(path, start + 2, body), reason))
+            blocks.append(_block(path, start, lines, _examples(path, start + 2, body)))
     return blocks
 
 
-def _not_run_reason(lines: list[str], fence_index: int) -> str | None:
+def _block(path: str, fence_index: int, lines: list[str],
+           examples: tuple[Example, ...]) -> Block:
+    """The block with the directives on the lines right above its fence (blank lines
+    between them allowed)."""
+    not_run: str | None = None
+    publish: list[str] = []
+    clock: dt.datetime | None = None
     above = fence_index - 1
-    while above >= 0 and not lines[above].strip():
+    while above >= 0:
+        line = lines[above].strip()
+        directive = DIRECTIVE.match(line)
+        if line and not directive:
+            break
+        if directive:
+            kind, value = directive.group(1), directive.group(2)
+            where = f"{path}:{above + 1}"
+            if kind == "not run":
+                not_run = value
+            elif kind == "publish":
+                publish.insert(0, _published_domain(where, value))
+            else:
+                clock = _clock(where, value)
         above -= 1
-    marked = NOT_RUN.match(lines[above].strip()) if above >= 0 else None
-    return marked.group(1) if marked else None
+    return Block(path, fence_index + 1, examples, not_run, tuple(publish), clock)
+
+
+def _published_domain(where: str, value: str) -> str:
+    named = PUBLISHED_BY.match(value)
+    if not named:
+        raise ValueError(f"{where}: write the directive as <!-- publish: the records "
+                         "`txrelay domain dns DOMAIN` prints -->")
+    return named.group(1)
+
+
+def _clock(where: str, value: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(value, CLOCK_FORMAT).replace(tzinfo=dt.UTC)
+    except ValueError:
+        raise ValueError(f"{where}: write the directive as <!-- clock: 2026-12-05 09:00 UTC "
+                         "-->") from None
 
 
 def _examples(path: str, first_line: int, body: list[str]) -> tuple[Example, ...]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import pytest
 
 from tests.docs.examples import Example, matches, mismatch_report, read_blocks
@@ -49,6 +52,45 @@ def test_a_continued_command_is_one_example_at_the_line_of_its_prompt() -> None:
                          "relay.example.net"]
     assert init.expected == ("Wrote /etc/txrelay/txrelay.toml (mode 0640).",)
     assert (status.where, status.expected) == ("guide.md:24", ("Schema version: 10",))
+
+
+DNS_GUIDE = """
+<!-- publish: the records `txrelay domain dns acme.example` prints -->
+
+<!-- publish: the records `txrelay domain dns shop.example` prints -->
+```console
+$ txrelay domain check acme.example
+```
+
+Prose between: the directives apply to the next block only.
+<!-- clock: 2026-12-05 09:00 UTC -->
+```console
+$ txrelay domain retire-key acme.example txr202611
+```
+
+```console
+$ txrelay domain list
+```
+"""
+
+
+def test_publish_and_clock_lines_above_a_fence_belong_to_that_block_only() -> None:
+    check, retire, listing = read_blocks("guide.md", DNS_GUIDE)
+    assert (check.publish, check.clock) == (("acme.example", "shop.example"), None)
+    assert (retire.publish, retire.clock) == ((), dt.datetime(2026, 12, 5, 9, 0, tzinfo=dt.UTC))
+    assert (listing.publish, listing.clock, listing.not_run) == ((), None, None)
+
+
+@pytest.mark.parametrize(("directive", "says"), [
+    ("<!-- publish: acme.example -->", "guide.md:1: write the directive as <!-- publish: the "
+                                       "records `txrelay domain dns DOMAIN` prints -->"),
+    ("<!-- clock: next Friday -->", "guide.md:1: write the directive as <!-- clock: "
+                                    "2026-12-05 09:00 UTC -->"),
+])
+def test_a_directive_that_cannot_be_read_is_refused_with_its_form(directive: str,
+                                                                  says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        read_blocks("guide.md", f"{directive}\n```console\n$ txrelay domain list\n```\n")
 
 
 def test_a_console_block_that_does_not_start_with_a_prompt_is_refused() -> None:
