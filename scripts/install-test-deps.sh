@@ -2,7 +2,7 @@
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
 # (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
-# NSD for the DNS tests)
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ packages=(
     curl                          # the metrics tests read /metrics as an operator would
     buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
     systemd                       # systemd-analyze proves the unit files; journald for the tracker tests
+    libmail-dkim-perl             # Mail::DKIM, a second DKIM verifier independent of dkimpy
 )
 # shellcheck source=scripts/apt.sh
 . "$here/scripts/apt.sh"
