@@ -16,6 +16,8 @@ import pwd
 import re
 import secrets
 import shutil
+import smtplib
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import ADMIN_DSN, REDIS_BASE, REDIS_DB
 from tests.harness.processes import (
@@ -154,6 +158,7 @@ def test_readme_install_section_works_as_written_next_to_an_existing_submission_
     port = str(free_port())
     staged_root = tmp_path / "systemd-root"
     mailbox_service_before = server.service(server.mailbox_service)
+    main_cf_before = _main_cf_settings(server.postfix)
     environment = {
         **os.environ,
         # The test's Postfix, not the machine's: postconf and postfix read MAIL_CONFIG.
@@ -216,6 +221,7 @@ def test_readme_install_section_works_as_written_next_to_an_existing_submission_
             if "--dry-run" in line:
                 assert port in output  # shows the new service ...
                 assert server.service(f"{port}/inet") == ""  # ... and writes nothing
+                assert _main_cf_settings(server.postfix) == main_cf_before
         config = load_config(config_file, required=True, environ={})
         assert config.database.url.startswith(f"postgresql://{database_name}:")
         _start_as_units_say(staged_root, config_file, config, daemons, state)
@@ -234,13 +240,44 @@ def test_readme_install_section_works_as_written_next_to_an_existing_submission_
         # The tracker, started as its unit says, reads the test Postfix's log: delivered.
         wait_until(lambda: _delivered(config_file) == 1, 30, "the tracker's delivered count",
                    lambda: daemons[-1].log(20))
+        # Only txrelay's own service changed: the mailbox users' one and every main.cf
+        # parameter the server had are as they were.
         assert server.service(server.mailbox_service) == mailbox_service_before
+        main_cf_after = _main_cf_settings(server.postfix)
+        assert {key: main_cf_after.get(key) for key in main_cf_before} == main_cf_before
         txrelay_service = server.service(f"{port}/inet")
         assert f"smtpd_milters=unix:{state / 'milter' / 'milter.sock'}" in \
             txrelay_service.replace(" ", "")
+        # The certificate init made is the one txrelay's service presents.
+        made = x509.load_pem_x509_certificate(Path(config.smtp.tls_cert_file).read_bytes())
+        assert _presented_certificate(int(port)) == made
+        assert made.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == README_HOST
     finally:
         for daemon in reversed(daemons):
             daemon.stop()
+
+
+def _main_cf_settings(postfix: PostfixInstance) -> dict[str, str]:
+    """main.cf's explicit settings (postconf -n), name to value."""
+    settings: dict[str, str] = {}
+    for line in postfix.postconf("-n").splitlines():
+        name, _, value = line.partition("=")
+        if name.strip():
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+def _presented_certificate(port: int) -> x509.Certificate:
+    """The certificate the service on `port` shows after STARTTLS."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=context)
+        assert isinstance(client.sock, ssl.SSLSocket)
+        der = client.sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def _delivered(config_file: Path) -> int:
