@@ -130,9 +130,9 @@ def test_voiding_and_quota_tick_meeting_on_rows_and_blocks_do_not_deadlock(
     accepted = NOW - dt.timedelta(minutes=30)
     add_message(db, one, "LOC333", ["c@x.test"], node=node, billing="pending",
                 accepted_at=accepted)
-    returned = add_message(db, one, "LOD444", ["d@x.test"], node=node, accepted_at=accepted)
-    voided = add_message(db, two, "LOE555", ["e@x.test"], node=node, billing="pending",
-                         accepted_at=accepted)
+    add_message(db, one, "LOD444", ["d@x.test"], node=node, accepted_at=accepted)
+    add_message(db, two, "LOE555", ["e@x.test"], node=node, billing="pending",
+                accepted_at=accepted)
     for account in (one, two):
         db.execute("INSERT INTO quota_plans (account_id, block_amount, next_renewal_at) "
                    "VALUES (%s, 1000, %s)", (account.account_id, NOW))

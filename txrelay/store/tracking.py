@@ -325,8 +325,9 @@ def expire_pending(conn: Conn, node: str, now: dt.datetime) -> int:
 # Rows the milter accepted that Postfix never queued (cleanup failed, the client vanished
 # after end-of-message...). Rows another writer holds are skipped (voided at a later pass),
 # so voiding never waits for a ledger row; the blocks are then locked one by one in id
-# order (migration 0014's lock order). Only this node's: other nodes' logs are not read here. A message
-# with kept lines of its queue id waits for them to be applied (a replayed journal entry).
+# order (migration 0014's lock order). Only this node's: other nodes' logs are not read
+# here. A message with kept lines of its queue id waits for them to be applied (a replayed
+# journal entry).
 VOID_UNCONFIRMED = """
 WITH stale AS (
     SELECT l.id, l.account_id, l.billing, l.quota_block_id
