@@ -7,7 +7,7 @@
 --      UPDATE; a plain UPDATE ... WHERE x = ANY(...) locks in whatever order it scans);
 --   3. quota blocks, in id order.
 --
--- The writers (docs/failure-modes.md, "Lock order"):
+-- The writers (docs/failure-modes.md, "Concurrent writers of the ledger"):
 --   txrelay_record_acceptance (milter, journal replay)  inserts only: new ledger rows are
 --       nobody else's until it commits, so it waits for no ledger row or block;
 --   txrelay_settle_account (milter settler, quota tick, CLI)  1 → its pending rows → its
@@ -16,9 +16,12 @@
 --   the quota tick (store/lifecycle.py)  1 and 2 for every account it will settle, before
 --       it locks any block, then blocks by id (renewal, expiry);
 --   the tracker (store/tracking.py, tracker/engine.py)  a chunk of log lines locks the
---       ledger rows of every queue id in it, by id, before it applies the first line;
+--       ledger rows of every queue id in it, by id, before it applies the first line (a
+--       message's rows are committed before Postfix logs its queue id; rows a journal
+--       replay commits meanwhile are newer, with higher ids than every row it locked);
 --   voiding (store/tracking.py)  ledger rows SKIP LOCKED (it never waits for one), then
 --       blocks by id.
+-- tests/store/test_lock_order.py and tests/e2e/test_ledger_soak.py hold them to it.
 
 -- The per-account lock that serialises settlers, defined once: the settle function and the
 -- quota tick (which takes it for several accounts before any ledger row) both call it.
