@@ -125,9 +125,12 @@ UPDATE messages SET queued_at = %(now)s
               ORDER BY id DESC LIMIT 1)
 RETURNING id"""
 
+# Multi-row updates lock their rows in id order first (migration 0014's lock order).
 MARK_LEDGER_QUEUED = """
 UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
- WHERE message_id = %(message_id)s AND state = 'accepted'"""
+ WHERE id IN (SELECT id FROM ledger WHERE message_id = %(message_id)s AND state = 'accepted'
+               ORDER BY id FOR UPDATE)
+   AND state = 'accepted'"""
 
 COUNT_LEDGER_ROWS = """
 SELECT count(*) AS rows, count(*) FILTER (WHERE state = 'voided') AS voided
@@ -154,7 +157,21 @@ UPDATE ledger SET state = %(state)s, dsn = %(dsn)s, last_event = %(event)s,
 EXPIRE_MESSAGE = """
 UPDATE ledger SET state = 'bounced', dsn = COALESCE(dsn, '4.4.7'),
                   last_event = 'expired, returned to sender', last_event_at = %(now)s
- WHERE message_id = %(message_id)s AND state IN ('accepted', 'queued', 'deferred')"""
+ WHERE id IN (SELECT id FROM ledger
+               WHERE message_id = %(message_id)s
+                 AND state IN ('accepted', 'queued', 'deferred')
+               ORDER BY id FOR UPDATE)
+   AND state IN ('accepted', 'queued', 'deferred')"""
+
+# A chunk of log lines is one transaction that updates the rows of many messages in log
+# order, which is not id order: the settler, which locks an account's pending rows by id,
+# would meet it the other way round. So a chunk first locks, by id, every ledger row of the
+# messages owning its queue ids (migration 0014's lock order).
+LOCK_QUEUE_ROWS = """
+SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
+ WHERE m.node = %(node)s AND m.queue_id = ANY(%(queue_ids)s) AND m.removed_at IS NULL
+ ORDER BY l.id
+   FOR UPDATE OF l"""
 
 MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
 
@@ -168,6 +185,13 @@ class Confirmed:
     message_id: int
     ledger_rows: int
     voided_rows: int
+
+
+def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
+    """Inside a transaction: lock the ledger rows of the messages owning these queue ids now,
+    in id order, before any of them is updated."""
+    if queue_ids:
+        conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
 
 
 def confirm_queued(conn: Conn, node: str, queue_id: str,
@@ -299,8 +323,11 @@ def expire_pending(conn: Conn, node: str, now: dt.datetime) -> int:
 # --- voiding ------------------------------------------------------------------------------
 
 # Rows the milter accepted that Postfix never queued (cleanup failed, the client vanished
-# after end-of-message...). Only this node's: other nodes' logs are not read here. A message
-# with kept lines of its queue id waits for them to be applied (a replayed journal entry).
+# after end-of-message...). Rows another writer holds are skipped (voided at a later pass),
+# so voiding never waits for a ledger row; the blocks are then locked one by one in id
+# order (migration 0014's lock order). Only this node's: other nodes' logs are not read
+# here. A message with kept lines of its queue id waits for them to be applied (a replayed
+# journal entry).
 VOID_UNCONFIRMED = """
 WITH stale AS (
     SELECT l.id, l.account_id, l.billing, l.quota_block_id
@@ -310,6 +337,7 @@ WITH stale AS (
        AND NOT EXISTS (SELECT 1 FROM tracker_pending_events p  -- its qmgr line may be kept
                         WHERE p.node = m.node AND p.queue_id = m.queue_id
                           AND p.seen_at >= m.accepted_at)
+     ORDER BY l.id
        FOR UPDATE OF l SKIP LOCKED)
 UPDATE ledger SET state = 'voided', billing = 'void', quota_block_id = NULL,
                   last_event = 'voided: Postfix never queued the message',
