@@ -16,8 +16,10 @@ from txrelay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
 ENV_PREFIX = "TXRELAY_"
-# TXRELAY_* variables that are not settings: the file itself, and the tests' fixed clock.
-NOT_SETTINGS = {"TXRELAY_CONFIG", "TXRELAY_TEST_NOW"}
+# TXRELAY_* variables that are not settings: the file itself, the venv scripts/test.sh and
+# install.sh use, and the test harness's own (TXRELAY_TEST_NOW, TXRELAY_TEST_REDIS_DB, ...).
+NOT_SETTINGS = {"TXRELAY_CONFIG", "TXRELAY_VENV"}
+NOT_SETTINGS_PREFIX = "TXRELAY_TEST_"
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,8 @@ def load_config(path: Path | None = None, *, required: bool = False,
 def _apply_environment(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> None:
     """TXRELAY_<SECTION>_<KEY>=value overrides one key; TXRELAY_CONFIG is the file itself."""
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+        if (not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS
+                or name.startswith(NOT_SETTINGS_PREFIX)):
             continue
         rest = name[len(ENV_PREFIX):].lower()
         section, _, key = rest.partition("_")

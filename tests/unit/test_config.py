@@ -103,8 +103,10 @@ def test_every_key_is_documented_and_every_documented_key_exists() -> None:
     assert documented - in_code == set(), "docs/configuration.md lists keys that do not exist"
 
 
-def test_test_clock_variable_is_not_taken_for_a_setting() -> None:
-    config = load_config(None, environ={"TXRELAY_TEST_NOW": "2026-01-01T00:00:00+00:00"})
+def test_test_command_variables_are_not_taken_for_settings() -> None:
+    config = load_config(None, environ={"TXRELAY_TEST_NOW": "2026-01-01T00:00:00+00:00",
+                                        "TXRELAY_TEST_REDIS_DB": "13",
+                                        "TXRELAY_VENV": "/opt/txrelay/venv-x"})
     assert config.quota.demo_quota == 1000
 
 
