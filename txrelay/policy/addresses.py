@@ -75,6 +75,14 @@ MAX_ADDRESS_HEADER_TOKENS = 128  # RFC 5322 specials and blanks: what the parser
 _SPECIALS = "()<>[]:;@\\,.\" \t\n"
 
 
+# An RFC 2047 encoded word where the domain should be: the parser would decode it (the
+# signature would then name a domain the receiver does not see) or call the header broken.
+_ENCODED_DOMAIN = re.compile(r"@\s*=\?[^?\s]*\?[BbQq]\?")
+_ENCODED_DOMAIN_ERROR = InvalidDomain(
+    "the address domain in the header is an encoded word (RFC 2047), which is not allowed "
+    "in an address; write the domain itself", DomainProblem.ENCODED_WORD)
+
+
 @dataclass(frozen=True)
 class HeaderSender:
     """The single author mailbox of a message's From: header."""
@@ -117,7 +125,7 @@ def parse_mailboxes(name: str, value: str) -> list[str] | Verdict:
     over = header_bound(name, value)
     if over is not None:
         return over
-    mailboxes = _mailboxes(value)
+    mailboxes = _ENCODED_DOMAIN_ERROR if _ENCODED_DOMAIN.search(value) else _mailboxes(value)
     if mailboxes is None:
         return _from_refusal(f"the {name}: header cannot be parsed; use the form "
                              "\"Name <user@example.com>\"")
@@ -175,10 +183,7 @@ def _mailboxes(value: str) -> list[str] | InvalidDomain | None:
             if not mailbox.username or not mailbox.domain:
                 return None
             if mailbox.domain not in value:  # decoded from an encoded word: not what it says
-                return InvalidDomain(
-                    "the address domain in the header is an encoded word (RFC 2047), which "
-                    "is not allowed in an address; write the domain itself",
-                    DomainProblem.ENCODED_WORD)
+                return _ENCODED_DOMAIN_ERROR
             found.append(f"{mailbox.username}@{mailbox.domain}")
     return found
 
