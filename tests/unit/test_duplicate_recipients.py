@@ -4,12 +4,15 @@ recipients."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from txrelay.policy.recipients import duplicate_key
 
 
-def copies(rcpts: list[tuple[str, tuple[str, ...]]], *, original_recipient: bool = True) -> int:
+def copies(rcpts: Sequence[tuple[str, tuple[str, ...]]], *,
+           original_recipient: bool = True) -> int:
     return len({duplicate_key(to, params, original_recipient=original_recipient)
                 for to, params in rcpts})
 
