@@ -75,3 +75,13 @@ def test_owner_of_fass_example_cannot_send_as_fass_with_eszett() -> None:
     assert isinstance(refusal, Verdict) and refusal.label == "550 5.7.1"
     eszett = connection_of(normalize_domain("faß.example"))
     assert check_sender_domain(eszett, author.domain, author.address) is eszett
+
+
+def test_a_domain_of_100_kb_is_refused_before_any_per_character_work() -> None:
+    import time
+
+    huge = "\u00e4" * 100_000 + ".example"
+    start = time.process_time()
+    with pytest.raises(InvalidDomain) as refused:
+        dns_domain(huge)
+    assert (time.process_time() - start) < 0.005 and "at most 253" in str(refused.value)

@@ -60,6 +60,10 @@ def dns_domain(text: str) -> str:
     if not candidate:
         raise InvalidDomain("the domain name is empty; give a name such as shop.example.com",
                             DomainProblem.SYNTAX)
+    if len(candidate) > MAX_DOMAIN_LENGTH:  # before any per-character work (a d= of 100 KB)
+        raise InvalidDomain(f"{_shown(candidate[:40])}... is {len(candidate)} characters long; "
+                            f"a domain name has at most {MAX_DOMAIN_LENGTH}",
+                            DomainProblem.SYNTAX)
     if "=?" in candidate and "?=" in candidate:
         raise InvalidDomain(f"{text!r} is an encoded word (RFC 2047), which is not allowed in "
                             "a domain; write the domain itself (e.g. bücher.example)",
