@@ -172,3 +172,35 @@ def test_refused_recipients_do_not_spend_the_budget(
         outcome = driver.send(tenant, recipients=("x@cust\u200bomer.example",
                                                   "alice@customer.example"))
         assert outcome.eom == Milter.ACCEPT, outcome.eom_reply
+
+
+def budget(client: redis.Redis, prefix: str, clock: FixedClock) -> RefusalBudget:
+    return RefusalBudget(client, prefix, 3, clock)
+
+
+def test_refusal_budget_is_shared_by_nodes_through_redis(redis_url: str, unique: str) -> None:
+    clock = FixedClock(dt.datetime(2026, 12, 4, 10, 0, tzinfo=dt.UTC))
+    client = redis.Redis.from_url(redis_url)
+    node_a, node_b = budget(client, f"t{unique}", clock), budget(client, f"t{unique}", clock)
+    for _ in range(3):
+        assert node_b.spent(7) is None
+        node_a.count(7)
+    time.sleep(1.1)  # node B read the shared count less than a second ago
+    assert node_b.spent(7) == 3 and node_a.spent(7) == 3
+    assert node_b.spent(8) is None  # another connection
+    clock.advance(dt.timedelta(hours=1))
+    assert node_a.spent(7) is None and node_b.spent(7) is None
+
+
+def test_refusal_budget_counts_on_the_node_while_redis_is_away(unique: str) -> None:
+    clock = FixedClock(dt.datetime(2026, 12, 4, 10, 0, tzinfo=dt.UTC))
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    node = budget(dead, f"t{unique}", clock)
+    for _ in range(3):
+        assert node.spent(7) is None
+        node.count(7)
+    assert node.spent(7) == 3
+    degraded = RefusalBudget(dead, f"t{unique}", 3, clock, redis_degraded=lambda: True)
+    for _ in range(3):
+        degraded.count(7)
+    assert degraded.spent(7) == 3
