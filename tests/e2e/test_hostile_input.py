@@ -260,3 +260,33 @@ def test_encoded_word_as_from_domain_is_refused_with_5_1_7(
     encoded = "=?utf-8?b?" + base64.b64encode(fass.domain.encode()).decode() + "?="
     reply_code, enhanced, _ = send_as(relay, fass, fass.domain, encoded)
     assert (reply_code, enhanced) == (550, "5.1.7")
+
+
+def test_past_the_refusal_budget_postfix_answers_mail_with_421_and_closes(
+        relay: RelayStack, e2e_dir: Path) -> None:
+    """A relay of its own whose milter has a budget of 3 refused messages an hour."""
+    import dataclasses
+    import smtplib
+
+    from tests.harness.redis_relay import redis_relay
+
+    config = dataclasses.replace(relay.config, milter=dataclasses.replace(
+        relay.config.milter, refusal_budget_per_hour=3))
+    shop = relay.provision(rate_limit=0)
+    foreign = relay.provision().address()
+    directory = e2e_dir / f"budget-{uuid.uuid4().hex[:6]}"
+    with redis_relay(config, directory, relay.sink, config.redis) as budget_relay:
+        budget_relay.wait_for_policy()
+        port = budget_relay.config.smtp.port
+        refused = send_session(shop.username, shop.password, port,
+                               envelopes(shop, "broken", 3, f"Shop <{foreign}>"))
+        assert [(o.reply.code, o.reply.enhanced) for o in refused] == [(550, "5.7.1")] * 3
+        with smtp_session(shop.username, shop.password, port=port) as client:
+            code, text = client.mail(shop.address())
+            assert (code, text.decode()[:5]) == (421, "4.7.0"), (code, text)
+            assert b"3 messages refused this hour" in text
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                client.rcpt("x@rcpt.example.net")
+    other = relay.provision(rate_limit=0)  # the main relay has no budget; others unaffected
+    assert send_session(other.username, other.password, relay.port,
+                        envelopes(other, "fine", 1))[0].accepted
