@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.e2e.test_tracking import track_until
 from tests.harness.bulk import Envelope, send_session
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import wait_until
@@ -187,6 +188,16 @@ def test_repeated_rcpt_with_other_orcpt_or_notify_bills_exactly_the_copies_queue
     time.sleep(1)  # a late extra copy would show now
     assert sink_recipients(relay, shop) == expected
     assert ledger_recipients(relay, shop) == expected
+    # The tracker gives each copy its own outcome: every row delivered, none left queued.
+    track_until(relay, lambda: ledger_states(relay, shop) == Counter(
+        {(rcpt, "delivered"): 4, (other, "delivered"): 1}))
+
+
+def ledger_states(relay: RelayStack, shop: Provisioned) -> Counter[tuple[str, str]]:
+    with psycopg.connect(relay.database_url) as conn:
+        rows = conn.execute("SELECT recipient, state FROM ledger WHERE account_id = %s",
+                            (shop.account_id,)).fetchall()
+    return Counter((row[0], row[1]) for row in rows)
 
 
 @pytest.fixture(scope="module")
