@@ -118,7 +118,7 @@ def test_failure_half_way_leaves_nothing_recorded(
         tenant_factory: Callable[..., Tenant]) -> None:
     tenant = tenant_factory(demo_quota=10)
     # The second ledger row violates NOT NULL, after the message row was written. (A repeated
-    # recipient is no failure: it is another copy, migration 0012.)
+    # recipient is no failure: it is another copy, migration 0013.)
     accepted = message(tenant, ["a@x.example", None])  # type: ignore[list-item]
     with pytest.raises(psycopg.errors.NotNullViolation):
         record_acceptance(conn, accepted)

@@ -135,7 +135,7 @@ SELECT id, queued_at FROM messages
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
-# A recipient may have several rows, one per copy Postfix queued (migration 0012): open rows
+# A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
 # come last, so the mapping below gives each delivery line a copy that has no outcome yet.
 SELECT_LEDGER_RECIPIENTS = """
 SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s
