@@ -19,8 +19,13 @@ from txrelay.store import database
 ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
+# The test command's own variables are read above; the configuration loader refuses any other
+# TXRELAY_* variable as an unknown setting, so CLI and daemon tests must not inherit them.
+for _name in ("TXRELAY_VENV", "TXRELAY_TEST_ADMIN_DSN", "TXRELAY_TEST_REDIS",
+              "TXRELAY_TEST_REDIS_DB"):
+    os.environ.pop(_name, None)
 
-pytest_plugins = ["tests.harness.fixtures"]
+pytest_plugins = ["tests.harness.fixtures", "tests.harness.dns"]
 
 # Several milters and trackers run at once in the suite: none may take the default metrics
 # ports (tests that check metrics give their daemon a free port explicitly).

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -16,8 +19,9 @@ from txrelay.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
 ENV_PREFIX = "TXRELAY_"
-# TXRELAY_* variables that are not settings: the file itself, the venv scripts/test.sh and
-# install.sh use, and the test harness's own (TXRELAY_TEST_NOW, TXRELAY_TEST_REDIS_DB, ...).
+# TXRELAY_* variables that are not settings: the file itself, and the tests' fixed clock.
+# Variables of the same prefix that are not settings: the config file's path, the scripts'
+# venv, and everything the test suite reads (TXRELAY_TEST_*).
 NOT_SETTINGS = {"TXRELAY_CONFIG", "TXRELAY_VENV"}
 NOT_SETTINGS_PREFIX = "TXRELAY_TEST_"
 
@@ -97,7 +101,12 @@ class QuotaConfig:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    log_path: str = "/var/log/txrelay/postfix.log"
+    # Where Postfix's log is (txrelay/tracker/sources.py): "auto" finds it; a log_path set
+    # means that file.
+    source: str = "auto"
+    log_path: str = ""
+    journal_identifier: str = ""  # "": Postfix's syslog_name (postconf), else "postfix"
+    postfix_config_directory: str = ""  # "": postconf's default (/etc/postfix)
     poll_interval_seconds: float = 0.5
     confirm_timeout_seconds: int = 600
     tick_interval_seconds: float = 60.0
@@ -118,6 +127,45 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    # "" = the system's resolvers (/etc/resolv.conf); else "IP[:PORT]" entries separated by
+    # commas ("[IPv6]:PORT" with a port). Every DNS lookup of txrelay goes there.
+    resolver: str = ""
+    # What a sending domain's SPF record must authorise: an include: the relay admin publishes
+    # and/or the relay's outgoing addresses ("192.0.2.10, 2001:db8::10, 198.51.100.0/28").
+    spf_include: str = ""
+    relay_addresses: str = ""
+    # rua= of the starting DMARC record `domain dns` prints ("" = none); {domain} = the domain.
+    dmarc_rua: str = "mailto:dmarc-reports@{domain}"
+
+    def resolver_addresses(self) -> list[tuple[str, int]]:
+        """resolver as (IP, port) pairs (validated at load); [] = the system's resolvers."""
+        return [_resolver_address(item) for item in _items(self.resolver)]
+
+    def relay_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """relay_addresses as networks (a single address is a /32 or /128)."""
+        return [ipaddress.ip_network(item, strict=False) for item in _items(self.relay_addresses)]
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _resolver_address(item: str) -> tuple[str, int]:
+    """"192.0.2.53", "192.0.2.53:5353", "2001:db8::53" or "[2001:db8::53]:5353"; ValueError."""
+    if item.startswith("["):
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":") or "53"
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+    else:
+        host, port = item, "53"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {item!r}")
+    return str(ipaddress.ip_address(host)), int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -128,6 +176,7 @@ class Config:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     source: str = "(defaults)"
 
 
@@ -141,6 +190,7 @@ SECTIONS: dict[str, type] = {
     "tracker": TrackerConfig,
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
+    "dns": DnsConfig,
 }
 
 _POSITIVE = {
@@ -154,6 +204,10 @@ _POSITIVE = {
 _NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _REDIS_MODES = ("standalone", "sentinel", "cluster")
+_TRACKER_SOURCES = ("auto", "file", "journal")
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                        r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
+_DMARC_URI = re.compile(r"mailto:[^\s;,!@]+@(\{domain\}|[A-Za-z0-9.-]+)(![0-9]+[kmgt]?)?")
 
 
 def config_path(explicit: str | None) -> Path:
@@ -272,6 +326,10 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
         raise bad("zero or more")
     if qualified == "milter.log_level" and result not in _LOG_LEVELS:
         raise bad(f"one of {', '.join(sorted(_LOG_LEVELS))}")
+    if qualified == "tracker.source" and result not in _TRACKER_SOURCES:
+        raise bad(f"one of {', '.join(_TRACKER_SOURCES)}")
+    if qualified == "tracker.journal_identifier" and any(c.isspace() for c in result):
+        raise bad("a syslog_name such as postfix or postfix-txrelay (no spaces)")
     if qualified == "milter.socket" and not result.startswith(("unix:", "inet:", "inet6:")):
         raise bad("a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1")
     if qualified.startswith("metrics.") and result and not _is_host_port(result):
@@ -280,7 +338,30 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
         raise bad("a postgresql:// URL")
     if qualified == "redis.url" and not result.startswith(("redis://", "rediss://", "unix://")):
         raise bad("a redis:// URL")
+    if qualified.startswith("dns."):
+        _check_dns_setting(qualified, result, bad)
     return result
+
+
+def _check_dns_setting(qualified: str, value: str, bad: Callable[[str], ConfigError]) -> None:
+    """The [dns] values a lookup or a printed record would otherwise trip over later."""
+    try:
+        if qualified == "dns.resolver":
+            DnsConfig(resolver=value).resolver_addresses()
+        elif qualified == "dns.relay_addresses":
+            DnsConfig(relay_addresses=value).relay_networks()
+    except ValueError:
+        if qualified == "dns.resolver":
+            raise bad("resolver addresses such as \"127.0.0.1:5353\" or "
+                      "\"192.0.2.53, [2001:db8::53]:53\", or \"\" for the system's") from None
+        raise bad("IP addresses or networks such as \"192.0.2.10, 2001:db8::10, "
+                  "198.51.100.0/28\"") from None
+    if qualified == "dns.spf_include" and value and not _HOST_NAME.fullmatch(value):
+        raise bad("a host name such as _spf.relay.example")
+    if qualified == "dns.dmarc_rua" and value and not all(
+            _DMARC_URI.fullmatch(uri.strip()) for uri in value.split(",")):
+        raise bad("mailto: addresses separated by commas, such as "
+                  "\"mailto:dmarc-reports@{domain}\" ({domain}: the sending domain)")
 
 
 def _check_redis_topology(redis: RedisConfig, source: str) -> None:

@@ -21,5 +21,10 @@ class InvalidInput(TxRelayError):
     """A value given by the admin is malformed (domain name, List-Help, amount…)."""
 
 
+class CheckFailed(TxRelayError):
+    """A check (domain check, a key switch waiting for DNS) found something to fix: exit 1,
+    whether a record is missing, different or DNS did not answer (the message says which)."""
+
+
 class ServiceUnavailable(TxRelayError):
     """PostgreSQL or Redis cannot be reached or did not answer in time."""

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from tests.harness.dns import DnsServer
 from txrelay.cli import context
 from txrelay.cli.main import main
 from txrelay.clock import FixedClock
@@ -108,3 +109,28 @@ def zone_strings(output: str) -> tuple[str, str]:
     name = line.split()[0].rstrip(".")
     value = "".join(re.findall(r'"([^"]*)"', line))
     return name, value
+
+
+RELAY_INCLUDE = "_spf.relay.example"
+RELAY_ADDRESSES = ("192.0.2.10", "2001:db8::10")
+
+
+@pytest.fixture()
+def zone(dns_server: DnsServer, monkeypatch: pytest.MonkeyPatch) -> DnsServer:
+    """The loopback NSD (tests/harness/dns.py) as txrelay's only resolver, and a relay that
+    sends from RELAY_ADDRESSES and publishes them under RELAY_INCLUDE."""
+    monkeypatch.setenv("TXRELAY_DNS_RESOLVER", dns_server.address)
+    monkeypatch.setenv("TXRELAY_DNS_SPF_INCLUDE", RELAY_INCLUDE)
+    monkeypatch.setenv("TXRELAY_DNS_RELAY_ADDRESSES", ", ".join(RELAY_ADDRESSES))
+    return dns_server
+
+
+def printed_records(txrelay: Txrelay, domain: str) -> dict[str, list[tuple[str, str]]]:
+    """What `domain dns --json` says to publish, as DnsServer.serve() takes it, plus the
+    relay's own include record."""
+    records: dict[str, list[tuple[str, str]]] = {
+        RELAY_INCLUDE: [("TXT", "v=spf1 " + " ".join(
+            f"ip{'6' if ':' in a else '4'}:{a}" for a in RELAY_ADDRESSES) + " -all")]}
+    for record in txrelay("domain", "dns", domain, "--json").json()["records"]:
+        records.setdefault(record["name"], []).append(("TXT", record["value"]))
+    return records

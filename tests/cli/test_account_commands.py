@@ -43,7 +43,7 @@ def test_account_set_changes_threshold_and_admin_email(txrelay: Txrelay, account
 
 def test_account_set_without_a_change_says_what_to_give(txrelay: Txrelay, account: str) -> None:
     result = txrelay("account", "set", account)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "--low-quota-threshold" in result.error
 
 
@@ -59,7 +59,7 @@ def test_duplicate_account_name_is_refused_and_nothing_is_written(
 
 def test_unknown_account_is_named_in_the_error(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("account", "show", f"nobody-{unique}")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert f"no account named 'nobody-{unique}'" in result.error
 
 
@@ -67,7 +67,7 @@ def test_invalid_admin_email_is_refused(txrelay: Txrelay, unique: str,
                                         db: DictConnection) -> None:
     result = txrelay("account", "create", f"Bad {unique}", "--admin-email",
                      "ops@example.com\r\nBcc: x@example.org")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "not an e-mail address" in result.error
     assert db.execute("SELECT 1 FROM accounts WHERE name = %s", (f"Bad {unique}",)).fetchone() \
         is None
@@ -84,5 +84,5 @@ def test_sql_looking_account_name_is_stored_verbatim(txrelay: Txrelay, unique: s
 
 def test_account_name_with_a_line_break_is_refused(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("account", "create", f"Evil\n{unique}", "--admin-email", "a@example.org")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "line breaks or control characters" in result.error

@@ -49,7 +49,7 @@ def test_billing_report_refuses_a_malformed_period(txrelay: Txrelay, db: psycopg
                                                    unique: str) -> None:
     sender = make_sender(db, unique)
     result = txrelay("billing", "report", sender.account, "--period", "10/2026")
-    assert result.exit_code == 1 and "YYYY-MM" in result.error
+    assert result.exit_code == 4 and "YYYY-MM" in result.error
 
 
 def test_plan_books_now_and_tick_renews_after_30_days(

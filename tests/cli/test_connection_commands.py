@@ -89,7 +89,7 @@ def test_disable_enable_rotate_delete_change_what_dovecot_reads(
     row = one_row(db, "SELECT deleted_at, enabled FROM connections WHERE id = %s",
                   (_connection_id(db, account, "Shop"),))
     assert row["deleted_at"] is not None and row["enabled"] is False
-    assert txrelay("connection", "show", *ref).exit_code == 1
+    assert txrelay("connection", "show", *ref).exit_code == 3
     again = txrelay("--json", "connection", "create", account, "Shop", "--domain", domain)
     assert again.json()["username"] != user  # the name is free again, the login is new
 
@@ -113,7 +113,7 @@ def test_set_changes_rate_limit_and_domains(txrelay: Txrelay, account: str, doma
                       domain, "--json").json()
     assert changed["rate_limit"] is None and changed["domains"] == [second]
     last = txrelay("connection", "set", *ref, "--remove-domain", second)
-    assert last.exit_code == 1 and "at least one sending domain" in last.error
+    assert last.exit_code == 4 and "at least one sending domain" in last.error
     assert txrelay("connection", "show", *ref, "--json").json()["domains"] == [second]
 
 
@@ -125,7 +125,7 @@ def test_domain_of_another_account_is_refused_and_nothing_is_written(
     txrelay("domain", "add", other, theirs, "--list-help", "https://h.example/")
     before = db.execute("SELECT count(*) AS n FROM connections").fetchone()
     result = txrelay("connection", "create", account, "Sneaky", "--domain", theirs)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert result.error == (f"domain {theirs} belongs to account {other!r}, not {account!r}; a "
                             "connection may only send from its own account's domains")
     assert db.execute("SELECT count(*) AS n FROM connections").fetchone() == before
@@ -135,12 +135,12 @@ def test_unknown_domain_or_account_or_connection_is_named(txrelay: Txrelay, acco
                                                           domain: str, unique: str) -> None:
     missing_domain = txrelay("connection", "create", account, "X", "--domain",
                              f"nope-{unique}.example")
-    assert missing_domain.exit_code == 1 and "is not registered" in missing_domain.error
+    assert missing_domain.exit_code == 3 and "is not registered" in missing_domain.error
     missing_account = txrelay("connection", "create", f"ghost {unique}", "X", "--domain", domain)
-    assert missing_account.exit_code == 1 and "no account named" in missing_account.error
+    assert missing_account.exit_code == 3 and "no account named" in missing_account.error
     for command in ("show", "disable", "enable", "rotate-password", "delete"):
         result = txrelay("connection", command, f"ghost-{unique}")
-        assert result.exit_code == 1
+        assert result.exit_code == 3
         assert f"no connection 'ghost-{unique}'" in result.error
 
 
@@ -163,7 +163,7 @@ def test_same_connection_name_in_two_accounts_needs_account(
     txrelay("connection", "create", account, name, "--domain", domain)
     txrelay("connection", "create", other, name, "--domain", f"o-{unique}.example")
     ambiguous = txrelay("connection", "show", name)
-    assert ambiguous.exit_code == 1 and "add --account ACCOUNT" in ambiguous.error
+    assert ambiguous.exit_code == 4 and "add --account ACCOUNT" in ambiguous.error
     assert txrelay("connection", "show", name, "--account", other, "--json").json()[
         "account"] == other
 

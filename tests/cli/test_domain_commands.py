@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import dkim
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.resolver
 import idna
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from tests.cli.conftest import DictConnection, Txrelay, one_row, zone_strings
+from tests.cli.conftest import DictConnection, Txrelay, one_row, printed_records, zone_strings
+from tests.harness.dns import DnsServer, running_dns_server
 
 MESSAGE = (b"From: Shop <orders@{domain}>\r\nTo: customer@example.org\r\n"
            b"Subject: Your order\r\nMessage-ID: <1@{domain}>\r\n\r\nThank you.\r\n")
@@ -94,7 +91,7 @@ def test_default_selector_is_txr_and_the_year_and_month(txrelay: Txrelay, accoun
 
 
 def test_json_never_contains_the_private_key(txrelay: Txrelay, account: str,
-                                             domain: str) -> None:
+                                             domain: str, zone: DnsServer) -> None:
     for args in (("domain", "dns", domain), ("domain", "list"), ("domain", "check", domain)):
         result = txrelay("--json", *args)
         assert "PRIVATE KEY" not in result.stdout
@@ -102,7 +99,7 @@ def test_json_never_contains_the_private_key(txrelay: Txrelay, account: str,
 
 
 def test_idn_domain_is_stored_in_punycode(txrelay: Txrelay, account: str,
-                                          unique: str) -> None:
+                                          unique: str, zone: DnsServer) -> None:
     added = txrelay("domain", "add", account, f"bücher-{unique}.example", "--list-help",
                     "https://h.example/", "--json").json()
     assert added["domain"] == idna.encode(f"bücher-{unique}.example").decode()
@@ -157,7 +154,7 @@ def test_unusable_key_files_are_refused(txrelay: Txrelay, account: str, unique: 
     for path, message in cases.items():
         result = txrelay("domain", "add", account, domain, "--list-help", "https://h.example/",
                          "--key-file", str(path))
-        assert result.exit_code == 1
+        assert result.exit_code == 4
         assert message in result.error
     assert not _is_registered(db, domain)
 
@@ -167,7 +164,7 @@ def test_key_file_of_the_wrong_algorithm_is_refused(txrelay: Txrelay, account: s
     path = _pem_file(tmp_path, ed25519.Ed25519PrivateKey.generate())
     result = txrelay("domain", "add", account, f"x-{unique}.example", "--list-help",
                      "https://h.example/", "--key-file", str(path), "--algorithm", "rsa")
-    assert result.exit_code == 1 and "is an ed25519 key" in result.error
+    assert result.exit_code == 4 and "is an ed25519 key" in result.error
 
 
 def test_reuse_key_of_shares_the_selector_and_key_row(txrelay: Txrelay, account: str,
@@ -189,7 +186,7 @@ def test_reuse_key_of_another_accounts_domain_is_refused(txrelay: Txrelay, domai
     txrelay("account", "create", f"Other {unique}", "--admin-email", "o@example.org")
     result = txrelay("domain", "add", f"Other {unique}", f"theirs-{unique}.example",
                      "--list-help", "https://h.example/", "--reuse-key-of", domain)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "a key can only be shared within an account" in result.error
 
 
@@ -205,7 +202,7 @@ def test_bad_list_help_is_refused_and_nothing_is_written(
     keys_before = db.execute("SELECT count(*) AS n FROM dkim_keys").fetchone()
     result = txrelay("domain", "add", account, f"lh-{unique}.example", "--list-help",
                      list_help)
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert message in result.error
     assert db.execute("SELECT count(*) AS n FROM dkim_keys").fetchone() == keys_before
 
@@ -214,7 +211,7 @@ def test_bad_list_help_is_refused_and_nothing_is_written(
                                   "x'; DROP TABLE sending_domains;--.example"])
 def test_invalid_domain_names_are_refused(txrelay: Txrelay, account: str, name: str) -> None:
     result = txrelay("domain", "add", account, name, "--list-help", "https://h.example/")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert "domain name" in result.error
 
 
@@ -231,10 +228,11 @@ def test_domain_registered_twice_is_a_conflict_and_no_key_is_left_behind(
 def test_domain_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("domain", "add", f"ghost {unique}", f"g-{unique}.example", "--list-help",
                      "https://h.example/")
-    assert result.exit_code == 1 and "no account named" in result.error
+    assert result.exit_code == 3 and "no account named" in result.error
 
 
-def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str) -> None:
+def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str,
+                          zone: DnsServer) -> None:
     listed = txrelay("domain", "list", "--account", account, "--json").json()
     assert [d["domain"] for d in listed] == [domain]
     assert listed[0]["account"] == account
@@ -245,55 +243,38 @@ def test_list_dns_and_set(txrelay: Txrelay, account: str, domain: str) -> None:
                       "--json").json()
     assert changed["list_help"] == "mailto:support@example.org"
     refused = txrelay("domain", "set", domain, "--list-help", "gopher://x.example/")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 4
     assert txrelay("domain", "dns", domain, "--json").json()["list_help"] == \
         "mailto:support@example.org"
 
 
 def test_unknown_domain_is_named(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("domain", "dns", f"nowhere-{unique}.example")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert f"domain nowhere-{unique}.example is not registered" in result.error
 
 
-# --- domain check: public DNS is the one thing mocked, at dnspython's resolver ---------------
-
-def _answer_with(monkeypatch: pytest.MonkeyPatch, *zone_texts: str,
-                 error: Exception | None = None) -> list[str]:
-    asked: list[str] = []
-
-    def resolve(_self: dns.resolver.Resolver, qname: str, rdtype: str, **_: object) -> list:
-        asked.append(f"{qname} {rdtype}")
-        if error is not None:
-            raise error
-        return [dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, text)
-                for text in zone_texts]
-
-    monkeypatch.setattr(dns.resolver.Resolver, "resolve", resolve)
-    return asked
-
-
-def _published_text(txrelay: Txrelay, domain: str) -> tuple[str, str]:
-    record = txrelay("domain", "dns", domain, "--json").json()["dns"]
-    return record["name"], " ".join(f'"{s}"' for s in record["strings"])
-
+# --- domain check: against a real DNS server on loopback (tests/harness/dns.py) -------------
+# (SPF, DMARC and every verdict: tests/cli/test_domain_dns_records.py)
 
 def test_check_passes_when_dns_publishes_the_stored_key(
-        txrelay: Txrelay, domain: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    name, text = _published_text(txrelay, domain)
-    asked = _answer_with(monkeypatch, '"v=spf1 -all"', text)
+        txrelay: Txrelay, domain: str, zone: DnsServer) -> None:
+    zone.serve(printed_records(txrelay, domain))
     result = txrelay("domain", "check", domain)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.startswith("OK:")
-    assert asked == [f"{name} TXT"]
+    assert result.stdout.startswith("DKIM ok: ")
+    assert "publishes the stored rsa key" in result.stdout.splitlines()[0]
     assert txrelay("domain", "check", domain, "--json").json()["status"] == "published"
 
 
 def test_check_fails_on_a_different_key(txrelay: Txrelay, domain: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                        zone: DnsServer) -> None:
     other = base64.b64encode(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
-    _answer_with(monkeypatch, f'"v=DKIM1; k=rsa; p={other}"')
+    records = printed_records(txrelay, domain)
+    name = next(n for n in records if "._domainkey." in n)
+    records[name] = [("TXT", "v=spf1 -all"), ("TXT", f"v=DKIM1; k=rsa; p={other}")]
+    zone.serve(records)
     result = txrelay("domain", "check", domain)
     assert result.exit_code == 1
     assert "publishes a different key" in result.error
@@ -303,17 +284,37 @@ def test_check_fails_on_a_different_key(txrelay: Txrelay, domain: str,
 
 
 def test_check_fails_when_the_record_does_not_exist(txrelay: Txrelay, domain: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    _answer_with(monkeypatch, error=dns.resolver.NXDOMAIN())
+                                                    zone: DnsServer) -> None:
+    records = printed_records(txrelay, domain)
+    zone.serve({n: r for n, r in records.items() if "._domainkey." not in n})
     result = txrelay("domain", "check", domain)
     assert result.exit_code == 1
     assert "no TXT record at" in result.error
 
 
-def test_check_reports_a_dns_failure_as_such(txrelay: Txrelay, domain: str,
+def test_domain_add_sends_the_admin_to_domain_dns_since_its_dkim_record_alone_fails_check(
+        txrelay: Txrelay, account: str, unique: str, zone: DnsServer) -> None:
+    domain = f"hint-{unique}.example"
+    added = txrelay("domain", "add", account, domain, "--list-help", "https://x.example/help")
+    assert added.exit_code == 0, added.stderr
+    assert added.stdout.splitlines()[-1].endswith(
+        f"'txrelay domain dns {domain}' prints the DKIM, SPF and DMARC records to publish; "
+        f"then run 'txrelay domain check {domain}'.")
+    name, value = zone_strings(added.stdout)
+    zone.serve({name: [("TXT", value)]})
+    only_dkim = txrelay("domain", "check", domain)
+    assert only_dkim.exit_code == 1
+    assert "SPF missing" in only_dkim.error and "DMARC missing" in only_dkim.error
+    zone.serve(printed_records(txrelay, domain))
+    everything = txrelay("domain", "check", domain)
+    assert everything.exit_code == 0, everything.error
+
+
+def test_check_reports_a_dns_failure_as_such(txrelay: Txrelay, domain: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    _answer_with(monkeypatch, error=dns.resolver.LifetimeTimeout(timeout=5.0, errors=[]))
-    result = txrelay("domain", "check", domain)
+    with running_dns_server(tmp_path / "nsd", zones=("invalid",)) as elsewhere:
+        monkeypatch.setenv("TXRELAY_DNS_RESOLVER", elsewhere.address)
+        result = txrelay("domain", "check", domain)
     assert result.exit_code == 1
     assert "DNS lookup" in result.error and "failed" in result.error
 

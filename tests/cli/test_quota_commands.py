@@ -59,7 +59,7 @@ def test_block_under_the_minimum_is_refused_naming_the_minimum(
         txrelay: Txrelay, account: str, db: DictConnection) -> None:
     before = db.execute("SELECT count(*) AS n FROM quota_blocks").fetchone()
     result = txrelay("quota", "book", account, "--amount", "24999")
-    assert result.exit_code == 1
+    assert result.exit_code == 4
     assert result.error == ("a block must hold at least 25,000 mails (asked for 24,999); "
                             "book --amount 25000 or more")
     assert db.execute("SELECT count(*) AS n FROM quota_blocks").fetchone() == before
@@ -82,7 +82,7 @@ def test_booking_credits_the_live_balance_the_milters_use(
 
 def test_booking_for_unknown_account_is_refused(txrelay: Txrelay, unique: str) -> None:
     result = txrelay("quota", "book", f"ghost {unique}", "--amount", "25000")
-    assert result.exit_code == 1 and "no account named" in result.error
+    assert result.exit_code == 3 and "no account named" in result.error
 
 
 def test_booking_with_redis_down_is_kept_and_says_how_to_repair(

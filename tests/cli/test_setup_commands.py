@@ -75,7 +75,7 @@ def test_init_refuses_to_overwrite_without_force(monkeypatch: pytest.MonkeyPatch
 def test_init_with_unreachable_database_writes_nothing(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     result = _init(monkeypatch, tmp_path, "postgresql://postgres@127.0.0.1:1/txrelay")
-    assert result.exit_code == 1
+    assert result.exit_code == 5
     assert result.error.startswith("cannot connect to PostgreSQL at")
     assert not (tmp_path / "etc" / "txrelay.toml").exists()
     assert not (tmp_path / "dovecot").exists()
@@ -119,20 +119,20 @@ def test_commands_on_an_unmigrated_database_say_to_migrate(
     config = tmp_path / "txrelay.toml"
     config.write_text(f'[database]\nurl = "{empty_database}"\n')
     result = run_main(["--config", str(config), "account", "list"], monkeypatch)
-    assert result.exit_code == 1 and "run 'txrelay db migrate'" in result.error
+    assert result.exit_code == 5 and "run 'txrelay db migrate'" in result.error
 
 
 @pytest.mark.parametrize("args", [
     ("account", "list"), ("account", "create", "X", "--admin-email", "x@example.org"),
     ("domain", "list"), ("connection", "list"), ("quota", "show", "X"), ("db", "status"),
 ])
-def test_unreachable_database_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch,
+def test_unreachable_database_is_one_line_and_exit_5(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path,
                                                      args: tuple[str, ...]) -> None:
     config = tmp_path / "txrelay.toml"
     config.write_text('[database]\nurl = "postgresql://postgres@127.0.0.1:1/txrelay"\n')
     result = run_main(["--config", str(config), *args], monkeypatch)
-    assert result.exit_code == 1
+    assert result.exit_code == 5
     assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/txrelay" in \
         result.error
     assert result.stdout == ""

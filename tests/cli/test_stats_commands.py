@@ -51,7 +51,7 @@ def test_disabled_connection_is_not_active(txrelay: Txrelay, db: psycopg.Connect
 
 def test_stats_for_an_unknown_account_is_one_clear_line(txrelay: Txrelay) -> None:
     result = txrelay("stats", "--account", "Nobody at all")
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "no account named 'Nobody at all'" in result.error
 
 

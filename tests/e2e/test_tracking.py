@@ -108,6 +108,25 @@ def test_delivered_deferred_and_bounced_recipients_are_tracked(relay: RelayStack
     assert [(r["state"], r["dsn"]) for r in found] == [("bounced", "5.1.1")]
 
 
+def test_auto_source_finds_postfixs_maillog_file_and_tracks_from_it(relay: RelayStack) -> None:
+    """No log_path in the configuration: the tracker asks Postfix (postconf -c) for its
+    maillog_file, says so, and records the outcome from that file."""
+    shop = relay.provision()
+    ok = f"auto-file@{RCPT_DOMAIN}"
+    send(relay, shop, [ok])
+    env = {"TXRELAY_TRACKER_SOURCE": "auto", "TXRELAY_TRACKER_LOG_PATH": "",
+           "TXRELAY_TRACKER_POSTFIX_CONFIG_DIRECTORY": str(relay.postfix.config_directory)}
+
+    def tracked() -> bool:
+        summary = cli(relay, "tracker", "--once", env=env)
+        assert summary["log_path"] == str(relay.postfix.maillog), summary
+        assert summary["source_reason"] == f"Postfix's maillog_file is {relay.postfix.maillog}"
+        return states(relay, shop.account_id) == {ok: "delivered"}
+
+    wait_until(tracked, 60, "the tracker to find the maillog_file and record the delivery",
+               lambda: relay.postfix.log(30))
+
+
 def _position(relay: RelayStack) -> dict[str, Any]:
     rows = query(relay, "SELECT * FROM tracker_positions WHERE log_path = %s",
                  relay.config.tracker.log_path)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from tests.harness.journal import journal_tail
 from tests.harness.processes import (
     TXRELAY,
     HarnessError,
@@ -121,10 +122,13 @@ class CaptureSink:
 
 class PostfixInstance:
     """A Postfix of the tests' own in a temp directory, configured by `txrelay postfix
-    configure --config-directory` (the code path an admin runs)."""
+    configure --config-directory` (the code path an admin runs). It logs to its own
+    maillog_file, or with `syslog_name` through syslog(3) (no maillog_file: the systemd
+    journal when /dev/log is journald's, as on a Debian 12 server without rsyslog)."""
 
     def __init__(self, directory: Path, *, sink_port: int, submission_port: int,
-                 config_file: Path, txrelay: str = TXRELAY) -> None:
+                 config_file: Path, txrelay: str = TXRELAY,
+                 syslog_name: str | None = None) -> None:
         self.txrelay = txrelay
         self.root = directory
         self.config_directory = directory / "etc"
@@ -134,6 +138,7 @@ class PostfixInstance:
         self.sink_port = sink_port
         self.submission_port = submission_port
         self.config_file = config_file
+        self.syslog_name = syslog_name
 
     def prepare(self) -> None:
         """Directories, certificate, main.cf and master.cf from scratch, then txrelay's
@@ -177,8 +182,7 @@ class PostfixInstance:
             "smtp_tls_security_level = none",
             f"smtpd_tls_cert_file = {self.cert}",
             f"smtpd_tls_key_file = {self.key}",
-            f"maillog_file = {self.maillog}",
-            f"maillog_file_prefixes = {self.root}",
+            *self._logging(),
             # The sink answers at once; retries come quickly so deferral tests stay short.
             "queue_run_delay = 5s",
             "minimal_backoff_time = 5s",
@@ -187,15 +191,20 @@ class PostfixInstance:
             "",
         ])
 
+    def _logging(self) -> list[str]:
+        if self.syslog_name is not None:
+            return [f"syslog_name = {self.syslog_name}"]
+        return [f"maillog_file = {self.maillog}", f"maillog_file_prefixes = {self.root}"]
+
     def postconf(self, *args: str) -> str:
         return run(["postconf", "-c", str(self.config_directory), *args]).stdout
 
     def start(self) -> None:
         done = run(["postfix", "-c", str(self.config_directory), "start"], check=False)
         if done.returncode != 0:
-            raise HarnessError(f"postfix start failed\n{tail(self.maillog)}")
+            raise HarnessError(f"postfix start failed\n{self.log()}")
         wait_until(lambda: port_open(self.submission_port), 15, "Postfix submission port",
-                   lambda: tail(self.maillog))
+                   self.log)
 
     def stop(self) -> None:
         run(["postfix", "-c", str(self.config_directory), "stop"], check=False)
@@ -223,6 +232,8 @@ class PostfixInstance:
         run(["postqueue", "-c", str(self.config_directory), "-f"])
 
     def log(self, lines: int = 60) -> str:
+        if self.syslog_name is not None:
+            return journal_tail(self.syslog_name, lines)
         return tail(self.maillog, lines)
 
 

@@ -11,6 +11,8 @@ import redis
 from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, make_tenant
+from txrelay.config import DatabaseConfig
+from txrelay.store import database
 
 
 @pytest.fixture()
@@ -40,3 +42,15 @@ def conn(database_url: str) -> Any:
     """A dict-row connection to the run's database, not autocommit (tests see transactions)."""
     with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
         yield connection
+
+
+@pytest.fixture()
+def pool(database_url: str) -> Iterator[object]:
+    """A milter-style connection pool to the run's database."""
+    # 20 threads queue on one account's advisory lock: on a busy CI machine the last one
+    # waits longer than the default 3 s statement timeout. Exactness is tested, not latency.
+    opened = database.open_pool(DatabaseConfig(url=database_url, pool_max=20, timeout_ms=15000),
+                                "store-test")
+    opened.open(wait=True)
+    yield opened
+    opened.close()

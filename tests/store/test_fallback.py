@@ -7,7 +7,7 @@ import datetime as dt
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -30,17 +30,6 @@ from txrelay.store.reservations import (
     ReservationRequest,
     reservation_member,
 )
-
-
-@pytest.fixture()
-def pool(database_url: str) -> Iterator[object]:
-    # 20 threads queue on one account's advisory lock: on a busy CI machine the last one
-    # waits longer than the default 3 s statement timeout. Exactness is tested, not latency.
-    opened = database.open_pool(DatabaseConfig(url=database_url, pool_max=20, timeout_ms=15000),
-                                "fallback-test")
-    opened.open(wait=True)
-    yield opened
-    opened.close()
 
 
 def holds(pool: object, ttl: int = 60) -> PostgresReservations:

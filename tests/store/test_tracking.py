@@ -19,6 +19,7 @@ from txrelay.store import database, tracking
 from txrelay.store.keys import AccountKeys
 from txrelay.tracker import engine
 from txrelay.tracker.engine import Tracker
+from txrelay.tracker.follower import LogFollower
 
 NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 
@@ -42,7 +43,8 @@ def maillog(tmp_path: Path) -> MailLog:
 
 def tracker_for(conn: psycopg.Connection, node: str, maillog: MailLog,
                 clock: FixedClock | None = None) -> Tracker:
-    return Tracker(conn, node, maillog.path, clock or FixedClock(NOW), rotation_grace=0.0)
+    return Tracker(conn, node, LogFollower(maillog.path, rotation_grace=0.0),
+                   clock or FixedClock(NOW))
 
 
 def lines_read(db: psycopg.Connection, node: str) -> int:

@@ -115,3 +115,26 @@ def test_metrics_endpoint_may_be_turned_off_but_not_misspelt(tmp_path: Path) -> 
     assert config.metrics.milter_listen == ""
     with pytest.raises(ConfigError, match=r"'metrics\.tracker_listen'"):
         load_config(write(tmp_path, '[metrics]\ntracker_listen = "9152"\n'), environ={})
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("RESOLVER", "dns.example", "is not resolver addresses"),
+    ("RESOLVER", "127.0.0.1:70000", "is not resolver addresses"),
+    ("RELAY_ADDRESSES", "192.0.2.300", "is not IP addresses or networks"),
+    ("SPF_INCLUDE", "not a name", "is not a host name"),
+    ("DMARC_RUA", "https://reports.example/", "is not mailto: addresses"),
+])
+def test_bad_dns_settings_are_named(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"'dns.{key.lower()}' = .* {message}"):
+        load_config(None, environ={f"TXRELAY_DNS_{key}": value})
+
+
+def test_dns_settings_are_read() -> None:
+    dns = load_config(None, environ={
+        "TXRELAY_DNS_RESOLVER": "127.0.0.1:5353, [2001:db8::53]:53, 192.0.2.53",
+        "TXRELAY_DNS_RELAY_ADDRESSES": "192.0.2.10, 2001:db8::10, 198.51.100.0/28"}).dns
+    assert dns.resolver_addresses() == [("127.0.0.1", 5353), ("2001:db8::53", 53),
+                                        ("192.0.2.53", 53)]
+    assert [str(n) for n in dns.relay_networks()] == ["192.0.2.10/32", "2001:db8::10/128",
+                                                      "198.51.100.0/28"]
+    assert Config().dns.resolver_addresses() == []

@@ -75,6 +75,15 @@ def test_milter_may_write_only_its_socket_and_state_directories(installed: Path)
     assert "SupplementaryGroups=postfix" in text
 
 
+def test_tracker_may_read_the_journal_and_the_mail_log_but_write_only_its_state(
+        installed: Path) -> None:
+    text = (installed / "txrelay-tracker.service").read_text()
+    assert re.findall(r"^SupplementaryGroups=(.*)$", text, re.M) == ["systemd-journal"]
+    assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == ["CAP_DAC_READ_SEARCH"]
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == ["/var/lib/txrelay"]
+    assert "ProtectSystem=strict" in text.splitlines()
+
+
 # Directives through which stopping or restarting a unit stops or restarts another
 # (systemd.unit(5)): none of txrelay's units may name Postfix in one of them.
 PROPAGATING = ("Requires", "Requisite", "BindsTo", "PartOf", "Upholds", "PropagatesStopTo",

@@ -9,7 +9,6 @@ import click
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.policy.billing import BillingReport, Period, bill, parse_period
 from txrelay.store import reporting
-from txrelay.store.ledger import settle
 
 
 @click.group("billing")
@@ -33,9 +32,8 @@ def report(cli: CliContext, account: str, period: str) -> None:
     """
     month = parse_period(period)
     account_id = reporting.require_account(cli.db, account)
-    settle(cli.db, account_id)  # pending rows are billed to blocks or overage first
     inputs = reporting.billing_inputs(cli.db, account_id, month)
-    cli.db.commit()
+    cli.db.rollback()  # a report: nothing was written, end the read transaction
     result = bill(inputs, cli.config.quota.overage_price_eur)
     data = report_view(account, month, result)
     cli.emit(data, lambda: _print(account, month, result))

@@ -8,26 +8,36 @@ from pathlib import Path
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
-from txrelay.errors import Conflict, NotFound, ServiceUnavailable, TxRelayError
-from txrelay.provisioning import dns_check, domains
-from txrelay.provisioning.dns_check import PublicationCheck
+from txrelay.errors import CheckFailed, ServiceUnavailable
+from txrelay.provisioning import dns_check, dns_records, domains
+from txrelay.provisioning.dns_check import PublicationCheck, RecordCheck
+from txrelay.provisioning.dns_lookup import DnsLookup, LookupFailed
+from txrelay.provisioning.dns_records import ExpectedRecord, Published
 from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
-from txrelay.provisioning.views import domain_record, domain_view, short_time, table
+from txrelay.provisioning.views import (
+    domain_check_view,
+    domain_record,
+    domain_view,
+    expected_record_view,
+    short_time,
+    table,
+)
 from txrelay.store.domains import DkimKey, SendingDomain
 
-_CHECK_FAILURES: dict[str, type[TxRelayError]] = {
-    "missing": NotFound, "mismatch": Conflict, "dns-error": ServiceUnavailable,
-}
+# `domain dns` looks the current SPF and DMARC records up only to advise: it does not wait
+# long for them.
+PUBLISHED_LOOKUP_SECONDS = 3.0
 
 
 @click.group()
 def domain() -> None:
-    """Sending domains: each needs a DKIM key (published in DNS) and a List-Help URL.
+    """Sending domains: each needs a DKIM key, its DNS records and a List-Help URL.
 
     \b
     Example:
       txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help
-      txrelay domain check acme.example
+      txrelay domain dns acme.example      # the DKIM, SPF and DMARC records to publish
+      txrelay domain check acme.example    # once they are published
 
     \b
     Replacing a DKIM key without breaking verification:
@@ -85,8 +95,9 @@ def _print_record(found: SendingDomain) -> None:
         click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
         click.echo(domain_record(found, rotating.key).zone_line() + "\n")
     click.echo(f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
-               "single value, paste the quoted parts joined without quotes or spaces. Then run "
-               f"'txrelay domain check {found.domain}'.")
+               "single value, paste the quoted parts joined without quotes or spaces. "
+               f"'txrelay domain dns {found.domain}' prints the DKIM, SPF and DMARC records to "
+               f"publish; then run 'txrelay domain check {found.domain}'.")
 
 
 def _state_text(state: str, since: dt.datetime) -> str:
@@ -101,14 +112,62 @@ def _state_text(state: str, since: dt.datetime) -> str:
 @json_option
 @pass_cli
 def dns(cli: CliContext, domain_name: str) -> None:
-    """Print the DKIM TXT record DOMAIN must publish.
+    """Print every DNS record DOMAIN must publish: DKIM, SPF and DMARC, ready for the zone.
+
+    \b
+    DKIM   the public key of each key DOMAIN publishes (two during a key rotation);
+    SPF    authorises the relay's addresses ([dns] spf_include or relay_addresses);
+    DMARC  a starting record that only asks for reports (p=none).
+    There is one SPF and one DMARC record per name: DOMAIN's current ones are looked
+    up ([dns] resolver), and the output gives the SPF record extended with the relay's
+    mechanisms, and keeps a DMARC record DOMAIN has. docs/dns.md explains each record.
 
     \b
     Example:
       txrelay domain dns acme.example
+      txrelay domain check acme.example    # once published
     """
     found = domains.get_domain(cli.db, domain_name)
-    cli.emit(domain_view(found), lambda: _print_record(found))
+    published, lookup_error = _published_now(cli, found.domain)
+    records = dns_records.required_records(found, cli.config.dns, published)
+    view = {**domain_view(found), "records": [expected_record_view(r) for r in records],
+            "lookup_error": lookup_error or None}
+    cli.emit(view, lambda: _print_records(found, records, lookup_error))
+
+
+def _published_now(cli: CliContext, domain: str) -> tuple[Published, str]:
+    """The domain's current SPF and DMARC records, so the output can say to extend or keep
+    them; without an answer from DNS, the output falls back to saying how."""
+    try:
+        lookup = DnsLookup(cli.config.dns, lifetime=PUBLISHED_LOOKUP_SECONDS)
+        return dns_check.published_now(lookup, domain), ""
+    except (LookupFailed, ServiceUnavailable) as exc:
+        return Published(), str(exc)
+
+
+def _print_records(found: SendingDomain, records: list[ExpectedRecord],
+                   lookup_error: str) -> None:
+    click.echo(f"Publish these DNS records for {found.domain} (BIND zone-file form):\n")
+    if lookup_error:
+        click.echo(f"Note: txrelay could not look up the records {found.domain} has now "
+                   f"({lookup_error}); the notes say what to do if it has some.\n")
+    for expected in records:
+        state = ""
+        if expected.state in ("pending", "retiring"):
+            state = f" {_state_text(expected.state, _since(found, expected))}"
+        click.echo(f"{expected.label}{state}: {expected.purpose}.")
+        if expected.record is not None:
+            click.echo(expected.record.zone_line())
+        if expected.note:
+            click.echo(f"Note: {expected.note}.")
+        click.echo()
+    click.echo("Hint: one TXT record per line above; if your DNS provider asks for a single "
+               "value, paste the quoted parts joined without quotes or spaces. Then run "
+               f"'txrelay domain check {found.domain}'.")
+
+
+def _since(found: SendingDomain, expected: ExpectedRecord) -> dt.datetime:
+    return next(r.since for r in found.rotating if r.key == expected.key)
 
 
 @domain.command("check")
@@ -116,45 +175,52 @@ def dns(cli: CliContext, domain_name: str) -> None:
 @json_option
 @pass_cli
 def check(cli: CliContext, domain_name: str) -> None:
-    """Look up DOMAIN's DKIM records in DNS; exit 1 unless each publishes its stored key.
+    """Look DOMAIN's DKIM, SPF and DMARC records up in DNS; a verdict and the fix for each.
 
-    During a key rotation the new (pending) and old (retiring) keys are checked too: the new
-    record must be there before 'switch-key', the old one until 'retire-key'.
+    \b
+    Verdicts: ok, missing, mismatch (published but wrong), dns-error (no answer: try
+    again), warning (works, or cannot be decided, but read the note). Exit status 1
+    when any record is missing, wrong or could not be looked up.
+    \b
+    DKIM   each key's record publishes the stored key; during a rotation the new
+           (pending) and old (retiring) keys too;
+    SPF    exactly one SPF record, and it authorises the relay's addresses;
+    DMARC  one valid record applies (DOMAIN's own or its parent domain's) and txrelay's
+           signature is aligned with it.
+    Lookups go to [dns] resolver (default: the system's resolvers).
 
     \b
     Example:
       txrelay domain check acme.example && echo ready to send
     """
     found = domains.get_domain(cli.db, domain_name)
-    result = _check_key(found, found.key)
-    others = [(r.state, r.key.selector, _check_key(found, r.key)) for r in found.rotating]
-    data = {"domain": found.domain, "record": result.record_name, "status": result.status,
-            "ok": result.ok, "found": list(result.found), "detail": result.detail,
-            "keys": [{"selector": found.key.selector, "state": "signing",
-                      "status": result.status, "ok": result.ok, "detail": result.detail},
-                     *({"selector": selector, "state": state, "status": other.status,
-                        "ok": other.ok, "detail": other.detail}
-                       for state, selector, other in others)]}
-    if cli.as_json:
-        cli.emit(data, lambda: None)
-    else:
-        for state, selector, other in [("signing", found.key.selector, result), *others]:
-            if other.ok:
-                click.echo(f"OK ({state} key, selector {selector}): {other.detail}"
-                           if others else f"OK: {other.detail}")
-    if not result.ok:
-        # main.py turns these into one line on stderr and exit status 1.
-        raise _CHECK_FAILURES[result.status](f"DKIM not ready: {result.detail}")
-    for state, selector, other in others:
-        if not other.ok:
-            raise _CHECK_FAILURES[other.status](
-                f"the {state} key (selector {selector}) is not published as it must be: "
-                f"{other.detail}")
+    checks = dns_check.check_domain(DnsLookup(cli.config.dns), found, cli.config.dns)
+    cli.emit(domain_check_view(found, checks), lambda: _print_checks(checks))
+    failed = [c for c in checks if c.failed]
+    if failed:
+        # main.py turns this into one line on stderr and exit status 1.
+        raise CheckFailed(
+            f"{found.domain} is not ready: " + "; ".join(
+                f"{_check_label(c)} {c.verdict}: {c.detail}" for c in failed))
 
 
-def _check_key(found: SendingDomain, key: DkimKey) -> PublicationCheck:
-    return dns_check.check_publication(domain_record(found, key), key.algorithm,
-                                       key.public_key_b64)
+def _check_label(check: RecordCheck) -> str:
+    key = check.expected.key
+    if key is not None and check.expected.state != "signing":
+        return f"DKIM ({check.expected.state} key {key.selector})"
+    return check.expected.label
+
+
+def _print_checks(checks: list[RecordCheck]) -> None:
+    for check in checks:
+        click.echo(f"{_check_label(check)} {check.verdict}: {check.detail}")
+        if check.fix:
+            click.echo(f"  fix: {check.fix}")
+
+
+def _check_key(cli: CliContext, found: SendingDomain, key: DkimKey) -> PublicationCheck:
+    return dns_check.check_publication(DnsLookup(cli.config.dns), domain_record(found, key),
+                                       key.algorithm, key.public_key_b64)
 
 
 @domain.command("list")
@@ -292,9 +358,9 @@ def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
     found = domains.get_domain(cli.db, domain_name)
     pending = domains.pending_key(found)
     if not force:
-        result = _check_key(found, pending.key)
+        result = _check_key(cli, found, pending.key)
         if not result.ok:
-            raise _CHECK_FAILURES[result.status](
+            raise CheckFailed(
                 f"not switching: the new key (selector {pending.key.selector}) is not "
                 f"published yet: {result.detail}. Run again once DNS shows it, or give --force")
     switched, old = domains.switch_key(cli.db, cli.clock.now(), found.domain, pending.key.id)

@@ -64,7 +64,7 @@ def book(cli: CliContext, account: str, amount: int) -> None:
     owner, block = quota_ops.book_block(cli.db, cli.config.quota, now, account, amount)
     warning = _credit_live_balance(cli, owner.id, block.amount)
     report = quota_ops.quota_report(cli.db, account, now)
-    data = {"account": owner.name, "block": block_view(block, now),
+    data = {"account": owner.name, "block": block_view(block),
             "quota_remaining": report.remaining, "paid": report.paid}
     cli.emit(data, lambda: click.echo(
         f"Booked {block.amount:,} mails for account {owner.name!r}, valid until "
@@ -74,8 +74,8 @@ def book(cli: CliContext, account: str, amount: int) -> None:
 
 
 def settle_account(cli: CliContext, account: str) -> None:
-    """Bill ACCOUNT's pending ledger rows to its blocks, so that the blocks' used figures
-    include every recipient recorded so far (the milters settle within a second anyway)."""
+    """Bill ACCOUNT's pending ledger rows to its blocks before a booking changes them (the
+    milters settle within a second anyway). Reports never call this: they read."""
     settle(cli.db, get_account(cli.db, account).id)
     cli.db.commit()
 
@@ -104,16 +104,15 @@ def show(cli: CliContext, account: str) -> None:
     Example:
       txrelay quota show "Acme GmbH" --json
     """
-    settle_account(cli, account)
     report = quota_ops.quota_report(cli.db, account, cli.clock.now())
 
     def human() -> None:
         click.echo(f"Account {report.account.name!r}: {'paid' if report.paid else 'demo'}, "
                    f"{report.remaining:,} mails remaining.")
-        rows = [(b.id, b.kind, f"{b.amount:,}", f"{b.used:,}", f"{b.remaining(report.now):,}",
+        rows = [(b.id, b.kind, f"{b.amount:,}", f"{b.used:,}", f"{b.remaining:,}",
                  short_time(b.booked_at),
                  short_time(b.expires_at) if b.expires_at else "never",
-                 "" if b.is_live(report.now) else "expired") for b in report.blocks]
+                 "" if b.live else "expired") for b in report.blocks]
         click.echo(table(("BLOCK", "KIND", "AMOUNT", "USED", "REMAINING", "BOOKED",
                           "EXPIRES", ""), rows))
 

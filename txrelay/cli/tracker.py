@@ -17,7 +17,8 @@ from txrelay.tracker.daemon import TrackerDaemon
 @click.option("--once", is_flag=True,
               help="Catch up with the log, void unconfirmed mail, run the quota tick, exit.")
 @click.option("--log-path", type=click.Path(dir_okay=False, path_type=Path),
-              help="The mail log to follow (default [tracker] log_path).")
+              help="Follow this file as Postfix's log (default: [tracker] source and "
+                   "log_path; auto finds maillog_file, /var/log/mail.log or the journal).")
 @click.option("--node", help="This relay node's name (default [milter] node_name or the "
                              "host name; must match what the milter records).")
 @click.option("--status", "show_status", is_flag=True,
@@ -26,9 +27,10 @@ from txrelay.tracker.daemon import TrackerDaemon
 @pass_cli
 def tracker(cli: CliContext, once: bool, log_path: Path | None, node: str | None,
             show_status: bool) -> None:
-    """Follow Postfix's mail log and mark each recipient queued, delivered, deferred or
-    bounced; void what Postfix never queued; expire and renew quota; send low-quota
-    reminders every [tracker] tick_interval_seconds.
+    """Follow Postfix's log where the admin has it (maillog_file, a syslog file such as
+    /var/log/mail.log, or the systemd journal: [tracker] source) and mark each recipient
+    queued, delivered, deferred or bounced; void what Postfix never queued; expire and renew
+    quota; send low-quota reminders every [tracker] tick_interval_seconds.
 
     \b
     Example:
@@ -44,7 +46,8 @@ def tracker(cli: CliContext, once: bool, log_path: Path | None, node: str | None
     daemon = TrackerDaemon(cli.config, cli.clock, log_path=log_path, node=node)
     if once:
         summary = daemon.once().as_dict()
-        summary.update(node=daemon.node, log_path=str(daemon.log_path))
+        summary.update(node=daemon.node, log_path=daemon.log_path,
+                       source_reason=daemon.source.reason)
         cli.emit(summary, lambda: _print_summary(summary))
         return
     daemon.install_signal_handlers()
@@ -69,7 +72,9 @@ def _status(cli: CliContext) -> None:
         if not rows:
             click.echo("no tracker has run yet")
         for row in rows:
-            click.echo(f"{row['node']} {row['log_path']}: offset {row['byte_offset']}, "
+            where = (f"cursor {row['journal_cursor']}" if row["journal_cursor"]
+                     else f"offset {row['byte_offset']}")
+            click.echo(f"{row['node']} {row['log_path']}: {where}, "
                        f"{row['lines_read']} lines, {row['unparsed_lines']} not understood, "
                        f"{row['unmatched_events']} unmatched, {row['nrcpt_mismatches']} "
                        f"nrcpt mismatches, updated {row['updated_at']:%Y-%m-%d %H:%M:%S}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import grp
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from string import Template
 
+from txrelay.atomic_file import write_atomically
 from txrelay.config import Config
 from txrelay.errors import ConfigError
 from txrelay.store.passdb_file import HEADER, write_passdb_file
@@ -44,7 +44,7 @@ def write_dovecot_config(config: Config) -> list[Path]:
         passdb_file=str(passdb_path),
         auth_socket=_listener_path(config),
     )
-    _write_atomically(conf_path, conf_text, mode=0o644)
+    write_atomically(conf_path, conf_text, mode=0o644)
     # Versions before the login file had Dovecot query PostgreSQL through this file, which
     # holds the database URL (and its password, if any): nothing reads it any more.
     (config_dir / OBSOLETE_SQL_CONF).unlink(missing_ok=True)
@@ -91,18 +91,3 @@ def _dovecot_gid() -> int:
     except KeyError:
         raise ConfigError(f"group '{DOVECOT_GROUP}' does not exist; install Dovecot "
                           "(apt-get install dovecot-core)") from None
-
-
-def _write_atomically(path: Path, text: str, *, mode: int) -> None:
-    """Temp file in the same directory, mode set before rename: never half-written."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -141,7 +141,10 @@ def plan_postfix(config: Config, *, listen: str | None = None,
         ("milter_default_action", "tempfail"),
         ("milter_macro_defaults", ""),
     )
-    return PostfixPlan(main=main, main_if_unset=(("maillog_file", config.tracker.log_path),),
+    # Only a log_path the admin set is offered as maillog_file; by default the tracker finds
+    # Postfix's log where it is ([tracker] source) and Postfix's logging stays as it was.
+    if_unset = (("maillog_file", config.tracker.log_path),) if config.tracker.log_path else ()
+    return PostfixPlan(main=main, main_if_unset=if_unset,
                        service=service, service_overrides=overrides)
 
 
@@ -245,7 +248,7 @@ def _warnings(current: dict[str, str], plan: PostfixPlan) -> list[str]:
 
 
 def _maillog_file(current: dict[str, str], plan: PostfixPlan) -> str:
-    return current.get("maillog_file") or dict(plan.main_if_unset)["maillog_file"]
+    return current.get("maillog_file") or dict(plan.main_if_unset).get("maillog_file", "")
 
 
 def _backup(target: PostfixTarget, now: datetime) -> list[Path]:

@@ -23,16 +23,8 @@ class QuotaReport:
     account: Account
     blocks: list[QuotaBlock]
     now: dt.datetime
-
-    @property
-    def remaining(self) -> int:
-        return sum(block.remaining(self.now) for block in self.blocks)
-
-    @property
-    def paid(self) -> bool:
-        """Paid once any block was booked or came from a plan; demo accounts are refused
-        when out of quota instead of going on as overage."""
-        return any(block.kind in {"booked", "plan"} for block in self.blocks)
+    remaining: int  # migration 0012's txrelay_remaining_quota: what the milters start from
+    paid: bool  # txrelay_account_paid: out of quota, overage instead of a refusal
 
 
 def book_block(conn: psycopg.Connection, quota: QuotaConfig, now: dt.datetime,
@@ -51,6 +43,10 @@ def book_block(conn: psycopg.Connection, quota: QuotaConfig, now: dt.datetime,
 
 
 def quota_report(conn: psycopg.Connection, account_name: str, now: dt.datetime) -> QuotaReport:
+    """The account's blocks and totals, read-only (pending rows shown as settling would bill
+    them; nothing is settled here)."""
     with transaction(conn):
         account = get_account(conn, account_name)
-        return QuotaReport(account, quota_store.list_blocks(conn, account.id), now)
+        remaining, paid = quota_store.quota_rules(conn, account.id, now)
+        return QuotaReport(account, quota_store.list_blocks(conn, account.id, now), now,
+                           remaining, paid)

@@ -8,6 +8,8 @@ from typing import Any
 
 from txrelay.config import Config
 from txrelay.provisioning.dkim_keys import DnsRecord, dns_record
+from txrelay.provisioning.dns_check import RecordCheck
+from txrelay.provisioning.dns_records import ExpectedRecord
 from txrelay.provisioning.quota import QuotaReport
 from txrelay.store.accounts import AccountSummary
 from txrelay.store.connections import Connection
@@ -42,6 +44,51 @@ def account_view(summary: AccountSummary) -> dict[str, Any]:
 def record_view(record: DnsRecord) -> dict[str, Any]:
     return {"name": record.name, "type": "TXT", "value": record.value,
             "strings": record.strings, "zone_line": record.zone_line()}
+
+
+def expected_record_view(expected: ExpectedRecord) -> dict[str, Any]:
+    """One record of `domain dns`: value None when txrelay cannot say (see note)."""
+    view: dict[str, Any] = {"kind": expected.kind, "name": expected.name, "type": "TXT",
+                            "purpose": expected.purpose, "note": expected.note}
+    if expected.kind in ("spf", "dmarc"):
+        view["published"] = (None if expected.published is None
+                             else list(expected.published))
+    view.update(record_view(expected.record) if expected.record else
+                {"value": None, "strings": [], "zone_line": None})
+    if expected.key is not None:
+        view.update(selector=expected.key.selector, state=expected.state)
+    return view
+
+
+def record_check_view(check: RecordCheck) -> dict[str, Any]:
+    """One record of `domain check`: the verdict, what DNS holds, and the fix."""
+    view: dict[str, Any] = {"kind": check.expected.kind, "name": check.expected.name,
+                            "verdict": check.verdict, "ok": check.verdict == "ok",
+                            "detail": check.detail, "fix": check.fix,
+                            "found": list(check.found),
+                            "expected": check.expected.record.value
+                            if check.expected.record else None}
+    if check.expected.key is not None:
+        view.update(selector=check.expected.key.selector, state=check.expected.state)
+    return view
+
+
+def domain_check_view(domain: SendingDomain, checks: list[RecordCheck]) -> dict[str, Any]:
+    """`domain check --json`: records (every verdict) and ready; the older top-level fields
+    (record, status, ok, found, detail, keys) keep describing the DKIM keys as they did."""
+    signing = checks[0]
+
+    def status(check: RecordCheck) -> str:
+        return "published" if check.verdict == "ok" else check.verdict
+
+    return {"domain": domain.domain, "record": signing.expected.name, "status": status(signing),
+            "ok": signing.verdict == "ok", "found": list(signing.found),
+            "detail": signing.detail,
+            "keys": [{"selector": c.expected.key.selector, "state": c.expected.state,
+                      "status": status(c), "ok": c.verdict == "ok", "detail": c.detail}
+                     for c in checks if c.expected.key is not None],
+            "records": [record_check_view(c) for c in checks],
+            "ready": not any(c.failed for c in checks)}
 
 
 def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecord:
@@ -108,16 +155,16 @@ def access_view(config: Config, connection: Connection, password: str) -> dict[s
     }
 
 
-def block_view(block: QuotaBlock, now: dt.datetime) -> dict[str, Any]:
+def block_view(block: QuotaBlock) -> dict[str, Any]:
     return {
         "id": block.id,
         "kind": block.kind,
         "amount": block.amount,
         "used": block.used,
-        "remaining": block.remaining(now),
+        "remaining": block.remaining,
         "booked_at": timestamp(block.booked_at),
         "expires_at": timestamp(block.expires_at),
-        "expired": not block.is_live(now),
+        "expired": not block.live,
     }
 
 
@@ -127,7 +174,7 @@ def quota_view(report: QuotaReport) -> dict[str, Any]:
         "paid": report.paid,
         "plan": "paid" if report.paid else "demo",
         "quota_remaining": report.remaining,
-        "blocks": [block_view(block, report.now) for block in report.blocks],
+        "blocks": [block_view(block) for block in report.blocks],
     }
 
 

@@ -48,18 +48,12 @@ def find_account(conn: psycopg.Connection, name: str) -> Account | None:
     return None if row is None else Account(**row)  # type: ignore[arg-type]
 
 
-# Remaining quota follows the shared rule: unexpired blocks not yet closed by expiry, less
-# the ledger rows still pending (store/ledger.py), never below 0.
+# Remaining quota and "paid" are migration 0012's rules (txrelay_remaining_quota,
+# txrelay_account_paid): read-only, pending ledger rows counted as used.
 SELECT_ACCOUNT_SUMMARIES = """
 SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, a.created_at,
-       GREATEST(COALESCE((SELECT sum(b.amount - b.used) FROM quota_blocks b
-                           WHERE b.account_id = a.id AND b.expired_unused IS NULL
-                             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)
-                - (SELECT count(*) FROM ledger l
-                    WHERE l.account_id = a.id AND l.billing = 'pending'), 0)::bigint
-           AS quota_remaining,
-       EXISTS (SELECT 1 FROM quota_blocks b
-                WHERE b.account_id = a.id AND b.kind IN ('booked', 'plan')) AS paid,
+       txrelay_remaining_quota(a.id, %(now)s) AS quota_remaining,
+       txrelay_account_paid(a.id) AS paid,
        (SELECT count(*) FROM connections c
          WHERE c.account_id = a.id AND c.deleted_at IS NULL) AS connections,
        (SELECT count(*) FROM sending_domains d WHERE d.account_id = a.id) AS domains

@@ -4,8 +4,8 @@ Degraded mode, chosen for exactness over speed: while Redis is down (or slower t
 [redis] timeout_ms) each RCPT is decided by PostgreSQL under a per-account advisory lock, in
 one conditional statement that counts exactly what reserve.lua counts:
 
-  available = unused units of the live quota blocks − pending (recorded, not yet settled)
-              ledger rows of the account − live holds of the account
+  available = remaining quota (migration 0012's txrelay_remaining_quota, the figure Redis's
+              balance is loaded from) − live holds of the account
   rate used = ledger rows of the connection in the last hour + live holds of the connection
 
 and inserts the hold (table quota_holds) only when the decision is "reserved" or "overage".
@@ -36,6 +36,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.policy.quota import Reservation, ReservationStatus
 from txrelay.store.keys import AccountKeys
 from txrelay.store.reservations import (
+    RESERVE_STATUSES,
     RedisReservations,
     RedisUnavailable,
     ReservationRequest,
@@ -60,11 +61,7 @@ DELETE FROM quota_holds WHERE account_id = %(account_id)s AND expires_at <= now(
 RESERVE_HOLD = """
 WITH state AS (
   SELECT
-    (SELECT COALESCE(sum(amount - used), 0) FROM quota_blocks
-      WHERE account_id = %(account_id)s AND expired_unused IS NULL
-        AND (expires_at IS NULL OR expires_at > now()))
-    - (SELECT count(*) FROM ledger
-        WHERE account_id = %(account_id)s AND billing = 'pending')
+    txrelay_remaining_quota(%(account_id)s, now())
     - (SELECT count(*) FROM quota_holds WHERE account_id = %(account_id)s) AS available,
     (SELECT count(*) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s))
@@ -112,14 +109,6 @@ SELECT_RECORDED_TXNS = "SELECT txn_id::text AS txn FROM messages WHERE txn_id = 
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
-_STATUSES = {
-    1: ReservationStatus.RESERVED,
-    2: ReservationStatus.OVERAGE,
-    3: ReservationStatus.DUPLICATE,
-    4: ReservationStatus.RATE_LIMITED,
-    5: ReservationStatus.QUOTA_EXHAUSTED,
-}
-
 
 class PostgresHoldsUnavailable(ServiceUnavailable):
     """Neither Redis nor PostgreSQL could decide: the recipient gets a 451."""
@@ -139,7 +128,7 @@ class PostgresReservations:
                   "paid": request.paid, "rate_limit": request.rate_limit,
                   "ttl": self.ttl_seconds, "window": RATE_WINDOW_SECONDS, "node": self.node}
         row = self._run(lambda conn: _reserve_in(conn, params))
-        return Reservation(_STATUSES[int(row["status"])], int(row["available"]) - 1,
+        return Reservation(RESERVE_STATUSES[int(row["status"])], int(row["available"]) - 1,
                            int(row["retry_ms"]) / 1000)
 
     def release(self, members: Sequence[str]) -> None:

@@ -2,8 +2,8 @@
 
 Two steps (migration 0009): record_acceptance, on the end-of-message hot path, writes the
 recipients as billing 'pending' and locks no per-account row; settle allocates an account's
-pending rows to its quota blocks later (the milter's settler, the quota tick, any report
-that reads quota_blocks.used or billing). Until then a pending row counts as a unit used.
+pending rows to its quota blocks later (the milter's settler, the quota tick, a booking).
+Until then a pending row counts as a unit used; reports project it read-only (migration 0012).
 """
 
 from __future__ import annotations
@@ -37,16 +37,9 @@ SELECT DISTINCT account_id FROM ledger
    AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
  ORDER BY account_id"""
 
-# Unused units of the live blocks minus the pending rows, which take them first when they
-# are settled (never below 0: what does not fit becomes overage).
-REMAINING_QUOTA = """
-SELECT GREATEST(
-         (SELECT COALESCE(sum(amount - used), 0) FROM quota_blocks
-           WHERE account_id = %(account_id)s AND expired_unused IS NULL
-             AND (expires_at IS NULL OR expires_at > %(now)s))
-         - (SELECT count(*) FROM ledger
-             WHERE account_id = %(account_id)s AND billing = 'pending'),
-         0) AS remaining"""
+# The rule lives in migration 0012 (txrelay_remaining_quota): unused units of the live
+# blocks minus the pending rows, which take them first when they are settled, never below 0.
+REMAINING_QUOTA = "SELECT txrelay_remaining_quota(%(account_id)s, %(now)s) AS remaining"
 
 
 @dataclass(frozen=True)

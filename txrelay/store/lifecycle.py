@@ -153,17 +153,11 @@ def get_plan(conn: Conn, account_id: int) -> dict | None:
 
 # --- remaining quota and reconcile ---------------------------------------------------------
 
-# Remaining = unused units of live blocks minus pending ledger rows, never below 0 (the
-# shared rule of every helper; store.ledger.REMAINING_QUOTA for one account).
+# Remaining quota is migration 0012's rule (txrelay_remaining_quota), as for the milter.
 SELECT_REMAINING = """
-SELECT a.id, a.name, GREATEST(COALESCE(sum(b.amount - b.used) FILTER (
-           WHERE b.expired_unused IS NULL
-             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)
-         - (SELECT count(*) FROM ledger l
-             WHERE l.account_id = a.id AND l.billing = 'pending'), 0)::bigint AS remaining
-  FROM accounts a LEFT JOIN quota_blocks b ON b.account_id = a.id
+SELECT a.id, a.name, txrelay_remaining_quota(a.id, %(now)s) AS remaining
+  FROM accounts a
  WHERE %(name)s::text IS NULL OR a.name = %(name)s
- GROUP BY a.id, a.name
  ORDER BY a.name"""
 
 
@@ -234,12 +228,7 @@ ON CONFLICT (account_id) DO NOTHING"""
 # and back at or above it (re-arm).
 SELECT_REMINDER_CHANGES = """
 SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, r.armed,
-       GREATEST(COALESCE((SELECT sum(b.amount - b.used) FROM quota_blocks b
-                           WHERE b.account_id = a.id AND b.expired_unused IS NULL
-                             AND (b.expires_at IS NULL OR b.expires_at > %(now)s)), 0)
-                - (SELECT count(*) FROM ledger l
-                    WHERE l.account_id = a.id AND l.billing = 'pending'), 0)::bigint
-           AS remaining
+       txrelay_remaining_quota(a.id, %(now)s) AS remaining
   FROM accounts a JOIN quota_reminders r ON r.account_id = a.id
  WHERE a.low_quota_threshold > 0
    AND (%(accounts)s::bigint[] IS NULL OR a.id = ANY(%(accounts)s))"""

@@ -15,7 +15,6 @@ import fcntl
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from txrelay.atomic_file import write_atomically
 from txrelay.errors import TxRelayError
 
 log = logging.getLogger("txrelay.passdb_file")
@@ -126,30 +126,12 @@ def _current_text(path: Path) -> str | None:
 
 
 def _replace(path: Path, text: str, old_mtime: int) -> None:
-    """Temp file in the same directory, mode and group set before any byte is written,
-    fsync, rename, fsync of the directory: never half-written, never world-readable."""
-    directory = path.parent
-    parent = directory.stat()
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), FILE_MODE)
-            _give_to_directory_group(handle.fileno(), parent)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        now = time.time()
-        mtime = max(now, old_mtime + 1.0)
-        os.utime(temp_name, (now, mtime))
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Mode and group set before any byte is written, fsync, rename, fsync of the directory
+    (write_atomically): never half-written, never world-readable."""
+    parent = path.parent.stat()
+    write_atomically(path, text, mode=FILE_MODE,
+                     before_write=lambda fd: _give_to_directory_group(fd, parent),
+                     mtime_after=old_mtime + 1.0, sync_directory=True)
 
 
 def _give_to_directory_group(fd: int, parent: os.stat_result) -> None:

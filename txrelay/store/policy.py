@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from txrelay.atomic_file import write_atomically
 from txrelay.config import QuotaConfig
 from txrelay.errors import InvalidInput
 from txrelay.policy.snapshot import (
@@ -31,10 +30,7 @@ log = logging.getLogger("txrelay.milter.policy")
 SELECT_VERSION = "SELECT version FROM policy_version"
 
 SELECT_ACCOUNTS = """
-SELECT a.id,
-       EXISTS (SELECT 1 FROM quota_blocks b
-                WHERE b.account_id = a.id AND b.kind IN ('booked', 'plan')) AS paid
-  FROM accounts a"""
+SELECT a.id, txrelay_account_paid(a.id) AS paid FROM accounts a"""
 
 SELECT_CONNECTIONS = """
 SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit
@@ -134,17 +130,7 @@ def fetch_policy_rows(conn: psycopg.Connection) -> PolicyRows:
 def save_policy_rows(path: Path, rows: PolicyRows) -> None:
     """Write the local copy: temp file mode 0600 in the same directory, fsync, rename."""
     private_directory(path.parent)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)
-            json.dump(rows, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(rows, separators=(",", ":")), mode=0o600)
 
 
 def read_policy_rows(path: Path) -> PolicyRows | None:

@@ -135,13 +135,19 @@ SELECT id, kind, amount, booked_at FROM quota_blocks
    AND booked_at >= %(start)s AND booked_at < %(end)s
  ORDER BY booked_at, id"""
 
-# Bounced recipients are billed like delivered ones: billing, not state, decides.
+# Bounced recipients are billed like delivered ones: billing, not state, decides. A row
+# still pending counts as what settling would make it (migration 0012's
+# txrelay_pending_allocation: a block, or overage), without settling it: a report never writes.
 LEDGER_BILLING = """
-SELECT count(*) FILTER (WHERE billing = 'quota') AS from_blocks,
-       count(*) FILTER (WHERE billing = 'overage') AS overage,
-       count(*) FILTER (WHERE billing = 'void') AS voided
-  FROM ledger
- WHERE account_id = %(account_id)s AND accepted_at >= %(start)s AND accepted_at < %(end)s"""
+SELECT count(*) FILTER (WHERE l.billing = 'quota'
+                           OR (l.billing = 'pending' AND p.block_id IS NOT NULL)) AS from_blocks,
+       count(*) FILTER (WHERE l.billing = 'overage'
+                           OR (l.billing = 'pending' AND p.block_id IS NULL)) AS overage,
+       count(*) FILTER (WHERE l.billing = 'void') AS voided
+  FROM ledger l
+  LEFT JOIN txrelay_pending_allocation(%(account_id)s) p ON p.row_id = l.id
+ WHERE l.account_id = %(account_id)s
+   AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s"""
 
 EXPIRED_UNUSED = """
 SELECT COALESCE(sum(expired_unused), 0)::bigint AS expired

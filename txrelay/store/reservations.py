@@ -24,7 +24,8 @@ from txrelay.policy.quota import Reservation, ReservationStatus
 from txrelay.store.keys import AccountKeys
 from txrelay.store.scripts import register
 
-_STATUSES = {
+# reserve.lua's status numbers; the PostgreSQL fallback's RESERVE_HOLD answers with the same.
+RESERVE_STATUSES = {
     1: ReservationStatus.RESERVED,
     2: ReservationStatus.OVERAGE,
     3: ReservationStatus.DUPLICATE,
@@ -90,7 +91,7 @@ class RedisReservations:
         raw = self._call(lambda: self._reserve(
             keys=[keys.balance, keys.held, keys.rate(request.connection_id)], args=args))
         status, remaining, retry_ms = (int(x) for x in raw)
-        return Reservation(_STATUSES[status], remaining, retry_ms / 1000)
+        return Reservation(RESERVE_STATUSES[status], remaining, retry_ms / 1000)
 
     def commit(self, account_id: int, members: Sequence[str], units: int) -> int:
         """The recipients are in the ledger: drop their holds and take the units the ledger

@@ -23,8 +23,11 @@ class FileIdentity:
 
 @dataclass(frozen=True)
 class Position:
-    identity: FileIdentity | None  # None: never read anything of this log
+    """Where a tracker stands: a file and a byte offset in it, or a journal cursor."""
+
+    identity: FileIdentity | None  # None: never read anything of this log (or a journal)
     offset: int
+    cursor: str | None = None  # the journal's cursor of the last entry read (journal only)
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,13 @@ class Counters:
 
 
 SELECT_POSITION = """
-SELECT device, inode, fingerprint, byte_offset FROM tracker_positions
+SELECT device, inode, fingerprint, byte_offset, journal_cursor FROM tracker_positions
  WHERE node = %(node)s AND log_path = %(log_path)s"""
 
 # FOR UPDATE: two trackers started by mistake for the same node and log serialise here, so
 # neither applies a line the other already applied.
 LOCK_POSITION = """
-SELECT device, inode, fingerprint, byte_offset FROM tracker_positions
+SELECT device, inode, fingerprint, byte_offset, journal_cursor FROM tracker_positions
  WHERE node = %(node)s AND log_path = %(log_path)s
    FOR UPDATE"""
 
@@ -59,21 +62,24 @@ ON CONFLICT (node, log_path) DO NOTHING"""
 SAVE_POSITION = """
 UPDATE tracker_positions
    SET device = %(device)s, inode = %(inode)s, fingerprint = %(fingerprint)s,
-       byte_offset = %(offset)s, lines_read = lines_read + %(lines_read)s,
+       byte_offset = %(offset)s, journal_cursor = %(cursor)s,
+       lines_read = lines_read + %(lines_read)s,
        unparsed_lines = unparsed_lines + %(unparsed_lines)s,
        unmatched_events = unmatched_events + %(unmatched_events)s,
        nrcpt_mismatches = nrcpt_mismatches + %(nrcpt_mismatches)s, updated_at = %(now)s
  WHERE node = %(node)s AND log_path = %(log_path)s"""
 
 SELECT_STATUS = """
-SELECT node, log_path, byte_offset, lines_read, unparsed_lines, unmatched_events,
+SELECT node, log_path, byte_offset, journal_cursor, lines_read, unparsed_lines, unmatched_events,
        nrcpt_mismatches, updated_at
   FROM tracker_positions ORDER BY node, log_path"""
 
 
 def _position(row: dict | None) -> Position:
-    if row is None or row["inode"] is None:
+    if row is None:
         return Position(None, 0)
+    if row["inode"] is None:
+        return Position(None, 0, row["journal_cursor"])
     identity = FileIdentity(int(row["device"]), int(row["inode"]), row["fingerprint"])
     return Position(identity, int(row["byte_offset"]))
 
@@ -95,6 +101,7 @@ def save_position(conn: Conn, node: str, log_path: str, position: Position,
     identity = position.identity
     conn.execute(SAVE_POSITION, {
         "node": node, "log_path": log_path, "offset": position.offset, "now": now,
+        "cursor": position.cursor,
         "device": identity.device if identity else None,
         "inode": identity.inode if identity else None,
         "fingerprint": identity.fingerprint if identity else None,

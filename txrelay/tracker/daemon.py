@@ -24,6 +24,9 @@ from txrelay.store import database, lifecycle, tracking
 from txrelay.store.redis_client import open_redis
 from txrelay.store.tracking import Counters
 from txrelay.tracker.engine import Tracker
+from txrelay.tracker.follower import LogFollower
+from txrelay.tracker.journal import JournalUnreadable
+from txrelay.tracker.sources import SourceChoice, choose_source
 from txrelay.tracker.tick import TickResult, run_tick
 
 log = logging.getLogger("txrelay.tracker")
@@ -53,11 +56,17 @@ class TrackerDaemon:
 
     def __init__(self, config: Config, clock: Clock, *, log_path: Path | None = None,
                  node: str | None = None, mailer: Mailer | None = None,
-                 rotation_grace: float | None = None) -> None:
+                 rotation_grace: float | None = None,
+                 source: SourceChoice | None = None) -> None:
+        """log_path (--log-path) means that file; else `source`, else [tracker] decides
+        (ConfigError when it names no log that is there)."""
         self.config = config
         self.clock = clock
         self.node = node or node_name(config)
-        self.log_path = log_path or Path(config.tracker.log_path)
+        if log_path is not None:
+            source = SourceChoice("file", log_path, "", "--log-path is given")
+        self.source = source or choose_source(config.tracker)
+        self.log_path = self.source.describe()
         self.mailer = mailer or SmtpMailer(config.notify)
         self.rotation_grace = (rotation_grace if rotation_grace is not None
                                else max(2.0, 2 * config.tracker.poll_interval_seconds))
@@ -69,8 +78,8 @@ class TrackerDaemon:
     def connect(self) -> Tracker:
         if self.tracker is None:
             self.conn = database.connect(self.config.database, autocommit=True)
-            self.tracker = Tracker(self.conn, self.node, self.log_path, self.clock,
-                                   rotation_grace=self.rotation_grace)
+            self.tracker = Tracker(self.conn, self.node,
+                                   self.source.open(self.rotation_grace), self.clock)
         return self.tracker
 
     def disconnect(self) -> None:
@@ -98,6 +107,8 @@ class TrackerDaemon:
     def once(self) -> RunSummary:
         """Catch up with the log, void, tick once: what `txrelay tracker --once` does."""
         summary = RunSummary()
+        log.info("event=tracker_source node=%s source=%s: %s", self.node, self.log_path,
+                 self.source.reason)
         try:
             while not self.run_once(summary, tick=False) or self._rotation_pending():
                 time.sleep(0.2)
@@ -142,7 +153,8 @@ class TrackerDaemon:
         """Until SIGTERM/SIGINT: follow the log, tick every tick_interval_seconds."""
         summary = RunSummary()
         next_tick = 0.0
-        log.info("event=tracker_start node=%s path=%s", self.node, self.log_path)
+        log.info("event=tracker_start node=%s source=%s: %s", self.node, self.log_path,
+                 self.source.reason)
         endpoint = metrics.start_tracker_endpoint(self.config, self.log_position)
         while not self.stop.is_set():
             try:
@@ -151,7 +163,8 @@ class TrackerDaemon:
                 if due:
                     next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
                     summary.ticks.clear()
-            except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError) as exc:
+            except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError,
+                    JournalUnreadable) as exc:
                 log.error("event=tracker_backoff reason=%s", exc)
                 self.disconnect()
                 caught_up = True
@@ -168,7 +181,9 @@ class TrackerDaemon:
         """Where this tracker is in the log, for the metrics endpoint (None while
         disconnected)."""
         tracker = self.tracker
-        return metrics.FollowerPosition(tracker.follower) if tracker is not None else None
+        if tracker is None or not isinstance(tracker.follower, LogFollower):
+            return None  # the journal tells no distance in bytes
+        return metrics.FollowerPosition(tracker.follower)
 
     def install_signal_handlers(self) -> None:
         def handle(_signum: int, _frame: object) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 
@@ -13,7 +12,8 @@ from txrelay.clock import Clock
 from txrelay.policy import logline
 from txrelay.store import tracking
 from txrelay.store.tracking import Counters
-from txrelay.tracker.follower import Chunk, LogFollower, same_file
+from txrelay.tracker.follower import Chunk, same_file
+from txrelay.tracker.sources import LogSource
 
 log = logging.getLogger("txrelay.tracker")
 
@@ -29,20 +29,20 @@ class PositionMoved(Exception):
 
 
 class Tracker:
-    """One node's tracker for one log file."""
+    """One node's tracker for one log source (a file through rotations, or the journal)."""
 
-    def __init__(self, conn: psycopg.Connection, node: str, log_path: Path, clock: Clock,
-                 rotation_grace: float = 2.0) -> None:
+    def __init__(self, conn: psycopg.Connection, node: str, source: LogSource,
+                 clock: Clock) -> None:
         self.conn = conn
         self.node = node
-        self.log_path = log_path
+        self.follower = source
+        self.log_path = source.key  # the source's row in tracker_positions
         self.clock = clock
-        self.follower = LogFollower(log_path, rotation_grace=rotation_grace)
         self.ready = False
 
     def resume(self) -> bool:
         """Open the log at the stored position; False while the log file does not exist."""
-        stored = tracking.load_position(self.conn, self.node, str(self.log_path))
+        stored = tracking.load_position(self.conn, self.node, self.log_path)
         self.conn.commit()
         self.ready = self.follower.resume(stored)
         if self.ready and self.follower.truncated:
@@ -54,8 +54,8 @@ class Tracker:
         file that got the old one's inode number): store offset 0 of it, so that its first
         chunk continues the stored position instead of looking moved forever."""
         with self.conn.transaction():
-            if tracking.lock_position(self.conn, self.node, str(self.log_path)) == stored:
-                tracking.save_position(self.conn, self.node, str(self.log_path),
+            if tracking.lock_position(self.conn, self.node, self.log_path) == stored:
+                tracking.save_position(self.conn, self.node, self.log_path,
                                        tracking.Position(stored.identity, 0), Counters(),
                                        self.clock.now())
 
@@ -81,14 +81,14 @@ class Tracker:
         """The chunk's events and the position after it, in one transaction."""
         now = self.clock.now()
         with self.conn.transaction():
-            stored = tracking.lock_position(self.conn, self.node, str(self.log_path))
+            stored = tracking.lock_position(self.conn, self.node, self.log_path)
             if not _continues(stored, chunk.start):
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
             for line in chunk.lines:
                 counters += apply_event(self.conn, self.node, logline.parse_line(line), now,
                                         line)
-            tracking.save_position(self.conn, self.node, str(self.log_path), chunk.end,
+            tracking.save_position(self.conn, self.node, self.log_path, chunk.end,
                                    counters, now)
         self.follower.advance(chunk)
         return counters
@@ -99,7 +99,7 @@ class Tracker:
         now = self.clock.now()
         counters = Counters()
         with self.conn.transaction():
-            tracking.lock_position(self.conn, self.node, str(self.log_path))
+            tracking.lock_position(self.conn, self.node, self.log_path)
             for queue_id in tracking.awaited_with_pending(self.conn, self.node):
                 counters += apply_pending(self.conn, self.node, queue_id, now)
         return counters
@@ -110,6 +110,8 @@ class Tracker:
 
 def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
     """The chunk starts where the database says this tracker stopped."""
+    if stored.cursor is not None or start.cursor is not None:
+        return stored.cursor == start.cursor  # the journal: after the same entry
     if stored.identity is None:
         return True
     if start.identity is None:

@@ -99,6 +99,7 @@ class LogFollower:
     def __init__(self, path: Path, rotation_grace: float = 2.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.key = str(path)  # its row in tracker_positions
         self.rotation_grace = rotation_grace
         self.monotonic = monotonic
         self.sources: list[Source] = []
