@@ -331,7 +331,7 @@ def test_domains_that_hide_what_they_are_are_refused_as_the_milter_refuses_them(
         message: str) -> None:
     result = txrelay("domain", "add", account, typed.format(u=unique), "--list-help",
                      "https://h.example/")
-    assert result.exit_code == 1 and message in result.error, result.error
+    assert result.exit_code == 4 and message in result.error, result.error  # invalid input
     assert len(result.error.strip().splitlines()) == 1
     assert not _is_registered(db, f"shop-{unique}.example")
 
