@@ -6,8 +6,9 @@ import pytest
 
 from txrelay.errors import InvalidInput
 from txrelay.policy.addresses import header_sender
+from txrelay.policy.message import check_sender_header
 from txrelay.policy.names import DomainProblem, InvalidDomain, dns_domain, normalize_domain
-from txrelay.policy.sender import check_sender_domain
+from txrelay.policy.sender import authorize_sender, check_sender_domain
 from txrelay.policy.snapshot import ConnectionPolicy
 from txrelay.policy.verdict import Verdict
 
@@ -85,3 +86,20 @@ def test_a_domain_of_100_kb_is_refused_before_any_per_character_work() -> None:
     with pytest.raises(InvalidDomain) as refused:
         dns_domain(huge)
     assert (time.process_time() - start) < 0.005 and "at most 253" in str(refused.value)
+
+
+@pytest.mark.parametrize("sender", [f"<orders@{ENCODED_WORD}>", "<orders@sho\u200bp.example>",
+                                    "<orders@shop.example\u200e>"])
+def test_envelope_sender_domain_that_hides_what_it_is_gets_5_1_7_at_mail(sender: str) -> None:
+    from tests.unit.test_policy_decisions import SNAPSHOT
+
+    verdict = authorize_sender(SNAPSHOT, "webshop", sender)
+    assert isinstance(verdict, Verdict) and verdict.label == "550 5.1.7", verdict
+
+
+def test_sender_header_domain_that_hides_what_it_is_gets_5_1_7() -> None:
+    from tests.unit.test_policy_decisions import SHOP
+
+    verdict = check_sender_header(SHOP, ["ops@sho\u00adp.example"])
+    assert verdict is not None and verdict.label == "550 5.1.7", verdict
+    assert check_sender_header(SHOP, ["ops@shop.example"]) is None
