@@ -9,7 +9,7 @@ import pytest
 
 from txrelay.policy import addresses
 from txrelay.policy.addresses import (
-    MAX_ADDRESS_HEADER_BYTES,
+    MAX_ADDRESS_HEADER_LENGTH,
     MAX_ADDRESS_HEADER_MAILBOXES,
     MAX_ADDRESS_HEADER_TOKENS,
     header_sender,
@@ -34,7 +34,7 @@ def test_hostile_from_of_60_kb_is_refused_with_5_6_0_in_far_less_than_50_ms() ->
     assert len(HOSTILE_FROM) >= 60_000
     verdict = header_sender([HOSTILE_FROM])
     assert isinstance(verdict, Verdict) and verdict.label == "550 5.6.0", verdict
-    assert f"at most {MAX_ADDRESS_HEADER_BYTES}" in verdict.text
+    assert f"at most {MAX_ADDRESS_HEADER_LENGTH}" in verdict.text
     spent = min(cpu_ms(lambda: header_sender([HOSTILE_FROM])) for _ in range(5))
     assert spent < 5, f"{spent:.2f} ms of CPU"
 
@@ -71,7 +71,7 @@ def test_any_parser_error_is_a_550_not_a_451(error: Exception,
 
 def test_nested_comments_within_the_bound_parse_or_are_refused_with_550() -> None:
     value = "(" * 30 + ")" * 30 + " orders@shop.example"
-    assert len(value) < MAX_ADDRESS_HEADER_BYTES
+    assert len(value) < MAX_ADDRESS_HEADER_LENGTH
     result = header_sender([value])
     assert not isinstance(result, Verdict) or result.smtp_code == "550"
 
@@ -89,7 +89,7 @@ def test_real_author_headers_are_within_the_bounds(value: str) -> None:
 
 
 def test_parse_cost_within_the_bounds_stays_small() -> None:
-    worst = ", ".join(["a.b.c.d.e@x.y"] * 12)[:MAX_ADDRESS_HEADER_BYTES]
+    worst = ", ".join(["a.b.c.d.e@x.y"] * 12)[:MAX_ADDRESS_HEADER_LENGTH]
     assert parse_mailboxes("From", worst) is not None
     spent = min(cpu_ms(lambda: addresses._mailboxes(worst)) for _ in range(3))
     assert spent < 25, f"{spent:.2f} ms of CPU"

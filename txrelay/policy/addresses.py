@@ -69,7 +69,7 @@ def domain_refusal(problem: InvalidDomain, *, recipient: bool = False) -> Verdic
 # whose cost grows with the number of tokens (about 15 us each here: 28 s for 60 KB of
 # folded commas). A real author header is one mailbox and a display name of a few words,
 # a few hundred bytes even when encoded; within these bounds a parse costs a few ms.
-MAX_ADDRESS_HEADER_BYTES = 1024
+MAX_ADDRESS_HEADER_LENGTH = 1024  # characters of the unfolded value
 MAX_ADDRESS_HEADER_MAILBOXES = 16  # "@" signs: each mailbox has one
 MAX_ADDRESS_HEADER_TOKENS = 128  # RFC 5322 specials and blanks: what the parser splits on
 _SPECIALS = "()<>[]:;@\\,.\" \t\n"
@@ -137,9 +137,9 @@ def parse_mailboxes(name: str, value: str) -> list[str] | Verdict:
 def header_bound(name: str, value: str) -> Verdict | None:
     """550 5.6.0 when the header is larger than any real author header, before any parsing:
     a length, then a few C-speed counts."""
-    if len(value) > MAX_ADDRESS_HEADER_BYTES:
+    if len(value) > MAX_ADDRESS_HEADER_LENGTH:
         return _bound_refusal(f"the {name}: header is {len(value)} characters long; the relay "
-                              f"reads address headers of at most {MAX_ADDRESS_HEADER_BYTES}: "
+                              f"reads address headers of at most {MAX_ADDRESS_HEADER_LENGTH}: "
                               "shorten the display name")
     mailboxes = value.count("@")
     if mailboxes > MAX_ADDRESS_HEADER_MAILBOXES:
@@ -194,9 +194,3 @@ def _from_refusal(text: str) -> Verdict:
 
 def _bound_refusal(text: str) -> Verdict:
     return Verdict.reject("550", "5.6.0", text)
-
-
-def header_mailboxes(value: str) -> list[str] | None:
-    """The addr-specs of an address header, or None when the relay refuses it."""
-    mailboxes = parse_mailboxes("From", value)
-    return None if isinstance(mailboxes, Verdict) else mailboxes
