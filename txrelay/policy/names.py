@@ -110,8 +110,9 @@ _NOT_IN_DOMAINS = "@/:\\<>\"'; "
 def _is_invisible(char: str) -> bool:
     """Format characters (zero-width, soft hyphen, bidi controls, BOM) and what UTS 46
     drops without a trace (variation selectors, the combining grapheme joiner). ZWJ and
-    ZWNJ too, although IDNA 2008 allows them in a few scripts: no sending domain has
-    needed one, and in a From: they are the classic way to look like another domain."""
+    ZWNJ too, although IDNA 2008 allows them in a few scripts (Persian, Indic): such a
+    domain cannot be a sending domain, the price of refusing the classic way of making a
+    From: look like another domain."""
     if char.isascii():
         return False
     if unicodedata.category(char) == "Cf":
