@@ -204,3 +204,11 @@ def test_refusal_budget_counts_on_the_node_while_redis_is_away(unique: str) -> N
     for _ in range(3):
         degraded.count(7)
     assert degraded.spent(7) == 3
+
+
+def test_message_id_with_a_nul_is_recorded_cut_at_the_nul(driver: Driver, tenant: Tenant,
+                                                          db: psycopg.Connection) -> None:
+    headers = [*default_headers(tenant.domain), ("Message-ID", b"<a\x00b@x.example>")]
+    outcome = driver.send(tenant, headers=headers, queue_id="4QNUL")
+    assert outcome.eom == Milter.ACCEPT, outcome.eom_reply
+    assert [r["message_id"] for r in ledger_rows(db, "4QNUL")] == ["<a"]

@@ -321,8 +321,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
 
 def _unfold(value: bytes) -> str:
-    """A queued header value as text: unfolded, trimmed, undecodable bytes replaced."""
-    return value.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
+    """A queued header value as text: unfolded, trimmed, undecodable bytes replaced, cut at
+    a NUL as Postfix cuts it (PostgreSQL text cannot hold one: the record would fail)."""
+    return value.partition(b"\x00")[0].replace(b"\r\n", b"").decode("utf-8", "replace").strip()
 
 
 def _reply_text(text: str) -> str:
