@@ -65,7 +65,7 @@ class AcceptedMessage:
     envelope_sender: str
     header_from: str
     size: int
-    recipients: Sequence[str]  # distinct, in RCPT order
+    recipients: Sequence[str]  # one per copy Postfix queues (an address may repeat), in RCPT order
     accepted_at: dt.datetime
 
 

@@ -145,8 +145,11 @@ SELECT id, queued_at FROM messages
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
+# A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
+# come last, so the mapping below gives each delivery line a copy that has no outcome yet.
 SELECT_LEDGER_RECIPIENTS = """
-SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s"""
+SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s
+ ORDER BY state NOT IN ('delivered', 'bounced', 'voided'), id DESC"""
 
 # Delivered and bounced are final; voided rows were never Postfix's to deliver.
 RECORD_OUTCOME = """
@@ -218,7 +221,7 @@ def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None
 
 
 def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
-    """Lower-cased recipient -> ledger row id."""
+    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one)."""
     rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
     return {row["recipient"]: int(row["id"]) for row in rows}
 
