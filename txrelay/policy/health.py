@@ -76,15 +76,15 @@ def judge_milter(problems: Mapping[str, str | None], journal_room: int,
     stuck = [(loop, problem) for loop in loops if (problem := loop.problem())]
     refused += [f"background loop {loop.name}: {problem}: {LOOP_CRITICAL_BECAUSE}"
                 for loop, problem in stuck if loop.critical]
+    notes = [f"background loop {loop.name}: {problem} (mail flows; see the milter's log)"
+             for loop, problem in stuck if not loop.critical]
+    if quarantined:
+        notes.append(f"journal: {quarantined} entries set aside after failing to replay, "
+                     "not in the ledger (txrelay journal list)")
     if refused:
-        return NodeHealth(503, "unavailable", (*refused, *lines))
+        return NodeHealth(503, "unavailable", (*refused, *notes, *lines))
     degraded = [f"{name} down: {DEGRADED_BECAUSE[name]}" for name in sorted(down)
                 if name in DEGRADED_BECAUSE]
-    degraded += [f"background loop {loop.name}: {problem} (mail flows; see the milter's log)"
-                 for loop, problem in stuck]
-    if quarantined:
-        degraded.append(f"journal: {quarantined} entries set aside after failing to replay, "
-                        "not in the ledger (txrelay journal list)")
-    if degraded:
-        return NodeHealth(200, "degraded", (*degraded, *lines))
+    if degraded or notes:
+        return NodeHealth(200, "degraded", (*degraded, *notes, *lines))
     return NodeHealth(200, "ok", tuple(lines))
