@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from txrelay import metrics
 from txrelay.policy.health import LoopStatus
@@ -22,6 +22,7 @@ log = logging.getLogger("txrelay.loops")
 
 STALE_INTERVALS = 10  # a loop is frozen after this many intervals without a finished run…
 STALE_MINIMUM = 60.0  # …and never sooner than this many seconds (a slow PostgreSQL timeout)
+RUN_AGAIN = object()  # returned by a work that has more to do now: no wait before the next
 
 
 class SupervisedLoop:
@@ -29,11 +30,13 @@ class SupervisedLoop:
 
     first_run_now: the first call right away (a milter started after an outage replays its
     journal at once), else after one interval. last_run: one more call after stop() (the
-    settler, so that a clean shutdown leaves nothing pending). critical: see LoopStatus."""
+    settler, so that a clean shutdown leaves nothing pending). critical: see LoopStatus.
+    stop_event: an Event of the caller's that also stops the loop (the tracker's, set by its
+    signal handler). A work returning RUN_AGAIN is called again without waiting."""
 
     def __init__(self, name: str, interval: float, work: Callable[[], object], *,
                  first_run_now: bool = False, last_run: bool = False,
-                 critical: bool = False) -> None:
+                 critical: bool = False, stop_event: threading.Event | None = None) -> None:
         self.name = name
         self.interval = interval
         self.critical = critical
@@ -41,7 +44,7 @@ class SupervisedLoop:
         self._work = work
         self._first_run_now = first_run_now
         self._last_run = last_run
-        self._stop = threading.Event()
+        self._stop = stop_event or threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = time.monotonic()
         self._last_success: float | None = None
@@ -59,20 +62,26 @@ class SupervisedLoop:
         if self._thread.is_alive():
             self._thread.join(timeout=timeout)
 
-    def run_once(self) -> bool:
-        """One supervised call of the work; False when it raised (logged and counted)."""
+    def run(self) -> None:
+        """Run the loop in the calling thread until stopped (a daemon's main loop)."""
+        self._started = time.monotonic()
+        self._run()
+
+    def run_once(self) -> object:
+        """One supervised call of the work: what it returned, or None when it raised (logged
+        and counted)."""
         try:
-            self._work()
+            result = self._work()
         except Exception as exc:  # noqa: BLE001 - the point of a supervisor: log, count, go on
             self._failed(exc)
-            return False
+            return None
         self._last_success = time.monotonic()
         metrics.BACKGROUND_LAST_SUCCESS.labels(self.name).set(time.time())
         if self._streak:
             log.warning("event=background_loop_recovered loop=%s after_errors=%d", self.name,
                         self._streak)
         self._streak = 0
-        return True
+        return result
 
     def status(self) -> LoopStatus:
         # Before a first finished run, a loop is judged from its start: a first run that
@@ -95,10 +104,13 @@ class SupervisedLoop:
                       self.name, exc, self._streak)
 
     def _run(self) -> None:
-        if self._first_run_now:
-            self.run_once()
-        while not self._stop.wait(self.interval):
-            self.run_once()
+        again = self._first_run_now
+        while True:
+            if not again and self._stop.wait(self.interval):
+                break
+            again = self.run_once() is RUN_AGAIN
+            if self._stop.is_set():
+                break
         if self._last_run:
             self.run_once()
 
@@ -119,7 +131,3 @@ class Loops:
         with self._lock:
             loops = list(self._loops)
         return [loop.status() for loop in loops]
-
-    def __iter__(self) -> Iterator[SupervisedLoop]:
-        with self._lock:
-            return iter(list(self._loops))

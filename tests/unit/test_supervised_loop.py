@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from txrelay import metrics
-from txrelay.supervised import Loops, SupervisedLoop
+from txrelay.supervised import RUN_AGAIN, Loops, SupervisedLoop
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -105,3 +105,18 @@ def test_a_working_loop_has_no_problem_and_the_registry_lists_it() -> None:
             "unit-ok", True, True, None)
     finally:
         loop.stop()
+
+
+def test_run_again_skips_the_wait_and_a_callers_event_stops_a_loop_run_in_place() -> None:
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def work() -> object:
+        calls.append(1)
+        if len(calls) == 5:
+            stop.set()
+        return RUN_AGAIN
+
+    started = time.monotonic()
+    SupervisedLoop("unit-again", 60.0, work, first_run_now=True, stop_event=stop).run()
+    assert len(calls) == 5 and time.monotonic() - started < 1.0
