@@ -26,10 +26,11 @@ def journal() -> None:
     """Journal entries set aside: ledger records that the milter accepted mail for while
     PostgreSQL was down, and that then failed to replay 3 times for a reason of their own
     (for example a connection or account deleted meanwhile). Such mail was delivered but is
-    not in the ledger yet. Reads the directory [milter] journal_dir on this node.
+    not in the ledger yet. Reads the directory [milter] journal_dir on this node; run it as
+    the milter's user or root.
 
     \b
-    Typical use:
+    Example:
       txrelay journal list
       txrelay journal show 3f2c     (a transaction id, or its first characters)
       ... fix the cause the entry shows ...
@@ -42,7 +43,13 @@ def journal() -> None:
 @json_option
 @pass_cli
 def list_command(cli: CliContext) -> None:
-    """Every entry set aside: transaction, account, connection, recipients, why it failed."""
+    """Every entry set aside: transaction, account, connection, recipients, why it failed.
+
+    \b
+    Example:
+      txrelay journal list
+      txrelay journal list --json
+    """
     entries = _entries(cli)
     cli.emit([e.summary() for e in entries], lambda: _print_list(entries))
 
@@ -52,7 +59,13 @@ def list_command(cli: CliContext) -> None:
 @json_option
 @pass_cli
 def show_command(cli: CliContext, txn_id: str) -> None:
-    """One entry set aside, whole: the journaled ledger record and why it failed."""
+    """One entry set aside, whole: the journaled ledger record and why it failed. TXN_ID is
+    its transaction id or the first characters of it.
+
+    \b
+    Example:
+      txrelay journal show 3f2c9a1e
+    """
     entry = _find(cli, txn_id)
     data = {**entry.summary(), "record": entry.record["entry"],
             "source_file": entry.record.get("source_file")}
@@ -65,7 +78,13 @@ def show_command(cli: CliContext, txn_id: str) -> None:
 def retry_command(cli: CliContext, txn_id: str) -> None:
     """Put an entry back for replay, once its cause is fixed: a running milter on this node
     replays it within a second (else the next one at start). If it fails again 3 times, it
-    is set aside again."""
+    is set aside again.
+
+    \b
+    Example:
+      txrelay db migrate          (say it failed with UndefinedColumn: schema behind)
+      txrelay journal retry 3f2c9a1e
+    """
     entry = _find(cli, txn_id)
     path = _guarded(lambda: release_quarantined(entry))
     click.echo(f"entry {entry.txn_id} put back for replay as {path.name}")
@@ -75,7 +94,12 @@ def retry_command(cli: CliContext, txn_id: str) -> None:
 @click.argument("txn_id")
 @pass_cli
 def drop_command(cli: CliContext, txn_id: str) -> None:
-    """Delete an entry set aside for good: its mail was delivered and stays unbilled."""
+    """Delete an entry set aside for good: its mail was delivered and stays unbilled.
+
+    \b
+    Example:
+      txrelay journal drop 3f2c9a1e
+    """
     entry = _find(cli, txn_id)
     _guarded(lambda: drop_quarantined(entry))
     click.echo(f"entry {entry.txn_id} dropped; its {entry.summary()['recipients']} "
