@@ -16,6 +16,10 @@ a hidden name, locked, then renamed, so no replayer can take it first.
 
 Only whole lines count: the milter replies after the fsync, so a line torn by a crash was
 never acknowledged and is skipped.
+
+An entry whose replay fails for a reason of its own (not PostgreSQL being away) never blocks
+the others: it stays behind while they replay, and after MAX_REPLAY_FAILURES it is set aside
+in quarantine-<db>-<txn>.json beside the journal, for `txrelay journal` (cli/journal.py).
 """
 
 from __future__ import annotations
