@@ -75,7 +75,7 @@ def test_working_loops_and_no_quarantine_change_nothing() -> None:
 
 @pytest.mark.parametrize("status, problem", [
     (loop("policy-refresh", alive=False, critical=True), "its thread is not running"),
-    (loop("policy-refresh", since=600.0, critical=True), "no finished run for 600 s"),
+    (loop("policy-refresh", since=600.0, critical=True), "no successful run for 600 s"),
 ])
 def test_a_dead_or_frozen_policy_refresh_is_503(status: LoopStatus, problem: str) -> None:
     """Its snapshot is frozen: a connection disabled since would still be accepted."""

@@ -89,7 +89,7 @@ def test_a_loop_stuck_in_its_work_is_frozen_after_its_stale_time() -> None:
     try:
         wait_for(lambda: loop.status().problem() is not None)
         problem = loop.status().problem()
-        assert problem is not None and problem.startswith("no finished run for")
+        assert problem is not None and problem.startswith("no successful run for")
     finally:
         release.set()
         loop.stop()

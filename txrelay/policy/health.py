@@ -21,8 +21,8 @@ class LoopStatus:
 
     name: str
     alive: bool  # its thread runs (False before start and after stop)
-    since_success: float | None  # seconds since its last finished run; None: none yet
-    stale_after: float  # seconds without a finished run after which it counts as frozen
+    since_success: float | None  # seconds since its last run that did not raise
+    stale_after: float  # seconds without such a run after which it counts as frozen
     errors: int  # unexpected exceptions so far
     critical: bool  # a dead or frozen loop means mail would be accepted wrongly
 
@@ -31,7 +31,7 @@ class LoopStatus:
         if not self.alive:
             return "its thread is not running"
         if self.since_success is not None and self.since_success > self.stale_after:
-            return f"no finished run for {self.since_success:.0f} s"
+            return f"no successful run for {self.since_success:.0f} s"
         return None
 
 
