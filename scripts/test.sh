@@ -9,9 +9,11 @@ venv=${TXRELAY_VENV:-/opt/txrelay/venv}
 bash "$here/scripts/install.sh"
 
 # Test-only Debian packages, never needed on a relay host: NSD, the authoritative DNS server
-# the DNS tests start on loopback (tests/harness/dns.py). Its own service must not start
-# (policy-rc.d 101 while installing): the tests run NSD themselves.
-test_packages=(nsd)
+# the DNS tests start on loopback (tests/harness/dns.py), and Perl's Mail::DKIM, the second
+# DKIM verifier, independent of dkimpy, the malformed corpus is checked with
+# (tests/e2e/test_second_verifier.py). NSD's own service must not start (policy-rc.d 101
+# while installing): the tests run NSD themselves.
+test_packages=(nsd libmail-dkim-perl)
 missing_test_packages=()
 for p in "${test_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \

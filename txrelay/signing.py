@@ -168,15 +168,17 @@ def body_hash(body: bytes) -> bytes:
 
 
 def sign(headers: Sequence[Header], body: bytes | BodyHash, *, domain: str, selector: str,
-         signing_key: SigningKey, now: float | None = None) -> str:
+         signing_key: SigningKey, now: float | None = None,
+         signed_headers: Sequence[bytes] | None = None) -> str:
     """The DKIM-Signature header value (folded with LF, as a milter hands it to the MTA).
-    body: the body, or its BodyHash fed as it arrived."""
+    body: the body, or its BodyHash fed as it arrived. signed_headers: the h= list, when
+    not the relay's own choice (header_list); the RFC test vectors name theirs."""
     signer = _Signer(signing_key, now)
     signer.headers = [[name, value] for name, value in headers]
     signer.precomputed_body_hash = (body.digest() if isinstance(body, BodyHash)
                                     else body_hash(body))
-    field = signer.sign_prepared(selector.encode("ascii"), domain.encode("ascii"),
-                                 header_list(headers))
+    include = header_list(headers) if signed_headers is None else list(signed_headers)
+    field = signer.sign_prepared(selector.encode("ascii"), domain.encode("ascii"), include)
     value = field.split(b":", 1)[1].strip()
     return value.replace(b"\r\n", b"\n").decode("ascii")
 

@@ -12,6 +12,7 @@
 #                             (TXRELAY_REDIS_CLUSTER_NODES); it still carries their password
 #   RELAY_HOSTNAME            Postfix myhostname and the host shops connect to (default: hostname -f)
 #   RELAY_SUBMISSION_LISTEN   submission (= :587, default), a port, or HOST:PORT
+#   RELAY_IMPLICIT_TLS_LISTEN also a service with implicit TLS there, e.g. 465 (default: none)
 #   RELAY_TLS_CERT, RELAY_TLS_KEY   PEM files (default /etc/txrelay/tls/{cert,key}.pem,
 #                             a self-signed pair is made there when both are missing)
 #   RELAY_RELAYHOST           Postfix relayhost, e.g. [smtp.example.net]:587 (default: direct)
@@ -26,6 +27,7 @@ die() { log "error: $*"; exit 1; }
 config=${TXRELAY_CONFIG:-/etc/txrelay/txrelay.toml}
 hostname=${RELAY_HOSTNAME:-$(hostname -f 2>/dev/null || hostname)}
 listen=${RELAY_SUBMISSION_LISTEN:-submission}
+implicit_tls=${RELAY_IMPLICIT_TLS_LISTEN:-}
 cert=${RELAY_TLS_CERT:-/etc/txrelay/tls/cert.pem}
 key=${RELAY_TLS_KEY:-/etc/txrelay/tls/key.pem}
 maillog=/var/log/txrelay/postfix.log
@@ -106,6 +108,11 @@ smtpd_tls_key_file = $key
 smtp_tls_security_level = may
 smtp_tls_CAfile = /etc/ssl/certs/ca-certificates.crt
 maillog_file = $maillog
+# Global settings txrelay postfix configure leaves to the admin (it only adds its own
+# service); this Postfix relays nothing but txrelay's mail, so they are set here.
+disable_mime_output_conversion = yes
+smtputf8_enable = yes
+enable_long_queue_ids = yes
 EOF
     # No chroot (the auth and milter sockets are outside the queue), no port 25: this
     # Postfix only relays what shops submit.
@@ -116,7 +123,8 @@ EOF
         name=${name#POSTCONF_}
         postconf -e "$name=$value" || die "POSTCONF_$name: postconf refused it"
     done < <(env | grep -E '^POSTCONF_[A-Za-z0-9_]+=' || true)
-    txrelay postfix configure --listen "$listen" >/dev/null
+    txrelay postfix configure --listen "$listen" ${implicit_tls:+--implicit-tls "$implicit_tls"} \
+        >/dev/null
     # The tracker (user txrelay) reads the log postlogd (root) appends to.
     touch "$maillog" && chown root:txrelay "$maillog" && chmod 0640 "$maillog"
     postfix check || die "postfix check failed (see above)"

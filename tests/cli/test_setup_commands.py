@@ -167,7 +167,9 @@ def test_every_group_and_command_has_help_with_an_example(monkeypatch: pytest.Mo
                 "connection": ["create", "list", "show", "disable", "enable",
                                "rotate-password", "delete", "set"],
                 "quota": ["book", "show"], "db": ["migrate", "status"], "init": [],
-                "dovecot": ["configure"], "journal": ["list", "show", "retry", "drop"]}
+                "dovecot": ["configure"],
+                "postfix": ["show", "configure", "unconfigure", "check"],
+                "journal": ["list", "show", "retry", "drop"]}
     for group, subcommands in commands.items():
         for path in [[group]] + [[group, sub] for sub in subcommands]:
             result = run_main([*path, "--help"], monkeypatch)

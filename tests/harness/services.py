@@ -182,6 +182,9 @@ class PostfixInstance:
             "smtp_tls_security_level = none",
             f"smtpd_tls_cert_file = {self.cert}",
             f"smtpd_tls_key_file = {self.key}",
+            # txrelay postfix configure never writes main.cf; what a relay that only
+            # relays for txrelay wants globally (check warns without it) is set here.
+            "disable_mime_output_conversion = yes",
             *self._logging(),
             # The sink answers at once; retries come quickly so deferral tests stay short.
             "queue_run_delay = 5s",

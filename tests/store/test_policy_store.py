@@ -60,3 +60,27 @@ def test_unreadable_key_leaves_out_only_its_domain(
     snapshot = PolicyLoader(QuotaConfig()).load(conn)
     assert broken.domain not in snapshot.domains
     assert fine.domain in snapshot.domains
+
+
+def test_rotated_or_reenabled_credential_is_stamped_when_first_seen(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    """The credential's version changes with its hash; its `since` stays 0.0 for what the
+    loader met first (a new login has no older credential), and moves when it changes."""
+    tenant = tenant_factory()
+    loader = PolicyLoader(QuotaConfig())
+    first = loader.load(conn).connections[tenant.username]
+    assert first.credential and first.credential_since == 0.0
+    assert loader.load(conn).connections[tenant.username] == first
+    db.execute("UPDATE credentials SET password_hash = '{ARGON2ID}other' "
+               "WHERE connection_id = %s", (tenant.connection_id,))
+    rotated = loader.load(conn).connections[tenant.username]
+    assert rotated.credential != first.credential and rotated.credential_since > 0
+    assert loader.load(conn).connections[tenant.username].credential_since == \
+        rotated.credential_since
+    db.execute("UPDATE connections SET enabled = false WHERE id = %s", (tenant.connection_id,))
+    loader.load(conn)
+    db.execute("UPDATE connections SET enabled = true WHERE id = %s", (tenant.connection_id,))
+    reenabled = loader.load(conn).connections[tenant.username]
+    assert reenabled.credential == rotated.credential
+    assert reenabled.credential_since > rotated.credential_since

@@ -142,7 +142,8 @@ def _print_connection(found: Connection, headline: str | None = None) -> None:
 @json_option
 @pass_cli
 def disable(cli: CliContext, name: str, account: str | None) -> None:
-    """Stop a connection: its login and its mail are refused until enabled again.
+    """Stop a connection: its login and its mail are refused until enabled again. SMTP
+    sessions already logged in get 421 "log in again" at their next MAIL.
 
     \b
     Example:
@@ -197,7 +198,8 @@ def _update_login_file(cli: CliContext) -> None:
 @pass_cli
 def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
     """Issue a new password (shown once); the old one stops working at once on this
-    machine, within [milter] policy_refresh_seconds on other relay nodes.
+    machine, within [milter] policy_refresh_seconds on other relay nodes. SMTP sessions
+    already logged in with the old one get 421 "log in again" at their next MAIL.
 
     \b
     Example:
@@ -214,7 +216,8 @@ def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
 @json_option
 @pass_cli
 def delete(cli: CliContext, name: str, account: str | None) -> None:
-    """Delete a connection: its login is removed for good, its statistics stay.
+    """Delete a connection: its login is removed for good, its statistics stay. SMTP
+    sessions already logged in get 421 "log in again" at their next MAIL.
 
     \b
     Example:

@@ -1,138 +1,216 @@
-"""`txrelay postfix`: show and apply txrelay's settings to an existing Postfix."""
+"""`txrelay postfix`: add txrelay's own services to an existing Postfix, check, undo."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning.postfix import (
-    ConfigureResult,
     PostfixPlan,
-    check_postfix,
-    configure_postfix,
+    PostfixTarget,
+    master_option,
     plan_postfix,
+    read_settings,
+    require_certificate_files,
     resolve_target,
+    target_syslog_name,
 )
+from txrelay.provisioning.postfix_apply import (
+    ApplyResult,
+    configure_postfix,
+    read_state,
+    unconfigure_postfix,
+)
+from txrelay.provisioning.postfix_check import ERROR, check_settings
 
 _listen_option = click.option(
     "--listen", metavar="ADDR",
-    help="master.cf name of the submission service: 'submission' (port 587, the default "
-         "when [smtp] port is 587), a port, or HOST:PORT such as 127.0.0.1:10587.")
+    help="Where txrelay's STARTTLS service listens: a port (2587), a name from /etc/services "
+         "(submission = 587), IPV4:PORT (192.0.2.10:587) or [IPV6]:PORT. Default: "
+         "[smtp] port. A port another service or process uses is refused.")
+_implicit_tls_option = click.option(
+    "--implicit-tls", metavar="ADDR",
+    help="Also (or only) a service with implicit TLS (smtpd_tls_wrappermode, as on port "
+         "465) at ADDR, same forms as --listen, e.g. --implicit-tls 2465.")
 _milter_option = click.option(
     "--milter-socket", metavar="S",
     help="Milter socket as Postfix writes it (unix:/path or inet:host:port); default: "
          "[milter] socket of the configuration.")
 
 
+def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--config-directory", metavar="DIR",
+                        help="A Postfix config directory (holding main.cf and master.cf).")(func)
+    return click.option("--instance", metavar="NAME",
+                        help="A postmulti instance, e.g. postfix-txrelay.")(func)
+
+
 @click.group("postfix")
 def postfix() -> None:
-    """Plug txrelay into Postfix (main instance, postmulti instance or config directory)."""
+    """Plug txrelay into Postfix (main instance, postmulti instance or config directory).
+
+    txrelay adds master.cf services of its own and never changes main.cf or another
+    service: `configure` adds them, `check` judges what reaches txrelay's mail,
+    `unconfigure` removes them again.
+
+    Example: txrelay postfix configure --listen 2587 --dry-run
+    """
 
 
 @postfix.command("show")
 @_listen_option
+@_implicit_tls_option
 @_milter_option
 @json_option
 @pass_cli
-def show(cli: CliContext, listen: str | None, milter_socket: str | None) -> None:
-    """Print the settings `postfix configure` would apply."""
-    plan = plan_postfix(cli.config, listen=listen, milter_socket=milter_socket)
+def show(cli: CliContext, listen: str | None, implicit_tls: str | None,
+         milter_socket: str | None) -> None:
+    """Print the master.cf services `postfix configure` would add (main.cf: nothing).
+
+    Example: txrelay postfix show --listen 2587 --implicit-tls 2465
+    """
+    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
+                        milter_socket=milter_socket)
     cli.emit(plan.as_dict(), lambda: _print_plan(plan))
 
 
 @postfix.command("configure")
-@click.option("--instance", metavar="NAME", help="A postmulti instance, e.g. postfix-txrelay.")
-@click.option("--config-directory", metavar="DIR",
-              help="A Postfix config directory (holding main.cf and master.cf).")
-@click.option("--dry-run", is_flag=True, help="Print the changes, change nothing.")
+@_target_options
+@click.option("--dry-run", is_flag=True, help="Print the diff of main.cf and master.cf, "
+              "change nothing.")
 @_listen_option
+@_implicit_tls_option
 @_milter_option
 @json_option
 @pass_cli
 def configure(cli: CliContext, instance: str | None, config_directory: str | None,
-              dry_run: bool, listen: str | None, milter_socket: str | None) -> None:
-    """Apply txrelay's settings with postconf (backs up main.cf and master.cf first).
+              dry_run: bool, listen: str | None, implicit_tls: str | None,
+              milter_socket: str | None) -> None:
+    """Add txrelay's own master.cf service(s); main.cf and other services stay as they are.
 
-    Adds the submission service (STARTTLS and SASL via txrelay's Dovecot required, the
-    txrelay milter) and the main.cf milter and size settings; prints each change. Reload
-    Postfix afterwards (postfix -c DIR reload).
+    Every setting txrelay needs (its milter, TLS, SASL through txrelay's Dovecot, size
+    limit) is an -o override on its own service. A port already used by a master.cf
+    service or another process is refused. master.cf is backed up first; Postfix's own
+    `postfix check` runs afterwards and the backup is restored if it fails. Re-running it
+    changes nothing; `txrelay postfix unconfigure` undoes it. Reload Postfix afterwards.
+
+    Example: txrelay postfix configure --listen 2587 --implicit-tls 2465 --dry-run
+    """
+    require_certificate_files(cli.config)
+    target = resolve_target(instance, config_directory)
+    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
+                        milter_socket=milter_socket, syslog_name=target_syslog_name(target))
+    result = configure_postfix(target, plan, dry_run=dry_run)
+    cli.emit(result.as_dict(), lambda: _print_result(result))
+
+
+@postfix.command("unconfigure")
+@_target_options
+@click.option("--dry-run", is_flag=True, help="Print the diff, change nothing.")
+@json_option
+@pass_cli
+def unconfigure(cli: CliContext, instance: str | None, config_directory: str | None,
+                dry_run: bool) -> None:
+    """Remove exactly the master.cf services `postfix configure` added.
+
+    master.cf is left as it was before configure (main.cf was never changed). Stop
+    sending through txrelay first, then reload Postfix afterwards.
+
+    Example: txrelay postfix unconfigure --dry-run
     """
     target = resolve_target(instance, config_directory)
-    plan = plan_postfix(cli.config, listen=listen, milter_socket=milter_socket)
-    result = configure_postfix(target, plan, dry_run=dry_run)
-    cli.emit(_result_dict(result), lambda: _print_result(result))
+    result = unconfigure_postfix(target, dry_run=dry_run)
+    cli.emit(result.as_dict(), lambda: _print_result(result))
 
 
 @postfix.command("check")
-@click.option("--instance", metavar="NAME", help="A postmulti instance, e.g. postfix-txrelay.")
-@click.option("--config-directory", metavar="DIR",
-              help="A Postfix config directory (holding main.cf and master.cf).")
+@_target_options
 @_listen_option
+@_implicit_tls_option
 @_milter_option
 @json_option
 @pass_cli
 def check(cli: CliContext, instance: str | None, config_directory: str | None,
-          listen: str | None, milter_socket: str | None) -> None:
-    """Check that Postfix cannot relay mail unsigned or unbilled, nor break signatures.
+          listen: str | None, implicit_tls: str | None, milter_socket: str | None) -> None:
+    """Check that Postfix cannot relay txrelay's mail unsigned or unbilled, nor break its
+    signatures; exits 1 on any error (warnings alone exit 0).
 
-    Prints one line per problem with what to do, and exits 1 if there is any. Checks
-    milter_default_action, non_smtpd_milters, milter_macro_defaults, MIME output conversion,
-    rewriting after signing (smtp_*_checks, smtp_generic_maps, content_filter, short
-    smtp_line_length_limit) and the submission service's TLS, AUTH and milter settings.
+    Judges txrelay's services (those configure recorded, or --listen/--implicit-tls):
+    TLS, AUTH, the milter (also per-milter default_action=accept, no_milters,
+    smtpd_milter_maps), content_filter, the cleanup service's size limit; other services
+    that log in against txrelay's auth socket without its milter; rewriting on delivery
+    (smtp_*_checks, smtp_generic_maps, short smtp_line_length_limit). Global settings
+    txrelay cannot change for its own mail only are warnings with the command to run.
+
+    Example: txrelay postfix check --json
     """
     target = resolve_target(instance, config_directory)
-    plan = plan_postfix(cli.config, listen=listen, milter_socket=milter_socket)
-    problems = check_postfix(target, plan)
+    if listen is None and implicit_tls is None:
+        listen, implicit_tls = _recorded_listen(target)
+    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
+                        milter_socket=milter_socket)
+    found = check_settings(read_settings(target.config_directory, target.label), plan)
+    errors = [p for p in found if p.severity == ERROR]
     data = {"target": target.label, "config_directory": str(target.config_directory),
-            "ok": not problems,
-            "problems": [{"where": p.where, "setting": p.setting, "value": p.value,
-                          "fix": p.fix} for p in problems]}
+            "services": [s.key for s in plan.services], "ok": not errors,
+            "problems": [p.as_dict() for p in errors],
+            "warnings": [p.as_dict() for p in found if p.severity != ERROR]}
 
     def human() -> None:
-        for problem in problems:
+        for problem in found:
             click.echo(problem.describe())
-        if not problems:
-            click.echo(f"Postfix {target.label} ({target.config_directory}): ok")
+        if not errors:
+            click.echo(f"Postfix {target.label} ({target.config_directory}): ok for "
+                       f"{', '.join(s.key for s in plan.services)}")
 
     cli.emit(data, human)
-    if problems:
+    if errors:
         click.get_current_context().exit(1)
 
 
+def _recorded_listen(target: PostfixTarget) -> tuple[str | None, str | None]:
+    """The services configure recorded: STARTTLS and implicit TLS, told apart by name."""
+    state = read_state(target)
+    services = [key.removesuffix("/inet") for key in (state.services if state else [])
+                if key.endswith("/inet")]
+    settings = read_settings(target.config_directory, target.label)
+    listen = implicit = None
+    for name in services:
+        if settings.effective(f"{name}/inet", "smtpd_tls_wrappermode") == "yes":
+            implicit = name
+        else:
+            listen = name
+    return listen, implicit
+
+
 def _print_plan(plan: PostfixPlan) -> None:
-    click.echo("# main.cf")
-    for name, value in plan.main:
-        click.echo(f"{name} = {value}")
-    for name, value in plan.main_if_unset:
-        click.echo(f"{name} = {value}    # only when not set already")
+    click.echo("# main.cf: nothing (txrelay sets everything on its own services)")
     click.echo("\n# master.cf")
-    click.echo(plan.service_entry)
-    for name, value in plan.service_overrides:
-        click.echo(f"  -o {name}={value}")
+    for service in plan.services:
+        click.echo(service.listen.service + " " + " ".join(service.entry().split()[1:8]))
+        for name, value in service.overrides:
+            click.echo(f"  {master_option(name, value)}")
+    click.echo(f"# When main.cf's message_size_limit is below {plan.message_size_limit}, also\n"
+               "#   -o cleanup_service_name=txrelay-cleanup on each service above, and\n"
+               "# txrelay-cleanup unix n - n - 0 cleanup\n"
+               f"#   -o message_size_limit={plan.message_size_limit}")
 
 
-def _result_dict(result: ConfigureResult) -> dict[str, object]:
-    return {
-        "target": result.target.label,
-        "config_directory": str(result.target.config_directory),
-        "dry_run": result.dry_run,
-        "changes": [{"file": c.where, "setting": c.name, "old": c.old, "new": c.new}
-                    for c in result.changes],
-        "backups": [str(path) for path in result.backups],
-        "warnings": result.warnings,
-    }
-
-
-def _print_result(result: ConfigureResult) -> None:
-    verb = "would change" if result.dry_run else "changed"
+def _print_result(result: ApplyResult) -> None:
     click.echo(f"Postfix {result.target.label} ({result.target.config_directory}):")
     if not result.changes:
         click.echo("  already configured, nothing to change")
-    for change in result.changes:
-        click.echo(f"  {verb} {change.describe()}")
+    for service, change in result.changes:
+        click.echo(f"  master.cf: {service}: {change}" + (" (dry run)" if result.dry_run
+                                                            else ""))
+    if result.dry_run and result.diff:
+        click.echo(result.diff, nl=False)
     for path in result.backups:
         click.echo(f"  backup: {path}")
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {warning.describe().removeprefix('warning: ')}", err=True)
     if result.changes and not result.dry_run:
         click.echo(f"Now run: postfix -c {result.target.config_directory} reload")

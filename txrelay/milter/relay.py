@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from txrelay.policy.addresses import HeaderSender, envelope_address
 from txrelay.policy.message import IdentityHeaders
 from txrelay.policy.quota import recipient_verdict
 from txrelay.policy.sender import authorize_sender
+from txrelay.policy.session import SessionLogin, check_session_login
 from txrelay.policy.verdict import (
     LEDGER_SERVICE,
     QUOTA_SERVICE,
@@ -95,6 +97,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.txn: Transaction | None = None
+        # libmilter makes this instance when the SMTP client connects, before its AUTH.
+        self.session_started = time.monotonic()
+        self.session_login: SessionLogin | None = None  # pinned at the session's first MAIL
 
     def negotiate(self, opts: list[int]) -> int:
         """Pymilter's negotiation (skipped callbacks, no-reply steps), with our actions only."""
@@ -113,6 +118,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         snapshot = self.runtime.policy.snapshot_knowing(login)
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
+        if login:
+            session = check_session_login(snapshot, login, self.session_login,
+                                          self.session_started)
+            if isinstance(session, Verdict):
+                return self._refuse(session, mail_from)
+            self.session_login = session or self.session_login
         decision = authorize_sender(snapshot, login, mail_from)
         if isinstance(decision, Verdict):
             return self._refuse(decision, mail_from)

@@ -17,6 +17,10 @@ class ConnectionPolicy:
     enabled: bool
     domains: frozenset[str]
     rate_limit: int  # recipients per sliding hour; 0 = unlimited (already defaulted)
+    credential: str = ""  # the password hash's fingerprint: changes when it is rotated
+    # When this milter process first saw this credential enabled (its monotonic clock);
+    # 0.0 for what it found at start. Sessions that began earlier may hold the old one.
+    credential_since: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ authorise (the copy holds DKIM private keys: it is written mode 0600, atomically
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ SELECT_ACCOUNTS = """
 SELECT a.id, txrelay_account_paid(a.id) AS paid FROM accounts a"""
 
 SELECT_CONNECTIONS = """
-SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit
+SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit,
+       left(encode(sha256(convert_to(cr.password_hash, 'UTF8')), 'hex'), 16)
+           AS credential_version
   FROM credentials cr
   JOIN connections co ON co.id = cr.connection_id
  WHERE co.deleted_at IS NULL"""
@@ -61,6 +65,9 @@ class PolicyLoader:
     def __init__(self, quota: QuotaConfig) -> None:
         self.quota = quota
         self._keys: dict[tuple[int, str], SigningKey] = {}
+        # username -> (credential version, enabled, since): when each credential was first
+        # seen in its current state, so that sessions older than it can be told apart.
+        self._credentials: dict[str, tuple[str, bool, float]] = {}
 
     def load(self, conn: psycopg.Connection) -> PolicySnapshot:
         return self.build(fetch_policy_rows(conn))
@@ -72,8 +79,9 @@ class PolicyLoader:
         domains_of: dict[int, set[str]] = {}
         for r in rows["connection_domains"]:
             domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
-        connections = {r["username"]: self._connection(r, accounts, domains_of)
-                       for r in rows["connections"]}
+        connections = self._stamp_credentials(
+            {r["username"]: self._connection(r, accounts, domains_of)
+             for r in rows["connections"]})
         previous_keys, self._keys = self._keys, {}
         domains = {}
         for r in rows["domains"]:
@@ -89,7 +97,28 @@ class PolicyLoader:
             id=int(r["id"]), name=r["name"], account_id=account.id, enabled=bool(r["enabled"]),
             domains=frozenset(domains_of.get(int(r["id"]), ())),
             rate_limit=effective_rate_limit(r["rate_limit"], account.paid,
-                                            self.quota.demo_rate_limit))
+                                            self.quota.demo_rate_limit),
+            credential=str(r.get("credential_version") or ""))
+
+    def _stamp_credentials(self, connections: dict[str, ConnectionPolicy],
+                           ) -> dict[str, ConnectionPolicy]:
+        """Each connection with the time its credential reached its current state (rotated
+        or re-enabled: now; unchanged: as before; a login not seen before: 0.0)."""
+        previous, now = self._credentials, time.monotonic()
+        seen: dict[str, tuple[str, bool, float]] = {}
+        stamped = {}
+        for username, connection in connections.items():
+            before = previous.get(username)
+            if before is None:  # new here: no session can hold an older credential of it
+                since = 0.0
+            elif before[:2] == (connection.credential, connection.enabled):
+                since = before[2]
+            else:
+                since = now
+            seen[username] = (connection.credential, connection.enabled, since)
+            stamped[username] = dataclasses.replace(connection, credential_since=since)
+        self._credentials = seen
+        return stamped
 
     def _domain(self, r: dict[str, Any],
                 previous_keys: dict[tuple[int, str], SigningKey]) -> DomainPolicy | None:

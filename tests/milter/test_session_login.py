@@ -1,0 +1,56 @@
+"""One milter connection (one SMTP session) across a credential change: the next MAIL is
+refused with 421 4.7.0 (issue 12 item 5), other sessions are not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import Milter
+import psycopg
+
+from tests.milter.conftest import Driver, Outcome
+from tests.store.builders import Tenant
+from txrelay.milter.runtime import Runtime
+from txrelay.policy.session import LOGIN_FILE_LAG_SECONDS
+
+
+def assert_log_in_again(outcome: Outcome) -> None:
+    assert outcome.mail == Milter.TEMPFAIL
+    assert outcome.mail_reply is not None and outcome.mail_reply[:2] == ("421", "4.7.0")
+    assert "log in again" in outcome.mail_reply[2]
+
+
+def test_next_mail_after_a_rotation_is_refused_and_a_new_session_sends(
+        driver: Driver, tenant: Tenant, db: psycopg.Connection, runtime: Runtime) -> None:
+    assert driver.send(tenant).eom == Milter.ACCEPT
+    db.execute("UPDATE credentials SET password_hash = '{ARGON2ID}rotated' "
+               "WHERE connection_id = %s", (tenant.connection_id,))
+    runtime.policy.refresh()
+    assert_log_in_again(driver.send(tenant))
+    assert_log_in_again(driver.send(tenant))  # a client that ignores the 421 gets it again
+    time.sleep(LOGIN_FILE_LAG_SECONDS)
+    assert Driver(runtime).send(tenant).eom == Milter.ACCEPT
+
+
+def test_session_begun_before_a_rotation_is_refused_at_its_first_mail(
+        tenant: Tenant, db: psycopg.Connection, runtime: Runtime) -> None:
+    session = Driver(runtime)  # connected (and, say, logged in with the old password)
+    db.execute("UPDATE credentials SET password_hash = '{ARGON2ID}rotated' "
+               "WHERE connection_id = %s", (tenant.connection_id,))
+    runtime.policy.refresh()
+    assert_log_in_again(session.send(tenant))
+
+
+def test_disable_ends_the_session_and_another_connection_is_untouched(
+        driver: Driver, tenant_factory: Callable[..., Tenant], db: psycopg.Connection,
+        runtime: Runtime) -> None:
+    disabled, other = tenant_factory(), tenant_factory()
+    other_session = Driver(runtime)
+    assert driver.send(disabled).eom == Milter.ACCEPT
+    assert other_session.send(other).eom == Milter.ACCEPT
+    db.execute("UPDATE connections SET enabled = false WHERE id = %s",
+               (disabled.connection_id,))
+    runtime.policy.refresh()
+    assert_log_in_again(driver.send(disabled))
+    assert other_session.send(other).eom == Milter.ACCEPT

@@ -1,0 +1,306 @@
+"""`txrelay postfix configure` / `unconfigure`: add or remove txrelay's own master.cf services.
+
+Each change is made first on a scratch copy of main.cf and master.cf (postconf -c SCRATCH),
+which gives the unified diff that --dry-run prints; then master.cf is backed up, replaced
+in one rename, and Postfix's own `postfix check` runs: if it fails, the backup goes back.
+What configure added is recorded in a state file next to master.cf, so unconfigure removes
+exactly that (postconf -MX) and leaves the admin's files as they were before.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import pty
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from txrelay.errors import ConfigError, Conflict, InvalidInput
+from txrelay.provisioning.postfix import (
+    CLEANUP_COMMAND,
+    CLEANUP_SERVICE,
+    POSTCONF_TIMEOUT,
+    PostfixPlan,
+    PostfixSettings,
+    PostfixTarget,
+    ServicePlan,
+    master_entry,
+    postconf,
+    read_settings,
+)
+from txrelay.provisioning.postfix_check import Problem, check_settings, milter_entries
+from txrelay.provisioning.postfix_listen import bound_elsewhere, overlap, parse_service_name
+
+STATE_FILE = "txrelay-postfix.json"
+CLEANUP_KEY = f"{CLEANUP_SERVICE}/unix"
+FILES = ("main.cf", "master.cf")
+
+
+@dataclass(frozen=True)
+class PostfixState:
+    """The state file: the services configure added, and master.cf's backup from before."""
+
+    services: list[str]
+    backup: str
+
+
+@dataclass
+class ApplyResult:
+    """What configure/unconfigure changed (or would change, with --dry-run)."""
+
+    target: PostfixTarget
+    action: str
+    dry_run: bool
+    changes: list[tuple[str, str]] = field(default_factory=list)  # (service, what)
+    diff: str = ""
+    backups: list[Path] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"target": self.target.label, "action": self.action,
+                "config_directory": str(self.target.config_directory),
+                "dry_run": self.dry_run,
+                "changes": [{"file": "master.cf", "service": s, "change": c}
+                            for s, c in self.changes],
+                "diff": self.diff, "backups": [str(p) for p in self.backups],
+                "warnings": [w.as_dict() for w in self.warnings]}
+
+
+def configure_postfix(target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool = False,
+                      now: datetime | None = None) -> ApplyResult:
+    """Add or update txrelay's services; refuses a port in use; idempotent."""
+    settings = read_settings(target.config_directory, target.label)
+    state = read_state(target)
+    own = owned_services(settings, state, plan)
+    refuse_taken_ports(target, settings, plan, own)
+    result = ApplyResult(target, "configure", dry_run)
+    with tempfile.TemporaryDirectory(prefix="txrelay-postfix-") as scratch:
+        copy = _scratch_copy(target, Path(scratch))
+        extra: tuple[tuple[str, str], ...] = ()
+        if CLEANUP_KEY in own or _needs_own_cleanup(settings, plan):
+            extra = (("cleanup_service_name", CLEANUP_SERVICE),)
+            entry = _cleanup_entry(settings, plan)
+            result.changes += _set_service(copy, settings, CLEANUP_KEY, entry)
+        for service in plan.services:
+            result.changes += _set_service(copy, settings, service.key, service.entry(extra))
+        result.diff = _diff(target, copy)
+        result.warnings = check_settings(read_settings(copy.config_directory), plan)
+        if not result.diff or dry_run:
+            return result
+        added = [key for key, change in result.changes if change == "added"]
+        result.backups = _replace_master_cf(target, copy, now or datetime.now())
+    previous = [key for key in state.services if key in own] if state else []
+    write_state(target, PostfixState(sorted({*previous, *added}),
+                                     state.backup if state else str(result.backups[0])))
+    return result
+
+
+def unconfigure_postfix(target: PostfixTarget, *, dry_run: bool = False,
+                        now: datetime | None = None) -> ApplyResult:
+    """Remove the services configure added; the state file goes once they are gone."""
+    state = read_state(target)
+    settings = read_settings(target.config_directory, target.label)
+    present = [key for key in (state.services if state else []) if key in settings.services]
+    if not present:
+        raise InvalidInput(f"nothing to undo: txrelay postfix configure has added no service "
+                           f"to {target.config_directory}/master.cf (no {STATE_FILE} there, "
+                           "or its services are gone already)")
+    result = ApplyResult(target, "unconfigure", dry_run,
+                         changes=[(key, "removed") for key in present])
+    with tempfile.TemporaryDirectory(prefix="txrelay-postfix-") as scratch:
+        copy = _scratch_copy(target, Path(scratch))
+        postconf(copy, "-MX", *present)
+        result.diff = _diff(target, copy)
+        if dry_run:
+            return result
+        result.backups = _replace_master_cf(target, copy, now or datetime.now())
+    (target.config_directory / STATE_FILE).unlink()
+    return result
+
+
+def owned_services(settings: PostfixSettings, state: PostfixState | None,
+                   plan: PostfixPlan) -> set[str]:
+    """txrelay's services already in master.cf: recorded by configure, or (configured by an
+    older txrelay) logging in against txrelay's auth socket with txrelay's milter."""
+    own = {key for key in (state.services if state else []) if key in settings.services}
+    for key in settings.inet_services():
+        values = settings.overrides.get(key, {})
+        if (values.get("smtpd_sasl_path") == plan.auth_socket
+                and any(s == plan.milter for s, _ in milter_entries(
+                    values.get("smtpd_milters", "")))):
+            own.add(key)
+    return own
+
+
+def refuse_taken_ports(target: PostfixTarget, settings: PostfixSettings, plan: PostfixPlan,
+                       own: set[str]) -> None:
+    """One line naming the service or process in the way, and the ways out."""
+    interfaces = settings.main.get("inet_interfaces", "all")
+    for index, service in enumerate(plan.services):
+        if service.key in own:
+            continue
+        addresses = service.listen.addresses(interfaces)
+        for other in plan.services[:index]:
+            if other.listen.port == service.listen.port and overlap(
+                    addresses, other.listen.addresses(interfaces)):
+                raise InvalidInput(f"--listen and --implicit-tls both take "
+                                   f"{service.listen.describe()}; give each its own port")
+        for key in settings.inet_services():
+            theirs = parse_service_name(key.removesuffix("/inet"))
+            if key in own or theirs is None or theirs.port != service.listen.port:
+                continue
+            if overlap(addresses, theirs.addresses(interfaces)):
+                raise Conflict(f"{service.listen.service} ({service.listen.describe()}) is "
+                               f"master.cf service {key!r} of {target.label}; txrelay never "
+                               f"takes a port in use: {_ways_out(service)}")
+        if bound_elsewhere(addresses, service.listen.port):
+            raise Conflict(f"{service.listen.service} ({service.listen.describe()}) is in use "
+                           f"by another process (ss -ltnp 'sport = :{service.listen.port}' "
+                           f"shows which); txrelay never takes a port in use: "
+                           f"{_ways_out(service)}")
+
+
+def _ways_out(service: ServicePlan) -> str:
+    option, port = service.option, service.listen.port
+    other = 2465 if service.implicit_tls else 2587
+    return (f"use another port ({option} {other}), a dedicated address "
+            f"({option} 192.0.2.10:{port}) or a postmulti instance of its own "
+            "(--instance postfix-txrelay)")
+
+
+def _needs_own_cleanup(settings: PostfixSettings, plan: PostfixPlan) -> bool:
+    limit = settings.effective("cleanup/unix", "message_size_limit")
+    return limit.isdigit() and 0 < int(limit) < plan.message_size_limit
+
+
+def _cleanup_entry(settings: PostfixSettings, plan: PostfixPlan) -> str:
+    """cleanup/unix as the admin has it (its -o's too), with txrelay's size limit."""
+    inherited = dict(settings.overrides.get("cleanup/unix", {}))
+    inherited["message_size_limit"] = str(plan.message_size_limit)
+    return master_entry(CLEANUP_SERVICE, CLEANUP_COMMAND, tuple(inherited.items()))
+
+
+def _set_service(copy: PostfixTarget, settings: PostfixSettings, key: str,
+                 entry: str) -> list[tuple[str, str]]:
+    before = postconf(copy, "-M", key).strip()
+    postconf(copy, "-M", f"{key}={entry}")
+    after = postconf(copy, "-M", key).strip()
+    if before == after:
+        return []
+    return [(key, "updated" if key in settings.services else "added")]
+
+
+def _scratch_copy(target: PostfixTarget, scratch: Path) -> PostfixTarget:
+    for name in FILES:
+        shutil.copyfile(target.config_directory / name, scratch / name)
+    return PostfixTarget(scratch, f"scratch copy of {target.label}")
+
+
+def _diff(target: PostfixTarget, copy: PostfixTarget) -> str:
+    lines: list[str] = []
+    for name in FILES:
+        old = (target.config_directory / name).read_text().splitlines(keepends=True)
+        new = (copy.config_directory / name).read_text().splitlines(keepends=True)
+        path = str(target.config_directory / name)
+        lines.extend(difflib.unified_diff(old, new, path, path))
+    return "".join(lines)
+
+
+def _replace_master_cf(target: PostfixTarget, copy: PostfixTarget, now: datetime) -> list[Path]:
+    """Back up master.cf, put the scratch copy in its place, run `postfix check`; restore
+    the backup if Postfix rejects the result."""
+    live = target.config_directory / "master.cf"
+    backup = live.with_name(f"master.cf.txrelay-{now.strftime('%Y%m%dT%H%M%S')}")
+    shutil.copy2(live, backup)
+    _write_like(live, (copy.config_directory / "master.cf").read_bytes())
+    reason = _postfix_check(target)
+    if reason is not None:
+        _write_like(live, backup.read_bytes())
+        backup.unlink()
+        raise ConfigError(f"postfix -c {target.config_directory} check rejected the new "
+                          f"master.cf ({reason}); master.cf is restored, nothing changed: "
+                          "fix what it names and run configure again")
+    return [backup]
+
+
+def _write_like(path: Path, data: bytes) -> None:
+    """Replace `path` in one rename, keeping its mode and owner."""
+    info = path.stat()
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, info.st_mode & 0o7777)
+        if os.geteuid() == 0:
+            os.chown(temporary, info.st_uid, info.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _postfix_check(target: PostfixTarget) -> str | None:
+    """None when `postfix -c DIR check` passes, else its first error line. Postfix writes
+    its messages to stderr only when that is a terminal, so it gets a pseudo-terminal
+    (read while it runs: a full terminal buffer would block it)."""
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(leader, chunks), daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(["postfix", "-c", str(target.config_directory), "check"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=follower, check=False, timeout=POSTCONF_TIMEOUT * 2)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as error:
+        return str(error)
+    finally:
+        os.close(follower)
+        reader.join(timeout=5)
+        os.close(leader)
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in b"".join(chunks).decode(errors="replace").splitlines()
+             if line.strip()]
+    errors = [line for line in lines if "fatal" in line or "error" in line]
+    return (errors or lines or [f"exit {done.returncode}"])[0]
+
+
+def _drain(leader: int, chunks: list[bytes]) -> None:
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: every writer is gone and everything was read
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+
+def read_state(target: PostfixTarget) -> PostfixState | None:
+    """What configure recorded in the config directory (None: it never added anything)."""
+    path = target.config_directory / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        services, backup = data["services"], data["backup"]
+        if not (isinstance(services, list) and all(isinstance(k, str) for k in services)
+                and isinstance(backup, str)):
+            raise ValueError("unexpected content")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is unreadable ({error}); it records what txrelay postfix "
+                          "configure added: restore it, or remove it and txrelay's services "
+                          "by hand (postconf -MX)") from None
+    return PostfixState(services, backup)
+
+
+def write_state(target: PostfixTarget, state: PostfixState) -> None:
+    path = target.config_directory / STATE_FILE
+    data = {"services": state.services, "backup": state.backup}
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
