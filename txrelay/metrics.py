@@ -421,8 +421,14 @@ def start_milter_endpoint(config: Config, journal_room: Callable[[], int],
                           [AccountCollector(client, config.redis.key_prefix)], judge)
 
 
-def start_tracker_endpoint(config: Config,
-                           position: Callable[[], LogPosition | None]) -> MetricsEndpoint | None:
-    """[metrics] tracker_listen: lag behind the mail log, health."""
+def start_tracker_endpoint(config: Config, position: Callable[[], LogPosition | None],
+                           loops: Callable[[], Sequence[LoopStatus]] = tuple
+                           ) -> MetricsEndpoint | None:
+    """[metrics] tracker_listen: lag behind the mail log, health (its dependencies and its
+    loop)."""
+
+    def judge(problems: Mapping[str, str | None]) -> NodeHealth:
+        return judge_dependencies(problems, loops())
+
     return start_endpoint(config.metrics.tracker_listen, "tracker", dependency_checks(config),
-                          [TrackerCollector(position)])
+                          [TrackerCollector(position)], judge)

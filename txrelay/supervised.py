@@ -32,21 +32,25 @@ class SupervisedLoop:
     journal at once), else after one interval. last_run: one more call after stop() (the
     settler, so that a clean shutdown leaves nothing pending). critical: see LoopStatus.
     stop_event: an Event of the caller's that also stops the loop (the tracker's, set by its
-    signal handler). A work returning RUN_AGAIN is called again without waiting."""
+    signal handler). A work returning RUN_AGAIN is called again without waiting.
+    stale_after: seconds without a successful run before /healthz calls it frozen (default:
+    10 intervals, at least STALE_MINIMUM)."""
 
     def __init__(self, name: str, interval: float, work: Callable[[], object], *,
                  first_run_now: bool = False, last_run: bool = False,
-                 critical: bool = False, stop_event: threading.Event | None = None) -> None:
+                 critical: bool = False, stop_event: threading.Event | None = None,
+                 stale_after: float | None = None) -> None:
         self.name = name
         self.interval = interval
         self.critical = critical
-        self.stale_after = max(STALE_INTERVALS * interval, STALE_MINIMUM)
+        self.stale_after = stale_after or max(STALE_INTERVALS * interval, STALE_MINIMUM)
         self._work = work
         self._first_run_now = first_run_now
         self._last_run = last_run
         self._stop = stop_event or threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = time.monotonic()
+        self._running = False  # inside _run, on its thread or the caller's (run())
         self._last_success: float | None = None
         self._errors = 0
         self._streak = 0
@@ -87,9 +91,9 @@ class SupervisedLoop:
         # Before a first finished run, a loop is judged from its start: a first run that
         # hangs is as frozen as a later one.
         reference = self._last_success if self._last_success is not None else self._started
-        since = time.monotonic() - reference if self._thread.is_alive() or \
+        since = time.monotonic() - reference if self._running or \
             self._last_success is not None else None
-        return LoopStatus(self.name, self._thread.is_alive(), since, self.stale_after,
+        return LoopStatus(self.name, self._running, since, self.stale_after,
                           self._errors, self.critical)
 
     def _failed(self, exc: Exception) -> None:
@@ -104,6 +108,13 @@ class SupervisedLoop:
                       self.name, exc, self._streak)
 
     def _run(self) -> None:
+        self._running = True
+        try:
+            self._loop()
+        finally:
+            self._running = False
+
+    def _loop(self) -> None:
         again = self._first_run_now
         while True:
             if not again and self._stop.wait(self.interval):

@@ -103,3 +103,11 @@ def test_entries_set_aside_still_show_when_the_node_refuses_mail() -> None:
     health = judge_milter(down("dovecot"), ROOM, [], quarantined=1)
     assert health.status == 503
     assert any(line.startswith("journal: 1 entries set aside") for line in health.lines)
+
+
+def test_a_tracker_whose_loop_stopped_or_hangs_is_503() -> None:
+    up = {"postgresql": None, "redis": None}
+    assert judge_dependencies(up, [loop("tracker")]).status == 200
+    health = judge_dependencies(up, [loop("tracker", since=1000.0)])
+    assert (health.status, health.lines) == (503, ("tracker loop: no successful run for "
+                                                   "1000 s",))

@@ -120,3 +120,17 @@ def test_run_again_skips_the_wait_and_a_callers_event_stops_a_loop_run_in_place(
     started = time.monotonic()
     SupervisedLoop("unit-again", 60.0, work, first_run_now=True, stop_event=stop).run()
     assert len(calls) == 5 and time.monotonic() - started < 1.0
+
+
+def test_a_loop_run_in_the_callers_thread_counts_as_running_until_it_returns() -> None:
+    stop = threading.Event()
+    seen: list[bool] = []
+    loops = Loops()
+
+    def work() -> None:
+        seen.extend(status.alive for status in loops.statuses())
+        stop.set()
+
+    loop = loops.add(SupervisedLoop("unit-in-place", 0.01, work, stop_event=stop))
+    loop.run()
+    assert seen == [True] and not loop.status().alive

@@ -47,12 +47,16 @@ class NodeHealth:
         return "".join(f"{line}\n" for line in (self.state, *self.lines))
 
 
-def judge_dependencies(problems: Mapping[str, str | None]) -> NodeHealth:
-    """Every dependency is required (the tracker: it cannot apply outcomes without them)."""
+def judge_dependencies(problems: Mapping[str, str | None],
+                       loops: Sequence[LoopStatus] = ()) -> NodeHealth:
+    """Every dependency is required (the tracker: it cannot apply outcomes without them),
+    and so is every loop: a tracker whose loop stopped or hangs applies nothing either."""
     lines = tuple(f"{name}: {problem or 'ok'}" for name, problem in problems.items())
-    if any(problems.values()):
-        return NodeHealth(503, "unavailable", tuple(line for line in lines
-                                                    if not line.endswith(": ok")))
+    stuck = tuple(f"{loop.name} loop: {problem}" for loop in loops
+                  if (problem := loop.problem()))
+    if any(problems.values()) or stuck:
+        return NodeHealth(503, "unavailable", (*stuck, *(line for line in lines
+                                                         if not line.endswith(": ok"))))
     return NodeHealth(200, "ok", lines)
 
 

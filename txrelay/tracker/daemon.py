@@ -31,6 +31,9 @@ from txrelay.tracker.sources import SourceChoice, choose_source
 from txrelay.tracker.tick import TickResult, run_tick
 
 log = logging.getLogger("txrelay.tracker")
+# One pass reads up to 1000 chunks of 256 KiB (engine.run_pass) and may tick: minutes on a
+# slow disk or database. Only a pass stuck far longer makes the tracker's /healthz 503.
+PASS_STALE_AFTER = 900.0
 
 
 def node_name(config: Config) -> str:
@@ -160,10 +163,12 @@ class TrackerDaemon:
         self._next_tick = 0.0
         log.info("event=tracker_start node=%s source=%s: %s", self.node, self.log_path,
                  self.source.reason)
-        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position)
-        SupervisedLoop("tracker", self.config.tracker.poll_interval_seconds,
-                       lambda: self._pass(summary), first_run_now=True,
-                       stop_event=self.stop).run()
+        loop = SupervisedLoop("tracker", self.config.tracker.poll_interval_seconds,
+                              lambda: self._pass(summary), first_run_now=True,
+                              stop_event=self.stop, stale_after=PASS_STALE_AFTER)
+        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position,
+                                                  lambda: [loop.status()])
+        loop.run()
         self.disconnect()
         if endpoint is not None:
             endpoint.close()
