@@ -246,6 +246,7 @@ class Journal:
                     if not self._failed(path, line, entry, exc):
                         kept.append(line)
                     continue
+                self._failures.pop(str(entry.message.txn_id), None)
                 count += 1
             self._finish_file(path, kept)
             log.info("event=journal_replayed file=%s messages=%d kept=%d", path.name, count,
@@ -276,7 +277,7 @@ class Journal:
 
     def _finish_file(self, path: Path, kept: list[bytes]) -> None:
         """Remove a replayed file, or replace it by the entries still kept for a later try
-        (created hidden and locked before its rename, as a new journal file is)."""
+        (written whole under a hidden name, then renamed over it)."""
         if not kept:
             path.unlink(missing_ok=True)
         else:
