@@ -234,3 +234,19 @@ def test_journal_commands_name_an_unknown_entry_and_drop_forgets_one(
     assert dropped.exit_code == 0 and "stay out of the ledger" in dropped.stdout
     assert run_main([*base, "list", "--json"], monkeypatch).json() == []
     assert replay_into(journal, database_url) == 0 and counts(db, tenant)[:2] == (0, 0)
+
+
+def test_postgresql_away_during_replay_counts_against_no_entry(
+        tmp_path: Path, database_url: str, tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    journal = Journal(tmp_path, database_url, 1000)
+    journal.append(JournalEntry(accepted(tenant, ["a@x.example"])))
+
+    def away(entry: JournalEntry) -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    for _ in range(MAX_REPLAY_FAILURES + 2):
+        with pytest.raises(psycopg.OperationalError):
+            journal.replay(away)
+    assert journal.quarantined() == 0 and journal.backlog() == 1
+    assert len(journal.pending_files()) == 1
