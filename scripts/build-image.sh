@@ -18,9 +18,11 @@ tarball=$cache/debian-bookworm-minbase.tar
 
 log() { printf '[build-image] %s\n' "$*"; }
 
-for tool in buildah debootstrap; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/install.sh" >&2; exit 1; }
-done
+# What only the image build needs (never on a production node: scripts/install.sh).
+[ "$(id -u)" -eq 0 ] || { echo "build-image.sh must run as root (buildah, debootstrap)" >&2; exit 1; }
+# shellcheck source=scripts/apt.sh
+. "$here/scripts/apt.sh"
+apt_install_missing build-image buildah debootstrap
 [ -n "$base" ] || { echo "no FROM line in $here/Dockerfile" >&2; exit 1; }
 case "$base" in docker.io/*) ;; *) base=docker.io/library/${base#library/} ;; esac
 

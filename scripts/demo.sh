@@ -78,6 +78,9 @@ done
 
 log "installing packages and txrelay"
 bash "$here/scripts/install.sh"
+# shellcheck source=scripts/apt.sh
+. "$here/scripts/apt.sh"
+apt_install_missing demo swaks libnet-ssleay-perl  # the demo's SMTP client (+ its STARTTLS)
 # shellcheck source=scripts/services.sh
 . "$here/scripts/services.sh"
 ensure_postgresql
@@ -86,11 +89,17 @@ export PATH="$venv/bin:$PATH"
 mkdir -p "$state" "$run" /var/log/txrelay
 
 log "database and configuration"
-psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'txrelay'" | grep -q 1 \
-    || createdb -h 127.0.0.1 -U postgres txrelay
+# init creates role and database txrelay (the role's password only in $conf). A database
+# txrelay made by an older demo belongs to postgres: keep using it as before.
+database=()
+owner=$(psql -h 127.0.0.1 -U postgres -Atc \
+    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'txrelay'")
+if [ -n "$owner" ] && [ "$owner" != txrelay ]; then
+    database=(--database-url=postgresql://postgres@127.0.0.1:5432/txrelay)
+fi
 # Every run: the demo's settings never change, and a newer txrelay may write a newer Dovecot
 # configuration (e.g. the SMTP login file's passdb); the running Dovecot reloads it below.
-txrelay init --config-path "$conf" --smtp-host 127.0.0.1 --force
+txrelay init --config-path="$conf" --smtp-host=127.0.0.1 "${database[@]}" --force
 
 log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
 # Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in
@@ -108,7 +117,15 @@ postconf -e \
     "smtpd_tls_key_file = /etc/ssl/private/ssl-cert-snakeoil.key" \
     "maillog_file = /var/log/txrelay/postfix.log" \
     "compatibility_level = 3.6"
-txrelay --config "$conf" postfix configure
+# Postfix's local delivery opens the aliases database on every session: make it where the
+# package left none ("error: open database /etc/aliases.db" otherwise).
+[ -f /etc/aliases ] || printf 'postmaster: root\n' >/etc/aliases
+alias_db=$(postconf -h alias_database | sed -n 's/^hash:\(.*\)/\1.db/p')
+if [ -n "$alias_db" ] && [ ! -f "$alias_db" ]; then
+    newaliases
+    echo "made ${alias_db} (newaliases)"
+fi
+txrelay --config="$conf" postfix configure
 
 log "Dovecot (txrelay's auth-only instance)"
 if doveadm -c /etc/txrelay/dovecot/dovecot.conf who >/dev/null 2>&1 \
@@ -122,34 +139,37 @@ else
 fi
 
 log "capture sink and milter"
+# The sink restarts every run (its Maildir stays): the check below reads the Message-IDs
+# that the current sink logs, which a sink left running by an older demo did not.
+stop_pidfile "$run/sink.pid"
 start_background "capture sink" "$run/sink.pid" /var/log/txrelay/sink.log \
-    txrelay sink --listen "127.0.0.1:$sink_port" --maildir "$maildir"
+    txrelay sink --listen="127.0.0.1:$sink_port" --maildir="$maildir"
 start_background "txrelay milter" "$run/milter.pid" /var/log/txrelay/milter.log \
-    txrelay --config "$conf" milter
+    txrelay --config="$conf" milter
 start_background "txrelay tracker" "$run/tracker.pid" /var/log/txrelay/tracker.log \
-    txrelay --config "$conf" tracker
+    txrelay --config="$conf" tracker
 wait_for_socket "$run/milter.sock" "the milter"
 if postfix status >/dev/null 2>&1; then postfix reload; else postfix start </dev/null; fi
 
 log "provisioning: account \"$account\", domain $domain, connection \"$connection\""
-txrelay --config "$conf" account show "$account" >/dev/null 2>&1 \
-    || txrelay --config "$conf" account create "$account" --admin-email "postmaster@$domain"
-txrelay --config "$conf" domain list --json | grep -q "\"$domain\"" \
-    || txrelay --config "$conf" domain add "$account" "$domain" \
-        --list-help "https://$domain/help"
-if txrelay --config "$conf" connection show "$connection" --account "$account" >/dev/null 2>&1; then
-    access=$(txrelay --config "$conf" --json connection rotate-password "$connection" \
-        --account "$account")
+txrelay --config="$conf" account show "$account" >/dev/null 2>&1 \
+    || txrelay --config="$conf" account create "$account" --admin-email="postmaster@$domain"
+txrelay --config="$conf" domain list --json | grep -q "\"$domain\"" \
+    || txrelay --config="$conf" domain add "$account" "$domain" \
+        --list-help="https://$domain/help"
+if txrelay --config="$conf" connection show "$connection" --account="$account" >/dev/null 2>&1; then
+    access=$(txrelay --config="$conf" --json connection rotate-password "$connection" \
+        --account="$account")
 else
-    access=$(txrelay --config "$conf" --json connection create "$account" "$connection" \
-        --domain "$domain")
+    access=$(txrelay --config="$conf" --json connection create "$account" "$connection" \
+        --domain="$domain")
 fi
 username=$(printf '%s' "$access" | python3 -c 'import json,sys; print(json.load(sys.stdin)["username"])')
 password=$(printf '%s' "$access" | python3 -c 'import json,sys; print(json.load(sys.stdin)["password"])')
 cat <<EOF
 
 SMTP access data for the demo connection (shown once; rotate with
-'txrelay connection rotate-password "$connection" --account "$account"'):
+'txrelay connection rotate-password "$connection" --account="$account"'):
   host      127.0.0.1
   port      587, STARTTLS required
   username  $username
@@ -158,20 +178,26 @@ EOF
 
 log "sending a test mail with swaks (STARTTLS + AUTH)"
 message_id="demo-$(date +%s%N)@$domain"
+sink_log=/var/log/txrelay/sink.log
+sink_log_start=$(( $(stat -c %s "$sink_log" 2>/dev/null || echo 0) + 1 ))
 # "Message-Id", spelt as swaks spells its own: swaks replaces a default header only when
-# the name matches exactly, and "Message-ID" gave the demo mail two of them.
-swaks --silent 1 --server 127.0.0.1 --port 587 --tls \
-    --auth PLAIN --auth-user "$username" --auth-password "$password" \
-    --from "orders@$domain" --to customer@example.net \
-    --header "From: Demo Shop <orders@$domain>" --header "Subject: txrelay demo" \
-    --header "Message-Id: <$message_id>" --body "Thank you for your order."
+# the name matches exactly, and "Message-ID" gave the demo mail two of them. Every value as
+# --option=value: a value beginning with '-' is then never read as an option.
+swaks --silent=1 --server=127.0.0.1 --port=587 --tls \
+    --auth=PLAIN --auth-user="$username" --auth-password="$password" \
+    --from="orders@$domain" --to=customer@example.net \
+    --header="From: Demo Shop <orders@$domain>" --header="Subject: txrelay demo" \
+    --header="Message-Id: <$message_id>" --body="Thank you for your order."
 
 if [ "$relayhost" = "[127.0.0.1]:$sink_port" ]; then
     log "waiting for the message at the capture sink ($maildir)"
+    # The sink logs each message's Maildir key and Message-ID: read the log written since
+    # the mail was sent, never every file of a Maildir that may hold many thousands.
     delivered=""
     for _ in $(seq 1 100); do
-        delivered=$(grep -l -F "<$message_id>" "$maildir"/new/* 2>/dev/null | head -n 1 || true)
-        [ -n "$delivered" ] && break
+        key=$(tail -c "+$sink_log_start" "$sink_log" 2>/dev/null \
+            | sed -n "s/^sink stored=\([^ ]*\) .* message_id=<$message_id>\$/\1/p" | head -n 1)
+        [ -n "$key" ] && [ -f "$maildir/new/$key" ] && { delivered=$maildir/new/$key; break; }
         sleep 0.2
     done
     if [ -z "$delivered" ]; then
@@ -183,13 +209,13 @@ if [ "$relayhost" = "[127.0.0.1]:$sink_port" ]; then
     echo "--- headers ---"
     sed '/^\r\?$/q' "$delivered"
     echo "--- DKIM check against the key txrelay stores (as receivers would see it in DNS) ---"
-    "$venv/bin/python" "$here/scripts/verify_dkim.py" --config "$conf" "$delivered"
+    "$venv/bin/python" "$here/scripts/verify_dkim.py" --config="$conf" "$delivered"
 fi
 
 log "ledger and statistics (the tracker reads Postfix's log)"
 sleep 2
-txrelay --config "$conf" account show "$account"
-txrelay --config "$conf" stats --account "$account"
+txrelay --config="$conf" account show "$account"
+txrelay --config="$conf" stats --account="$account"
 cat <<EOF
 
 The relay is up. Maildir of the capture sink: $maildir

@@ -7,14 +7,21 @@
 #   scripts/install-systemd.sh --no-start   install only
 #   DESTDIR=/tmp/root scripts/install-systemd.sh --no-start   stage into another root
 #
-# Run `txrelay init` first (it writes /etc/txrelay/txrelay.toml and Dovecot's config) and
-# `txrelay postfix configure` to plug the milter into Postfix. docs/deployment.md has it all.
+# Run it after scripts/install.sh, `txrelay init` (it writes /etc/txrelay/txrelay.toml and
+# Dovecot's config) and `txrelay postfix configure`: the README's "Install next to an existing
+# Postfix". Where systemd is not PID 1 (a container, a chroot) it installs the units, creates
+# the directories and prints the commands that start the three services by hand.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 destdir=${DESTDIR:-}
 start=1
-[ "${1:-}" = --no-start ] && start=0
+case "${1:-}" in
+    "") ;;
+    --no-start) start=0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
+    *) echo "install-systemd.sh: unknown option $1 (the only one is --no-start)" >&2; exit 2 ;;
+esac
 units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service)
 
 log() { printf '[install-systemd] %s\n' "$*"; }
@@ -22,6 +29,10 @@ log() { printf '[install-systemd] %s\n' "$*"; }
 [ "$(id -u)" -eq 0 ] || { echo "install-systemd.sh must run as root" >&2; exit 1; }
 
 if [ -z "$destdir" ]; then
+    if [ "$start" = 1 ] && [ ! -f /etc/txrelay/txrelay.toml ]; then
+        echo "/etc/txrelay/txrelay.toml is missing: run 'txrelay init' first, then this again" >&2
+        exit 1
+    fi
     getent group postfix >/dev/null || { echo "group postfix is missing: install Postfix" >&2; exit 1; }
     if ! getent passwd txrelay >/dev/null; then
         log "creating system user txrelay"
@@ -44,9 +55,20 @@ if [ -d /etc/txrelay ]; then
     chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml 2>/dev/null || true
 fi
 if [ "$(ps -p 1 -o comm= 2>/dev/null)" != systemd ]; then
-    log "systemd is not running here: create the directories with"
-    log "  systemd-tmpfiles --create /etc/tmpfiles.d/txrelay.conf"
-    log "and start the services when it is (systemctl enable --now ${units[*]})"
+    if command -v systemd-tmpfiles >/dev/null; then
+        systemd-tmpfiles --create /etc/tmpfiles.d/txrelay.conf
+        log "created the directories of /etc/tmpfiles.d/txrelay.conf"
+    fi
+    log "systemd is not running here (PID 1 is $(ps -p 1 -o comm= 2>/dev/null || echo unknown)):"
+    log "the units are installed but NOT started. Start the three as the units would:"
+    for unit in "${units[@]}"; do
+        file=/etc/systemd/system/$unit
+        command=$(sed -n 's/^ExecStart=//p' "$file")
+        environment=$(sed -n 's/^Environment=//p' "$file" | tr '\n' ' ')
+        user=$(sed -n 's/^User=//p' "$file")
+        log "  ${user:+runuser -u $user -- }${environment:+env $environment}$command &"
+    done
+    log "or, once systemd runs: systemctl enable --now ${units[*]}"
     exit 0
 fi
 systemd-tmpfiles --create /etc/tmpfiles.d/txrelay.conf

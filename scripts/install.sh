@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything txrelay needs on a Debian/Ubuntu machine, as root, idempotently:
-# Debian packages (Postfix, Dovecot auth, libmilter for pymilter, PostgreSQL and Redis
-# when absent), a virtualenv in $TXRELAY_VENV with txrelay installed from this checkout, and
-# /usr/local/bin/txrelay. Safe to run again: it only adds what is missing.
+# Installs what a production txrelay node needs on a Debian/Ubuntu machine, as root,
+# idempotently: Debian packages (Postfix, Dovecot auth, libmilter and a compiler for pymilter,
+# PostgreSQL and Redis when absent), a virtualenv in $TXRELAY_VENV (default /opt/txrelay/venv)
+# with txrelay installed from this checkout (a copy, not a link to the checkout: the checkout
+# can be removed afterwards), and /usr/local/bin/txrelay (not with --no-link).
+# Nothing for tests, CI or the image:
+# scripts/install-test-deps.sh (run by scripts/test.sh) and scripts/build-image.sh install
+# those. Safe to run again: it adds what is missing and reinstalls txrelay from the checkout.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${TXRELAY_VENV:-/opt/txrelay/venv}
+# The command on PATH; --no-link: none (scripts/test.sh, whose venv is not the node's).
+link=/usr/local/bin/txrelay
+case "${1:-}" in
+    "") ;;
+    --no-link) link= ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (the only one is --no-link)" >&2; exit 2 ;;
+esac
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf '[install] %s\n' "$*"; }
@@ -15,33 +27,21 @@ log() { printf '[install] %s\n' "$*"; }
 command -v apt-get >/dev/null || { echo "install.sh needs a Debian or Ubuntu machine (apt-get)" >&2; exit 1; }
 
 packages=(
-    postfix postfix-pcre          # the MTA: SMTP, STARTTLS, queue, smtp-sink/smtp-source
+    postfix postfix-pcre          # the MTA: SMTP, STARTTLS, queue
     dovecot-core                  # SASL authentication for Postfix, from txrelay's SMTP login file
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
-    openssl ssl-cert ca-certificates
-    swaks libnet-ssleay-perl      # a real SMTP client for tests and the demo (+ its STARTTLS)
+    openssl ssl-cert ca-certificates  # TLS tools, the snakeoil certificate, CA roots
+    postgresql-client             # psql: txrelay init creates its role and database with it
     procps iproute2               # pgrep/ss used by the scripts
-    curl                          # the metrics tests read /metrics as an operator would
-    buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
-    systemd                       # systemd-analyze proves the unit files where systemd is not PID 1
 )
 # PostgreSQL and Redis: use what runs already; install Debian's only where there is none.
 command -v pg_ctlcluster >/dev/null || command -v postgres >/dev/null || packages+=(postgresql)
 command -v redis-server >/dev/null || packages+=(redis-server)
 
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    # Postfix must not write a main.cf of its own: txrelay's commands configure it.
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    # Package scripts must not start services under a policy that forbids it (containers, CI).
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/apt.sh
+. "$here/scripts/apt.sh"
+apt_install_missing install "${packages[@]}"
 
 python=$(command -v python3)
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
@@ -54,12 +54,20 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 log "installing txrelay from $here into $venv"
 "$venv/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-# Build-backend chatter goes to a log; a failure still stops the script and shows it.
-if ! "$venv/bin/pip" install -q -e "$here[test]" >/tmp/txrelay-pip.log 2>&1; then
-    cat /tmp/txrelay-pip.log >&2
+# Non-editable, from a copy of the sources: the venv holds its own copy of the code, and no
+# build/ directory in the checkout can put a since-removed module back into the wheel.
+# --force-reinstall --no-deps makes the copy current even when the version number did not
+# change (a checkout between releases). Build chatter goes to a log; a failure shows it.
+source_copy=$(mktemp -d /tmp/txrelay-src.XXXXXX)
+pip_log=$source_copy.log
+trap 'rm -rf "$source_copy" "$pip_log"' EXIT
+cp -r "$here/pyproject.toml" "$here/README.md" "$here/txrelay" "$source_copy/"
+if ! { "$venv/bin/pip" install -q "$source_copy" \
+        && "$venv/bin/pip" install -q --no-deps --force-reinstall "$source_copy"; } >"$pip_log" 2>&1; then
+    cat "$pip_log" >&2
     echo "pip install failed (log above)" >&2
     exit 1
 fi
-ln -sf "$venv/bin/txrelay" /usr/local/bin/txrelay
+[ -z "$link" ] || ln -sf "$venv/bin/txrelay" "$link"
 version=$("$venv/bin/txrelay" --version)  # fails the script if the CLI cannot start
 log "done: $version"

@@ -65,6 +65,8 @@ class MilterConfig:
     node_name: str = ""
     journal_dir: str = "/var/lib/txrelay/journal"
     journal_max_per_hour: int = 5000
+    refusal_budget_per_hour: int = 50
+    original_recipient: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """A capture SMTP sink for the demo and the tests: stores each message in a Maildir.
 
 The envelope goes into X-Sink-* header lines prepended to the message; the bytes below
-them are exactly the bytes received (so a DKIM signature verifies on them). Recipients
+them are exactly the bytes received (so a DKIM signature verifies on them). Each stored
+message is logged with its Maildir key and Message-ID, the index the demo searches. Recipients
 matching a reply rule get that reply at RCPT instead of being accepted, so a test can make
 Postfix see a deferral (4xx) or a bounce (5xx).
 """
@@ -26,6 +27,7 @@ from txrelay.errors import InvalidInput
 
 SINK_HEADER_PREFIX = b"X-Sink-"
 DATA_SIZE_LIMIT = 128 * 1024 * 1024
+_MESSAGE_ID = re.compile(rb"^message-id:((?:[^\r\n]|\r?\n[ \t])*)", re.I | re.M)
 _REPLY = re.compile(r"^([45][0-9][0-9])(?: ([45]\.[0-9]{1,3}\.[0-9]{1,3}))?(?: (.*))?$")
 
 
@@ -100,6 +102,14 @@ def read_capture(data: bytes) -> Capture:
     return Capture(mail_from, tuple(rcpt_tos), rest)
 
 
+def message_id(raw: bytes) -> str:
+    """The Message-ID header's value (`<...>`, unfolded), or "" when there is none: the log
+    line carries it, so a message is found by reading the log, not every stored file."""
+    headers = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
+    match = _MESSAGE_ID.search(headers)
+    return "" if match is None else b"".join(match.group(1).split()).decode("ascii", "replace")
+
+
 class CaptureHandler:
     """aiosmtpd handler: refuse recipients by rule, store everything else."""
 
@@ -125,7 +135,8 @@ class CaptureHandler:
         key = store_capture(self.maildir, envelope.mail_from or "", envelope.rcpt_tos,
                             peer, raw)
         self.log(f"sink stored={key} from=<{envelope.mail_from}> "
-                 f"to={','.join(f'<{r}>' for r in envelope.rcpt_tos)} size={len(raw)}")
+                 f"to={','.join(f'<{r}>' for r in envelope.rcpt_tos)} size={len(raw)} "
+                 f"message_id={message_id(raw) or '-'}")
         return f"250 2.0.0 Ok: stored as {key}"
 
 

@@ -74,7 +74,10 @@ configure_txrelay() {
         settings+=(--set "${section,,}.$(tr 'A-Z' 'a-z' <<<"${name#*_}")=$value")
     done < <(env | grep -E '^TXRELAY_[A-Z]+_[A-Z0-9_]+=' || true)
     log "configuring txrelay (database schema, Dovecot auth) for $hostname"
-    txrelay init --config-path "$config" --force "${settings[@]}" >/dev/null
+    # The certificate made or mounted above (init would otherwise make a self-signed one of
+    # its own beside the configuration); init checks that the key is the certificate's.
+    txrelay init --config-path "$config" --force --tls-cert "$cert" --tls-key "$key" \
+        "${settings[@]}" >/dev/null
     chgrp txrelay "$config" && chmod 0640 "$config"
 }
 

@@ -317,3 +317,33 @@ def test_check_reports_a_dns_failure_as_such(txrelay: Txrelay, domain: str, tmp_
         result = txrelay("domain", "check", domain)
     assert result.exit_code == 1
     assert "DNS lookup" in result.error and "failed" in result.error
+
+
+@pytest.mark.parametrize(("typed", "message"), [
+    ("sho\u200bp-{u}.example", "invisible character U+200B"),
+    ("sho\u00adp-{u}.example", "invisible character U+00AD"),
+    ("shop-{u}\u200e.example", "invisible character U+200E"),
+    ("=?utf-8?b?c2hvcC5leGFtcGxl?=", "encoded word"),
+    ("ｓｈｏｐ-{u}.example", "does not read back as written"),
+])
+def test_domains_that_hide_what_they_are_are_refused_as_the_milter_refuses_them(
+        txrelay: Txrelay, account: str, unique: str, db: DictConnection, typed: str,
+        message: str) -> None:
+    result = txrelay("domain", "add", account, typed.format(u=unique), "--list-help",
+                     "https://h.example/")
+    assert result.exit_code == 4 and message in result.error, result.error  # invalid input
+    assert len(result.error.strip().splitlines()) == 1
+    assert not _is_registered(db, f"shop-{unique}.example")
+
+
+@pytest.mark.parametrize(("typed", "idna2003"), [("faß-{u}.example", "fass-{u}.example"),
+                                                 ("ς{u}.example", "σ{u}.example")])
+def test_eszett_and_final_sigma_domains_keep_their_letter(
+        txrelay: Txrelay, account: str, unique: str, db: DictConnection, typed: str,
+        idna2003: str) -> None:
+    name = typed.format(u=unique)
+    result = txrelay("domain", "add", account, name, "--list-help", "https://h.example/")
+    assert result.exit_code == 0, result.error
+    assert _is_registered(db, idna.encode(name, uts46=True).decode("ascii"))
+    folded = idna2003.format(u=unique).encode("idna").decode("ascii")  # IDNA 2003's form
+    assert not _is_registered(db, folded)

@@ -14,12 +14,15 @@ that sends the corpus, `Domains.foreign` one of another account.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 ACCEPT, REFUSE, EITHER = "accept", "refuse", "either"
 LONG_LINE = "550 5.6.0"  # a line longer than 998 bytes (RFC 5322 2.1.1)
 AUTHOR = "550 5.7.1"  # From:/Sender:/DKIM-Signature that this connection may not use
+HIDDEN_DOMAIN = "550 5.1.7"  # a sender domain that hides what it is (issue 12)
+TOO_LARGE = "550 5.6.0"  # an address header over the bounds the relay parses (issue 12)
 MAX_LINE = 998
 CRLF = b"\r\n"
 
@@ -323,6 +326,37 @@ def from_cases(d: Domains) -> Iterator[Case]:
             f"<SHOP@{d.idn_unicode.upper()}>".encode()))
 
 
+def hostile_from_cases(d: Domains) -> Iterator[Case]:
+    """Address headers that cost CPU to parse, and domains that hide what they are."""
+    base = headers_for(d)
+
+    def with_from(value: str | bytes, name: str = "From") -> bytes:
+        return message(replace(base, name, value))
+
+    label, _, rest = d.own.partition(".")
+    yield Case("from-60kb-folded-commas", with_from(",\r\n " * 20_000), REFUSE, TOO_LARGE)
+    yield Case("from-many-mailboxes", with_from(", ".join(f"s{n}@{d.own}" for n in range(40))),
+               REFUSE, TOO_LARGE)
+    yield Case("from-nested-comments", with_from("(" * 2000 + ")" * 2000 + f" shop@{d.own}"),
+               REFUSE, TOO_LARGE)
+    yield Case("from-nested-comments-shallow", with_from(f"(a (b (c))) shop@{d.own}"), ACCEPT)
+    yield Case("sender-60kb", message([*base, ("Sender", ",\r\n " * 20_000)]), REFUSE,
+               TOO_LARGE)
+    for name, hidden in {"zero-width-space": "\u200b", "soft-hyphen": "\u00ad",
+                         "zero-width-joiner": "\u200d", "lrm": "\u200e", "rlo": "\u202e",
+                         "bom": "\ufeff", "variation-selector": "\ufe0f"}.items():
+        domain = f"{label[:1]}{hidden}{label[1:]}.{rest}"
+        yield Case(f"from-domain-{name}", with_from(f"Shop <shop@{domain}>".encode()),
+                   REFUSE, HIDDEN_DOMAIN)
+    encoded = "=?utf-8?b?" + base64.b64encode(d.own.encode()).decode() + "?="
+    yield Case("from-domain-encoded-word", with_from(f"shop@{encoded}"), REFUSE, HIDDEN_DOMAIN)
+    yield Case("from-domain-encoded-word-angle", with_from(f"Shop <shop@{encoded}>"), REFUSE,
+               HIDDEN_DOMAIN)
+    wide = "".join(chr(ord(c) + 0xFEE0) if "a" <= c <= "z" else c for c in label)
+    yield Case("from-domain-full-width", with_from(f"Shop <shop@{wide}.{rest}>".encode()),
+               REFUSE, HIDDEN_DOMAIN)
+
+
 def mime_cases(d: Domains) -> Iterator[Case]:
     base = [f for f in headers_for(d) if f[0] != "Content-Type"]
 
@@ -380,7 +414,8 @@ def line_ending_matrix(d: Domains) -> Iterator[Case]:
 
 
 FAMILIES = (line_ending_cases, nul_cases, eight_bit_cases, folding_cases, long_line_cases,
-            structure_cases, from_cases, mime_cases, control_character_cases, line_ending_matrix)
+            structure_cases, from_cases, hostile_from_cases, mime_cases,
+            control_character_cases, line_ending_matrix)
 
 
 def corpus(domains: Domains) -> list[Case]:

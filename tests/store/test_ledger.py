@@ -117,12 +117,26 @@ def test_failure_half_way_leaves_nothing_recorded(
         conn: psycopg.Connection, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant]) -> None:
     tenant = tenant_factory(demo_quota=10)
-    accepted = message(tenant, ["a@x.example", "a@x.example"])  # violates UNIQUE in ledger
-    with pytest.raises(psycopg.errors.UniqueViolation):
+    # The second ledger row violates NOT NULL, after the message row was written. (A repeated
+    # recipient is no failure: it is another copy, migration 0013.)
+    accepted = message(tenant, ["a@x.example", None])  # type: ignore[list-item]
+    with pytest.raises(psycopg.errors.NotNullViolation):
         record_acceptance(conn, accepted)
     assert db.execute("SELECT 1 FROM messages WHERE txn_id = %s",
                       (accepted.txn_id,)).fetchone() is None
     assert used(db, demo_block(db, tenant)) == 0
+
+
+def test_copies_of_one_recipient_are_rows_of_their_own(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory(demo_quota=10)
+    accepted = message(tenant, ["a@x.example", "a@x.example", "b@x.example"])
+    recorded = record_acceptance(conn, accepted)
+    assert [a.recipient for a in recorded.allocations] == accepted.recipients
+    assert record_acceptance(conn, accepted).message_row_id is None  # a replay adds nothing
+    settle(conn, tenant.account_id)
+    assert used(db, demo_block(db, tenant)) == 3
 
 
 def test_same_transaction_recorded_twice_counts_once(

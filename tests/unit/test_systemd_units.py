@@ -19,7 +19,7 @@ UNITS = ("txrelay-milter.service", "txrelay-tracker.service", "txrelay-dovecot.s
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The units staged by the documented installer into an empty root."""
     if shutil.which("systemd-analyze") is None:
-        pytest.fail("systemd-analyze is missing: scripts/install.sh installs systemd",
+        pytest.fail("systemd-analyze is missing: scripts/install-test-deps.sh installs systemd",
                     pytrace=False)
     root = tmp_path_factory.mktemp("root")
     subprocess.run(["bash", str(ROOT / "scripts" / "install-systemd.sh"), "--no-start"],

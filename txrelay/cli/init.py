@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -18,37 +19,64 @@ from txrelay.config import (
     render_toml,
 )
 from txrelay.config import config_path as configured_path
-from txrelay.errors import ConfigError, Conflict
+from txrelay.errors import ConfigError, Conflict, InvalidInput
+from txrelay.provisioning import database_setup, tls
 from txrelay.provisioning.integrity import transaction
 from txrelay.store import database
 
 CONFIG_MODE = 0o640  # readable by the txrelay group (the milter), never by everyone
+CONFIG_DIR_MODE = 0o750
 
 
 @click.command()
 @click.option("--config-path", type=click.Path(dir_okay=False, path_type=Path),
               metavar="PATH", help="Where to write the configuration (default: --config, "
                                    "$TXRELAY_CONFIG or /etc/txrelay/txrelay.toml).")
-@click.option("--database-url", metavar="URL", help="PostgreSQL URL, e.g. "
-              "postgresql://txrelay@db.example/txrelay.")
+@click.option("--database-url", metavar="URL", help="Use this database, made by your DBA, "
+              "e.g. postgresql://txrelay:PASSWORD@db.example/txrelay (default: init creates "
+              "the role and database, see --admin-url).")
+@click.option("--admin-url", metavar="URL", help="PostgreSQL URL of a role that may create "
+              "roles and databases, used once to create role and database txrelay (default: "
+              "the local superuser postgres through the unix socket, which works as root on "
+              "Debian). Without the rights, init prints the SQL for your DBA.")
+@click.option("--database-name", default="txrelay", show_default=True, metavar="NAME",
+              help="Name of the database and of its role that init creates.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              help="Certificate (chain) of txrelay's SMTP service, e.g. "
+                   "/etc/letsencrypt/live/relay.example.com/fullchain.pem (default: a "
+                   "self-signed one made in the configuration's folder, tls/).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
+              help="Its private key, e.g. .../privkey.pem.")
 @click.option("--redis-url", metavar="URL", help="Redis URL, e.g. redis://127.0.0.1:6379/0.")
-@click.option("--smtp-host", metavar="H", help="The host name shops connect to (port 587).")
+@click.option("--smtp-host", metavar="H", help="The host name shops connect to.")
+@click.option("--smtp-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="The port of txrelay's SMTP service (default 587; next to a Postfix whose "
+                   "submission service has 587, e.g. 2587).")
 @click.option("--set", "settings", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Any other setting, e.g. --set dovecot.config_dir=/etc/txrelay/dovecot "
                    "(repeatable; see docs/configuration.md).")
 @click.option("--force", is_flag=True, help="Overwrite an existing configuration file.")
 @pass_cli
 def init(cli: CliContext, config_path: Path | None, database_url: str | None,
-         redis_url: str | None, smtp_host: str | None, settings: tuple[str, ...],
-         force: bool) -> None:
-    """Set up this node: write the configuration, migrate the database, write Dovecot's
-    auth configuration, and print the next steps.
+         admin_url: str | None, database_name: str, tls_cert: Path | None,
+         tls_key: Path | None, redis_url: str | None, smtp_host: str | None,
+         smtp_port: int | None, settings: tuple[str, ...], force: bool) -> None:
+    """Set up this node: create the database and its own role (no superuser), migrate it,
+    check the TLS certificate or make a self-signed one, write the configuration and
+    Dovecot's auth configuration, and print the next steps.
 
-    Nothing is written when the options are invalid or the database cannot be reached.
+    The role's generated password is written only into the configuration file (mode 0640).
+    Running it again with --force keeps the role, its password and the database. Nothing is
+    written when the options are invalid, the certificate does not fit its key, or the
+    database cannot be made or reached.
 
     \b
-    Example:
-      txrelay init --database-url postgresql://txrelay@127.0.0.1/txrelay \\
+    Examples:
+      txrelay init --smtp-host relay.example.com
+      txrelay init --smtp-host relay.example.com \\
+          --tls-cert /etc/letsencrypt/live/relay.example.com/fullchain.pem \\
+          --tls-key /etc/letsencrypt/live/relay.example.com/privkey.pem
+      txrelay init --database-url postgresql://txrelay:PASSWORD@db.example/txrelay \\
           --redis-url redis://127.0.0.1:6379/0 --smtp-host relay.example.com
     """
     target = config_path or configured_path(cli.config_file)
@@ -56,19 +84,67 @@ def init(cli: CliContext, config_path: Path | None, database_url: str | None,
         raise Conflict(f"{target} exists already; pass --force to overwrite it, or use "
                        "'txrelay db migrate' to only update the database")
     values: dict[str, dict[str, str]] = {name: {} for name in SECTIONS}
+    port = None if smtp_port is None else str(smtp_port)
     for section, key, value in (("database", "url", database_url), ("redis", "url", redis_url),
-                                ("smtp", "host", smtp_host)):
+                                ("smtp", "host", smtp_host), ("smtp", "port", port)):
         if value is not None:
             values[section][key] = value
     for setting in settings:
         section, key, value = _parse_setting(setting)
         values[section][key] = value
-    text = _overlay(render_toml(Config()).splitlines(), values)
-    config = _validated(text)
+    values["database"].setdefault("url", database_url or "")
+    tls_request = _tls_request(target, values["smtp"], tls_cert, tls_key)
+    dedicated = None
+    if not values["database"]["url"]:
+        dedicated = database_setup.plan(database_name, admin_url)
+        values["database"]["url"] = dedicated.url("validated-before-use")
+    _validated(_overlay(render_toml(Config()).splitlines(), values))  # before any write
+    certificate = tls_request() if tls_cert else None  # an existing pair: checked now
+    if dedicated is not None:
+        values["database"]["url"] = database_setup.ensure_role_and_database(
+            dedicated, _previous_password(target, dedicated))
+    config = _validated(_overlay(render_toml(Config()).splitlines(), values))
     applied = _migrate(config)
+    certificate = certificate or tls_request()
     _write_config(target, render_toml(config))  # typed values, in the loader's own form
     dovecot_files = _write_dovecot(config)
     _print_summary(target, config, applied, dovecot_files)
+    _print_database_and_tls(dedicated, certificate)
+    _print_next_steps(target, config, dovecot_files)
+
+
+def _tls_request(target: Path, smtp: dict[str, str], tls_cert: Path | None,
+                 tls_key: Path | None) -> Callable[[], tls.Certificate]:
+    """Puts the certificate's paths into the [smtp] values; returns what checks the given
+    pair or makes the self-signed one (called once nothing else can fail before it)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInput("give both --tls-cert and --tls-key, or neither (then init makes "
+                           "a self-signed certificate)")
+    if tls_cert is not None and tls_key is not None:
+        cert_file, key_file = tls_cert.absolute(), tls_key.absolute()
+        smtp["tls_cert_file"], smtp["tls_key_file"] = str(cert_file), str(key_file)
+        return lambda: tls.checked(cert_file, key_file)
+    folder = target.absolute().parent / "tls"
+    smtp["tls_cert_file"] = str(folder / tls.SELF_SIGNED_CERT)
+    smtp["tls_key_file"] = str(folder / tls.SELF_SIGNED_KEY)
+    host = smtp.get("host") or Config().smtp.host
+
+    def make_self_signed() -> tls.Certificate:
+        _make_config_directory(target)  # tls/ goes inside it: make it with its own mode first
+        return tls.self_signed(folder, host)
+
+    return make_self_signed
+
+
+def _previous_password(target: Path, dedicated: database_setup.DatabasePlan) -> str | None:
+    """The role's password from the configuration being replaced (init --force)."""
+    if not target.exists():
+        return None
+    try:
+        previous = load_config(target, required=True, environ={})
+    except ConfigError:
+        return None
+    return database_setup.existing_password(previous.database.url, dedicated)
 
 
 def _parse_setting(setting: str) -> tuple[str, str, str]:
@@ -129,8 +205,8 @@ def _migrate(config: Config) -> list[database.Migration]:
 
 def _write_config(target: Path, text: str) -> None:
     """Atomically: a half-written config would stop every txrelay process on the node."""
+    _make_config_directory(target)
     try:
-        target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -140,6 +216,14 @@ def _write_config(target: Path, text: str) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write {target}: {exc.strerror}; run as a user that may, "
                           "or pass --config-path") from exc
+
+
+def _make_config_directory(target: Path) -> None:
+    try:
+        target.parent.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {target.parent}: {exc.strerror}; run as a user "
+                          "that may, or pass --config-path") from exc
 
 
 def _write_dovecot(config: Config) -> list[Path] | None:
@@ -167,13 +251,34 @@ def _print_summary(target: Path, config: Config, applied: list[database.Migratio
         click.echo("Dovecot configuration NOT written: this build has no Dovecot module.")
     else:
         click.echo("Dovecot auth configuration: " + ", ".join(map(str, dovecot_files)))
+
+
+def _print_database_and_tls(dedicated: database_setup.DatabasePlan | None,
+                            certificate: tls.Certificate) -> None:
+    if dedicated is not None:
+        click.echo(f"Database {dedicated.name} owned by role {dedicated.name} (not a "
+                   f"superuser) on {dedicated.host}:{dedicated.port}; its password is only "
+                   "in the configuration file.")
+    if certificate.self_signed:
+        made = "Made a" if certificate.created else "Kept the"
+        click.echo(f"TLS: {made} SELF-SIGNED certificate {certificate.cert_file} (key "
+                   f"{certificate.key_file}, mode 0600). Shops must accept it or pin it; "
+                   "use a real one with --tls-cert/--tls-key (e.g. Let's Encrypt).")
+    else:
+        click.echo(f"TLS: certificate {certificate.cert_file}, key {certificate.key_file} "
+                   "(checked: they belong together).")
+
+
+def _print_next_steps(target: Path, config: Config, dovecot_files: list[Path] | None) -> None:
     cfg = "" if target == DEFAULT_CONFIG_PATH else f" --config {shlex.quote(str(target))}"
     main_conf = next((p for p in dovecot_files or [] if p.name == "dovecot.conf"), None)
     start = f"dovecot -c {main_conf}" if main_conf else "dovecot -c <the dovecot.conf above>"
     click.echo("\nNext steps:\n"
-               f"  1. Start Dovecot's auth service:   {start}\n"
-               f"  2. Configure Postfix:              txrelay{cfg} postfix configure\n"
-               f"  3. Start the milter:               txrelay{cfg} milter\n"
+               f"  1. Configure Postfix:              txrelay{cfg} postfix configure "
+               "--dry-run, then without --dry-run\n"
+               "  2. Reload Postfix:                 postfix reload\n"
+               "  3. Start txrelay's services:       bash scripts/install-systemd.sh\n"
+               f"     (without systemd: {start}; txrelay{cfg} milter; txrelay{cfg} tracker)\n"
                f"  4. Create an account:              txrelay{cfg} account create \"Acme\" "
                "--admin-email ops@acme.example\n"
                f"  5. Add a sending domain:           txrelay{cfg} domain add \"Acme\" "

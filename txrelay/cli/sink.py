@@ -23,7 +23,8 @@ def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...],
          no_default_rules: bool) -> None:
     """Accept mail on HOST:PORT and store it in a Maildir, envelope in X-Sink-* headers.
 
-    One log line per message; stops on SIGTERM. Not a mail server: for the demo and tests.
+    One log line per message (its Maildir key, envelope and Message-ID, so a message is found
+    from the log); stops on SIGTERM. Not a mail server: for the demo and tests.
     """
     # Imported here: aiosmtpd is not worth loading for every other txrelay command.
     from txrelay.sink import DEFAULT_RULES, parse_listen, parse_reply_rule, run_sink

@@ -24,9 +24,16 @@ from txrelay.milter.nodelay import ensure_nodelay
 from txrelay.milter.runtime import LedgerUnavailable, Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
-from txrelay.policy.addresses import HeaderSender, envelope_address
+from txrelay.policy.addresses import (
+    HeaderSender,
+    address_domain,
+    domain_refusal,
+    envelope_address,
+)
 from txrelay.policy.message import IdentityHeaders
+from txrelay.policy.names import InvalidDomain
 from txrelay.policy.quota import recipient_verdict
+from txrelay.policy.recipients import POSTFIX_DUP_FILTER_LIMIT, duplicate_key
 from txrelay.policy.sender import authorize_sender
 from txrelay.policy.session import SessionLogin, check_session_login
 from txrelay.policy.verdict import (
@@ -124,8 +131,15 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             if isinstance(session, Verdict):
                 return self._refuse(session, mail_from)
             self.session_login = session or self.session_login
+        known = snapshot.connections.get(login.strip().lower()) if login else None
+        if known is not None:
+            spent = self.runtime.refusals.spent(known.id)
+            if spent is not None:
+                return self._refuse(self.runtime.refusals.refusal(known.name, spent), mail_from)
         decision = authorize_sender(snapshot, login, mail_from)
         if isinstance(decision, Verdict):
+            if known is not None and decision.action is Action.REJECT:
+                self.runtime.refusals.count(known.id)
             return self._refuse(decision, mail_from)
         self.txn = Transaction(snapshot, decision, snapshot.account(decision.account_id),
                                envelope_address(mail_from), self.getsymval("{i}") or "")
@@ -139,9 +153,18 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if txn is None:
             return self._apply(NO_TRANSACTION)
         recipient = envelope_address(rcpt_to).lower()
-        if recipient in txn.recipients:
-            return Milter.CONTINUE  # counted once
-        member = reservation_member(str(txn.txn_id), recipient)
+        try:
+            address_domain(recipient)
+        except InvalidDomain as exc:
+            txn.refused_recipients += 1
+            return self._apply(domain_refusal(exc, recipient=True))
+        key = duplicate_key(rcpt_to, params,
+                            original_recipient=self.runtime.config.milter.original_recipient)
+        if key in txn.recipient_keys:
+            return Milter.CONTINUE  # Postfix's duplicate filter drops it: no copy, no bill
+        copy = txn.copies.get(recipient, 0)
+        member = reservation_member(str(txn.txn_id),
+                                    f"{recipient}#{copy}" if copy else recipient)
         try:
             reservation = self.runtime.reservations.reserve(ReservationRequest(
                 txn.account.id, txn.connection.id, member, txn.connection.rate_limit,
@@ -158,6 +181,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         else:
             txn.recipients.append(recipient)
             txn.members.append(member)
+            txn.copies[recipient] = copy + 1
+            if len(txn.recipient_keys) < POSTFIX_DUP_FILTER_LIMIT:
+                txn.recipient_keys.add(key)
         return self._apply(verdict)
 
     @Milter.noreply
@@ -265,6 +291,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     # -- the one place verdicts become milter replies -------------------------------------
 
     def _finish(self, verdict: Verdict) -> int:
+        if verdict.action is Action.REJECT and self.txn is not None:
+            self.runtime.refusals.count(self.txn.connection.id)
         self._end_transaction(verdict, release=verdict.refused)
         return self._apply(verdict)
 
@@ -304,8 +332,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
 
 def _unfold(value: bytes) -> str:
-    """A queued header value as text: unfolded, trimmed, undecodable bytes replaced."""
-    return value.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
+    """A queued header value as text: unfolded, trimmed, undecodable bytes replaced, cut at
+    a NUL as Postfix cuts it (PostgreSQL text cannot hold one: the record would fail)."""
+    return value.partition(b"\x00")[0].replace(b"\r\n", b"").decode("utf-8", "replace").strip()
 
 
 def _reply_text(text: str) -> str:

@@ -29,6 +29,7 @@ from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
+from txrelay.milter.refusal_budget import RefusalBudget
 from txrelay.milter.settler import Settler
 from txrelay.policy.snapshot import PolicySnapshot
 from txrelay.store import database
@@ -277,6 +278,7 @@ class Runtime:
     policy: PolicyCache
     reservations: ReservationStore
     ledger: Ledger
+    refusals: RefusalBudget
     close: Callable[[], None]
     loops: Loops = field(default_factory=Loops)
 
@@ -335,4 +337,7 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
         pool.close()
         client.close()
 
-    return Runtime(config, node, clock, policy, reservations, ledger, close, loops)
+    refusals = RefusalBudget(client, config.redis.key_prefix,
+                             config.milter.refusal_budget_per_hour, clock,
+                             lambda: reservations.degraded)
+    return Runtime(config, node, clock, policy, reservations, ledger, refusals, close, loops)

@@ -22,7 +22,11 @@ class Transaction:
     queue_id: str
     txn_id: uuid.UUID = field(default_factory=uuid.uuid4)
     started: float = field(default_factory=time.perf_counter)
-    recipients: list[str] = field(default_factory=list)  # accepted, distinct, lower case
+    # Accepted, lower case, one per copy Postfix queues (policy/recipients.py): an address
+    # repeated with another ORCPT or NOTIFY is a second copy, billed as one.
+    recipients: list[str] = field(default_factory=list)
+    recipient_keys: set[str] = field(default_factory=set)  # Postfix's duplicate filter keys
+    copies: dict[str, int] = field(default_factory=dict)  # recipient -> copies so far
     members: list[str] = field(default_factory=list)  # their reservations in Redis
     refused_recipients: int = 0
     headers: list[Header] = field(default_factory=list)  # as queued, for the signer

@@ -6,7 +6,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from txrelay.policy.addresses import HeaderSender, dns_form, header_mailboxes, header_sender
+from txrelay.policy.addresses import (
+    HeaderSender,
+    address_domain,
+    dns_form,
+    domain_refusal,
+    header_sender,
+    parse_mailboxes,
+)
+from txrelay.policy.names import InvalidDomain
 from txrelay.policy.sender import check_author_domain
 from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
@@ -63,14 +71,19 @@ def check_sender_header(connection: ConnectionPolicy, values: list[str]) -> Verd
     domain of this connection (a foreign one would let a shop speak for another)."""
     if not values:
         return None
-    mailboxes = header_mailboxes(values[0]) if len(values) == 1 else None
-    if mailboxes is None or len(mailboxes) != 1:
+    mailboxes = parse_mailboxes("Sender", values[0]) if len(values) == 1 else None
+    if isinstance(mailboxes, Verdict) and mailboxes.enhanced_code != "5.7.1":
+        return mailboxes  # too large to read, or a refused domain: say exactly that
+    if not isinstance(mailboxes, list) or len(mailboxes) != 1:
         return Verdict.reject("550", "5.7.1", "the Sender: header must appear at most once and "
                               "hold exactly one address of a sending domain of this connection; "
                               "remove it or fix it")
-    domain = mailboxes[0].rpartition("@")[2]
-    if dns_form(domain) not in connection.domains:
-        return Verdict.reject("550", "5.7.1", f"Sender: header domain {dns_form(domain)} is not "
+    try:
+        domain = address_domain(mailboxes[0])
+    except InvalidDomain as exc:
+        return domain_refusal(exc)
+    if domain is None or domain not in connection.domains:
+        return Verdict.reject("550", "5.7.1", f"Sender: header domain {domain} is not "
                               f"enabled for connection \"{connection.name}\"")
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import unicodedata
@@ -28,24 +29,109 @@ _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=
 _URL_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 
-def normalize_domain(text: str) -> str:
-    """A sending domain in its DNS form: IDN to punycode, lower case, no trailing dot."""
-    candidate = text.strip(" ")
-    if candidate.endswith(".") and not candidate.endswith(".."):
-        candidate = candidate[:-1]
+class DomainProblem(enum.Enum):
+    """Why a domain name was refused: each gets its own sentence and, in the milter, reply."""
+
+    SYNTAX = "syntax"
+    ENCODED_WORD = "encoded-word"
+    INVISIBLE = "invisible"
+    NOT_ROUND_TRIP = "not-round-trip"
+
+
+class InvalidDomain(InvalidInput):
+    """A domain name the relay does not take; `problem` says which rule it broke."""
+
+    def __init__(self, message: str, problem: DomainProblem) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+def dns_domain(text: str) -> str:
+    """The one IDN rule of txrelay (CLI and milter alike): UTS 46 non-transitional mapping
+    and IDNA 2008 (the `idna` package), lower-case A-labels, no trailing dot.
+
+    ß and ς stay themselves (faß.example is xn--fa-hia.example, not fass.example). A name
+    that does not read back as typed is refused rather than mapped: an encoded word, a
+    character UTS 46 would silently drop (zero-width, soft hyphen) or a bidi control, and any
+    other mapping than lower case (full-width letters, ligatures, a bad xn-- label)."""
+    candidate = text[:-1] if text.endswith(".") and not text.endswith("..") else text
+    if _PLAIN_NAME.fullmatch(candidate) and "--" not in candidate:
+        return candidate.lower()  # what IDNA gives an LDH name, without its cost per RCPT
     if not candidate:
-        raise InvalidInput("the domain name is empty; give a name such as shop.example.com")
-    if _has_space_or_control(candidate) or any(c in candidate for c in "@/:\\<>\"'; "):
-        raise InvalidInput(f"{text!r} is not a domain name: it may contain only letters, digits, "
-                           "hyphens and dots (example: shop.example.com)")
+        raise InvalidDomain("the domain name is empty; give a name such as shop.example.com",
+                            DomainProblem.SYNTAX)
+    if len(candidate) > MAX_DOMAIN_LENGTH:  # before any per-character work (a d= of 100 KB)
+        raise InvalidDomain(f"{_shown(candidate[:40])}... is {len(candidate)} characters long; "
+                            f"a domain name has at most {MAX_DOMAIN_LENGTH}",
+                            DomainProblem.SYNTAX)
+    if "=?" in candidate and "?=" in candidate:
+        raise InvalidDomain(f"{text!r} is an encoded word (RFC 2047), which is not allowed in "
+                            "a domain; write the domain itself (e.g. bücher.example)",
+                            DomainProblem.ENCODED_WORD)
+    hidden = next((c for c in candidate if _is_invisible(c)), None)
+    if hidden is not None:
+        raise InvalidDomain(f"{_shown(text)} contains the invisible character "
+                            f"U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')}); "
+                            "remove it", DomainProblem.INVISIBLE)
+    if _has_space_or_control(candidate) or any(c in candidate for c in _NOT_IN_DOMAINS):
+        raise InvalidDomain(f"{_shown(text)} is not a domain name: it may contain only "
+                            "letters, digits, hyphens and dots (example: shop.example.com)",
+                            DomainProblem.SYNTAX)
     try:
         ascii_form = idna.encode(candidate, uts46=True).decode("ascii").lower()
-    except idna.IDNAError as exc:
-        raise InvalidInput(f"{text!r} is not a valid domain name ({exc}); use a name such as "
-                           "shop.example.com or an internationalised name such as bücher.de"
-                           ) from exc
+        reads_back = idna.decode(ascii_form)
+        mapped = idna.uts46_remap(candidate, std3_rules=True, transitional=False)
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidDomain(f"{_shown(text)} is not a valid domain name ({exc}); use a name "
+                            "such as shop.example.com or an internationalised name such as "
+                            "bücher.de", DomainProblem.SYNTAX) from exc
+    if mapped != _lower_each(candidate) or idna.encode(reads_back).decode("ascii") != ascii_form:
+        raise InvalidDomain(f"{_shown(text)} does not read back as written (it would be "
+                            f"{reads_back}); write the domain in its own form",
+                            DomainProblem.NOT_ROUND_TRIP)
+    return ascii_form
+
+
+def normalize_domain(text: str) -> str:
+    """A sending domain as the admin types it, in its DNS form (dns_domain), fully
+    qualified and of DNS shape."""
+    ascii_form = dns_domain(text.strip(" "))
     _check_dns_shape(text, ascii_form)
     return ascii_form
+
+
+_PLAIN_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Characters that are never part of a domain, and the ones an attacker can paste into
+# one: shells, SQL, URLs and mail syntax.
+_NOT_IN_DOMAINS = "@/:\\<>\"'; "
+
+
+def _is_invisible(char: str) -> bool:
+    """Format characters (zero-width, soft hyphen, bidi controls, BOM) and what UTS 46
+    drops without a trace (variation selectors, the combining grapheme joiner). ZWJ and
+    ZWNJ too, although IDNA 2008 allows them in a few scripts (Persian, Indic): such a
+    domain cannot be a sending domain, the price of refusing the classic way of making a
+    From: look like another domain."""
+    if char.isascii():
+        return False
+    if unicodedata.category(char) == "Cf":
+        return True
+    try:
+        return idna.uts46_remap(char, std3_rules=False, transitional=False) == ""
+    except idna.IDNAError:
+        return False
+
+
+def _lower_each(text: str) -> str:
+    """Lower case character by character, as UTS 46 maps it (str.lower() would turn a
+    final Σ into ς, which UTS 46 does not)."""
+    return "".join(c.lower() for c in text)
+
+
+def _shown(text: str) -> str:
+    """The domain in a message: printable, invisible characters as escapes."""
+    return ascii(text) if any(not c.isprintable() for c in text) else repr(text)
 
 
 def _check_dns_shape(text: str, ascii_form: str) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from txrelay.policy.addresses import address_domain, envelope_address
+from txrelay.policy.addresses import address_domain, domain_refusal, envelope_address
+from txrelay.policy.names import InvalidDomain
 from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
 
@@ -26,7 +27,11 @@ def authorize_sender(snapshot: PolicySnapshot, sasl_username: str | None,
         return Verdict.reject(
             "550", "5.7.1", f"the null sender <> is not accepted for connection "
             f"\"{connection.name}\"; send with an address of one of its sending domains")
-    return check_sender_domain(connection, address_domain(sender), sender)
+    try:
+        domain = address_domain(sender)
+    except InvalidDomain as exc:
+        return domain_refusal(exc)
+    return check_sender_domain(connection, domain, sender)
 
 
 def check_sender_domain(connection: ConnectionPolicy, domain: str | None,

@@ -13,6 +13,8 @@ USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 PASSWORD_SCHEME = "{ARGON2ID}"  # noqa: S105 - the hash scheme prefix, not a secret
 _SLUG_LENGTH = 20
 _SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
+_LEADING_ALPHABET = string.ascii_letters + string.digits
+PASSWORD_RANDOM_BYTES = 23  # 184 bits after the leading character's 5.95
 
 # Parameters every node and Dovecot agree on (OWASP's argon2id minimum: 19 MiB, t=2, p=1).
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
@@ -35,8 +37,10 @@ def make_username(account_name: str, connection_name: str) -> str:
 
 
 def make_password() -> str:
-    """192 random bits, URL-safe: survives every SMTP library's AUTH PLAIN/LOGIN encoding."""
-    return secrets.token_urlsafe(24)
+    """A letter or digit, then 184 random bits, URL-safe: survives every SMTP library's AUTH
+    PLAIN/LOGIN encoding, and never begins with '-', which command-line tools (swaks, curl)
+    would read as an option."""
+    return secrets.choice(_LEADING_ALPHABET) + secrets.token_urlsafe(PASSWORD_RANDOM_BYTES)
 
 
 def hash_password(password: str) -> str:

@@ -37,6 +37,18 @@ SELECT DISTINCT account_id FROM ledger
    AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
  ORDER BY account_id"""
 
+# Order 1 and 2 of migration 0014's lock order, for a caller's transaction that settles
+# several accounts: every account's settling lock, then every pending row, before
+# txrelay_settle_account locks the first block. Settling one account after another without
+# this would lock account 1's blocks before account 2's rows, the order voiding crosses.
+LOCK_ACCOUNT_FOR_SETTLING = "SELECT txrelay_settle_lock(%(account_id)s)"
+
+LOCK_PENDING_ROWS = """
+SELECT id FROM ledger
+ WHERE billing = 'pending' AND account_id = ANY(%(accounts)s)
+ ORDER BY id
+   FOR UPDATE"""
+
 # The rule lives in migration 0012 (txrelay_remaining_quota): unused units of the live
 # blocks minus the pending rows, which take them first when they are settled, never below 0.
 REMAINING_QUOTA = "SELECT txrelay_remaining_quota(%(account_id)s, %(now)s) AS remaining"
@@ -53,7 +65,7 @@ class AcceptedMessage:
     envelope_sender: str
     header_from: str
     size: int
-    recipients: Sequence[str]  # distinct, in RCPT order
+    recipients: Sequence[str]  # one per copy Postfix queues (an address may repeat), in RCPT order
     accepted_at: dt.datetime
 
 
@@ -135,10 +147,24 @@ def settle(conn: Conn, account_id: int) -> int:
 
 def settle_all(conn: Conn, accounts: Sequence[int] | None = None) -> int:
     """Settle every account with pending rows (only `accounts`, when given), one account per
-    transaction outside a caller's transaction; returns the rows settled."""
+    transaction outside a caller's transaction; returns the rows settled. Inside a caller's
+    transaction (which keeps every lock until it ends) the accounts' settling locks and
+    pending rows are all taken first, in migration 0014's order."""
     found = _one_statement(conn, PENDING_ACCOUNTS,
                            {"accounts": None if accounts is None else list(accounts)})
-    return sum(settle(conn, _column(row, "account_id")) for row in found)
+    ids = [_column(row, "account_id") for row in found]
+    if ids and _in_transaction(conn):
+        lock_for_settling(conn, ids)
+    return sum(settle(conn, account_id) for account_id in ids)
+
+
+def lock_for_settling(conn: Conn, accounts: Sequence[int]) -> None:
+    """Inside a transaction: the settling lock of each account (in id order), then their
+    pending ledger rows (in id order), held until the transaction ends."""
+    ids = sorted(set(accounts))
+    for account_id in ids:
+        conn.execute(LOCK_ACCOUNT_FOR_SETTLING, {"account_id": account_id})
+    conn.execute(LOCK_PENDING_ROWS, {"accounts": ids})
 
 
 def remaining_quota(conn: Conn, account_id: int, now: dt.datetime) -> int:
@@ -154,7 +180,7 @@ def _one_statement(conn: Conn, query: str,
     trips), or inside the caller's transaction when there is one."""
     if conn.autocommit:
         return conn.execute(query, params).fetchall()
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    if _in_transaction(conn):
         with conn.transaction():  # a savepoint in the caller's transaction
             return conn.execute(query, params).fetchall()
     conn.autocommit = True
@@ -162,6 +188,10 @@ def _one_statement(conn: Conn, query: str,
         return conn.execute(query, params).fetchall()
     finally:
         conn.autocommit = False
+
+
+def _in_transaction(conn: Conn) -> bool:
+    return conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
 def _field(row: object, name: str) -> object:

@@ -22,23 +22,52 @@ import redis
 
 from txrelay.errors import InvalidInput, NotFound
 from txrelay.store.keys import AccountKeys
-from txrelay.store.ledger import settle_all
+from txrelay.store.ledger import lock_for_settling, settle_all
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 Credit = tuple[int, int]  # (account id, units to add to the live balance)
 
-# Close every block whose 30 days are over: the unused remainder expires.
+# Close every block whose 30 days are over: the unused remainder expires. The blocks are
+# locked in id order first (migration 0014's lock order; a bare multi-row UPDATE locks them
+# in scan order).
 EXPIRE_BLOCKS = """
 UPDATE quota_blocks SET expired_unused = amount - used
- WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
-   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
+ WHERE id IN (SELECT id FROM quota_blocks
+               WHERE expired_unused IS NULL AND expires_at IS NOT NULL
+                 AND expires_at <= %(now)s
+                 AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
+               ORDER BY id
+                 FOR UPDATE)
+   AND expired_unused IS NULL
 RETURNING id, account_id, expired_unused"""
+
+# Accounts the tick will settle: a plan due for renewal or a block due to close.
+SELECT_DUE_ACCOUNTS = """
+SELECT account_id FROM quota_plans
+ WHERE next_renewal_at <= %(now)s
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))
+UNION
+SELECT account_id FROM quota_blocks
+ WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
+   AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))"""
 
 SELECT_DUE_BLOCK_ACCOUNTS = """
 SELECT DISTINCT account_id FROM quota_blocks
  WHERE expired_unused IS NULL AND expires_at IS NOT NULL AND expires_at <= %(now)s
    AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))"""
+
+
+def lock_due_accounts(conn: Conn, now: dt.datetime,
+                      accounts: Sequence[int] | None = None) -> None:
+    """Inside the tick's transaction, before renew_plans and expire_blocks: the settling
+    lock and pending rows of every account either will settle, taken together in migration
+    0014's order. Settling them one after another would lock the first accounts' blocks
+    before the last accounts' rows: voiding, which holds rows and then wants a block, would
+    meet the tick in the opposite order."""
+    due = conn.execute(SELECT_DUE_ACCOUNTS, {"now": now, "accounts": _ids(accounts)}).fetchall()
+    if due:
+        lock_for_settling(conn, [int(r["account_id"]) for r in due])
 
 
 @dataclass(frozen=True)

@@ -125,9 +125,12 @@ UPDATE messages SET queued_at = %(now)s
               ORDER BY id DESC LIMIT 1)
 RETURNING id"""
 
+# Multi-row updates lock their rows in id order first (migration 0014's lock order).
 MARK_LEDGER_QUEUED = """
 UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
- WHERE message_id = %(message_id)s AND state = 'accepted'"""
+ WHERE id IN (SELECT id FROM ledger WHERE message_id = %(message_id)s AND state = 'accepted'
+               ORDER BY id FOR UPDATE)
+   AND state = 'accepted'"""
 
 COUNT_LEDGER_ROWS = """
 SELECT count(*) AS rows, count(*) FILTER (WHERE state = 'voided') AS voided
@@ -142,8 +145,11 @@ SELECT id, queued_at FROM messages
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
+# A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
+# come last, so the mapping below gives each delivery line a copy that has no outcome yet.
 SELECT_LEDGER_RECIPIENTS = """
-SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s"""
+SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s
+ ORDER BY state NOT IN ('delivered', 'bounced', 'voided'), id DESC"""
 
 # Delivered and bounced are final; voided rows were never Postfix's to deliver.
 RECORD_OUTCOME = """
@@ -154,7 +160,21 @@ UPDATE ledger SET state = %(state)s, dsn = %(dsn)s, last_event = %(event)s,
 EXPIRE_MESSAGE = """
 UPDATE ledger SET state = 'bounced', dsn = COALESCE(dsn, '4.4.7'),
                   last_event = 'expired, returned to sender', last_event_at = %(now)s
- WHERE message_id = %(message_id)s AND state IN ('accepted', 'queued', 'deferred')"""
+ WHERE id IN (SELECT id FROM ledger
+               WHERE message_id = %(message_id)s
+                 AND state IN ('accepted', 'queued', 'deferred')
+               ORDER BY id FOR UPDATE)
+   AND state IN ('accepted', 'queued', 'deferred')"""
+
+# A chunk of log lines is one transaction that updates the rows of many messages in log
+# order, which is not id order: the settler, which locks an account's pending rows by id,
+# would meet it the other way round. So a chunk first locks, by id, every ledger row of the
+# messages owning its queue ids (migration 0014's lock order).
+LOCK_QUEUE_ROWS = """
+SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
+ WHERE m.node = %(node)s AND m.queue_id = ANY(%(queue_ids)s) AND m.removed_at IS NULL
+ ORDER BY l.id
+   FOR UPDATE OF l"""
 
 MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
 
@@ -168,6 +188,13 @@ class Confirmed:
     message_id: int
     ledger_rows: int
     voided_rows: int
+
+
+def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
+    """Inside a transaction: lock the ledger rows of the messages owning these queue ids now,
+    in id order, before any of them is updated."""
+    if queue_ids:
+        conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
 
 
 def confirm_queued(conn: Conn, node: str, queue_id: str,
@@ -194,7 +221,7 @@ def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None
 
 
 def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
-    """Lower-cased recipient -> ledger row id."""
+    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one)."""
     rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
     return {row["recipient"]: int(row["id"]) for row in rows}
 
@@ -299,8 +326,11 @@ def expire_pending(conn: Conn, node: str, now: dt.datetime) -> int:
 # --- voiding ------------------------------------------------------------------------------
 
 # Rows the milter accepted that Postfix never queued (cleanup failed, the client vanished
-# after end-of-message...). Only this node's: other nodes' logs are not read here. A message
-# with kept lines of its queue id waits for them to be applied (a replayed journal entry).
+# after end-of-message...). Rows another writer holds are skipped (voided at a later pass),
+# so voiding never waits for a ledger row; the blocks are then locked one by one in id
+# order (migration 0014's lock order). Only this node's: other nodes' logs are not read
+# here. A message with kept lines of its queue id waits for them to be applied (a replayed
+# journal entry).
 VOID_UNCONFIRMED = """
 WITH stale AS (
     SELECT l.id, l.account_id, l.billing, l.quota_block_id
@@ -310,6 +340,7 @@ WITH stale AS (
        AND NOT EXISTS (SELECT 1 FROM tracker_pending_events p  -- its qmgr line may be kept
                         WHERE p.node = m.node AND p.queue_id = m.queue_id
                           AND p.seen_at >= m.accepted_at)
+     ORDER BY l.id
        FOR UPDATE OF l SKIP LOCKED)
 UPDATE ledger SET state = 'voided', billing = 'void', quota_block_id = NULL,
                   last_event = 'voided: Postfix never queued the message',

@@ -78,16 +78,19 @@ class Tracker:
         return PassResult(total, caught_up=False)
 
     def apply_chunk(self, chunk: Chunk) -> Counters:
-        """The chunk's events and the position after it, in one transaction."""
+        """The chunk's events and the position after it, in one transaction. The ledger rows
+        the events may update are locked first, in id order (tracking.lock_queue_rows)."""
         now = self.clock.now()
         with self.conn.transaction():
             stored = tracking.lock_position(self.conn, self.node, self.log_path)
             if not _continues(stored, chunk.start):
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
-            for line in chunk.lines:
-                counters += apply_event(self.conn, self.node, logline.parse_line(line), now,
-                                        line)
+            events = [(logline.parse_line(line), line) for line in chunk.lines]
+            tracking.lock_queue_rows(self.conn, self.node, [
+                event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)])
+            for event, line in events:
+                counters += apply_event(self.conn, self.node, event, now, line)
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end,
                                    counters, now)
         self.follower.advance(chunk)
@@ -100,7 +103,9 @@ class Tracker:
         counters = Counters()
         with self.conn.transaction():
             tracking.lock_position(self.conn, self.node, self.log_path)
-            for queue_id in tracking.awaited_with_pending(self.conn, self.node):
+            queue_ids = tracking.awaited_with_pending(self.conn, self.node)
+            tracking.lock_queue_rows(self.conn, self.node, queue_ids)
+            for queue_id in queue_ids:
                 counters += apply_pending(self.conn, self.node, queue_id, now)
         return counters
 

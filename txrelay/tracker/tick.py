@@ -50,6 +50,7 @@ def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
     result = TickResult()
     validity = dt.timedelta(days=config.quota.block_validity_days)
     with conn.transaction():
+        lifecycle.lock_due_accounts(conn, now, accounts)
         result.renewals = lifecycle.renew_plans(conn, now, validity, accounts)
         result.expired = lifecycle.expire_blocks(conn, now, accounts)
     credits = [(r.account_id, r.amount) for r in result.renewals]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what only the tests and CI need, on top of scripts/install.sh (run by
+# scripts/test.sh; never needed on a production node): the Debian tools the tests drive
+# (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier)
+# and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${TXRELAY_VENV:-/opt/txrelay/venv}
+
+[ "$(id -u)" -eq 0 ] || { echo "install-test-deps.sh must run as root (it installs Debian packages)" >&2; exit 1; }
+[ -x "$venv/bin/pip" ] || { echo "no virtualenv at $venv: run scripts/install.sh first" >&2; exit 1; }
+
+packages=(
+    swaks libnet-ssleay-perl      # a real SMTP client (+ its STARTTLS)
+    curl                          # the metrics tests read /metrics as an operator would
+    buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
+    systemd                       # systemd-analyze proves the unit files; journald for the tracker tests
+    libmail-dkim-perl             # Mail::DKIM, a second DKIM verifier independent of dkimpy
+)
+# shellcheck source=scripts/apt.sh
+. "$here/scripts/apt.sh"
+apt_install_missing install-test-deps "${packages[@]}"
+
+# NSD, the authoritative DNS server the DNS tests start on loopback (tests/harness/dns.py).
+# Its own service must not start (policy-rc.d 101 while installing): the tests run NSD
+# themselves.
+if ! dpkg-query -W -f='${Status}' nsd 2>/dev/null | grep -q "install ok installed"; then
+    echo "[install-test-deps] installing Debian packages: nsd"
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nsd >/dev/null \
+        || { apt-get update -q >/dev/null &&
+             DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                 nsd >/dev/null; }
+    [ -z "$made_policy" ] || rm -f "$policy"
+fi
+
+# The [test] extra alone (txrelay itself is installed by install.sh): read from pyproject.toml
+# so that the list lives in one place.
+requirements=$(mktemp /tmp/txrelay-test-requirements.XXXXXX)
+trap 'rm -f "$requirements"' EXIT
+"$venv/bin/python" -c 'import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["test"]))' \
+    "$here/pyproject.toml" >"$requirements"
+if ! "$venv/bin/pip" install -q -r "$requirements" >"$requirements.log" 2>&1; then
+    cat "$requirements.log" >&2
+    rm -f "$requirements.log"
+    echo "pip install of the test tools failed (log above)" >&2
+    exit 1
+fi
+rm -f "$requirements.log"
