@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, TypeVar
 
@@ -30,7 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from txrelay.config import Config
-from txrelay.policy.health import NodeHealth, judge_dependencies, judge_milter
+from txrelay.policy.health import LoopStatus, NodeHealth, judge_dependencies, judge_milter
 from txrelay.store.keys import AccountKeys
 from txrelay.store.redis_client import open_redis
 
@@ -52,6 +52,17 @@ STAGE_SECONDS = Histogram(
 JOURNAL_BACKLOG = Gauge(
     "txrelay_milter_journal_backlog", "Messages accepted into the milter's local journal "
     "and not yet written to PostgreSQL (0 while no journal exists).", registry=REGISTRY)
+
+JOURNAL_QUARANTINED = Gauge(
+    "txrelay_journal_quarantined", "Journal entries set aside after failing to replay "
+    "(quarantine files in [milter] journal_dir: not in the ledger; see txrelay journal list).",
+    registry=REGISTRY)
+BACKGROUND_ERRORS = Counter(
+    "txrelay_background_errors", "Unexpected exceptions in a background loop (the loop goes "
+    "on; the milter's log has the traceback).", ["loop"], registry=REGISTRY)
+BACKGROUND_LAST_SUCCESS = Gauge(
+    "txrelay_background_loop_last_success_timestamp_seconds", "When a background loop last "
+    "finished a run (Unix time).", ["loop"], registry=REGISTRY)
 
 NO_CONNECTION = "-"  # refused before a connection was known (unknown or missing login)
 HEALTH_TIMEOUT = 2.0  # seconds: a scrape must not hang on a dead dependency
@@ -92,6 +103,11 @@ def set_journal_backlog(messages: int) -> None:
 def watch_journal_backlog(count: Callable[[], float]) -> None:
     """For the local journal: read its backlog at every scrape instead of pushing it."""
     JOURNAL_BACKLOG.set_function(count)
+
+
+def watch_journal_quarantine(count: Callable[[], float]) -> None:
+    """For the local journal: read how many entries are set aside at every scrape."""
+    JOURNAL_QUARANTINED.set_function(count)
 
 
 # -- health of the dependencies -------------------------------------------------------------
@@ -398,21 +414,29 @@ def start_endpoint(listen: str, what: str, checks: Mapping[str, HealthCheck],
         return None
 
 
-def start_milter_endpoint(config: Config,
-                          journal_room: Callable[[], int]) -> MetricsEndpoint | None:
+def start_milter_endpoint(config: Config, journal_room: Callable[[], int],
+                          loops: Callable[[], Sequence[LoopStatus]] = tuple,
+                          quarantined: Callable[[], int] = int) -> MetricsEndpoint | None:
     """[metrics] milter_listen: decisions, stage latency, quota, reservations, and /healthz
-    as "can this node accept mail now" (degraded but serving is 200)."""
+    as "can this node accept mail now" (degraded but serving is 200), with the background
+    loops and the journal entries set aside."""
     client = open_redis(config.redis, lazy=True)
 
     def judge(problems: Mapping[str, str | None]) -> NodeHealth:
-        return judge_milter(problems, journal_room())
+        return judge_milter(problems, journal_room(), loops(), quarantined())
 
     return start_endpoint(config.metrics.milter_listen, "milter", milter_checks(config),
                           [AccountCollector(client, config.redis.key_prefix)], judge)
 
 
-def start_tracker_endpoint(config: Config,
-                           position: Callable[[], LogPosition | None]) -> MetricsEndpoint | None:
-    """[metrics] tracker_listen: lag behind the mail log, health."""
+def start_tracker_endpoint(config: Config, position: Callable[[], LogPosition | None],
+                           loops: Callable[[], Sequence[LoopStatus]] = tuple
+                           ) -> MetricsEndpoint | None:
+    """[metrics] tracker_listen: lag behind the mail log, health (its dependencies and its
+    loop)."""
+
+    def judge(problems: Mapping[str, str | None]) -> NodeHealth:
+        return judge_dependencies(problems, loops())
+
     return start_endpoint(config.metrics.tracker_listen, "tracker", dependency_checks(config),
-                          [TrackerCollector(position)])
+                          [TrackerCollector(position)], judge)

@@ -168,7 +168,8 @@ def test_every_group_and_command_has_help_with_an_example(monkeypatch: pytest.Mo
                                "rotate-password", "delete", "set"],
                 "quota": ["book", "show"], "db": ["migrate", "status"], "init": [],
                 "dovecot": ["configure"],
-                "postfix": ["show", "configure", "unconfigure", "check"]}
+                "postfix": ["show", "configure", "unconfigure", "check"],
+                "journal": ["list", "show", "retry", "drop"]}
     for group, subcommands in commands.items():
         for path in [[group]] + [[group, sub] for sub in subcommands]:
             result = run_main([*path, "--help"], monkeypatch)

@@ -3,8 +3,10 @@ locks between milters, the hourly bound, and an unwritable directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fcntl
+import logging
 import os
 import stat
 import uuid
@@ -14,10 +16,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.cli.conftest import run_main
 from tests.store.builders import Tenant
 from txrelay.config import DatabaseConfig
 from txrelay.store import database
-from txrelay.store.journal import Journal, JournalEntry, JournalUnavailable
+from txrelay.store.journal import (
+    MAX_REPLAY_FAILURES,
+    Journal,
+    JournalEntry,
+    JournalUnavailable,
+)
 from txrelay.store.ledger import AcceptedMessage, Recorded, record_acceptance, settle
 
 
@@ -147,3 +155,98 @@ def test_a_full_disk_is_service_unavailable(
     with pytest.raises(JournalUnavailable, match="not writable"):
         journal.append(JournalEntry(accepted(tenant, ["a@x.example"])))
     assert journal.backlog() == 0
+
+
+def poisoned(tenant: Tenant, db: psycopg.Connection) -> AcceptedMessage:
+    """A record for a connection that does not exist (deleted while PostgreSQL was away):
+    its replay fails on the foreign key, every time, until the connection is back."""
+    row = db.execute("SELECT coalesce(max(id), 0) + 100000 AS id FROM connections").fetchone()
+    assert isinstance(row, dict)
+    return dataclasses.replace(accepted(tenant, ["p1@x.example", "p2@x.example"]),
+                               connection_id=int(row["id"]))
+
+
+def test_an_entry_that_always_fails_is_set_aside_and_the_later_ones_replay(
+        tmp_path: Path, database_url: str, db: psycopg.Connection, config_file: Path,
+        tenant_factory: Callable[..., Tenant], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = tenant_factory()
+    journal = Journal(tmp_path, database_url, 1000)
+    bad = poisoned(tenant, db)
+    journal.append(JournalEntry(bad))
+    journal.append(JournalEntry(accepted(tenant, ["a@x.example"])))
+    journal.close()  # the next entry in a later file
+    journal.append(JournalEntry(accepted(tenant, ["b@x.example"])))
+    with caplog.at_level(logging.INFO, logger="txrelay.milter.journal"):
+        assert replay_into(journal, database_url) == 2  # both later entries, at once
+        assert counts(db, tenant)[:2] == (2, 2) and journal.backlog() == 1
+        assert replay_into(journal, database_url) == 0
+        assert journal.quarantined() == 0 and len(journal.pending_files()) == 1
+        assert replay_into(journal, database_url) == 0  # the third failure: set aside
+    assert journal.pending_files() == [] and journal.backlog() == 0
+    [aside] = tmp_path.glob("quarantine-*.json")
+    assert stat.S_IMODE(aside.stat().st_mode) == 0o600 and journal.quarantined() == 1
+    events = [(r.levelname, r.getMessage().split()[0]) for r in caplog.records
+              if "journal_entry" in r.getMessage()]
+    assert events == [("WARNING", "event=journal_entry_failed")] * 2 + [
+        ("ERROR", "event=journal_entry_quarantined")]
+    assert "ForeignKeyViolation" in caplog.text
+
+    monkeypatch.setenv("TXRELAY_MILTER_JOURNAL_DIR", str(tmp_path))
+    listed = run_main(["--config", str(config_file), "journal", "list", "--json"],
+                      monkeypatch).json()
+    assert [(e["txn_id"], e["connection_id"], e["recipients"], e["failures"])
+            for e in listed] == [(str(bad.txn_id), bad.connection_id, 2, 3)]
+    assert listed[0]["reason"].startswith("ForeignKeyViolation")
+    shown = run_main(["--config", str(config_file), "journal", "show", str(bad.txn_id)[:8],
+                      "--json"], monkeypatch).json()
+    assert shown["record"]["recipients"] == ["p1@x.example", "p2@x.example"]
+
+    # The cause fixed (the connection restored), the entry put back replays exactly once.
+    db.execute("INSERT INTO connections (id, account_id, name, enabled, rate_limit) "
+               "VALUES (%s, %s, 'restored', true, 10)", (bad.connection_id, tenant.account_id))
+    db.commit()
+    retried = run_main(["--config", str(config_file), "journal", "retry", str(bad.txn_id)],
+                       monkeypatch)
+    assert retried.exit_code == 0 and "put back for replay" in retried.stdout
+    assert list(tmp_path.glob("quarantine-*.json")) == []
+    assert replay_into(journal, database_url) == 1
+    assert replay_into(journal, database_url) == 0
+    assert counts(db, tenant)[:2] == (3, 4) and journal.quarantined() == 0
+
+
+def test_journal_commands_name_an_unknown_entry_and_drop_forgets_one(
+        tmp_path: Path, database_url: str, db: psycopg.Connection, config_file: Path,
+        tenant_factory: Callable[..., Tenant], monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant = tenant_factory()
+    journal = Journal(tmp_path, database_url, 1000)
+    bad = poisoned(tenant, db)
+    journal.append(JournalEntry(bad))
+    for _ in range(MAX_REPLAY_FAILURES):
+        replay_into(journal, database_url)
+    monkeypatch.setenv("TXRELAY_MILTER_JOURNAL_DIR", str(tmp_path))
+    base = ["--config", str(config_file), "journal"]
+    missing = run_main([*base, "retry", "0000dead"], monkeypatch)
+    assert missing.exit_code == 3 and "no entry set aside" in missing.error
+    human = run_main([*base, "list"], monkeypatch)
+    assert str(bad.txn_id) in human.stdout and "ForeignKeyViolation" in human.stdout
+    dropped = run_main([*base, "drop", str(bad.txn_id)], monkeypatch)
+    assert dropped.exit_code == 0 and "stay out of the ledger" in dropped.stdout
+    assert run_main([*base, "list", "--json"], monkeypatch).json() == []
+    assert replay_into(journal, database_url) == 0 and counts(db, tenant)[:2] == (0, 0)
+
+
+def test_postgresql_away_during_replay_counts_against_no_entry(
+        tmp_path: Path, database_url: str, tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    journal = Journal(tmp_path, database_url, 1000)
+    journal.append(JournalEntry(accepted(tenant, ["a@x.example"])))
+
+    def away(entry: JournalEntry) -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    for _ in range(MAX_REPLAY_FAILURES + 2):
+        with pytest.raises(psycopg.OperationalError):
+            journal.replay(away)
+    assert journal.quarantined() == 0 and journal.backlog() == 1
+    assert len(journal.pending_files()) == 1

@@ -27,6 +27,7 @@ COMMANDS = [
     ("txrelay.cli.stats", "stats"),
     ("txrelay.cli.messages", "messages"),
     ("txrelay.cli.billing", "billing"),
+    ("txrelay.cli.journal", "journal"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
 EXTENSIONS = ["txrelay.cli.quota_lifecycle"]

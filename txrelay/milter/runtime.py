@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,6 +52,7 @@ from txrelay.store.policy import (
 )
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
+from txrelay.supervised import Loops, SupervisedLoop
 
 log = logging.getLogger("txrelay.milter")
 T = TypeVar("T")
@@ -107,11 +108,12 @@ class Ledger:
         """Write journaled records to PostgreSQL (idempotent); 0 when there was nothing or
         PostgreSQL is still away."""
         journal = self.journal
-        if journal is None or not journal.backlog():
+        # The files, not the backlog count: `txrelay journal retry` adds one from outside.
+        if journal is None or not journal.pending_files():
             return 0
         try:
             with self.pool.connection() as conn:
-                done = journal.replay(lambda entry: self._replay(conn, entry))
+                done = journal.replay(lambda entry: self._replay(conn, entry), UNREACHABLE)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.info("event=journal_replay_waiting backlog=%d error=%r", journal.backlog(),
                      exc.__class__.__name__)
@@ -161,8 +163,8 @@ class PolicyCache:
         self._passdb_due = passdb_path is not None
         self._passdb_failing = False
         self.current: PolicySnapshot | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Critical: a frozen snapshot would keep accepting a connection disabled since.
+        self.loop = SupervisedLoop("policy-refresh", self.interval, self._poll, critical=True)
         self._failing = False
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
@@ -258,18 +260,14 @@ class PolicyCache:
                     self.current.version, self.copy_path, len(self.current.connections))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="policy-refresh", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._refresh_lock:  # connections meeting an unknown login wait for it
-                self.refresh()
+    def _poll(self) -> None:
+        with self._refresh_lock:  # connections meeting an unknown login wait for it
+            self.refresh()
 
 
 @dataclass
@@ -282,31 +280,7 @@ class Runtime:
     ledger: Ledger
     refusals: RefusalBudget
     close: Callable[[], None]
-
-
-class Repeater:
-    """A daemon thread calling one function every `interval` seconds until stopped (the
-    first call right away: a milter started after an outage replays its journal at once)."""
-
-    def __init__(self, name: str, interval: float, work: Callable[[], object]) -> None:
-        self._stop = threading.Event()
-        self._work = work
-        self._interval = interval
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> Repeater:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            self._work()
-            if self._stop.wait(self._interval):
-                return
+    loops: Loops = field(default_factory=Loops)
 
 
 def open_journal(config: Config) -> Journal:
@@ -315,10 +289,13 @@ def open_journal(config: Config) -> Journal:
                    config.milter.journal_max_per_hour)
 
 
-def open_runtime(config: Config, clock: Clock, journal: Journal | None = None) -> Runtime:
+def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
+                 loops: Loops | None = None) -> Runtime:
     """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
     even when they are away, works in a degraded mode while one of them is, and recovers by
-    itself when they return (docs/failure-modes.md)."""
+    itself when they return (docs/failure-modes.md). Its background loops are added to
+    `loops` (what /healthz reads)."""
+    loops = loops if loops is not None else Loops()
     node = config.milter.node_name or socket.gethostname()
     pool = database.open_pool(config.database, "txrelay-milter")
     pool.open(wait=False)
@@ -326,13 +303,16 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None) -
     state_dir = Path(config.milter.journal_dir)
     journal = journal or open_journal(config)
     metrics.watch_journal_backlog(journal.backlog)
+    metrics.watch_journal_quarantine(journal.quarantined)
     postgres_holds = PostgresReservations(pool, config.milter.reservation_ttl_seconds, node)
 
     def rebuild(accounts: set[int]) -> None:
         with pool.connection() as conn:
             rebuild_redis(conn, client, config.redis.key_prefix, accounts)
 
-    settler = Settler(lambda: database.connect(config.database, autocommit=True)).start()
+    settler = Settler(lambda: database.connect(config.database, autocommit=True))
+    loops.add(settler.loop)
+    settler.start()
     ledger = Ledger(pool, clock, journal, recorded_for=settler.notify)
     redis_store = RedisReservations(client, config.redis.key_prefix,
                                     config.milter.reservation_ttl_seconds,
@@ -343,9 +323,10 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None) -
     policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds,
                          copy_path, Path(config.dovecot.passdb_file))
     policy.refresh()
-    policy.start()
-    reservations.start()
-    replayer = Repeater("journal-replay", REPLAY_INTERVAL, ledger.replay_journal).start()
+    replayer = SupervisedLoop("journal-replay", REPLAY_INTERVAL, ledger.replay_journal,
+                              first_run_now=True)
+    for loop in (policy.loop, reservations.loop, replayer):
+        loops.add(loop).start()
 
     def close() -> None:
         replayer.stop()
@@ -359,4 +340,4 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None) -
     refusals = RefusalBudget(client, config.redis.key_prefix,
                              config.milter.refusal_budget_per_hour, clock,
                              lambda: reservations.degraded)
-    return Runtime(config, node, clock, policy, reservations, ledger, refusals, close)
+    return Runtime(config, node, clock, policy, reservations, ledger, refusals, close, loops)

@@ -17,6 +17,7 @@ from txrelay.errors import ConfigError
 from txrelay.metrics import start_milter_endpoint
 from txrelay.milter.relay import ACTIONS, RelayMilter
 from txrelay.milter.runtime import open_journal, open_runtime
+from txrelay.supervised import Loops
 
 log = logging.getLogger("txrelay.milter")
 
@@ -76,8 +77,10 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # inherited by every thread
     # The endpoint starts before the runtime, so /healthz answers from the first second.
     journal = open_journal(config)
-    endpoint = start_milter_endpoint(config, journal.room)  # [metrics] milter_listen; "" = none
-    runtime = open_runtime(config, clock, journal)
+    loops = Loops()  # filled by open_runtime; /healthz shows a dead or frozen one
+    endpoint = start_milter_endpoint(config, journal.room,  # [metrics] milter_listen
+                                     loops.statuses, journal.quarantined)
+    runtime = open_runtime(config, clock, journal, loops)
     try:
         Milter.factory = lambda: RelayMilter(runtime)
         Milter.set_flags(ACTIONS)

@@ -20,6 +20,7 @@ import psycopg
 
 from txrelay.errors import ServiceUnavailable
 from txrelay.store.ledger import settle, settle_all
+from txrelay.supervised import SupervisedLoop
 
 log = logging.getLogger("txrelay.milter.settler")
 
@@ -32,13 +33,11 @@ class Settler:
     def __init__(self, connect: Callable[[], psycopg.Connection],
                  interval: float = SETTLE_INTERVAL) -> None:
         self._connect = connect
-        self._interval = interval
         self._lock = threading.Lock()
         self._accounts: set[int] = set()
         self._everything = True  # the first round settles every pending account
         self._conn: psycopg.Connection | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ledger-settler", daemon=True)
+        self.loop = SupervisedLoop("ledger-settler", interval, self.settle_round, last_run=True)
 
     def notify(self, account_id: int) -> None:
         """The account has new pending rows: settle it in the next round."""
@@ -46,14 +45,12 @@ class Settler:
             self._accounts.add(account_id)
 
     def start(self) -> Settler:
-        self._thread.start()
+        self.loop.start()
         return self
 
     def stop(self) -> None:
         """Stop after one last round, so that a clean shutdown leaves nothing pending."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self.loop.stop()
         if self._conn is not None:
             self._conn.close()
 
@@ -75,11 +72,6 @@ class Settler:
             self._drop_connection()
             return 0
         return settled
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.settle_round()
-        self.settle_round()
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:

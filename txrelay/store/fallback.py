@@ -41,6 +41,7 @@ from txrelay.store.reservations import (
     RedisUnavailable,
     ReservationRequest,
 )
+from txrelay.supervised import SupervisedLoop
 
 log = logging.getLogger("txrelay.milter.fallback")
 
@@ -175,8 +176,7 @@ class FailoverReservations:
         self._lock = threading.Lock()
         self._held_in_postgres: dict[str, set[str]] = {}  # txn id -> members
         self._stale_accounts: set[int] = set()  # their Redis state lags PostgreSQL
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop = SupervisedLoop("redis-recovery", PROBE_INTERVAL_SECONDS, self._probe)
 
     def reserve(self, request: ReservationRequest) -> Reservation:
         if not self.degraded:
@@ -246,18 +246,14 @@ class FailoverReservations:
         return True
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="redis-probe", daemon=True)
-        self._thread.start()
+        self.loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(PROBE_INTERVAL_SECONDS):
-            if self.degraded:
-                self.try_recover()
+    def _probe(self) -> None:
+        if self.degraded:
+            self.try_recover()
 
     def _enter_degraded(self, exc: Exception) -> None:
         with self._lock:

@@ -16,6 +16,10 @@ a hidden name, locked, then renamed, so no replayer can take it first.
 
 Only whole lines count: the milter replies after the fsync, so a line torn by a crash was
 never acknowledged and is skipped.
+
+An entry whose replay fails for a reason of its own (not PostgreSQL being away) never blocks
+the others: it stays behind while they replay, and after MAX_REPLAY_FAILURES it is set aside
+in quarantine-<db>-<txn>.json beside the journal, for `txrelay journal` (cli/journal.py).
 """
 
 from __future__ import annotations
@@ -36,12 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from txrelay.errors import ServiceUnavailable
 from txrelay.store.ledger import AcceptedMessage
 
 log = logging.getLogger("txrelay.milter.journal")
 
 HOUR = 3600.0
+MAX_REPLAY_FAILURES = 3  # an entry that fails this often (not transiently) is set aside
+# PostgreSQL away, a deadlock, a timeout: try the same entry again later, uncounted.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable)
 
 
 class JournalUnavailable(ServiceUnavailable):
@@ -109,6 +119,7 @@ class Journal:
         self._active: int | None = None  # fd of the file this process appends to
         self._active_path: Path | None = None
         self._appended: collections.deque[tuple[float, int]] = collections.deque()
+        self._failures: dict[str, int] = {}  # txn id -> failed replays (not transient)
         # Messages waiting for PostgreSQL: those left by an earlier process, then ours.
         self._backlog = sum(_count_lines(p) for p in self.pending_files())
 
@@ -186,20 +197,33 @@ class Journal:
             return []
         return sorted(self.directory.glob(f"journal-{self.tag}-*.jsonl"))
 
-    def replay(self, record: Callable[[JournalEntry], object]) -> int:
-        """Record every journaled message; returns how many lines were replayed. Stops at the
-        first failure of `record` (PostgreSQL away again) and leaves that file for later."""
+    def replay(self, record: Callable[[JournalEntry], object],
+               transient: tuple[type[BaseException], ...] = TRANSIENT) -> int:
+        """Record every journaled message; returns how many lines were replayed.
+
+        An exception of a `transient` class (PostgreSQL away again) stops the replay and
+        leaves the file for later. Any other failure is the entry's own (a connection or
+        account that no longer exists, a bug): the entry stays behind while the later
+        entries replay, and after MAX_REPLAY_FAILURES failures it is set aside in a
+        quarantine file (`txrelay journal list`) so that it never blocks the rest."""
         with self._lock:
             if self._active is not None:
                 self._close_active()  # later appends go to a new file
         replayed = 0
-        for path in self.pending_files():
-            replayed += self._replay_file(path, record)
-        with self._lock:
-            self._backlog = max(0, self._backlog - replayed)
+        try:
+            for path in self.pending_files():
+                replayed += self._replay_file(path, record, transient)
+        finally:
+            with self._lock:  # appends hold the lock: the count and the files agree
+                self._backlog = sum(_count_lines(p) for p in self.pending_files())
         return replayed
 
-    def _replay_file(self, path: Path, record: Callable[[JournalEntry], object]) -> int:
+    def quarantined(self) -> int:
+        """Entries of this database set aside (for the metric and /healthz)."""
+        return len(quarantine_files(self.directory, self.tag))
+
+    def _replay_file(self, path: Path, record: Callable[[JournalEntry], object],
+                     transient: tuple[type[BaseException], ...]) -> int:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -209,18 +233,161 @@ class Journal:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return 0  # still being written, or being replayed by another milter
-            count = 0
+            count, kept = 0, []
             for line in _read_lines(fd):
                 entry = _parse(line, path)
-                if entry is not None:
+                if entry is None:
+                    continue
+                try:
                     record(entry)
-                    count += 1
-            path.unlink(missing_ok=True)
-            _fsync_directory(self.directory)
-            log.info("event=journal_replayed file=%s messages=%d", path.name, count)
+                except transient:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the entry's own failure, see replay
+                    if not self._failed(path, line, entry, exc):
+                        kept.append(line)
+                    continue
+                self._failures.pop(str(entry.message.txn_id), None)
+                count += 1
+            self._finish_file(path, kept)
+            log.info("event=journal_replayed file=%s messages=%d kept=%d", path.name, count,
+                     len(kept))
             return count
         finally:
             os.close(fd)
+
+    def _failed(self, path: Path, line: bytes, entry: JournalEntry, exc: Exception) -> bool:
+        """Count one failure of the entry; True when it was set aside (quarantined)."""
+        txn = str(entry.message.txn_id)
+        failures = self._failures.get(txn, 0) + 1
+        reason = f"{exc.__class__.__name__}: {_first_line(exc)}"
+        if failures < MAX_REPLAY_FAILURES:
+            self._failures[txn] = failures
+            log.warning("event=journal_entry_failed txn=%s file=%s failures=%d reason=%r "
+                        "(kept; the later entries replay)", txn, path.name, failures, reason)
+            return False
+        self._failures.pop(txn, None)  # a retry gets its full count of attempts again
+        target = _write_quarantine(self.directory, self.tag, line, entry, reason, failures,
+                                   path.name)
+        log.error("event=journal_entry_quarantined txn=%s account=%d connection=%d "
+                  "recipients=%d failures=%d reason=%r file=%s: not in the ledger; see "
+                  "'txrelay journal show %s', fix the cause, then 'txrelay journal retry'",
+                  txn, entry.message.account_id, entry.message.connection_id,
+                  len(entry.message.recipients), failures, reason, target.name, txn)
+        return True
+
+    def _finish_file(self, path: Path, kept: list[bytes]) -> None:
+        """Remove a replayed file, or replace it by the entries still kept for a later try
+        (written whole under a hidden name, then renamed over it)."""
+        if not kept:
+            path.unlink(missing_ok=True)
+        else:
+            _write_file(self.directory, path.name, b"".join(kept))
+        _fsync_directory(self.directory)
+
+
+# -- entries set aside ---------------------------------------------------------------------
+# quarantine-<db>-<txn id>.json (mode 0600) in the journal directory: the entry's journal
+# line as it was, why it failed, how often, when and from which file. Never replayed by
+# itself; `txrelay journal retry` writes the line back as a journal file of its own.
+
+
+@dataclass(frozen=True)
+class QuarantinedEntry:
+    """One entry set aside: its file, its database tag and what the file records."""
+
+    path: Path
+    tag: str
+    record: dict[str, Any]
+
+    @property
+    def txn_id(self) -> str:
+        return str(self.record["entry"]["txn_id"])
+
+    def summary(self) -> dict[str, Any]:
+        entry = self.record["entry"]
+        return {"txn_id": self.txn_id, "database": self.tag,
+                "account_id": entry.get("account_id"),
+                "connection_id": entry.get("connection_id"),
+                "queue_id": entry.get("queue_id"),
+                "recipients": len(entry.get("recipients", [])),
+                "accepted_at": entry.get("accepted_at"),
+                "quarantined_at": self.record.get("quarantined_at"),
+                "failures": self.record.get("failures"), "reason": self.record.get("reason"),
+                "file": self.path.name}
+
+
+def quarantine_files(directory: Path, tag: str = "*") -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob(f"quarantine-{tag}-*.json"))
+
+
+def read_quarantined(path: Path) -> QuarantinedEntry:
+    """One quarantine file; ValueError when it is not one this module wrote."""
+    try:
+        record = json.loads(path.read_bytes())
+        decode_entry(json.dumps(record["entry"]).encode())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a quarantined journal entry ({exc})") from exc
+    tag = path.name.removeprefix("quarantine-").split("-", 1)[0]
+    return QuarantinedEntry(path, tag, record)
+
+
+def list_quarantined(directory: Path) -> list[QuarantinedEntry]:
+    return [read_quarantined(path) for path in quarantine_files(directory)]
+
+
+def release_quarantined(entry: QuarantinedEntry) -> Path:
+    """Put the entry back for replay: its line as a journal file of its own (the running
+    milter replays it within a second, or the next one at start), then the quarantine file
+    goes. Returns the journal file."""
+    line = json.dumps(entry.record["entry"], separators=(",", ":"),
+                      ensure_ascii=True).encode() + b"\n"
+    decode_entry(line)
+    name = f"journal-{entry.tag}-retry-{time.time_ns()}.jsonl"
+    _write_file(entry.path.parent, name, line)
+    entry.path.unlink(missing_ok=True)
+    _fsync_directory(entry.path.parent)
+    return entry.path.parent / name
+
+
+def drop_quarantined(entry: QuarantinedEntry) -> None:
+    """Forget the entry for good: the message stays out of the ledger."""
+    entry.path.unlink(missing_ok=True)
+    _fsync_directory(entry.path.parent)
+
+
+def _write_quarantine(directory: Path, tag: str, line: bytes, entry: JournalEntry,
+                      reason: str, failures: int, source: str) -> Path:
+    record = {"entry": json.loads(line), "reason": reason, "failures": failures,
+              "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "source_file": source}
+    name = f"quarantine-{tag}-{entry.message.txn_id}.json"
+    _write_file(directory, name, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+    return directory / name
+
+
+def _write_file(directory: Path, name: str, data: bytes) -> None:
+    """A whole file, mode 0600, under a hidden name first: the journal's globs never see it
+    half-written."""
+    hidden = directory / f".{name}.{os.getpid()}"
+    fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        hidden.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(hidden, directory / name)
+    _fsync_directory(directory)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _parse(line: bytes, path: Path) -> JournalEntry | None:

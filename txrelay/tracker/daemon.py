@@ -23,6 +23,7 @@ from txrelay.notify import Mailer, SmtpMailer
 from txrelay.store import database, lifecycle, tracking
 from txrelay.store.redis_client import open_redis
 from txrelay.store.tracking import Counters
+from txrelay.supervised import RUN_AGAIN, SupervisedLoop
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.follower import LogFollower
 from txrelay.tracker.journal import JournalUnreadable
@@ -30,6 +31,9 @@ from txrelay.tracker.sources import SourceChoice, choose_source
 from txrelay.tracker.tick import TickResult, run_tick
 
 log = logging.getLogger("txrelay.tracker")
+# One pass reads up to 1000 chunks of 256 KiB (engine.run_pass) and may tick: minutes on a
+# slow disk or database. Only a pass stuck far longer makes the tracker's /healthz 503.
+PASS_STALE_AFTER = 900.0
 
 
 def node_name(config: Config) -> str:
@@ -74,6 +78,7 @@ class TrackerDaemon:
         self.conn: psycopg.Connection | None = None
         self.redis: redis.Redis = open_redis(config.redis, lazy=True)
         self.tracker: Tracker | None = None
+        self._next_tick = 0.0
 
     def connect(self) -> Tracker:
         if self.tracker is None:
@@ -150,32 +155,44 @@ class TrackerDaemon:
         return expired
 
     def run(self) -> RunSummary:
-        """Until SIGTERM/SIGINT: follow the log, tick every tick_interval_seconds."""
+        """Until SIGTERM/SIGINT: follow the log, tick every tick_interval_seconds. Each pass
+        runs supervised: an unexpected exception is logged at ERROR and counted
+        (txrelay_background_errors_total{loop="tracker"}), and the tracker reconnects and
+        goes on instead of exiting."""
         summary = RunSummary()
-        next_tick = 0.0
+        self._next_tick = 0.0
         log.info("event=tracker_start node=%s source=%s: %s", self.node, self.log_path,
                  self.source.reason)
-        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position)
-        while not self.stop.is_set():
-            try:
-                due = time.monotonic() >= next_tick
-                caught_up = self.run_once(summary, tick=due)
-                if due:
-                    next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
-                    summary.ticks.clear()
-            except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError,
-                    JournalUnreadable) as exc:
-                log.error("event=tracker_backoff reason=%s", exc)
-                self.disconnect()
-                caught_up = True
-                self.stop.wait(5.0)
-            if caught_up:
-                self.stop.wait(self.config.tracker.poll_interval_seconds)
+        loop = SupervisedLoop("tracker", self.config.tracker.poll_interval_seconds,
+                              lambda: self._pass(summary), first_run_now=True,
+                              stop_event=self.stop, stale_after=PASS_STALE_AFTER)
+        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position,
+                                                  lambda: [loop.status()])
+        loop.run()
         self.disconnect()
         if endpoint is not None:
             endpoint.close()
         log.info("event=tracker_stop node=%s", self.node)
         return summary
+
+    def _pass(self, summary: RunSummary) -> object:
+        """One pass of `run`: RUN_AGAIN while the log is not caught up."""
+        try:
+            due = time.monotonic() >= self._next_tick
+            caught_up = self.run_once(summary, tick=due)
+            if due:
+                self._next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
+                summary.ticks.clear()
+        except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError,
+                JournalUnreadable) as exc:
+            log.error("event=tracker_backoff reason=%s", exc)
+            self.disconnect()
+            self.stop.wait(5.0)
+            return None
+        except Exception:
+            self.disconnect()  # the connection may be mid-transaction: a fresh one next pass
+            raise
+        return None if caught_up else RUN_AGAIN
 
     def log_position(self) -> metrics.FollowerPosition | None:
         """Where this tracker is in the log, for the metrics endpoint (None while
