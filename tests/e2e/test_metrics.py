@@ -96,53 +96,48 @@ def test_healthz_is_ok_while_postgresql_and_redis_answer(metrics_stack: MetricsS
                                   + ("dovecot: ok\n" if url == metrics_stack.milter_url else ""))
 
 
-def _milter_with(relay: RelayStack, tmp_path: Path, listen: str,
-                 **overrides: str) -> ManagedProcess:
+def _healthz_of_a_milter_with(relay: RelayStack, tmp_path: Path,
+                              **overrides: str) -> tuple[int, str, str]:
+    """Start a milter of the relay's configuration with these environment overrides and
+    return its /healthz status and body, and its /metrics."""
+    listen = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "TXRELAY_METRICS_MILTER_LISTEN": listen, **overrides}
-    return ManagedProcess([TXRELAY, "--config", str(relay.config_file), "milter", "--socket",
-                           f"unix:{tmp_path}/health.sock"], tmp_path / "milter.log", env=env)
+    milter = ManagedProcess([TXRELAY, "--config", str(relay.config_file), "milter", "--socket",
+                             f"unix:{tmp_path}/health.sock"], tmp_path / "milter.log", env=env)
+    milter.start()
+    try:
+        wait_until(lambda: port_open(int(listen.rsplit(":", 1)[1])), 20, "metrics endpoint",
+                   milter.log)
+        status, body = http_get(f"http://{listen}/healthz")
+        return status, body, curl(f"http://{listen}/metrics")
+    finally:
+        milter.stop()
 
 
 def test_healthz_is_200_degraded_while_only_redis_is_down(relay: RelayStack,
                                                           tmp_path: Path) -> None:
     """Mail still flows (rate and quota in PostgreSQL): a load balancer keeps the node."""
-    listen = f"127.0.0.1:{free_port()}"
-    milter = _milter_with(relay, tmp_path, listen,
-                          TXRELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    milter.start()
-    try:
-        wait_until(lambda: port_open(int(listen.rsplit(":", 1)[1])), 20, "metrics endpoint",
-                   milter.log)
-        status, body = http_get(f"http://{listen}/healthz")
-        lines = body.splitlines()
-        assert (status, lines[0]) == (200, "degraded"), body
-        assert lines[1].startswith("redis down: rate and quota are decided in PostgreSQL")
-        assert "postgresql: ok" in lines and "dovecot: ok" in lines
-    finally:
-        milter.stop()
+    status, body, _ = _healthz_of_a_milter_with(
+        relay, tmp_path, TXRELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    lines = body.splitlines()
+    assert (status, lines[0]) == (200, "degraded"), body
+    assert lines[1].startswith("redis down: rate and quota are decided in PostgreSQL")
+    assert "postgresql: ok" in lines and "dovecot: ok" in lines
 
 
 def test_healthz_answers_503_naming_each_dependency_that_is_down(relay: RelayStack,
                                                                 tmp_path: Path) -> None:
     """A milter whose Redis and PostgreSQL are ports nobody listens on: mail would get 451."""
-    listen = f"127.0.0.1:{free_port()}"
-    milter = _milter_with(
-        relay, tmp_path, listen, TXRELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    status, body, metrics_text = _healthz_of_a_milter_with(
+        relay, tmp_path, TXRELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
         TXRELAY_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/txrelay")
-    milter.start()
-    try:
-        wait_until(lambda: port_open(int(listen.rsplit(":", 1)[1])), 20, "metrics endpoint",
-                   milter.log)
-        status, body = http_get(f"http://{listen}/healthz")
-        assert status == 503
-        lines = body.splitlines()
-        assert lines[0] == "unavailable"
-        assert lines[1].startswith("Redis and PostgreSQL are both down"), body
-        assert lines[2].startswith("postgresql: OperationalError"), body
-        assert lines[3].startswith("redis: ConnectionError"), body
-        assert lines[4] == "dovecot: ok", body
-        up = samples(curl(f"http://{listen}/metrics"), "txrelay_dependency_up")
-        assert up == {(("dependency", "postgresql"),): 0.0, (("dependency", "redis"),): 0.0,
-                      (("dependency", "dovecot"),): 1.0}
-    finally:
-        milter.stop()
+    assert status == 503
+    lines = body.splitlines()
+    assert lines[0] == "unavailable"
+    assert lines[1].startswith("Redis and PostgreSQL are both down"), body
+    assert lines[2].startswith("postgresql: OperationalError"), body
+    assert lines[3].startswith("redis: ConnectionError"), body
+    assert lines[4] == "dovecot: ok", body
+    up = samples(metrics_text, "txrelay_dependency_up")
+    assert up == {(("dependency", "postgresql"),): 0.0, (("dependency", "redis"),): 0.0,
+                  (("dependency", "dovecot"),): 1.0}

@@ -5,7 +5,6 @@ an after-queue content_filter and a 50 MB message_size_limit — before txrelay 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from tests.harness.processes import (
@@ -89,15 +88,7 @@ class ExistingServer(PostfixInstance):
         self.dead_milter_port = free_port()
 
     def prepare(self) -> None:
-        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
-        for directory in (self.config_directory, self.queue_directory, self.data_directory):
-            directory.mkdir(parents=True, exist_ok=True)
-        shutil.chown(self.data_directory, "postfix", "postfix")
-        self._make_certificate()
-        (self.config_directory / "main.cf").write_text(self._existing_main_cf())
-        shutil.copy("/etc/postfix/master.cf", self.config_directory / "master.cf")
-        self.postconf("-F", "*/*/chroot = n")
-        self.postconf("-MX", "smtp/inet")
+        self._lay_out(self._existing_main_cf())
         # The port-25 role on a free loopback port, and the mailbox users' submission.
         self.postconf("-M", f"127.0.0.1:{self.port25}/inet=127.0.0.1:{self.port25} inet n - n "
                       "- - smtpd")

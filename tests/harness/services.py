@@ -143,19 +143,24 @@ class PostfixInstance:
     def prepare(self) -> None:
         """Directories, certificate, main.cf and master.cf from scratch, then txrelay's
         settings through the CLI."""
+        self._lay_out(self._main_cf())
+        done = run([self.txrelay, "--config", str(self.config_file), "--json", "postfix",
+                    "configure", "--config-directory", str(self.config_directory),
+                    "--listen", f"{SUBMISSION_HOST}:{self.submission_port}"])
+        self.configure_report = json.loads(done.stdout)
+
+    def _lay_out(self, main_cf: str) -> None:
+        """Directories, a certificate, this main.cf and Debian's master.cf without chroot and
+        without the port-25 service (each test instance listens on its own free ports)."""
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         for directory in (self.config_directory, self.queue_directory, self.data_directory):
             directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data_directory, "postfix", "postfix")
         self._make_certificate()
-        (self.config_directory / "main.cf").write_text(self._main_cf())
+        (self.config_directory / "main.cf").write_text(main_cf)
         shutil.copy("/etc/postfix/master.cf", self.config_directory / "master.cf")
         self.postconf("-F", "*/*/chroot = n")
         self.postconf("-MX", "smtp/inet")
-        done = run([self.txrelay, "--config", str(self.config_file), "--json", "postfix",
-                    "configure", "--config-directory", str(self.config_directory),
-                    "--listen", f"{SUBMISSION_HOST}:{self.submission_port}"])
-        self.configure_report = json.loads(done.stdout)
 
     def _make_certificate(self) -> None:
         self.cert = self.config_directory / "cert.pem"
