@@ -21,7 +21,7 @@ from txrelay import metrics
 from txrelay.errors import ServiceUnavailable
 from txrelay.milter.logline import format_fields
 from txrelay.milter.nodelay import ensure_nodelay
-from txrelay.milter.runtime import LedgerUnavailable, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
 from txrelay.policy.addresses import (
@@ -45,6 +45,7 @@ from txrelay.policy.verdict import (
 )
 from txrelay.signing import sign
 from txrelay.store.ledger import AcceptedMessage
+from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
 
 log = logging.getLogger("txrelay.milter")
