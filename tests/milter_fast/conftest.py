@@ -43,7 +43,8 @@ def no_services(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the fast milter ring connected to PostgreSQL")
 
     monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(psycopg.Connection, "connect", no_postgresql)
+    monkeypatch.setattr(psycopg.Connection, "connect", no_postgresql)  # the pool's way
+    monkeypatch.setattr(psycopg, "connect", no_postgresql)  # an alias bound at import
 
 
 @pytest.fixture(scope="session")
