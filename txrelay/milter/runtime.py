@@ -1,5 +1,6 @@
-"""What every milter connection shares: pool, Redis client, the refreshed policy snapshot,
-the local journal, and the degraded modes that keep mail flowing through an outage.
+"""What every milter connection shares, wired here from the store's implementations (the
+policy cache, the ledger and its journal, the reservations with their PostgreSQL fallback,
+the refusal budget); the logic of each lives in txrelay/store/ behind a Protocol.
 
 Created once at start; everything here is thread-safe because libmilter runs each SMTP
 connection on its own thread. The snapshot is replaced whole (one attribute assignment),
