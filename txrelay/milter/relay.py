@@ -106,6 +106,10 @@ def guarded_noreply(func: F) -> F:
 
 
 class RelayMilter(Milter.Base):  # type: ignore[misc]
+    """One SMTP connection's milter (libmilter gives each its own instance and thread): reads
+    the macros, asks policy and the stores, and answers through `_apply`; at end of message
+    adds List-Help, signs and records. Shared state lives in the Runtime, not here."""
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.txn: Transaction | None = None
