@@ -53,7 +53,8 @@ class RedisUnavailable(ServiceUnavailable):
 
 
 class ReservationStore(Protocol):
-    """The live quota balance and hourly rate the milter reserves from, one unit per RCPT.
+    """Atomic rate and quota reservations across every relay node: reserve at RCPT, commit at
+    end of message, release on abort. Redis normally, PostgreSQL while Redis is away.
 
     reserve holds a unit for one "<txn>|<recipient>" member (or says why not); commit drops
     a recorded message's holds and takes the units the ledger billed to quota; release gives
