@@ -65,6 +65,7 @@ class PostgresLedger:
         self.journal = journal
         self.holds_of = holds_of or (lambda txn_id: [])
         self.recorded_for = recorded_for or (lambda account_id: None)
+        self.balance = PostgresQuotaBalance(pool, clock)
 
     def record(self, message: AcceptedMessage) -> Recorded:
         holds = self.holds_of(message.txn_id)
@@ -110,7 +111,7 @@ class PostgresLedger:
         return recorded
 
     def remaining_quota(self, account_id: int) -> int:
-        return PostgresQuotaBalance(self.pool, self.clock).remaining_quota(account_id)
+        return self.balance.remaining_quota(account_id)
 
 
 class PostgresQuotaBalance:
