@@ -152,7 +152,7 @@ class MemoryPolicy:
         self.current: PolicySnapshot | None = PolicySnapshot(0, {}, {}, {})
         self._ids = itertools.count(1)
 
-    def snapshot_knowing(self, login: str | None) -> PolicySnapshot | None:
+    def snapshot_for_login(self, login: str | None) -> PolicySnapshot | None:
         return self.current
 
     def refresh(self) -> bool:

@@ -167,7 +167,7 @@ def test_policy_snapshot_finds_connections_domains_and_accounts(
     demo = stores.add_tenant()
     paid = stores.add_tenant(paid=True, rate_limit=7)
     disabled = stores.add_tenant(enabled=False)
-    snapshot = stores.policy.snapshot_knowing(demo.username)
+    snapshot = stores.policy.snapshot_for_login(demo.username)
     assert snapshot is not None and stores.policy.refresh()
     for tenant, enabled, rate_limit, is_paid in (
             (demo, True, config.quota.demo_rate_limit, False), (paid, True, 7, True),
@@ -183,7 +183,7 @@ def test_policy_snapshot_finds_connections_domains_and_accounts(
                                       tenant.selector, "rsa")
         assert domain.signing_key is not None
         assert snapshot.account(tenant.account_id).paid is is_paid
-    unknown = stores.policy.snapshot_knowing("nobody-here")
+    unknown = stores.policy.snapshot_for_login("nobody-here")
     assert unknown is not None and "nobody-here" not in unknown.connections
     assert "shop-nobody.example" not in unknown.domains
 

@@ -132,7 +132,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         self._end_transaction(None, release=True)  # a transaction never closed by abort()
         ensure_nodelay()  # once per process: inet sockets without Nagle's 40 ms stall
         login = self.getsymval("{auth_authen}")
-        snapshot = self.runtime.policy.snapshot_knowing(login)
+        snapshot = self.runtime.policy.snapshot_for_login(login)
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
         if login:

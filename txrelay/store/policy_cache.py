@@ -34,7 +34,7 @@ class PolicySource(Protocol):
     A snapshot is never changed, only replaced, so a transaction that pinned one keeps
     deciding with it."""
 
-    def snapshot_knowing(self, login: str | None) -> PolicySnapshot | None:
+    def snapshot_for_login(self, login: str | None) -> PolicySnapshot | None:
         """The current snapshot, newer if there is one that knows this SASL login; None
         while no policy could be loaded at all."""
         ...
@@ -68,7 +68,7 @@ class PolicyCache:
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
 
-    def snapshot_knowing(self, login: str | None) -> PolicySnapshot | None:
+    def snapshot_for_login(self, login: str | None) -> PolicySnapshot | None:
         """The current snapshot; when it does not know this SASL login, look for a newer one
         first. Dovecot sees a new connection at once, so without this a shop connected a
         second ago would be refused until the next poll. At most one such check runs per
