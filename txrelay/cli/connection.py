@@ -188,7 +188,7 @@ def _update_login_file(cli: CliContext) -> None:
                    "policy_refresh_seconds.", err=True)
         return
     if written:
-        wait_until_dovecot_sees_it()
+        wait_until_dovecot_sees_it(path)
 
 
 @connection.command("rotate-password")

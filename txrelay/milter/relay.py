@@ -115,7 +115,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         self.runtime = runtime
         self.txn: Transaction | None = None
         # libmilter makes this instance when the SMTP client connects, before its AUTH.
-        self.session_started = time.monotonic()
+        self.session_started = time.time()  # this node's clock, as the login file's mtime
         self.session_login: SessionLogin | None = None  # pinned at the session's first MAIL
 
     def negotiate(self, opts: list[int]) -> int:

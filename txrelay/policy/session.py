@@ -7,11 +7,6 @@ from dataclasses import dataclass
 from txrelay.policy.snapshot import PolicySnapshot
 from txrelay.policy.verdict import Verdict
 
-# How long after this milter learned of a new credential a session that connected before
-# may still have logged in with the old one: Dovecot reads the login file at most once a
-# second and the file's mtime has whole seconds (txrelay/store/passdb_file.py).
-LOGIN_FILE_LAG_SECONDS = 2.0
-
 
 @dataclass(frozen=True)
 class SessionLogin:
@@ -42,10 +37,11 @@ def check_session_login(snapshot: PolicySnapshot, login: str, pinned: SessionLog
     `pinned` is what the session's first MAIL saw (None at the first MAIL). Later MAILs are
     refused when the credential changed since, or was disabled or deleted (a disable and
     enable in between counts as a change). `session_started` and each connection's
-    `credential_since` are the milter process's own monotonic clock, so clocks of other
-    nodes play no part. At the first MAIL, a session that connected before this milter knew
-    the current credential (plus the login file's lag) may have logged in with the one it
-    replaced, and is refused."""
+    `credential_since` are this node's wall clock: the latter is when this node's Dovecot
+    checks logins against the current credential (the login file's mtime plus Dovecot's
+    read lag, txrelay/store/passdb_file.py), so clocks of other nodes play no part. At the
+    first MAIL, a session that connected before then may have logged in with the credential
+    it replaced, and is refused."""
     username = login.strip().lower()
     connection = snapshot.connections.get(username)
     current = None if connection is None or not connection.enabled else SessionLogin(
@@ -54,7 +50,6 @@ def check_session_login(snapshot: PolicySnapshot, login: str, pinned: SessionLog
         return pinned if current == pinned else log_in_again(login)
     if current is None:
         return None
-    if current.credential_since > 0 \
-            and session_started < current.credential_since + LOGIN_FILE_LAG_SECONDS:
+    if session_started < current.credential_since:
         return log_in_again(login)
     return current

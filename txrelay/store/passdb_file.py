@@ -93,10 +93,24 @@ def write_passdb_file(path: Path, text: str) -> bool:
     return True
 
 
-def wait_until_dovecot_sees_it() -> None:
-    """Dovecot looks at the file's mtime at most once per second of its clock: past the next
-    whole second, its next login reads the version just written."""
-    time.sleep(1.0 - time.time() % 1.0)
+# Dovecot looks at the file's mtime at most once a second, and every new version's mtime is
+# later than the old one's and than the moment it was written: a login that starts this long
+# after the file's mtime is checked against that version.
+DOVECOT_READ_LAG_SECONDS = 1.0
+
+
+def in_effect_since(path: Path) -> float | None:
+    """When (this machine's wall clock) the file's current version is certain to be what
+    Dovecot checks logins against; None when the file cannot be looked at."""
+    found = _stat(path)
+    return None if found is None else found.st_mtime + DOVECOT_READ_LAG_SECONDS
+
+
+def wait_until_dovecot_sees_it(path: Path) -> None:
+    """Return once a login that starts now is checked against the file's current version."""
+    since = in_effect_since(path)
+    if since is not None:
+        time.sleep(max(0.0, since - time.time()))
 
 
 @contextlib.contextmanager

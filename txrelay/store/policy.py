@@ -72,8 +72,10 @@ class PolicyLoader:
     def load(self, conn: psycopg.Connection) -> PolicySnapshot:
         return self.build(fetch_policy_rows(conn))
 
-    def build(self, rows: PolicyRows) -> PolicySnapshot:
-        """The snapshot from its rows (fresh from PostgreSQL, or from the local copy)."""
+    def build(self, rows: PolicyRows, credentials_since: float | None = None) -> PolicySnapshot:
+        """The snapshot from its rows (fresh from PostgreSQL, or from the local copy).
+        credentials_since: from when (wall clock) a credential that changed in these rows is
+        the one this node's Dovecot checks (default: now)."""
         accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
                     for r in rows["accounts"]}
         domains_of: dict[int, set[str]] = {}
@@ -81,7 +83,8 @@ class PolicyLoader:
             domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
         connections = self._stamp_credentials(
             {r["username"]: self._connection(r, accounts, domains_of)
-             for r in rows["connections"]})
+             for r in rows["connections"]},
+            time.time() if credentials_since is None else credentials_since)
         previous_keys, self._keys = self._keys, {}
         domains = {}
         for r in rows["domains"]:
@@ -101,10 +104,10 @@ class PolicyLoader:
             credential=str(r.get("credential_version") or ""))
 
     def _stamp_credentials(self, connections: dict[str, ConnectionPolicy],
-                           ) -> dict[str, ConnectionPolicy]:
+                           now: float) -> dict[str, ConnectionPolicy]:
         """Each connection with the time its credential reached its current state (rotated
-        or re-enabled: now; unchanged: as before; a login not seen before: 0.0)."""
-        previous, now = self._credentials, time.monotonic()
+        or re-enabled: `now`; unchanged: as before; a login not seen before: 0.0)."""
+        previous = self._credentials
         seen: dict[str, tuple[str, bool, float]] = {}
         stamped = {}
         for username, connection in connections.items():

@@ -13,7 +13,7 @@ import psycopg
 import psycopg_pool
 
 from txrelay.policy.snapshot import PolicySnapshot
-from txrelay.store.passdb_file import PassdbFileError, sync_passdb_file
+from txrelay.store.passdb_file import PassdbFileError, in_effect_since, sync_passdb_file
 from txrelay.store.policy import (
     PolicyLoader,
     current_version,
@@ -100,13 +100,17 @@ class PolicyCache:
                 conn.rollback()
                 if self.current is None or self.current.version != version:
                     rows = fetch_policy_rows(conn)
-                    self.current = self.loader.build(rows)
+                    # The login file first: a changed credential counts from when this
+                    # node's Dovecot checks it (the CLI may have written it already).
+                    self._passdb_due = self.passdb_path is not None
+                    if self._passdb_due:
+                        self._sync_passdb(conn)
+                    self.current = self.loader.build(rows, self._credentials_since())
                     log.info("event=policy_loaded version=%d connections=%d domains=%d",
                              self.current.version, len(self.current.connections),
                              len(self.current.domains))
                     self._save_copy(rows)
-                    self._passdb_due = self.passdb_path is not None
-                if self._passdb_due:
+                elif self._passdb_due:
                     self._sync_passdb(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if not self._failing:
@@ -130,6 +134,15 @@ class PolicyCache:
         except OSError as exc:
             log.warning("event=policy_copy_not_saved path=%s error=%r (a restart during a "
                         "PostgreSQL outage could not authorise)", self.copy_path, str(exc))
+
+    def _credentials_since(self) -> float:
+        """When this node's Dovecot checks logins against the file just brought up to date;
+        now when there is no file or it could not be written (then the old version may
+        still be in use, and sessions are judged from now)."""
+        since = None
+        if self.passdb_path is not None and not self._passdb_failing:
+            since = in_effect_since(self.passdb_path)
+        return time.time() if since is None else since
 
     def _sync_passdb(self, conn: psycopg.Connection) -> None:
         """Rewrite the login file when its content changed; when it cannot be written, say
