@@ -56,7 +56,9 @@ def postfix() -> None:
     service: `configure` adds them, `check` judges what reaches txrelay's mail,
     `unconfigure` removes them again.
 
-    Example: txrelay postfix configure --listen 2587 --dry-run
+    \b
+    Example:
+      txrelay postfix configure --listen 2587 --dry-run
     """
 
 
@@ -70,7 +72,9 @@ def show(cli: CliContext, listen: str | None, implicit_tls: str | None,
          milter_socket: str | None) -> None:
     """Print the master.cf services `postfix configure` would add (main.cf: nothing).
 
-    Example: txrelay postfix show --listen 2587 --implicit-tls 2465
+    \b
+    Example:
+      txrelay postfix show --listen 2587 --implicit-tls 2465
     """
     plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
                         milter_socket=milter_socket)
@@ -97,7 +101,9 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
     `postfix check` runs afterwards and the backup is restored if it fails. Re-running it
     changes nothing; `txrelay postfix unconfigure` undoes it. Reload Postfix afterwards.
 
-    Example: txrelay postfix configure --listen 2587 --implicit-tls 2465 --dry-run
+    \b
+    Example:
+      txrelay postfix configure --listen 2587 --implicit-tls 2465 --dry-run
     """
     require_certificate_files(cli.config)
     target = resolve_target(instance, config_directory)
@@ -119,7 +125,9 @@ def unconfigure(cli: CliContext, instance: str | None, config_directory: str | N
     master.cf is left as it was before configure (main.cf was never changed). Stop
     sending through txrelay first, then reload Postfix afterwards.
 
-    Example: txrelay postfix unconfigure --dry-run
+    \b
+    Example:
+      txrelay postfix unconfigure --dry-run
     """
     target = resolve_target(instance, config_directory)
     result = unconfigure_postfix(target, dry_run=dry_run)
@@ -145,7 +153,9 @@ def check(cli: CliContext, instance: str | None, config_directory: str | None,
     (smtp_*_checks, smtp_generic_maps, short smtp_line_length_limit). Global settings
     txrelay cannot change for its own mail only are warnings with the command to run.
 
-    Example: txrelay postfix check --json
+    \b
+    Example:
+      txrelay postfix check --json
     """
     target = resolve_target(instance, config_directory)
     if listen is None and implicit_tls is None:
