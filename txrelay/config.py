@@ -32,6 +32,15 @@ class DatabaseConfig:
     pool_min: int = 1
     pool_max: int = 10
     timeout_ms: int = 3000
+    # The milter and the tracker connect with this one ("" = url): a role that reads policy
+    # and writes the ledger only (txrelay init makes it; docs/security.md).
+    milter_url: str = ""
+    # The key-encryption key that seals DKIM private keys in the database.
+    kek_file: str = "/etc/txrelay/kek"
+
+    def for_daemons(self) -> DatabaseConfig:
+        """This configuration with the daemons' URL (milter_url, when set) as url."""
+        return dataclasses.replace(self, url=self.milter_url or self.url)
 
 
 @dataclass(frozen=True)
@@ -336,6 +345,11 @@ def _coerce(qualified: str, kind: Any, value: Any, source: str) -> Any:
         raise bad("HOST:PORT such as 127.0.0.1:9151, or \"\" to turn it off")
     if qualified == "database.url" and not result.startswith(("postgresql://", "postgres://")):
         raise bad("a postgresql:// URL")
+    if qualified == "database.milter_url" and result and \
+            not result.startswith(("postgresql://", "postgres://")):
+        raise bad("a postgresql:// URL, or \"\" to use url")
+    if qualified == "database.kek_file" and not result.startswith("/"):
+        raise bad("an absolute path such as /etc/txrelay/kek")
     if qualified == "redis.url" and not result.startswith(("redis://", "rediss://", "unix://")):
         raise bad("a redis:// URL")
     if qualified.startswith("dns."):

@@ -122,7 +122,7 @@ def dependency_checks(config: Config) -> dict[str, HealthCheck]:
     client = open_redis(config.redis, lazy=True)
 
     def postgresql() -> None:
-        with psycopg.connect(config.database.url, connect_timeout=int(HEALTH_TIMEOUT),
+        with psycopg.connect(config.database.for_daemons().url, connect_timeout=int(HEALTH_TIMEOUT),
                              autocommit=True) as conn:
             conn.execute("SELECT 1")
 

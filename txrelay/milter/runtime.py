@@ -28,7 +28,8 @@ import psycopg_pool
 from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
-from txrelay.errors import ServiceUnavailable
+from txrelay.errors import ConfigError, ServiceUnavailable
+from txrelay.kek import KeyRing
 from txrelay.milter.refusal_budget import RefusalBudget
 from txrelay.milter.settler import Settler
 from txrelay.policy.snapshot import PolicySnapshot
@@ -289,6 +290,16 @@ def open_journal(config: Config) -> Journal:
                    config.milter.journal_max_per_hour)
 
 
+def _key_ring(config: Config) -> KeyRing | None:
+    """The KEK that opens the DKIM keys; without it only keys still stored in clear sign (the
+    others' domains get 4xx, logged as bad_dkim_key)."""
+    try:
+        return KeyRing.load(Path(config.database.kek_file))
+    except ConfigError as exc:
+        log.error("event=kek_unavailable error=%r", str(exc))
+        return None
+
+
 def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
                  loops: Loops | None = None) -> Runtime:
     """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
@@ -296,8 +307,11 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
     itself when they return (docs/failure-modes.md). Its background loops are added to
     `loops` (what /healthz reads)."""
     loops = loops if loops is not None else Loops()
+    # Connections use the daemons' role (milter_url); the journal and the policy copy keep
+    # naming the database by url, so setting milter_url leaves no journal entry behind.
+    daemon_db = config.database.for_daemons()
     node = config.milter.node_name or socket.gethostname()
-    pool = database.open_pool(config.database, "txrelay-milter")
+    pool = database.open_pool(daemon_db, "txrelay-milter")
     pool.open(wait=False)
     client = open_redis(config.redis, lazy=True)
     state_dir = Path(config.milter.journal_dir)
@@ -310,7 +324,7 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
         with pool.connection() as conn:
             rebuild_redis(conn, client, config.redis.key_prefix, accounts)
 
-    settler = Settler(lambda: database.connect(config.database, autocommit=True))
+    settler = Settler(lambda: database.connect(daemon_db, autocommit=True))
     loops.add(settler.loop)
     settler.start()
     ledger = Ledger(pool, clock, journal, recorded_for=settler.notify)
@@ -320,7 +334,8 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
     reservations = FailoverReservations(redis_store, postgres_holds, rebuild)
     ledger.holds_of = reservations.held_in_postgres
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
-    policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds,
+    policy = PolicyCache(pool, PolicyLoader(config.quota, _key_ring(config)),
+                         config.milter.policy_refresh_seconds,
                          copy_path, Path(config.dovecot.passdb_file))
     policy.refresh()
     replayer = SupervisedLoop("journal-replay", REPLAY_INTERVAL, ledger.replay_journal,
