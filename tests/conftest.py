@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from txrelay.config import Config, load_config
+from txrelay.kek import KeyRing, generate_kek, write_kek_file
 from txrelay.store import database
 
 ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -71,7 +72,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
     base = tmp_path_factory.mktemp("txrelay")
     path = base / "txrelay.toml"
     path.write_text(
-        f'[database]\nurl = "{database_url}"\n\n'
+        f'[database]\nurl = "{database_url}"\nkek_file = "{base}/kek"\n\n'
         f'[redis]\nurl = "{redis_url}"\nkey_prefix = "txt{secrets.token_hex(2)}"\n\n'
         f'[milter]\nsocket = "unix:{base}/milter.sock"\npolicy_refresh_seconds = 0.5\n'
         f'journal_dir = "{base}/journal"\n'
@@ -85,12 +86,19 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         f'passdb_file = "{base}/passdb/passwd"\n'
     )
     (base / "passdb").mkdir()
+    write_kek_file(base / "kek", generate_kek())
     return path
 
 
 @pytest.fixture(scope="session")
 def config(config_file: Path) -> Config:
     return load_config(config_file, required=True, environ={})
+
+
+@pytest.fixture(scope="session")
+def kek_ring(config: Config) -> KeyRing:
+    """The run's key-encryption key ([database] kek_file of the run's configuration)."""
+    return KeyRing.load(Path(config.database.kek_file))
 
 
 @pytest.fixture()

@@ -37,6 +37,11 @@ def generate_kek() -> bytes:
     return AESGCM.generate_key(bit_length=KEK_BYTES * 8)
 
 
+def encode_kek(key: bytes) -> str:
+    """The KEK file's text: base64 of the key, one line."""
+    return base64.b64encode(key).decode("ascii") + "\n"
+
+
 def write_kek_file(path: Path, key: bytes) -> None:
     """Write a new KEK file (base64, one line), mode 0640, never over an existing file."""
     try:
@@ -49,7 +54,7 @@ def write_kek_file(path: Path, key: bytes) -> None:
                           "may, or set [database] kek_file") from exc
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         os.fchmod(handle.fileno(), KEK_MODE)  # the umask may have narrowed it
-        handle.write(base64.b64encode(key).decode("ascii") + "\n")
+        handle.write(encode_kek(key))
         handle.flush()
         os.fsync(handle.fileno())
 
