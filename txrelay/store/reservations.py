@@ -53,6 +53,9 @@ class RedisUnavailable(ServiceUnavailable):
 
 
 class ReservationStore(Protocol):
+    """Atomic rate and quota reservations across every relay node: reserve at RCPT, commit at
+    end of message, release on abort. Redis normally, PostgreSQL while Redis is away."""
+
     def reserve(self, request: ReservationRequest) -> Reservation: ...
 
     def commit(self, account_id: int, members: Sequence[str], units: int) -> int: ...
