@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import smtplib
 import socket
 import ssl
@@ -26,7 +25,6 @@ from tests.harness.fixtures import RelayStack
 from tests.harness.processes import TXRELAY
 from tests.harness.provision import Provisioned
 from tests.harness.smtp import build_message, smtp_session, submit, tls_context
-from txrelay.provisioning.dovecot import dovecot_config_path
 
 pytestmark = pytest.mark.e2e
 HOST = "127.0.0.1"
@@ -261,15 +259,29 @@ def stored(relay: RelayStack, sql: str, key: str) -> object:
     return row[0] if row else None
 
 
-def test_secret_files_are_not_world_readable(relay: RelayStack) -> None:
-    """The Dovecot SQL config (database connect string) and txrelay's own config."""
-    paths = [dovecot_config_path(relay.config).parent / name
-             for name in os.listdir(dovecot_config_path(relay.config).parent)]
-    assert paths
+def secret_files(relay: RelayStack) -> list[Path]:
+    """Every file of the running relay that holds a secret: the configuration (database
+    passwords), the key-encryption key, the milter's policy copies (sealed DKIM keys,
+    password hashes), the SMTP login file (Dovecot's passdb) and the TLS key. (Dovecot's
+    own configuration names those files and holds no secret.)"""
+    tls_key = relay.config.smtp.tls_key_file  # "" here: the tests' Postfix has its own key
+    return [relay.config_file, Path(relay.config.database.kek_file),
+            *Path(relay.config.milter.journal_dir).glob("policy-*.json"),
+            Path(relay.config.dovecot.passdb_file), relay.postfix.key,
+            *([Path(tls_key)] if tls_key else [])]
+
+
+def test_secret_files_are_not_world_readable(relay: RelayStack, shop: Provisioned) -> None:
+    relay.settle_policy()  # the policy copy holds the shop's key by now
+    paths = secret_files(relay)
+    copies = [p for p in paths if p.name.startswith("policy-")]
+    assert copies and Path(relay.config.database.kek_file).exists()
     for path in paths:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if "sql" in path.name:
-            assert not mode & 0o007, f"{path} is {oct(mode)}"
+        assert not mode & 0o007, f"{path} is {oct(mode)}: readable by every user"
+    for copy in copies:
+        text = copy.read_text()
+        assert "txrelay-aes256gcm:" in text and "PRIVATE KEY" not in text, copy
 
 
 def test_postfix_check_passes_on_the_tests_own_postfix(relay: RelayStack) -> None:

@@ -132,6 +132,9 @@ class PostfixInstance:
         self.txrelay = txrelay
         self.root = directory
         self.config_directory = directory / "etc"
+        # Named here: main.cf is rendered (naming them) before _lay_out makes them.
+        self.cert = self.config_directory / "cert.pem"
+        self.key = self.config_directory / "key.pem"
         self.queue_directory = directory / "queue"
         self.data_directory = directory / "data"
         self.maillog = directory / "maillog"
@@ -163,8 +166,6 @@ class PostfixInstance:
         self.postconf("-MX", "smtp/inet")
 
     def _make_certificate(self) -> None:
-        self.cert = self.config_directory / "cert.pem"
-        self.key = self.config_directory / "key.pem"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
              "-subj", "/CN=relay.txrelay.test", "-keyout", str(self.key), "-out",

@@ -210,7 +210,8 @@ def test_the_daemons_role_cannot_update_accounts_but_reads_policy_and_records_ma
             milter.rollback()
             for sql in ("UPDATE dkim_keys SET selector = 'x'",
                         "UPDATE connections SET enabled = false",
-                        "DELETE FROM credentials", "INSERT INTO schema_migrations VALUES (99, 'x')"):
+                        "DELETE FROM credentials",
+                        "INSERT INTO schema_migrations VALUES (99, 'x')"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     milter.execute(sql)
                 milter.rollback()

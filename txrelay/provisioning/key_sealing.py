@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,6 @@ def _write_kek(path: Path, text: str, group: int) -> None:
 
 
 def _keep_group(fd: int, group: int) -> None:
-    try:
+    # Not root and not in that group: the file keeps the writer's group.
+    with contextlib.suppress(PermissionError):
         os.fchown(fd, -1, group)
-    except PermissionError:
-        pass  # not root and not in that group: the file keeps the writer's group
