@@ -30,7 +30,12 @@ def keys() -> None:
 @pass_cli
 def status(cli: CliContext) -> None:
     """How many DKIM private keys are sealed, and which KEK file seals them. Exit status 1
-    while a key is stored in clear (run 'txrelay keys encrypt')."""
+    while a key is stored in clear (run 'txrelay keys encrypt').
+
+    \b
+    Example:
+      txrelay keys status --json
+    """
     clear, total = key_sealing.clear_key_count(cli.db)
     data = {"kek_file": cli.config.database.kek_file, "keys": total, "clear": clear,
             "sealed": total - clear}
