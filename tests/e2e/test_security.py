@@ -16,6 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -282,6 +283,23 @@ def test_secret_files_are_not_world_readable(relay: RelayStack, shop: Provisione
     for copy in copies:
         text = copy.read_text()
         assert "txrelay-aes256gcm:" in text and "PRIVATE KEY" not in text, copy
+
+
+def test_the_milter_relays_as_the_daemons_role_which_may_not_change_accounts(
+        relay: RelayStack, shop: Provisioned) -> None:
+    """The relay path above ran with [database] milter_url (tests/conftest.py's milter_url,
+    granted as txrelay init grants txrelay_milter): the milter's connections are that
+    role's, and the role cannot touch an account."""
+    role = urlsplit(relay.config.database.milter_url).username
+    assert role and role != urlsplit(relay.database_url).username
+    with psycopg.connect(relay.database_url, autocommit=True) as conn:
+        users = {r[0] for r in conn.execute(
+            "SELECT usename FROM pg_stat_activity WHERE datname = current_database()")}
+    assert role in users
+    with psycopg.connect(relay.config.database.milter_url, autocommit=True) as milter, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege,
+                          match="permission denied for table accounts"):
+        milter.execute("UPDATE accounts SET low_quota_threshold = 0")
 
 
 def test_postfix_check_passes_on_the_tests_own_postfix(relay: RelayStack) -> None:
