@@ -290,14 +290,16 @@ def open_journal(config: Config) -> Journal:
                    config.milter.journal_max_per_hour)
 
 
-def _key_ring(config: Config) -> KeyRing | None:
-    """The KEK that opens the DKIM keys; without it only keys still stored in clear sign (the
-    others' domains get 4xx, logged as bad_dkim_key)."""
+def _key_ring(config: Config) -> KeyRing:
+    """The KEK that opens the DKIM keys. A file that cannot be read now is logged; keys
+    stored in clear still sign, each sealed one's domain gets 4xx (bad_dkim_key), and the
+    file is read again at each policy load that needs it, so restoring it is enough."""
+    keys = KeyRing(Path(config.database.kek_file))
     try:
-        return KeyRing.load(Path(config.database.kek_file))
+        keys.reload()
     except ConfigError as exc:
         log.error("event=kek_unavailable error=%r", str(exc))
-        return None
+    return keys
 
 
 def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
