@@ -132,7 +132,7 @@ class PostfixInstance:
         self.txrelay = txrelay
         self.root = directory
         self.config_directory = directory / "etc"
-        # Named here: main.cf is rendered (naming them) before _lay_out makes them.
+        # Known before main.cf is written: main.cf names them, _lay_out then makes them.
         self.cert = self.config_directory / "cert.pem"
         self.key = self.config_directory / "key.pem"
         self.queue_directory = directory / "queue"

@@ -21,7 +21,7 @@ from txrelay import metrics
 from txrelay.errors import ServiceUnavailable
 from txrelay.milter.logline import format_fields
 from txrelay.milter.nodelay import ensure_nodelay
-from txrelay.milter.runtime import LedgerUnavailable, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
 from txrelay.policy.addresses import (
@@ -45,6 +45,7 @@ from txrelay.policy.verdict import (
 )
 from txrelay.signing import sign
 from txrelay.store.ledger import AcceptedMessage
+from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
 
 log = logging.getLogger("txrelay.milter")
@@ -131,7 +132,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         self._end_transaction(None, release=True)  # a transaction never closed by abort()
         ensure_nodelay()  # once per process: inet sockets without Nagle's 40 ms stall
         login = self.getsymval("{auth_authen}")
-        snapshot = self.runtime.policy.snapshot_knowing(login)
+        snapshot = self.runtime.policy.snapshot_for_login(login)
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
         if login:
