@@ -143,8 +143,8 @@ SELECT format('CREATE ROLE %I LOGIN', :'role_name')
 SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'role_name', :'role_password') \\gexec
 SELECT format('CREATE ROLE %I LOGIN', :'milter_role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'milter_role') \\gexec
-SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %L',
-              :'milter_role', :'milter_password') \\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'milter_role', :'milter_password')
+\\gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'role_name', :'role_name')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'role_name') \\gexec
 """
