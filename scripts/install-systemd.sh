@@ -52,7 +52,7 @@ log "installed ${units[*]} and tmpfiles.d/txrelay.conf under ${destdir:-/}"
 
 [ -z "$destdir" ] || exit 0
 if [ -d /etc/txrelay ]; then
-    chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml 2>/dev/null || true
+    chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml /etc/txrelay/kek 2>/dev/null || true
 fi
 if [ "$(ps -p 1 -o comm= 2>/dev/null)" != systemd ]; then
     if command -v systemd-tmpfiles >/dev/null; then

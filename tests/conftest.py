@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 
-from txrelay.config import Config, load_config
+from txrelay.config import Config, DatabaseConfig, load_config
+from txrelay.kek import KeyRing, generate_kek, write_kek_file
 from txrelay.store import database
 
 ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -53,6 +56,29 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def milter_url(database_url: str) -> Iterator[str]:
+    """The run's database as a role like init's txrelay_milter: the milter and the tracker of
+    every test connect with it (config_file's milter_url), so a right they lack fails."""
+    role, password = f"txrelay_milter_{os.getpid()}_{secrets.token_hex(3)}", secrets.token_hex(12)
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    parts = urlsplit(database_url)
+    url = urlunsplit(parts._replace(
+        netloc=f"{role}:{password}@{parts.hostname}:{parts.port or 5432}"))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert database.grant_daemon_role(conn, DatabaseConfig(url=database_url,
+                                                               milter_url=url)) == role
+    yield url
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+    except psycopg.Error as exc:  # still connected: the database's own teardown ends it
+        warnings.warn(f"role {role} left behind: {exc}", stacklevel=1)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     url = f"{REDIS_BASE}/{REDIS_DB}"
     client = redis.Redis.from_url(url, socket_timeout=5)
@@ -66,12 +92,13 @@ def redis_url() -> str:
 
 @pytest.fixture(scope="session")
 def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
-                redis_url: str) -> Path:
+                milter_url: str, redis_url: str) -> Path:
     """A txrelay.toml pointing at the run's database and Redis DB (sockets in a temp dir)."""
     base = tmp_path_factory.mktemp("txrelay")
     path = base / "txrelay.toml"
     path.write_text(
-        f'[database]\nurl = "{database_url}"\n\n'
+        f'[database]\nurl = "{database_url}"\nmilter_url = "{milter_url}"\n'
+        f'kek_file = "{base}/kek"\n\n'
         f'[redis]\nurl = "{redis_url}"\nkey_prefix = "txt{secrets.token_hex(2)}"\n\n'
         f'[milter]\nsocket = "unix:{base}/milter.sock"\npolicy_refresh_seconds = 0.5\n'
         f'journal_dir = "{base}/journal"\n'
@@ -85,12 +112,19 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         f'passdb_file = "{base}/passdb/passwd"\n'
     )
     (base / "passdb").mkdir()
+    write_kek_file(base / "kek", generate_kek())
     return path
 
 
 @pytest.fixture(scope="session")
 def config(config_file: Path) -> Config:
     return load_config(config_file, required=True, environ={})
+
+
+@pytest.fixture(scope="session")
+def kek_ring(config: Config) -> KeyRing:
+    """The run's key-encryption key ([database] kek_file of the run's configuration)."""
+    return KeyRing.load(Path(config.database.kek_file))
 
 
 @pytest.fixture()

@@ -104,6 +104,23 @@ class DatabaseConfig:
     timeout_ms: int = setting(3000,
         "Connect and statement timeout for the milter, kept shorter than Postfix's milter "
         "timeouts so a slow database becomes a clean 4xx, not a Postfix timeout.", POSITIVE)
+    milter_url: str = setting("",
+        "The URL the milter and the tracker connect with (\"\" = `url`): a role that reads the "
+        "policy and writes the ledger only, never the accounts, keys or logins. `txrelay init` "
+        "makes the role `txrelay_milter` and writes its URL here; `txrelay db migrate` grants "
+        "it its rights (docs/security.md, \"Least privilege\").",
+        Rule(lambda value: not value or value.startswith(("postgresql://", "postgres://")),
+             "a postgresql:// URL, or \"\" to use url"), secret=True)
+    kek_file: str = setting("/etc/txrelay/kek",
+        "The key-encryption key that seals every DKIM private key stored in PostgreSQL "
+        "(AES-256-GCM). `txrelay init` makes it next to the configuration, mode 0640; back it "
+        "up apart from database dumps. Replace it with `txrelay keys rotate-kek` "
+        "(docs/operations.md).",
+        Rule(lambda value: value.startswith("/"), "an absolute path such as /etc/txrelay/kek"))
+
+    def for_daemons(self) -> DatabaseConfig:
+        """This configuration with the daemons' URL (milter_url, when set) as url."""
+        return dataclasses.replace(self, url=self.milter_url or self.url)
 
 
 @dataclass(frozen=True)

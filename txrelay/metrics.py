@@ -122,8 +122,8 @@ def dependency_checks(config: Config) -> dict[str, HealthCheck]:
     client = open_redis(config.redis, lazy=True)
 
     def postgresql() -> None:
-        with psycopg.connect(config.database.url, connect_timeout=int(HEALTH_TIMEOUT),
-                             autocommit=True) as conn:
+        with psycopg.connect(config.database.for_daemons().url,
+                             connect_timeout=int(HEALTH_TIMEOUT), autocommit=True) as conn:
             conn.execute("SELECT 1")
 
     def redis_ping() -> None:

@@ -13,6 +13,10 @@
 #   RELAY_HOSTNAME            Postfix myhostname and the host shops connect to (default: hostname -f)
 #   RELAY_SUBMISSION_LISTEN   submission (= :587, default), a port, or HOST:PORT
 #   RELAY_IMPLICIT_TLS_LISTEN also a service with implicit TLS there, e.g. 465 (default: none)
+#   TXRELAY_DATABASE_MILTER_URL  the milter's and tracker's own role (default: the URL above;
+#                             docs/operations.md, "Least privilege in PostgreSQL")
+#   TXRELAY_DATABASE_KEK_FILE the key that seals DKIM keys (default /var/lib/txrelay/kek, in
+#                             the /var/lib/txrelay volume; made at first start; back it up)
 #   RELAY_TLS_CERT, RELAY_TLS_KEY   PEM files (default /etc/txrelay/tls/{cert,key}.pem,
 #                             a self-signed pair is made there when both are missing)
 #   RELAY_RELAYHOST           Postfix relayhost, e.g. [smtp.example.net]:587 (default: direct)
@@ -61,6 +65,8 @@ export TXRELAY_MILTER_SOCKET=$milter_socket
 export TXRELAY_METRICS_MILTER_LISTEN=${TXRELAY_METRICS_MILTER_LISTEN-0.0.0.0:9151}
 export TXRELAY_METRICS_TRACKER_LISTEN=${TXRELAY_METRICS_TRACKER_LISTEN-0.0.0.0:9152}
 export TXRELAY_TRACKER_LOG_PATH=$maillog
+# In a volume: a KEK made anew by each container would leave the sealed keys unreadable.
+export TXRELAY_DATABASE_KEK_FILE=${TXRELAY_DATABASE_KEK_FILE:-/var/lib/txrelay/kek}
 
 configure_txrelay() {
     # init writes txrelay.toml and Dovecot's auth configuration from these settings, and
@@ -79,6 +85,9 @@ configure_txrelay() {
     txrelay init --config-path "$config" --force --tls-cert "$cert" --tls-key "$key" \
         "${settings[@]}" >/dev/null
     chgrp txrelay "$config" && chmod 0640 "$config"
+    chgrp txrelay "$TXRELAY_DATABASE_KEK_FILE" && chmod 0640 "$TXRELAY_DATABASE_KEK_FILE"
+    # Keys stored in clear by an older image are sealed now (a no-op once they all are).
+    txrelay --config "$config" keys encrypt >/dev/null
 }
 
 make_certificate() {

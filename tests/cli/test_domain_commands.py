@@ -16,16 +16,20 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.cli.conftest import DictConnection, Txrelay, one_row, printed_records, zone_strings
 from tests.harness.dns import DnsServer, running_dns_server
+from txrelay.kek import KeyRing
 
 MESSAGE = (b"From: Shop <orders@{domain}>\r\nTo: customer@example.org\r\n"
            b"Subject: Your order\r\nMessage-ID: <1@{domain}>\r\n\r\nThank you.\r\n")
 
 
-def _stored_key(db: DictConnection, domain: str) -> dict[str, Any]:
-    return one_row(
+def _stored_key(db: DictConnection, domain: str, keys: KeyRing) -> dict[str, Any]:
+    """The domain's key row, its private half opened with the KEK (stored: as stored)."""
+    row = one_row(
         db, "SELECT k.id, k.selector, k.algorithm, k.private_key_pem, k.public_key_b64 "
         "FROM sending_domains d JOIN dkim_keys k ON k.id = d.dkim_key_id WHERE d.domain = %s",
         (domain,))
+    return {**row, "stored": row["private_key_pem"],
+            "private_key_pem": keys.open(row["private_key_pem"])}
 
 
 def _is_registered(db: DictConnection, domain: str) -> bool:
@@ -56,17 +60,19 @@ def _sign_and_verify(key: dict[str, Any], domain: str, published: tuple[str, str
 @pytest.mark.parametrize("algorithm", ["rsa", "ed25519"])
 def test_printed_record_verifies_mail_signed_with_the_stored_key(
         txrelay: Txrelay, account: str, unique: str, db: DictConnection,
-        algorithm: str) -> None:
+        algorithm: str, kek_ring: KeyRing) -> None:
     domain = f"{algorithm}-{unique}.example"
     result = txrelay("domain", "add", account, domain, "--list-help",
                      "https://help.example/", "--algorithm", algorithm)
     assert result.exit_code == 0, result.stderr
     published = zone_strings(result.stdout)
-    key = _stored_key(db, domain)
+    key = _stored_key(db, domain, kek_ring)
     assert published[0] == f"{key['selector']}._domainkey.{domain}"
     assert published[1] == f"v=DKIM1; k={algorithm}; p={key['public_key_b64']}"
     assert _sign_and_verify(key, domain, published)
     assert "PRIVATE KEY" not in result.stdout + result.stderr
+    assert key["stored"].startswith("txrelay-aes256gcm:"), "stored sealed, never in clear"
+    assert "PRIVATE KEY" not in key["stored"]
 
 
 def test_rsa_record_is_split_into_strings_of_at_most_255_bytes(
@@ -122,12 +128,12 @@ def _pem_file(tmp_path: Path, key: object, name: str = "key.pem") -> Path:
 ])
 def test_existing_key_file_is_used_and_its_algorithm_inferred(
         txrelay: Txrelay, account: str, unique: str, tmp_path: Path, db: DictConnection,
-        make_key: Callable[[], object], algorithm: str) -> None:
+        make_key: Callable[[], object], algorithm: str, kek_ring: KeyRing) -> None:
     domain = f"file-{algorithm}-{unique}.example"
     result = txrelay("domain", "add", account, domain, "--list-help", "https://h.example/",
                      "--key-file", str(_pem_file(tmp_path, make_key())), "--selector", "Legacy")
     assert result.exit_code == 0, result.stderr
-    key = _stored_key(db, domain)
+    key = _stored_key(db, domain, kek_ring)
     assert (key["algorithm"], key["selector"]) == (algorithm, "legacy")
     assert _sign_and_verify(key, domain, zone_strings(result.stdout))
 
@@ -169,12 +175,13 @@ def test_key_file_of_the_wrong_algorithm_is_refused(txrelay: Txrelay, account: s
 
 def test_reuse_key_of_shares_the_selector_and_key_row(txrelay: Txrelay, account: str,
                                                       domain: str, unique: str,
-                                                      db: DictConnection) -> None:
+                                                      db: DictConnection,
+                                                      kek_ring: KeyRing) -> None:
     other = f"second-{unique}.example"
     result = txrelay("domain", "add", account, other, "--list-help", "https://h.example/",
                      "--reuse-key-of", domain)
     assert result.exit_code == 0, result.stderr
-    first, second = _stored_key(db, domain), _stored_key(db, other)
+    first, second = _stored_key(db, domain, kek_ring), _stored_key(db, other, kek_ring)
     assert first["id"] == second["id"]
     name, value = zone_strings(result.stdout)
     assert name == f"{first['selector']}._domainkey.{other}"

@@ -17,6 +17,7 @@ from tests.cli.conftest import DictConnection, Txrelay, one_row, zone_strings
 from tests.harness.dns import DnsServer
 from txrelay.clock import FixedClock
 from txrelay.config import QuotaConfig
+from txrelay.kek import KeyRing
 from txrelay.store.policy import PolicyLoader
 
 
@@ -89,10 +90,10 @@ def test_force_switches_without_asking_dns(txrelay: Txrelay, domain: str,
 
 
 def test_policy_snapshot_signs_with_the_signing_key_only(
-        txrelay: Txrelay, domain: str, database_url: str) -> None:
+        txrelay: Txrelay, domain: str, database_url: str, kek_ring: KeyRing) -> None:
     def snapshot_selector() -> str:
         with psycopg.connect(database_url, row_factory=dict_row) as conn:  # type: ignore[arg-type]
-            return PolicyLoader(QuotaConfig(demo_rate_limit=25)).load(conn).domains[  # type: ignore[arg-type]
+            return PolicyLoader(QuotaConfig(demo_rate_limit=25), kek_ring).load(conn).domains[  # type: ignore[arg-type]
                 domain].selector
 
     before = snapshot_selector()

@@ -33,6 +33,7 @@ def fresh_name() -> Iterator[str]:
     yield name
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     _admin(f'DROP ROLE IF EXISTS "{name}"')
+    _admin(f'DROP ROLE IF EXISTS "{name}_milter"')
 
 
 def _init(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *extra: str) -> CliRun:
@@ -75,6 +76,38 @@ def test_init_creates_its_own_role_and_database_and_keeps_them_on_rerun(
     assert again.exit_code == 0, again.stderr
     assert "Database is up to date" in again.stdout
     assert urlsplit(load_config(config_path, environ={}).database.url) == url
+
+
+def test_init_makes_the_daemons_role_and_the_kek_and_keeps_both_on_rerun(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_name: str) -> None:
+    result = _init(monkeypatch, tmp_path, "--admin-url", ADMIN_DSN,
+                   "--database-name", fresh_name)
+    assert result.exit_code == 0, result.stderr
+    config_path = tmp_path / "etc" / "txrelay.toml"
+    config = load_config(config_path, required=True, environ={})
+    milter = urlsplit(config.database.milter_url)
+    assert (milter.username, milter.path) == (f"{fresh_name}_milter", f"/{fresh_name}")
+    assert milter.password and milter.password not in result.stdout + result.stderr
+    [(superuser, createrole, createdb)] = _admin(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+        f"{fresh_name}_milter")
+    assert (superuser, createrole, createdb) == (False, False, False)
+    assert f"connect as role {fresh_name}_milter" in result.stdout
+    kek = Path(config.database.kek_file)
+    assert kek == tmp_path / "etc" / "kek"
+    assert stat.S_IMODE(kek.stat().st_mode) == 0o640
+    with psycopg.connect(config.database.milter_url) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE accounts SET low_quota_threshold = 0")
+        conn.rollback()
+        assert conn.execute("SELECT version FROM policy_version").fetchone()
+
+    kek_before = kek.read_text()
+    again = _init(monkeypatch, tmp_path, "--admin-url", ADMIN_DSN,
+                  "--database-name", fresh_name, "--force")
+    assert again.exit_code == 0, again.stderr
+    assert "Kept the key-encryption key" in again.stdout and kek.read_text() == kek_before
+    assert load_config(config_path, environ={}).database.milter_url == config.database.milter_url
 
 
 @pytest.mark.parametrize("rights", ["", "CREATEROLE", "CREATEDB"])

@@ -7,6 +7,7 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -114,6 +115,33 @@ def test_db_migrate_applies_then_is_up_to_date(monkeypatch: pytest.MonkeyPatch,
     assert "No pending migrations." in run("db", "status").stdout
 
 
+def test_db_migrate_grants_the_daemons_role_of_milter_url_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, empty_database: str) -> None:
+    role = f"txrelay_milter_{secrets.token_hex(3)}"
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    parts = urlsplit(empty_database)
+    milter_url = urlunsplit(parts._replace(netloc=f"{role}:pw@{parts.hostname}:"
+                                                  f"{parts.port or 5432}"))
+    config = tmp_path / "txrelay.toml"
+    config.write_text(f'[database]\nurl = "{empty_database}"\nmilter_url = "{milter_url}"\n')
+    try:
+        done = run_main(["--config", str(config), "db", "migrate"], monkeypatch)
+        assert done.exit_code == 0, done.stderr
+        assert f"Role {role} ([database] milter_url) may read the policy" in done.stdout
+        again = run_main(["--config", str(config), "db", "migrate", "--json"], monkeypatch)
+        assert again.json()["daemon_role"] == role
+        with psycopg.connect(milter_url) as conn:
+            assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (0,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO accounts (name, admin_email) VALUES ('x', 'a@b.c')")
+    finally:
+        with psycopg.connect(empty_database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_commands_on_an_unmigrated_database_say_to_migrate(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, empty_database: str) -> None:
     config = tmp_path / "txrelay.toml"
@@ -169,7 +197,8 @@ def test_every_group_and_command_has_help_with_an_example(monkeypatch: pytest.Mo
                 "quota": ["book", "show"], "db": ["migrate", "status"], "init": [],
                 "dovecot": ["configure"],
                 "postfix": ["show", "configure", "unconfigure", "check"],
-                "journal": ["list", "show", "retry", "drop"], "config": ["show"]}
+                "journal": ["list", "show", "retry", "drop"], "config": ["show"],
+                "keys": ["status", "encrypt", "rotate-kek"]}
     for group, subcommands in commands.items():
         for path in [[group]] + [[group, sub] for sub in subcommands]:
             result = run_main([*path, "--help"], monkeypatch)

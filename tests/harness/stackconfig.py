@@ -37,4 +37,5 @@ def write_stack_config(base: Config, directory: Path, **changes: object) -> Path
     config = stack_config(base, directory, **changes)  # type: ignore[arg-type]
     path = directory / "txrelay.toml"
     path.write_text(render_toml(config))
+    path.chmod(0o640)  # as txrelay init writes it: it holds the database passwords
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -12,6 +13,7 @@ import psycopg
 
 from txrelay.clock import Clock, default_clock
 from txrelay.config import Config, config_path, load_config
+from txrelay.kek import KeyRing
 from txrelay.store import database
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,6 +29,7 @@ class CliContext:
         self._config: Config | None = None
         self._db: psycopg.Connection | None = None
         self._redis: Any = None
+        self._keys: KeyRing | None = None
 
     @property
     def config(self) -> Config:
@@ -42,6 +45,13 @@ class CliContext:
         if self._db is None:
             self._db = database.connect(self.config.database)
         return self._db
+
+    @property
+    def keys(self) -> KeyRing:
+        """The key-encryption keys ([database] kek_file) that seal DKIM private keys."""
+        if self._keys is None:
+            self._keys = KeyRing.load(Path(self.config.database.kek_file))
+        return self._keys
 
     @property
     def redis(self) -> Any:

@@ -24,7 +24,8 @@ def db() -> None:
 @json_option
 @pass_cli
 def migrate(cli: CliContext) -> None:
-    """Apply every migration not applied yet (safe to run again, and from several nodes).
+    """Apply every migration not applied yet (safe to run again, and from several nodes),
+    then grant the daemons' role ([database] milter_url) what it needs on every table.
 
     \b
     Example:
@@ -33,15 +34,19 @@ def migrate(cli: CliContext) -> None:
     conn = cli.db
     with transaction(conn):
         applied = database.migrate(conn)
+        granted = database.grant_daemon_role(conn, cli.config.database)
     version = _current_version(cli)
     data = {"applied": [{"version": m.version, "name": m.name} for m in applied],
-            "version": version}
+            "version": version, "daemon_role": granted}
 
     def human() -> None:
         if not applied:
             click.echo(f"Database is up to date (version {version}).")
         for migration in applied:
             click.echo(f"Applied migration {migration.version:04d} {migration.name}.")
+        if granted:
+            click.echo(f"Role {granted} ([database] milter_url) may read the policy and "
+                       "write the ledger.")
 
     cli.emit(data, human)
 

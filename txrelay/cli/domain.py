@@ -76,7 +76,8 @@ def add(cli: CliContext, account: str, domain_name: str, list_help: str, selecto
           --reuse-key-of acme.example
     """
     choice = KeyChoice(selector, algorithm, key_file, reuse_key_of)
-    added = domains.add_domain(cli.db, cli.clock.now(), account, domain_name, list_help, choice)
+    added = domains.add_domain(cli.db, cli.clock.now(), account, domain_name, list_help, choice,
+                               keys=cli.keys)
     cli.emit(domain_view(added), lambda: _print_added(added))
 
 
@@ -319,7 +320,8 @@ def rotate_key(cli: CliContext, domain_name: str, selector: str | None, key_file
       txrelay domain rotate-key acme.example --selector mail2027 --algorithm ed25519
     """
     choice = KeyChoice(selector, algorithm, key_file)
-    rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice)
+    rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice,
+                                     keys=cli.keys)
     pending = domains.pending_key(rotated)
     cli.emit(domain_view(rotated), lambda: _print_pending(rotated, pending.key))
 

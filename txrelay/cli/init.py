@@ -20,6 +20,7 @@ from txrelay.config import (
 )
 from txrelay.config import config_path as configured_path
 from txrelay.errors import ConfigError, Conflict, InvalidInput
+from txrelay.kek import generate_kek, read_kek_file, write_kek_file
 from txrelay.provisioning import database_setup, tls
 from txrelay.provisioning.integrity import transaction
 from txrelay.store import database
@@ -61,11 +62,13 @@ def init(cli: CliContext, config_path: Path | None, database_url: str | None,
          admin_url: str | None, database_name: str, tls_cert: Path | None,
          tls_key: Path | None, redis_url: str | None, smtp_host: str | None,
          smtp_port: int | None, settings: tuple[str, ...], force: bool) -> None:
-    """Set up this node: create the database and its own role (no superuser), migrate it,
-    check the TLS certificate or make a self-signed one, write the configuration and
-    Dovecot's auth configuration, and print the next steps.
+    """Set up this node: create the database, its own role and the daemons' role (neither a
+    superuser), migrate it, make the key-encryption key that seals DKIM private keys, check
+    the TLS certificate or make a self-signed one, write the configuration and Dovecot's auth
+    configuration, and print the next steps.
 
-    The role's generated password is written only into the configuration file (mode 0640).
+    The roles' generated passwords are written only into the configuration file (mode 0640);
+    the key-encryption key goes next to it (kek, mode 0640): back both up.
     Running it again with --force keeps the role, its password and the database. Nothing is
     written when the options are invalid, the certificate does not fit its key, or the
     database cannot be made or reached.
@@ -94,22 +97,33 @@ def init(cli: CliContext, config_path: Path | None, database_url: str | None,
         values[section][key] = value
     values["database"].setdefault("url", database_url or "")
     tls_request = _tls_request(target, values["smtp"], tls_cert, tls_key)
+    values["database"].setdefault("kek_file", str(target.absolute().parent / "kek"))
     dedicated = None
+    own_milter_role = False
     if not values["database"]["url"]:
         dedicated = database_setup.plan(database_name, admin_url)
         values["database"]["url"] = dedicated.url("validated-before-use")
+        own_milter_role = "milter_url" not in values["database"]
+        values["database"].setdefault(
+            "milter_url", dedicated.url("validated-before-use", dedicated.milter_role))
     _validated(_overlay(render_toml(Config()).splitlines(), values))  # before any write
     certificate = tls_request() if tls_cert else None  # an existing pair: checked now
     if dedicated is not None:
-        values["database"]["url"] = database_setup.ensure_role_and_database(
-            dedicated, _previous_password(target, dedicated))
+        url, milter_url = database_setup.ensure_role_and_database(
+            dedicated, _previous_password(target, dedicated),
+            _previous_password(target, dedicated, dedicated.milter_role))
+        values["database"]["url"] = url
+        if own_milter_role:
+            values["database"]["milter_url"] = milter_url
     config = _validated(_overlay(render_toml(Config()).splitlines(), values))
-    applied = _migrate(config)
+    applied, granted = _migrate(config)
+    kek_created = _ensure_kek(target, Path(config.database.kek_file))
     certificate = certificate or tls_request()
     _write_config(target, render_toml(config))  # typed values, in the loader's own form
     dovecot_files = _write_dovecot(config)
     _print_summary(target, config, applied, dovecot_files)
     _print_database_and_tls(dedicated, certificate)
+    _print_secrets(config, granted, kek_created)
     _print_next_steps(target, config, dovecot_files)
 
 
@@ -136,15 +150,18 @@ def _tls_request(target: Path, smtp: dict[str, str], tls_cert: Path | None,
     return make_self_signed
 
 
-def _previous_password(target: Path, dedicated: database_setup.DatabasePlan) -> str | None:
-    """The role's password from the configuration being replaced (init --force)."""
+def _previous_password(target: Path, dedicated: database_setup.DatabasePlan,
+                       role: str | None = None) -> str | None:
+    """The role's password from the configuration being replaced (init --force): the
+    owner's from url, or the daemons' (role) from milter_url."""
     if not target.exists():
         return None
     try:
         previous = load_config(target, required=True, environ={})
     except ConfigError:
         return None
-    return database_setup.existing_password(previous.database.url, dedicated)
+    url = previous.database.url if role is None else previous.database.milter_url
+    return database_setup.existing_password(url, dedicated, role)
 
 
 def _parse_setting(setting: str) -> tuple[str, str, str]:
@@ -194,13 +211,25 @@ def _validated(text: str) -> Config:
                               .replace(str(candidate), "the new configuration")) from exc
 
 
-def _migrate(config: Config) -> list[database.Migration]:
+def _migrate(config: Config) -> tuple[list[database.Migration], str | None]:
+    """The migrations applied, and the daemons' role granted its rights (or None)."""
     conn = database.connect(config.database)
     try:
         with transaction(conn):
-            return database.migrate(conn)
+            return database.migrate(conn), database.grant_daemon_role(conn, config.database)
     finally:
         conn.close()
+
+
+def _ensure_kek(target: Path, path: Path) -> bool:
+    """Make the key-encryption key unless there is one (a re-run keeps it: the keys in the
+    database are sealed with it); True when made."""
+    if path.exists():
+        read_kek_file(path)  # one that cannot be read is an error now, not at the milter
+        return False
+    _make_config_directory(target)
+    write_kek_file(path, generate_kek())
+    return True
 
 
 def _write_config(target: Path, text: str) -> None:
@@ -267,6 +296,19 @@ def _print_database_and_tls(dedicated: database_setup.DatabasePlan | None,
     else:
         click.echo(f"TLS: certificate {certificate.cert_file}, key {certificate.key_file} "
                    "(checked: they belong together).")
+
+
+def _print_secrets(config: Config, granted: str | None, kek_created: bool) -> None:
+    state = "Made" if kek_created else "Kept"
+    click.echo(f"DKIM keys: {state} the key-encryption key {config.database.kek_file} (mode "
+               "0640); every private key in the database is sealed with it. Back it up apart "
+               "from database dumps: without it the keys cannot be read.")
+    if granted:
+        click.echo(f"The milter and the tracker connect as role {granted} ([database] "
+                   "milter_url): it reads the policy and writes the ledger only.")
+    elif not config.database.milter_url:
+        click.echo("The milter and the tracker connect with [database] url: set [database] "
+                   "milter_url to a role with fewer rights (docs/security.md).")
 
 
 def _print_next_steps(target: Path, config: Config, dovecot_files: list[Path] | None) -> None:

@@ -17,6 +17,7 @@ COMMANDS = [
     ("txrelay.cli.db", "db"),
     ("txrelay.cli.account", "account"),
     ("txrelay.cli.domain", "domain"),
+    ("txrelay.cli.keys", "keys"),
     ("txrelay.cli.connection", "connection"),
     ("txrelay.cli.quota", "quota"),
     ("txrelay.cli.postfix", "postfix"),

@@ -13,6 +13,7 @@ to the local journal (store/journal.py), replayed when PostgreSQL answers again.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.config import Config
+from txrelay.errors import ConfigError
+from txrelay.kek import KeyRing
 from txrelay.milter.refusal_budget import RefusalBudget, Refusals
 from txrelay.milter.settler import Settler
 from txrelay.store import database
@@ -32,6 +35,8 @@ from txrelay.store.recording import Ledger, PostgresLedger, PostgresQuotaBalance
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
 from txrelay.supervised import Loops, SupervisedLoop
+
+log = logging.getLogger("txrelay.milter")
 
 REPLAY_INTERVAL = 1.0  # seconds between attempts to replay the journal into PostgreSQL
 
@@ -58,6 +63,18 @@ def open_journal(config: Config) -> Journal:
                    config.milter.journal_max_per_hour)
 
 
+def _key_ring(config: Config) -> KeyRing:
+    """The KEK that opens the DKIM keys. A file that cannot be read now is logged; keys
+    stored in clear still sign, each sealed one's domain gets 4xx (bad_dkim_key), and the
+    file is read again at each policy load that needs it, so restoring it is enough."""
+    keys = KeyRing(Path(config.database.kek_file))
+    try:
+        keys.reload()
+    except ConfigError as exc:
+        log.error("event=kek_unavailable error=%r", str(exc))
+    return keys
+
+
 def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
                  loops: Loops | None = None) -> Runtime:
     """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
@@ -65,8 +82,11 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
     itself when they return (docs/failure-modes.md). Its background loops are added to
     `loops` (what /healthz reads)."""
     loops = loops if loops is not None else Loops()
+    # Connections use the daemons' role (milter_url); the journal and the policy copy keep
+    # naming the database by url, so setting milter_url leaves no journal entry behind.
+    daemon_db = config.database.for_daemons()
     node = config.milter.node_name or socket.gethostname()
-    pool = database.open_pool(config.database, "txrelay-milter")
+    pool = database.open_pool(daemon_db, "txrelay-milter")
     pool.open(wait=False)
     client = open_redis(config.redis, lazy=True)
     state_dir = Path(config.milter.journal_dir)
@@ -79,7 +99,7 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
         with pool.connection() as conn:
             rebuild_redis(conn, client, config.redis.key_prefix, accounts)
 
-    settler = Settler(lambda: database.connect(config.database, autocommit=True))
+    settler = Settler(lambda: database.connect(daemon_db, autocommit=True))
     loops.add(settler.loop)
     settler.start()
     redis_store = RedisReservations(client, config.redis.key_prefix,
@@ -89,7 +109,8 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
     ledger = PostgresLedger(pool, clock, journal, holds_of=reservations.held_in_postgres,
                             recorded_for=settler.notify)
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
-    policy = PolicyCache(pool, PolicyLoader(config.quota), config.milter.policy_refresh_seconds,
+    policy = PolicyCache(pool, PolicyLoader(config.quota, _key_ring(config)),
+                         config.milter.policy_refresh_seconds,
                          copy_path, Path(config.dovecot.passdb_file))
     policy.refresh()
     replayer = SupervisedLoop("journal-replay", REPLAY_INTERVAL, ledger.replay_journal,

@@ -13,7 +13,8 @@ from urllib.parse import quote, unquote, urlsplit
 from txrelay.errors import ConfigError, Conflict, InvalidInput, ServiceUnavailable, TxRelayError
 from txrelay.provisioning.credentials import make_password
 
-NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+NAME_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,55}$")  # + "_milter" fits PostgreSQL's 63
+MILTER_SUFFIX = "_milter"  # the daemons' role: reads policy, writes the ledger
 LOCAL_SUPERUSER = "postgres"  # Debian's: reachable through the unix socket by peer auth
 PSQL_TIMEOUT_SECONDS = 60
 PSQL_CONNECTION_FAILED = 2  # psql's exit status when it could not connect
@@ -30,10 +31,14 @@ class DatabasePlan:
     host: str
     port: int
 
-    def url(self, password: str) -> str:
-        """The node's [database] url: the dedicated role, with its password."""
-        return (f"postgresql://{self.name}:{quote(password, safe='')}@{self.host}:{self.port}"
-                f"/{self.name}")
+    @property
+    def milter_role(self) -> str:
+        return self.name + MILTER_SUFFIX
+
+    def url(self, password: str, role: str | None = None) -> str:
+        """The node's [database] url: the dedicated role (or `role`), with its password."""
+        return (f"postgresql://{role or self.name}:{quote(password, safe='')}@{self.host}:"
+                f"{self.port}/{self.name}")
 
     def admin_description(self) -> str:
         return _redacted(self.admin_url) if self.admin_url else \
@@ -59,18 +64,21 @@ def plan(name: str, admin_url: str | None) -> DatabasePlan:
     return DatabasePlan(name, admin_url, host, port)
 
 
-def existing_password(url: str, plan_: DatabasePlan) -> str | None:
-    """The role's password in a node's current [database] url, when it names this role on
-    this server: a re-run keeps it, so running daemons are not locked out."""
+def existing_password(url: str, plan_: DatabasePlan, role: str | None = None) -> str | None:
+    """The role's (or `role`'s) password in a node's current [database] url, when it names
+    that role on this server: a re-run keeps it, so running daemons are not locked out."""
     parts = urlsplit(url)
     if (parts.username, parts.hostname, parts.port or DEFAULT_PORT, parts.path.strip("/")) == \
-            (plan_.name, plan_.host, plan_.port, plan_.name) and parts.password:
+            (role or plan_.name, plan_.host, plan_.port, plan_.name) and parts.password:
         return unquote(parts.password)
     return None
 
 
-def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
-    """Create (or keep) the role and the database it owns; returns the node's URL.
+def ensure_role_and_database(plan_: DatabasePlan, password: str | None,
+                             milter_password: str | None = None) -> tuple[str, str]:
+    """Create (or keep) the role and the database it owns, and the daemons' role (NAME_milter,
+    login only: its rights come from txrelay_grant_daemon_role after migrating); returns the
+    node's URL and the daemons' URL.
 
     An existing role gets the password again (the one given, or a new one); a database that
     exists and belongs to another role is refused (Conflict). When the administrator lacks
@@ -78,7 +86,8 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
     cannot be reached.
     """
     password = password or make_password()
-    done = _run_psql(plan_, _script(plan_.name, password))
+    milter_password = milter_password or make_password()
+    done = _run_psql(plan_, _script(plan_.name, password, milter_password))
     if done.returncode == PSQL_CONNECTION_FAILED:
         raise ServiceUnavailable(
             f"cannot connect to PostgreSQL as {plan_.admin_description()}: "
@@ -96,18 +105,21 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None) -> str:
             f"then run 'txrelay init --database-url "
             f"postgresql://{plan_.name}:PASSWORD@{plan_.host}:{plan_.port}/{plan_.name}' "
             "(or pass --admin-url with a role that may create roles and databases)")
-    return plan_.url(password)
+    return plan_.url(password), plan_.url(milter_password, plan_.milter_role)
 
 
 def dba_sql(name: str) -> str:
     return (f"  CREATE ROLE {name} LOGIN PASSWORD 'choose-a-password';\n"
+            f"  CREATE ROLE {name}{MILTER_SUFFIX} LOGIN PASSWORD 'choose-another-password';\n"
             f"  CREATE DATABASE {name} OWNER {name};")
 
 
-def _script(name: str, password: str) -> str:
+def _script(name: str, password: str, milter_password: str) -> str:
     # psql variables carry the values; :'var' quotes them as literals. NAME_PATTERN and the
     # password's alphabet (letters, digits, - and _) are safe inside \set's quotes.
-    return f"\\set role_name '{name}'\n\\set role_password '{password}'\n" + _SETUP_SQL
+    return (f"\\set role_name '{name}'\n\\set role_password '{password}'\n"
+            f"\\set milter_role '{name}{MILTER_SUFFIX}'\n"
+            f"\\set milter_password '{milter_password}'\n" + _SETUP_SQL)
 
 
 # CREATE DATABASE cannot run in a transaction or DO block: \gexec runs each generated
@@ -129,6 +141,10 @@ SELECT format('DO $check$ BEGIN RAISE EXCEPTION %L; END $check$',
 SELECT format('CREATE ROLE %I LOGIN', :'role_name')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role_name') \\gexec
 SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'role_name', :'role_password') \\gexec
+SELECT format('CREATE ROLE %I LOGIN', :'milter_role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'milter_role') \\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', :'milter_role', :'milter_password')
+\\gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'role_name', :'role_name')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'role_name') \\gexec
 """

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 
 from txrelay.errors import Conflict, InvalidInput, NotFound
+from txrelay.kek import KeyRing
 from txrelay.policy.names import normalize_domain, normalize_list_help, normalize_selector
 from txrelay.provisioning import dkim_keys
 from txrelay.provisioning.accounts import get_account
@@ -43,7 +44,7 @@ def get_domain(conn: psycopg.Connection, domain: str) -> SendingDomain:
 
 
 def add_domain(conn: psycopg.Connection, now: dt.datetime, account_name: str, domain: str,
-               list_help: str, choice: KeyChoice) -> SendingDomain:
+               list_help: str, choice: KeyChoice, *, keys: KeyRing) -> SendingDomain:
     """Store the domain with a new or shared DKIM key, in one transaction."""
     name = normalize_domain(domain)
     help_target = normalize_list_help(list_help)
@@ -57,19 +58,21 @@ def add_domain(conn: psycopg.Connection, now: dt.datetime, account_name: str, do
             key_id = _shared_key(conn, account.id, account.name, choice)
         else:
             selector = normalize_selector(choice.selector or default_selector(now))
-            key_id = _new_key(conn, account.id, selector, choice)
+            key_id = _new_key(conn, account.id, selector, choice, keys)
         domain_store.insert_domain(conn, account.id, name, help_target, key_id)
     return get_domain(conn, name)
 
 
 def _new_key(conn: psycopg.Connection, account_id: int, selector: str,
-             choice: KeyChoice) -> int:
+             choice: KeyChoice, keys: KeyRing) -> int:
+    """A new key, its private half sealed with the current KEK before it reaches the database."""
     if choice.key_file is not None:
         material = dkim_keys.load_key_file(choice.key_file, choice.algorithm)
     else:
         material = dkim_keys.generate_key(choice.algorithm or "rsa")
     return domain_store.insert_dkim_key(conn, account_id, selector, material.algorithm,
-                                        material.private_key_pem, material.public_key_b64)
+                                        keys.seal(material.private_key_pem),
+                                        material.public_key_b64)
 
 
 def _shared_key(conn: psycopg.Connection, account_id: int, account_name: str,
@@ -112,7 +115,7 @@ _ONE_PENDING = {"dkim_key_rotations_one_pending": "another rotation of this doma
 
 
 def start_rotation(conn: psycopg.Connection, now: dt.datetime, domain: str,
-                   choice: KeyChoice) -> SendingDomain:
+                   choice: KeyChoice, *, keys: KeyRing) -> SendingDomain:
     """Add a new key under a new selector as 'pending': the domain keeps signing with its
     current key until the new record is published and the admin switches."""
     if choice.reuse_key_of is not None:
@@ -129,7 +132,7 @@ def start_rotation(conn: psycopg.Connection, now: dt.datetime, domain: str,
         selector = _rotation_selector(choice.selector, now, found.selectors, found.domain)
         key_choice = KeyChoice(selector, choice.algorithm or (
             None if choice.key_file else found.key.algorithm), choice.key_file)
-        key_id = _new_key(conn, found.account_id, selector, key_choice)
+        key_id = _new_key(conn, found.account_id, selector, key_choice, keys)
         domain_store.insert_rotating_key(conn, found.id, key_id, "pending", now)
     return get_domain(conn, found.domain)
 

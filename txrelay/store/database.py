@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
@@ -42,6 +43,28 @@ def available_migrations() -> list[Migration]:
             number, _, rest = entry.name.partition("_")
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))
     return sorted(found, key=lambda m: m.version)
+
+
+def daemon_role(config: DatabaseConfig) -> str | None:
+    """The role of [database] milter_url when it is another role than url's, else None."""
+    if not config.milter_url:
+        return None
+    role = unquote(urlsplit(config.milter_url).username or "")
+    return role if role and role != unquote(urlsplit(config.url).username or "") else None
+
+
+def grant_daemon_role(conn: psycopg.Connection, config: DatabaseConfig) -> str | None:
+    """Give the daemons' role what it needs on every table there is now (migration 0015's
+    txrelay_grant_daemon_role); run after migrating, as the owner. The role granted, or None
+    when milter_url names no other role or the role does not exist (a DBA's to make)."""
+    role = daemon_role(config)
+    if role is None:
+        return None
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if exists is None:
+        return None
+    conn.execute("SELECT txrelay_grant_daemon_role(%s)", (role,))
+    return role
 
 
 def connect(config: DatabaseConfig, *, autocommit: bool = False) -> psycopg.Connection:

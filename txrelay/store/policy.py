@@ -1,6 +1,7 @@
 """Loads the connection-policy snapshot the milter caches from PostgreSQL (a few queries),
 and keeps a local copy of it so that a milter restarted during a PostgreSQL outage can still
-authorise (the copy holds DKIM private keys: it is written mode 0600, atomically)."""
+authorise (the copy holds the DKIM private keys as the database does, sealed with the KEK;
+it is written mode 0600, atomically)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import psycopg
 from txrelay.atomic_file import write_atomically
 from txrelay.config import QuotaConfig
 from txrelay.errors import InvalidInput
+from txrelay.kek import KeyRing, is_sealed
 from txrelay.policy.snapshot import (
     AccountPolicy,
     ConnectionPolicy,
@@ -62,8 +64,9 @@ def current_version(conn: psycopg.Connection) -> int:
 class PolicyLoader:
     """Builds snapshots; keeps parsed DKIM keys between reloads so each is parsed once."""
 
-    def __init__(self, quota: QuotaConfig) -> None:
+    def __init__(self, quota: QuotaConfig, keys: KeyRing | None = None) -> None:
         self.quota = quota
+        self.keys = keys  # None: only keys stored in clear (before 'txrelay keys encrypt')
         self._keys: dict[tuple[int, str], SigningKey] = {}
         # username -> (credential version, enabled, since): when each credential was first
         # seen in its current state, so that sessions older than it can be told apart.
@@ -126,13 +129,15 @@ class PolicyLoader:
     def _domain(self, r: dict[str, Any],
                 previous_keys: dict[tuple[int, str], SigningKey]) -> DomainPolicy | None:
         """A domain with its parsed key; a domain whose key cannot be read is left out (its
-        mail gets a 4xx) and logged, rather than stopping every other domain."""
+        mail gets a 4xx) and logged, rather than stopping every other domain. A sealed key is
+        opened once per stored value (the cache key is the value's hash), then kept parsed in
+        memory only."""
         fingerprint = hashlib.sha256(r["private_key_pem"].encode()).hexdigest()
         cache_key = (int(r["key_id"]), fingerprint)
         signing_key = self._keys.get(cache_key) or previous_keys.get(cache_key)
         if signing_key is None:
             try:
-                signing_key = load_signing_key(r["algorithm"], r["private_key_pem"])
+                signing_key = load_signing_key(r["algorithm"], self._open(r["private_key_pem"]))
             except InvalidInput as exc:
                 log.error("event=bad_dkim_key domain=%s selector=%s error=%r",
                           r["domain"], r["selector"], str(exc))
@@ -141,6 +146,15 @@ class PolicyLoader:
         return DomainPolicy(domain=r["domain"], account_id=int(r["account_id"]),
                             list_help=r["list_help"], selector=r["selector"],
                             algorithm=r["algorithm"], signing_key=signing_key)
+
+
+    def _open(self, stored: str) -> str:
+        if not is_sealed(stored):
+            return stored
+        if self.keys is None:
+            raise InvalidInput("the key is sealed and this milter has no key-encryption key "
+                               "([database] kek_file)")
+        return self.keys.open(stored)
 
 
 PolicyRows = dict[str, Any]  # version + the rows of each query, as JSON-able values

@@ -82,7 +82,7 @@ class TrackerDaemon:
 
     def connect(self) -> Tracker:
         if self.tracker is None:
-            self.conn = database.connect(self.config.database, autocommit=True)
+            self.conn = database.connect(self.config.database.for_daemons(), autocommit=True)
             self.tracker = Tracker(self.conn, self.node,
                                    self.source.open(self.rotation_grace), self.clock)
         return self.tracker
