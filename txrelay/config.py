@@ -166,6 +166,20 @@ def _resolver_address(item: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute;
+    0 turns one off) and the milter's per-message and per-session caps."""
+
+    client_message_rate_limit: int = 6000
+    client_connection_rate_limit: int = 600
+    # Counts every AUTH command, successful or not: at most this many logins per client
+    # and minute, so at most this many failures.
+    client_auth_rate_limit: int = 10
+    max_headers: int = 1000
+    max_messages_per_session: int = 1000
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -177,6 +191,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "(defaults)"
 
 
@@ -191,6 +206,7 @@ SECTIONS: dict[str, type] = {
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
     "dns": DnsConfig,
+    "limits": LimitsConfig,
 }
 
 _POSITIVE = {
@@ -200,8 +216,11 @@ _POSITIVE = {
     "quota.demo_quota", "quota.min_block", "quota.block_validity_days",
     "tracker.poll_interval_seconds", "tracker.confirm_timeout_seconds",
     "tracker.tick_interval_seconds", "tracker.active_window_days", "notify.smtp_port",
+    "limits.max_headers", "limits.max_messages_per_session",
 }
-_NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds"}
+_NON_NEGATIVE = {"quota.demo_rate_limit", "milter.policy_refresh_seconds",
+                 "limits.client_message_rate_limit", "limits.client_connection_rate_limit",
+                 "limits.client_auth_rate_limit"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 _REDIS_MODES = ("standalone", "sentinel", "cluster")
 _TRACKER_SOURCES = ("auto", "file", "journal")
