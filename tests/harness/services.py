@@ -139,6 +139,9 @@ class PostfixInstance:
         self.submission_port = submission_port
         self.config_file = config_file
         self.syslog_name = syslog_name
+        # Known before main.cf is written (it names them); _lay_out makes them.
+        self.cert = self.config_directory / "cert.pem"
+        self.key = self.config_directory / "key.pem"
 
     def prepare(self) -> None:
         """Directories, certificate, main.cf and master.cf from scratch, then txrelay's
@@ -163,8 +166,6 @@ class PostfixInstance:
         self.postconf("-MX", "smtp/inet")
 
     def _make_certificate(self) -> None:
-        self.cert = self.config_directory / "cert.pem"
-        self.key = self.config_directory / "key.pem"
         run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
              "-subj", "/CN=relay.txrelay.test", "-keyout", str(self.key), "-out",
