@@ -323,3 +323,22 @@ def test_configure_keeps_the_characters_main_cf_refuses_and_adds_nul(
     configure_postfix(PostfixTarget(directory, "test"), plan)
     assert read_settings(directory).effective(
         "txrelay-cleanup/unix", "message_reject_characters") == "\\177\\0"
+
+
+def test_postfix_show_lists_every_limit(config_file: Path) -> None:
+    shown = subprocess.run([TXRELAY, "--config", str(config_file), "postfix", "show",
+                            "--listen", LISTEN], capture_output=True, text=True, check=True,
+                           timeout=60).stdout
+    for line in ("-o smtpd_client_auth_rate_limit=10",
+                 "-o smtpd_client_message_rate_limit=6000",
+                 "-o smtpd_client_connection_rate_limit=600",
+                 "-o cleanup_service_name=txrelay-cleanup",
+                 "txrelay-cleanup unix n - n - 0 cleanup",
+                 "-o message_reject_characters=\\0",
+                 "max_headers = 1000, max_messages_per_session = 1000"):
+        assert line in shown, shown
+    data = json.loads(subprocess.run([TXRELAY, "--config", str(config_file), "--json", "postfix",
+                                      "show", "--listen", LISTEN], capture_output=True,
+                                     text=True, check=True, timeout=60).stdout)
+    assert data["cleanup_service"]["overrides"]["message_reject_characters"] == "\\0"
+    assert data["milter_limits"] == {"max_headers": 1000, "max_messages_per_session": 1000}

@@ -9,6 +9,7 @@ import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning.postfix import (
+    CLEANUP_COMMAND,
     PostfixPlan,
     PostfixTarget,
     master_option,
@@ -193,10 +194,11 @@ def _print_plan(plan: PostfixPlan) -> None:
         click.echo(service.listen.service + " " + " ".join(service.entry().split()[1:8]))
         for name, value in service.overrides:
             click.echo(f"  {master_option(name, value)}")
-    click.echo(f"# When main.cf's message_size_limit is below {plan.message_size_limit}, also\n"
-               "#   -o cleanup_service_name=txrelay-cleanup on each service above, and\n"
-               "# txrelay-cleanup unix n - n - 0 cleanup\n"
-               f"#   -o message_size_limit={plan.message_size_limit}")
+    click.echo("txrelay-cleanup " + " ".join(CLEANUP_COMMAND))
+    for name, value in plan.cleanup_overrides:
+        click.echo(f"  {master_option(name, value)}")
+    click.echo("# The milter's own limits ([limits]): "
+               + ", ".join(f"{name} = {value}" for name, value in plan.milter_limits))
 
 
 def _print_result(result: ApplyResult) -> None:

@@ -73,6 +73,7 @@ class PostfixPlan:
     auth_socket: str
     message_size_limit: int
     cleanup_overrides: tuple[tuple[str, str], ...] = ()
+    milter_limits: tuple[tuple[str, int], ...] = ()  # enforced by the milter, not Postfix
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -81,6 +82,7 @@ class PostfixPlan:
                            "overrides": dict(s.overrides)} for s in self.services],
             "cleanup_service": {"service": f"{CLEANUP_SERVICE}/unix",
                                 "overrides": dict(self.cleanup_overrides)},
+            "milter_limits": dict(self.milter_limits),
         }
 
 
@@ -137,7 +139,10 @@ def plan_postfix(config: Config, *, listen: str | None = None,
                      for address, tls in wanted)
     cleanup = (("message_size_limit", str(size_limit)),
                ("message_reject_characters", REJECT_CHARACTERS))
-    return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit, cleanup)
+    milter_limits = (("max_headers", config.limits.max_headers),
+                     ("max_messages_per_session", config.limits.max_messages_per_session))
+    return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit, cleanup,
+                       milter_limits)
 
 
 def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
