@@ -395,7 +395,7 @@ def _make_server(listen: str, endpoint: MetricsEndpoint) -> _Server:
     host = host.strip("[]")
     server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) \
         if ":" in host else _Server
-    server = server_class((host, int(port)), _Handler)
+    server: _Server = server_class((host, int(port)), _Handler)
     server.endpoint = endpoint
     return server
 

@@ -169,7 +169,7 @@ def test_every_group_and_command_has_help_with_an_example(monkeypatch: pytest.Mo
                 "quota": ["book", "show"], "db": ["migrate", "status"], "init": [],
                 "dovecot": ["configure"],
                 "postfix": ["show", "configure", "unconfigure", "check"],
-                "journal": ["list", "show", "retry", "drop"]}
+                "journal": ["list", "show", "retry", "drop"], "config": ["show"]}
     for group, subcommands in commands.items():
         for path in [[group]] + [[group, sub] for sub in subcommands]:
             result = run_main([*path, "--help"], monkeypatch)

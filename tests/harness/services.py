@@ -132,6 +132,9 @@ class PostfixInstance:
         self.txrelay = txrelay
         self.root = directory
         self.config_directory = directory / "etc"
+        # Known before main.cf is written: main.cf names them, _lay_out then makes them.
+        self.cert = self.config_directory / "cert.pem"
+        self.key = self.config_directory / "key.pem"
         self.queue_directory = directory / "queue"
         self.data_directory = directory / "data"
         self.maillog = directory / "maillog"
@@ -139,9 +142,6 @@ class PostfixInstance:
         self.submission_port = submission_port
         self.config_file = config_file
         self.syslog_name = syslog_name
-        # Known before main.cf is written (it names them); _lay_out makes them.
-        self.cert = self.config_directory / "cert.pem"
-        self.key = self.config_directory / "key.pem"
 
     def prepare(self) -> None:
         """Directories, certificate, main.cf and master.cf from scratch, then txrelay's

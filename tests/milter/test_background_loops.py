@@ -19,10 +19,12 @@ from tests.store.test_journal import accepted, poisoned
 from txrelay import metrics
 from txrelay.clock import SystemClock
 from txrelay.config import Config
-from txrelay.milter.runtime import Ledger, PolicyCache, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.policy.snapshot import PolicySnapshot
 from txrelay.store.journal import MAX_REPLAY_FAILURES, Journal, JournalEntry
 from txrelay.store.policy import PolicyLoader, PolicyRows
+from txrelay.store.policy_cache import PolicyCache
+from txrelay.store.recording import PostgresLedger
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -85,7 +87,7 @@ def test_a_poisoned_journal_entry_is_set_aside_and_healthz_and_the_metric_show_i
         runtime: Runtime, config: Config, tenant: Tenant, db: psycopg.Connection,
         tmp_path: Path, auth_socket: Path) -> None:
     journal = Journal(tmp_path / "journal", runtime.config.database.url, 1000)
-    ledger = Ledger(runtime.ledger.pool, SystemClock(), journal)
+    ledger = PostgresLedger(runtime.ledger.pool, SystemClock(), journal)
     journal.append(JournalEntry(poisoned(tenant, db)))
     journal.append(JournalEntry(accepted(tenant, ["later@x.example"])))
     assert ledger.replay_journal() == 1  # the later entry is not blocked

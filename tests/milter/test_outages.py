@@ -14,11 +14,13 @@ import redis
 from tests.milter.conftest import Driver
 from tests.store.builders import Tenant
 from txrelay.clock import SystemClock
-from txrelay.milter.runtime import Ledger, PolicyCache, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.store.fallback import FailoverReservations, PostgresReservations
 from txrelay.store.journal import Journal
 from txrelay.store.keys import AccountKeys
 from txrelay.store.policy import PolicyLoader
+from txrelay.store.policy_cache import PolicyCache
+from txrelay.store.recording import PostgresLedger
 from txrelay.store.reservations import RedisReservations
 
 
@@ -36,14 +38,14 @@ def without_redis(runtime: Runtime, pool: object) -> Runtime:
     failover = FailoverReservations(dead_redis(runtime),
                                     PostgresReservations(pool, 60, "test-node"),  # type: ignore[arg-type]
                                     lambda accounts: None)
-    ledger = Ledger(runtime.ledger.pool, SystemClock(), None, failover.held_in_postgres)
+    ledger = PostgresLedger(runtime.ledger.pool, SystemClock(), None, failover.held_in_postgres)
     return dataclasses.replace(runtime, reservations=failover, ledger=ledger)
 
 
 def without_postgresql(runtime: Runtime, dead_pool: object, journal_dir: Path,
                        max_per_hour: int = 100) -> tuple[Runtime, Journal]:
     journal = Journal(journal_dir, runtime.config.database.url, max_per_hour)
-    ledger = Ledger(dead_pool, SystemClock(), journal)  # type: ignore[arg-type]
+    ledger = PostgresLedger(dead_pool, SystemClock(), journal)  # type: ignore[arg-type]
     return dataclasses.replace(runtime, ledger=ledger, reservations=live_redis(runtime)), journal
 
 
@@ -97,7 +99,7 @@ def test_postgresql_down_accepts_into_the_journal_and_replays_exactly_once(
     assert outcome.added("List-Help")
     assert journal.backlog() == 1 and ledger_rows(db, tenant)[:2] == (0, 0)
     assert client.get(keys.balance) == b"998" and client.zcard(keys.held) == 0
-    back = Ledger(runtime.ledger.pool, SystemClock(), journal)
+    back = PostgresLedger(runtime.ledger.pool, SystemClock(), journal)
     assert back.replay_journal() == 1
     assert back.replay_journal() == 0
     assert ledger_rows(db, tenant)[:2] == (1, 2) and journal.backlog() == 0
@@ -132,7 +134,7 @@ def test_postgresql_down_beyond_the_hourly_journal_bound_tempfails(
 
 def test_postgresql_down_when_balance_must_be_loaded_names_postgresql(
         runtime: Runtime, tenant: Tenant, dead_pool: object) -> None:
-    ledger = Ledger(dead_pool, SystemClock())  # type: ignore[arg-type]
+    ledger = PostgresLedger(dead_pool, SystemClock())  # type: ignore[arg-type]
     broken = dataclasses.replace(runtime, ledger=ledger, reservations=RedisReservations(
         live_redis(runtime).client, runtime.config.redis.key_prefix, 60,
         ledger.remaining_quota))

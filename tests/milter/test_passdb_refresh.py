@@ -9,8 +9,9 @@ import psycopg
 import pytest
 
 from tests.store.builders import make_tenant
-from txrelay.milter.runtime import PolicyCache, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.store.policy import PolicyLoader
+from txrelay.store.policy_cache import PolicyCache
 
 
 @pytest.fixture()

@@ -51,7 +51,7 @@ def search(cli: CliContext, to: str | None, message_id: str | None, account: str
     cli.emit(data, lambda: _print(rows))
 
 
-def _print(rows: list[dict]) -> None:
+def _print(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("no matching recipients")
         return

@@ -16,7 +16,7 @@ from txrelay.store.keys import AccountKeys
 from txrelay.store.ledger import settle
 
 
-class MailCount(click.ParamType):
+class MailCount(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """A whole number of mails; 25000, 25,000 and 25_000 are all accepted."""
 
     name = "N"

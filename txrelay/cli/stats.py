@@ -16,7 +16,7 @@ _RELATIVE = re.compile(r"^(?P<n>\d+)(?P<unit>[mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-class When(click.ParamType):
+class When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
     """A moment: 2026-03-01, 2026-03-01T12:00 (UTC unless an offset is given), or 24h / 7d
     (that long before now)."""
 

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 
@@ -26,6 +27,31 @@ from txrelay.policy.verdict import Verdict
 log = logging.getLogger("txrelay.milter")
 HOUR = 3600
 SHARED_COUNT_SECONDS = 1.0
+
+
+class Refusals(Protocol):
+    """Each connection's refused messages this hour, and the 421 once it has had its fill."""
+
+    def spent(self, connection_id: int) -> int | None:
+        """The refusals counted this hour when they reach the budget, else None."""
+        ...
+
+    def count(self, connection_id: int) -> None:
+        """One more refused message for this connection in this hour."""
+        ...
+
+    def refusal(self, connection_name: str, count: int) -> Verdict:
+        """The MAIL reply for a connection that has spent its budget."""
+        ...
+
+
+def budget_refusal(connection_name: str, count: int, clock: Clock) -> Verdict:
+    """421 until the next clock hour (UTC), when the connection's budget is back."""
+    start = (int(clock.now().timestamp()) // HOUR + 1) * HOUR
+    return Verdict.tempfail(
+        "421", "4.7.0", f"connection \"{connection_name}\" had {count} messages refused "
+        f"this hour, the most the relay takes: fix what those refusals said, then send "
+        f"again after {start // HOUR % 24:02d}:00 UTC")
 
 
 class RefusalBudget:
@@ -93,16 +119,8 @@ class RefusalBudget:
             self._shared = {k: v for k, v in self._shared.items() if k[1] >= slot[1]}
             self._shared[slot] = (shared, time.monotonic())
 
-    def next_hour(self) -> str:
-        """When the budget is back, for the reply: e.g. '14:00 UTC'."""
-        start = (self._hour() + 1) * HOUR
-        return f"{start // HOUR % 24:02d}:00 UTC"
-
     def refusal(self, connection_name: str, count: int) -> Verdict:
-        return Verdict.tempfail(
-            "421", "4.7.0", f"connection \"{connection_name}\" had {count} messages refused "
-            f"this hour, the most the relay takes: fix what those refusals said, then send "
-            f"again after {self.next_hour()}")
+        return budget_refusal(connection_name, count, self.clock)
 
     def _hour(self) -> int:
         return int(self.clock.now().timestamp()) // HOUR

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import Milter
 
@@ -21,7 +21,7 @@ from txrelay import metrics
 from txrelay.errors import ServiceUnavailable
 from txrelay.milter.logline import format_fields
 from txrelay.milter.nodelay import ensure_nodelay
-from txrelay.milter.runtime import LedgerUnavailable, Runtime
+from txrelay.milter.runtime import Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
 from txrelay.policy.addresses import (
@@ -45,12 +45,18 @@ from txrelay.policy.verdict import (
 )
 from txrelay.signing import sign
 from txrelay.store.ledger import AcceptedMessage
+from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
 
 log = logging.getLogger("txrelay.milter")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_MILTER_CODES = {
+# pymilter is untyped: its reply codes and decorators get their types here, once.
+CONTINUE: int = Milter.CONTINUE
+noreply = cast(Callable[[F], F], Milter.noreply)
+decode_bytes = cast(Callable[[F], F], Milter.decode("bytes"))
+
+_MILTER_CODES: dict[Action, int] = {
     Action.CONTINUE: Milter.CONTINUE,
     Action.ACCEPT: Milter.ACCEPT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
@@ -95,12 +101,16 @@ def guarded_noreply(func: F) -> F:
                           self.txn.txn_id if self.txn else "-")
             if self.txn is not None:
                 self.txn.failed = True
-            return Milter.CONTINUE
+            return CONTINUE
 
     return wrapper  # type: ignore[return-value]
 
 
 class RelayMilter(Milter.Base):  # type: ignore[misc]
+    """One SMTP connection's milter (libmilter gives each its own instance and thread): reads
+    the macros, asks policy and the stores, and answers through `_apply`; at end of message
+    adds List-Help, signs and records. Shared state lives in the Runtime, not here."""
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.txn: Transaction | None = None
@@ -112,7 +122,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     def negotiate(self, opts: list[int]) -> int:
         """Pymilter's negotiation (skipped callbacks, no-reply steps), with our actions only."""
         result: int = super().negotiate(opts)
-        if result == Milter.CONTINUE:
+        if result == CONTINUE:
             opts[0] = self._actions = opts[0] & ACTIONS
         return result
 
@@ -128,7 +138,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if too_many is not None:
             return self._refuse(too_many, mail_from)
         login = self.getsymval("{auth_authen}")
-        snapshot = self.runtime.policy.snapshot_knowing(login)
+        snapshot = self.runtime.policy.snapshot_for_login(login)
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
         if login:
@@ -149,7 +159,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             return self._refuse(decision, mail_from)
         self.txn = Transaction(snapshot, decision, snapshot.account(decision.account_id),
                                envelope_address(mail_from), self.getsymval("{i}") or "")
-        return Milter.CONTINUE
+        return CONTINUE
 
     @metrics.timed("rcpt")
     @guarded
@@ -167,7 +177,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         key = duplicate_key(rcpt_to, params,
                             original_recipient=self.runtime.config.milter.original_recipient)
         if key in txn.recipient_keys:
-            return Milter.CONTINUE  # Postfix's duplicate filter drops it: no copy, no bill
+            return CONTINUE  # Postfix's duplicate filter drops it: no copy, no bill
         copy = txn.copies.get(recipient, 0)
         member = reservation_member(str(txn.txn_id),
                                     f"{recipient}#{copy}" if copy else recipient)
@@ -192,8 +202,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
                 txn.recipient_keys.add(key)
         return self._apply(verdict)
 
-    @Milter.noreply
-    @Milter.decode("bytes")
+    @noreply
+    @decode_bytes
     @guarded_noreply
     def header(self, name: str, value: bytes) -> int:
         txn = self.txn
@@ -202,14 +212,14 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             # Past the cap the message is refused at its end: keep no more of its headers.
             if txn.header_count <= self.runtime.config.limits.max_headers:
                 txn.add_header(name, value)
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded_noreply
     def body(self, chunk: bytes) -> int:
         if self.txn is not None:
             self.txn.add_body(chunk, self.runtime.config.milter.max_message_size)
-        return Milter.CONTINUE
+        return CONTINUE
 
     @metrics.timed("eom")
     @guarded
@@ -229,11 +239,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def abort(self) -> int:
         self._end_transaction(None, release=True)
-        return Milter.CONTINUE
+        return CONTINUE
 
     def close(self) -> int:
         self._end_transaction(None, release=True)
-        return Milter.CONTINUE
+        return CONTINUE
 
     # -- end of message steps -------------------------------------------------------------
 

@@ -22,8 +22,9 @@ from txrelay.supervised import Loops
 log = logging.getLogger("txrelay.milter")
 
 MILTER_NAME = "txrelay"
-# Seconds libmilter waits on Postfix; shorter than nothing we do (store timeouts are
-# 0.5 s for Redis and 3 s for PostgreSQL, well under Postfix's 30 s milter_command_timeout).
+# Seconds libmilter waits for Postfix's next command before it drops the session. Far longer
+# than any wait of ours (store timeouts are 0.5 s for Redis and 3 s for PostgreSQL, well under
+# Postfix's 30 s milter_command_timeout), so it is never libmilter that gives up on a session.
 LIBMILTER_TIMEOUT = 600
 # libmilter's own thread stops the daemon on these; our threads must not catch them first.
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}

@@ -9,6 +9,7 @@ content_filter, non_smtpd_milters) are not judged unless they reach txrelay's ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from txrelay.provisioning.postfix import (
@@ -99,9 +100,11 @@ def _service_problems(settings: PostfixSettings, service: ServicePlan,
     if key not in settings.services:
         return [Problem("master.cf", key, "(missing)", "txrelay's service is not configured; "
                         "run txrelay postfix configure")]
-    value = lambda name: settings.effective(key, name)  # noqa: E731 - one short reader
+    def value(name: str) -> str:
+        return settings.effective(key, name)
+
     where = f"master.cf {key}"
-    wanted = (
+    wanted: tuple[tuple[str, Callable[[str], bool], str], ...] = (
         ("smtpd_tls_security_level", lambda v: v == "encrypt", "TLS must be mandatory; "
          "set -o smtpd_tls_security_level=encrypt"),
         ("smtpd_tls_auth_only", lambda v: v == "yes", "passwords would cross the wire in "

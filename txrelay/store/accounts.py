@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -68,7 +69,7 @@ def account_summaries(conn: psycopg.Connection, now: dt.datetime,
     return [_summary(row) for row in rows]  # type: ignore[arg-type]
 
 
-def _summary(row: dict) -> AccountSummary:
+def _summary(row: dict[str, Any]) -> AccountSummary:
     account = Account(**{key: row[key] for key in
                          ("id", "name", "admin_email", "low_quota_threshold", "created_at")})
     return AccountSummary(account, int(row["quota_remaining"]), bool(row["paid"]),

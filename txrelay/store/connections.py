@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -86,7 +87,7 @@ def list_connections(conn: psycopg.Connection, *, account_id: int | None = None,
             for row in conn.execute(SELECT_CONNECTIONS, params).fetchall()]
 
 
-def _connection(row: dict) -> Connection:
+def _connection(row: dict[str, Any]) -> Connection:
     return Connection(row["id"], row["account_id"], row["account_name"], row["name"],
                       row["enabled"], row["rate_limit"], row["created_at"],
                       row["last_used_at"], row["username"], tuple(row["domains"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -106,7 +107,8 @@ def list_domains(conn: psycopg.Connection, account_id: int | None = None) -> lis
     return _with_rotating_keys(conn, rows)  # type: ignore[arg-type]
 
 
-def _with_rotating_keys(conn: psycopg.Connection, rows: list[dict]) -> list[SendingDomain]:
+def _with_rotating_keys(conn: psycopg.Connection,
+                        rows: list[dict[str, Any]]) -> list[SendingDomain]:
     """The domains of rows, each with its pending and retiring keys (one more query)."""
     rotating: dict[int, list[RotatingKey]] = {}
     if rows:
@@ -119,7 +121,7 @@ def _with_rotating_keys(conn: psycopg.Connection, rows: list[dict]) -> list[Send
             for row in rows]
 
 
-def _key(row: dict) -> DkimKey:
+def _key(row: dict[str, Any]) -> DkimKey:
     return DkimKey(row["key_id"], row["account_id"], row["selector"], row["algorithm"],
                    row["public_key_b64"])
 

@@ -152,7 +152,7 @@ def _reserve_in(conn: Conn, params: dict[str, Any]) -> dict[str, Any]:
         conn.execute(PURGE_EXPIRED_HOLDS, params)
         row = conn.execute(RESERVE_HOLD, params).fetchone()
     assert row is not None  # one row from one-row CTEs
-    return row  # type: ignore[return-value]
+    return dict(row)
 
 
 def _execute(conn: Conn, sql: str, params: dict[str, Any]) -> None:

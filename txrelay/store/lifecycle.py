@@ -176,7 +176,7 @@ def clear_plan(conn: Conn, account_id: int) -> int | None:
     return None if row is None else int(row["block_amount"])
 
 
-def get_plan(conn: Conn, account_id: int) -> dict | None:
+def get_plan(conn: Conn, account_id: int) -> dict[str, Any] | None:
     return conn.execute(SELECT_PLAN, {"account_id": account_id}).fetchone()
 
 
@@ -321,7 +321,7 @@ def set_armed(conn: Conn, account_id: int, armed: bool, now: dt.datetime) -> Non
 
 
 def record_notification(conn: Conn, account_id: int, kind: str,
-                        detail: dict, now: dt.datetime) -> None:
+                        detail: dict[str, Any], now: dt.datetime) -> None:
     from psycopg.types.json import Jsonb
 
     conn.execute(INSERT_NOTIFICATION, {"account_id": account_id, "kind": kind, "now": now,

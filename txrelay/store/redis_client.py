@@ -72,7 +72,8 @@ def _sentinel_master(config: RedisConfig) -> redis.Redis:
     sentinel = Sentinel(config.addresses("sentinels"), sentinel_kwargs=sentinel_options)
     options = _data_node_options(config)
     options["db"] = parse_url(config.url).get("db", 0)
-    return sentinel.master_for(config.sentinel_master, **options)
+    master: redis.Redis = sentinel.master_for(config.sentinel_master, **options)
+    return master
 
 
 def _cluster(config: RedisConfig) -> RedisCluster:

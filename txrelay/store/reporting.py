@@ -78,7 +78,7 @@ def connection_stats(conn: Conn, *, now: dt.datetime, active_window: dt.timedelt
     return [_stats(row, now, active_window) for row in rows]
 
 
-def _stats(row: dict, now: dt.datetime, active_window: dt.timedelta) -> ConnectionStats:
+def _stats(row: dict[str, Any], now: dt.datetime, active_window: dt.timedelta) -> ConnectionStats:
     last_used = row["last_used_at"]
     active = (row["enabled"] and row["deleted_at"] is None and last_used is not None
               and last_used >= now - active_window)
@@ -121,7 +121,7 @@ SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
 
 def search_recipients(conn: Conn, *, to: str | None, message_id: str | None,
                       connection: str | None, account: str | None, since: dt.datetime | None,
-                      until: dt.datetime | None, limit: int) -> list[dict]:
+                      until: dt.datetime | None, limit: int) -> list[dict[str, Any]]:
     return conn.execute(SEARCH_RECIPIENTS, {
         "to": to, "message_id": message_id, "connection": connection, "account": account,
         "since": since, "until": until, "limit": limit}).fetchall()

@@ -53,6 +53,13 @@ class RedisUnavailable(ServiceUnavailable):
 
 
 class ReservationStore(Protocol):
+    """Atomic rate and quota reservations across every relay node: reserve at RCPT, commit at
+    end of message, release on abort. Redis normally, PostgreSQL while Redis is away.
+
+    reserve holds a unit for one "<txn>|<recipient>" member (or says why not); commit drops
+    a recorded message's holds and takes the units the ledger billed to quota; release gives
+    an unrecorded transaction's units back. Failures are ServiceUnavailable (451)."""
+
     def reserve(self, request: ReservationRequest) -> Reservation: ...
 
     def commit(self, account_id: int, members: Sequence[str], units: int) -> int: ...

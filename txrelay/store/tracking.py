@@ -75,7 +75,7 @@ SELECT node, log_path, byte_offset, journal_cursor, lines_read, unparsed_lines, 
   FROM tracker_positions ORDER BY node, log_path"""
 
 
-def _position(row: dict | None) -> Position:
+def _position(row: dict[str, Any] | None) -> Position:
     if row is None:
         return Position(None, 0)
     if row["inode"] is None:
@@ -110,7 +110,7 @@ def save_position(conn: Conn, node: str, log_path: str, position: Position,
         "nrcpt_mismatches": counters.nrcpt_mismatches})
 
 
-def tracker_status(conn: Conn) -> list[dict]:
+def tracker_status(conn: Conn) -> list[dict[str, Any]]:
     return conn.execute(SELECT_STATUS).fetchall()
 
 

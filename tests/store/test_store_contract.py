@@ -1,0 +1,216 @@
+"""The milter's store Protocols: the same cases against the in-memory implementations (the
+fast milter ring's) and the real ones (PostgreSQL and Redis), so the two cannot drift."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from tests.memory_store import MemoryLedger, MemoryPolicy, MemoryReservations
+from tests.store.builders import Tenant, make_tenant
+from txrelay.clock import SystemClock
+from txrelay.config import Config
+from txrelay.policy.quota import ReservationStatus
+from txrelay.store.ledger import AcceptedMessage
+from txrelay.store.policy import PolicyLoader
+from txrelay.store.policy_cache import PolicyCache, PolicySource
+from txrelay.store.recording import Ledger, PostgresLedger, PostgresQuotaBalance
+from txrelay.store.reservations import (
+    RedisReservations,
+    ReservationRequest,
+    ReservationStore,
+    reservation_member,
+)
+
+RESERVED, OVERAGE, DUPLICATE = (ReservationStatus.RESERVED, ReservationStatus.OVERAGE,
+                                ReservationStatus.DUPLICATE)
+
+
+@dataclass
+class Stores:
+    """One implementation of each Protocol, and how to add a tenant to all of them."""
+
+    ledger: Ledger
+    reservations: ReservationStore
+    policy: PolicySource
+    add_tenant: Callable[..., Tenant]
+    cold_reservations: Callable[[], ReservationStore]  # a store that has loaded no balance
+
+
+@pytest.fixture(params=["memory", "postgresql+redis"])
+def stores(request: pytest.FixtureRequest, config: Config, unique: str) -> Iterator[Stores]:
+    counter = iter(range(1000))
+    if request.param == "memory":
+        ledger = MemoryLedger()
+        policy = MemoryPolicy(config.quota.demo_rate_limit)
+
+        def add_memory_tenant(demo_quota: int = 1000, **options: Any) -> Tenant:
+            tenant = policy.add_tenant(f"{unique}{next(counter)}", **options)
+            ledger.grant(tenant.account_id, demo_quota)
+            return tenant
+
+        yield Stores(ledger, MemoryReservations(ledger.remaining_quota), policy,
+                     add_memory_tenant, lambda: MemoryReservations(ledger.remaining_quota))
+        return
+    db: psycopg.Connection[Any] = request.getfixturevalue("db")
+    pool: Any = request.getfixturevalue("pool")
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"), socket_timeout=5)
+    balance = PostgresQuotaBalance(pool, SystemClock())
+    cache = PolicyCache(pool, PolicyLoader(config.quota), 60)
+    prefixes = iter(range(1000))
+
+    def add_real_tenant(**options: Any) -> Tenant:
+        tenant = make_tenant(db, f"{unique}{next(counter)}", **options)
+        assert cache.refresh()
+        return tenant
+
+    def cold() -> ReservationStore:
+        return RedisReservations(client, f"ctr{unique}{next(prefixes)}", 60,
+                                 balance.remaining_quota)
+
+    yield Stores(PostgresLedger(pool, SystemClock()), cold(), cache, add_real_tenant, cold)
+    client.close()
+
+
+def reserve(store: ReservationStore, tenant: Tenant, recipient: str, *, txn: str = "t1",
+            rate_limit: int = 0, paid: bool = False) -> tuple[ReservationStatus, int]:
+    result = store.reserve(ReservationRequest(
+        tenant.account_id, tenant.connection_id, reservation_member(txn, recipient),
+        rate_limit, paid))
+    return result.status, result.remaining
+
+
+def accepted(tenant: Tenant, recipients: list[str], txn_id: uuid.UUID | None = None,
+             ) -> AcceptedMessage:
+    return AcceptedMessage(
+        txn_id=txn_id or uuid.uuid4(), queue_id="4QCONTRACT", node="contract-node",
+        message_id=f"<{uuid.uuid4().hex}@{tenant.domain}>", account_id=tenant.account_id,
+        connection_id=tenant.connection_id, envelope_sender=f"orders@{tenant.domain}",
+        header_from=f"orders@{tenant.domain}", size=1234, recipients=recipients,
+        accepted_at=dt.datetime.now(dt.UTC))
+
+
+def members(txn: str, *recipients: str) -> list[str]:
+    return [reservation_member(txn, r) for r in recipients]
+
+
+def test_reserve_commit_and_release_count_units_alike(stores: Stores) -> None:
+    tenant = stores.add_tenant(demo_quota=3)
+    store = stores.reservations
+    assert reserve(store, tenant, "a@x.example") == (RESERVED, 2)
+    assert reserve(store, tenant, "b@x.example") == (RESERVED, 1)
+    assert reserve(store, tenant, "a@x.example") == (DUPLICATE, 0)
+    assert store.release(tenant.account_id, tenant.connection_id,
+                         members("t1", "b@x.example", "never@x.example")) == 1
+    assert reserve(store, tenant, "c@x.example") == (RESERVED, 1)
+    assert reserve(store, tenant, "d@x.example") == (RESERVED, 0)
+    status, remaining = reserve(store, tenant, "e@x.example")
+    assert (status, remaining) == (ReservationStatus.QUOTA_EXHAUSTED, 0)
+    assert store.commit(tenant.account_id, members("t1", "a@x.example", "c@x.example"), 2) == 2
+    assert reserve(store, tenant, "f@x.example") == (ReservationStatus.QUOTA_EXHAUSTED, 0)
+    assert store.release(tenant.account_id, tenant.connection_id,
+                         members("t1", "d@x.example")) == 1
+    assert reserve(store, tenant, "f@x.example") == (RESERVED, 0)
+
+
+def test_paid_account_beyond_its_quota_reserves_as_overage(stores: Stores) -> None:
+    tenant = stores.add_tenant(demo_quota=1, paid=True)
+    store = stores.reservations
+    assert reserve(store, tenant, "a@x.example", paid=True) == (RESERVED, 0)
+    assert reserve(store, tenant, "b@x.example", paid=True) == (OVERAGE, -1)
+    assert reserve(store, tenant, "c@x.example", paid=True) == (OVERAGE, -2)
+
+
+def test_hourly_rate_limit_refuses_the_extra_recipient_and_release_gives_its_slot_back(
+        stores: Stores) -> None:
+    tenant = stores.add_tenant()
+    store = stores.reservations
+    assert reserve(store, tenant, "a@x.example", rate_limit=2)[0] is RESERVED
+    assert reserve(store, tenant, "b@x.example", rate_limit=2)[0] is RESERVED
+    result = store.reserve(ReservationRequest(tenant.account_id, tenant.connection_id,
+                                              reservation_member("t1", "c@x.example"), 2,
+                                              False))
+    assert result.status is ReservationStatus.RATE_LIMITED and 3590 < result.retry_after <= 3600
+    store.release(tenant.account_id, tenant.connection_id, members("t1", "b@x.example"))
+    assert reserve(store, tenant, "c@x.example", rate_limit=2)[0] is RESERVED
+
+
+def test_recorded_acceptance_reads_back_and_a_retry_records_nothing(stores: Stores) -> None:
+    tenant = stores.add_tenant(demo_quota=10)
+    message = accepted(tenant, ["a@x.example", "b@x.example", "a@x.example"])
+    first = stores.ledger.record(message)
+    assert first.message_row_id is not None
+    assert [(a.recipient, a.billing) for a in first.allocations] == [
+        ("a@x.example", "pending"), ("b@x.example", "pending"), ("a@x.example", "pending")]
+    assert first.quota_units == 3 and first.journaled == 0
+    assert stores.ledger.remaining_quota(tenant.account_id) == 7
+    again = stores.ledger.record(message)
+    assert (again.message_row_id, list(again.allocations), again.quota_units) == (None, [], 0)
+    assert stores.ledger.remaining_quota(tenant.account_id) == 7
+
+
+def test_remaining_quota_never_goes_below_zero(stores: Stores) -> None:
+    tenant = stores.add_tenant(demo_quota=1)
+    stores.ledger.record(accepted(tenant, ["a@x.example", "b@x.example"]))
+    assert stores.ledger.remaining_quota(tenant.account_id) == 0
+
+
+def test_policy_snapshot_finds_connections_domains_and_accounts(
+        stores: Stores, config: Config) -> None:
+    demo = stores.add_tenant()
+    paid = stores.add_tenant(paid=True, rate_limit=7)
+    disabled = stores.add_tenant(enabled=False)
+    snapshot = stores.policy.snapshot_for_login(demo.username)
+    assert snapshot is not None and stores.policy.refresh()
+    for tenant, enabled, rate_limit, is_paid in (
+            (demo, True, config.quota.demo_rate_limit, False), (paid, True, 7, True),
+            (disabled, False, config.quota.demo_rate_limit, False)):
+        connection = snapshot.connections[tenant.username]
+        assert (connection.id, connection.name, connection.account_id, connection.enabled,
+                connection.domains, connection.rate_limit) == (
+            tenant.connection_id, tenant.connection_name, tenant.account_id, enabled,
+            frozenset({tenant.domain}), rate_limit)
+        domain = snapshot.domains[tenant.domain]
+        assert (domain.domain, domain.account_id, domain.list_help, domain.selector,
+                domain.algorithm) == (tenant.domain, tenant.account_id, tenant.list_help,
+                                      tenant.selector, "rsa")
+        assert domain.signing_key is not None
+        assert snapshot.account(tenant.account_id).paid is is_paid
+    unknown = stores.policy.snapshot_for_login("nobody-here")
+    assert unknown is not None and "nobody-here" not in unknown.connections
+    assert "shop-nobody.example" not in unknown.domains
+
+
+def test_quota_balance_agrees_after_a_mixed_sequence(stores: Stores) -> None:
+    """Reserve, release, record, commit, a retried record, a cold store loading the balance:
+    the live balance and the ledger's remaining quota tell the same story on both."""
+    tenant = stores.add_tenant(demo_quota=5)
+    store, ledger = stores.reservations, stores.ledger
+    for recipient in ("a@x.example", "b@x.example", "c@x.example"):
+        reserve(store, tenant, recipient)
+    store.release(tenant.account_id, tenant.connection_id, members("t1", "c@x.example"))
+    first = accepted(tenant, ["a@x.example", "b@x.example"])
+    recorded = ledger.record(first)
+    store.commit(tenant.account_id, members("t1", "a@x.example", "b@x.example"),
+                 recorded.quota_units)
+    assert ledger.remaining_quota(tenant.account_id) == 3
+    assert reserve(store, tenant, "d@x.example", txn="t2") == (RESERVED, 2)
+    assert ledger.record(first).quota_units == 0  # a retry bills nothing again
+    assert ledger.remaining_quota(tenant.account_id) == 3
+    cold = stores.cold_reservations()
+    assert reserve(cold, tenant, "e@x.example", txn="t3") == (RESERVED, 2)
+    second = ledger.record(accepted(tenant, ["d@x.example", "e@x.example", "f@x.example",
+                                             "g@x.example"]))
+    assert ledger.remaining_quota(tenant.account_id) == 0
+    store.commit(tenant.account_id, members("t2", "d@x.example"), second.quota_units)
+    assert reserve(store, tenant, "h@x.example", txn="t4") == (
+        ReservationStatus.QUOTA_EXHAUSTED, 0)
+    assert reserve(stores.cold_reservations(), tenant, "h@x.example", txn="t4") == (
+        ReservationStatus.QUOTA_EXHAUSTED, 0)

@@ -1,0 +1,136 @@
+"""The milter's ledger: accepted messages recorded in PostgreSQL, or in the local journal
+while PostgreSQL is away (replayed when it answers again)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+import psycopg
+import psycopg_pool
+
+from txrelay.clock import Clock
+from txrelay.errors import ServiceUnavailable
+from txrelay.store.journal import Journal, JournalEntry
+from txrelay.store.ledger import (
+    AcceptedMessage,
+    Allocation,
+    Recorded,
+    record_acceptance,
+    remaining_quota,
+)
+
+log = logging.getLogger("txrelay.milter")
+# PostgreSQL did not answer (connection refused or lost, timeout): the journal takes over.
+# Any other database error (a constraint, a bug) is a 451, never journaled.
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+
+
+class LedgerUnavailable(ServiceUnavailable):
+    """PostgreSQL did not answer in time, or the pool had no connection to give."""
+
+
+class Ledger(Protocol):
+    """Where an accepted message is recorded, and what an account has left of its quota.
+
+    The milter records each message it accepts at end of message (the source of truth for
+    billing) and reads an account's remaining quota when the live balance must be loaded.
+    Failures are ServiceUnavailable (LedgerUnavailable when the ledger itself did not
+    answer): the milter then answers 451."""
+
+    def record(self, message: AcceptedMessage) -> Recorded:
+        """Record the message and its recipients; recording a txn_id again changes nothing."""
+        ...
+
+    def remaining_quota(self, account_id: int) -> int:
+        """Units left in the account's live blocks once its recorded recipients are billed."""
+        ...
+
+
+class PostgresLedger:
+    """PostgreSQL behind the two calls the milter makes, failures as ServiceUnavailable.
+
+    With a journal, a record PostgreSQL cannot take is written to the journal instead (and
+    the message accepted); without one (tests, tools) it is a 451. Each account recorded
+    for is passed to `recorded_for` (the settler, which bills the pending rows to blocks)."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock,
+                 journal: Journal | None = None,
+                 holds_of: Callable[[uuid.UUID], list[str]] | None = None,
+                 recorded_for: Callable[[int], None] | None = None) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.journal = journal
+        self.holds_of = holds_of or (lambda txn_id: [])
+        self.recorded_for = recorded_for or (lambda account_id: None)
+        self.balance = PostgresQuotaBalance(pool, clock)
+
+    def record(self, message: AcceptedMessage) -> Recorded:
+        holds = self.holds_of(message.txn_id)
+        try:
+            with self.pool.connection() as conn:
+                recorded = record_acceptance(conn, message, holds)
+            self.recorded_for(message.account_id)
+            return recorded
+        except UNREACHABLE as exc:
+            if self.journal is None:
+                raise _unavailable(exc) from exc
+            self.journal.append(JournalEntry(message, holds))  # JournalUnavailable → 451
+            log.warning("event=journaled txn=%s rcpts=%d backlog=%d error=%r", message.txn_id,
+                        len(message.recipients), self.journal.backlog(),
+                        exc.__class__.__name__)
+            return Recorded(None, [Allocation(r, "pending", None) for r in message.recipients],
+                            journaled=len(message.recipients))
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from exc
+
+    def replay_journal(self) -> int:
+        """Write journaled records to PostgreSQL (idempotent); 0 when there was nothing or
+        PostgreSQL is still away."""
+        journal = self.journal
+        # The files, not the backlog count: `txrelay journal retry` adds one from outside.
+        if journal is None or not journal.pending_files():
+            return 0
+        try:
+            with self.pool.connection() as conn:
+                done = journal.replay(lambda entry: self._replay(conn, entry), UNREACHABLE)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            log.info("event=journal_replay_waiting backlog=%d error=%r", journal.backlog(),
+                     exc.__class__.__name__)
+            return 0
+        if done:
+            log.warning("event=journal_replayed messages=%d backlog=%d", done,
+                        journal.backlog())
+        return done
+
+    def _replay(self, conn: psycopg.Connection, entry: JournalEntry) -> Recorded:
+        recorded = record_acceptance(conn, entry.message, entry.holds)
+        self.recorded_for(entry.message.account_id)
+        return recorded
+
+    def remaining_quota(self, account_id: int) -> int:
+        return self.balance.remaining_quota(account_id)
+
+
+class PostgresQuotaBalance:
+    """An account's remaining quota read from PostgreSQL, failures as LedgerUnavailable:
+    what the Redis balance starts from. Apart from the ledger, so that the reservations
+    (which need it) can be built before the ledger (which needs their PostgreSQL holds)."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock) -> None:
+        self.pool = pool
+        self.clock = clock
+
+    def remaining_quota(self, account_id: int) -> int:
+        try:
+            with self.pool.connection() as conn:
+                return remaining_quota(conn, account_id, self.clock.now())
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: Exception) -> LedgerUnavailable:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return LedgerUnavailable(f"PostgreSQL did not answer ({exc.__class__.__name__}: {first})")
