@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs txrelay's systemd units next to an existing Postfix: user txrelay (in group
 # postfix, for the milter socket), the units for the milter, the tracker and txrelay's
-# Dovecot, and the tmpfiles.d entry for their directories. Idempotent.
+# Dovecot, the tmpfiles.d entry for their directories, and (when fail2ban is installed) its
+# filter and jail for failed logins on txrelay's service. Idempotent.
 #
 #   scripts/install-systemd.sh              install, then enable and start when systemd runs
 #   scripts/install-systemd.sh --no-start   install only
@@ -49,6 +50,17 @@ for unit in "${units[@]}"; do
 done
 install -m 0644 "$here/deploy/systemd/txrelay.tmpfiles.conf" "$destdir/etc/tmpfiles.d/txrelay.conf"
 log "installed ${units[*]} and tmpfiles.d/txrelay.conf under ${destdir:-/}"
+# fail2ban's filter and jail for failed logins on txrelay's service (docs/security.md), when
+# fail2ban is installed. The filter is replaced on every run; a jail the admin has edited
+# (port, logpath, backend) is kept.
+if [ -d "$destdir/etc/fail2ban" ]; then
+    install -d "$destdir/etc/fail2ban/filter.d" "$destdir/etc/fail2ban/jail.d"
+    install -m 0644 "$here/deploy/fail2ban/filter.d/txrelay.conf" "$destdir/etc/fail2ban/filter.d/txrelay.conf"
+    if [ ! -e "$destdir/etc/fail2ban/jail.d/txrelay.conf" ]; then
+        install -m 0644 "$here/deploy/fail2ban/jail.d/txrelay.conf" "$destdir/etc/fail2ban/jail.d/txrelay.conf"
+    fi
+    log "installed fail2ban's filter.d/txrelay.conf and jail.d/txrelay.conf: check the jail's port and logpath, then run fail2ban-client reload"
+fi
 
 [ -z "$destdir" ] || exit 0
 if [ -d /etc/txrelay ]; then

@@ -2,7 +2,7 @@
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
 # (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
-# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier)
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -23,22 +23,24 @@ packages=(
 . "$here/scripts/apt.sh"
 apt_install_missing install-test-deps "${packages[@]}"
 
-# NSD, the authoritative DNS server the DNS tests start on loopback (tests/harness/dns.py).
-# Its own service must not start (policy-rc.d 101 while installing): the tests run NSD
-# themselves.
-if ! dpkg-query -W -f='${Status}' nsd 2>/dev/null | grep -q "install ok installed"; then
-    echo "[install-test-deps] installing Debian packages: nsd"
+# NSD, the authoritative DNS server the DNS tests start on loopback (tests/harness/dns.py),
+# and fail2ban, whose fail2ban-regex the tests run against txrelay's filter
+# (deploy/fail2ban/). Their own services must not start (policy-rc.d 101 while installing):
+# the tests run NSD themselves and need no fail2ban server.
+for package in nsd fail2ban; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" && continue
+    echo "[install-test-deps] installing Debian packages: $package"
     policy=/usr/sbin/policy-rc.d
     made_policy=
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nsd >/dev/null \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$package" >/dev/null \
         || { apt-get update -q >/dev/null &&
              DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                 nsd >/dev/null; }
+                 "$package" >/dev/null; }
     [ -z "$made_policy" ] || rm -f "$policy"
-fi
+done
 
 # The [test] extra alone (txrelay itself is installed by install.sh): read from pyproject.toml
 # so that the list lives in one place.

@@ -372,6 +372,36 @@ def _resolver_address(item: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
+    and the milter's per-message and per-session caps."""
+
+    client_message_rate_limit: int = setting(6000,
+        "Messages (MAIL commands) one client IP address may send per minute "
+        "(`smtpd_client_message_rate_limit` on txrelay's service); past it Postfix answers "
+        "`450 4.7.1 Error: too much mail from ADDRESS`. `0`: no limit.", NON_NEGATIVE)
+    client_connection_rate_limit: int = setting(600,
+        "Connections one client IP address may open per minute "
+        "(`smtpd_client_connection_rate_limit`); past it Postfix answers `421 4.7.0 HOSTNAME "
+        "Error: too many connections from ADDRESS` and closes. `0`: no limit.", NON_NEGATIVE)
+    # Counts every AUTH command, successful or not: at most this many logins per client
+    # and minute, so at most this many failures.
+    client_auth_rate_limit: int = setting(10,
+        "AUTH commands one client IP address may give per minute "
+        "(`smtpd_client_auth_rate_limit`), successful or not: at most this many password "
+        "guesses a minute, and at most this many logins, so a shop should send many messages "
+        "per session. Past it Postfix answers `450 4.7.1 Error: too many AUTH commands from "
+        "ADDRESS`. `txrelay postfix check` warns above 10. `0`: no limit (not advised).",
+        NON_NEGATIVE)
+    max_headers: int = setting(1000,
+        "Header fields one message may have; past it the milter answers `550 5.6.0` at end of "
+        "message and says so.", POSITIVE)
+    max_messages_per_session: int = setting(1000,
+        "MAIL commands one SMTP session may give; past it the milter answers `421 4.7.0` and "
+        "Postfix closes the session (the client reconnects and goes on).", POSITIVE)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -383,6 +413,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -404,6 +435,7 @@ SECTIONS: dict[str, type] = {
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
     "dns": DnsConfig,
+    "limits": LimitsConfig,
 }
 
 def config_path(explicit: str | None) -> Path:

@@ -23,6 +23,7 @@ LONG_LINE = "550 5.6.0"  # a line longer than 998 bytes (RFC 5322 2.1.1)
 AUTHOR = "550 5.7.1"  # From:/Sender:/DKIM-Signature that this connection may not use
 HIDDEN_DOMAIN = "550 5.1.7"  # a sender domain that hides what it is (issue 12)
 TOO_LARGE = "550 5.6.0"  # an address header over the bounds the relay parses (issue 12)
+TOO_MANY_HEADERS = "550 5.6.0"  # more header fields than [limits] max_headers (1000)
 MAX_LINE = 998
 CRLF = b"\r\n"
 
@@ -162,6 +163,8 @@ def folding_cases(d: Domains) -> Iterator[Case]:
                ACCEPT)
     yield Case("header-name-only-colon", message([*base, ("", "nameless")]))
     yield Case("header-2000-fields", message([*base, *[(f"X-F{i}", "v") for i in range(2000)]]),
+               REFUSE, TOO_MANY_HEADERS)
+    yield Case("header-1000-fields", message([*base, *[(f"X-F{i}", "v") for i in range(990)]]),
                ACCEPT)
     big = "\r\n ".join("x" * 70 for _ in range(850))  # ~60 KB in 850 short lines
     yield Case("header-60kb-folded", message([*base, ("X-Big", big)]), ACCEPT)

@@ -146,9 +146,10 @@ def test_configure_leaves_every_existing_setting_and_service_unchanged(dropin: D
     for line in dropin.before.overrides.splitlines():
         assert line in after.overrides.splitlines()
     added = {c["service"] for c in dropin.configure_report["changes"]}  # type: ignore[attr-defined]
-    assert added == {f"{dropin.txrelay_listen}/inet"}
+    assert added == {f"{dropin.txrelay_listen}/inet", "txrelay-cleanup/unix"}
     new_services = set(after.services.splitlines()) - set(dropin.before.services.splitlines())
-    assert [line.split()[0] for line in new_services] == [dropin.txrelay_listen]
+    assert sorted(line.split()[0] for line in new_services) == sorted(
+        [dropin.txrelay_listen, "txrelay-cleanup"])
 
 
 def test_check_passes_on_the_existing_server_with_txrelay(dropin: DropIn) -> None:

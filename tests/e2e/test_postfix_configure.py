@@ -237,3 +237,6 @@ def test_shipped_fragment_matches_what_configure_adds_by_default() -> None:
     for name, value in service.overrides:
         assert (f"  -o {name}={value}" in master
                 or f"  -o {{ {name} = {value} }}" in master), name
+    cleanup = master[master.index("txrelay-cleanup unix n - n - 0 cleanup"):]
+    for name, value in plan.cleanup_overrides:
+        assert f"  -o {name}={value}" in cleanup, name

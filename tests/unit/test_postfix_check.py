@@ -4,6 +4,7 @@ settings of other services (port 25's OpenDKIM, content filter, local mail)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -195,7 +196,8 @@ def test_per_milter_default_action_accept_for_txrelays_milter_is_a_problem(
     postconf(copy, "-M", f"{SERVICE}={LISTEN} inet n - n - - smtpd "
              f"-o {{ smtpd_milters = {{ {plan.milter}, default_action=accept }} }} "
              "-o smtpd_tls_security_level=encrypt -o smtpd_tls_auth_only=yes "
-             "-o smtpd_tls_mandatory_protocols=>=TLSv1.2 -o cleanup_service_name=txrelay-cleanup")
+             "-o smtpd_tls_mandatory_protocols=>=TLSv1.2 -o cleanup_service_name=txrelay-cleanup "
+             "-o smtpd_client_auth_rate_limit=10")
     problems = check(copy, plan)
     assert [(p.where, p.setting) for p in problems] == [(f"master.cf {SERVICE}",
                                                          "smtpd_milters")]
@@ -257,3 +259,86 @@ def test_smtputf8_disabled_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
     postconf(copy, "-e", "smtputf8_enable=no")
     assert [(p.setting, p.severity) for p in check(copy, plan)] == [("smtputf8_enable",
                                                                      WARNING)]
+
+
+def test_configure_sets_the_limits_on_txrelays_service_and_nul_on_its_cleanup(
+        copy: Path) -> None:
+    settings = read_settings(copy)
+    assert settings.effective(SERVICE, "smtpd_client_auth_rate_limit") == "10"
+    assert settings.effective(SERVICE, "smtpd_client_message_rate_limit") == "6000"
+    assert settings.effective(SERVICE, "smtpd_client_connection_rate_limit") == "600"
+    assert settings.effective("txrelay-cleanup/unix", "message_reject_characters") == "\\0"
+    assert settings.effective("cleanup/unix", "message_reject_characters") == ""
+
+
+def test_limits_come_from_the_limits_section(config: Config) -> None:
+    limits = dataclasses.replace(config.limits, client_auth_rate_limit=5,
+                                 client_message_rate_limit=30,
+                                 client_connection_rate_limit=0)
+    plan = plan_postfix(dataclasses.replace(config, limits=limits), listen=LISTEN)
+    overrides = dict(plan.services[0].overrides)
+    assert (overrides["smtpd_client_auth_rate_limit"],
+            overrides["smtpd_client_message_rate_limit"],
+            overrides["smtpd_client_connection_rate_limit"]) == ("5", "30", "0")
+
+
+def test_auth_rate_limit_above_ten_a_minute_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
+    postconf(copy, "-P", f"{SERVICE}/smtpd_client_auth_rate_limit=120")
+    problems = check(copy, plan)
+    assert [(p.where, p.setting, p.severity) for p in problems] == [
+        (f"master.cf {SERVICE}", "smtpd_client_auth_rate_limit", WARNING)]
+    assert "more than 10 times a minute" in problems[0].fix
+
+
+def test_no_auth_rate_limit_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
+    postconf(copy, "-PX", f"{SERVICE}/smtpd_client_auth_rate_limit")
+    assert [(p.setting, p.value, p.severity) for p in check(copy, plan)] == [
+        ("smtpd_client_auth_rate_limit", "0", WARNING)]
+
+
+def test_rate_limits_without_the_anvil_service_are_a_warning(copy: Path,
+                                                             plan: PostfixPlan) -> None:
+    postconf(copy, "-MX", "anvil/unix")
+    problems = check(copy, plan)
+    assert [(p.where, p.setting, p.severity) for p in problems] == [
+        ("master.cf", "anvil/unix", WARNING)]
+
+
+def test_txrelays_cleanup_without_nul_refused_is_a_warning(copy: Path,
+                                                           plan: PostfixPlan) -> None:
+    postconf(copy, "-PX", "txrelay-cleanup/unix/message_reject_characters")
+    assert [(p.where, p.setting, p.severity) for p in check(copy, plan)] == [
+        ("master.cf txrelay-cleanup/unix", "message_reject_characters", WARNING)]
+
+
+def test_configure_keeps_the_characters_main_cf_refuses_and_adds_nul(
+        tmp_path: Path, plan: PostfixPlan) -> None:
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    (tmp_path / "queue").mkdir()
+    (directory / "main.cf").write_text("compatibility_level = 3.6\n"
+                                       f"queue_directory = {tmp_path / 'queue'}\n"
+                                       "message_reject_characters = \\177\n")
+    shutil.copy("/etc/postfix/master.cf", directory / "master.cf")
+    configure_postfix(PostfixTarget(directory, "test"), plan)
+    assert read_settings(directory).effective(
+        "txrelay-cleanup/unix", "message_reject_characters") == "\\177\\0"
+
+
+def test_postfix_show_lists_every_limit(config_file: Path) -> None:
+    shown = subprocess.run([TXRELAY, "--config", str(config_file), "postfix", "show",
+                            "--listen", LISTEN], capture_output=True, text=True, check=True,
+                           timeout=60).stdout
+    for line in ("-o smtpd_client_auth_rate_limit=10",
+                 "-o smtpd_client_message_rate_limit=6000",
+                 "-o smtpd_client_connection_rate_limit=600",
+                 "-o cleanup_service_name=txrelay-cleanup",
+                 "txrelay-cleanup unix n - n - 0 cleanup",
+                 "-o message_reject_characters=\\0",
+                 "max_headers = 1000, max_messages_per_session = 1000"):
+        assert line in shown, shown
+    data = json.loads(subprocess.run([TXRELAY, "--config", str(config_file), "--json", "postfix",
+                                      "show", "--listen", LISTEN], capture_output=True,
+                                     text=True, check=True, timeout=60).stdout)
+    assert data["cleanup_service"]["overrides"]["message_reject_characters"] == "\\0"
+    assert data["milter_limits"] == {"max_headers": 1000, "max_messages_per_session": 1000}

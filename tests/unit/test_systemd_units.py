@@ -117,3 +117,21 @@ def test_enabling_the_units_links_nothing_into_postfix(tmp_path: Path) -> None:
     assert links == [f"multi-user.target.wants/{unit}" for unit in sorted(UNITS)]
     verified = verify(*(root / "etc" / "systemd" / "system" / unit for unit in UNITS))
     assert verified.returncode == 0, verified.stderr
+
+
+def test_installer_adds_fail2bans_filter_and_jail_and_keeps_an_edited_jail(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc" / "fail2ban" / "jail.d").mkdir(parents=True)
+    edited = root / "etc" / "fail2ban" / "jail.d" / "txrelay.conf"
+    edited.write_text("[txrelay]\nenabled = true\nport = 2587\n")
+    subprocess.run(["bash", str(ROOT / "scripts" / "install-systemd.sh"), "--no-start"],
+                   env={**os.environ, "DESTDIR": str(root)}, check=True, capture_output=True)
+    installed_filter = root / "etc" / "fail2ban" / "filter.d" / "txrelay.conf"
+    assert installed_filter.read_bytes() == (
+        ROOT / "deploy" / "fail2ban" / "filter.d" / "txrelay.conf").read_bytes()
+    assert edited.read_text() == "[txrelay]\nenabled = true\nport = 2587\n"
+
+
+def test_installer_leaves_fail2ban_alone_where_it_is_not_installed(installed: Path) -> None:
+    assert not (installed.parents[2] / "etc" / "fail2ban").exists()

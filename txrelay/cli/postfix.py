@@ -9,6 +9,7 @@ import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning.postfix import (
+    CLEANUP_COMMAND,
     PostfixPlan,
     PostfixTarget,
     master_option,
@@ -148,7 +149,9 @@ def check(cli: CliContext, instance: str | None, config_directory: str | None,
 
     Judges txrelay's services (those configure recorded, or --listen/--implicit-tls):
     TLS, AUTH, the milter (also per-milter default_action=accept, no_milters,
-    smtpd_milter_maps), content_filter, the cleanup service's size limit; other services
+    smtpd_milter_maps), content_filter, the cleanup service's size limit; warnings for an
+    AUTH rate limit above 10 a minute or none, rate limits without Postfix's anvil service,
+    and a cleanup service that lets NUL into messages; other services
     that log in against txrelay's auth socket without its milter; rewriting on delivery
     (smtp_*_checks, smtp_generic_maps, short smtp_line_length_limit). Global settings
     txrelay cannot change for its own mail only are warnings with the command to run.
@@ -203,10 +206,11 @@ def _print_plan(plan: PostfixPlan) -> None:
         click.echo(service.listen.service + " " + " ".join(service.entry().split()[1:8]))
         for name, value in service.overrides:
             click.echo(f"  {master_option(name, value)}")
-    click.echo(f"# When main.cf's message_size_limit is below {plan.message_size_limit}, also\n"
-               "#   -o cleanup_service_name=txrelay-cleanup on each service above, and\n"
-               "# txrelay-cleanup unix n - n - 0 cleanup\n"
-               f"#   -o message_size_limit={plan.message_size_limit}")
+    click.echo("txrelay-cleanup " + " ".join(CLEANUP_COMMAND))
+    for name, value in plan.cleanup_overrides:
+        click.echo(f"  {master_option(name, value)}")
+    click.echo("# The milter's own limits ([limits]): "
+               + ", ".join(f"{name} = {value}" for name, value in plan.milter_limits))
 
 
 def _print_result(result: ApplyResult) -> None:

@@ -117,6 +117,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         # libmilter makes this instance when the SMTP client connects, before its AUTH.
         self.session_started = time.time()  # this node's clock, as the login file's mtime
         self.session_login: SessionLogin | None = None  # pinned at the session's first MAIL
+        self.session_messages = 0  # MAIL commands in this SMTP session
 
     def negotiate(self, opts: list[int]) -> int:
         """Pymilter's negotiation (skipped callbacks, no-reply steps), with our actions only."""
@@ -131,6 +132,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         """MAIL: who is sending ({auth_authen}) and may they use this sender domain."""
         self._end_transaction(None, release=True)  # a transaction never closed by abort()
         ensure_nodelay()  # once per process: inet sockets without Nagle's 40 ms stall
+        self.session_messages += 1
+        too_many = message_policy.check_session_messages(
+            self.session_messages, self.runtime.config.limits.max_messages_per_session)
+        if too_many is not None:
+            return self._refuse(too_many, mail_from)
         login = self.getsymval("{auth_authen}")
         snapshot = self.runtime.policy.snapshot_for_login(login)
         if snapshot is None:
@@ -200,8 +206,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     @decode_bytes
     @guarded_noreply
     def header(self, name: str, value: bytes) -> int:
-        if self.txn is not None:
-            self.txn.add_header(name, value)
+        txn = self.txn
+        if txn is not None:
+            txn.header_count += 1
+            # Past the cap the message is refused at its end: keep no more of its headers.
+            if txn.header_count <= self.runtime.config.limits.max_headers:
+                txn.add_header(name, value)
         return CONTINUE
 
     @noreply
@@ -242,7 +252,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             return INTERNAL_ERROR
         if not txn.recipients:
             return NO_TRANSACTION
-        refusal = (message_policy.check_size(txn.size, self.runtime.config.milter.max_message_size)
+        config = self.runtime.config
+        refusal = (message_policy.check_header_count(txn.header_count, config.limits.max_headers)
+                   or message_policy.check_size(txn.size, config.milter.max_message_size)
                    or message_policy.check_lines(*txn.lines_too_long))
         if refusal is not None:
             return refusal

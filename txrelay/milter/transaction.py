@@ -31,6 +31,7 @@ class Transaction:
     refused_recipients: int = 0
     headers: list[Header] = field(default_factory=list)  # as queued, for the signer
     header_bytes: int = 0
+    header_count: int = 0  # every header field the client sent, kept or not
     body_hash: BodyHash = field(default_factory=BodyHash)  # the body is hashed, not kept
     body_bytes: int = 0
     oversized: bool = False

@@ -43,6 +43,22 @@ def check_size(size: int, max_message_size: int) -> Verdict | None:
                           f"{limit_mb:g} MB; send smaller attachments or a link")
 
 
+def check_header_count(count: int, max_headers: int) -> Verdict | None:
+    """More header fields than [limits] max_headers (counted as they stream in)."""
+    if count <= max_headers:
+        return None
+    return Verdict.reject("550", "5.6.0", f"the message has more than {max_headers} header "
+                          "fields, the relay's limit; send fewer headers")
+
+
+def check_session_messages(count: int, max_messages: int) -> Verdict | None:
+    """The count-th MAIL of one SMTP session, past [limits] max_messages_per_session."""
+    if count <= max_messages:
+        return None
+    return Verdict.tempfail("421", "4.7.0", f"this session has sent {max_messages} messages, "
+                            "the relay's limit per session; reconnect to send more")
+
+
 def check_lines(header_line_too_long: bool, body_line_too_long: bool) -> Verdict | None:
     """Lines longer than MAX_LINE_BYTES (measured as the message streams in)."""
     if header_line_too_long:

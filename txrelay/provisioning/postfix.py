@@ -28,6 +28,11 @@ MILTER_MAIL_MACROS = ("i {auth_type} {auth_authen} {auth_author} {mail_addr} {ma
 STARTTLS_SYSLOG_SUFFIX = "txrelay"
 IMPLICIT_TLS_SYSLOG_SUFFIX = "txrelay_tls"
 POSTCONF_TIMEOUT = 30
+# Postfix hands header values to milters as NUL-terminated strings: a NUL would hide the
+# rest of a header from the milter (and its signature) while Postfix queues all of it.
+REJECT_CHARACTERS = "\\0"
+# What `postfix check` accepts as smtpd_client_auth_rate_limit (AUTH commands a minute).
+MAX_AUTH_RATE = 10
 
 
 @dataclass(frozen=True)
@@ -67,15 +72,17 @@ class PostfixPlan:
     milter: str
     auth_socket: str
     message_size_limit: int
+    cleanup_overrides: tuple[tuple[str, str], ...] = ()
+    milter_limits: tuple[tuple[str, int], ...] = ()  # enforced by the milter, not Postfix
 
     def as_dict(self) -> dict[str, object]:
         return {
             "main.cf": {},
             "master.cf": [{"service": s.key, "implicit_tls": s.implicit_tls,
                            "overrides": dict(s.overrides)} for s in self.services],
-            "cleanup_service_when_main_cf_limit_is_smaller": {
-                "service": f"{CLEANUP_SERVICE}/unix",
-                "overrides": {"message_size_limit": str(self.message_size_limit)}},
+            "cleanup_service": {"service": f"{CLEANUP_SERVICE}/unix",
+                                "overrides": dict(self.cleanup_overrides)},
+            "milter_limits": dict(self.milter_limits),
         }
 
 
@@ -130,7 +137,12 @@ def plan_postfix(config: Config, *, listen: str | None = None,
     services = tuple(ServicePlan(address, tls, _overrides(config, milter, size_limit, tls,
                                                           syslog_name))
                      for address, tls in wanted)
-    return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit)
+    cleanup = (("message_size_limit", str(size_limit)),
+               ("message_reject_characters", REJECT_CHARACTERS))
+    milter_limits = (("max_headers", config.limits.max_headers),
+                     ("max_messages_per_session", config.limits.max_messages_per_session))
+    return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit, cleanup,
+                       milter_limits)
 
 
 def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
@@ -158,7 +170,10 @@ def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
             ("smtpd_client_restrictions", "permit_sasl_authenticated,reject"),
             ("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),
             ("smtpd_recipient_restrictions", "permit_sasl_authenticated,reject"),
-            ("smtpd_client_auth_rate_limit", "120"),
+            ("smtpd_client_auth_rate_limit", str(config.limits.client_auth_rate_limit)),
+            ("smtpd_client_message_rate_limit", str(config.limits.client_message_rate_limit)),
+            ("smtpd_client_connection_rate_limit",
+             str(config.limits.client_connection_rate_limit)),
             ("local_header_rewrite_clients", "static:none"),
             ("smtpd_milters", milter),
             ("smtpd_milter_maps", ""),
@@ -171,7 +186,8 @@ def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
             ("milter_macro_defaults", ""),
             ("message_size_limit", str(size_limit)),
             ("content_filter", ""),
-            ("receive_override_options", ""))
+            ("receive_override_options", ""),
+            ("cleanup_service_name", CLEANUP_SERVICE))
 
 
 def target_syslog_name(target: PostfixTarget) -> str:

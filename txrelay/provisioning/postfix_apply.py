@@ -82,13 +82,10 @@ def configure_postfix(target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool
     result = ApplyResult(target, "configure", dry_run)
     with tempfile.TemporaryDirectory(prefix="txrelay-postfix-") as scratch:
         copy = _scratch_copy(target, Path(scratch))
-        extra: tuple[tuple[str, str], ...] = ()
-        if CLEANUP_KEY in own or _needs_own_cleanup(settings, plan):
-            extra = (("cleanup_service_name", CLEANUP_SERVICE),)
-            entry = _cleanup_entry(settings, plan)
-            result.changes += _set_service(copy, settings, CLEANUP_KEY, entry)
+        result.changes += _set_service(copy, settings, CLEANUP_KEY,
+                                       _cleanup_entry(settings, plan))
         for service in plan.services:
-            result.changes += _set_service(copy, settings, service.key, service.entry(extra))
+            result.changes += _set_service(copy, settings, service.key, service.entry())
         result.diff = _diff(target, copy)
         result.warnings = check_settings(read_settings(copy.config_directory), plan)
         if not result.diff or dry_run:
@@ -174,15 +171,14 @@ def _ways_out(service: ServicePlan) -> str:
             "(--instance postfix-txrelay)")
 
 
-def _needs_own_cleanup(settings: PostfixSettings, plan: PostfixPlan) -> bool:
-    limit = settings.effective("cleanup/unix", "message_size_limit")
-    return limit.isdigit() and 0 < int(limit) < plan.message_size_limit
-
-
 def _cleanup_entry(settings: PostfixSettings, plan: PostfixPlan) -> str:
-    """cleanup/unix as the admin has it (its -o's too), with txrelay's size limit."""
+    """cleanup/unix as the admin has it (its -o's too), with txrelay's size limit and NUL
+    among the characters it refuses (added to those main.cf or cleanup/unix refuse, if any)."""
     inherited = dict(settings.overrides.get("cleanup/unix", {}))
-    inherited["message_size_limit"] = str(plan.message_size_limit)
+    for name, value in plan.cleanup_overrides:
+        theirs = (settings.effective("cleanup/unix", name)
+                  if name == "message_reject_characters" else "")
+        inherited[name] = theirs if value in theirs else theirs + value
     return master_entry(CLEANUP_SERVICE, CLEANUP_COMMAND, tuple(inherited.items()))
 
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from txrelay.provisioning.postfix import PostfixPlan, PostfixSettings, ServicePlan
+from txrelay.provisioning.postfix import (
+    MAX_AUTH_RATE,
+    REJECT_CHARACTERS,
+    PostfixPlan,
+    PostfixSettings,
+    ServicePlan,
+)
 
 MIN_TLS_PROTOCOLS = (">=TLSv1.2", ">=TLSv1.3")
 OLD_TLS_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
@@ -132,7 +138,30 @@ def _service_problems(settings: PostfixSettings, service: ServicePlan,
             problems.append(Problem(where, "smtpd_milters", value("smtpd_milters"),
                                     "default_action=accept for txrelay's milter relays mail "
                                     "unsigned and unbilled when it is unreachable; remove it"))
-    return problems + _cleanup_problems(settings, key, plan)
+    return problems + _limit_warnings(settings, key) + _cleanup_problems(settings, key, plan)
+
+
+def _limit_warnings(settings: PostfixSettings, key: str) -> list[Problem]:
+    """AUTH guesses above MAX_AUTH_RATE a minute, or rate limits without the anvil service
+    that counts them."""
+    where = f"master.cf {key}"
+    warnings = []
+    auth_rate = settings.effective(key, "smtpd_client_auth_rate_limit")
+    if not auth_rate.isdigit() or not 0 < int(auth_rate) <= MAX_AUTH_RATE:
+        warnings.append(Problem(where, "smtpd_client_auth_rate_limit", auth_rate,
+                                f"a client may guess passwords more than {MAX_AUTH_RATE} "
+                                f"times a minute; set [limits] client_auth_rate_limit "
+                                f"(1-{MAX_AUTH_RATE}) and run txrelay postfix configure",
+                                WARNING))
+    rates = [name for name in ("smtpd_client_auth_rate_limit", "smtpd_client_message_rate_limit",
+                               "smtpd_client_connection_rate_limit")
+             if settings.effective(key, name) not in ("", "0")]
+    if rates and "anvil/unix" not in settings.services:
+        warnings.append(Problem("master.cf", "anvil/unix", "(missing)",
+                                f"{', '.join(rates)} need Postfix's anvil service, which "
+                                "counts them; add Debian's line: anvil unix - - n - 1 anvil",
+                                WARNING))
+    return warnings
 
 
 def _cleanup_problems(settings: PostfixSettings, key: str, plan: PostfixPlan) -> list[Problem]:
@@ -142,13 +171,20 @@ def _cleanup_problems(settings: PostfixSettings, key: str, plan: PostfixPlan) ->
         return [Problem(f"master.cf {key}", "cleanup_service_name", name, f"no {cleanup} "
                         "service in master.cf: mail would not be queued; run txrelay postfix "
                         "configure")]
+    problems = []
     limit = settings.effective(cleanup, "message_size_limit")
     if limit.isdigit() and 0 < int(limit) < plan.message_size_limit:
-        return [Problem(f"master.cf {cleanup}", "message_size_limit", limit,
-                        f"txrelay's mail up to {plan.message_size_limit} bytes is refused by "
-                        "this cleanup service; run txrelay postfix configure (it gives "
-                        "txrelay a cleanup service of its own)")]
-    return []
+        problems.append(Problem(f"master.cf {cleanup}", "message_size_limit", limit,
+                                f"txrelay's mail up to {plan.message_size_limit} bytes is "
+                                "refused by this cleanup service; run txrelay postfix "
+                                "configure (it gives txrelay a cleanup service of its own)"))
+    rejected = settings.effective(cleanup, "message_reject_characters")
+    if REJECT_CHARACTERS not in rejected:
+        problems.append(Problem(f"master.cf {cleanup}", "message_reject_characters", rejected,
+                                "a NUL in a header hides the rest of it from txrelay's milter "
+                                "while Postfix queues it; run txrelay postfix configure (its "
+                                "cleanup service refuses NUL)", WARNING))
+    return problems
 
 
 def _foreign_login_problems(settings: PostfixSettings, plan: PostfixPlan) -> list[Problem]:
