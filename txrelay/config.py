@@ -384,14 +384,17 @@ class LimitsConfig:
         "Connections one client IP address may open per minute "
         "(`smtpd_client_connection_rate_limit`); past it Postfix answers `421 4.7.0 HOSTNAME "
         "Error: too many connections from ADDRESS` and closes. `0`: no limit.", NON_NEGATIVE)
-    # Counts every AUTH command, successful or not: at most this many logins per client
-    # and minute, so at most this many failures.
-    client_auth_rate_limit: int = setting(10,
+    # Counts every AUTH command, successful or not (Postfix has no counter of failures
+    # alone): a cap on logins as much as on guesses, so it leaves room for shops that log in
+    # once per mail; failures alone are bounded by the fail2ban jail (deploy/fail2ban/).
+    client_auth_rate_limit: int = setting(60,
         "AUTH commands one client IP address may give per minute "
-        "(`smtpd_client_auth_rate_limit`), successful or not: at most this many password "
-        "guesses a minute, and at most this many logins, so a shop should send many messages "
-        "per session. Past it Postfix answers `450 4.7.1 Error: too many AUTH commands from "
-        "ADDRESS`. `txrelay postfix check` warns above 10. `0`: no limit (not advised).",
+        "(`smtpd_client_auth_rate_limit`), successful or not: a bound on password guesses and "
+        "on logins alike, high enough for a shop that opens one session per mail (many shop "
+        "plugins do, and do not retry a 4xx). Past it Postfix answers `450 4.7.1 Error: too "
+        "many AUTH commands from ADDRESS`. Failed logins alone are bounded by the fail2ban "
+        "jail txrelay ships (5 in 10 minutes, then banned for an hour). `txrelay postfix "
+        "check` warns above 120. `0`: no limit (not advised).",
         NON_NEGATIVE)
     max_headers: int = setting(1000,
         "Header fields one message may have; past it the milter answers `550 5.6.0` at end of "

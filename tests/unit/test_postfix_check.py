@@ -197,7 +197,7 @@ def test_per_milter_default_action_accept_for_txrelays_milter_is_a_problem(
              f"-o {{ smtpd_milters = {{ {plan.milter}, default_action=accept }} }} "
              "-o smtpd_tls_security_level=encrypt -o smtpd_tls_auth_only=yes "
              "-o smtpd_tls_mandatory_protocols=>=TLSv1.2 -o cleanup_service_name=txrelay-cleanup "
-             "-o smtpd_client_auth_rate_limit=10")
+             "-o smtpd_client_auth_rate_limit=60")
     problems = check(copy, plan)
     assert [(p.where, p.setting) for p in problems] == [(f"master.cf {SERVICE}",
                                                          "smtpd_milters")]
@@ -264,7 +264,7 @@ def test_smtputf8_disabled_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
 def test_configure_sets_the_limits_on_txrelays_service_and_nul_on_its_cleanup(
         copy: Path) -> None:
     settings = read_settings(copy)
-    assert settings.effective(SERVICE, "smtpd_client_auth_rate_limit") == "10"
+    assert settings.effective(SERVICE, "smtpd_client_auth_rate_limit") == "60"
     assert settings.effective(SERVICE, "smtpd_client_message_rate_limit") == "6000"
     assert settings.effective(SERVICE, "smtpd_client_connection_rate_limit") == "600"
     assert settings.effective("txrelay-cleanup/unix", "message_reject_characters") == "\\0"
@@ -282,12 +282,12 @@ def test_limits_come_from_the_limits_section(config: Config) -> None:
             overrides["smtpd_client_connection_rate_limit"]) == ("5", "30", "0")
 
 
-def test_auth_rate_limit_above_ten_a_minute_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
-    postconf(copy, "-P", f"{SERVICE}/smtpd_client_auth_rate_limit=120")
+def test_auth_rate_limit_above_120_a_minute_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
+    postconf(copy, "-P", f"{SERVICE}/smtpd_client_auth_rate_limit=600")
     problems = check(copy, plan)
     assert [(p.where, p.setting, p.severity) for p in problems] == [
         (f"master.cf {SERVICE}", "smtpd_client_auth_rate_limit", WARNING)]
-    assert "more than 10 times a minute" in problems[0].fix
+    assert "more than 120 times a minute" in problems[0].fix
 
 
 def test_no_auth_rate_limit_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
@@ -329,7 +329,7 @@ def test_postfix_show_lists_every_limit(config_file: Path) -> None:
     shown = subprocess.run([TXRELAY, "--config", str(config_file), "postfix", "show",
                             "--listen", LISTEN], capture_output=True, text=True, check=True,
                            timeout=60).stdout
-    for line in ("-o smtpd_client_auth_rate_limit=10",
+    for line in ("-o smtpd_client_auth_rate_limit=60",
                  "-o smtpd_client_message_rate_limit=6000",
                  "-o smtpd_client_connection_rate_limit=600",
                  "-o cleanup_service_name=txrelay-cleanup",

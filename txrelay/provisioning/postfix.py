@@ -32,7 +32,7 @@ POSTCONF_TIMEOUT = 30
 # rest of a header from the milter (and its signature) while Postfix queues all of it.
 REJECT_CHARACTERS = "\\0"
 # What `postfix check` accepts as smtpd_client_auth_rate_limit (AUTH commands a minute).
-MAX_AUTH_RATE = 10
+MAX_AUTH_RATE = 120
 
 
 @dataclass(frozen=True)

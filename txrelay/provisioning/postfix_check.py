@@ -149,8 +149,9 @@ def _limit_warnings(settings: PostfixSettings, key: str) -> list[Problem]:
     auth_rate = settings.effective(key, "smtpd_client_auth_rate_limit")
     if not auth_rate.isdigit() or not 0 < int(auth_rate) <= MAX_AUTH_RATE:
         warnings.append(Problem(where, "smtpd_client_auth_rate_limit", auth_rate,
-                                f"a client may guess passwords more than {MAX_AUTH_RATE} "
-                                f"times a minute; set [limits] client_auth_rate_limit "
+                                f"a client may log in (or guess a password) more than "
+                                f"{MAX_AUTH_RATE} times a minute; set [limits] "
+                                f"client_auth_rate_limit "
                                 f"(1-{MAX_AUTH_RATE}) and run txrelay postfix configure",
                                 WARNING))
     rates = [name for name in ("smtpd_client_auth_rate_limit", "smtpd_client_message_rate_limit",
