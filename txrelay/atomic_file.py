@@ -10,10 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomically(path: Path, text: str, *, mode: int,
-                     before_write: Callable[[int], None] | None = None,
-                     mtime_after: float | None = None,
-                     sync_directory: bool = False) -> None:
+def write_atomically(
+    path: Path,
+    text: str,
+    *,
+    mode: int,
+    before_write: Callable[[int], None] | None = None,
+    mtime_after: float | None = None,
+    sync_directory: bool = False,
+) -> None:
     """Write `text` (UTF-8) to `path` with permissions `mode`.
 
     before_write(fd) runs once the mode is set and before any byte is written (e.g. to

@@ -27,6 +27,7 @@ NOT_SETTINGS_PREFIX = "TXRELAY_TEST_"
 
 # -- how a setting is declared: once, with its default, its documentation and its rules ---
 
+
 @dataclass(frozen=True)
 class Rule:
     """A condition a setting's value must meet, and what the error says the value must be."""
@@ -48,36 +49,52 @@ def one_of(*choices: str) -> Rule:
 
 POSITIVE = Rule(lambda value: value > 0, "greater than zero")
 NON_NEGATIVE = Rule(lambda value: value >= 0, "zero or more")
-POSTGRESQL_URL = Rule(lambda value: value.startswith(("postgresql://", "postgres://")),
-                      "a postgresql:// URL")
-REDIS_URL = Rule(lambda value: value.startswith(("redis://", "rediss://", "unix://")),
-                 "a redis:// URL")
-MILTER_SOCKET = Rule(lambda value: value.startswith(("unix:", "inet:", "inet6:")),
-                     "a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1")
-HOST_PORT_OR_OFF = Rule(lambda value: not value or _is_host_port(value),
-                        "HOST:PORT such as 127.0.0.1:9151, or \"\" to turn it off")
-NO_SPACES = Rule(lambda value: not any(c.isspace() for c in value),
-                 "a syslog_name such as postfix or postfix-txrelay (no spaces)")
-RESOLVERS = Rule(lambda value: _parses(_resolver_address, value),
-                 "resolver addresses such as \"127.0.0.1:5353\" or "
-                 "\"192.0.2.53, [2001:db8::53]:53\", or \"\" for the system's")
-NETWORKS = Rule(lambda value: _parses(lambda item: ipaddress.ip_network(item, strict=False),
-                                      value),
-                "IP addresses or networks such as \"192.0.2.10, 2001:db8::10, 198.51.100.0/28\"")
-HOST_NAME_OR_EMPTY = Rule(lambda value: not value or bool(_HOST_NAME.fullmatch(value)),
-                          "a host name such as _spf.relay.example")
-DMARC_URIS = Rule(lambda value: not value or all(_DMARC_URI.fullmatch(uri.strip())
-                                                 for uri in value.split(",")),
-                  "mailto: addresses separated by commas, such as "
-                  "\"mailto:dmarc-reports@{domain}\" ({domain}: the sending domain)")
+POSTGRESQL_URL = Rule(
+    lambda value: value.startswith(("postgresql://", "postgres://")), "a postgresql:// URL"
+)
+REDIS_URL = Rule(
+    lambda value: value.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL"
+)
+MILTER_SOCKET = Rule(
+    lambda value: value.startswith(("unix:", "inet:", "inet6:")),
+    "a milter socket such as unix:/run/txrelay/milter.sock or inet:9900@127.0.0.1",
+)
+HOST_PORT_OR_OFF = Rule(
+    lambda value: not value or _is_host_port(value),
+    'HOST:PORT such as 127.0.0.1:9151, or "" to turn it off',
+)
+NO_SPACES = Rule(
+    lambda value: not any(c.isspace() for c in value),
+    "a syslog_name such as postfix or postfix-txrelay (no spaces)",
+)
+RESOLVERS = Rule(
+    lambda value: _parses(_resolver_address, value),
+    'resolver addresses such as "127.0.0.1:5353" or '
+    '"192.0.2.53, [2001:db8::53]:53", or "" for the system\'s',
+)
+NETWORKS = Rule(
+    lambda value: _parses(lambda item: ipaddress.ip_network(item, strict=False), value),
+    'IP addresses or networks such as "192.0.2.10, 2001:db8::10, 198.51.100.0/28"',
+)
+HOST_NAME_OR_EMPTY = Rule(
+    lambda value: not value or bool(_HOST_NAME.fullmatch(value)),
+    "a host name such as _spf.relay.example",
+)
+DMARC_URIS = Rule(
+    lambda value: not value or all(_DMARC_URI.fullmatch(uri.strip()) for uri in value.split(",")),
+    "mailto: addresses separated by commas, such as "
+    '"mailto:dmarc-reports@{domain}" ({domain}: the sending domain)',
+)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REDIS_MODES = ("standalone", "sentinel", "cluster")
 TRACKER_SOURCES = ("auto", "file", "journal")
 _HOST_NAME: re.Pattern[str] = re.compile(
     r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
 _DMARC_URI: re.Pattern[str] = re.compile(
-    r"mailto:[^\s;,!@]+@(\{domain\}|[A-Za-z0-9.-]+)(![0-9]+[kmgt]?)?")
+    r"mailto:[^\s;,!@]+@(\{domain\}|[A-Za-z0-9.-]+)(![0-9]+[kmgt]?)?"
+)
 
 
 def _parses(parse: Callable[[str], object], value: str) -> bool:
@@ -91,32 +108,47 @@ def _parses(parse: Callable[[str], object], value: str) -> bool:
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    url: str = setting("postgresql://postgres@127.0.0.1:5432/txrelay",
+    url: str = setting(
+        "postgresql://postgres@127.0.0.1:5432/txrelay",
         "PostgreSQL, the source of truth. A libpq URL; put the password in `~/.pgpass` or the "
         "URL (the file is mode 0640). `txrelay init` writes the URL of the role it creates, "
         "`postgresql://txrelay:PASSWORD@127.0.0.1:5432/txrelay` (not a superuser; "
-        "docs/deployment.md), unless given `--database-url`.", POSTGRESQL_URL, secret=True)
-    pool_min: int = setting(1,
-        "Connections the milter keeps open.", POSITIVE)
-    pool_max: int = setting(10,
-        "Most connections the milter opens; a message waits for a free one at most "
-        "`timeout_ms`.", POSITIVE)
-    timeout_ms: int = setting(3000,
+        "docs/deployment.md), unless given `--database-url`.",
+        POSTGRESQL_URL,
+        secret=True,
+    )
+    pool_min: int = setting(1, "Connections the milter keeps open.", POSITIVE)
+    pool_max: int = setting(
+        10,
+        "Most connections the milter opens; a message waits for a free one at most `timeout_ms`.",
+        POSITIVE,
+    )
+    timeout_ms: int = setting(
+        3000,
         "Connect and statement timeout for the milter, kept shorter than Postfix's milter "
-        "timeouts so a slow database becomes a clean 4xx, not a Postfix timeout.", POSITIVE)
-    milter_url: str = setting("",
-        "The URL the milter and the tracker connect with (\"\" = `url`): a role that reads the "
+        "timeouts so a slow database becomes a clean 4xx, not a Postfix timeout.",
+        POSITIVE,
+    )
+    milter_url: str = setting(
+        "",
+        'The URL the milter and the tracker connect with ("" = `url`): a role that reads the '
         "policy and writes the ledger only, never the accounts, keys or logins. `txrelay init` "
         "makes the role `txrelay_milter` and writes its URL here; `txrelay db migrate` grants "
-        "it its rights (docs/security.md, \"Least privilege\").",
-        Rule(lambda value: not value or value.startswith(("postgresql://", "postgres://")),
-             "a postgresql:// URL, or \"\" to use url"), secret=True)
-    kek_file: str = setting("/etc/txrelay/kek",
+        'it its rights (docs/security.md, "Least privilege").',
+        Rule(
+            lambda value: not value or value.startswith(("postgresql://", "postgres://")),
+            'a postgresql:// URL, or "" to use url',
+        ),
+        secret=True,
+    )
+    kek_file: str = setting(
+        "/etc/txrelay/kek",
         "The key-encryption key that seals every DKIM private key stored in PostgreSQL "
         "(AES-256-GCM). `txrelay init` makes it next to the configuration, mode 0640; back it "
         "up apart from database dumps. Replace it with `txrelay keys rotate-kek` "
         "(docs/operations.md).",
-        Rule(lambda value: value.startswith("/"), "an absolute path such as /etc/txrelay/kek"))
+        Rule(lambda value: value.startswith("/"), "an absolute path such as /etc/txrelay/kek"),
+    )
 
     def for_daemons(self) -> DatabaseConfig:
         """This configuration with the daemons' URL (milter_url, when set) as url."""
@@ -125,224 +157,314 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    url: str = setting("redis://127.0.0.1:6379/0",
+    url: str = setting(
+        "redis://127.0.0.1:6379/0",
         "Redis holding rate windows, live quota balances and reservations. Shared by every "
         "relay node. In `sentinel` and `cluster` mode only its user, password, database number "
         "and `rediss://` (TLS) are used, for the data nodes; the host comes from the sentinels "
-        "or the cluster.", REDIS_URL, secret=True)
-    timeout_ms: int = setting(500,
-        "Socket timeout per Redis call (and per question to a sentinel).", POSITIVE)
-    key_prefix: str = setting("txrelay",
-        "Prefix of every key, so several txrelay installations may share one Redis.")
+        "or the cluster.",
+        REDIS_URL,
+        secret=True,
+    )
+    timeout_ms: int = setting(
+        500, "Socket timeout per Redis call (and per question to a sentinel).", POSITIVE
+    )
+    key_prefix: str = setting(
+        "txrelay", "Prefix of every key, so several txrelay installations may share one Redis."
+    )
     # standalone: url names the server. sentinel: the sentinels name the master, url gives
     # its user, password, database and TLS. cluster: cluster_nodes are the seed nodes.
-    mode: str = setting("standalone",
+    mode: str = setting(
+        "standalone",
         "`standalone` (one server at `url`), `sentinel` (the master that `sentinels` name for "
         "`sentinel_master`; a failover is followed without restart) or `cluster` (Redis "
-        "Cluster, seeded by `cluster_nodes`; database 0 only). See \"Redis availability\" in "
-        "deployment.md.", one_of(*REDIS_MODES))
-    sentinels: str = setting("",
+        'Cluster, seeded by `cluster_nodes`; database 0 only). See "Redis availability" in '
+        "deployment.md.",
+        one_of(*REDIS_MODES),
+    )
+    sentinels: str = setting(
+        "",
         "`sentinel` mode: the sentinels, `HOST:PORT` separated by commas, e.g. "
-        "`\"10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379\"`.")
-    sentinel_master: str = setting("",
-        "`sentinel` mode: the master name the sentinels monitor (`sentinel monitor NAME …`).")
-    sentinel_password: str = setting("",
+        '`"10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379"`.',
+    )
+    sentinel_master: str = setting(
+        "", "`sentinel` mode: the master name the sentinels monitor (`sentinel monitor NAME …`)."
+    )
+    sentinel_password: str = setting(
+        "",
         "`sentinel` mode: the sentinels' own password (`requirepass` in sentinel.conf), if they"
-        " have one; the master's password goes in `url`. Never logged.", secret=True)
-    cluster_nodes: str = setting("",
+        " have one; the master's password goes in `url`. Never logged.",
+        secret=True,
+    )
+    cluster_nodes: str = setting(
+        "",
         "`cluster` mode: one or more cluster nodes, `HOST:PORT` separated by commas; the client"
-        " learns the rest of the cluster from the first that answers, which must be at start.")
+        " learns the rest of the cluster from the first that answers, which must be at start.",
+    )
 
     def addresses(self, key: str) -> list[tuple[str, int]]:
         """sentinels or cluster_nodes as (host, port) pairs (validated at load)."""
         text: str = getattr(self, key)
-        return [(host, int(port)) for host, _, port in
-                (item.strip().rpartition(":") for item in text.split(",") if item.strip())]
+        return [
+            (host, int(port))
+            for host, _, port in (
+                item.strip().rpartition(":") for item in text.split(",") if item.strip()
+            )
+        ]
 
 
 @dataclass(frozen=True)
 class MilterConfig:
-    socket: str = setting("unix:/run/txrelay/milter.sock",
+    socket: str = setting(
+        "unix:/run/txrelay/milter.sock",
         "Where the milter listens: `unix:/path` or `inet:PORT@HOST`. Postfix's `smtpd_milters` "
         "must name the same socket (`txrelay postfix configure` does it). On the Postfix host "
         "use `unix:`; `inet:` is for a milter on another host, where delayed ACKs can stall "
-        "Postfix's writes (docs/performance.md, \"The inet gap\").", MILTER_SOCKET)
-    socket_group: str = setting("postfix",
+        'Postfix\'s writes (docs/performance.md, "The inet gap").',
+        MILTER_SOCKET,
+    )
+    socket_group: str = setting(
+        "postfix",
         "Group that may connect to a unix socket: the socket's directory gets this group and "
-        "the set-group-ID bit, the socket mode 0660. `\"\"` leaves permissions to you.")
-    max_message_size: int = setting(30 * 1024 * 1024,
-        "Largest message accepted, in bytes (30 MB). Bigger ones get `552 5.3.4`.", POSITIVE)
-    policy_refresh_seconds: float = setting(2.0,
+        'the set-group-ID bit, the socket mode 0660. `""` leaves permissions to you.',
+    )
+    max_message_size: int = setting(
+        30 * 1024 * 1024,
+        "Largest message accepted, in bytes (30 MB). Bigger ones get `552 5.3.4`.",
+        POSITIVE,
+    )
+    policy_refresh_seconds: float = setting(
+        2.0,
         "How often each milter checks for provisioning changes (new connection, disabled "
-        "connection, new domain…).", NON_NEGATIVE)
-    reservation_ttl_seconds: int = setting(900,
+        "connection, new domain…).",
+        NON_NEGATIVE,
+    )
+    reservation_ttl_seconds: int = setting(
+        900,
         "A quota/rate reservation made at RCPT and never committed or released (a milter killed"
-        " mid-transaction) is freed by itself after this many seconds.", POSITIVE)
-    log_level: str = setting("info",
-        "`debug`, `info`, `warning` or `error`.", one_of(*LOG_LEVELS))
-    node_name: str = setting("",
-        "Name of this relay node in the ledger (default: the host name).")
-    journal_dir: str = setting("/var/lib/txrelay/journal",
+        " mid-transaction) is freed by itself after this many seconds.",
+        POSITIVE,
+    )
+    log_level: str = setting("info", "`debug`, `info`, `warning` or `error`.", one_of(*LOG_LEVELS))
+    node_name: str = setting("", "Name of this relay node in the ledger (default: the host name).")
+    journal_dir: str = setting(
+        "/var/lib/txrelay/journal",
         "Local durable state of this milter (directory mode 0700, on persistent disk, one per "
         "milter process or shared by the milters of one node): the journal of ledger records "
         "accepted while PostgreSQL is down (fsync'd before the 250, replayed into PostgreSQL "
         "when it returns and at start) and the local copy of the connection policy (mode 0600: "
         "it holds DKIM private keys) used when the milter starts during a PostgreSQL outage. "
-        "See docs/failure-modes.md.")
-    journal_max_per_hour: int = setting(5000,
+        "See docs/failure-modes.md.",
+    )
+    journal_max_per_hour: int = setting(
+        5000,
         "Most recipients this milter accepts into its journal per hour while PostgreSQL is down"
         " (mail not yet confirmed by the database). Beyond it, mail gets `451 4.3.0` until "
-        "PostgreSQL is back.", POSITIVE)
-    refusal_budget_per_hour: int = setting(50,
+        "PostgreSQL is back.",
+        POSITIVE,
+    )
+    refusal_budget_per_hour: int = setting(
+        50,
         "Most messages of one connection refused with `5xx` (at MAIL or at end of message: a "
         "From: the relay will not parse, a foreign domain, a line too long…) in one clock hour "
         "(UTC). Past it the connection's `MAIL` gets `421 4.7.0` saying how many were refused "
         "and when it may send again, until the hour moves on. Counted in Redis, so shared by "
         "every node; while Redis is away each node counts in memory. Refused recipients "
-        "(`RCPT`) do not count. `0` turns it off. See docs/security.md.")
-    original_recipient: bool = setting(True,
+        "(`RCPT`) do not count. `0` turns it off. See docs/security.md.",
+    )
+    original_recipient: bool = setting(
+        True,
         "Must equal Postfix's `enable_original_recipient` (`postconf -h "
         "enable_original_recipient`; `yes` by default). With `yes`, Postfix queues a separate "
         "copy for an address repeated with another `ORCPT` or `NOTIFY`, and the milter bills "
-        "each copy; with `no`, Postfix keeps one copy per address and so does the milter.")
+        "each copy; with `no`, Postfix keeps one copy per address and so does the milter.",
+    )
 
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    host: str = setting("localhost",
-        "Host name shops connect to (must match the TLS certificate).")
-    port: int = setting(587,
+    host: str = setting("localhost", "Host name shops connect to (must match the TLS certificate).")
+    port: int = setting(
+        587,
         "Port of txrelay's STARTTLS service, and `txrelay postfix configure`'s default "
         "`--listen` (587 is `submission`: on a server whose mailbox users already have it, "
-        "configure refuses it; give another port, e.g. 2587).", POSITIVE)
+        "configure refuses it; give another port, e.g. 2587).",
+        POSITIVE,
+    )
     # txrelay's own service's certificate (an -o override on its master.cf service); empty:
     # the service uses main.cf's smtpd_tls_* certificate like every other smtpd.
-    tls_cert_file: str = setting("",
+    tls_cert_file: str = setting(
+        "",
         "PEM certificate (chain) of txrelay's own submission service, set as an `-o` override "
         "on that service only (e.g. a Let's Encrypt `fullchain.pem`). Empty: the service uses "
-        "main.cf's certificate. `txrelay init --tls-cert` sets it.")
-    tls_key_file: str = setting("",
+        "main.cf's certificate. `txrelay init --tls-cert` sets it.",
+    )
+    tls_key_file: str = setting(
+        "",
         "The private key of `tls_cert_file` (readable by root only: Postfix reads it before "
-        "dropping privileges).")
+        "dropping privileges).",
+    )
 
 
 @dataclass(frozen=True)
 class DovecotConfig:
-    config_dir: str = setting("/etc/txrelay/dovecot",
-        "Where `txrelay init` writes that instance's configuration.")
-    base_dir: str = setting("/run/txrelay/dovecot",
-        "Dovecot's runtime directory for the instance.")
-    auth_socket: str = setting("/var/spool/postfix/private/txrelay-auth",
-        "The SASL socket Postfix's submission service uses (`smtpd_sasl_path`).")
-    log_path: str = setting("/var/log/txrelay/dovecot.log",
-        "Log file of txrelay's Dovecot instance (logins, failed logins).")
+    config_dir: str = setting(
+        "/etc/txrelay/dovecot", "Where `txrelay init` writes that instance's configuration."
+    )
+    base_dir: str = setting("/run/txrelay/dovecot", "Dovecot's runtime directory for the instance.")
+    auth_socket: str = setting(
+        "/var/spool/postfix/private/txrelay-auth",
+        "The SASL socket Postfix's submission service uses (`smtpd_sasl_path`).",
+    )
+    log_path: str = setting(
+        "/var/log/txrelay/dovecot.log",
+        "Log file of txrelay's Dovecot instance (logins, failed logins).",
+    )
     # The enabled connections' logins, Dovecot's passdb; the CLI and every milter
     # keep it current, so logins need no PostgreSQL (docs/failure-modes.md).
-    passdb_file: str = setting("/var/lib/txrelay-auth/passwd",
+    passdb_file: str = setting(
+        "/var/lib/txrelay-auth/passwd",
         "The SMTP login file: `username:{ARGON2ID}hash` of each enabled connection, mode 0640. "
         "Its directory must be writable by the milter's user and readable by group `dovecot` "
         "(2750 `txrelay:dovecot`, as `deploy/systemd/txrelay.tmpfiles.conf` makes it; `txrelay "
         "init` creates it `root:dovecot` when missing). An absolute path without spaces, "
-        "quotes, `#` or `%`.")
+        "quotes, `#` or `%`.",
+    )
 
 
 @dataclass(frozen=True)
 class QuotaConfig:
-    demo_quota: int = setting(1000,
-        "Mails a new account may send before booking quota.", POSITIVE)
-    min_block: int = setting(25000,
-        "Smallest block `txrelay quota book` accepts.", POSITIVE)
-    block_validity_days: int = setting(30,
-        "Days after booking at which a block's unused remainder expires.", POSITIVE)
-    overage_price_eur: Decimal = setting(Decimal("0.00095"),
-        "Price per mail beyond the booked quota, in EUR (an exact decimal, written as a "
-        "string).")
-    demo_rate_limit: int = setting(25,
+    demo_quota: int = setting(1000, "Mails a new account may send before booking quota.", POSITIVE)
+    min_block: int = setting(25000, "Smallest block `txrelay quota book` accepts.", POSITIVE)
+    block_validity_days: int = setting(
+        30, "Days after booking at which a block's unused remainder expires.", POSITIVE
+    )
+    overage_price_eur: Decimal = setting(
+        Decimal("0.00095"),
+        "Price per mail beyond the booked quota, in EUR (an exact decimal, written as a string).",
+    )
+    demo_rate_limit: int = setting(
+        25,
         "Recipients per hour for connections of demo accounts without a limit of their own.",
-        NON_NEGATIVE)
+        NON_NEGATIVE,
+    )
 
 
 @dataclass(frozen=True)
 class TrackerConfig:
     # Where Postfix's log is (txrelay/tracker/sources.py): "auto" finds it; a log_path set
     # means that file.
-    source: str = setting("auto",
-        "Where Postfix's log is: `\"file\"` (the file `log_path`), `\"journal\"` (the systemd "
-        "journal), or `\"auto\"`: the file `log_path` if it is set; else Postfix's `maillog_file`"
+    source: str = setting(
+        "auto",
+        'Where Postfix\'s log is: `"file"` (the file `log_path`), `"journal"` (the systemd '
+        'journal), or `"auto"`: the file `log_path` if it is set; else Postfix\'s `maillog_file`'
         " (`postconf -h maillog_file`); else `/var/log/mail.log` or `/var/log/maillog` if it "
         "exists (syslog, e.g. rsyslog on Debian); else the journal if systemd-journald runs; "
-        "else the tracker stops with a message saying what to set.", one_of(*TRACKER_SOURCES))
-    log_path: str = setting("",
+        "else the tracker stops with a message saying what to set.",
+        one_of(*TRACKER_SOURCES),
+    )
+    log_path: str = setting(
+        "",
         "The file Postfix logs to (`maillog_file`, or a syslog file such as "
-        "`/var/log/mail.log`); followed through rotation. Set: `source = \"auto\"` reads this "
-        "file. Older configurations that name `/var/log/txrelay/postfix.log` keep reading it.")
-    journal_identifier: str = setting("",
+        '`/var/log/mail.log`); followed through rotation. Set: `source = "auto"` reads this '
+        "file. Older configurations that name `/var/log/txrelay/postfix.log` keep reading it.",
+    )
+    journal_identifier: str = setting(
+        "",
         "Which journal entries are Postfix's: those whose `SYSLOG_IDENTIFIER` is this name "
         "followed by `/` (`postfix/qmgr`, `postfix/submission/smtpd`, ...). Empty: Postfix's "
-        "`syslog_name` (`postfix`, or `postfix-NAME` for a postmulti instance).", NO_SPACES)
-    postfix_config_directory: str = setting("",
+        "`syslog_name` (`postfix`, or `postfix-NAME` for a postmulti instance).",
+        NO_SPACES,
+    )
+    postfix_config_directory: str = setting(
+        "",
         "The Postfix configuration directory `auto` asks (`postconf -c`), for an instance such "
-        "as `/etc/postfix-txrelay`; empty: Postfix's default (`/etc/postfix`).")
-    poll_interval_seconds: float = setting(0.5,
-        "How often the tracker looks for new log lines.", POSITIVE)
-    confirm_timeout_seconds: int = setting(600,
+        "as `/etc/postfix-txrelay`; empty: Postfix's default (`/etc/postfix`).",
+    )
+    poll_interval_seconds: float = setting(
+        0.5, "How often the tracker looks for new log lines.", POSITIVE
+    )
+    confirm_timeout_seconds: int = setting(
+        600,
         "Ledger rows the milter accepted but Postfix never queued are voided, and their quota "
-        "given back, after this long.", POSITIVE)
-    tick_interval_seconds: float = setting(60.0,
-        "How often the tracker expires quota blocks, renews plans and checks low-quota "
-        "reminders.", POSITIVE)
-    active_window_days: int = setting(30,
+        "given back, after this long.",
+        POSITIVE,
+    )
+    tick_interval_seconds: float = setting(
+        60.0,
+        "How often the tracker expires quota blocks, renews plans and checks low-quota reminders.",
+        POSITIVE,
+    )
+    active_window_days: int = setting(
+        30,
         "A connection counts as active in `txrelay stats` when enabled and used within this "
-        "many days.", POSITIVE)
+        "many days.",
+        POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    smtp_host: str = setting("127.0.0.1",
-        "SMTP server for txrelay's own mail (the local Postfix).")
-    smtp_port: int = setting(25,
-        "Its port.", POSITIVE)
-    from_address: str = setting("txrelay@localhost",
-        "Sender of reminders.")
+    smtp_host: str = setting("127.0.0.1", "SMTP server for txrelay's own mail (the local Postfix).")
+    smtp_port: int = setting(25, "Its port.", POSITIVE)
+    from_address: str = setting("txrelay@localhost", "Sender of reminders.")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    milter_listen: str = setting("127.0.0.1:9151",
-        "Where `txrelay milter` serves `/metrics` and `/healthz`.", HOST_PORT_OR_OFF)
-    tracker_listen: str = setting("127.0.0.1:9152",
-        "Where `txrelay tracker` serves `/metrics` and `/healthz`.", HOST_PORT_OR_OFF)
+    milter_listen: str = setting(
+        "127.0.0.1:9151",
+        "Where `txrelay milter` serves `/metrics` and `/healthz`.",
+        HOST_PORT_OR_OFF,
+    )
+    tracker_listen: str = setting(
+        "127.0.0.1:9152",
+        "Where `txrelay tracker` serves `/metrics` and `/healthz`.",
+        HOST_PORT_OR_OFF,
+    )
 
 
 @dataclass(frozen=True)
 class DnsConfig:
     # "" = the system's resolvers (/etc/resolv.conf); else "IP[:PORT]" entries separated by
     # commas ("[IPv6]:PORT" with a port). Every DNS lookup of txrelay goes there.
-    resolver: str = setting("",
+    resolver: str = setting(
+        "",
         "DNS resolvers txrelay asks, `IP` or `IP:PORT` separated by commas (`[IPv6]:PORT` with "
-        "a port), e.g. `\"127.0.0.1:5353\"`. `\"\"`: the system's resolvers (`/etc/resolv.conf`). "
-        "Use it for a private or split-horizon resolver, or a test server.", RESOLVERS)
+        'a port), e.g. `"127.0.0.1:5353"`. `""`: the system\'s resolvers (`/etc/resolv.conf`). '
+        "Use it for a private or split-horizon resolver, or a test server.",
+        RESOLVERS,
+    )
     # What a sending domain's SPF record must authorise: an include: the relay admin publishes
     # and/or the relay's outgoing addresses ("192.0.2.10, 2001:db8::10, 198.51.100.0/28").
-    spf_include: str = setting("",
+    spf_include: str = setting(
+        "",
         "A host name whose SPF record the relay admin publishes and keeps listing the relay's "
-        "outgoing addresses, e.g. `\"_spf.relay.example\"` (its record: `v=spf1 ip4:192.0.2.10 "
+        'outgoing addresses, e.g. `"_spf.relay.example"` (its record: `v=spf1 ip4:192.0.2.10 '
         "ip6:2001:db8::10 -all`). Shops then publish `include:_spf.relay.example`, and new "
-        "relay nodes need no change at the shops.", HOST_NAME_OR_EMPTY)
-    relay_addresses: str = setting("",
+        "relay nodes need no change at the shops.",
+        HOST_NAME_OR_EMPTY,
+    )
+    relay_addresses: str = setting(
+        "",
         "The IP addresses (or networks) the relay's Postfix sends from, separated by commas, "
-        "e.g. `\"192.0.2.10, 2001:db8::10\"`. `domain check` evaluates each shop's SPF record for"
+        'e.g. `"192.0.2.10, 2001:db8::10"`. `domain check` evaluates each shop\'s SPF record for'
         " each of them. Without `spf_include`, shops are told to publish them as `ip4:`/`ip6:`."
         " A network counts as authorised only when the SPF record covers all of it. With "
         "neither key set, `domain dns` cannot say what SPF must contain, and `domain check` "
-        "gives a published SPF record a warning (a missing one still fails).", NETWORKS)
+        "gives a published SPF record a warning (a missing one still fails).",
+        NETWORKS,
+    )
     # rua= of the starting DMARC record `domain dns` prints ("" = none); {domain} = the domain.
-    dmarc_rua: str = setting("mailto:dmarc-reports@{domain}",
+    dmarc_rua: str = setting(
+        "mailto:dmarc-reports@{domain}",
         "Where receivers should send DMARC aggregate reports, as the `rua=` of the starting "
         "DMARC record `domain dns` prints: `mailto:` addresses separated by commas, `{domain}` "
         "standing for the sending domain. The default is a mailbox at the shop's own domain, "
         "which the shop must create. An address at another domain also needs that domain's "
-        "consent record (`domain dns` prints it). `\"\"`: no `rua=`.", DMARC_URIS)
+        'consent record (`domain dns` prints it). `""`: no `rua=`.',
+        DMARC_URIS,
+    )
 
     def resolver_addresses(self) -> list[tuple[str, int]]:
         """resolver as (IP, port) pairs (validated at load); [] = the system's resolvers."""
@@ -358,7 +480,7 @@ def _items(text: str) -> list[str]:
 
 
 def _resolver_address(item: str) -> tuple[str, int]:
-    """"192.0.2.53", "192.0.2.53:5353", "2001:db8::53" or "[2001:db8::53]:5353"; ValueError."""
+    """ "192.0.2.53", "192.0.2.53:5353", "2001:db8::53" or "[2001:db8::53]:5353"; ValueError."""
     if item.startswith("["):
         host, _, port = item[1:].partition("]")
         port = port.removeprefix(":") or "53"
@@ -376,18 +498,25 @@ class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
 
-    client_message_rate_limit: int = setting(6000,
+    client_message_rate_limit: int = setting(
+        6000,
         "Messages (MAIL commands) one client IP address may send per minute "
         "(`smtpd_client_message_rate_limit` on txrelay's service); past it Postfix answers "
-        "`450 4.7.1 Error: too much mail from ADDRESS`. `0`: no limit.", NON_NEGATIVE)
-    client_connection_rate_limit: int = setting(600,
+        "`450 4.7.1 Error: too much mail from ADDRESS`. `0`: no limit.",
+        NON_NEGATIVE,
+    )
+    client_connection_rate_limit: int = setting(
+        600,
         "Connections one client IP address may open per minute "
         "(`smtpd_client_connection_rate_limit`); past it Postfix answers `421 4.7.0 HOSTNAME "
-        "Error: too many connections from ADDRESS` and closes. `0`: no limit.", NON_NEGATIVE)
+        "Error: too many connections from ADDRESS` and closes. `0`: no limit.",
+        NON_NEGATIVE,
+    )
     # Counts every AUTH command, successful or not (Postfix has no counter of failures
     # alone): a cap on logins as much as on guesses, so it leaves room for shops that log in
     # once per mail; failures alone are bounded by the fail2ban jail (deploy/fail2ban/).
-    client_auth_rate_limit: int = setting(60,
+    client_auth_rate_limit: int = setting(
+        60,
         "AUTH commands one client IP address may give per minute "
         "(`smtpd_client_auth_rate_limit`), successful or not: a bound on password guesses and "
         "on logins alike, high enough for a shop that opens one session per mail (many shop "
@@ -395,13 +524,20 @@ class LimitsConfig:
         "many AUTH commands from ADDRESS`. Failed logins alone are bounded by the fail2ban "
         "jail txrelay ships (5 in 10 minutes, then banned for an hour). `txrelay postfix "
         "check` warns above 120. `0`: no limit (not advised).",
-        NON_NEGATIVE)
-    max_headers: int = setting(1000,
+        NON_NEGATIVE,
+    )
+    max_headers: int = setting(
+        1000,
         "Header fields one message may have; past it the milter answers `550 5.6.0` at end of "
-        "message and says so.", POSITIVE)
-    max_messages_per_session: int = setting(1000,
+        "message and says so.",
+        POSITIVE,
+    )
+    max_messages_per_session: int = setting(
+        1000,
         "MAIL commands one SMTP session may give; past it the milter answers `421 4.7.0` and "
-        "Postfix closes the session (the client reconnects and goes on).", POSITIVE)
+        "Postfix closes the session (the client reconnects and goes on).",
+        POSITIVE,
+    )
 
 
 @dataclass(frozen=True)
@@ -441,6 +577,7 @@ SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
 }
 
+
 def config_path(explicit: str | None) -> Path:
     """The file to read: --config, else $TXRELAY_CONFIG, else the system default."""
     if explicit:
@@ -449,8 +586,12 @@ def config_path(explicit: str | None) -> Path:
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path | None = None, *, required: bool = False,
-                environ: typing.Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path | None = None,
+    *,
+    required: bool = False,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Config:
     """Read the TOML file (if present), apply environment overrides, validate, freeze. An
     error names where the bad value came from: the file and key, or the variable."""
     environ = os.environ if environ is None else environ
@@ -460,14 +601,17 @@ def load_config(path: Path | None = None, *, required: bool = False,
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or run "
-                              "'txrelay init' to write a fresh one") from exc
+            raise ConfigError(
+                f"{path}: not valid TOML ({exc}); fix the file or run "
+                "'txrelay init' to write a fresh one"
+            ) from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
         source = str(path)
     elif path is not None and required:
-        raise ConfigError(f"{path}: no such configuration file; run 'txrelay init' or pass "
-                          "--config")
+        raise ConfigError(
+            f"{path}: no such configuration file; run 'txrelay init' or pass --config"
+        )
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for section, table in raw.items():
@@ -485,22 +629,28 @@ def load_config(path: Path | None = None, *, required: bool = False,
 
 def _check_section(section: str, table: Any, source: str) -> None:
     if section not in SECTIONS:
-        raise ConfigError(f"{source}: unknown section [{section}]; known sections: "
-                          f"{', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"{source}: unknown section [{section}]; known sections: {', '.join(SECTIONS)}"
+        )
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: '{section}' must be a table ([{section}])")
 
 
 def _qualified_from_environment(name: str) -> str | None:
     """TXRELAY_<SECTION>_<KEY> as section.key; None for a variable that is no setting."""
-    if (not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS
-            or name.startswith(NOT_SETTINGS_PREFIX)):
+    if (
+        not name.startswith(ENV_PREFIX)
+        or name in NOT_SETTINGS
+        or name.startswith(NOT_SETTINGS_PREFIX)
+    ):
         return None
-    section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+    section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
     if section not in SECTIONS or not key:
-        raise ConfigError(f"environment variable {name}: unknown setting; expected "
-                          f"{ENV_PREFIX}<SECTION>_<KEY> with a section of "
-                          f"{', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"environment variable {name}: unknown setting; expected "
+            f"{ENV_PREFIX}<SECTION>_<KEY> with a section of "
+            f"{', '.join(SECTIONS)}"
+        )
     return f"{section}.{key}"
 
 
@@ -515,20 +665,27 @@ def _build(values: dict[str, Any], origins: dict[str, str], source: str) -> Conf
         section, _, key = qualified.partition(".")
         declared = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
         if key not in declared:
-            raise ConfigError(f"{origins[qualified]}: unknown key '{qualified}'; see "
-                              "docs/configuration.md for the keys of "
-                              f"[{section}]: {', '.join(sorted(declared))}")
+            raise ConfigError(
+                f"{origins[qualified]}: unknown key '{qualified}'; see "
+                "docs/configuration.md for the keys of "
+                f"[{section}]: {', '.join(sorted(declared))}"
+            )
         kind = typing.get_type_hints(SECTIONS[section])[key]
         kwargs[section][key] = _coerce(qualified, kind, value, declared[key], origins[qualified])
-    config = Config(**{section: SECTIONS[section](**given) for section, given in kwargs.items()},
-                    source=source, origins=tuple(sorted(origins.items())))
+    config = Config(
+        **{section: SECTIONS[section](**given) for section, given in kwargs.items()},
+        source=source,
+        origins=tuple(sorted(origins.items())),
+    )
     _check_redis_topology(config.redis, source)
     return config
 
 
-def _coerce(qualified: str, kind: Any, value: Any, declared: dataclasses.Field[Any],
-            origin: str) -> Any:
+def _coerce(
+    qualified: str, kind: Any, value: Any, declared: dataclasses.Field[Any], origin: str
+) -> Any:
     """The value as the field's type, checked against the field's rules."""
+
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{origin}: '{qualified}' = {value!r} is not {expected}")
 
@@ -562,7 +719,7 @@ def _as_type(kind: Any, value: Any, bad: Callable[[str], ConfigError]) -> Any:
         try:
             amount = Decimal(str(value))
         except InvalidOperation:
-            raise bad("a decimal amount such as \"0.00095\"") from None
+            raise bad('a decimal amount such as "0.00095"') from None
         if amount < 0:
             raise bad("a non-negative amount")
         return amount
@@ -573,28 +730,40 @@ def _as_type(kind: Any, value: Any, bad: Callable[[str], ConfigError]) -> Any:
 
 def _check_redis_topology(redis: RedisConfig, source: str) -> None:
     """The [redis] keys a mode needs are there, and none of another mode is left over."""
-    needed = {"standalone": (), "sentinel": ("sentinels", "sentinel_master"),
-              "cluster": ("cluster_nodes",)}
+    needed = {
+        "standalone": (),
+        "sentinel": ("sentinels", "sentinel_master"),
+        "cluster": ("cluster_nodes",),
+    }
     if redis.mode not in needed:
-        raise ConfigError(f"{source}: 'redis.mode' = {redis.mode!r} is not one of "
-                          f"{', '.join(REDIS_MODES)}")
+        raise ConfigError(
+            f"{source}: 'redis.mode' = {redis.mode!r} is not one of {', '.join(REDIS_MODES)}"
+        )
     for key in ("sentinels", "sentinel_master", "cluster_nodes"):
         value = getattr(redis, key)
         if key in needed[redis.mode] and not value:
-            raise ConfigError(f"{source}: redis.mode = \"{redis.mode}\" needs 'redis.{key}'; "
-                              "see docs/configuration.md")
+            raise ConfigError(
+                f"{source}: redis.mode = \"{redis.mode}\" needs 'redis.{key}'; "
+                "see docs/configuration.md"
+            )
         if key not in needed[redis.mode] and value:
-            raise ConfigError(f"{source}: 'redis.{key}' is set but redis.mode is "
-                              f"\"{redis.mode}\"; set the mode it belongs to or remove it")
+            raise ConfigError(
+                f"{source}: 'redis.{key}' is set but redis.mode is "
+                f'"{redis.mode}"; set the mode it belongs to or remove it'
+            )
     for key in ("sentinels", "cluster_nodes"):
         for item in getattr(redis, key).split(","):
             if getattr(redis, key) and not _is_host_port(item.strip()):
-                raise ConfigError(f"{source}: 'redis.{key}' has {item.strip()!r}; give "
-                                  "HOST:PORT entries separated by commas, such as "
-                                  "\"10.0.0.1:26379,10.0.0.2:26379\"")
+                raise ConfigError(
+                    f"{source}: 'redis.{key}' has {item.strip()!r}; give "
+                    "HOST:PORT entries separated by commas, such as "
+                    '"10.0.0.1:26379,10.0.0.2:26379"'
+                )
     if redis.mode == "cluster" and urlsplit(redis.url).path.strip("/") not in {"", "0"}:
-        raise ConfigError(f"{source}: 'redis.url' selects a database other than 0; Redis "
-                          "Cluster has only database 0")
+        raise ConfigError(
+            f"{source}: 'redis.url' selects a database other than 0; Redis "
+            "Cluster has only database 0"
+        )
 
 
 def _is_host_port(value: str) -> bool:

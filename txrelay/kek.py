@@ -47,11 +47,15 @@ def write_kek_file(path: Path, key: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEK_MODE)
     except FileExistsError as exc:
-        raise ConfigError(f"{path} exists already; it holds the key that opens the DKIM "
-                          "keys in the database: keep it, or move it away first") from exc
+        raise ConfigError(
+            f"{path} exists already; it holds the key that opens the DKIM "
+            "keys in the database: keep it, or move it away first"
+        ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot create {path}: {exc.strerror}; run as a user that "
-                          "may, or set [database] kek_file") from exc
+        raise ConfigError(
+            f"cannot create {path}: {exc.strerror}; run as a user that "
+            "may, or set [database] kek_file"
+        ) from exc
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         os.fchmod(handle.fileno(), KEK_MODE)  # the umask may have narrowed it
         handle.write(encode_kek(key))
@@ -63,20 +67,26 @@ def read_kek_file(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError as exc:
-        raise ConfigError(f"the key-encryption key {path} is missing; restore it from your "
-                          "backup (without it the DKIM keys in the database cannot be "
-                          "read), or set [database] kek_file") from exc
+        raise ConfigError(
+            f"the key-encryption key {path} is missing; restore it from your "
+            "backup (without it the DKIM keys in the database cannot be "
+            "read), or set [database] kek_file"
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the key-encryption key {path}: "
-                          f"{getattr(exc, 'strerror', None) or exc}; run as the txrelay "
-                          "user (the file is mode 0640, group txrelay)") from exc
+        raise ConfigError(
+            f"cannot read the key-encryption key {path}: "
+            f"{getattr(exc, 'strerror', None) or exc}; run as the txrelay "
+            "user (the file is mode 0640, group txrelay)"
+        ) from exc
     try:
         key = base64.b64decode(text, validate=True)
     except binascii.Error:
         key = b""
     if len(key) != KEK_BYTES:
-        raise ConfigError(f"{path} is not a txrelay key-encryption key (expected "
-                          f"{KEK_BYTES} bytes in base64 on one line)")
+        raise ConfigError(
+            f"{path} is not a txrelay key-encryption key (expected "
+            f"{KEK_BYTES} bytes in base64 on one line)"
+        )
     return key
 
 
@@ -119,7 +129,7 @@ class KeyRing:
         is); InvalidInput when no KEK held opens it."""
         if not is_sealed(value):
             return value
-        identifier, _, body = value[len(PREFIX):].partition(":")
+        identifier, _, body = value[len(PREFIX) :].partition(":")
         if identifier not in self._keys:
             try:
                 self.reload()
@@ -127,11 +137,14 @@ class KeyRing:
                 raise InvalidInput(str(exc)) from exc
         aead = self._keys.get(identifier)
         if aead is None:
-            raise InvalidInput(f"the DKIM key is sealed with KEK {identifier}, which is "
-                               f"neither {self.path} nor {self.path}{OLD_SUFFIX}")
+            raise InvalidInput(
+                f"the DKIM key is sealed with KEK {identifier}, which is "
+                f"neither {self.path} nor {self.path}{OLD_SUFFIX}"
+            )
         try:
             raw = base64.b64decode(body, validate=True)
             return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], AAD).decode("ascii")
         except (binascii.Error, InvalidTag, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"a DKIM key sealed with KEK {identifier} does not open "
-                               "(damaged value)") from exc
+            raise InvalidInput(
+                f"a DKIM key sealed with KEK {identifier} does not open (damaged value)"
+            ) from exc

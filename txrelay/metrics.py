@@ -41,28 +41,46 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 
 DECISIONS = Counter(
-    "txrelay_milter_decisions", "Messages decided by the milter, by verdict (accept, "
+    "txrelay_milter_decisions",
+    "Messages decided by the milter, by verdict (accept, "
     "tempfail, reject, abandoned) and connection (account id and connection name).",
-    ["verdict", "account", "connection"], registry=REGISTRY)
+    ["verdict", "account", "connection"],
+    registry=REGISTRY,
+)
 STAGE_SECONDS = Histogram(
-    "txrelay_milter_stage_seconds", "Time the milter spent answering one SMTP stage "
+    "txrelay_milter_stage_seconds",
+    "Time the milter spent answering one SMTP stage "
     "(mail = MAIL FROM, rcpt = one RCPT TO, eom = end of message: sign and record).",
-    ["stage"], registry=REGISTRY,
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+    ["stage"],
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 JOURNAL_BACKLOG = Gauge(
-    "txrelay_milter_journal_backlog", "Messages accepted into the milter's local journal "
-    "and not yet written to PostgreSQL (0 while no journal exists).", registry=REGISTRY)
+    "txrelay_milter_journal_backlog",
+    "Messages accepted into the milter's local journal "
+    "and not yet written to PostgreSQL (0 while no journal exists).",
+    registry=REGISTRY,
+)
 
 JOURNAL_QUARANTINED = Gauge(
-    "txrelay_journal_quarantined", "Journal entries set aside after failing to replay "
+    "txrelay_journal_quarantined",
+    "Journal entries set aside after failing to replay "
     "(quarantine files in [milter] journal_dir: not in the ledger; see txrelay journal list).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 BACKGROUND_ERRORS = Counter(
-    "txrelay_background_errors", "Unexpected exceptions in a background loop (the loop goes "
-    "on; the milter's log has the traceback).", ["loop"], registry=REGISTRY)
+    "txrelay_background_errors",
+    "Unexpected exceptions in a background loop (the loop goes "
+    "on; the milter's log has the traceback).",
+    ["loop"],
+    registry=REGISTRY,
+)
 BACKGROUND_LAST_SUCCESS = Gauge(
-    "txrelay_background_loop_last_success_timestamp_seconds", "When a background loop last "
-    "finished a run (Unix time).", ["loop"], registry=REGISTRY)
+    "txrelay_background_loop_last_success_timestamp_seconds",
+    "When a background loop last finished a run (Unix time).",
+    ["loop"],
+    registry=REGISTRY,
+)
 
 NO_CONNECTION = "-"  # refused before a connection was known (unknown or missing login)
 HEALTH_TIMEOUT = 2.0  # seconds: a scrape must not hang on a dead dependency
@@ -70,11 +88,14 @@ HEALTH_TIMEOUT = 2.0  # seconds: a scrape must not hang on a dead dependency
 
 # -- hooks for the daemons ------------------------------------------------------------------
 
-def record_decision(verdict: str, account: int | None = None,
-                    connection: str | None = None) -> None:
+
+def record_decision(
+    verdict: str, account: int | None = None, connection: str | None = None
+) -> None:
     """One message decided (called where the milter writes its event=message line)."""
-    DECISIONS.labels(verdict, str(account) if account is not None else NO_CONNECTION,
-                     connection or NO_CONNECTION).inc()
+    DECISIONS.labels(
+        verdict, str(account) if account is not None else NO_CONNECTION, connection or NO_CONNECTION
+    ).inc()
 
 
 def timed(stage: str) -> Callable[[F], F]:
@@ -122,8 +143,9 @@ def dependency_checks(config: Config) -> dict[str, HealthCheck]:
     client = open_redis(config.redis, lazy=True)
 
     def postgresql() -> None:
-        with psycopg.connect(config.database.for_daemons().url,
-                             connect_timeout=int(HEALTH_TIMEOUT), autocommit=True) as conn:
+        with psycopg.connect(
+            config.database.for_daemons().url, connect_timeout=int(HEALTH_TIMEOUT), autocommit=True
+        ) as conn:
             conn.execute("SELECT 1")
 
     def redis_ping() -> None:
@@ -170,8 +192,11 @@ class DependencyCollector(Collector):
         self.checks = checks
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("txrelay_dependency_up", "1 when the dependency answered "
-                                   "at this scrape, else 0.", labels=["dependency"])
+        family = GaugeMetricFamily(
+            "txrelay_dependency_up",
+            "1 when the dependency answered at this scrape, else 0.",
+            labels=["dependency"],
+        )
         for name, problem in run_checks(self.checks).items():
             family.add_metric([name], 0 if problem else 1)
         yield family
@@ -179,11 +204,13 @@ class DependencyCollector(Collector):
 
 # -- quota and reservations, read from Redis at scrape time ---------------------------------
 
+
 class AccountCollector(Collector):
     """Live balance and outstanding reservations of every account the Redis keys know."""
 
-    def __init__(self, client: redis.Redis, prefix: str,
-                 now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, now: Callable[[], float] = time.time
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.now = now
@@ -191,11 +218,15 @@ class AccountCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         remaining = GaugeMetricFamily(
-            "txrelay_quota_remaining", "Quota units left per account (Redis live balance; "
-            "negative = overage).", labels=["account"])
+            "txrelay_quota_remaining",
+            "Quota units left per account (Redis live balance; negative = overage).",
+            labels=["account"],
+        )
         held = GaugeMetricFamily(
-            "txrelay_reservations_outstanding", "Recipients reserved by a milter and not yet "
-            "committed or released, per account.", labels=["account"])
+            "txrelay_reservations_outstanding",
+            "Recipients reserved by a milter and not yet committed or released, per account.",
+            labels=["account"],
+        )
         try:
             self._fill(remaining, held)
         except redis.RedisError as exc:
@@ -206,11 +237,16 @@ class AccountCollector(Collector):
 
     def _fill(self, remaining: GaugeMetricFamily, held: GaugeMetricFamily) -> None:
         pattern = _glob_escape(self.prefix) + ":{a*}:balance"
-        ids = sorted({int(m[1]) for key in self.client.scan_iter(match=pattern, count=1000)
-                      if (m := self._account_id.match(_text(key)))})
+        ids = sorted(
+            {
+                int(m[1])
+                for key in self.client.scan_iter(match=pattern, count=1000)
+                if (m := self._account_id.match(_text(key)))
+            }
+        )
         now = self.now()
         for start in range(0, len(ids), 500):
-            batch = ids[start:start + 500]
+            batch = ids[start : start + 500]
             pipe = self.client.pipeline(transaction=False)
             for account_id in batch:
                 keys = AccountKeys(self.prefix, account_id)
@@ -233,6 +269,7 @@ def _text(value: bytes | str) -> str:
 
 
 # -- the tracker's distance from the end of the log -----------------------------------------
+
 
 class LogPosition(Protocol):
     """What the tracker collector needs: unread bytes and the first unread line."""
@@ -283,12 +320,16 @@ def line_timestamp(line: bytes, now: dt.datetime) -> dt.datetime | None:
     if found := _SYSLOG_STAMP.match(line):
         local_now = now.astimezone()
         try:
-            stamp = dt.datetime.strptime(f"{local_now.year} {found[1].decode()}",
-                                         "%Y %b %d %H:%M:%S").replace(tzinfo=local_now.tzinfo)
+            stamp = dt.datetime.strptime(
+                f"{local_now.year} {found[1].decode()}", "%Y %b %d %H:%M:%S"
+            ).replace(tzinfo=local_now.tzinfo)
         except ValueError:
             return None
-        return stamp.replace(year=stamp.year - 1) if stamp > local_now + dt.timedelta(
-            days=1) else stamp
+        return (
+            stamp.replace(year=stamp.year - 1)
+            if stamp > local_now + dt.timedelta(days=1)
+            else stamp
+        )
     return None
 
 
@@ -296,8 +337,11 @@ class TrackerCollector(Collector):
     """txrelay_tracker_unread_bytes and txrelay_tracker_lag_seconds (age of the oldest line
     not yet applied; 0 when caught up, so an idle relay is not 'lagging')."""
 
-    def __init__(self, position: Callable[[], LogPosition | None],
-                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+    def __init__(
+        self,
+        position: Callable[[], LogPosition | None],
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
         self.position = position
         self.now = now
 
@@ -312,31 +356,41 @@ class TrackerCollector(Collector):
             now = self.now()
             stamp = line_timestamp(first_line, now)
             lag = max(0.0, (now - stamp).total_seconds()) if stamp else 0.0
-        yield GaugeMetricFamily("txrelay_tracker_unread_bytes", "Bytes of the mail log (live "
-                                "and rotated files) the tracker has not applied yet.",
-                                value=pending)
-        yield GaugeMetricFamily("txrelay_tracker_lag_seconds", "Age of the oldest log line "
-                                "the tracker has not applied yet (0 when caught up).",
-                                value=lag)
+        yield GaugeMetricFamily(
+            "txrelay_tracker_unread_bytes",
+            "Bytes of the mail log (live and rotated files) the tracker has not applied yet.",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "txrelay_tracker_lag_seconds",
+            "Age of the oldest log line the tracker has not applied yet (0 when caught up).",
+            value=lag,
+        )
 
 
 # -- the HTTP endpoint ----------------------------------------------------------------------
+
 
 class MetricsEndpoint:
     """/metrics (the shared metrics plus this daemon's collectors) and /healthz, served by a
     daemon thread; close() stops it."""
 
-    def __init__(self, listen: str, checks: Mapping[str, HealthCheck],
-                 collectors: Iterable[Collector] = (),
-                 judge: Judge = judge_dependencies) -> None:
+    def __init__(
+        self,
+        listen: str,
+        checks: Mapping[str, HealthCheck],
+        collectors: Iterable[Collector] = (),
+        judge: Judge = judge_dependencies,
+    ) -> None:
         self.checks = checks
         self.judge = judge
         self.local = CollectorRegistry(auto_describe=False)
         for collector in [DependencyCollector(checks), *collectors]:
             self.local.register(collector)
         self.server = _make_server(listen, self)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, name="metrics", daemon=True
+        )
 
     @property
     def address(self) -> str:
@@ -393,30 +447,46 @@ class _Server(ThreadingHTTPServer):
 def _make_server(listen: str, endpoint: MetricsEndpoint) -> _Server:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
-    server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) \
-        if ":" in host else _Server
+    server_class = (
+        type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        if ":" in host
+        else _Server
+    )
     server: _Server = server_class((host, int(port)), _Handler)
     server.endpoint = endpoint
     return server
 
 
-def start_endpoint(listen: str, what: str, checks: Mapping[str, HealthCheck],
-                   collectors: Iterable[Collector] = (),
-                   judge: Judge = judge_dependencies) -> MetricsEndpoint | None:
+def start_endpoint(
+    listen: str,
+    what: str,
+    checks: Mapping[str, HealthCheck],
+    collectors: Iterable[Collector] = (),
+    judge: Judge = judge_dependencies,
+) -> MetricsEndpoint | None:
     """Start serving, or log why not: a metrics port in use must not stop mail."""
     if not listen:
         return None
     try:
         return MetricsEndpoint(listen, checks, collectors, judge).start()
     except OSError as exc:
-        log.error("event=metrics_unavailable address=%s error=%r: [metrics] %s_listen cannot "
-                  "be bound; the %s runs without metrics", listen, str(exc), what, what)
+        log.error(
+            "event=metrics_unavailable address=%s error=%r: [metrics] %s_listen cannot "
+            "be bound; the %s runs without metrics",
+            listen,
+            str(exc),
+            what,
+            what,
+        )
         return None
 
 
-def start_milter_endpoint(config: Config, journal_room: Callable[[], int],
-                          loops: Callable[[], Sequence[LoopStatus]] = tuple,
-                          quarantined: Callable[[], int] = int) -> MetricsEndpoint | None:
+def start_milter_endpoint(
+    config: Config,
+    journal_room: Callable[[], int],
+    loops: Callable[[], Sequence[LoopStatus]] = tuple,
+    quarantined: Callable[[], int] = int,
+) -> MetricsEndpoint | None:
     """[metrics] milter_listen: decisions, stage latency, quota, reservations, and /healthz
     as "can this node accept mail now" (degraded but serving is 200), with the background
     loops and the journal entries set aside."""
@@ -425,18 +495,30 @@ def start_milter_endpoint(config: Config, journal_room: Callable[[], int],
     def judge(problems: Mapping[str, str | None]) -> NodeHealth:
         return judge_milter(problems, journal_room(), loops(), quarantined())
 
-    return start_endpoint(config.metrics.milter_listen, "milter", milter_checks(config),
-                          [AccountCollector(client, config.redis.key_prefix)], judge)
+    return start_endpoint(
+        config.metrics.milter_listen,
+        "milter",
+        milter_checks(config),
+        [AccountCollector(client, config.redis.key_prefix)],
+        judge,
+    )
 
 
-def start_tracker_endpoint(config: Config, position: Callable[[], LogPosition | None],
-                           loops: Callable[[], Sequence[LoopStatus]] = tuple
-                           ) -> MetricsEndpoint | None:
+def start_tracker_endpoint(
+    config: Config,
+    position: Callable[[], LogPosition | None],
+    loops: Callable[[], Sequence[LoopStatus]] = tuple,
+) -> MetricsEndpoint | None:
     """[metrics] tracker_listen: lag behind the mail log, health (its dependencies and its
     loop)."""
 
     def judge(problems: Mapping[str, str | None]) -> NodeHealth:
         return judge_dependencies(problems, loops())
 
-    return start_endpoint(config.metrics.tracker_listen, "tracker", dependency_checks(config),
-                          [TrackerCollector(position)], judge)
+    return start_endpoint(
+        config.metrics.tracker_listen,
+        "tracker",
+        dependency_checks(config),
+        [TrackerCollector(position)],
+        judge,
+    )

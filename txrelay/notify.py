@@ -42,18 +42,23 @@ class Reminder:
     def detail(self) -> dict[str, object]:
         """What notifications.detail records."""
         runs_out = self.runs_out_at()
-        return {"remaining": self.remaining, "threshold": self.threshold,
-                "to": self.admin_email, "last_24h": self.usage.last_day,
-                "last_7d": self.usage.last_week,
-                "runs_out_at": runs_out.isoformat() if runs_out else None}
+        return {
+            "remaining": self.remaining,
+            "threshold": self.threshold,
+            "to": self.admin_email,
+            "last_24h": self.usage.last_day,
+            "last_7d": self.usage.last_week,
+            "runs_out_at": runs_out.isoformat() if runs_out else None,
+        }
 
 
 def compose(reminder: Reminder, from_address: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = from_address
     message["To"] = reminder.admin_email
-    message["Subject"] = (f"txrelay: quota of {reminder.account} is below "
-                          f"{reminder.threshold:,} mails")
+    message["Subject"] = (
+        f"txrelay: quota of {reminder.account} is below {reminder.threshold:,} mails"
+    )
     message["Date"] = format_datetime(reminder.now)
     message["Message-ID"] = make_msgid(domain=from_address.rpartition("@")[2] or None)
     message["Auto-Submitted"] = "auto-generated"
@@ -67,18 +72,21 @@ def _body(reminder: Reminder) -> str:
         forecast = "No mail was sent in the last 7 days, so there is no run-out date."
     else:
         days = (runs_out - reminder.now).total_seconds() / 86400
-        forecast = (f"At that rate ({reminder.usage.per_day:,.0f} mails a day) the quota "
-                    f"runs out in about {days:,.1f} days, around "
-                    f"{runs_out:%Y-%m-%d %H:%M} UTC.")
+        forecast = (
+            f"At that rate ({reminder.usage.per_day:,.0f} mails a day) the quota "
+            f"runs out in about {days:,.1f} days, around "
+            f"{runs_out:%Y-%m-%d %H:%M} UTC."
+        )
     return (
-        f"Hello,\n\nthe account \"{reminder.account}\" has {reminder.remaining:,} mails of "
+        f'Hello,\n\nthe account "{reminder.account}" has {reminder.remaining:,} mails of '
         f"quota left, below your reminder threshold of {reminder.threshold:,}.\n\n"
         f"Mails sent in the last 24 hours: {reminder.usage.last_day:,}\n"
         f"Mails sent in the last 7 days:   {reminder.usage.last_week:,}\n\n"
         f"{forecast}\n\n"
         "Book more quota to keep sending without overage charges (paid accounts) or "
         "refusals (demo accounts). This reminder is sent once each time the quota falls "
-        "below the threshold; booking more quota re-arms it.\n")
+        "below the threshold; booking more quota re-arms it.\n"
+    )
 
 
 class Mailer(Protocol):
@@ -94,10 +102,12 @@ class SmtpMailer:
 
     def send(self, message: EmailMessage) -> None:
         try:
-            with smtplib.SMTP(self.config.smtp_host, self.config.smtp_port,
-                              timeout=self.timeout) as smtp:
+            with smtplib.SMTP(
+                self.config.smtp_host, self.config.smtp_port, timeout=self.timeout
+            ) as smtp:
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as exc:
             raise ServiceUnavailable(
                 f"cannot send the quota reminder via {self.config.smtp_host}:"
-                f"{self.config.smtp_port} ({exc}); check [notify] smtp_host/smtp_port") from exc
+                f"{self.config.smtp_port} ({exc}); check [notify] smtp_host/smtp_port"
+            ) from exc

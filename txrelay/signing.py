@@ -30,8 +30,18 @@ Header = tuple[bytes, bytes]  # (name, value as queued: leading space, CRLF fold
 
 # Signed when present, as RFC 6376 suggests; From is over-signed so none can be added later.
 SIGNED_HEADERS = (
-    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"mime-version",
-    b"content-type", b"content-transfer-encoding", b"in-reply-to", b"references",
+    b"from",
+    b"to",
+    b"cc",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"reply-to",
+    b"mime-version",
+    b"content-type",
+    b"content-transfer-encoding",
+    b"in-reply-to",
+    b"references",
     b"list-help",
 )
 OVERSIGNED_HEADERS = (b"from",)
@@ -57,14 +67,16 @@ def load_signing_key(algorithm: str, private_key_pem: str) -> SigningKey:
     policy load of N domains cost N x 56 ms (a milter with 10,000 domains would have needed
     nine minutes to start)."""
     try:
-        key = serialization.load_pem_private_key(private_key_pem.encode("ascii"), password=None,
-                                                 unsafe_skip_rsa_key_validation=True)
+        key = serialization.load_pem_private_key(
+            private_key_pem.encode("ascii"), password=None, unsafe_skip_rsa_key_validation=True
+        )
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
         raise InvalidInput(f"the stored DKIM private key cannot be read ({exc})") from None
     expected = {"rsa": rsa.RSAPrivateKey, "ed25519": ed25519.Ed25519PrivateKey}.get(algorithm)
     if expected is None or not isinstance(key, expected):
-        raise InvalidInput("the stored DKIM private key does not match its algorithm "
-                           f"{algorithm!r}")
+        raise InvalidInput(
+            f"the stored DKIM private key does not match its algorithm {algorithm!r}"
+        )
     return SigningKey(algorithm, key)  # type: ignore[arg-type]  # narrowed by isinstance
 
 
@@ -99,8 +111,9 @@ class BodyHash:
         end = len(data) - 1 if data.endswith(b"\r") else len(data)
         cut = len(data[:end].rstrip(b" \t")) if end and data[end - 1] in b" \t" else end
         tail = data[cut:]
-        self._carry = ((b" " if tail[:1] in (b" ", b"\t") else b"")
-                       + (b"\r" if tail.endswith(b"\r") else b""))
+        self._carry = (b" " if tail[:1] in (b" ", b"\t") else b"") + (
+            b"\r" if tail.endswith(b"\r") else b""
+        )
         self._emit(data[:cut] if cut < len(data) else data)
 
     def digest(self) -> bytes:
@@ -167,16 +180,22 @@ def body_hash(body: bytes) -> bytes:
     return hasher.digest()
 
 
-def sign(headers: Sequence[Header], body: bytes | BodyHash, *, domain: str, selector: str,
-         signing_key: SigningKey, now: float | None = None,
-         signed_headers: Sequence[bytes] | None = None) -> str:
+def sign(
+    headers: Sequence[Header],
+    body: bytes | BodyHash,
+    *,
+    domain: str,
+    selector: str,
+    signing_key: SigningKey,
+    now: float | None = None,
+    signed_headers: Sequence[bytes] | None = None,
+) -> str:
     """The DKIM-Signature header value (folded with LF, as a milter hands it to the MTA).
     body: the body, or its BodyHash fed as it arrived. signed_headers: the h= list, when
     not the relay's own choice (header_list); the RFC test vectors name theirs."""
     signer = _Signer(signing_key, now)
     signer.headers = [[name, value] for name, value in headers]
-    signer.precomputed_body_hash = (body.digest() if isinstance(body, BodyHash)
-                                    else body_hash(body))
+    signer.precomputed_body_hash = body.digest() if isinstance(body, BodyHash) else body_hash(body)
     include = header_list(headers) if signed_headers is None else list(signed_headers)
     field = signer.sign_prepared(selector.encode("ascii"), domain.encode("ascii"), include)
     value = field.split(b":", 1)[1].strip()
@@ -194,8 +213,7 @@ class _Signer(dkim.DKIM):  # type: ignore[misc]
     """dkim.DKIM with a key parsed once and the private-key operation done by OpenSSL."""
 
     def __init__(self, signing_key: SigningKey, now: float | None) -> None:
-        super().__init__(signature_algorithm=ALGORITHMS[signing_key.algorithm],
-                         linesep=b"\r\n")
+        super().__init__(signature_algorithm=ALGORITHMS[signing_key.algorithm], linesep=b"\r\n")
         self.signing_key = signing_key
         self.now = time.time() if now is None else now
 
@@ -205,33 +223,45 @@ class _Signer(dkim.DKIM):  # type: ignore[misc]
         self.hasher = dkim.HASH_ALGORITHMS[self.signature_algorithm]
         body_hash = self.precomputed_body_hash  # sha256 for both algorithms
         fields = [
-            (b"v", b"1"), (b"a", self.signature_algorithm), (b"c", canon_policy.to_c_value()),
-            (b"d", domain), (b"i", b"@" + domain), (b"q", b"dns/txt"), (b"s", selector),
-            (b"t", str(int(self.now)).encode("ascii")), (b"h", b" : ".join(include)),
+            (b"v", b"1"),
+            (b"a", self.signature_algorithm),
+            (b"c", canon_policy.to_c_value()),
+            (b"d", domain),
+            (b"i", b"@" + domain),
+            (b"q", b"dns/txt"),
+            (b"s", selector),
+            (b"t", str(int(self.now)).encode("ascii")),
+            (b"h", b" : ".join(include)),
             (b"bh", base64.b64encode(body_hash)),
             (b"b", b"0" * 60),  # forces b= onto its own line, as dkimpy does
         ]
-        value = self.gen_header(fields, include, canon_policy, b"DKIM-Signature",
-                                self.signing_key)
+        value = self.gen_header(fields, include, canon_policy, b"DKIM-Signature", self.signing_key)
         return b"DKIM-Signature: " + value
 
-    def gen_header(self, fields: list[tuple[bytes, bytes]], include_headers: Sequence[bytes],
-                   canon_policy: object, header_name: bytes, pk: object,
-                   standardize: bool = False) -> bytes:
+    def gen_header(
+        self,
+        fields: list[tuple[bytes, bytes]],
+        include_headers: Sequence[bytes],
+        canon_policy: object,
+        header_name: bytes,
+        pk: object,
+        standardize: bool = False,
+    ) -> bytes:
         header_value = b"; ".join(b"=".join(x) for x in fields)
         header_value = dkim.fold(header_value, namelen=len(header_name), linesep=b"\r\n")
         header_value = dkim.RE_BTAG.sub(b"\\1", header_value)
         unsigned = (header_name, b" " + header_value)
         digest = self.hasher()
         canonical = canon_policy.canonicalize_headers(self.headers)  # type: ignore[attr-defined]
-        self.signed_headers = dkim.hash_headers(digest, canon_policy, canonical,
-                                                include_headers, unsigned, dict(fields))
+        self.signed_headers = dkim.hash_headers(
+            digest, canon_policy, canonical, include_headers, unsigned, dict(fields)
+        )
         signature = _private_key_operation(self.signing_key, digest.digest())
         index = next(i for i, (tag, _) in enumerate(fields) if tag == b"b")
         fields[index] = (b"b", base64.b64encode(signature))
         header_value = b"; ".join(b"=".join(x) for x in fields) + self.linesep
-        return dkim.fold(header_value, namelen=len(header_name),  # type: ignore[no-any-return]
-                         linesep=self.linesep)
+        folded: bytes = dkim.fold(header_value, namelen=len(header_name), linesep=self.linesep)
+        return folded
 
 
 def _private_key_operation(signing_key: SigningKey, digest: bytes) -> bytes:

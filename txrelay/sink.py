@@ -62,8 +62,10 @@ def parse_reply_rule(text: str) -> ReplyRule:
     pattern, sep, reply = text.partition("=")
     match = _REPLY.match(reply.strip())
     if not sep or not pattern or not match:
-        raise InvalidInput(f"reply rule {text!r} is not PATTERN=CODE, e.g. 'defer*@*=451' or "
-                           "'nobody@*=550 5.1.1 no such user'")
+        raise InvalidInput(
+            f"reply rule {text!r} is not PATTERN=CODE, e.g. 'defer*@*=451' or "
+            "'nobody@*=550 5.1.1 no such user'"
+        )
     code, enhanced, words = match.groups()
     enhanced = enhanced or f"{code[0]}.0.0"
     return ReplyRule(pattern, f"{code} {enhanced} {words or f'Capture sink rule {pattern}'}")
@@ -76,12 +78,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def store_capture(maildir: mailbox.Maildir, mail_from: str, rcpt_tos: Sequence[str],
-                  peer: str, raw: bytes) -> str:
+def store_capture(
+    maildir: mailbox.Maildir, mail_from: str, rcpt_tos: Sequence[str], peer: str, raw: bytes
+) -> str:
     """Add the message with its envelope headers on top; returns the Maildir key."""
     received = datetime.now(UTC).isoformat(timespec="milliseconds")
-    lines = [f"X-Sink-Mail-From: <{mail_from}>", f"X-Sink-Peer: {peer}",
-             f"X-Sink-Received: {received}"]
+    lines = [
+        f"X-Sink-Mail-From: <{mail_from}>",
+        f"X-Sink-Peer: {peer}",
+        f"X-Sink-Received: {received}",
+    ]
     lines.extend(f"X-Sink-Rcpt-To: <{rcpt}>" for rcpt in rcpt_tos)
     envelope = "".join(line + "\r\n" for line in lines).encode("utf-8")
     return maildir.add(envelope + raw)
@@ -113,14 +119,21 @@ def message_id(raw: bytes) -> str:
 class CaptureHandler:
     """aiosmtpd handler: refuse recipients by rule, store everything else."""
 
-    def __init__(self, maildir: Path, rules: Sequence[ReplyRule],
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self, maildir: Path, rules: Sequence[ReplyRule], log: Callable[[str], None]
+    ) -> None:
         self.maildir = mailbox.Maildir(str(maildir), create=True)
         self.rules = tuple(rules)
         self.log = log
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         for rule in self.rules:
             if rule.matches(address):
                 self.log(f"sink refused rcpt=<{address}> reply={rule.reply!r}")
@@ -132,16 +145,22 @@ class CaptureHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
-        key = store_capture(self.maildir, envelope.mail_from or "", envelope.rcpt_tos,
-                            peer, raw)
-        self.log(f"sink stored={key} from=<{envelope.mail_from}> "
-                 f"to={','.join(f'<{r}>' for r in envelope.rcpt_tos)} size={len(raw)} "
-                 f"message_id={message_id(raw) or '-'}")
+        key = store_capture(self.maildir, envelope.mail_from or "", envelope.rcpt_tos, peer, raw)
+        self.log(
+            f"sink stored={key} from=<{envelope.mail_from}> "
+            f"to={','.join(f'<{r}>' for r in envelope.rcpt_tos)} size={len(raw)} "
+            f"message_id={message_id(raw) or '-'}"
+        )
         return f"250 2.0.0 Ok: stored as {key}"
 
 
-def run_sink(host: str, port: int, maildir: Path, rules: Sequence[ReplyRule],
-             log: Callable[[str], None] | None = None) -> None:
+def run_sink(
+    host: str,
+    port: int,
+    maildir: Path,
+    rules: Sequence[ReplyRule],
+    log: Callable[[str], None] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT."""
     asyncio.run(_serve(host, port, CaptureHandler(maildir, rules, log or _log)))
 
@@ -150,8 +169,13 @@ async def _serve(host: str, port: int, handler: CaptureHandler) -> None:
     loop = asyncio.get_running_loop()
 
     def protocol() -> Any:
-        return SMTP(handler, hostname="capture-sink", data_size_limit=DATA_SIZE_LIMIT,
-                    enable_SMTPUTF8=True, decode_data=False)
+        return SMTP(
+            handler,
+            hostname="capture-sink",
+            data_size_limit=DATA_SIZE_LIMIT,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+        )
 
     server = await loop.create_server(protocol, host, port)
     stop = asyncio.Event()

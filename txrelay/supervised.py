@@ -36,10 +36,18 @@ class SupervisedLoop:
     stale_after: seconds without a successful run before /healthz calls it frozen (default:
     10 intervals, at least STALE_MINIMUM)."""
 
-    def __init__(self, name: str, interval: float, work: Callable[[], object], *,
-                 first_run_now: bool = False, last_run: bool = False,
-                 critical: bool = False, stop_event: threading.Event | None = None,
-                 stale_after: float | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        work: Callable[[], object],
+        *,
+        first_run_now: bool = False,
+        last_run: bool = False,
+        critical: bool = False,
+        stop_event: threading.Event | None = None,
+        stale_after: float | None = None,
+    ) -> None:
         self.name = name
         self.interval = interval
         self.critical = critical
@@ -82,8 +90,9 @@ class SupervisedLoop:
         self._last_success = time.monotonic()
         metrics.BACKGROUND_LAST_SUCCESS.labels(self.name).set(time.time())
         if self._streak:
-            log.warning("event=background_loop_recovered loop=%s after_errors=%d", self.name,
-                        self._streak)
+            log.warning(
+                "event=background_loop_recovered loop=%s after_errors=%d", self.name, self._streak
+            )
         self._streak = 0
         return result
 
@@ -91,21 +100,33 @@ class SupervisedLoop:
         # Before a first finished run, a loop is judged from its start: a first run that
         # hangs is as frozen as a later one.
         reference = self._last_success if self._last_success is not None else self._started
-        since = time.monotonic() - reference if self._running or \
-            self._last_success is not None else None
-        return LoopStatus(self.name, self._running, since, self.stale_after,
-                          self._errors, self.critical)
+        since = (
+            time.monotonic() - reference
+            if self._running or self._last_success is not None
+            else None
+        )
+        return LoopStatus(
+            self.name, self._running, since, self.stale_after, self._errors, self.critical
+        )
 
     def _failed(self, exc: Exception) -> None:
         self._errors += 1
         self._streak += 1
         metrics.BACKGROUND_ERRORS.labels(self.name).inc()
         if self._streak == 1:
-            log.error("event=background_loop_error loop=%s error=%r (the loop goes on)",
-                      self.name, exc, exc_info=exc)
+            log.error(
+                "event=background_loop_error loop=%s error=%r (the loop goes on)",
+                self.name,
+                exc,
+                exc_info=exc,
+            )
         else:
-            log.error("event=background_loop_error loop=%s error=%r failures_in_a_row=%d",
-                      self.name, exc, self._streak)
+            log.error(
+                "event=background_loop_error loop=%s error=%r failures_in_a_row=%d",
+                self.name,
+                exc,
+                self._streak,
+            )
 
     def _run(self) -> None:
         self._running = True

@@ -43,10 +43,19 @@ def report_view(account: str, period: Period, result: BillingReport) -> dict[str
     """JSON form: money as strings, so no reader turns it into a float."""
     i = result.inputs
     return {
-        "account": account, "period": period.label, "currency": "EUR",
+        "account": account,
+        "period": period.label,
+        "currency": "EUR",
         "empty": result.empty,
-        "blocks_booked": [{"id": b.block_id, "kind": b.kind, "amount": b.amount,
-                           "booked_at": b.booked_at.isoformat()} for b in i.blocks_booked],
+        "blocks_booked": [
+            {
+                "id": b.block_id,
+                "kind": b.kind,
+                "amount": b.amount,
+                "booked_at": b.booked_at.isoformat(),
+            }
+            for b in i.blocks_booked
+        ],
         "units_booked": result.units_booked,
         "mails_from_blocks": i.mails_from_blocks,
         "expired_unused": i.expired_unused,
@@ -65,15 +74,20 @@ def _print(account: str, period: Period, result: BillingReport) -> None:
         return
     i = result.inputs
     for block in i.blocks_booked:
-        click.echo(f"  block booked  {block.booked_at:%Y-%m-%d}  {block.kind:<6} "
-                   f"{block.amount:>12,}")
-    click.echo(f"  blocks booked            {len(i.blocks_booked):>12,} "
-               f"({result.units_booked:,} mails)")
+        click.echo(
+            f"  block booked  {block.booked_at:%Y-%m-%d}  {block.kind:<6} {block.amount:>12,}"
+        )
+    click.echo(
+        f"  blocks booked            {len(i.blocks_booked):>12,} ({result.units_booked:,} mails)"
+    )
     click.echo(f"  mails sent from blocks   {i.mails_from_blocks:>12,}")
     click.echo(f"  quota expired unused     {i.expired_unused:>12,}")
-    click.echo(f"  overage mails            {i.overage_mails:>12,} x EUR "
-               f"{result.overage_price_eur}")
+    click.echo(
+        f"  overage mails            {i.overage_mails:>12,} x EUR {result.overage_price_eur}"
+    )
     if i.voided:
         click.echo(f"  never queued, not billed {i.voided:>12,}")
-    click.echo(f"  amount due               EUR {result.amount_due_eur} "
-               f"(EUR {result.amount_due_cents_eur} rounded)")
+    click.echo(
+        f"  amount due               EUR {result.amount_due_eur} "
+        f"(EUR {result.amount_due_cents_eur} rounded)"
+    )

@@ -26,8 +26,10 @@ from txrelay.store.passdb_file import (
 )
 
 ACCOUNT_OPTION = click.option(
-    "--account", metavar="ACCOUNT",
-    help="The account the connection belongs to (needed when NAME is not unique).")
+    "--account",
+    metavar="ACCOUNT",
+    help="The account the connection belongs to (needed when NAME is not unique).",
+)
 
 
 @click.group()
@@ -49,15 +51,25 @@ def connection() -> None:
 @connection.command("create")
 @click.argument("account")
 @click.argument("name")
-@click.option("--domain", "domains", multiple=True, required=True, metavar="D",
-              help="A sending domain of ACCOUNT this system may send from (repeatable).")
-@click.option("--rate-limit", type=click.IntRange(min=0), metavar="N",
-              help="Mails per hour (0 = unlimited; default: 25 for demo accounts, "
-                   "unlimited for paid ones).")
+@click.option(
+    "--domain",
+    "domains",
+    multiple=True,
+    required=True,
+    metavar="D",
+    help="A sending domain of ACCOUNT this system may send from (repeatable).",
+)
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Mails per hour (0 = unlimited; default: 25 for demo accounts, unlimited for paid ones).",
+)
 @json_option
 @pass_cli
-def create(cli: CliContext, account: str, name: str, domains: tuple[str, ...],
-           rate_limit: int | None) -> None:
+def create(
+    cli: CliContext, account: str, name: str, domains: tuple[str, ...], rate_limit: int | None
+) -> None:
     """Create connection NAME for ACCOUNT and print its SMTP access data once.
 
     The password is shown only now; store it in the sending system right away.
@@ -78,14 +90,16 @@ def _emit_access(cli: CliContext, issued: IssuedCredentials, what: str) -> None:
 
 def _print_access(config: Config, issued: IssuedCredentials, what: str) -> None:
     found = issued.connection
-    click.echo(f"{what} {found.name!r} for account {found.account_name!r}.\n"
-               "SMTP access data (the password is shown only once):\n"
-               f"  host:      {config.smtp.host}\n"
-               f"  port:      {config.smtp.port}\n"
-               "  security:  STARTTLS (required)\n"
-               f"  username:  {found.username}\n"
-               f"  password:  {issued.password}\n"
-               f"  may send from: {', '.join(found.domains)}")
+    click.echo(
+        f"{what} {found.name!r} for account {found.account_name!r}.\n"
+        "SMTP access data (the password is shown only once):\n"
+        f"  host:      {config.smtp.host}\n"
+        f"  port:      {config.smtp.port}\n"
+        "  security:  STARTTLS (required)\n"
+        f"  username:  {found.username}\n"
+        f"  password:  {issued.password}\n"
+        f"  may send from: {', '.join(found.domains)}"
+    )
 
 
 @connection.command("list")
@@ -100,11 +114,26 @@ def list_(cli: CliContext, account: str | None) -> None:
       txrelay connection list --account "Acme GmbH"
     """
     found = connections.list_connections(cli.db, account)
-    rows = [(c.account_name, c.name, c.username or "-",
-             "active" if c.enabled else "inactive", short_time(c.last_used_at),
-             rate_limit_text(c.rate_limit), ",".join(c.domains)) for c in found]
-    cli.emit([connection_view(c) for c in found], lambda: click.echo(table(
-        ("ACCOUNT", "CONNECTION", "USERNAME", "STATE", "LAST USED", "RATE", "DOMAINS"), rows)))
+    rows = [
+        (
+            c.account_name,
+            c.name,
+            c.username or "-",
+            "active" if c.enabled else "inactive",
+            short_time(c.last_used_at),
+            rate_limit_text(c.rate_limit),
+            ",".join(c.domains),
+        )
+        for c in found
+    ]
+    cli.emit(
+        [connection_view(c) for c in found],
+        lambda: click.echo(
+            table(
+                ("ACCOUNT", "CONNECTION", "USERNAME", "STATE", "LAST USED", "RATE", "DOMAINS"), rows
+            )
+        ),
+    )
 
 
 @connection.command("show")
@@ -126,14 +155,16 @@ def show(cli: CliContext, name: str, account: str | None) -> None:
 def _print_connection(found: Connection, headline: str | None = None) -> None:
     if headline:
         click.echo(headline)
-    click.echo(f"  account:     {found.account_name}\n"
-               f"  connection:  {found.name}\n"
-               f"  username:    {found.username or '-'}\n"
-               f"  state:       {'active' if found.enabled else 'inactive'}\n"
-               f"  rate limit:  {rate_limit_text(found.rate_limit)}\n"
-               f"  domains:     {', '.join(found.domains) or '-'}\n"
-               f"  last used:   {short_time(found.last_used_at)}\n"
-               f"  created:     {short_time(found.created_at)}")
+    click.echo(
+        f"  account:     {found.account_name}\n"
+        f"  connection:  {found.name}\n"
+        f"  username:    {found.username or '-'}\n"
+        f"  state:       {'active' if found.enabled else 'inactive'}\n"
+        f"  rate limit:  {rate_limit_text(found.rate_limit)}\n"
+        f"  domains:     {', '.join(found.domains) or '-'}\n"
+        f"  last used:   {short_time(found.last_used_at)}\n"
+        f"  created:     {short_time(found.created_at)}"
+    )
 
 
 @connection.command("disable")
@@ -171,8 +202,12 @@ def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bo
     changed = connections.set_enabled(cli.db, name, account, enabled)
     _update_login_file(cli)
     verb = "Enabled" if enabled else "Disabled"
-    cli.emit(connection_view(changed), lambda: click.echo(
-        f"{verb} connection {changed.name!r} of account {changed.account_name!r}."))
+    cli.emit(
+        connection_view(changed),
+        lambda: click.echo(
+            f"{verb} connection {changed.name!r} of account {changed.account_name!r}."
+        ),
+    )
 
 
 def _update_login_file(cli: CliContext) -> None:
@@ -183,9 +218,12 @@ def _update_login_file(cli: CliContext) -> None:
     try:
         written = sync_passdb_file(cli.db, path)
     except (PassdbFileError, psycopg.Error) as exc:
-        click.echo(f"note: the SMTP login file on this machine was not updated ({exc}); "
-                   "the relay nodes' milters apply the change within [milter] "
-                   "policy_refresh_seconds.", err=True)
+        click.echo(
+            f"note: the SMTP login file on this machine was not updated ({exc}); "
+            "the relay nodes' milters apply the change within [milter] "
+            "policy_refresh_seconds.",
+            err=True,
+        )
         return
     if written:
         wait_until_dovecot_sees_it(path)
@@ -225,27 +263,46 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
     """
     gone = connections.delete_connection(cli.db, name, account, cli.clock.now())
     _update_login_file(cli)
-    data = {"account": gone.account_name, "connection": gone.name, "id": gone.id,
-            "username": gone.username, "deleted": True}
-    cli.emit(data, lambda: click.echo(
-        f"Deleted connection {gone.name!r} of account {gone.account_name!r}; user name "
-        f"{gone.username} can no longer log in. Its ledger entries are kept."))
+    data = {
+        "account": gone.account_name,
+        "connection": gone.name,
+        "id": gone.id,
+        "username": gone.username,
+        "deleted": True,
+    }
+    cli.emit(
+        data,
+        lambda: click.echo(
+            f"Deleted connection {gone.name!r} of account {gone.account_name!r}; user name "
+            f"{gone.username} can no longer log in. Its ledger entries are kept."
+        ),
+    )
 
 
 @connection.command("set")
 @click.argument("name", metavar="NAME_OR_USERNAME")
 @ACCOUNT_OPTION
-@click.option("--rate-limit", type=click.IntRange(min=0), metavar="N",
-              help="Mails per hour (0 = unlimited).")
-@click.option("--default-rate-limit", is_flag=True,
-              help="Go back to the default rate (25/h for demo accounts, unlimited if paid).")
+@click.option(
+    "--rate-limit", type=click.IntRange(min=0), metavar="N", help="Mails per hour (0 = unlimited)."
+)
+@click.option(
+    "--default-rate-limit",
+    is_flag=True,
+    help="Go back to the default rate (25/h for demo accounts, unlimited if paid).",
+)
 @click.option("--add-domain", multiple=True, metavar="D", help="Allow sending from D too.")
 @click.option("--remove-domain", multiple=True, metavar="D", help="Stop sending from D.")
 @json_option
 @pass_cli
-def set_(cli: CliContext, name: str, account: str | None, rate_limit: int | None,
-         default_rate_limit: bool, add_domain: tuple[str, ...],
-         remove_domain: tuple[str, ...]) -> None:
+def set_(
+    cli: CliContext,
+    name: str,
+    account: str | None,
+    rate_limit: int | None,
+    default_rate_limit: bool,
+    add_domain: tuple[str, ...],
+    remove_domain: tuple[str, ...],
+) -> None:
     """Change a connection's rate limit or domains.
 
     \b
@@ -255,5 +312,7 @@ def set_(cli: CliContext, name: str, account: str | None, rate_limit: int | None
     """
     change = ConnectionChange(rate_limit, default_rate_limit, add_domain, remove_domain)
     changed = connections.change_connection(cli.db, name, account, change)
-    cli.emit(connection_view(changed),
-             lambda: _print_connection(changed, f"Updated connection {changed.name!r}."))
+    cli.emit(
+        connection_view(changed),
+        lambda: _print_connection(changed, f"Updated connection {changed.name!r}."),
+    )

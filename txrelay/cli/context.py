@@ -96,5 +96,11 @@ def json_option(func: F) -> F:
             ctx.find_object(CliContext).as_json = True  # type: ignore[union-attr]
         return value
 
-    return click.option("--json", "as_json", is_flag=True, expose_value=False,
-                        callback=callback, help="Print machine-readable JSON.")(func)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        expose_value=False,
+        callback=callback,
+        help="Print machine-readable JSON.",
+    )(func)

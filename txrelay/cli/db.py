@@ -36,8 +36,11 @@ def migrate(cli: CliContext) -> None:
         applied = database.migrate(conn)
         granted = database.grant_daemon_role(conn, cli.config.database)
     version = _current_version(cli)
-    data = {"applied": [{"version": m.version, "name": m.name} for m in applied],
-            "version": version, "daemon_role": granted}
+    data = {
+        "applied": [{"version": m.version, "name": m.name} for m in applied],
+        "version": version,
+        "daemon_role": granted,
+    }
 
     def human() -> None:
         if not applied:
@@ -45,8 +48,9 @@ def migrate(cli: CliContext) -> None:
         for migration in applied:
             click.echo(f"Applied migration {migration.version:04d} {migration.name}.")
         if granted:
-            click.echo(f"Role {granted} ([database] milter_url) may read the policy and "
-                       "write the ledger.")
+            click.echo(
+                f"Role {granted} ([database] milter_url) may read the policy and write the ledger."
+            )
 
     cli.emit(data, human)
 
@@ -65,16 +69,20 @@ def status(cli: CliContext) -> None:
         applied = set(database.applied_versions(cli.db))
     pending = [m for m in database.available_migrations() if m.version not in applied]
     version = max(applied, default=0)
-    data = {"version": version, "applied": sorted(applied),
-            "pending": [{"version": m.version, "name": m.name} for m in pending]}
+    data = {
+        "version": version,
+        "applied": sorted(applied),
+        "pending": [{"version": m.version, "name": m.name} for m in pending],
+    }
 
     def human() -> None:
         click.echo(f"Schema version: {version}")
         if not pending:
             click.echo("No pending migrations.")
         for migration in pending:
-            click.echo(f"Pending: {migration.version:04d} {migration.name} "
-                       "(run 'txrelay db migrate')")
+            click.echo(
+                f"Pending: {migration.version:04d} {migration.name} (run 'txrelay db migrate')"
+            )
 
     cli.emit(data, human)
 

@@ -50,19 +50,41 @@ def domain() -> None:
 @domain.command("add")
 @click.argument("account")
 @click.argument("domain_name", metavar="DOMAIN")
-@click.option("--list-help", required=True, metavar="URL_OR_MAILTO",
-              help="List-Help target: an https:// URL or a mailto: address (RFC 2369).")
+@click.option(
+    "--list-help",
+    required=True,
+    metavar="URL_OR_MAILTO",
+    help="List-Help target: an https:// URL or a mailto: address (RFC 2369).",
+)
 @click.option("--selector", metavar="S", help="DKIM selector (default txr<yyyymm>).")
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
-              help="Use this existing unencrypted PEM private key (RSA ≥1024 bits or Ed25519).")
-@click.option("--algorithm", type=click.Choice(["rsa", "ed25519"]),
-              help="Key type to generate (default rsa, 2048 bits).")
-@click.option("--reuse-key-of", metavar="OTHER_DOMAIN",
-              help="Share the selector and key of another domain of the same account.")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Use this existing unencrypted PEM private key (RSA ≥1024 bits or Ed25519).",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    help="Key type to generate (default rsa, 2048 bits).",
+)
+@click.option(
+    "--reuse-key-of",
+    metavar="OTHER_DOMAIN",
+    help="Share the selector and key of another domain of the same account.",
+)
 @json_option
 @pass_cli
-def add(cli: CliContext, account: str, domain_name: str, list_help: str, selector: str | None,
-        key_file: Path | None, algorithm: str | None, reuse_key_of: str | None) -> None:
+def add(
+    cli: CliContext,
+    account: str,
+    domain_name: str,
+    list_help: str,
+    selector: str | None,
+    key_file: Path | None,
+    algorithm: str | None,
+    reuse_key_of: str | None,
+) -> None:
     """Add DOMAIN to ACCOUNT with a DKIM key, and print the DNS record to publish.
 
     Unicode domain names are stored in punycode (bücher.example → xn--bcher-kva.example).
@@ -76,14 +98,17 @@ def add(cli: CliContext, account: str, domain_name: str, list_help: str, selecto
           --reuse-key-of acme.example
     """
     choice = KeyChoice(selector, algorithm, key_file, reuse_key_of)
-    added = domains.add_domain(cli.db, cli.clock.now(), account, domain_name, list_help, choice,
-                               keys=cli.keys)
+    added = domains.add_domain(
+        cli.db, cli.clock.now(), account, domain_name, list_help, choice, keys=cli.keys
+    )
     cli.emit(domain_view(added), lambda: _print_added(added))
 
 
 def _print_added(added: SendingDomain) -> None:
-    click.echo(f"Added {added.domain} to account {added.account_name!r} "
-               f"(DKIM selector {added.key.selector}, {added.key.algorithm}).")
+    click.echo(
+        f"Added {added.domain} to account {added.account_name!r} "
+        f"(DKIM selector {added.key.selector}, {added.key.algorithm})."
+    )
     _print_record(added)
 
 
@@ -95,17 +120,21 @@ def _print_record(found: SendingDomain) -> None:
     for rotating in found.rotating:
         click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
         click.echo(domain_record(found, rotating.key).zone_line() + "\n")
-    click.echo(f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
-               "single value, paste the quoted parts joined without quotes or spaces. "
-               f"'txrelay domain dns {found.domain}' prints the DKIM, SPF and DMARC records to "
-               f"publish; then run 'txrelay domain check {found.domain}'.")
+    click.echo(
+        f"Hint: one TXT record named {record.name}; if your DNS provider asks for a "
+        "single value, paste the quoted parts joined without quotes or spaces. "
+        f"'txrelay domain dns {found.domain}' prints the DKIM, SPF and DMARC records to "
+        f"publish; then run 'txrelay domain check {found.domain}'."
+    )
 
 
 def _state_text(state: str, since: dt.datetime) -> str:
     if state == "pending":
         return f"for the new key (pending since {short_time(since)}, not signing yet)"
-    return (f"for the old key (retiring: stopped signing {short_time(since)}; keep it "
-            f"published until {short_time(since + RETIRE_AFTER)})")
+    return (
+        f"for the old key (retiring: stopped signing {short_time(since)}; keep it "
+        f"published until {short_time(since + RETIRE_AFTER)})"
+    )
 
 
 @domain.command("dns")
@@ -131,8 +160,11 @@ def dns(cli: CliContext, domain_name: str) -> None:
     found = domains.get_domain(cli.db, domain_name)
     published, lookup_error = _published_now(cli, found.domain)
     records = dns_records.required_records(found, cli.config.dns, published)
-    view = {**domain_view(found), "records": [expected_record_view(r) for r in records],
-            "lookup_error": lookup_error or None}
+    view = {
+        **domain_view(found),
+        "records": [expected_record_view(r) for r in records],
+        "lookup_error": lookup_error or None,
+    }
     cli.emit(view, lambda: _print_records(found, records, lookup_error))
 
 
@@ -146,12 +178,13 @@ def _published_now(cli: CliContext, domain: str) -> tuple[Published, str]:
         return Published(), str(exc)
 
 
-def _print_records(found: SendingDomain, records: list[ExpectedRecord],
-                   lookup_error: str) -> None:
+def _print_records(found: SendingDomain, records: list[ExpectedRecord], lookup_error: str) -> None:
     click.echo(f"Publish these DNS records for {found.domain} (BIND zone-file form):\n")
     if lookup_error:
-        click.echo(f"Note: txrelay could not look up the records {found.domain} has now "
-                   f"({lookup_error}); the notes say what to do if it has some.\n")
+        click.echo(
+            f"Note: txrelay could not look up the records {found.domain} has now "
+            f"({lookup_error}); the notes say what to do if it has some.\n"
+        )
     for expected in records:
         state = ""
         if expected.state in ("pending", "retiring"):
@@ -162,9 +195,11 @@ def _print_records(found: SendingDomain, records: list[ExpectedRecord],
         if expected.note:
             click.echo(f"Note: {expected.note}.")
         click.echo()
-    click.echo("Hint: one TXT record per line above; if your DNS provider asks for a single "
-               "value, paste the quoted parts joined without quotes or spaces. Then run "
-               f"'txrelay domain check {found.domain}'.")
+    click.echo(
+        "Hint: one TXT record per line above; if your DNS provider asks for a single "
+        "value, paste the quoted parts joined without quotes or spaces. Then run "
+        f"'txrelay domain check {found.domain}'."
+    )
 
 
 def _since(found: SendingDomain, expected: ExpectedRecord) -> dt.datetime:
@@ -201,8 +236,9 @@ def check(cli: CliContext, domain_name: str) -> None:
     if failed:
         # main.py turns this into one line on stderr and exit status 1.
         raise CheckFailed(
-            f"{found.domain} is not ready: " + "; ".join(
-                f"{_check_label(c)} {c.verdict}: {c.detail}" for c in failed))
+            f"{found.domain} is not ready: "
+            + "; ".join(f"{_check_label(c)} {c.verdict}: {c.detail}" for c in failed)
+        )
 
 
 def _check_label(check: RecordCheck) -> str:
@@ -220,8 +256,9 @@ def _print_checks(checks: list[RecordCheck]) -> None:
 
 
 def _check_key(cli: CliContext, found: SendingDomain, key: DkimKey) -> PublicationCheck:
-    return dns_check.check_publication(DnsLookup(cli.config.dns), domain_record(found, key),
-                                       key.algorithm, key.public_key_b64)
+    return dns_check.check_publication(
+        DnsLookup(cli.config.dns), domain_record(found, key), key.algorithm, key.public_key_b64
+    )
 
 
 @domain.command("list")
@@ -239,10 +276,19 @@ def list_(cli: CliContext, account: str | None) -> None:
       txrelay domain list --account "Acme GmbH"
     """
     found = domains.list_domains(cli.db, account)
-    rows = [(d.domain, d.account_name, d.key.selector, d.key.algorithm, _rotating_text(d),
-             d.list_help) for d in found]
-    cli.emit([domain_view(d) for d in found], lambda: click.echo(table(
-        ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "ROTATING", "LIST-HELP"), rows)))
+    rows = [
+        (d.domain, d.account_name, d.key.selector, d.key.algorithm, _rotating_text(d), d.list_help)
+        for d in found
+    ]
+    cli.emit(
+        [domain_view(d) for d in found],
+        lambda: click.echo(
+            table(
+                ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "ROTATING", "LIST-HELP"),
+                rows,
+            )
+        ),
+    )
 
 
 def _rotating_text(found: SendingDomain) -> str:
@@ -251,8 +297,12 @@ def _rotating_text(found: SendingDomain) -> str:
 
 @domain.command("set")
 @click.argument("domain_name", metavar="DOMAIN")
-@click.option("--list-help", required=True, metavar="URL_OR_MAILTO",
-              help="New List-Help target: an https:// URL or a mailto: address.")
+@click.option(
+    "--list-help",
+    required=True,
+    metavar="URL_OR_MAILTO",
+    help="New List-Help target: an https:// URL or a mailto: address.",
+)
 @json_option
 @pass_cli
 def set_(cli: CliContext, domain_name: str, list_help: str) -> None:
@@ -263,8 +313,10 @@ def set_(cli: CliContext, domain_name: str, list_help: str) -> None:
       txrelay domain set acme.example --list-help https://acme.example/support
     """
     changed = domains.change_list_help(cli.db, domain_name, list_help)
-    cli.emit(domain_view(changed), lambda: click.echo(
-        f"{changed.domain}: List-Help is now {changed.list_help}"))
+    cli.emit(
+        domain_view(changed),
+        lambda: click.echo(f"{changed.domain}: List-Help is now {changed.list_help}"),
+    )
 
 
 @domain.command("show")
@@ -287,28 +339,51 @@ def show(cli: CliContext, domain_name: str) -> None:
 
 
 def _print_domain(found: SendingDomain) -> None:
-    click.echo(f"Domain:    {found.domain}\nAccount:   {found.account_name}\n"
-               f"List-Help: {found.list_help}\nAdded:     {short_time(found.created_at)}\n")
+    click.echo(
+        f"Domain:    {found.domain}\nAccount:   {found.account_name}\n"
+        f"List-Help: {found.list_help}\nAdded:     {short_time(found.created_at)}\n"
+    )
     rows = [(found.key.selector, found.key.algorithm, "signing", "-", "-")]
-    rows += [(r.key.selector, r.key.algorithm, r.state, short_time(r.since),
-              short_time(r.since + RETIRE_AFTER) if r.state == "retiring" else "-")
-             for r in found.rotating]
-    click.echo(table(("SELECTOR", "ALGORITHM", "STATE", "SINCE", "KEEP PUBLISHED UNTIL"),
-                     rows))
+    rows += [
+        (
+            r.key.selector,
+            r.key.algorithm,
+            r.state,
+            short_time(r.since),
+            short_time(r.since + RETIRE_AFTER) if r.state == "retiring" else "-",
+        )
+        for r in found.rotating
+    ]
+    click.echo(table(("SELECTOR", "ALGORITHM", "STATE", "SINCE", "KEEP PUBLISHED UNTIL"), rows))
 
 
 @domain.command("rotate-key")
 @click.argument("domain_name", metavar="DOMAIN")
-@click.option("--selector", metavar="S",
-              help="Selector of the new key (default txr<yyyymm>, or txr<yyyymm>-2… if taken).")
-@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PEM",
-              help="Use this existing unencrypted PEM private key instead of generating one.")
-@click.option("--algorithm", type=click.Choice(["rsa", "ed25519"]),
-              help="Key type to generate (default: the type of the current key).")
+@click.option(
+    "--selector",
+    metavar="S",
+    help="Selector of the new key (default txr<yyyymm>, or txr<yyyymm>-2… if taken).",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Use this existing unencrypted PEM private key instead of generating one.",
+)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    help="Key type to generate (default: the type of the current key).",
+)
 @json_option
 @pass_cli
-def rotate_key(cli: CliContext, domain_name: str, selector: str | None, key_file: Path | None,
-               algorithm: str | None) -> None:
+def rotate_key(
+    cli: CliContext,
+    domain_name: str,
+    selector: str | None,
+    key_file: Path | None,
+    algorithm: str | None,
+) -> None:
     """Step 1 of a key rotation: add a new DKIM key for DOMAIN under a new selector.
 
     Nothing is signed with the new key yet: publish the DNS record printed here, then run
@@ -320,28 +395,34 @@ def rotate_key(cli: CliContext, domain_name: str, selector: str | None, key_file
       txrelay domain rotate-key acme.example --selector mail2027 --algorithm ed25519
     """
     choice = KeyChoice(selector, algorithm, key_file)
-    rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice,
-                                     keys=cli.keys)
+    rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice, keys=cli.keys)
     pending = domains.pending_key(rotated)
     cli.emit(domain_view(rotated), lambda: _print_pending(rotated, pending.key))
 
 
 def _print_pending(found: SendingDomain, key: DkimKey) -> None:
     record = domain_record(found, key)
-    click.echo(f"New DKIM key for {found.domain}: selector {key.selector}, {key.algorithm} "
-               f"(pending; {found.domain} still signs with selector {found.key.selector}).")
+    click.echo(
+        f"New DKIM key for {found.domain}: selector {key.selector}, {key.algorithm} "
+        f"(pending; {found.domain} still signs with selector {found.key.selector})."
+    )
     click.echo("Publish this DNS record (BIND zone-file form) next to the current one:\n")
     click.echo(record.zone_line() + "\n")
-    click.echo(f"Then run 'txrelay domain switch-key {found.domain}': it checks that the record "
-               "is visible in DNS and starts signing with the new key.")
+    click.echo(
+        f"Then run 'txrelay domain switch-key {found.domain}': it checks that the record "
+        "is visible in DNS and starts signing with the new key."
+    )
 
 
 @domain.command("switch-key")
 @click.argument("domain_name", metavar="DOMAIN")
-@click.option("--force", is_flag=True,
-              help="Switch without looking the new record up in DNS. Receivers cannot verify "
-                   "mail signed with the new key until its record is published, so use this "
-                   "only when you checked DNS yourself (e.g. a split-horizon resolver).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Switch without looking the new record up in DNS. Receivers cannot verify "
+    "mail signed with the new key until its record is published, so use this "
+    "only when you checked DNS yourself (e.g. a split-horizon resolver).",
+)
 @json_option
 @pass_cli
 def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
@@ -364,22 +445,30 @@ def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
         if not result.ok:
             raise CheckFailed(
                 f"not switching: the new key (selector {pending.key.selector}) is not "
-                f"published yet: {result.detail}. Run again once DNS shows it, or give --force")
+                f"published yet: {result.detail}. Run again once DNS shows it, or give --force"
+            )
     switched, old = domains.switch_key(cli.db, cli.clock.now(), found.domain, pending.key.id)
     keep_until = short_time(cli.clock.now() + RETIRE_AFTER)
-    cli.emit(domain_view(switched), lambda: click.echo(
-        f"{switched.domain} now signs with selector {switched.key.selector}. Keep the record "
-        f"of selector {old.selector} ({old.selector}._domainkey.{switched.domain}) published "
-        f"until {keep_until} UTC, then run 'txrelay domain retire-key {switched.domain} "
-        f"{old.selector}'."))
+    cli.emit(
+        domain_view(switched),
+        lambda: click.echo(
+            f"{switched.domain} now signs with selector {switched.key.selector}. Keep the record "
+            f"of selector {old.selector} ({old.selector}._domainkey.{switched.domain}) published "
+            f"until {keep_until} UTC, then run 'txrelay domain retire-key {switched.domain} "
+            f"{old.selector}'."
+        ),
+    )
 
 
 @domain.command("retire-key")
 @click.argument("domain_name", metavar="DOMAIN")
 @click.argument("selector", metavar="SELECTOR")
-@click.option("--force", is_flag=True,
-              help="Retire a replaced key before its 7 days are over. Mail signed with it that "
-                   "is still queued somewhere will fail DKIM once its record is removed.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Retire a replaced key before its 7 days are over. Mail signed with it that "
+    "is still queued somewhere will fail DKIM once its record is removed.",
+)
 @json_option
 @pass_cli
 def retire_key(cli: CliContext, domain_name: str, selector: str, force: bool) -> None:
@@ -392,10 +481,15 @@ def retire_key(cli: CliContext, domain_name: str, selector: str, force: bool) ->
     Example:
       txrelay domain retire-key acme.example txr202611
     """
-    retired_from, retired = domains.retire_key(cli.db, cli.clock.now(), domain_name, selector,
-                                               force)
+    retired_from, retired = domains.retire_key(
+        cli.db, cli.clock.now(), domain_name, selector, force
+    )
     name = f"{retired.key.selector}._domainkey.{retired_from.domain}"
-    cli.emit(domain_view(retired_from), lambda: click.echo(
-        f"Retired the {retired.state} key of {retired_from.domain} (selector "
-        f"{retired.key.selector}); remove the DNS record {name} now. "
-        f"{retired_from.domain} signs with selector {retired_from.key.selector}."))
+    cli.emit(
+        domain_view(retired_from),
+        lambda: click.echo(
+            f"Retired the {retired.state} key of {retired_from.domain} (selector "
+            f"{retired.key.selector}); remove the DNS record {name} now. "
+            f"{retired_from.domain} signs with selector {retired_from.key.selector}."
+        ),
+    )

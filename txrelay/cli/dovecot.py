@@ -39,15 +39,25 @@ def configure(cli: CliContext) -> None:
     try:
         conf_path, passdb_path = write_dovecot_config(cli.config)
     except OSError as exc:
-        raise ConfigError(f"cannot write Dovecot's configuration in "
-                          f"{cli.config.dovecot.config_dir} ({exc.strerror}); run this as "
-                          "root, or fix [dovecot] config_dir") from exc
+        raise ConfigError(
+            f"cannot write Dovecot's configuration in "
+            f"{cli.config.dovecot.config_dir} ({exc.strerror}); run this as "
+            "root, or fix [dovecot] config_dir"
+        ) from exc
     changed = sync_passdb_file(cli.db, Path(passdb_path))
     reload = f"doveadm -c {conf_path} reload"
-    cli.emit({"config": str(conf_path), "login_file": str(passdb_path),
-              "login_file_changed": changed, "reload": reload},
-             lambda: click.echo(f"Dovecot configuration: {conf_path}\n"
-                                f"SMTP login file:       {passdb_path} "
-                                f"({'updated' if changed else 'already up to date'})\n"
-                                f"Reload a running Dovecot: {reload}\n"
-                                f"(not running yet: dovecot -c {conf_path})"))
+    cli.emit(
+        {
+            "config": str(conf_path),
+            "login_file": str(passdb_path),
+            "login_file_changed": changed,
+            "reload": reload,
+        },
+        lambda: click.echo(
+            f"Dovecot configuration: {conf_path}\n"
+            f"SMTP login file:       {passdb_path} "
+            f"({'updated' if changed else 'already up to date'})\n"
+            f"Reload a running Dovecot: {reload}\n"
+            f"(not running yet: dovecot -c {conf_path})"
+        ),
+    )

@@ -67,8 +67,11 @@ def show_command(cli: CliContext, txn_id: str) -> None:
       txrelay journal show 3f2c9a1e
     """
     entry = _find(cli, txn_id)
-    data = {**entry.summary(), "record": entry.record["entry"],
-            "source_file": entry.record.get("source_file")}
+    data = {
+        **entry.summary(),
+        "record": entry.record["entry"],
+        "source_file": entry.record.get("source_file"),
+    }
     cli.emit(data, lambda: click.echo(json.dumps(data, indent=2, sort_keys=True)))
 
 
@@ -102,8 +105,10 @@ def drop_command(cli: CliContext, txn_id: str) -> None:
     """
     entry = _find(cli, txn_id)
     _guarded(lambda: drop_quarantined(entry))
-    click.echo(f"entry {entry.txn_id} dropped; its {entry.summary()['recipients']} "
-               "recipient(s) stay out of the ledger")
+    click.echo(
+        f"entry {entry.txn_id} dropped; its {entry.summary()['recipients']} "
+        "recipient(s) stay out of the ledger"
+    )
 
 
 def _directory(cli: CliContext) -> Path:
@@ -115,8 +120,10 @@ def _entries(cli: CliContext) -> list[QuarantinedEntry]:
     try:
         return list_quarantined(directory)
     except PermissionError as exc:
-        raise TxRelayError(f"cannot read the journal directory {directory} ({exc.strerror}); "
-                           "run this as the user the milter runs as (txrelay) or root") from exc
+        raise TxRelayError(
+            f"cannot read the journal directory {directory} ({exc.strerror}); "
+            "run this as the user the milter runs as (txrelay) or root"
+        ) from exc
     except ValueError as exc:
         raise TxRelayError(f"{exc}; move that file out of {directory}") from exc
 
@@ -127,11 +134,14 @@ def _find(cli: CliContext, txn_id: str) -> QuarantinedEntry:
         raise InvalidInput("give a transaction id (see txrelay journal list)")
     matches = [e for e in _entries(cli) if e.txn_id.startswith(wanted)]
     if not matches:
-        raise NotFound(f"no entry set aside has transaction id {txn_id!r} in "
-                       f"{_directory(cli)} (see txrelay journal list)")
+        raise NotFound(
+            f"no entry set aside has transaction id {txn_id!r} in "
+            f"{_directory(cli)} (see txrelay journal list)"
+        )
     if len(matches) > 1:
-        raise InvalidInput(f"{txn_id!r} matches {len(matches)} entries; give more of the "
-                           "transaction id")
+        raise InvalidInput(
+            f"{txn_id!r} matches {len(matches)} entries; give more of the transaction id"
+        )
     return matches[0]
 
 
@@ -139,8 +149,10 @@ def _guarded(action: Callable[[], T]) -> T:
     try:
         return action()
     except OSError as exc:
-        raise TxRelayError(f"the journal directory cannot be changed ({exc.strerror or exc}); "
-                           "run this as the user the milter runs as (txrelay) or root") from exc
+        raise TxRelayError(
+            f"the journal directory cannot be changed ({exc.strerror or exc}); "
+            "run this as the user the milter runs as (txrelay) or root"
+        ) from exc
 
 
 def _print_list(entries: list[QuarantinedEntry]) -> None:
@@ -149,6 +161,8 @@ def _print_list(entries: list[QuarantinedEntry]) -> None:
         return
     for entry in entries:
         s = entry.summary()
-        click.echo(f"{s['txn_id']}  account {s['account_id']}  connection "
-                   f"{s['connection_id']}  {s['recipients']} recipient(s)  accepted "
-                   f"{s['accepted_at']}  failed {s['failures']}x: {s['reason']}")
+        click.echo(
+            f"{s['txn_id']}  account {s['account_id']}  connection "
+            f"{s['connection_id']}  {s['recipients']} recipient(s)  accepted "
+            f"{s['accepted_at']}  failed {s['failures']}x: {s['reason']}"
+        )

@@ -37,12 +37,18 @@ def status(cli: CliContext) -> None:
       txrelay keys status --json
     """
     clear, total = key_sealing.clear_key_count(cli.db)
-    data = {"kek_file": cli.config.database.kek_file, "keys": total, "clear": clear,
-            "sealed": total - clear}
+    data = {
+        "kek_file": cli.config.database.kek_file,
+        "keys": total,
+        "clear": clear,
+        "sealed": total - clear,
+    }
 
     def human() -> None:
-        click.echo(f"{total - clear} of {total} DKIM private keys sealed with "
-                   f"{cli.config.database.kek_file}.")
+        click.echo(
+            f"{total - clear} of {total} DKIM private keys sealed with "
+            f"{cli.config.database.kek_file}."
+        )
         if clear:
             click.echo(f"{clear} stored in clear: run 'txrelay keys encrypt'.")
 
@@ -67,8 +73,10 @@ def encrypt(cli: CliContext) -> None:
     data = {"sealed_now": report.sealed, "keys": report.total, "kek_id": report.kek_id}
 
     def human() -> None:
-        click.echo(f"Sealed {report.sealed} DKIM private keys stored in clear; all "
-                   f"{report.total} are sealed with {cli.config.database.kek_file}.")
+        click.echo(
+            f"Sealed {report.sealed} DKIM private keys stored in clear; all "
+            f"{report.total} are sealed with {cli.config.database.kek_file}."
+        )
 
     cli.emit(data, human)
 
@@ -91,12 +99,18 @@ def rotate_kek(cli: CliContext) -> None:
     """
     path = Path(cli.config.database.kek_file)
     report = key_sealing.rotate_kek(cli.db, path)
-    data = {"resealed": report.sealed, "kek_id": report.kek_id, "kek_file": str(path),
-            "previous_kek_file": f"{path}{OLD_SUFFIX}"}
+    data = {
+        "resealed": report.sealed,
+        "kek_id": report.kek_id,
+        "kek_file": str(path),
+        "previous_kek_file": f"{path}{OLD_SUFFIX}",
+    }
 
     def human() -> None:
-        click.echo(f"Re-sealed {report.sealed} DKIM private keys with a new KEK in {path} "
-                   f"(id {report.kek_id}). The previous KEK is in {path}{OLD_SUFFIX}: "
-                   "delete it once no backup you keep needs it.")
+        click.echo(
+            f"Re-sealed {report.sealed} DKIM private keys with a new KEK in {path} "
+            f"(id {report.kek_id}). The previous KEK is in {path}{OLD_SUFFIX}: "
+            "delete it once no backup you keep needs it."
+        )
 
     cli.emit(data, human)

@@ -50,9 +50,13 @@ EXIT_STATUS: tuple[tuple[type[TxRelayError], int], ...] = (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_file", metavar="FILE", envvar="TXRELAY_CONFIG",
-              help="Configuration file (default /etc/txrelay/txrelay.toml; "
-                   "env TXRELAY_CONFIG).")
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    envvar="TXRELAY_CONFIG",
+    help="Configuration file (default /etc/txrelay/txrelay.toml; env TXRELAY_CONFIG).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.version_option(__version__, prog_name="txrelay")
 @click.pass_context
@@ -84,8 +88,9 @@ _register()
 
 def exit_status(error: TxRelayError) -> int:
     """The documented exit status for an error (EXIT_STATUS; 1 for any other)."""
-    return next((status for kind, status in EXIT_STATUS if isinstance(error, kind)),
-                EXIT_OTHER_ERROR)
+    return next(
+        (status for kind, status in EXIT_STATUS if isinstance(error, kind)), EXIT_OTHER_ERROR
+    )
 
 
 def main() -> None:

@@ -26,8 +26,16 @@ def messages() -> None:
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
 @json_option
 @pass_cli
-def search(cli: CliContext, to: str | None, message_id: str | None, account: str | None,
-           connection: str | None, since: Any, until: Any, limit: int) -> None:
+def search(
+    cli: CliContext,
+    to: str | None,
+    message_id: str | None,
+    account: str | None,
+    connection: str | None,
+    since: Any,
+    until: Any,
+    limit: int,
+) -> None:
     """Each matching recipient: state (queued, delivered, deferred, bounced, voided), DSN
     and the last event, newest first.
 
@@ -37,17 +45,34 @@ def search(cli: CliContext, to: str | None, message_id: str | None, account: str
       txrelay messages search --message-id '<order-4711@shop.example>' --json
     """
     if not any((to, message_id, account, connection, since)):
-        raise click.UsageError("say what to look for: --to, --message-id, --account, "
-                               "--connection or --since")
+        raise click.UsageError(
+            "say what to look for: --to, --message-id, --account, --connection or --since"
+        )
     now = cli.clock.now()
     if account is not None:
         reporting.require_account(cli.db, account)
     rows = reporting.search_recipients(
-        cli.db, to=to, message_id=message_id, connection=connection, account=account,
-        since=resolve(since, now), until=resolve(until, now), limit=limit)
+        cli.db,
+        to=to,
+        message_id=message_id,
+        connection=connection,
+        account=account,
+        since=resolve(since, now),
+        until=resolve(until, now),
+        limit=limit,
+    )
     cli.db.commit()
-    data = [{**row, **{k: row[k].isoformat() for k in ("accepted_at", "last_event_at")
-                       if row[k] is not None}} for row in rows]
+    data = [
+        {
+            **row,
+            **{
+                k: row[k].isoformat()
+                for k in ("accepted_at", "last_event_at")
+                if row[k] is not None
+            },
+        }
+        for row in rows
+    ]
     cli.emit(data, lambda: _print(rows))
 
 
@@ -56,9 +81,11 @@ def _print(rows: list[dict[str, Any]]) -> None:
         click.echo("no matching recipients")
         return
     for row in rows:
-        click.echo(f"{row['accepted_at']:%Y-%m-%d %H:%M:%S} {row['queue_id']} "
-                   f"{row['recipient']} {row['state']}"
-                   + (f" dsn={row['dsn']}" if row["dsn"] else "")
-                   + f" [{row['account']} / {row['connection']}]")
+        click.echo(
+            f"{row['accepted_at']:%Y-%m-%d %H:%M:%S} {row['queue_id']} "
+            f"{row['recipient']} {row['state']}"
+            + (f" dsn={row['dsn']}" if row["dsn"] else "")
+            + f" [{row['account']} / {row['connection']}]"
+        )
         if row["last_event"]:
             click.echo(f"    {row['last_event']}")

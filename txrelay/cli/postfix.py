@@ -28,25 +28,35 @@ from txrelay.provisioning.postfix_apply import (
 from txrelay.provisioning.postfix_check import ERROR, check_settings
 
 _listen_option = click.option(
-    "--listen", metavar="ADDR",
+    "--listen",
+    metavar="ADDR",
     help="Where txrelay's STARTTLS service listens: a port (2587), a name from /etc/services "
-         "(submission = 587), IPV4:PORT (192.0.2.10:587) or [IPV6]:PORT. Default: "
-         "[smtp] port. A port another service or process uses is refused.")
+    "(submission = 587), IPV4:PORT (192.0.2.10:587) or [IPV6]:PORT. Default: "
+    "[smtp] port. A port another service or process uses is refused.",
+)
 _implicit_tls_option = click.option(
-    "--implicit-tls", metavar="ADDR",
+    "--implicit-tls",
+    metavar="ADDR",
     help="Also (or only) a service with implicit TLS (smtpd_tls_wrappermode, as on port "
-         "465) at ADDR, same forms as --listen, e.g. --implicit-tls 2465.")
+    "465) at ADDR, same forms as --listen, e.g. --implicit-tls 2465.",
+)
 _milter_option = click.option(
-    "--milter-socket", metavar="S",
+    "--milter-socket",
+    metavar="S",
     help="Milter socket as Postfix writes it (unix:/path or inet:host:port); default: "
-         "[milter] socket of the configuration.")
+    "[milter] socket of the configuration.",
+)
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--config-directory", metavar="DIR",
-                        help="A Postfix config directory (holding main.cf and master.cf).")(func)
-    return click.option("--instance", metavar="NAME",
-                        help="A postmulti instance, e.g. postfix-txrelay.")(func)
+    func = click.option(
+        "--config-directory",
+        metavar="DIR",
+        help="A Postfix config directory (holding main.cf and master.cf).",
+    )(func)
+    return click.option(
+        "--instance", metavar="NAME", help="A postmulti instance, e.g. postfix-txrelay."
+    )(func)
 
 
 @click.group("postfix")
@@ -69,31 +79,40 @@ def postfix() -> None:
 @_milter_option
 @json_option
 @pass_cli
-def show(cli: CliContext, listen: str | None, implicit_tls: str | None,
-         milter_socket: str | None) -> None:
+def show(
+    cli: CliContext, listen: str | None, implicit_tls: str | None, milter_socket: str | None
+) -> None:
     """Print the master.cf services `postfix configure` would add (main.cf: nothing).
 
     \b
     Example:
       txrelay postfix show --listen 2587 --implicit-tls 2465
     """
-    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
-                        milter_socket=milter_socket)
+    plan = plan_postfix(
+        cli.config, listen=listen, implicit_tls=implicit_tls, milter_socket=milter_socket
+    )
     cli.emit(plan.as_dict(), lambda: _print_plan(plan))
 
 
 @postfix.command("configure")
 @_target_options
-@click.option("--dry-run", is_flag=True, help="Print the diff of main.cf and master.cf, "
-              "change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the diff of main.cf and master.cf, change nothing."
+)
 @_listen_option
 @_implicit_tls_option
 @_milter_option
 @json_option
 @pass_cli
-def configure(cli: CliContext, instance: str | None, config_directory: str | None,
-              dry_run: bool, listen: str | None, implicit_tls: str | None,
-              milter_socket: str | None) -> None:
+def configure(
+    cli: CliContext,
+    instance: str | None,
+    config_directory: str | None,
+    dry_run: bool,
+    listen: str | None,
+    implicit_tls: str | None,
+    milter_socket: str | None,
+) -> None:
     """Add txrelay's own master.cf service(s); main.cf and other services stay as they are.
 
     Every setting txrelay needs (its milter, TLS, SASL through txrelay's Dovecot, size
@@ -108,8 +127,13 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
     """
     require_certificate_files(cli.config)
     target = resolve_target(instance, config_directory)
-    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
-                        milter_socket=milter_socket, syslog_name=target_syslog_name(target))
+    plan = plan_postfix(
+        cli.config,
+        listen=listen,
+        implicit_tls=implicit_tls,
+        milter_socket=milter_socket,
+        syslog_name=target_syslog_name(target),
+    )
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(result.as_dict(), lambda: _print_result(result))
 
@@ -119,8 +143,9 @@ def configure(cli: CliContext, instance: str | None, config_directory: str | Non
 @click.option("--dry-run", is_flag=True, help="Print the diff, change nothing.")
 @json_option
 @pass_cli
-def unconfigure(cli: CliContext, instance: str | None, config_directory: str | None,
-                dry_run: bool) -> None:
+def unconfigure(
+    cli: CliContext, instance: str | None, config_directory: str | None, dry_run: bool
+) -> None:
     """Remove exactly the master.cf services `postfix configure` added.
 
     master.cf is left as it was before configure (main.cf was never changed). Stop
@@ -142,8 +167,14 @@ def unconfigure(cli: CliContext, instance: str | None, config_directory: str | N
 @_milter_option
 @json_option
 @pass_cli
-def check(cli: CliContext, instance: str | None, config_directory: str | None,
-          listen: str | None, implicit_tls: str | None, milter_socket: str | None) -> None:
+def check(
+    cli: CliContext,
+    instance: str | None,
+    config_directory: str | None,
+    listen: str | None,
+    implicit_tls: str | None,
+    milter_socket: str | None,
+) -> None:
     """Check that Postfix cannot relay txrelay's mail unsigned or unbilled, nor break its
     signatures; exits 1 on any error (warnings alone exit 0).
 
@@ -163,21 +194,28 @@ def check(cli: CliContext, instance: str | None, config_directory: str | None,
     target = resolve_target(instance, config_directory)
     if listen is None and implicit_tls is None:
         listen, implicit_tls = _recorded_listen(target)
-    plan = plan_postfix(cli.config, listen=listen, implicit_tls=implicit_tls,
-                        milter_socket=milter_socket)
+    plan = plan_postfix(
+        cli.config, listen=listen, implicit_tls=implicit_tls, milter_socket=milter_socket
+    )
     found = check_settings(read_settings(target.config_directory, target.label), plan)
     errors = [p for p in found if p.severity == ERROR]
-    data = {"target": target.label, "config_directory": str(target.config_directory),
-            "services": [s.key for s in plan.services], "ok": not errors,
-            "problems": [p.as_dict() for p in errors],
-            "warnings": [p.as_dict() for p in found if p.severity != ERROR]}
+    data = {
+        "target": target.label,
+        "config_directory": str(target.config_directory),
+        "services": [s.key for s in plan.services],
+        "ok": not errors,
+        "problems": [p.as_dict() for p in errors],
+        "warnings": [p.as_dict() for p in found if p.severity != ERROR],
+    }
 
     def human() -> None:
         for problem in found:
             click.echo(problem.describe())
         if not errors:
-            click.echo(f"Postfix {target.label} ({target.config_directory}): ok for "
-                       f"{', '.join(s.key for s in plan.services)}")
+            click.echo(
+                f"Postfix {target.label} ({target.config_directory}): ok for "
+                f"{', '.join(s.key for s in plan.services)}"
+            )
 
     cli.emit(data, human)
     if errors:
@@ -187,8 +225,11 @@ def check(cli: CliContext, instance: str | None, config_directory: str | None,
 def _recorded_listen(target: PostfixTarget) -> tuple[str | None, str | None]:
     """The services configure recorded: STARTTLS and implicit TLS, told apart by name."""
     state = read_state(target)
-    services = [key.removesuffix("/inet") for key in (state.services if state else [])
-                if key.endswith("/inet")]
+    services = [
+        key.removesuffix("/inet")
+        for key in (state.services if state else [])
+        if key.endswith("/inet")
+    ]
     settings = read_settings(target.config_directory, target.label)
     listen = implicit = None
     for name in services:
@@ -209,8 +250,10 @@ def _print_plan(plan: PostfixPlan) -> None:
     click.echo("txrelay-cleanup " + " ".join(CLEANUP_COMMAND))
     for name, value in plan.cleanup_overrides:
         click.echo(f"  {master_option(name, value)}")
-    click.echo("# The milter's own limits ([limits]): "
-               + ", ".join(f"{name} = {value}" for name, value in plan.milter_limits))
+    click.echo(
+        "# The milter's own limits ([limits]): "
+        + ", ".join(f"{name} = {value}" for name, value in plan.milter_limits)
+    )
 
 
 def _print_result(result: ApplyResult) -> None:
@@ -218,8 +261,7 @@ def _print_result(result: ApplyResult) -> None:
     if not result.changes:
         click.echo("  already configured, nothing to change")
     for service, change in result.changes:
-        click.echo(f"  master.cf: {service}: {change}" + (" (dry run)" if result.dry_run
-                                                            else ""))
+        click.echo(f"  master.cf: {service}: {change}" + (" (dry run)" if result.dry_run else ""))
     if result.dry_run and result.diff:
         click.echo(result.diff, nl=False)
     for path in result.backups:

@@ -21,8 +21,7 @@ class MailCount(click.ParamType):  # type: ignore[type-arg]  # generic only in n
 
     name = "N"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> int:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         text = str(value).replace(",", "").replace("_", "").strip()
@@ -45,8 +44,12 @@ def quota() -> None:
 
 @quota.command("book")
 @click.argument("account")
-@click.option("--amount", required=True, type=MailCount(),
-              help="Mails in the block (at least [quota] min_block, 25,000 by default).")
+@click.option(
+    "--amount",
+    required=True,
+    type=MailCount(),
+    help="Mails in the block (at least [quota] min_block, 25,000 by default).",
+)
 @json_option
 @pass_cli
 def book(cli: CliContext, account: str, amount: int) -> None:
@@ -64,11 +67,19 @@ def book(cli: CliContext, account: str, amount: int) -> None:
     owner, block = quota_ops.book_block(cli.db, cli.config.quota, now, account, amount)
     warning = _credit_live_balance(cli, owner.id, block.amount)
     report = quota_ops.quota_report(cli.db, account, now)
-    data = {"account": owner.name, "block": block_view(block),
-            "quota_remaining": report.remaining, "paid": report.paid}
-    cli.emit(data, lambda: click.echo(
-        f"Booked {block.amount:,} mails for account {owner.name!r}, valid until "
-        f"{short_time(block.expires_at)} UTC. Remaining quota: {report.remaining:,}."))
+    data = {
+        "account": owner.name,
+        "block": block_view(block),
+        "quota_remaining": report.remaining,
+        "paid": report.paid,
+    }
+    cli.emit(
+        data,
+        lambda: click.echo(
+            f"Booked {block.amount:,} mails for account {owner.name!r}, valid until "
+            f"{short_time(block.expires_at)} UTC. Remaining quota: {report.remaining:,}."
+        ),
+    )
     if warning:
         click.echo(warning, err=True)
 
@@ -86,10 +97,12 @@ def _credit_live_balance(cli: CliContext, account_id: int, units: int) -> str | 
     try:
         credit_balance(cli.redis, cli.config.redis.key_prefix, account_id, units)
     except redis.RedisError as exc:
-        return (f"txrelay: warning: the block is booked, but Redis did not take the new "
-                f"balance ({exc}); the relay may refuse mail for this account until its "
-                f"balance is reloaded: once Redis is back, delete the key {key} so the "
-                "milter reloads it from PostgreSQL")
+        return (
+            f"txrelay: warning: the block is booked, but Redis did not take the new "
+            f"balance ({exc}); the relay may refuse mail for this account until its "
+            f"balance is reloaded: once Redis is back, delete the key {key} so the "
+            "milter reloads it from PostgreSQL"
+        )
     return None
 
 
@@ -107,13 +120,25 @@ def show(cli: CliContext, account: str) -> None:
     report = quota_ops.quota_report(cli.db, account, cli.clock.now())
 
     def human() -> None:
-        click.echo(f"Account {report.account.name!r}: {'paid' if report.paid else 'demo'}, "
-                   f"{report.remaining:,} mails remaining.")
-        rows = [(b.id, b.kind, f"{b.amount:,}", f"{b.used:,}", f"{b.remaining:,}",
-                 short_time(b.booked_at),
-                 short_time(b.expires_at) if b.expires_at else "never",
-                 "" if b.live else "expired") for b in report.blocks]
-        click.echo(table(("BLOCK", "KIND", "AMOUNT", "USED", "REMAINING", "BOOKED",
-                          "EXPIRES", ""), rows))
+        click.echo(
+            f"Account {report.account.name!r}: {'paid' if report.paid else 'demo'}, "
+            f"{report.remaining:,} mails remaining."
+        )
+        rows = [
+            (
+                b.id,
+                b.kind,
+                f"{b.amount:,}",
+                f"{b.used:,}",
+                f"{b.remaining:,}",
+                short_time(b.booked_at),
+                short_time(b.expires_at) if b.expires_at else "never",
+                "" if b.live else "expired",
+            )
+            for b in report.blocks
+        ]
+        click.echo(
+            table(("BLOCK", "KIND", "AMOUNT", "USED", "REMAINING", "BOOKED", "EXPIRES", ""), rows)
+        )
 
     cli.emit(quota_view(report), human)

@@ -42,18 +42,26 @@ def plan(cli: CliContext, account: str, block: int | None, no_plan: bool) -> Non
             else:
                 assert block is not None
                 lifecycle.set_plan(conn, account_id, block, config.quota.min_block, now)
-                renewals = lifecycle.renew_plans(
-                    conn, now, _validity(cli), accounts=[account_id])
+                renewals = lifecycle.renew_plans(conn, now, _validity(cli), accounts=[account_id])
             current = lifecycle.get_plan(conn, account_id)
-        lifecycle.apply_credits(cli.redis, config.redis.key_prefix,
-                                [(r.account_id, r.amount) for r in renewals])
+        lifecycle.apply_credits(
+            cli.redis, config.redis.key_prefix, [(r.account_id, r.amount) for r in renewals]
+        )
     finally:
         conn.close()
-    data: dict[str, Any] = {"account": account, "plan": None if current is None else {
-                "block": current["block_amount"],
-                "next_renewal_at": current["next_renewal_at"].isoformat()},
-            "booked_now": [{"block_id": r.block_id, "amount": r.amount,
-                            "expires_at": r.expires_at.isoformat()} for r in renewals]}
+    data: dict[str, Any] = {
+        "account": account,
+        "plan": None
+        if current is None
+        else {
+            "block": current["block_amount"],
+            "next_renewal_at": current["next_renewal_at"].isoformat(),
+        },
+        "booked_now": [
+            {"block_id": r.block_id, "amount": r.amount, "expires_at": r.expires_at.isoformat()}
+            for r in renewals
+        ],
+    }
     if no_plan:
         data["stopped"] = previous is not None
     cli.emit(data, lambda: _print_plan(data))
@@ -70,10 +78,14 @@ def _print_plan(data: dict[str, Any]) -> None:
         click.echo(f"{data['account']}: no plan" + (" (stopped)" if data.get("stopped") else ""))
         return
     for booked in data["booked_now"]:
-        click.echo(f"booked {booked['amount']:,} mails (block {booked['block_id']}), valid "
-                   f"until {booked['expires_at']}")
-    click.echo(f"{data['account']}: plan of {data['plan']['block']:,} mails, next renewal "
-               f"{data['plan']['next_renewal_at']}")
+        click.echo(
+            f"booked {booked['amount']:,} mails (block {booked['block_id']}), valid "
+            f"until {booked['expires_at']}"
+        )
+    click.echo(
+        f"{data['account']}: plan of {data['plan']['block']:,} mails, next renewal "
+        f"{data['plan']['next_renewal_at']}"
+    )
 
 
 @quota.command("tick")
@@ -91,8 +103,9 @@ def tick(cli: CliContext, account: str | None) -> None:
     try:
         accounts = None if account is None else [reporting.require_account(conn, account)]
         ledger.settle_all(conn, accounts)  # e.g. left pending by a milter that was killed
-        result = run_tick(conn, cli.redis, cli.config, cli.clock.now(),
-                          SmtpMailer(cli.config.notify), accounts)
+        result = run_tick(
+            conn, cli.redis, cli.config, cli.clock.now(), SmtpMailer(cli.config.notify), accounts
+        )
     finally:
         conn.close()
     cli.emit(result.as_dict(), lambda: _print_tick(result))
@@ -100,10 +113,12 @@ def tick(cli: CliContext, account: str | None) -> None:
 
 def _print_tick(result: TickResult) -> None:
     summary = RunSummary(ticks=[result]).as_dict()["ticks"][0]
-    click.echo(f"{len(summary['renewals'])} plan renewals, {len(summary['expired'])} blocks "
-               f"expired ({sum(e['expired_unused'] for e in summary['expired']):,} mails "
-               f"unused), {len(result.reminders_sent)} reminders sent, "
-               f"{len(result.rearmed)} reminders re-armed")
+    click.echo(
+        f"{len(summary['renewals'])} plan renewals, {len(summary['expired'])} blocks "
+        f"expired ({sum(e['expired_unused'] for e in summary['expired']):,} mails "
+        f"unused), {len(result.reminders_sent)} reminders sent, "
+        f"{len(result.rearmed)} reminders re-armed"
+    )
     for failed in result.reminder_failures:
         click.echo(f"reminder for {failed} could not be sent; the next tick retries")
 
@@ -115,10 +130,19 @@ def _print_tick(result: TickResult) -> None:
 def reconcile(cli: CliContext, account: str | None) -> None:
     """Rebuild the live Redis balances from PostgreSQL and report every difference.
     Outstanding reservations (the milters' held units) are not part of a balance."""
-    checks = lifecycle.reconcile(cli.db, cli.redis, cli.config.redis.key_prefix,
-                                 cli.clock.now(), account)
-    data = [{"account": c.account, "postgres": c.postgres, "redis_before": c.redis_before,
-             "difference": c.difference, "repaired": c.difference != 0} for c in checks]
+    checks = lifecycle.reconcile(
+        cli.db, cli.redis, cli.config.redis.key_prefix, cli.clock.now(), account
+    )
+    data = [
+        {
+            "account": c.account,
+            "postgres": c.postgres,
+            "redis_before": c.redis_before,
+            "difference": c.difference,
+            "repaired": c.difference != 0,
+        }
+        for c in checks
+    ]
     cli.emit(data, lambda: _print_reconcile(data))
 
 

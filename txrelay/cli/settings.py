@@ -39,9 +39,10 @@ def show(cli: CliContext) -> None:
     """
     config = cli.config
     rows = effective_settings(config)
-    data = {"file": config.source,
-            "settings": {name: {"value": value, "source": source}
-                         for name, value, source in rows}}
+    data = {
+        "file": config.source,
+        "settings": {name: {"value": value, "source": source} for name, value, source in rows},
+    }
 
     def human() -> None:
         click.echo(f"# {config.source}")

@@ -8,19 +8,34 @@ import click
 
 
 @click.command("sink")
-@click.option("--listen", default="127.0.0.1:2525", show_default=True, metavar="HOST:PORT",
-              help="Address to listen on.")
-@click.option("--maildir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Maildir to store messages in (created if missing).")
-@click.option("--reply-rule", "reply_rules", multiple=True, metavar="PATTERN=CODE",
-              help="Answer recipients matching the glob PATTERN with CODE at RCPT, e.g. "
-                   "'defer*@*=451' or 'x@*=550 5.1.1 no such user'. Repeatable; checked "
-                   "before the default rules.")
-@click.option("--no-default-rules", is_flag=True,
-              help="Accept defer*@ and bounce*@ recipients too (by default they get 451 "
-                   "and 550).")
-def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...],
-         no_default_rules: bool) -> None:
+@click.option(
+    "--listen",
+    default="127.0.0.1:2525",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on.",
+)
+@click.option(
+    "--maildir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Maildir to store messages in (created if missing).",
+)
+@click.option(
+    "--reply-rule",
+    "reply_rules",
+    multiple=True,
+    metavar="PATTERN=CODE",
+    help="Answer recipients matching the glob PATTERN with CODE at RCPT, e.g. "
+    "'defer*@*=451' or 'x@*=550 5.1.1 no such user'. Repeatable; checked "
+    "before the default rules.",
+)
+@click.option(
+    "--no-default-rules",
+    is_flag=True,
+    help="Accept defer*@ and bounce*@ recipients too (by default they get 451 and 550).",
+)
+def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...], no_default_rules: bool) -> None:
     """Accept mail on HOST:PORT and store it in a Maildir, envelope in X-Sink-* headers.
 
     One log line per message (its Maildir key, envelope and Message-ID, so a message is found

@@ -22,8 +22,7 @@ class When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer 
 
     name = "WHEN"
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> Any:
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, dt.datetime | dt.timedelta):
             return value
         text = str(value).strip()
@@ -33,8 +32,12 @@ class When(click.ParamType):  # type: ignore[type-arg]  # generic only in newer 
         try:
             moment = dt.datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{value!r} is not a date (2026-03-01), a time (2026-03-01T12:00) or a "
-                      "span before now (24h, 7d)", param, ctx)
+            self.fail(
+                f"{value!r} is not a date (2026-03-01), a time (2026-03-01T12:00) or a "
+                "span before now (24h, 7d)",
+                param,
+                ctx,
+            )
         return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
@@ -51,8 +54,9 @@ def resolve(value: dt.datetime | dt.timedelta | None, now: dt.datetime) -> dt.da
 @click.option("--until", type=When(), help="Up to this moment (default: now).")
 @json_option
 @pass_cli
-def stats(cli: CliContext, account: str | None, connection: str | None,
-          since: Any, until: Any) -> None:
+def stats(
+    cli: CliContext, account: str | None, connection: str | None, since: Any, until: Any
+) -> None:
     """Per connection: recipients arrived (accepted), delivered, deferred, bounced, the
     bounce rate, whether the connection is active and when it was last used.
 
@@ -64,39 +68,75 @@ def stats(cli: CliContext, account: str | None, connection: str | None,
     now = cli.clock.now()
     window = dt.timedelta(days=cli.config.tracker.active_window_days)
     rows = reporting.connection_stats(
-        cli.db, now=now, active_window=window, since=resolve(since, now),
-        until=resolve(until, now) or now, account=account, connection=connection)
+        cli.db,
+        now=now,
+        active_window=window,
+        since=resolve(since, now),
+        until=resolve(until, now) or now,
+        account=account,
+        connection=connection,
+    )
     cli.db.commit()
     data = [stats_view(row) for row in rows]
     cli.emit(data, lambda: _print_table(rows, window.days))
 
 
 def stats_view(row: ConnectionStats) -> dict[str, Any]:
-    return {"account": row.account, "connection": row.connection,
-            "connection_id": row.connection_id, "enabled": row.enabled,
-            "deleted": row.deleted, "active": row.active,
-            "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
-            "arrived": row.arrived, "delivered": row.delivered, "deferred": row.deferred,
-            "bounced": row.bounced, "in_flight": row.in_flight,
-            "bounce_rate": str(row.bounce_rate)}
+    return {
+        "account": row.account,
+        "connection": row.connection,
+        "connection_id": row.connection_id,
+        "enabled": row.enabled,
+        "deleted": row.deleted,
+        "active": row.active,
+        "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
+        "arrived": row.arrived,
+        "delivered": row.delivered,
+        "deferred": row.deferred,
+        "bounced": row.bounced,
+        "in_flight": row.in_flight,
+        "bounce_rate": str(row.bounce_rate),
+    }
 
 
 def _print_table(rows: list[ConnectionStats], window_days: int) -> None:
     if not rows:
         click.echo("no connections match")
         return
-    header = ("ACCOUNT", "CONNECTION", "ARRIVED", "DELIVERED", "DEFERRED", "BOUNCED",
-              "BOUNCE%", "ACTIVE", "LAST USED")
+    header = (
+        "ACCOUNT",
+        "CONNECTION",
+        "ARRIVED",
+        "DELIVERED",
+        "DEFERRED",
+        "BOUNCED",
+        "BOUNCE%",
+        "ACTIVE",
+        "LAST USED",
+    )
     lines = [header]
     for row in rows:
-        state = "yes" if row.active else ("deleted" if row.deleted else
-                                          "disabled" if not row.enabled else "idle")
-        lines.append((row.account, row.connection, str(row.arrived), str(row.delivered),
-                      str(row.deferred), str(row.bounced),
-                      f"{row.bounce_rate * 100:.2f}", state,
-                      f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"))
+        state = (
+            "yes"
+            if row.active
+            else ("deleted" if row.deleted else "disabled" if not row.enabled else "idle")
+        )
+        lines.append(
+            (
+                row.account,
+                row.connection,
+                str(row.arrived),
+                str(row.delivered),
+                str(row.deferred),
+                str(row.bounced),
+                f"{row.bounce_rate * 100:.2f}",
+                state,
+                f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
-                                                                        strict=True)).rstrip())
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
     click.echo(f"(active = enabled, not deleted, used within {window_days} days)")

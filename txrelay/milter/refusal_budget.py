@@ -49,9 +49,12 @@ def budget_refusal(connection_name: str, count: int, clock: Clock) -> Verdict:
     """421 until the next clock hour (UTC), when the connection's budget is back."""
     start = (int(clock.now().timestamp()) // HOUR + 1) * HOUR
     return Verdict.tempfail(
-        "421", "4.7.0", f"connection \"{connection_name}\" had {count} messages refused "
+        "421",
+        "4.7.0",
+        f'connection "{connection_name}" had {count} messages refused '
         f"this hour, the most the relay takes: fix what those refusals said, then send "
-        f"again after {start // HOUR % 24:02d}:00 UTC")
+        f"again after {start // HOUR % 24:02d}:00 UTC",
+    )
 
 
 class RefusalBudget:
@@ -62,8 +65,14 @@ class RefusalBudget:
     most one GET per connection per second and process, not one per message; a refusal
     on another node is seen within that second."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str, budget: int, clock: Clock,
-                 redis_degraded: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key_prefix: str,
+        budget: int,
+        clock: Clock,
+        redis_degraded: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.budget = budget  # 0: no budget
@@ -85,8 +94,10 @@ class RefusalBudget:
             try:
                 shared = int(self.client.get(self._key(*slot)) or 0)
             except redis.RedisError as exc:
-                log.warning("event=refusal_budget_unavailable error=%r (counting on this "
-                            "node)", exc.__class__.__name__)
+                log.warning(
+                    "event=refusal_budget_unavailable error=%r (counting on this node)",
+                    exc.__class__.__name__,
+                )
             else:
                 self._remember(slot, shared)
         count = max(count, shared)
@@ -109,8 +120,10 @@ class RefusalBudget:
             pipe.expire(key, 2 * HOUR)
             shared, _ = pipe.execute()
         except redis.RedisError as exc:
-            log.warning("event=refusal_budget_unavailable error=%r (counting on this node)",
-                        exc.__class__.__name__)
+            log.warning(
+                "event=refusal_budget_unavailable error=%r (counting on this node)",
+                exc.__class__.__name__,
+            )
         else:
             self._remember(slot, int(shared))
 

@@ -62,13 +62,17 @@ _MILTER_CODES: dict[Action, int] = {
     Action.TEMPFAIL: Milter.TEMPFAIL,
     Action.REJECT: Milter.REJECT,
 }
-INTERNAL_ERROR = Verdict.tempfail("451", "4.3.0", "the relay hit an internal error; the "
-                                  "message was not accepted, please try again later")
+INTERNAL_ERROR = Verdict.tempfail(
+    "451",
+    "4.3.0",
+    "the relay hit an internal error; the message was not accepted, please try again later",
+)
 # The only message changes the relay makes: add headers (DKIM-Signature, List-Help,
 # Message-ID) and delete the client's List-Help. Fewer actions, less for the MTA to offer.
 ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
-NO_TRANSACTION = Verdict.tempfail("451", "4.3.0", "the relay lost track of this transaction; "
-                                  "please send the message again")
+NO_TRANSACTION = Verdict.tempfail(
+    "451", "4.3.0", "the relay lost track of this transaction; please send the message again"
+)
 
 
 def guarded(func: F) -> F:
@@ -80,8 +84,11 @@ def guarded(func: F) -> F:
         try:
             return func(self, *args)
         except Exception:  # the last line of defence: log it, refuse for now, go on
-            log.exception("event=callback_failed callback=%s txn=%s", func.__name__,
-                          self.txn.txn_id if self.txn else "-")
+            log.exception(
+                "event=callback_failed callback=%s txn=%s",
+                func.__name__,
+                self.txn.txn_id if self.txn else "-",
+            )
             self._end_transaction(INTERNAL_ERROR, release=True)
             return self._apply(INTERNAL_ERROR)
 
@@ -97,8 +104,11 @@ def guarded_noreply(func: F) -> F:
         try:
             return func(self, *args)
         except Exception:  # the last line of defence: log it, refuse at end of message
-            log.exception("event=callback_failed callback=%s txn=%s", func.__name__,
-                          self.txn.txn_id if self.txn else "-")
+            log.exception(
+                "event=callback_failed callback=%s txn=%s",
+                func.__name__,
+                self.txn.txn_id if self.txn else "-",
+            )
             if self.txn is not None:
                 self.txn.failed = True
             return CONTINUE
@@ -134,7 +144,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         ensure_nodelay()  # once per process: inet sockets without Nagle's 40 ms stall
         self.session_messages += 1
         too_many = message_policy.check_session_messages(
-            self.session_messages, self.runtime.config.limits.max_messages_per_session)
+            self.session_messages, self.runtime.config.limits.max_messages_per_session
+        )
         if too_many is not None:
             return self._refuse(too_many, mail_from)
         login = self.getsymval("{auth_authen}")
@@ -142,8 +153,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if snapshot is None:
             return self._refuse(service_unavailable(LEDGER_SERVICE), mail_from)
         if login:
-            session = check_session_login(snapshot, login, self.session_login,
-                                          self.session_started)
+            session = check_session_login(snapshot, login, self.session_login, self.session_started)
             if isinstance(session, Verdict):
                 return self._refuse(session, mail_from)
             self.session_login = session or self.session_login
@@ -157,8 +167,13 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             if known is not None and decision.action is Action.REJECT:
                 self.runtime.refusals.count(known.id)
             return self._refuse(decision, mail_from)
-        self.txn = Transaction(snapshot, decision, snapshot.account(decision.account_id),
-                               envelope_address(mail_from), self.getsymval("{i}") or "")
+        self.txn = Transaction(
+            snapshot,
+            decision,
+            snapshot.account(decision.account_id),
+            envelope_address(mail_from),
+            self.getsymval("{i}") or "",
+        )
         return CONTINUE
 
     @metrics.timed("rcpt")
@@ -174,24 +189,29 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         except InvalidDomain as exc:
             txn.refused_recipients += 1
             return self._apply(domain_refusal(exc, recipient=True))
-        key = duplicate_key(rcpt_to, params,
-                            original_recipient=self.runtime.config.milter.original_recipient)
+        key = duplicate_key(
+            rcpt_to, params, original_recipient=self.runtime.config.milter.original_recipient
+        )
         if key in txn.recipient_keys:
             return CONTINUE  # Postfix's duplicate filter drops it: no copy, no bill
         copy = txn.copies.get(recipient, 0)
-        member = reservation_member(str(txn.txn_id),
-                                    f"{recipient}#{copy}" if copy else recipient)
+        member = reservation_member(str(txn.txn_id), f"{recipient}#{copy}" if copy else recipient)
         try:
-            reservation = self.runtime.reservations.reserve(ReservationRequest(
-                txn.account.id, txn.connection.id, member, txn.connection.rate_limit,
-                txn.account.paid))
+            reservation = self.runtime.reservations.reserve(
+                ReservationRequest(
+                    txn.account.id,
+                    txn.connection.id,
+                    member,
+                    txn.connection.rate_limit,
+                    txn.account.paid,
+                )
+            )
         except ServiceUnavailable as exc:
             log.warning("event=store_unavailable txn=%s error=%r", txn.txn_id, str(exc))
             service = LEDGER_SERVICE if isinstance(exc, LedgerUnavailable) else QUOTA_SERVICE
             verdict = service_unavailable(service)
         else:
-            verdict = recipient_verdict(reservation, txn.connection.rate_limit,
-                                        txn.connection.name)
+            verdict = recipient_verdict(reservation, txn.connection.rate_limit, txn.connection.name)
         if verdict.refused:
             txn.refused_recipients += 1
         else:
@@ -253,14 +273,22 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if not txn.recipients:
             return NO_TRANSACTION
         config = self.runtime.config
-        refusal = (message_policy.check_header_count(txn.header_count, config.limits.max_headers)
-                   or message_policy.check_size(txn.size, config.milter.max_message_size)
-                   or message_policy.check_lines(*txn.lines_too_long))
+        refusal = (
+            message_policy.check_header_count(txn.header_count, config.limits.max_headers)
+            or message_policy.check_size(txn.size, config.milter.max_message_size)
+            or message_policy.check_lines(*txn.lines_too_long)
+        )
         if refusal is not None:
             return refusal
-        return message_policy.check_identity(txn.snapshot, txn.connection, IdentityHeaders(
-            txn.header_texts("From"), txn.header_texts("Sender"),
-            txn.header_texts("DKIM-Signature")))
+        return message_policy.check_identity(
+            txn.snapshot,
+            txn.connection,
+            IdentityHeaders(
+                txn.header_texts("From"),
+                txn.header_texts("Sender"),
+                txn.header_texts("DKIM-Signature"),
+            ),
+        )
 
     def _ensure_message_id(self, txn: Transaction, author: HeaderSender) -> None:
         if txn.header_values("Message-ID"):
@@ -282,19 +310,31 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def _sign(self, txn: Transaction, author: HeaderSender) -> None:
         domain = txn.snapshot.domains[author.domain]
-        signature = sign(txn.headers, txn.body_hash, domain=domain.domain,
-                         selector=domain.selector, signing_key=domain.signing_key)
+        signature = sign(
+            txn.headers,
+            txn.body_hash,
+            domain=domain.domain,
+            selector=domain.selector,
+            signing_key=domain.signing_key,
+        )
         self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other header
 
     def _record(self, txn: Transaction, author: HeaderSender) -> Verdict:
         """The ledger first (PostgreSQL, the source of truth), then the live balance."""
         message_ids = txn.header_values("Message-ID")
         accepted = AcceptedMessage(
-            txn_id=txn.txn_id, queue_id=txn.queue_id, node=self.runtime.node,
+            txn_id=txn.txn_id,
+            queue_id=txn.queue_id,
+            node=self.runtime.node,
             message_id=_unfold(message_ids[0]) if message_ids else None,
-            account_id=txn.account.id, connection_id=txn.connection.id,
-            envelope_sender=txn.envelope_sender, header_from=author.address, size=txn.size,
-            recipients=list(txn.recipients), accepted_at=self.runtime.clock.now())
+            account_id=txn.account.id,
+            connection_id=txn.connection.id,
+            envelope_sender=txn.envelope_sender,
+            header_from=author.address,
+            size=txn.size,
+            recipients=list(txn.recipients),
+            accepted_at=self.runtime.clock.now(),
+        )
         try:
             recorded = self.runtime.ledger.record(accepted)
         except ServiceUnavailable as exc:
@@ -305,8 +345,13 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         except ServiceUnavailable as exc:
             # Recorded in PostgreSQL, so accepting is right; the held units expire by
             # themselves, and the live balance is high by this many until reloaded.
-            log.warning("event=balance_commit_failed txn=%s account=%d units=%d error=%r",
-                        txn.txn_id, txn.account.id, len(txn.members), str(exc))
+            log.warning(
+                "event=balance_commit_failed txn=%s account=%d units=%d error=%r",
+                txn.txn_id,
+                txn.account.id,
+                len(txn.members),
+                str(exc),
+            )
         txn.members = []
         return Verdict.accept()
 
@@ -320,9 +365,15 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def _refuse(self, verdict: Verdict, mail_from: str) -> int:
         metrics.record_decision(verdict.label)
-        log.info("event=message %s", format_fields(
-            queue_id=self.getsymval("{i}") or "-", sender=envelope_address(mail_from),
-            verdict=verdict.label, reason=verdict.text))
+        log.info(
+            "event=message %s",
+            format_fields(
+                queue_id=self.getsymval("{i}") or "-",
+                sender=envelope_address(mail_from),
+                verdict=verdict.label,
+                reason=verdict.text,
+            ),
+        )
         return self._apply(verdict)
 
     def _apply(self, verdict: Verdict) -> int:
@@ -337,20 +388,31 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             return
         if release and txn.members:
             try:
-                self.runtime.reservations.release(txn.account.id, txn.connection.id,
-                                                  txn.members)
+                self.runtime.reservations.release(txn.account.id, txn.connection.id, txn.members)
             except ServiceUnavailable as exc:
-                log.warning("event=release_failed txn=%s error=%r (they expire by themselves)",
-                            txn.txn_id, str(exc))
-        metrics.record_decision(verdict.label if verdict else "abandoned", txn.account.id,
-                                txn.connection.name)
-        log.info("event=message %s", format_fields(
-            queue_id=txn.queue_id or "-", connection=txn.connection.name,
-            sender=txn.envelope_sender, rcpts=len(txn.recipients),
-            refused_rcpts=txn.refused_recipients, size=txn.size,
-            verdict=verdict.label if verdict else "abandoned",
-            reason=verdict.text if verdict and verdict.refused else None,
-            ms=f"{txn.elapsed_ms():.1f}", txn=str(txn.txn_id)))
+                log.warning(
+                    "event=release_failed txn=%s error=%r (they expire by themselves)",
+                    txn.txn_id,
+                    str(exc),
+                )
+        metrics.record_decision(
+            verdict.label if verdict else "abandoned", txn.account.id, txn.connection.name
+        )
+        log.info(
+            "event=message %s",
+            format_fields(
+                queue_id=txn.queue_id or "-",
+                connection=txn.connection.name,
+                sender=txn.envelope_sender,
+                rcpts=len(txn.recipients),
+                refused_rcpts=txn.refused_recipients,
+                size=txn.size,
+                verdict=verdict.label if verdict else "abandoned",
+                reason=verdict.text if verdict and verdict.refused else None,
+                ms=f"{txn.elapsed_ms():.1f}",
+                txn=str(txn.txn_id),
+            ),
+        )
 
 
 def _unfold(value: bytes) -> str:

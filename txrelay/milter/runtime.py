@@ -59,8 +59,9 @@ class Runtime:
 
 def open_journal(config: Config) -> Journal:
     """This milter's local journal ([milter] journal_dir), for the runtime and /healthz."""
-    return Journal(Path(config.milter.journal_dir), config.database.url,
-                   config.milter.journal_max_per_hour)
+    return Journal(
+        Path(config.milter.journal_dir), config.database.url, config.milter.journal_max_per_hour
+    )
 
 
 def _key_ring(config: Config) -> KeyRing:
@@ -75,8 +76,9 @@ def _key_ring(config: Config) -> KeyRing:
     return keys
 
 
-def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
-                 loops: Loops | None = None) -> Runtime:
+def open_runtime(
+    config: Config, clock: Clock, journal: Journal | None = None, loops: Loops | None = None
+) -> Runtime:
     """Open the shared handles without waiting for PostgreSQL or Redis: the milter starts
     even when they are away, works in a degraded mode while one of them is, and recovers by
     itself when they return (docs/failure-modes.md). Its background loops are added to
@@ -102,19 +104,28 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
     settler = Settler(lambda: database.connect(daemon_db, autocommit=True))
     loops.add(settler.loop)
     settler.start()
-    redis_store = RedisReservations(client, config.redis.key_prefix,
-                                    config.milter.reservation_ttl_seconds,
-                                    PostgresQuotaBalance(pool, clock).remaining_quota)
+    redis_store = RedisReservations(
+        client,
+        config.redis.key_prefix,
+        config.milter.reservation_ttl_seconds,
+        PostgresQuotaBalance(pool, clock).remaining_quota,
+    )
     reservations = FailoverReservations(redis_store, postgres_holds, rebuild)
-    ledger = PostgresLedger(pool, clock, journal, holds_of=reservations.held_in_postgres,
-                            recorded_for=settler.notify)
+    ledger = PostgresLedger(
+        pool, clock, journal, holds_of=reservations.held_in_postgres, recorded_for=settler.notify
+    )
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
-    policy = PolicyCache(pool, PolicyLoader(config.quota, _key_ring(config)),
-                         config.milter.policy_refresh_seconds,
-                         copy_path, Path(config.dovecot.passdb_file))
+    policy = PolicyCache(
+        pool,
+        PolicyLoader(config.quota, _key_ring(config)),
+        config.milter.policy_refresh_seconds,
+        copy_path,
+        Path(config.dovecot.passdb_file),
+    )
     policy.refresh()
-    replayer = SupervisedLoop("journal-replay", REPLAY_INTERVAL, ledger.replay_journal,
-                              first_run_now=True)
+    replayer = SupervisedLoop(
+        "journal-replay", REPLAY_INTERVAL, ledger.replay_journal, first_run_now=True
+    )
     for loop in (policy.loop, reservations.loop, replayer):
         loops.add(loop).start()
 
@@ -127,7 +138,11 @@ def open_runtime(config: Config, clock: Clock, journal: Journal | None = None,
         pool.close()
         client.close()
 
-    refusals = RefusalBudget(client, config.redis.key_prefix,
-                             config.milter.refusal_budget_per_hour, clock,
-                             lambda: reservations.degraded)
+    refusals = RefusalBudget(
+        client,
+        config.redis.key_prefix,
+        config.milter.refusal_budget_per_hour,
+        clock,
+        lambda: reservations.degraded,
+    )
     return Runtime(config, node, clock, policy, reservations, ledger, refusals, close, loops)

@@ -49,8 +49,9 @@ def prepare_socket(spec: str, group_name: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"[milter] socket {path} exists and is not a socket; remove it or "
-                          "choose another path")
+        raise ConfigError(
+            f"[milter] socket {path} exists and is not a socket; remove it or choose another path"
+        )
     path.unlink()
 
 
@@ -60,9 +61,11 @@ def _share_directory_with(directory: Path, group_name: str) -> None:
     try:
         gid = grp.getgrnam(group_name).gr_gid
     except KeyError:
-        raise ConfigError(f"[milter] socket_group {group_name!r} does not exist on this machine; "
-                          "set it to the group Postfix runs as (postfix), or \"\" to manage "
-                          "the socket's permissions yourself") from None
+        raise ConfigError(
+            f"[milter] socket_group {group_name!r} does not exist on this machine; "
+            'set it to the group Postfix runs as (postfix), or "" to manage '
+            "the socket's permissions yourself"
+        ) from None
     info = directory.stat()
     if info.st_gid != gid:
         os.chown(directory, -1, gid)
@@ -79,8 +82,12 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     # The endpoint starts before the runtime, so /healthz answers from the first second.
     journal = open_journal(config)
     loops = Loops()  # filled by open_runtime; /healthz shows a dead or frozen one
-    endpoint = start_milter_endpoint(config, journal.room,  # [metrics] milter_listen
-                                     loops.statuses, journal.quarantined)
+    endpoint = start_milter_endpoint(
+        config,
+        journal.room,  # [metrics] milter_listen
+        loops.statuses,
+        journal.quarantined,
+    )
     runtime = open_runtime(config, clock, journal, loops)
     try:
         Milter.factory = lambda: RelayMilter(runtime)

@@ -30,8 +30,9 @@ SETTLE_INTERVAL = 0.2  # seconds between rounds: how long a recipient stays 'pen
 class Settler:
     """Thread-safe: notify() is called from any SMTP connection's thread."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection],
-                 interval: float = SETTLE_INTERVAL) -> None:
+    def __init__(
+        self, connect: Callable[[], psycopg.Connection], interval: float = SETTLE_INTERVAL
+    ) -> None:
         self._connect = connect
         self._lock = threading.Lock()
         self._accounts: set[int] = set()
@@ -63,12 +64,18 @@ class Settler:
             return 0
         try:
             conn = self._connection()
-            settled = settle_all(conn) if everything else sum(
-                settle(conn, account_id) for account_id in sorted(accounts))
+            settled = (
+                settle_all(conn)
+                if everything
+                else sum(settle(conn, account_id) for account_id in sorted(accounts))
+            )
         except (psycopg.Error, ServiceUnavailable) as exc:
             self._keep(accounts, everything)
-            log.warning("event=settle_failed accounts=%d error=%r (retried in the next "
-                        "round)", len(accounts), exc.__class__.__name__)
+            log.warning(
+                "event=settle_failed accounts=%d error=%r (retried in the next round)",
+                len(accounts),
+                exc.__class__.__name__,
+            )
             self._drop_connection()
             return 0
         return settled

@@ -100,8 +100,10 @@ class Transaction:
     def lines_too_long(self) -> tuple[bool, bool]:
         """(a header line, a body line) longer than line_limit; an unended last body line
         counts whole."""
-        return (self.longest_header_line > self.line_limit,
-                self.body_line_too_long or self.body_line_run > self.line_limit)
+        return (
+            self.longest_header_line > self.line_limit,
+            self.body_line_too_long or self.body_line_run > self.line_limit,
+        )
 
     @property
     def size(self) -> int:
@@ -114,8 +116,10 @@ class Transaction:
     def header_texts(self, name: str) -> list[str]:
         """The values of every `name` header as text: unfolded, trimmed, undecodable bytes
         replaced."""
-        return [value.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
-                for value in self.header_values(name)]
+        return [
+            value.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
+            for value in self.header_values(name)
+        ]
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

@@ -20,7 +20,8 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDR_SPEC = rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
 _ANGLE_ADDR = "<" + _ADDR_SPEC.replace("?P<", "?P<a") + ">"  # groups alocal, adomain
 _SIMPLE_MAILBOX = re.compile(
-    rf'(?:{_ADDR_SPEC}|(?:{_ATEXT}(?: {_ATEXT})*|"[ !#-\[\]-~]+") {_ANGLE_ADDR})')
+    rf'(?:{_ADDR_SPEC}|(?:{_ATEXT}(?: {_ATEXT})*|"[ !#-\[\]-~]+") {_ANGLE_ADDR})'
+)
 
 
 def envelope_address(raw: str) -> str:
@@ -72,7 +73,7 @@ def domain_refusal(problem: InvalidDomain, *, recipient: bool = False) -> Verdic
 MAX_ADDRESS_HEADER_LENGTH = 1024  # characters of the unfolded value
 MAX_ADDRESS_HEADER_MAILBOXES = 16  # "@" signs: each mailbox has one
 MAX_ADDRESS_HEADER_TOKENS = 128  # RFC 5322 specials and blanks: what the parser splits on
-_SPECIALS = "()<>[]:;@\\,.\" \t\n"
+_SPECIALS = '()<>[]:;@\\,." \t\n'
 
 
 # An RFC 2047 encoded word where the domain should be: the parser would decode it (the
@@ -80,7 +81,9 @@ _SPECIALS = "()<>[]:;@\\,.\" \t\n"
 _ENCODED_DOMAIN = re.compile(r"@\s*=\?[^?\s]*\?[BbQq]\?")
 _ENCODED_DOMAIN_ERROR = InvalidDomain(
     "the address domain in the header is an encoded word (RFC 2047), which is not allowed "
-    "in an address; write the domain itself", DomainProblem.ENCODED_WORD)
+    "in an address; write the domain itself",
+    DomainProblem.ENCODED_WORD,
+)
 
 
 @dataclass(frozen=True)
@@ -97,19 +100,24 @@ def header_sender(from_values: list[str]) -> HeaderSender | Verdict:
     DMARC judges the From: header, so it must hold exactly one mailbox in exactly one field.
     """
     if not from_values:
-        return _from_refusal("the message has no From: header; add one with an address of a "
-                             "sending domain of this connection")
+        return _from_refusal(
+            "the message has no From: header; add one with an address of a "
+            "sending domain of this connection"
+        )
     if len(from_values) > 1:
         return _from_refusal("the message has more than one From: header; send exactly one")
     mailboxes = parse_mailboxes("From", from_values[0])
     if isinstance(mailboxes, Verdict):
         return mailboxes
     if not mailboxes:
-        return _from_refusal("the From: header holds no address; give exactly one address of "
-                             "a sending domain of this connection")
+        return _from_refusal(
+            "the From: header holds no address; give exactly one address of "
+            "a sending domain of this connection"
+        )
     if len(mailboxes) != 1:
-        return _from_refusal(f"the From: header holds {len(mailboxes)} addresses; it must "
-                             "hold exactly one")
+        return _from_refusal(
+            f"the From: header holds {len(mailboxes)} addresses; it must hold exactly one"
+        )
     address = mailboxes[0]
     try:
         domain = address_domain(address)
@@ -127,8 +135,9 @@ def parse_mailboxes(name: str, value: str) -> list[str] | Verdict:
         return over
     mailboxes = _ENCODED_DOMAIN_ERROR if _ENCODED_DOMAIN.search(value) else _mailboxes(value)
     if mailboxes is None:
-        return _from_refusal(f"the {name}: header cannot be parsed; use the form "
-                             "\"Name <user@example.com>\"")
+        return _from_refusal(
+            f'the {name}: header cannot be parsed; use the form "Name <user@example.com>"'
+        )
     if isinstance(mailboxes, InvalidDomain):
         return domain_refusal(mailboxes)
     return mailboxes
@@ -138,20 +147,26 @@ def header_bound(name: str, value: str) -> Verdict | None:
     """550 5.6.0 when the header is larger than any real author header, before any parsing:
     a length, then a few C-speed counts."""
     if len(value) > MAX_ADDRESS_HEADER_LENGTH:
-        return _bound_refusal(f"the {name}: header is {len(value)} characters long; the relay "
-                              f"reads address headers of at most {MAX_ADDRESS_HEADER_LENGTH}: "
-                              "shorten the display name")
+        return _bound_refusal(
+            f"the {name}: header is {len(value)} characters long; the relay "
+            f"reads address headers of at most {MAX_ADDRESS_HEADER_LENGTH}: "
+            "shorten the display name"
+        )
     mailboxes = value.count("@")
     if mailboxes > MAX_ADDRESS_HEADER_MAILBOXES:
-        return _bound_refusal(f"the {name}: header names {mailboxes} addresses; the relay "
-                              f"reads at most {MAX_ADDRESS_HEADER_MAILBOXES} (and From: must "
-                              "hold exactly one)")
+        return _bound_refusal(
+            f"the {name}: header names {mailboxes} addresses; the relay "
+            f"reads at most {MAX_ADDRESS_HEADER_MAILBOXES} (and From: must "
+            "hold exactly one)"
+        )
     tokens = sum(value.count(c) for c in _SPECIALS)
     if tokens > MAX_ADDRESS_HEADER_TOKENS:
-        return _bound_refusal(f"the {name}: header has {tokens} separators (spaces, commas, "
-                              f"dots, brackets); the relay reads at most "
-                              f"{MAX_ADDRESS_HEADER_TOKENS}: use the form "
-                              "\"Name <user@example.com>\"")
+        return _bound_refusal(
+            f"the {name}: header has {tokens} separators (spaces, commas, "
+            f"dots, brackets); the relay reads at most "
+            f"{MAX_ADDRESS_HEADER_TOKENS}: use the form "
+            '"Name <user@example.com>"'
+        )
     return None
 
 

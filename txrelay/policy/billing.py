@@ -61,8 +61,13 @@ class BillingReport:
     @property
     def empty(self) -> bool:
         i = self.inputs
-        return not (i.blocks_booked or i.mails_from_blocks or i.overage_mails
-                    or i.expired_unused or i.voided)
+        return not (
+            i.blocks_booked
+            or i.mails_from_blocks
+            or i.overage_mails
+            or i.expired_unused
+            or i.voided
+        )
 
     @property
     def units_booked(self) -> int:
@@ -74,5 +79,6 @@ def bill(inputs: BillingInputs, overage_price_eur: Decimal) -> BillingReport:
     if not isinstance(overage_price_eur, Decimal):
         raise TypeError("prices are Decimal, never float")
     exact = overage_price_eur * inputs.overage_mails
-    return BillingReport(inputs, overage_price_eur, exact,
-                         exact.quantize(CENT, rounding=ROUND_HALF_UP))
+    return BillingReport(
+        inputs, overage_price_eur, exact, exact.quantize(CENT, rounding=ROUND_HALF_UP)
+    )

@@ -11,8 +11,10 @@ DEGRADED_BECAUSE = {
     "postgresql": "ledger records go to the local journal until PostgreSQL is back",
 }
 # Why a critical loop that stopped working makes the node refuse to be used.
-LOOP_CRITICAL_BECAUSE = ("the policy snapshot is frozen, so a disabled connection or a "
-                         "changed password would no longer reach MAIL (mail accepted wrongly)")
+LOOP_CRITICAL_BECAUSE = (
+    "the policy snapshot is frozen, so a disabled connection or a "
+    "changed password would no longer reach MAIL (mail accepted wrongly)"
+)
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,26 @@ class NodeHealth:
         return "".join(f"{line}\n" for line in (self.state, *self.lines))
 
 
-def judge_dependencies(problems: Mapping[str, str | None],
-                       loops: Sequence[LoopStatus] = ()) -> NodeHealth:
+def judge_dependencies(
+    problems: Mapping[str, str | None], loops: Sequence[LoopStatus] = ()
+) -> NodeHealth:
     """Every dependency is required (the tracker: it cannot apply outcomes without them),
     and so is every loop: a tracker whose loop stopped or hangs applies nothing either."""
     lines = tuple(f"{name}: {problem or 'ok'}" for name, problem in problems.items())
-    stuck = tuple(f"{loop.name} loop: {problem}" for loop in loops
-                  if (problem := loop.problem()))
+    stuck = tuple(f"{loop.name} loop: {problem}" for loop in loops if (problem := loop.problem()))
     if any(problems.values()) or stuck:
-        return NodeHealth(503, "unavailable", (*stuck, *(line for line in lines
-                                                         if not line.endswith(": ok"))))
+        return NodeHealth(
+            503, "unavailable", (*stuck, *(line for line in lines if not line.endswith(": ok")))
+        )
     return NodeHealth(200, "ok", lines)
 
 
-def judge_milter(problems: Mapping[str, str | None], journal_room: int,
-                 loops: Sequence[LoopStatus] = (), quarantined: int = 0) -> NodeHealth:
+def judge_milter(
+    problems: Mapping[str, str | None],
+    journal_room: int,
+    loops: Sequence[LoopStatus] = (),
+    quarantined: int = 0,
+) -> NodeHealth:
     """Can this node accept mail now? 503 only when mail would be refused: Redis and
     PostgreSQL both down, PostgreSQL down with no room left in the local journal, or no SASL
     service to log in with; and when it would be accepted wrongly: a critical background
@@ -73,22 +80,35 @@ def judge_milter(problems: Mapping[str, str | None], journal_room: int,
     if {"redis", "postgresql"} <= down:
         refused.append("Redis and PostgreSQL are both down: mail gets 451 4.3.0 at RCPT")
     elif "postgresql" in down and journal_room <= 0:
-        refused.append("PostgreSQL is down and the local journal is full "
-                       "([milter] journal_max_per_hour): mail gets 451 4.3.0")
+        refused.append(
+            "PostgreSQL is down and the local journal is full "
+            "([milter] journal_max_per_hour): mail gets 451 4.3.0"
+        )
     if "dovecot" in down:
         refused.append("txrelay's Dovecot auth socket does not answer: SMTP logins fail")
     stuck = [(loop, problem) for loop in loops if (problem := loop.problem())]
-    refused += [f"background loop {loop.name}: {problem}: {LOOP_CRITICAL_BECAUSE}"
-                for loop, problem in stuck if loop.critical]
-    notes = [f"background loop {loop.name}: {problem} (mail flows; see the milter's log)"
-             for loop, problem in stuck if not loop.critical]
+    refused += [
+        f"background loop {loop.name}: {problem}: {LOOP_CRITICAL_BECAUSE}"
+        for loop, problem in stuck
+        if loop.critical
+    ]
+    notes = [
+        f"background loop {loop.name}: {problem} (mail flows; see the milter's log)"
+        for loop, problem in stuck
+        if not loop.critical
+    ]
     if quarantined:
-        notes.append(f"journal: {quarantined} entries set aside after failing to replay, "
-                     "not in the ledger (txrelay journal list)")
+        notes.append(
+            f"journal: {quarantined} entries set aside after failing to replay, "
+            "not in the ledger (txrelay journal list)"
+        )
     if refused:
         return NodeHealth(503, "unavailable", (*refused, *notes, *lines))
-    degraded = [f"{name} down: {DEGRADED_BECAUSE[name]}" for name in sorted(down)
-                if name in DEGRADED_BECAUSE]
+    degraded = [
+        f"{name} down: {DEGRADED_BECAUSE[name]}"
+        for name in sorted(down)
+        if name in DEGRADED_BECAUSE
+    ]
     if degraded or notes:
         return NodeHealth(200, "degraded", (*degraded, *notes, *lines))
     return NodeHealth(200, "ok", tuple(lines))

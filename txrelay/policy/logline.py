@@ -17,18 +17,24 @@ from dataclasses import dataclass
 _PREFIX = re.compile(
     r"^(?P<time>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?"
     r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)"
-    r" (?P<host>\S+) (?P<program>[\w.+-]+(?:/[\w.+-]+)*)\[(?P<pid>\d+)\]: (?P<text>.*)$")
+    r" (?P<host>\S+) (?P<program>[\w.+-]+(?:/[\w.+-]+)*)\[(?P<pid>\d+)\]: (?P<text>.*)$"
+)
 _QUEUE_ID = re.compile(r"^(?P<qid>[0-9A-Za-z]{5,20}): (?P<rest>.*)$")
-_QUEUED = re.compile(r"^from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+) "
-                     r"\(queue active\)$")
+_QUEUED = re.compile(
+    r"^from=<(?P<sender>.*)>, size=(?P<size>\d+), nrcpt=(?P<nrcpt>\d+) "
+    r"\(queue active\)$"
+)
 _EXPIRED = re.compile(r"^from=<(?P<sender>.*)>, status=expired, returned to sender$")
-_NOTIFICATION = re.compile(r"^sender (?P<kind>non-delivery|delay|delivery status) "
-                           r"notification: (?P<qid>[0-9A-Za-z]{5,20})$")
+_NOTIFICATION = re.compile(
+    r"^sender (?P<kind>non-delivery|delay|delivery status) "
+    r"notification: (?P<qid>[0-9A-Za-z]{5,20})$"
+)
 # Everything after the recipient (and orig_to): fixed-format fields Postfix writes itself.
 _DELIVERY_TAIL = re.compile(
     r"relay=(?P<relay>[^\s,]+), (?:conn_use=\d+, )?delay=[\d.]+, delays=[\d./]+, "
     r"dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>[A-Za-z]+)"
-    r"(?:, returned to sender)?(?: \((?P<detail>.*)\))?$")
+    r"(?:, returned to sender)?(?: \((?P<detail>.*)\))?$"
+)
 _TAIL_START = re.compile(r">, (?=orig_to=<|relay=)")
 _ORIG_TAIL_START = re.compile(r">, (?=relay=)")
 
@@ -178,15 +184,16 @@ def _parse_qmgr(queue_id: str, rest: str) -> Event:
 
 def parse_delivery(queue_id: str, rest: str) -> Event:
     """Every complete reading of 'to=<…>, [orig_to=<…>, ]relay=…, status=… (…)'."""
-    body = rest[len("to=<"):]
+    body = rest[len("to=<") :]
     candidates: list[DeliveryCandidate] = []
     for split in _TAIL_START.finditer(body):
-        recipient, tail = body[:split.start()], body[split.end():]
+        recipient, tail = body[: split.start()], body[split.end() :]
         if tail.startswith("orig_to=<"):
-            orig_body = tail[len("orig_to=<"):]
+            orig_body = tail[len("orig_to=<") :]
             for orig_split in _ORIG_TAIL_START.finditer(orig_body):
-                candidate = _candidate(recipient, orig_body[:orig_split.start()],
-                                       orig_body[orig_split.end():])
+                candidate = _candidate(
+                    recipient, orig_body[: orig_split.start()], orig_body[orig_split.end() :]
+                )
                 if candidate is not None:
                     candidates.append(candidate)
         else:
@@ -203,18 +210,27 @@ def _candidate(recipient: str, original: str | None, tail: str) -> DeliveryCandi
     if match is None or match["status"] not in _STATUSES:
         return None
     return DeliveryCandidate(
-        recipient=recipient, original_recipient=original, relay=match["relay"],
-        dsn=match["dsn"], status=match["status"],
-        outcome=Outcome(_STATUSES[match["status"]]), detail=match["detail"] or "")
+        recipient=recipient,
+        original_recipient=original,
+        relay=match["relay"],
+        dsn=match["dsn"],
+        status=match["status"],
+        outcome=Outcome(_STATUSES[match["status"]]),
+        detail=match["detail"] or "",
+    )
 
 
-def pick_candidate(delivery: Delivery,
-                   ledger_recipients: set[str]) -> tuple[DeliveryCandidate, str] | None:
+def pick_candidate(
+    delivery: Delivery, ledger_recipients: set[str]
+) -> tuple[DeliveryCandidate, str] | None:
     """The one reading whose recipient is a ledger row of the queue id (addresses lower-cased),
     with the ledger address it matched; None when no reading or more than one distinct
     reading matches (never guess on hostile input)."""
-    matching = {(c, key) for c in delivery.candidates
-                if (key := _ledger_key(c, ledger_recipients)) is not None}
+    matching = {
+        (c, key)
+        for c in delivery.candidates
+        if (key := _ledger_key(c, ledger_recipients)) is not None
+    }
     if len(matching) == 1:
         return matching.pop()
     return None

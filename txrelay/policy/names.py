@@ -58,37 +58,52 @@ def dns_domain(text: str) -> str:
     if _PLAIN_NAME.fullmatch(candidate) and "--" not in candidate:
         return candidate.lower()  # what IDNA gives an LDH name, without its cost per RCPT
     if not candidate:
-        raise InvalidDomain("the domain name is empty; give a name such as shop.example.com",
-                            DomainProblem.SYNTAX)
+        raise InvalidDomain(
+            "the domain name is empty; give a name such as shop.example.com", DomainProblem.SYNTAX
+        )
     if len(candidate) > MAX_DOMAIN_LENGTH:  # before any per-character work (a d= of 100 KB)
-        raise InvalidDomain(f"{_shown(candidate[:40])}... is {len(candidate)} characters long; "
-                            f"a domain name has at most {MAX_DOMAIN_LENGTH}",
-                            DomainProblem.SYNTAX)
+        raise InvalidDomain(
+            f"{_shown(candidate[:40])}... is {len(candidate)} characters long; "
+            f"a domain name has at most {MAX_DOMAIN_LENGTH}",
+            DomainProblem.SYNTAX,
+        )
     if "=?" in candidate and "?=" in candidate:
-        raise InvalidDomain(f"{text!r} is an encoded word (RFC 2047), which is not allowed in "
-                            "a domain; write the domain itself (e.g. bücher.example)",
-                            DomainProblem.ENCODED_WORD)
+        raise InvalidDomain(
+            f"{text!r} is an encoded word (RFC 2047), which is not allowed in "
+            "a domain; write the domain itself (e.g. bücher.example)",
+            DomainProblem.ENCODED_WORD,
+        )
     hidden = next((c for c in candidate if _is_invisible(c)), None)
     if hidden is not None:
-        raise InvalidDomain(f"{_shown(text)} contains the invisible character "
-                            f"U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')}); "
-                            "remove it", DomainProblem.INVISIBLE)
+        raise InvalidDomain(
+            f"{_shown(text)} contains the invisible character "
+            f"U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')}); "
+            "remove it",
+            DomainProblem.INVISIBLE,
+        )
     if _has_space_or_control(candidate) or any(c in candidate for c in _NOT_IN_DOMAINS):
-        raise InvalidDomain(f"{_shown(text)} is not a domain name: it may contain only "
-                            "letters, digits, hyphens and dots (example: shop.example.com)",
-                            DomainProblem.SYNTAX)
+        raise InvalidDomain(
+            f"{_shown(text)} is not a domain name: it may contain only "
+            "letters, digits, hyphens and dots (example: shop.example.com)",
+            DomainProblem.SYNTAX,
+        )
     try:
         ascii_form = idna.encode(candidate, uts46=True).decode("ascii").lower()
         reads_back = idna.decode(ascii_form)
         mapped = idna.uts46_remap(candidate, std3_rules=True, transitional=False)
     except (idna.IDNAError, UnicodeError) as exc:
-        raise InvalidDomain(f"{_shown(text)} is not a valid domain name ({exc}); use a name "
-                            "such as shop.example.com or an internationalised name such as "
-                            "bücher.de", DomainProblem.SYNTAX) from exc
+        raise InvalidDomain(
+            f"{_shown(text)} is not a valid domain name ({exc}); use a name "
+            "such as shop.example.com or an internationalised name such as "
+            "bücher.de",
+            DomainProblem.SYNTAX,
+        ) from exc
     if mapped != _lower_each(candidate) or idna.encode(reads_back).decode("ascii") != ascii_form:
-        raise InvalidDomain(f"{_shown(text)} does not read back as written (it would be "
-                            f"{reads_back}); write the domain in its own form",
-                            DomainProblem.NOT_ROUND_TRIP)
+        raise InvalidDomain(
+            f"{_shown(text)} does not read back as written (it would be "
+            f"{reads_back}); write the domain in its own form",
+            DomainProblem.NOT_ROUND_TRIP,
+        )
     return ascii_form
 
 
@@ -101,7 +116,8 @@ def normalize_domain(text: str) -> str:
 
 
 _PLAIN_NAME = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+)
 # Characters that are never part of a domain, and the ones an attacker can paste into
 # one: shells, SQL, URLs and mail syntax.
 _NOT_IN_DOMAINS = "@/:\\<>\"'; "
@@ -139,15 +155,19 @@ def _check_dns_shape(text: str, ascii_form: str) -> None:
     if len(ascii_form) > MAX_DOMAIN_LENGTH:
         raise InvalidInput(f"{text!r} is longer than {MAX_DOMAIN_LENGTH} characters in DNS form")
     if len(labels) < 2:
-        raise InvalidInput(f"{text!r} is not a fully qualified domain name; give the full name "
-                           "such as example.com")
+        raise InvalidInput(
+            f"{text!r} is not a fully qualified domain name; give the full name such as example.com"
+        )
     for label in labels:
         if not _LDH_LABEL.match(label):
-            raise InvalidInput(f"{text!r} is not a valid domain name: label {label!r} must be "
-                               f"1-{MAX_LABEL_LENGTH} letters, digits or inner hyphens")
+            raise InvalidInput(
+                f"{text!r} is not a valid domain name: label {label!r} must be "
+                f"1-{MAX_LABEL_LENGTH} letters, digits or inner hyphens"
+            )
     if labels[-1].isdigit():
-        raise InvalidInput(f"{text!r} looks like an IP address; a sending domain must be a "
-                           "domain name")
+        raise InvalidInput(
+            f"{text!r} looks like an IP address; a sending domain must be a domain name"
+        )
 
 
 def normalize_list_help(text: str) -> str:
@@ -162,34 +182,44 @@ def normalize_list_help(text: str) -> str:
     if not value:
         raise InvalidInput("List-Help is empty; give an https:// URL or a mailto: address")
     if _has_space_or_control(value):
-        raise InvalidInput("List-Help must not contain spaces, line breaks or control "
-                           "characters; give one URL such as https://example.com/help")
+        raise InvalidInput(
+            "List-Help must not contain spaces, line breaks or control "
+            "characters; give one URL such as https://example.com/help"
+        )
     if not _URL_CHARS.match(value):
-        raise InvalidInput("List-Help must be plain ASCII: use the punycode (xn--) form of the "
-                           "host and percent-encode other characters")
+        raise InvalidInput(
+            "List-Help must be plain ASCII: use the punycode (xn--) form of the "
+            "host and percent-encode other characters"
+        )
     if "<" in value or ">" in value:
         raise InvalidInput("List-Help must not contain angle brackets inside the URL")
     if len(value) > MAX_LIST_HELP_LENGTH:
-        raise InvalidInput(f"List-Help is {len(value)} characters long; keep it under "
-                           f"{MAX_LIST_HELP_LENGTH} so the header stays on one line")
+        raise InvalidInput(
+            f"List-Help is {len(value)} characters long; keep it under "
+            f"{MAX_LIST_HELP_LENGTH} so the header stays on one line"
+        )
     scheme, sep, rest = value.partition(":")
     scheme = scheme.lower()
     if sep and scheme in {"http", "https"}:
         return _normalize_http_url(scheme, rest)
     if sep and scheme == "mailto":
         return _normalize_mailto(rest)
-    raise InvalidInput(f"List-Help {value!r} must start with https://, http:// or mailto: "
-                       "(for example https://example.com/help or mailto:help@example.com)")
+    raise InvalidInput(
+        f"List-Help {value!r} must start with https://, http:// or mailto: "
+        "(for example https://example.com/help or mailto:help@example.com)"
+    )
 
 
 def _normalize_http_url(scheme: str, rest: str) -> str:
     parts = urllib.parse.urlsplit(f"{scheme}:{rest}")
     if not rest.startswith("//") or not parts.hostname:
-        raise InvalidInput(f"List-Help {scheme}:{rest} has no host; give a URL such as "
-                           "https://example.com/help")
+        raise InvalidInput(
+            f"List-Help {scheme}:{rest} has no host; give a URL such as https://example.com/help"
+        )
     if parts.username is not None or parts.password is not None:
-        raise InvalidInput("List-Help must not contain a user name or password: every "
-                           "recipient can read it")
+        raise InvalidInput(
+            "List-Help must not contain a user name or password: every recipient can read it"
+        )
     host = parts.hostname
     try:
         ipaddress.ip_address(host)
@@ -213,16 +243,19 @@ def _normalize_mailto(rest: str) -> str:
 def normalize_email(text: str) -> str:
     """An e-mail address (local@domain) with the domain in DNS form."""
     if _has_space_or_control(text) or "<" in text or ">" in text:
-        raise InvalidInput(f"{text!r} is not an e-mail address: no spaces, brackets or control "
-                           "characters (example: admin@example.com)")
+        raise InvalidInput(
+            f"{text!r} is not an e-mail address: no spaces, brackets or control "
+            "characters (example: admin@example.com)"
+        )
     local, at, domain = text.rpartition("@")
     if not at or not local or not domain:
-        raise InvalidInput(f"{text!r} is not an e-mail address; give one such as "
-                           "admin@example.com")
+        raise InvalidInput(f"{text!r} is not an e-mail address; give one such as admin@example.com")
     if len(local) > MAX_LOCAL_PART_LENGTH or not _DOT_ATOM.match(local):
-        raise InvalidInput(f"{text!r} is not an e-mail address: the part before @ may hold "
-                           f"letters, digits and .!#$%&'*+/=?^_`{{|}}~- (at most "
-                           f"{MAX_LOCAL_PART_LENGTH}), no leading, trailing or double dots")
+        raise InvalidInput(
+            f"{text!r} is not an e-mail address: the part before @ may hold "
+            f"letters, digits and .!#$%&'*+/=?^_`{{|}}~- (at most "
+            f"{MAX_LOCAL_PART_LENGTH}), no leading, trailing or double dots"
+        )
     address = f"{local}@{normalize_domain(domain)}"
     if len(address) > MAX_ADDRESS_LENGTH:
         raise InvalidInput(f"{text!r} is longer than {MAX_ADDRESS_LENGTH} characters")
@@ -233,8 +266,10 @@ def normalize_selector(text: str) -> str:
     """A DKIM selector: one or more DNS labels, lower case (e.g. txr202611 or 2026.mail)."""
     value = text.strip(" ").lower()
     if not value or len(value) > MAX_SELECTOR_LENGTH or not _SELECTOR.match(value):
-        raise InvalidInput(f"{text!r} is not a valid DKIM selector; use letters, digits and "
-                           "inner hyphens, optionally dot-separated labels (example: txr202611)")
+        raise InvalidInput(
+            f"{text!r} is not a valid DKIM selector; use letters, digits and "
+            "inner hyphens, optionally dot-separated labels (example: txr202611)"
+        )
     return value
 
 
@@ -242,20 +277,20 @@ def validate_name(text: str, what: str = "name") -> str:
     """An account or connection name: printable text, no control characters, NFC."""
     value = unicodedata.normalize("NFC", text)
     if not value.strip():
-        raise InvalidInput(f"the {what} is empty; give a name such as \"Web shop\"")
+        raise InvalidInput(f'the {what} is empty; give a name such as "Web shop"')
     if value != value.strip():
         raise InvalidInput(f"the {what} {text!r} starts or ends with spaces; remove them")
     if _has_control(value):
         raise InvalidInput(f"the {what} {text!r} contains line breaks or control characters")
     if len(value) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"the {what} is {len(value)} characters long; at most "
-                           f"{MAX_NAME_LENGTH} are allowed")
+        raise InvalidInput(
+            f"the {what} is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed"
+        )
     return value
 
 
 def _has_control(text: str) -> bool:
-    return any(unicodedata.category(c) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-               for c in text)
+    return any(unicodedata.category(c) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for c in text)
 
 
 def _has_space_or_control(text: str) -> bool:

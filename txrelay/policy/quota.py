@@ -25,21 +25,29 @@ class Reservation:
     retry_after: float = 0.0  # seconds until the hourly window frees one slot
 
 
-def recipient_verdict(reservation: Reservation, rate_limit: int,
-                      connection_name: str) -> Verdict:
+def recipient_verdict(reservation: Reservation, rate_limit: int, connection_name: str) -> Verdict:
     """Accept the recipient, or say why not and what to do about it."""
     status = reservation.status
-    if status in (ReservationStatus.RESERVED, ReservationStatus.OVERAGE,
-                  ReservationStatus.DUPLICATE):
+    if status in (
+        ReservationStatus.RESERVED,
+        ReservationStatus.OVERAGE,
+        ReservationStatus.DUPLICATE,
+    ):
         return Verdict.proceed()
     if status is ReservationStatus.RATE_LIMITED:
         minutes = max(1, math.ceil(reservation.retry_after / 60))
         return Verdict.tempfail(
-            "451", "4.7.1", f"connection \"{connection_name}\" reached its limit of "
+            "451",
+            "4.7.1",
+            f'connection "{connection_name}" reached its limit of '
             f"{rate_limit} recipients per hour; try again in {minutes} minute"
-            f"{'s' if minutes != 1 else ''}")
+            f"{'s' if minutes != 1 else ''}",
+        )
     if status is ReservationStatus.QUOTA_EXHAUSTED:
         return Verdict.reject(
-            "550", "5.7.1", "the account's demo quota is used up; book quota "
-            "(txrelay quota book) to send more mail")
+            "550",
+            "5.7.1",
+            "the account's demo quota is used up; book quota "
+            "(txrelay quota book) to send more mail",
+        )
     raise ValueError(f"no verdict for reservation status {status.value}")

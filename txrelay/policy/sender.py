@@ -8,25 +8,35 @@ from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
 
 NOT_AUTHENTICATED = Verdict.reject(
-    "530", "5.7.0", "authentication required: log in with the SMTP credentials of your "
-    "txrelay connection (AUTH over STARTTLS on port 587)")
+    "530",
+    "5.7.0",
+    "authentication required: log in with the SMTP credentials of your "
+    "txrelay connection (AUTH over STARTTLS on port 587)",
+)
 
 
-def authorize_sender(snapshot: PolicySnapshot, sasl_username: str | None,
-                     mail_from: str) -> ConnectionPolicy | Verdict:
+def authorize_sender(
+    snapshot: PolicySnapshot, sasl_username: str | None, mail_from: str
+) -> ConnectionPolicy | Verdict:
     """The connection allowed to send this envelope sender, or the refusal."""
     if not sasl_username:
         return NOT_AUTHENTICATED
     connection = snapshot.connections.get(sasl_username.strip().lower())
     if connection is None or not connection.enabled:
         return Verdict.reject(
-            "550", "5.7.1", f"SMTP login {sasl_username!r} belongs to no active connection; "
-            "ask the relay administrator to enable it or to issue new credentials")
+            "550",
+            "5.7.1",
+            f"SMTP login {sasl_username!r} belongs to no active connection; "
+            "ask the relay administrator to enable it or to issue new credentials",
+        )
     sender = envelope_address(mail_from)
     if not sender:
         return Verdict.reject(
-            "550", "5.7.1", f"the null sender <> is not accepted for connection "
-            f"\"{connection.name}\"; send with an address of one of its sending domains")
+            "550",
+            "5.7.1",
+            f"the null sender <> is not accepted for connection "
+            f'"{connection.name}"; send with an address of one of its sending domains',
+        )
     try:
         domain = address_domain(sender)
     except InvalidDomain as exc:
@@ -34,15 +44,22 @@ def authorize_sender(snapshot: PolicySnapshot, sasl_username: str | None,
     return check_sender_domain(connection, domain, sender)
 
 
-def check_sender_domain(connection: ConnectionPolicy, domain: str | None,
-                        shown: str) -> ConnectionPolicy | Verdict:
+def check_sender_domain(
+    connection: ConnectionPolicy, domain: str | None, shown: str
+) -> ConnectionPolicy | Verdict:
     """The envelope sender's domain must be one of the connection's sending domains."""
     if domain is None:
-        return Verdict.reject("550", "5.7.1", f"sender {shown!r} has no domain; use an address "
-                              "such as shop@example.com")
+        return Verdict.reject(
+            "550",
+            "5.7.1",
+            f"sender {shown!r} has no domain; use an address such as shop@example.com",
+        )
     if domain not in connection.domains:
-        return Verdict.reject("550", "5.7.1", f"sender domain {domain} is not enabled for "
-                              f"connection \"{connection.name}\"")
+        return Verdict.reject(
+            "550",
+            "5.7.1",
+            f'sender domain {domain} is not enabled for connection "{connection.name}"',
+        )
     return connection
 
 
@@ -50,5 +67,8 @@ def check_author_domain(connection: ConnectionPolicy, domain: str) -> Verdict | 
     """The From: header domain must be one of the connection's domains (DMARC alignment)."""
     if domain in connection.domains:
         return None
-    return Verdict.reject("550", "5.7.1", f"From: header domain {domain} is not enabled for "
-                          f"connection \"{connection.name}\"")
+    return Verdict.reject(
+        "550",
+        "5.7.1",
+        f'From: header domain {domain} is not enabled for connection "{connection.name}"',
+    )

@@ -23,13 +23,17 @@ def log_in_again(username: str) -> Verdict:
     attempt is a new session, whose AUTH Dovecot checks against the current login file. A
     454 would leave the session open, and SMTP has no second AUTH within one session."""
     return Verdict.tempfail(
-        "421", "4.7.0", f"the credentials of SMTP login {username!r} were changed (password "
+        "421",
+        "4.7.0",
+        f"the credentials of SMTP login {username!r} were changed (password "
         "rotated, connection disabled or deleted) after this session logged in; log in "
-        "again with the current credentials")
+        "again with the current credentials",
+    )
 
 
-def check_session_login(snapshot: PolicySnapshot, login: str, pinned: SessionLogin | None,
-                        session_started: float) -> SessionLogin | Verdict | None:
+def check_session_login(
+    snapshot: PolicySnapshot, login: str, pinned: SessionLogin | None, session_started: float
+) -> SessionLogin | Verdict | None:
     """The session's credential, still current; 421 4.7.0 when it was replaced; None when
     the login belongs to no enabled connection at the session's first MAIL (then
     authorize_sender refuses it with 550 5.7.1).
@@ -44,8 +48,11 @@ def check_session_login(snapshot: PolicySnapshot, login: str, pinned: SessionLog
     it replaced, and is refused."""
     username = login.strip().lower()
     connection = snapshot.connections.get(username)
-    current = None if connection is None or not connection.enabled else SessionLogin(
-        username, connection.credential, connection.credential_since)
+    current = (
+        None
+        if connection is None or not connection.enabled
+        else SessionLogin(username, connection.credential, connection.credential_since)
+    )
     if pinned is not None and pinned.username == username:
         return pinned if current == pinned else log_in_again(login)
     if current is None:

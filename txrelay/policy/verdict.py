@@ -29,8 +29,10 @@ class Verdict:
         if refusal:
             expected = "4" if self.action is Action.TEMPFAIL else "5"
             if self.smtp_code[0] != expected or self.enhanced_code[0] != expected:
-                raise ValueError(f"{self.action.value} needs {expected}xx codes, got "
-                                 f"{self.smtp_code} {self.enhanced_code}")
+                raise ValueError(
+                    f"{self.action.value} needs {expected}xx codes, got "
+                    f"{self.smtp_code} {self.enhanced_code}"
+                )
 
     @property
     def refused(self) -> bool:
@@ -62,8 +64,12 @@ class Verdict:
 
 def service_unavailable(service: str) -> Verdict:
     """451 4.3.0 when Redis or PostgreSQL does not answer: the client retries later."""
-    return Verdict.tempfail("451", "4.3.0", f"{service} temporarily unavailable; the message "
-                            "was not accepted, please try again in a few minutes")
+    return Verdict.tempfail(
+        "451",
+        "4.3.0",
+        f"{service} temporarily unavailable; the message "
+        "was not accepted, please try again in a few minutes",
+    )
 
 
 QUOTA_SERVICE = "quota service (Redis)"

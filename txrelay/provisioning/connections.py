@@ -31,14 +31,21 @@ class IssuedCredentials:
     password: str
 
 
-def create_connection(conn: psycopg.Connection, account_name: str, name: str,
-                      domains: Sequence[str], rate_limit: int | None) -> IssuedCredentials:
+def create_connection(
+    conn: psycopg.Connection,
+    account_name: str,
+    name: str,
+    domains: Sequence[str],
+    rate_limit: int | None,
+) -> IssuedCredentials:
     name = validate_name(name, "connection name")
     _check_rate_limit(rate_limit)
     if not domains:
         raise InvalidInput("a connection needs at least one sending domain; give --domain D")
-    taken = {"connections_live_name": f"account {account_name!r} already has a connection "
-                                      f"named {name!r}; pick another name"}
+    taken = {
+        "connections_live_name": f"account {account_name!r} already has a connection "
+        f"named {name!r}; pick another name"
+    }
     password = credentials.make_password()
     with transaction(conn, taken):
         account = get_account(conn, account_name)
@@ -51,16 +58,16 @@ def create_connection(conn: psycopg.Connection, account_name: str, name: str,
     return IssuedCredentials(created, password)
 
 
-def _insert_credentials(conn: psycopg.Connection, connection_id: int, account_name: str,
-                        name: str, password: str) -> None:
+def _insert_credentials(
+    conn: psycopg.Connection, connection_id: int, account_name: str, name: str, password: str
+) -> None:
     """A fresh random user name; on the rare collision, try another inside a savepoint."""
     password_hash = credentials.hash_password(password)
     for _ in range(USERNAME_ATTEMPTS):
         username = credentials.make_username(account_name, name)
         try:
             with conn.transaction():
-                connection_store.insert_credentials(conn, connection_id, username,
-                                                    password_hash)
+                connection_store.insert_credentials(conn, connection_id, username, password_hash)
             return
         except psycopg.errors.UniqueViolation:
             continue
@@ -70,9 +77,11 @@ def _insert_credentials(conn: psycopg.Connection, connection_id: int, account_na
 def _owned_domain(conn: psycopg.Connection, account: Account, domain: str) -> SendingDomain:
     found = get_domain(conn, domain)
     if found.account_id != account.id:
-        raise InvalidInput(f"domain {found.domain} belongs to account {found.account_name!r}, "
-                           f"not {account.name!r}; a connection may only send from its own "
-                           "account's domains")
+        raise InvalidInput(
+            f"domain {found.domain} belongs to account {found.account_name!r}, "
+            f"not {account.name!r}; a connection may only send from its own "
+            "account's domains"
+        )
     return found
 
 
@@ -92,15 +101,17 @@ def find_connection(conn: psycopg.Connection, ref: str, account_name: str | None
             account = get_account(conn, account_name)
             found = connection_store.list_connections(conn, account_id=account.id, name=ref)
         else:
-            found = (connection_store.list_connections(conn, username=ref)
-                     or connection_store.list_connections(conn, name=ref))
+            found = connection_store.list_connections(
+                conn, username=ref
+            ) or connection_store.list_connections(conn, name=ref)
     if not found:
         where = f" in account {account_name!r}" if account_name else ""
         raise NotFound(f"no connection {ref!r}{where}; see 'txrelay connection list'")
     if len(found) > 1:
         accounts = ", ".join(repr(c.account_name) for c in found)
-        raise InvalidInput(f"several accounts have a connection named {ref!r} ({accounts}); "
-                           "add --account ACCOUNT")
+        raise InvalidInput(
+            f"several accounts have a connection named {ref!r} ({accounts}); add --account ACCOUNT"
+        )
     return found[0]
 
 
@@ -110,27 +121,29 @@ def list_connections(conn: psycopg.Connection, account_name: str | None) -> list
         return connection_store.list_connections(conn, account_id=account_id)
 
 
-def set_enabled(conn: psycopg.Connection, ref: str, account_name: str | None,
-                enabled: bool) -> Connection:
+def set_enabled(
+    conn: psycopg.Connection, ref: str, account_name: str | None, enabled: bool
+) -> Connection:
     with transaction(conn):
         found = find_connection(conn, ref, account_name)
         connection_store.set_enabled(conn, found.id, enabled)
         return _by_id(conn, found.account_id, found.name)
 
 
-def rotate_password(conn: psycopg.Connection, ref: str, account_name: str | None,
-                    now: dt.datetime) -> IssuedCredentials:
+def rotate_password(
+    conn: psycopg.Connection, ref: str, account_name: str | None, now: dt.datetime
+) -> IssuedCredentials:
     """A new password; the old one stops working at the next login on every node."""
     password = credentials.make_password()
     with transaction(conn):
         found = find_connection(conn, ref, account_name)
-        connection_store.replace_password(conn, found.id, credentials.hash_password(password),
-                                          now)
+        connection_store.replace_password(conn, found.id, credentials.hash_password(password), now)
     return IssuedCredentials(found, password)
 
 
-def delete_connection(conn: psycopg.Connection, ref: str, account_name: str | None,
-                      now: dt.datetime) -> Connection:
+def delete_connection(
+    conn: psycopg.Connection, ref: str, account_name: str | None, now: dt.datetime
+) -> Connection:
     """Soft delete: the row stays for the ledger, the credentials go."""
     with transaction(conn):
         found = find_connection(conn, ref, account_name)
@@ -146,11 +159,14 @@ class ConnectionChange:
     remove_domains: tuple[str, ...] = ()
 
 
-def change_connection(conn: psycopg.Connection, ref: str, account_name: str | None,
-                      change: ConnectionChange) -> Connection:
+def change_connection(
+    conn: psycopg.Connection, ref: str, account_name: str | None, change: ConnectionChange
+) -> Connection:
     if change == ConnectionChange():
-        raise InvalidInput("nothing to change; give --rate-limit, --default-rate-limit, "
-                           "--add-domain or --remove-domain")
+        raise InvalidInput(
+            "nothing to change; give --rate-limit, --default-rate-limit, "
+            "--add-domain or --remove-domain"
+        )
     if change.rate_limit is not None and change.default_rate_limit:
         raise InvalidInput("give either --rate-limit N or --default-rate-limit, not both")
     _check_rate_limit(change.rate_limit)
@@ -160,12 +176,15 @@ def change_connection(conn: psycopg.Connection, ref: str, account_name: str | No
         if change.rate_limit is not None or change.default_rate_limit:
             connection_store.set_rate_limit(conn, found.id, change.rate_limit)
         for domain in change.add_domains:
-            connection_store.link_domain(conn, found.id, _owned_domain(conn, account, domain).id,
-                                         account.id)
+            connection_store.link_domain(
+                conn, found.id, _owned_domain(conn, account, domain).id, account.id
+            )
         for domain in change.remove_domains:
             connection_store.unlink_domain(conn, found.id, get_domain(conn, domain).id)
         changed = _by_id(conn, account.id, found.name)
         if not changed.domains:
-            raise InvalidInput("a connection needs at least one sending domain; add another "
-                               "before removing the last one")
+            raise InvalidInput(
+                "a connection needs at least one sending domain; add another "
+                "before removing the last one"
+            )
     return changed

@@ -29,8 +29,11 @@ def slug(text: str) -> str:
 def make_username(account_name: str, connection_name: str) -> str:
     """<account>-<connection>-<6 random chars>: recognisable in logs, unguessable in bulk."""
     suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(6))
-    parts = [slug(account_name)[:_SLUG_LENGTH].strip("-"),
-             slug(connection_name)[:_SLUG_LENGTH].strip("-"), suffix]
+    parts = [
+        slug(account_name)[:_SLUG_LENGTH].strip("-"),
+        slug(connection_name)[:_SLUG_LENGTH].strip("-"),
+        suffix,
+    ]
     username = "-".join(part for part in parts if part)
     assert USERNAME_PATTERN.match(username), username
     return username

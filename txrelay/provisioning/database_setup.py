@@ -37,25 +37,34 @@ class DatabasePlan:
 
     def url(self, password: str, role: str | None = None) -> str:
         """The node's [database] url: the dedicated role (or `role`), with its password."""
-        return (f"postgresql://{role or self.name}:{quote(password, safe='')}@{self.host}:"
-                f"{self.port}/{self.name}")
+        return (
+            f"postgresql://{role or self.name}:{quote(password, safe='')}@{self.host}:"
+            f"{self.port}/{self.name}"
+        )
 
     def admin_description(self) -> str:
-        return _redacted(self.admin_url) if self.admin_url else \
-            f"the local superuser {LOCAL_SUPERUSER} (unix socket)"
+        return (
+            _redacted(self.admin_url)
+            if self.admin_url
+            else f"the local superuser {LOCAL_SUPERUSER} (unix socket)"
+        )
 
 
 def plan(name: str, admin_url: str | None) -> DatabasePlan:
     """Validate the names and the admin URL; nothing is contacted yet."""
     if not NAME_PATTERN.match(name):
-        raise InvalidInput(f"--database-name {name!r}: use lower-case letters, digits and _ "
-                           "(at most 63), e.g. txrelay")
+        raise InvalidInput(
+            f"--database-name {name!r}: use lower-case letters, digits and _ "
+            "(at most 63), e.g. txrelay"
+        )
     if admin_url is None:
         return DatabasePlan(name, None, LOCAL_HOST, DEFAULT_PORT)
     parts = urlsplit(admin_url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise InvalidInput(f"--admin-url {_redacted(admin_url)!r} is not a postgresql:// URL, "
-                           "e.g. postgresql://postgres@db.example/postgres")
+        raise InvalidInput(
+            f"--admin-url {_redacted(admin_url)!r} is not a postgresql:// URL, "
+            "e.g. postgresql://postgres@db.example/postgres"
+        )
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
@@ -68,14 +77,19 @@ def existing_password(url: str, plan_: DatabasePlan, role: str | None = None) ->
     """The role's (or `role`'s) password in a node's current [database] url, when it names
     that role on this server: a re-run keeps it, so running daemons are not locked out."""
     parts = urlsplit(url)
-    if (parts.username, parts.hostname, parts.port or DEFAULT_PORT, parts.path.strip("/")) == \
-            (role or plan_.name, plan_.host, plan_.port, plan_.name) and parts.password:
+    if (parts.username, parts.hostname, parts.port or DEFAULT_PORT, parts.path.strip("/")) == (
+        role or plan_.name,
+        plan_.host,
+        plan_.port,
+        plan_.name,
+    ) and parts.password:
         return unquote(parts.password)
     return None
 
 
-def ensure_role_and_database(plan_: DatabasePlan, password: str | None,
-                             milter_password: str | None = None) -> tuple[str, str]:
+def ensure_role_and_database(
+    plan_: DatabasePlan, password: str | None, milter_password: str | None = None
+) -> tuple[str, str]:
     """Create (or keep) the role and the database it owns, and the daemons' role (NAME_milter,
     login only: its rights come from txrelay_grant_daemon_role after migrating); returns the
     node's URL and the daemons' URL.
@@ -92,7 +106,8 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None,
         raise ServiceUnavailable(
             f"cannot connect to PostgreSQL as {plan_.admin_description()}: "
             f"{_first_error(done.stderr)}; check that it runs, or pass --admin-url (a role "
-            "that may create roles and databases) or --database-url")
+            "that may create roles and databases) or --database-url"
+        )
     if done.returncode != 0:
         reason = _first_error(done.stderr)
         if "exists and belongs to" in reason:
@@ -104,22 +119,27 @@ def ensure_role_and_database(plan_: DatabasePlan, password: str | None,
             f"Have a PostgreSQL administrator run:\n{dba_sql(plan_.name)}\n"
             f"then run 'txrelay init --database-url "
             f"postgresql://{plan_.name}:PASSWORD@{plan_.host}:{plan_.port}/{plan_.name}' "
-            "(or pass --admin-url with a role that may create roles and databases)")
+            "(or pass --admin-url with a role that may create roles and databases)"
+        )
     return plan_.url(password), plan_.url(milter_password, plan_.milter_role)
 
 
 def dba_sql(name: str) -> str:
-    return (f"  CREATE ROLE {name} LOGIN PASSWORD 'choose-a-password';\n"
-            f"  CREATE ROLE {name}{MILTER_SUFFIX} LOGIN PASSWORD 'choose-another-password';\n"
-            f"  CREATE DATABASE {name} OWNER {name};")
+    return (
+        f"  CREATE ROLE {name} LOGIN PASSWORD 'choose-a-password';\n"
+        f"  CREATE ROLE {name}{MILTER_SUFFIX} LOGIN PASSWORD 'choose-another-password';\n"
+        f"  CREATE DATABASE {name} OWNER {name};"
+    )
 
 
 def _script(name: str, password: str, milter_password: str) -> str:
     # psql variables carry the values; :'var' quotes them as literals. NAME_PATTERN and the
     # password's alphabet (letters, digits, - and _) are safe inside \set's quotes.
-    return (f"\\set role_name '{name}'\n\\set role_password '{password}'\n"
-            f"\\set milter_role '{name}{MILTER_SUFFIX}'\n"
-            f"\\set milter_password '{milter_password}'\n" + _SETUP_SQL)
+    return (
+        f"\\set role_name '{name}'\n\\set role_password '{password}'\n"
+        f"\\set milter_role '{name}{MILTER_SUFFIX}'\n"
+        f"\\set milter_password '{milter_password}'\n" + _SETUP_SQL
+    )
 
 
 # CREATE DATABASE cannot run in a transaction or DO block: \gexec runs each generated
@@ -153,9 +173,11 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'role_name', :'role_name')
 def _run_psql(plan_: DatabasePlan, script: str) -> subprocess.CompletedProcess[str]:
     psql = shutil.which("psql")
     if psql is None:
-        raise ConfigError("psql is missing: install postgresql-client (scripts/"
-                                 "install.sh does), or pass --database-url of a database "
-                                 "made by your DBA")
+        raise ConfigError(
+            "psql is missing: install postgresql-client (scripts/"
+            "install.sh does), or pass --database-url of a database "
+            "made by your DBA"
+        )
     command = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
     environment = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
     if plan_.admin_url is not None:
@@ -171,12 +193,21 @@ def _run_psql(plan_: DatabasePlan, script: str) -> subprocess.CompletedProcess[s
             command = ["runuser", "-u", LOCAL_SUPERUSER, "--", *command]
     # The script goes through stdin: the role's password never appears in a process list.
     try:
-        return subprocess.run(command, input=script, capture_output=True,
-                              text=True, env=environment, timeout=PSQL_TIMEOUT_SECONDS,
-                              cwd="/", check=False)
+        return subprocess.run(
+            command,
+            input=script,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=PSQL_TIMEOUT_SECONDS,
+            cwd="/",
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise ServiceUnavailable(f"PostgreSQL did not answer within {PSQL_TIMEOUT_SECONDS} s "
-                                 f"({plan_.admin_description()})") from exc
+        raise ServiceUnavailable(
+            f"PostgreSQL did not answer within {PSQL_TIMEOUT_SECONDS} s "
+            f"({plan_.admin_description()})"
+        ) from exc
 
 
 def _system_user_exists(name: str) -> bool:

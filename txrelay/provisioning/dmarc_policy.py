@@ -44,8 +44,11 @@ def parse(value: str) -> DmarcRecord:
             tags.setdefault(tag.strip().lower(), tag_value.strip())
     policy = tags.get("p", "").lower()
     if policy not in POLICIES:
-        raise DmarcSyntaxError("p= is missing" if "p" not in tags else
-                               f"p={tags['p']} is not none, quarantine or reject")
+        raise DmarcSyntaxError(
+            "p= is missing"
+            if "p" not in tags
+            else f"p={tags['p']} is not none, quarantine or reject"
+        )
     modes = {}
     for tag in ("adkim", "aspf"):
         modes[tag] = tags.get(tag, "r").lower()
@@ -62,8 +65,9 @@ def parse(value: str) -> DmarcRecord:
 
 def starting_record(domain: str, rua_template: str) -> str:
     """v=DMARC1; p=none; rua=…: reports only, nothing refused, until the reports are read."""
-    rua = ",".join(uri.strip().replace("{domain}", domain)
-                   for uri in rua_template.split(",") if uri.strip())
+    rua = ",".join(
+        uri.strip().replace("{domain}", domain) for uri in rua_template.split(",") if uri.strip()
+    )
     return f"v=DMARC1; p={STARTING_POLICY}" + (f"; rua={rua}" if rua else "")
 
 

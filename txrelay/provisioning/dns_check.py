@@ -54,28 +54,44 @@ class RecordCheck:
         return self.verdict in FAILURES
 
 
-def check_publication(lookup: Lookup, expected: DnsRecord, algorithm: str,
-                      public_key_b64: str) -> PublicationCheck:
+def check_publication(
+    lookup: Lookup, expected: DnsRecord, algorithm: str, public_key_b64: str
+) -> PublicationCheck:
     name = expected.name
     try:
         found = lookup.txt(name)
     except LookupFailed as exc:
         return PublicationCheck("dns-error", name, (), f"{exc}; try again later")
     if not found:
-        return PublicationCheck("missing", name, (), f"no TXT record at {name}; publish the "
-                                "record shown by 'txrelay domain dns'")
+        return PublicationCheck(
+            "missing",
+            name,
+            (),
+            f"no TXT record at {name}; publish the record shown by 'txrelay domain dns'",
+        )
     keys = [tags for tags in map(parse_txt_tags, found) if "p" in tags]
     if not keys:
-        return PublicationCheck("missing", name, tuple(found), f"TXT at {name} holds no DKIM "
-                                "key (no p= tag); publish the record shown by 'txrelay domain "
-                                "dns'")
+        return PublicationCheck(
+            "missing",
+            name,
+            tuple(found),
+            f"TXT at {name} holds no DKIM "
+            "key (no p= tag); publish the record shown by 'txrelay domain "
+            "dns'",
+        )
     for tags in keys:
         if tags["p"] == public_key_b64 and tags.get("k", "rsa") == algorithm:
-            return PublicationCheck("published", name, tuple(found),
-                                    f"{name} publishes the stored {algorithm} key")
-    return PublicationCheck("mismatch", name, tuple(found), f"{name} publishes a different key "
-                            "than the one txrelay signs with; replace it with the record shown "
-                            "by 'txrelay domain dns'")
+            return PublicationCheck(
+                "published", name, tuple(found), f"{name} publishes the stored {algorithm} key"
+            )
+    return PublicationCheck(
+        "mismatch",
+        name,
+        tuple(found),
+        f"{name} publishes a different key "
+        "than the one txrelay signs with; replace it with the record shown "
+        "by 'txrelay domain dns'",
+    )
 
 
 def published_now(lookup: Lookup, domain: str) -> Published:
@@ -83,7 +99,8 @@ def published_now(lookup: Lookup, domain: str) -> Published:
     when DNS does not answer)."""
     return Published(
         spf=tuple(spf_policy.spf_records(lookup.txt(domain))),
-        dmarc=tuple(dmarc_policy.dmarc_records(lookup.txt(dmarc_policy.record_name(domain)))))
+        dmarc=tuple(dmarc_policy.dmarc_records(lookup.txt(dmarc_policy.record_name(domain)))),
+    )
 
 
 def check_domain(lookup: Lookup, domain: SendingDomain, config: DnsConfig) -> list[RecordCheck]:
@@ -103,11 +120,17 @@ def check_domain(lookup: Lookup, domain: SendingDomain, config: DnsConfig) -> li
 
 def check_dkim(lookup: Lookup, expected: ExpectedRecord) -> RecordCheck:
     assert expected.key is not None and expected.record is not None
-    result = check_publication(lookup, expected.record, expected.key.algorithm,
-                               expected.key.public_key_b64)
+    result = check_publication(
+        lookup, expected.record, expected.key.algorithm, expected.key.public_key_b64
+    )
     verdict = OK if result.ok else result.status
-    fix = (RETRY if verdict == DNS_ERROR else
-           "" if verdict == OK else f"publish: {expected.record.zone_line()}")
+    fix = (
+        RETRY
+        if verdict == DNS_ERROR
+        else ""
+        if verdict == OK
+        else f"publish: {expected.record.zone_line()}"
+    )
     return RecordCheck(expected, verdict, result.detail, fix, result.found)
 
 
@@ -121,9 +144,13 @@ def check_present(lookup: Lookup, expected: ExpectedRecord) -> RecordCheck:
     if expected.record.value in found:
         return RecordCheck(expected, OK, f"{expected.name} publishes it", found=tuple(found))
     verdict = MISMATCH if found else MISSING
-    return RecordCheck(expected, verdict, f"{expected.name} does not publish "
-                       f"{expected.record.value!r}", f"publish: {expected.record.zone_line()}",
-                       tuple(found))
+    return RecordCheck(
+        expected,
+        verdict,
+        f"{expected.name} does not publish {expected.record.value!r}",
+        f"publish: {expected.record.zone_line()}",
+        tuple(found),
+    )
 
 
 def check_spf(lookup: Lookup, expected: ExpectedRecord, config: DnsConfig) -> RecordCheck:
@@ -135,47 +162,82 @@ def check_spf(lookup: Lookup, expected: ExpectedRecord, config: DnsConfig) -> Re
     terms = relay_spf_terms(config)
     if not found:
         fix = f"publish: {expected.record.zone_line()}" if expected.record else expected.note
-        return RecordCheck(expected, MISSING, f"{domain} has no SPF record (TXT \"v=spf1 …\")",
-                           fix)
+        return RecordCheck(expected, MISSING, f'{domain} has no SPF record (TXT "v=spf1 …")', fix)
     merged = DnsRecord(domain, spf_policy.merged_record(found, terms)).zone_line()
     if len(found) > 1:
-        return RecordCheck(expected, MISMATCH, f"{domain} has {len(found)} SPF records; "
-                           "receivers then ignore all of them (permerror)",
-                           f"replace them with one record: {merged}", tuple(found))
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{domain} has {len(found)} SPF records; receivers then ignore all of them (permerror)",
+            f"replace them with one record: {merged}",
+            tuple(found),
+        )
     targets: list[spf_policy.Target] = [*config.relay_networks()]
     if not targets and config.spf_include:
         targets = [config.spf_include]
     if not targets:
-        return RecordCheck(expected, WARNING, f"{domain} publishes {found[0]!r}; txrelay cannot "
-                           "tell whether it authorises the relay", expected.note, tuple(found))
-    return _judge_spf(expected, found[0], merged, [
-        (target, spf_policy.evaluate(lookup, domain, target)) for target in targets])
+        return RecordCheck(
+            expected,
+            WARNING,
+            f"{domain} publishes {found[0]!r}; txrelay cannot tell whether it authorises the relay",
+            expected.note,
+            tuple(found),
+        )
+    return _judge_spf(
+        expected,
+        found[0],
+        merged,
+        [(target, spf_policy.evaluate(lookup, domain, target)) for target in targets],
+    )
 
 
-def _judge_spf(expected: ExpectedRecord, published: str, merged: str,
-               results: list[tuple[spf_policy.Target, spf_policy.Evaluation]]) -> RecordCheck:
+def _judge_spf(
+    expected: ExpectedRecord,
+    published: str,
+    merged: str,
+    results: list[tuple[spf_policy.Target, spf_policy.Evaluation]],
+) -> RecordCheck:
     found = (published,)
     shown = ", ".join(spf_policy.target_text(target) for target, _ in results)
     failing = [(target, e) for target, e in results if e.result != "pass"]
     if not failing:
-        return RecordCheck(expected, OK, f"{expected.name} publishes {published!r}, which "
-                           f"authorises the relay ({shown})", found=found)
+        return RecordCheck(
+            expected,
+            OK,
+            f"{expected.name} publishes {published!r}, which authorises the relay ({shown})",
+            found=found,
+        )
     target, evaluation = failing[0]
     who = spf_policy.target_text(target)
     if evaluation.result == "temperror":
-        return RecordCheck(expected, DNS_ERROR, f"evaluating SPF for {who}: {evaluation.reason}",
-                           RETRY, found)
+        return RecordCheck(
+            expected, DNS_ERROR, f"evaluating SPF for {who}: {evaluation.reason}", RETRY, found
+        )
     if evaluation.result == "unknown":
-        return RecordCheck(expected, WARNING, f"cannot tell whether {published!r} authorises "
-                           f"{who}: {evaluation.reason}",
-                           f"make sure it does, e.g. with: {merged}", found)
+        return RecordCheck(
+            expected,
+            WARNING,
+            f"cannot tell whether {published!r} authorises {who}: {evaluation.reason}",
+            f"make sure it does, e.g. with: {merged}",
+            found,
+        )
     if evaluation.result == "permerror":
-        return RecordCheck(expected, MISMATCH, f"{expected.name}'s SPF record is broken "
-                           f"({evaluation.reason}); receivers treat it as an error",
-                           f"correct it so that it holds the relay's mechanisms: {merged}", found)
-    return RecordCheck(expected, MISMATCH, f"{published!r} does not authorise the relay: {who} "
-                       f"gets {evaluation.result} ({evaluation.reason})",
-                       f"replace it with: {merged}", found)
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{expected.name}'s SPF record is broken "
+            f"({evaluation.reason}); receivers treat it as an error",
+            f"correct it so that it holds the relay's mechanisms: {merged}",
+            found,
+        )
+    return RecordCheck(
+        expected,
+        MISMATCH,
+        f"{published!r} does not authorise the relay: {who} "
+        f"gets {evaluation.result} ({evaluation.reason})",
+        f"replace it with: {merged}",
+        found,
+    )
 
 
 def check_dmarc(lookup: Lookup, expected: ExpectedRecord, domain: str) -> RecordCheck:
@@ -187,22 +249,34 @@ def check_dmarc(lookup: Lookup, expected: ExpectedRecord, domain: str) -> Record
     except LookupFailed as exc:
         return RecordCheck(expected, DNS_ERROR, str(exc), RETRY)
     if misplaced:
-        return RecordCheck(expected, MISSING, f"a DMARC record is published at {domain} itself; "
-                           f"receivers look for it only at {expected.name}",
-                           f"move it: {expected.record.zone_line()}")
+        return RecordCheck(
+            expected,
+            MISSING,
+            f"a DMARC record is published at {domain} itself; "
+            f"receivers look for it only at {expected.name}",
+            f"move it: {expected.record.zone_line()}",
+        )
     if not found:
         return RecordCheck(expected, MISSING, f"no DMARC record at {expected.name}", publish)
     if len(found) > 1:
-        return RecordCheck(expected, MISMATCH, f"{source} has {len(found)} DMARC records; "
-                           "receivers then apply none", f"keep one, e.g.: "
-                           f"{expected.record.zone_line()}", tuple(found))
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{source} has {len(found)} DMARC records; receivers then apply none",
+            f"keep one, e.g.: {expected.record.zone_line()}",
+            tuple(found),
+        )
     try:
         record = dmarc_policy.parse(found[0])
     except dmarc_policy.DmarcSyntaxError as exc:
-        return RecordCheck(expected, MISMATCH, f"{source}: {exc}; receivers ignore the record",
-                           f"replace it with: {expected.record.zone_line()}", tuple(found))
-    return _judge_dmarc(expected, domain, source, record, tuple(found),
-                        expected.record.zone_line())
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{source}: {exc}; receivers ignore the record",
+            f"replace it with: {expected.record.zone_line()}",
+            tuple(found),
+        )
+    return _judge_dmarc(expected, domain, source, record, tuple(found), expected.record.zone_line())
 
 
 def _applicable_dmarc(lookup: Lookup, domain: str) -> tuple[str, list[str]]:
@@ -214,9 +288,14 @@ def _applicable_dmarc(lookup: Lookup, domain: str) -> tuple[str, list[str]]:
     return dmarc_policy.record_name(domain), []
 
 
-def _judge_dmarc(expected: ExpectedRecord, domain: str, source: str,
-                 record: dmarc_policy.DmarcRecord, found: tuple[str, ...],
-                 starting_line: str) -> RecordCheck:
+def _judge_dmarc(
+    expected: ExpectedRecord,
+    domain: str,
+    source: str,
+    record: dmarc_policy.DmarcRecord,
+    found: tuple[str, ...],
+    starting_line: str,
+) -> RecordCheck:
     inherited = source != expected.name
     policy = record.subdomain_policy if inherited else record.policy
     # txrelay signs with d= the From: domain, and the envelope sender is the shop's own
@@ -226,11 +305,18 @@ def _judge_dmarc(expected: ExpectedRecord, domain: str, source: str,
     modes = f"adkim={record.adkim}, aspf={record.aspf}"
     where = f"{source} (inherited by {domain})" if inherited else source
     if not (dkim_aligned or spf_aligned):
-        return RecordCheck(expected, MISMATCH, f"{where}: neither txrelay's DKIM signature nor "
-                           f"its envelope sender is aligned with {domain} ({modes})",
-                           f"relax the alignment: {starting_line}", found)
-    detail = (f"{where} applies policy p={policy}; txrelay's DKIM signature (d={domain}) is "
-              f"aligned ({modes})")
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{where}: neither txrelay's DKIM signature nor "
+            f"its envelope sender is aligned with {domain} ({modes})",
+            f"relax the alignment: {starting_line}",
+            found,
+        )
+    detail = (
+        f"{where} applies policy p={policy}; txrelay's DKIM signature (d={domain}) is "
+        f"aligned ({modes})"
+    )
     if policy == "none":
         detail += "; reports only: once they show only your own mail, move to p=quarantine"
     return RecordCheck(expected, OK, detail, found=found)

@@ -44,13 +44,17 @@ class Published:
     dmarc: tuple[str, ...] | None = None
 
 
-def required_records(domain: SendingDomain, config: DnsConfig,
-                     published: Published = Published()) -> list[ExpectedRecord]:
+def required_records(
+    domain: SendingDomain, config: DnsConfig, published: Published = Published()
+) -> list[ExpectedRecord]:
     """With `published`, SPF and DMARC take the domain's current records into account (one
     of each per name): an SPF record to extend, a DMARC record to keep."""
-    return [*dkim_records(domain), spf_record(domain.domain, config, published.spf),
-            dmarc_record(domain.domain, config, published.dmarc),
-            *return_path_records(domain)]
+    return [
+        *dkim_records(domain),
+        spf_record(domain.domain, config, published.spf),
+        dmarc_record(domain.domain, config, published.dmarc),
+        *return_path_records(domain),
+    ]
 
 
 def dkim_records(domain: SendingDomain) -> list[ExpectedRecord]:
@@ -59,9 +63,17 @@ def dkim_records(domain: SendingDomain) -> list[ExpectedRecord]:
     records = []
     for key, state in keys:
         record = dns_record(key.selector, domain.domain, key.algorithm, key.public_key_b64)
-        records.append(ExpectedRecord(
-            DKIM, record.name, record, "the public key receivers verify txrelay's signatures "
-            f"with (selector {key.selector}, {key.algorithm})", key=key, state=state))
+        records.append(
+            ExpectedRecord(
+                DKIM,
+                record.name,
+                record,
+                "the public key receivers verify txrelay's signatures "
+                f"with (selector {key.selector}, {key.algorithm})",
+                key=key,
+                state=state,
+            )
+        )
     return records
 
 
@@ -69,53 +81,91 @@ def relay_spf_terms(config: DnsConfig) -> list[str]:
     return spf_policy.relay_terms(config.spf_include, config.relay_networks())
 
 
-def spf_record(domain: str, config: DnsConfig,
-               published: tuple[str, ...] | None = None) -> ExpectedRecord:
+def spf_record(
+    domain: str, config: DnsConfig, published: tuple[str, ...] | None = None
+) -> ExpectedRecord:
     purpose = f"authorises the relay to send mail with envelope senders @{domain}"
     terms = relay_spf_terms(config)
     if not terms:
-        return ExpectedRecord(SPF, domain, None, purpose, published=published, note=(
-            "the relay's sending addresses are not configured ([dns] relay_addresses or "
-            "spf_include in txrelay.toml); ask the relay administrator what to authorise"))
+        return ExpectedRecord(
+            SPF,
+            domain,
+            None,
+            purpose,
+            published=published,
+            note=(
+                "the relay's sending addresses are not configured ([dns] relay_addresses or "
+                "spf_include in txrelay.toml); ask the relay administrator what to authorise"
+            ),
+        )
     if published:
         merged = spf_policy.merged_record(list(published), terms)
-        note = (f"{domain} publishes this record already; nothing to change"
-                if list(published) == [merged] else
-                f"{domain} already publishes {' and '.join(map(repr, published))}; there "
-                "must be one SPF record per name, so replace "
-                f"{'it' if len(published) == 1 else 'them'} with the record above (the "
-                "same mechanisms plus the relay's)")
-        return ExpectedRecord(SPF, domain, DnsRecord(domain, merged), purpose, note,
-                              published=published)
-    note = (f"one SPF record per name: if {domain} already has a TXT record starting with "
-            f"\"v=spf1\", do not add a second one (receivers then ignore both); add "
-            f"\"{' '.join(terms)}\" to it, before its \"all\" term (-all, ~all)")
+        note = (
+            f"{domain} publishes this record already; nothing to change"
+            if list(published) == [merged]
+            else f"{domain} already publishes {' and '.join(map(repr, published))}; there "
+            "must be one SPF record per name, so replace "
+            f"{'it' if len(published) == 1 else 'them'} with the record above (the "
+            "same mechanisms plus the relay's)"
+        )
+        return ExpectedRecord(
+            SPF, domain, DnsRecord(domain, merged), purpose, note, published=published
+        )
+    note = (
+        f"one SPF record per name: if {domain} already has a TXT record starting with "
+        f'"v=spf1", do not add a second one (receivers then ignore both); add '
+        f'"{" ".join(terms)}" to it, before its "all" term (-all, ~all)'
+    )
     if published is not None:
         note = f"{domain} has no SPF record yet"
-    return ExpectedRecord(SPF, domain, DnsRecord(domain, spf_policy.suggested_record(terms)),
-                          purpose, note, published=published)
-
-
-def dmarc_record(domain: str, config: DnsConfig,
-                 published: tuple[str, ...] | None = None) -> ExpectedRecord:
-    name = dmarc_policy.record_name(domain)
-    purpose = ("tells receivers what to do with mail that fails DKIM and SPF, and where to "
-               "send reports")
-    if published and len(published) == 1:
-        return ExpectedRecord(DMARC, name, DnsRecord(name, published[0]), purpose, note=(
-            f"{name} publishes this record already: keep it ('txrelay domain check' "
-            "checks it)"), published=published)
-    notes = [f"if {name} already has a DMARC record, keep it and do not add a second one"
-             if published is None else
-             f"{name} has {len(published)} DMARC records, which receivers ignore: keep one"
-             if published else f"{name} has no DMARC record yet"]
-    notes += [f"reports go to {host}: its zone must publish {domain}._report._dmarc.{host} "
-              "TXT \"v=DMARC1\" to accept them (the relay administrator does that)"
-              for host in dmarc_policy.foreign_report_domains(domain, config.dmarc_rua)]
     return ExpectedRecord(
-        DMARC, name, DnsRecord(name, dmarc_policy.starting_record(domain, config.dmarc_rua)),
+        SPF,
+        domain,
+        DnsRecord(domain, spf_policy.suggested_record(terms)),
+        purpose,
+        note,
+        published=published,
+    )
+
+
+def dmarc_record(
+    domain: str, config: DnsConfig, published: tuple[str, ...] | None = None
+) -> ExpectedRecord:
+    name = dmarc_policy.record_name(domain)
+    purpose = (
+        "tells receivers what to do with mail that fails DKIM and SPF, and where to send reports"
+    )
+    if published and len(published) == 1:
+        return ExpectedRecord(
+            DMARC,
+            name,
+            DnsRecord(name, published[0]),
+            purpose,
+            note=(
+                f"{name} publishes this record already: keep it ('txrelay domain check' checks it)"
+            ),
+            published=published,
+        )
+    notes = [
+        f"if {name} already has a DMARC record, keep it and do not add a second one"
+        if published is None
+        else f"{name} has {len(published)} DMARC records, which receivers ignore: keep one"
+        if published
+        else f"{name} has no DMARC record yet"
+    ]
+    notes += [
+        f"reports go to {host}: its zone must publish {domain}._report._dmarc.{host} "
+        'TXT "v=DMARC1" to accept them (the relay administrator does that)'
+        for host in dmarc_policy.foreign_report_domains(domain, config.dmarc_rua)
+    ]
+    return ExpectedRecord(
+        DMARC,
+        name,
+        DnsRecord(name, dmarc_policy.starting_record(domain, config.dmarc_rua)),
         f"{purpose}; this starting record only asks for reports (p=none)",
-        note="; ".join(notes), published=published)
+        note="; ".join(notes),
+        published=published,
+    )
 
 
 def return_path_records(domain: SendingDomain) -> list[ExpectedRecord]:

@@ -38,20 +38,32 @@ def get_domain(conn: psycopg.Connection, domain: str) -> SendingDomain:
     with transaction(conn):
         found = domain_store.find_domain(conn, name)
     if found is None:
-        raise NotFound(f"domain {name} is not registered; see 'txrelay domain list' or add it "
-                       "with 'txrelay domain add ACCOUNT DOMAIN --list-help URL'")
+        raise NotFound(
+            f"domain {name} is not registered; see 'txrelay domain list' or add it "
+            "with 'txrelay domain add ACCOUNT DOMAIN --list-help URL'"
+        )
     return found
 
 
-def add_domain(conn: psycopg.Connection, now: dt.datetime, account_name: str, domain: str,
-               list_help: str, choice: KeyChoice, *, keys: KeyRing) -> SendingDomain:
+def add_domain(
+    conn: psycopg.Connection,
+    now: dt.datetime,
+    account_name: str,
+    domain: str,
+    list_help: str,
+    choice: KeyChoice,
+    *,
+    keys: KeyRing,
+) -> SendingDomain:
     """Store the domain with a new or shared DKIM key, in one transaction."""
     name = normalize_domain(domain)
     help_target = normalize_list_help(list_help)
     if choice.key_file is not None and choice.reuse_key_of is not None:
         raise InvalidInput("give either --key-file or --reuse-key-of, not both")
-    taken = {"sending_domains_domain_key": f"domain {name} is already registered; see "
-                                           f"'txrelay domain list'"}
+    taken = {
+        "sending_domains_domain_key": f"domain {name} is already registered; see "
+        f"'txrelay domain list'"
+    }
     with transaction(conn, taken):
         account = get_account(conn, account_name)
         if choice.reuse_key_of is not None:
@@ -63,30 +75,42 @@ def add_domain(conn: psycopg.Connection, now: dt.datetime, account_name: str, do
     return get_domain(conn, name)
 
 
-def _new_key(conn: psycopg.Connection, account_id: int, selector: str,
-             choice: KeyChoice, keys: KeyRing) -> int:
+def _new_key(
+    conn: psycopg.Connection, account_id: int, selector: str, choice: KeyChoice, keys: KeyRing
+) -> int:
     """A new key, its private half sealed with the current KEK before it reaches the database."""
     if choice.key_file is not None:
         material = dkim_keys.load_key_file(choice.key_file, choice.algorithm)
     else:
         material = dkim_keys.generate_key(choice.algorithm or "rsa")
-    return domain_store.insert_dkim_key(conn, account_id, selector, material.algorithm,
-                                        keys.seal(material.private_key_pem),
-                                        material.public_key_b64)
+    return domain_store.insert_dkim_key(
+        conn,
+        account_id,
+        selector,
+        material.algorithm,
+        keys.seal(material.private_key_pem),
+        material.public_key_b64,
+    )
 
 
-def _shared_key(conn: psycopg.Connection, account_id: int, account_name: str,
-                choice: KeyChoice) -> int:
+def _shared_key(
+    conn: psycopg.Connection, account_id: int, account_name: str, choice: KeyChoice
+) -> int:
     other = get_domain(conn, choice.reuse_key_of or "")
     if other.account_id != account_id:
-        raise InvalidInput(f"domain {other.domain} belongs to account {other.account_name!r}, "
-                           f"not {account_name!r}; a key can only be shared within an account")
+        raise InvalidInput(
+            f"domain {other.domain} belongs to account {other.account_name!r}, "
+            f"not {account_name!r}; a key can only be shared within an account"
+        )
     if choice.selector is not None and normalize_selector(choice.selector) != other.key.selector:
-        raise InvalidInput(f"the key of {other.domain} has selector {other.key.selector}; drop "
-                           "--selector or give that one")
+        raise InvalidInput(
+            f"the key of {other.domain} has selector {other.key.selector}; drop "
+            "--selector or give that one"
+        )
     if choice.algorithm is not None and choice.algorithm != other.key.algorithm:
-        raise InvalidInput(f"the key of {other.domain} is {other.key.algorithm}; drop "
-                           "--algorithm or give that one")
+        raise InvalidInput(
+            f"the key of {other.domain} is {other.key.algorithm}; drop --algorithm or give that one"
+        )
     return other.key.id
 
 
@@ -104,47 +128,57 @@ def change_list_help(conn: psycopg.Connection, domain: str, list_help: str) -> S
     return get_domain(conn, domain)
 
 
-
 # How long a replaced key stays published. Postfix gives up on a message after 5 days
 # (maximal_queue_lifetime), other senders' queues are similar, and receivers verify when the
 # message arrives; two more days cover clock skew and slow retries.
 RETIRE_AFTER = dt.timedelta(days=7)
 
-_ONE_PENDING = {"dkim_key_rotations_one_pending": "another rotation of this domain started at "
-                                                   "the same time; see 'txrelay domain show'"}
+_ONE_PENDING = {
+    "dkim_key_rotations_one_pending": "another rotation of this domain started at "
+    "the same time; see 'txrelay domain show'"
+}
 
 
-def start_rotation(conn: psycopg.Connection, now: dt.datetime, domain: str,
-                   choice: KeyChoice, *, keys: KeyRing) -> SendingDomain:
+def start_rotation(
+    conn: psycopg.Connection, now: dt.datetime, domain: str, choice: KeyChoice, *, keys: KeyRing
+) -> SendingDomain:
     """Add a new key under a new selector as 'pending': the domain keeps signing with its
     current key until the new record is published and the admin switches."""
     if choice.reuse_key_of is not None:
-        raise InvalidInput("a rotation makes a new key (or takes --key-file); --reuse-key-of "
-                           "is only for 'txrelay domain add'")
+        raise InvalidInput(
+            "a rotation makes a new key (or takes --key-file); --reuse-key-of "
+            "is only for 'txrelay domain add'"
+        )
     with transaction(conn, _ONE_PENDING):
         found = _locked_domain(conn, domain)
         pending = found.rotating_key("pending")
         if pending is not None:
-            raise Conflict(f"{found.domain} already has a new key waiting under selector "
-                           f"{pending.key.selector}; publish its record and run 'txrelay domain "
-                           f"switch-key {found.domain}', or drop it with 'txrelay domain "
-                           f"retire-key {found.domain} {pending.key.selector}'")
+            raise Conflict(
+                f"{found.domain} already has a new key waiting under selector "
+                f"{pending.key.selector}; publish its record and run 'txrelay domain "
+                f"switch-key {found.domain}', or drop it with 'txrelay domain "
+                f"retire-key {found.domain} {pending.key.selector}'"
+            )
         selector = _rotation_selector(choice.selector, now, found.selectors, found.domain)
-        key_choice = KeyChoice(selector, choice.algorithm or (
-            None if choice.key_file else found.key.algorithm), choice.key_file)
+        key_choice = KeyChoice(
+            selector,
+            choice.algorithm or (None if choice.key_file else found.key.algorithm),
+            choice.key_file,
+        )
         key_id = _new_key(conn, found.account_id, selector, key_choice, keys)
         domain_store.insert_rotating_key(conn, found.id, key_id, "pending", now)
     return get_domain(conn, found.domain)
 
 
-def _rotation_selector(wanted: str | None, now: dt.datetime, taken: set[str],
-                       domain: str) -> str:
+def _rotation_selector(wanted: str | None, now: dt.datetime, taken: set[str], domain: str) -> str:
     """The given selector, or txr<yyyymm> (then -2, -3… when this month's is taken)."""
     if wanted is not None:
         selector = normalize_selector(wanted)
         if selector in taken:
-            raise Conflict(f"{domain} already publishes selector {selector}; a new key needs a "
-                           "selector of its own (its DNS record is separate)")
+            raise Conflict(
+                f"{domain} already publishes selector {selector}; a new key needs a "
+                "selector of its own (its DNS record is separate)"
+            )
         return selector
     base = default_selector(now)
     candidates = (base if n == 1 else f"{base}-{n}" for n in range(1, len(taken) + 2))
@@ -155,13 +189,16 @@ def pending_key(found: SendingDomain) -> RotatingKey:
     """The new key waiting to sign for the domain, or a message saying how to make one."""
     pending = found.rotating_key("pending")
     if pending is None:
-        raise NotFound(f"{found.domain} has no new key waiting; start a rotation with "
-                       f"'txrelay domain rotate-key {found.domain}'")
+        raise NotFound(
+            f"{found.domain} has no new key waiting; start a rotation with "
+            f"'txrelay domain rotate-key {found.domain}'"
+        )
     return pending
 
 
-def switch_key(conn: psycopg.Connection, now: dt.datetime, domain: str,
-               checked_key_id: int) -> tuple[SendingDomain, DkimKey]:
+def switch_key(
+    conn: psycopg.Connection, now: dt.datetime, domain: str, checked_key_id: int
+) -> tuple[SendingDomain, DkimKey]:
     """Sign with the pending key from now on; the old key becomes 'retiring' (still listed as
     published). checked_key_id is the pending key whose DNS record the caller checked (or
     chose not to): a rotation restarted meanwhile is refused rather than switched blind."""
@@ -169,36 +206,45 @@ def switch_key(conn: psycopg.Connection, now: dt.datetime, domain: str,
         found = _locked_domain(conn, domain)
         pending = pending_key(found)
         if pending.key.id != checked_key_id:
-            raise Conflict(f"the new key of {found.domain} changed while its DNS record was "
-                           "checked; run the command again")
+            raise Conflict(
+                f"the new key of {found.domain} changed while its DNS record was "
+                "checked; run the command again"
+            )
         domain_store.delete_rotating_key(conn, found.id, pending.key.id)
         domain_store.update_signing_key(conn, found.id, pending.key.id)
         domain_store.insert_rotating_key(conn, found.id, found.key.id, "retiring", now)
     return get_domain(conn, found.domain), found.key
 
 
-def retire_key(conn: psycopg.Connection, now: dt.datetime, domain: str, selector: str,
-               force: bool) -> tuple[SendingDomain, RotatingKey]:
+def retire_key(
+    conn: psycopg.Connection, now: dt.datetime, domain: str, selector: str, force: bool
+) -> tuple[SendingDomain, RotatingKey]:
     """Stop publishing a retiring key (after RETIRE_AFTER unless forced), or drop a pending
     key that never signed. The key itself is deleted once no domain uses it."""
     wanted = normalize_selector(selector)
     with transaction(conn):
         found = _locked_domain(conn, domain)
         if wanted == found.key.selector:
-            raise InvalidInput(f"selector {wanted} signs the mail of {found.domain}; replace "
-                               f"it first ('txrelay domain rotate-key {found.domain}', then "
-                               "'switch-key')")
+            raise InvalidInput(
+                f"selector {wanted} signs the mail of {found.domain}; replace "
+                f"it first ('txrelay domain rotate-key {found.domain}', then "
+                "'switch-key')"
+            )
         match = next((r for r in found.rotating if r.key.selector == wanted), None)
         if match is None:
-            raise NotFound(f"{found.domain} has no key with selector {wanted}; 'txrelay domain "
-                           f"show {found.domain}' lists its keys")
+            raise NotFound(
+                f"{found.domain} has no key with selector {wanted}; 'txrelay domain "
+                f"show {found.domain}' lists its keys"
+            )
         since = match.since.astimezone(dt.UTC)
         keep_until = since + RETIRE_AFTER
         if match.state == "retiring" and now < keep_until and not force:
-            raise Conflict(f"selector {wanted} of {found.domain} stopped signing on "
-                           f"{since:%Y-%m-%d %H:%M} UTC; receivers may still verify "
-                           f"mail signed with it until {keep_until:%Y-%m-%d %H:%M} UTC. Retire "
-                           "it then, or give --force if no such mail can remain")
+            raise Conflict(
+                f"selector {wanted} of {found.domain} stopped signing on "
+                f"{since:%Y-%m-%d %H:%M} UTC; receivers may still verify "
+                f"mail signed with it until {keep_until:%Y-%m-%d %H:%M} UTC. Retire "
+                "it then, or give --force if no such mail can remain"
+            )
         domain_store.delete_rotating_key(conn, found.id, match.key.id)
         domain_store.delete_unused_key(conn, match.key.id)
     return get_domain(conn, found.domain), match

@@ -30,9 +30,11 @@ def write_dovecot_config(config: Config) -> list[Path]:
     yet; returns both paths."""
     config_dir = Path(config.dovecot.config_dir)
     config_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    for directory in (Path(config.dovecot.log_path).parent,
-                      Path(config.dovecot.base_dir).parent,
-                      Path(config.dovecot.auth_socket).parent):
+    for directory in (
+        Path(config.dovecot.log_path).parent,
+        Path(config.dovecot.base_dir).parent,
+        Path(config.dovecot.auth_socket).parent,
+    ):
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     conf_path = dovecot_config_path(config)
     passdb_path = _prepare_passdb_file(config)
@@ -57,17 +59,20 @@ def _prepare_passdb_file(config: Config) -> Path:
     if there is none yet, since Dovecot will not start without it. The CLI and the milters
     fill it."""
     path = Path(config.dovecot.passdb_file)
-    if not path.is_absolute() or any(c.isspace() or c in "%\"#" for c in str(path)):
-        raise ConfigError(f"[dovecot] passdb_file = {str(path)!r}: give an absolute path "
-                          "without spaces, quotes, '#' or '%'")
+    if not path.is_absolute() or any(c.isspace() or c in '%"#' for c in str(path)):
+        raise ConfigError(
+            f"[dovecot] passdb_file = {str(path)!r}: give an absolute path "
+            "without spaces, quotes, '#' or '%'"
+        )
     if not path.parent.exists():
         try:
             path.parent.mkdir(mode=0o750, parents=True)
             os.chown(path.parent, -1, _dovecot_gid())
             path.parent.chmod(0o2750)
         except PermissionError:
-            raise ConfigError(f"{path.parent}: cannot create it for group {DOVECOT_GROUP}; "
-                              "run this as root") from None
+            raise ConfigError(
+                f"{path.parent}: cannot create it for group {DOVECOT_GROUP}; run this as root"
+            ) from None
     if not path.exists():
         write_passdb_file(path, HEADER)
     return path
@@ -89,5 +94,7 @@ def _dovecot_gid() -> int:
     try:
         return grp.getgrnam(DOVECOT_GROUP).gr_gid
     except KeyError:
-        raise ConfigError(f"group '{DOVECOT_GROUP}' does not exist; install Dovecot "
-                          "(apt-get install dovecot-core)") from None
+        raise ConfigError(
+            f"group '{DOVECOT_GROUP}' does not exist; install Dovecot "
+            "(apt-get install dovecot-core)"
+        ) from None

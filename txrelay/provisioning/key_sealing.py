@@ -25,8 +25,10 @@ from txrelay.provisioning.integrity import transaction
 
 SELECT_KEYS = "SELECT id, private_key_pem FROM dkim_keys ORDER BY id FOR UPDATE"
 UPDATE_KEY = "UPDATE dkim_keys SET private_key_pem = %s WHERE id = %s"
-COUNT_CLEAR = ("SELECT count(*) FILTER (WHERE private_key_pem NOT LIKE 'txrelay-aes256gcm:%%') "
-               "AS clear, count(*) AS total FROM dkim_keys")
+COUNT_CLEAR = (
+    "SELECT count(*) FILTER (WHERE private_key_pem NOT LIKE 'txrelay-aes256gcm:%%') "
+    "AS clear, count(*) AS total FROM dkim_keys"
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,9 @@ def rotate_kek(conn: psycopg.Connection, path: Path) -> SealingReport:
             try:
                 opened = [(r["id"], keys.open(r["private_key_pem"])) for r in rows]
             except InvalidInput as exc:
-                raise InvalidInput(f"{exc}; nothing was changed (restore that KEK file "
-                                   "first)") from exc
+                raise InvalidInput(
+                    f"{exc}; nothing was changed (restore that KEK file first)"
+                ) from exc
             _write_kek(old, previous, group)
             _write_kek(path, encode_kek(new_key), group)
             written = True
@@ -89,8 +92,13 @@ def rotate_kek(conn: psycopg.Connection, path: Path) -> SealingReport:
 
 
 def _write_kek(path: Path, text: str, group: int) -> None:
-    write_atomically(path, text, mode=KEK_MODE, sync_directory=True,
-                     before_write=lambda fd: _keep_group(fd, group))
+    write_atomically(
+        path,
+        text,
+        mode=KEK_MODE,
+        sync_directory=True,
+        before_write=lambda fd: _keep_group(fd, group),
+    )
 
 
 def _keep_group(fd: int, group: int) -> None:

@@ -21,8 +21,9 @@ CLEANUP_SERVICE = "txrelay-cleanup"
 CLEANUP_COMMAND = ("unix", "n", "-", "n", "-", "0", "cleanup")
 # Envelope records (sender, recipients, timestamps) count against message_size_limit too.
 ENVELOPE_SLACK_BYTES = 1024 * 1024
-MILTER_MAIL_MACROS = ("i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} "
-                      "{mail_mailer}")
+MILTER_MAIL_MACROS = (
+    "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}"
+)
 # Appended to the instance's syslog_name: postfix/txrelay/smtpd[...] in the log, inside the
 # instance's own name space (what the tracker and fail2ban's stock filter read).
 STARTTLS_SYSLOG_SUFFIX = "txrelay"
@@ -78,10 +79,14 @@ class PostfixPlan:
     def as_dict(self) -> dict[str, object]:
         return {
             "main.cf": {},
-            "master.cf": [{"service": s.key, "implicit_tls": s.implicit_tls,
-                           "overrides": dict(s.overrides)} for s in self.services],
-            "cleanup_service": {"service": f"{CLEANUP_SERVICE}/unix",
-                                "overrides": dict(self.cleanup_overrides)},
+            "master.cf": [
+                {"service": s.key, "implicit_tls": s.implicit_tls, "overrides": dict(s.overrides)}
+                for s in self.services
+            ],
+            "cleanup_service": {
+                "service": f"{CLEANUP_SERVICE}/unix",
+                "overrides": dict(self.cleanup_overrides),
+            },
             "milter_limits": dict(self.milter_limits),
         }
 
@@ -91,8 +96,9 @@ def master_option(name: str, value: str) -> str:
     return f"-o {{ {name} = {value} }}" if any(c.isspace() for c in value) else f"-o {name}={value}"
 
 
-def master_entry(name: str, command: tuple[str, ...],
-                 overrides: tuple[tuple[str, str], ...]) -> str:
+def master_entry(
+    name: str, command: tuple[str, ...], overrides: tuple[tuple[str, str], ...]
+) -> str:
     return " ".join((name, *command, *(master_option(n, v) for n, v in overrides)))
 
 
@@ -107,18 +113,25 @@ def postfix_milter_socket(libmilter_socket: str) -> str:
         if port.isdigit():
             host = f"[{host}]" if kind == "inet6" else host
             return f"inet:{host}:{port}"
-    raise InvalidInput(f"milter socket {libmilter_socket!r} is not unix:/ABSOLUTE/PATH, "
-                       "inet:PORT@HOST or inet6:PORT@HOST; fix [milter] socket or "
-                       "pass --milter-socket")
+    raise InvalidInput(
+        f"milter socket {libmilter_socket!r} is not unix:/ABSOLUTE/PATH, "
+        "inet:PORT@HOST or inet6:PORT@HOST; fix [milter] socket or "
+        "pass --milter-socket"
+    )
 
 
 def default_listen(config: Config) -> str:
     return "submission" if config.smtp.port == 587 else str(config.smtp.port)
 
 
-def plan_postfix(config: Config, *, listen: str | None = None,
-                 implicit_tls: str | None = None, milter_socket: str | None = None,
-                 syslog_name: str = "postfix") -> PostfixPlan:
+def plan_postfix(
+    config: Config,
+    *,
+    listen: str | None = None,
+    implicit_tls: str | None = None,
+    milter_socket: str | None = None,
+    syslog_name: str = "postfix",
+) -> PostfixPlan:
     """txrelay's services for this configuration: a STARTTLS service (--listen, default
     [smtp] port) and/or an implicit-TLS one (--implicit-tls); postfix-conf/README.md
     explains each override."""
@@ -132,21 +145,30 @@ def plan_postfix(config: Config, *, listen: str | None = None,
     if implicit_tls is not None:
         wanted.append((parse_listen(implicit_tls, "--implicit-tls"), True))
     if len(wanted) == 2 and wanted[0][0].service == wanted[1][0].service:
-        raise InvalidInput("--listen and --implicit-tls name the same service; give each "
-                           "its own port (e.g. --listen 2587 --implicit-tls 2465)")
-    services = tuple(ServicePlan(address, tls, _overrides(config, milter, size_limit, tls,
-                                                          syslog_name))
-                     for address, tls in wanted)
-    cleanup = (("message_size_limit", str(size_limit)),
-               ("message_reject_characters", REJECT_CHARACTERS))
-    milter_limits = (("max_headers", config.limits.max_headers),
-                     ("max_messages_per_session", config.limits.max_messages_per_session))
-    return PostfixPlan(services, milter, config.dovecot.auth_socket, size_limit, cleanup,
-                       milter_limits)
+        raise InvalidInput(
+            "--listen and --implicit-tls name the same service; give each "
+            "its own port (e.g. --listen 2587 --implicit-tls 2465)"
+        )
+    services = tuple(
+        ServicePlan(address, tls, _overrides(config, milter, size_limit, tls, syslog_name))
+        for address, tls in wanted
+    )
+    cleanup = (
+        ("message_size_limit", str(size_limit)),
+        ("message_reject_characters", REJECT_CHARACTERS),
+    )
+    milter_limits = (
+        ("max_headers", config.limits.max_headers),
+        ("max_messages_per_session", config.limits.max_messages_per_session),
+    )
+    return PostfixPlan(
+        services, milter, config.dovecot.auth_socket, size_limit, cleanup, milter_limits
+    )
 
 
-def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
-               syslog_name: str) -> tuple[tuple[str, str], ...]:
+def _overrides(
+    config: Config, milter: str, size_limit: int, implicit_tls: bool, syslog_name: str
+) -> tuple[tuple[str, str], ...]:
     suffix = IMPLICIT_TLS_SYSLOG_SUFFIX if implicit_tls else STARTTLS_SYSLOG_SUFFIX
     tls: tuple[tuple[str, str], ...] = (
         ("syslog_name", f"{syslog_name}/{suffix}"),
@@ -161,33 +183,34 @@ def _overrides(config: Config, milter: str, size_limit: int, implicit_tls: bool,
         # (without tls_key_file, the certificate file holds the key too).
         files = [config.smtp.tls_key_file] if config.smtp.tls_key_file else []
         tls += (("smtpd_tls_chain_files", ",".join([*files, config.smtp.tls_cert_file])),)
-    return (*tls,
-            ("smtpd_sasl_auth_enable", "yes"),
-            ("smtpd_sasl_type", "dovecot"),
-            ("smtpd_sasl_path", config.dovecot.auth_socket),
-            ("smtpd_sasl_security_options", "noanonymous"),
-            ("smtpd_sasl_local_domain", ""),
-            ("smtpd_client_restrictions", "permit_sasl_authenticated,reject"),
-            ("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),
-            ("smtpd_recipient_restrictions", "permit_sasl_authenticated,reject"),
-            ("smtpd_client_auth_rate_limit", str(config.limits.client_auth_rate_limit)),
-            ("smtpd_client_message_rate_limit", str(config.limits.client_message_rate_limit)),
-            ("smtpd_client_connection_rate_limit",
-             str(config.limits.client_connection_rate_limit)),
-            ("local_header_rewrite_clients", "static:none"),
-            ("smtpd_milters", milter),
-            ("smtpd_milter_maps", ""),
-            ("milter_protocol", "6"),
-            ("milter_default_action", "tempfail"),
-            ("milter_connect_timeout", "30s"),
-            ("milter_command_timeout", "30s"),
-            ("milter_content_timeout", "300s"),
-            ("milter_mail_macros", MILTER_MAIL_MACROS),
-            ("milter_macro_defaults", ""),
-            ("message_size_limit", str(size_limit)),
-            ("content_filter", ""),
-            ("receive_override_options", ""),
-            ("cleanup_service_name", CLEANUP_SERVICE))
+    return (
+        *tls,
+        ("smtpd_sasl_auth_enable", "yes"),
+        ("smtpd_sasl_type", "dovecot"),
+        ("smtpd_sasl_path", config.dovecot.auth_socket),
+        ("smtpd_sasl_security_options", "noanonymous"),
+        ("smtpd_sasl_local_domain", ""),
+        ("smtpd_client_restrictions", "permit_sasl_authenticated,reject"),
+        ("smtpd_relay_restrictions", "permit_sasl_authenticated,reject"),
+        ("smtpd_recipient_restrictions", "permit_sasl_authenticated,reject"),
+        ("smtpd_client_auth_rate_limit", str(config.limits.client_auth_rate_limit)),
+        ("smtpd_client_message_rate_limit", str(config.limits.client_message_rate_limit)),
+        ("smtpd_client_connection_rate_limit", str(config.limits.client_connection_rate_limit)),
+        ("local_header_rewrite_clients", "static:none"),
+        ("smtpd_milters", milter),
+        ("smtpd_milter_maps", ""),
+        ("milter_protocol", "6"),
+        ("milter_default_action", "tempfail"),
+        ("milter_connect_timeout", "30s"),
+        ("milter_command_timeout", "30s"),
+        ("milter_content_timeout", "300s"),
+        ("milter_mail_macros", MILTER_MAIL_MACROS),
+        ("milter_macro_defaults", ""),
+        ("message_size_limit", str(size_limit)),
+        ("content_filter", ""),
+        ("receive_override_options", ""),
+        ("cleanup_service_name", CLEANUP_SERVICE),
+    )
 
 
 def target_syslog_name(target: PostfixTarget) -> str:
@@ -199,21 +222,29 @@ def require_certificate_files(config: Config) -> None:
     """[smtp] tls_cert_file/tls_key_file, when set, must be readable PEM files: Postfix would
     otherwise start the service and fail every TLS handshake."""
     if config.smtp.tls_key_file and not config.smtp.tls_cert_file:
-        raise InvalidInput("[smtp] tls_key_file is set but tls_cert_file is empty; set both, "
-                           "or neither to use main.cf's certificate")
-    for key, path in (("tls_cert_file", config.smtp.tls_cert_file),
-                      ("tls_key_file", config.smtp.tls_key_file)):
+        raise InvalidInput(
+            "[smtp] tls_key_file is set but tls_cert_file is empty; set both, "
+            "or neither to use main.cf's certificate"
+        )
+    for key, path in (
+        ("tls_cert_file", config.smtp.tls_cert_file),
+        ("tls_key_file", config.smtp.tls_key_file),
+    ):
         if not path:
             continue
         try:
             head = Path(path).read_bytes()[:65536]
         except OSError as error:
-            raise InvalidInput(f"[smtp] {key} = {path}: {error.strerror or error}; give a "
-                               "readable PEM file, or leave tls_cert_file empty to use "
-                               "main.cf's certificate") from None
+            raise InvalidInput(
+                f"[smtp] {key} = {path}: {error.strerror or error}; give a "
+                "readable PEM file, or leave tls_cert_file empty to use "
+                "main.cf's certificate"
+            ) from None
         if b"-----BEGIN " not in head:
-            raise InvalidInput(f"[smtp] {key} = {path} is not a PEM file; give the PEM "
-                               "certificate (chain) and its private key")
+            raise InvalidInput(
+                f"[smtp] {key} = {path} is not a PEM file; give the PEM "
+                "certificate (chain) and its private key"
+            )
 
 
 def resolve_target(instance: str | None, config_directory: str | None) -> PostfixTarget:
@@ -223,12 +254,16 @@ def resolve_target(instance: str | None, config_directory: str | None) -> Postfi
     if config_directory:
         directory = Path(config_directory)
         if not (directory / "main.cf").is_file():
-            raise InvalidInput(f"{directory}/main.cf does not exist; pass the directory that "
-                               "holds Postfix's main.cf and master.cf")
+            raise InvalidInput(
+                f"{directory}/main.cf does not exist; pass the directory that "
+                "holds Postfix's main.cf and master.cf"
+            )
         return PostfixTarget(directory.resolve(), f"config directory {directory}")
     if instance:
-        found = run_command(["postmulti", "-i", instance, "-x", "postconf", "-h",
-                             "config_directory"], what=f"postmulti instance {instance!r}")
+        found = run_command(
+            ["postmulti", "-i", instance, "-x", "postconf", "-h", "config_directory"],
+            what=f"postmulti instance {instance!r}",
+        )
         return PostfixTarget(Path(found.strip()), f"postmulti instance {instance}")
     found = run_command(["postconf", "-h", "config_directory"], what="the main Postfix instance")
     return PostfixTarget(Path(found.strip()), "main instance")
@@ -275,20 +310,22 @@ def parse_postconf(text: str) -> dict[str, str]:
 
 
 def postconf(target: PostfixTarget, *args: str) -> str:
-    return run_command(["postconf", "-c", str(target.config_directory), *args],
-                       what=target.label)
+    return run_command(["postconf", "-c", str(target.config_directory), *args], what=target.label)
 
 
 def run_command(argv: list[str], *, what: str) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=POSTCONF_TIMEOUT,
-                              check=False)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=POSTCONF_TIMEOUT, check=False
+        )
     except FileNotFoundError:
-        raise ConfigError(f"{argv[0]} not found; install Postfix (apt-get install "
-                          "postfix)") from None
+        raise ConfigError(
+            f"{argv[0]} not found; install Postfix (apt-get install postfix)"
+        ) from None
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"{' '.join(argv[:3])} did not answer within "
-                          f"{POSTCONF_TIMEOUT}s") from None
+        raise ConfigError(
+            f"{' '.join(argv[:3])} did not answer within {POSTCONF_TIMEOUT}s"
+        ) from None
     if done.returncode != 0:
         errors = [line for line in done.stderr.splitlines() if "fatal" in line or "error" in line]
         reason = errors[0] if errors else (done.stderr.strip() or f"exit {done.returncode}")

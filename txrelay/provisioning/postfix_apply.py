@@ -63,17 +63,21 @@ class ApplyResult:
     warnings: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
-        return {"target": self.target.label, "action": self.action,
-                "config_directory": str(self.target.config_directory),
-                "dry_run": self.dry_run,
-                "changes": [{"file": "master.cf", "service": s, "change": c}
-                            for s, c in self.changes],
-                "diff": self.diff, "backups": [str(p) for p in self.backups],
-                "warnings": [w.as_dict() for w in self.warnings]}
+        return {
+            "target": self.target.label,
+            "action": self.action,
+            "config_directory": str(self.target.config_directory),
+            "dry_run": self.dry_run,
+            "changes": [{"file": "master.cf", "service": s, "change": c} for s, c in self.changes],
+            "diff": self.diff,
+            "backups": [str(p) for p in self.backups],
+            "warnings": [w.as_dict() for w in self.warnings],
+        }
 
 
-def configure_postfix(target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool = False,
-                      now: datetime | None = None) -> ApplyResult:
+def configure_postfix(
+    target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool = False, now: datetime | None = None
+) -> ApplyResult:
     """Add or update txrelay's services; refuses a port in use; idempotent."""
     settings = read_settings(target.config_directory, target.label)
     state = read_state(target)
@@ -82,8 +86,7 @@ def configure_postfix(target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool
     result = ApplyResult(target, "configure", dry_run)
     with tempfile.TemporaryDirectory(prefix="txrelay-postfix-") as scratch:
         copy = _scratch_copy(target, Path(scratch))
-        result.changes += _set_service(copy, settings, CLEANUP_KEY,
-                                       _cleanup_entry(settings, plan))
+        result.changes += _set_service(copy, settings, CLEANUP_KEY, _cleanup_entry(settings, plan))
         for service in plan.services:
             result.changes += _set_service(copy, settings, service.key, service.entry())
         result.diff = _diff(target, copy)
@@ -93,23 +96,31 @@ def configure_postfix(target: PostfixTarget, plan: PostfixPlan, *, dry_run: bool
         added = [key for key, change in result.changes if change == "added"]
         result.backups = _replace_master_cf(target, copy, now or datetime.now())
     previous = [key for key in state.services if key in own] if state else []
-    write_state(target, PostfixState(sorted({*previous, *added}),
-                                     state.backup if state else str(result.backups[0])))
+    write_state(
+        target,
+        PostfixState(
+            sorted({*previous, *added}), state.backup if state else str(result.backups[0])
+        ),
+    )
     return result
 
 
-def unconfigure_postfix(target: PostfixTarget, *, dry_run: bool = False,
-                        now: datetime | None = None) -> ApplyResult:
+def unconfigure_postfix(
+    target: PostfixTarget, *, dry_run: bool = False, now: datetime | None = None
+) -> ApplyResult:
     """Remove the services configure added; the state file goes once they are gone."""
     state = read_state(target)
     settings = read_settings(target.config_directory, target.label)
     present = [key for key in (state.services if state else []) if key in settings.services]
     if not present:
-        raise InvalidInput(f"nothing to undo: txrelay postfix configure has added no service "
-                           f"to {target.config_directory}/master.cf (no {STATE_FILE} there, "
-                           "or its services are gone already)")
-    result = ApplyResult(target, "unconfigure", dry_run,
-                         changes=[(key, "removed") for key in present])
+        raise InvalidInput(
+            f"nothing to undo: txrelay postfix configure has added no service "
+            f"to {target.config_directory}/master.cf (no {STATE_FILE} there, "
+            "or its services are gone already)"
+        )
+    result = ApplyResult(
+        target, "unconfigure", dry_run, changes=[(key, "removed") for key in present]
+    )
     with tempfile.TemporaryDirectory(prefix="txrelay-postfix-") as scratch:
         copy = _scratch_copy(target, Path(scratch))
         postconf(copy, "-MX", *present)
@@ -121,22 +132,24 @@ def unconfigure_postfix(target: PostfixTarget, *, dry_run: bool = False,
     return result
 
 
-def owned_services(settings: PostfixSettings, state: PostfixState | None,
-                   plan: PostfixPlan) -> set[str]:
+def owned_services(
+    settings: PostfixSettings, state: PostfixState | None, plan: PostfixPlan
+) -> set[str]:
     """txrelay's services already in master.cf: recorded by configure, or (configured by an
     older txrelay) logging in against txrelay's auth socket with txrelay's milter."""
     own = {key for key in (state.services if state else []) if key in settings.services}
     for key in settings.inet_services():
         values = settings.overrides.get(key, {})
-        if (values.get("smtpd_sasl_path") == plan.auth_socket
-                and any(s == plan.milter for s, _ in milter_entries(
-                    values.get("smtpd_milters", "")))):
+        if values.get("smtpd_sasl_path") == plan.auth_socket and any(
+            s == plan.milter for s, _ in milter_entries(values.get("smtpd_milters", ""))
+        ):
             own.add(key)
     return own
 
 
-def refuse_taken_ports(target: PostfixTarget, settings: PostfixSettings, plan: PostfixPlan,
-                       own: set[str]) -> None:
+def refuse_taken_ports(
+    target: PostfixTarget, settings: PostfixSettings, plan: PostfixPlan, own: set[str]
+) -> None:
     """One line naming the service or process in the way, and the ways out."""
     interfaces = settings.main.get("inet_interfaces", "all")
     for index, service in enumerate(plan.services):
@@ -145,30 +158,39 @@ def refuse_taken_ports(target: PostfixTarget, settings: PostfixSettings, plan: P
         addresses = service.listen.addresses(interfaces)
         for other in plan.services[:index]:
             if other.listen.port == service.listen.port and overlap(
-                    addresses, other.listen.addresses(interfaces)):
-                raise InvalidInput(f"--listen and --implicit-tls both take "
-                                   f"{service.listen.describe()}; give each its own port")
+                addresses, other.listen.addresses(interfaces)
+            ):
+                raise InvalidInput(
+                    f"--listen and --implicit-tls both take "
+                    f"{service.listen.describe()}; give each its own port"
+                )
         for key in settings.inet_services():
             theirs = parse_service_name(key.removesuffix("/inet"))
             if key in own or theirs is None or theirs.port != service.listen.port:
                 continue
             if overlap(addresses, theirs.addresses(interfaces)):
-                raise Conflict(f"{service.listen.service} ({service.listen.describe()}) is "
-                               f"master.cf service {key!r} of {target.label}; txrelay never "
-                               f"takes a port in use: {_ways_out(service)}")
+                raise Conflict(
+                    f"{service.listen.service} ({service.listen.describe()}) is "
+                    f"master.cf service {key!r} of {target.label}; txrelay never "
+                    f"takes a port in use: {_ways_out(service)}"
+                )
         if bound_elsewhere(addresses, service.listen.port):
-            raise Conflict(f"{service.listen.service} ({service.listen.describe()}) is in use "
-                           f"by another process (ss -ltnp 'sport = :{service.listen.port}' "
-                           f"shows which); txrelay never takes a port in use: "
-                           f"{_ways_out(service)}")
+            raise Conflict(
+                f"{service.listen.service} ({service.listen.describe()}) is in use "
+                f"by another process (ss -ltnp 'sport = :{service.listen.port}' "
+                f"shows which); txrelay never takes a port in use: "
+                f"{_ways_out(service)}"
+            )
 
 
 def _ways_out(service: ServicePlan) -> str:
     option, port = service.option, service.listen.port
     other = 2465 if service.implicit_tls else 2587
-    return (f"use another port ({option} {other}), a dedicated address "
-            f"({option} 192.0.2.10:{port}) or a postmulti instance of its own "
-            "(--instance postfix-txrelay)")
+    return (
+        f"use another port ({option} {other}), a dedicated address "
+        f"({option} 192.0.2.10:{port}) or a postmulti instance of its own "
+        "(--instance postfix-txrelay)"
+    )
 
 
 def _cleanup_entry(settings: PostfixSettings, plan: PostfixPlan) -> str:
@@ -176,14 +198,16 @@ def _cleanup_entry(settings: PostfixSettings, plan: PostfixPlan) -> str:
     among the characters it refuses (added to those main.cf or cleanup/unix refuse, if any)."""
     inherited = dict(settings.overrides.get("cleanup/unix", {}))
     for name, value in plan.cleanup_overrides:
-        theirs = (settings.effective("cleanup/unix", name)
-                  if name == "message_reject_characters" else "")
+        theirs = (
+            settings.effective("cleanup/unix", name) if name == "message_reject_characters" else ""
+        )
         inherited[name] = theirs if value in theirs else theirs + value
     return master_entry(CLEANUP_SERVICE, CLEANUP_COMMAND, tuple(inherited.items()))
 
 
-def _set_service(copy: PostfixTarget, settings: PostfixSettings, key: str,
-                 entry: str) -> list[tuple[str, str]]:
+def _set_service(
+    copy: PostfixTarget, settings: PostfixSettings, key: str, entry: str
+) -> list[tuple[str, str]]:
     before = postconf(copy, "-M", key).strip()
     postconf(copy, "-M", f"{key}={entry}")
     after = postconf(copy, "-M", key).strip()
@@ -219,9 +243,11 @@ def _replace_master_cf(target: PostfixTarget, copy: PostfixTarget, now: datetime
     if reason is not None:
         _write_like(live, backup.read_bytes())
         backup.unlink()
-        raise ConfigError(f"postfix -c {target.config_directory} check rejected the new "
-                          f"master.cf ({reason}); master.cf is restored, nothing changed: "
-                          "fix what it names and run configure again")
+        raise ConfigError(
+            f"postfix -c {target.config_directory} check rejected the new "
+            f"master.cf ({reason}); master.cf is restored, nothing changed: "
+            "fix what it names and run configure again"
+        )
     return [backup]
 
 
@@ -250,9 +276,14 @@ def _postfix_check(target: PostfixTarget) -> str | None:
     reader = threading.Thread(target=_drain, args=(leader, chunks), daemon=True)
     reader.start()
     try:
-        done = subprocess.run(["postfix", "-c", str(target.config_directory), "check"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=follower, check=False, timeout=POSTCONF_TIMEOUT * 2)
+        done = subprocess.run(
+            ["postfix", "-c", str(target.config_directory), "check"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            check=False,
+            timeout=POSTCONF_TIMEOUT * 2,
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired) as error:
         return str(error)
     finally:
@@ -261,8 +292,11 @@ def _postfix_check(target: PostfixTarget) -> str | None:
         os.close(leader)
     if done.returncode == 0:
         return None
-    lines = [line.strip() for line in b"".join(chunks).decode(errors="replace").splitlines()
-             if line.strip()]
+    lines = [
+        line.strip()
+        for line in b"".join(chunks).decode(errors="replace").splitlines()
+        if line.strip()
+    ]
     errors = [line for line in lines if "fatal" in line or "error" in line]
     return (errors or lines or [f"exit {done.returncode}"])[0]
 
@@ -284,15 +318,20 @@ def read_state(target: PostfixTarget) -> PostfixState | None:
     try:
         data = json.loads(path.read_text())
         services, backup = data["services"], data["backup"]
-        if not (isinstance(services, list) and all(isinstance(k, str) for k in services)
-                and isinstance(backup, str)):
+        if not (
+            isinstance(services, list)
+            and all(isinstance(k, str) for k in services)
+            and isinstance(backup, str)
+        ):
             raise ValueError("unexpected content")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is unreadable ({error}); it records what txrelay postfix "
-                          "configure added: restore it, or remove it and txrelay's services "
-                          "by hand (postconf -MX)") from None
+        raise ConfigError(
+            f"{path} is unreadable ({error}); it records what txrelay postfix "
+            "configure added: restore it, or remove it and txrelay's services "
+            "by hand (postconf -MX)"
+        ) from None
     return PostfixState(services, backup)
 
 

@@ -19,8 +19,10 @@ from txrelay.errors import InvalidInput
 ANY = "*"
 PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 TCP_LISTEN = "0A"
-LISTEN_FORMS = ("give a port (2587), a service name from /etc/services (submission), "
-                "IPV4:PORT (192.0.2.10:587) or [IPV6]:PORT ([2001:db8::10]:587)")
+LISTEN_FORMS = (
+    "give a port (2587), a service name from /etc/services (submission), "
+    "IPV4:PORT (192.0.2.10:587) or [IPV6]:PORT ([2001:db8::10]:587)"
+)
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,11 @@ def interface_addresses(inet_interfaces: str) -> frozenset[str]:
         if name in ("loopback-only", "localhost"):
             addresses.update({"127.0.0.1", "::1"})
             continue
-        resolved = name.strip("[]") if _is_ip(name.strip("[]"), version=4) or _is_ip(
-            name.strip("[]"), version=6) else _resolve(name)
+        resolved = (
+            name.strip("[]")
+            if _is_ip(name.strip("[]"), version=4) or _is_ip(name.strip("[]"), version=6)
+            else _resolve(name)
+        )
         # An interface name nobody can resolve: assume the worst, it may be any address.
         addresses.add(_normal_host(resolved) if resolved else ANY)
     return frozenset(addresses)
@@ -159,7 +164,7 @@ def listening_sockets() -> list[tuple[str, int]]:
 def _proc_address(hex_address: str) -> str:
     raw = bytes.fromhex(hex_address)
     # The kernel prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return str(ipaddress.ip_address(words))
 
 

@@ -27,12 +27,15 @@ class QuotaReport:
     paid: bool  # txrelay_account_paid: out of quota, overage instead of a refusal
 
 
-def book_block(conn: psycopg.Connection, quota: QuotaConfig, now: dt.datetime,
-               account_name: str, amount: int) -> tuple[Account, QuotaBlock]:
+def book_block(
+    conn: psycopg.Connection, quota: QuotaConfig, now: dt.datetime, account_name: str, amount: int
+) -> tuple[Account, QuotaBlock]:
     """A 'booked' block valid for block_validity_days from now; committed on return."""
     if amount < quota.min_block:
-        raise InvalidInput(f"a block must hold at least {quota.min_block:,} mails "
-                           f"(asked for {amount:,}); book --amount {quota.min_block} or more")
+        raise InvalidInput(
+            f"a block must hold at least {quota.min_block:,} mails "
+            f"(asked for {amount:,}); book --amount {quota.min_block} or more"
+        )
     if amount > MAX_BLOCK:
         raise InvalidInput(f"a block can hold at most {MAX_BLOCK:,} mails; book several blocks")
     expires_at = now + dt.timedelta(days=quota.block_validity_days)
@@ -48,5 +51,6 @@ def quota_report(conn: psycopg.Connection, account_name: str, now: dt.datetime) 
     with transaction(conn):
         account = get_account(conn, account_name)
         remaining, paid = quota_store.quota_rules(conn, account.id, now)
-        return QuotaReport(account, quota_store.list_blocks(conn, account.id, now), now,
-                           remaining, paid)
+        return QuotaReport(
+            account, quota_store.list_blocks(conn, account.id, now), now, remaining, paid
+        )

@@ -151,11 +151,17 @@ class SpfEvaluator:
             if term.mechanism in _DNS_MECHANISMS:
                 self.dns_terms += 1
                 if self.dns_terms > MAX_DNS_TERMS:
-                    return Evaluation("permerror", f"more than {MAX_DNS_TERMS} DNS lookups "
-                                      "(include, a, mx, ptr, exists, redirect)")
+                    return Evaluation(
+                        "permerror",
+                        f"more than {MAX_DNS_TERMS} DNS lookups "
+                        "(include, a, mx, ptr, exists, redirect)",
+                    )
             if "%" in term.argument or term.mechanism == "ptr":
-                return Evaluation("unknown", f"{domain} uses {_show(term)}, which depends on "
-                                  "the sender or the relay's reverse DNS")
+                return Evaluation(
+                    "unknown",
+                    f"{domain} uses {_show(term)}, which depends on "
+                    "the sender or the relay's reverse DNS",
+                )
             try:
                 matched = self._matches(domain, term)
             except LookupFailed as exc:
@@ -215,8 +221,9 @@ class SpfEvaluator:
         if isinstance(self.target, str):
             return False
         rtype, length = ("A", term.cidr4) if self.target.version == 4 else ("AAAA", term.cidr6)
-        return any(_within(self.target, f"{address}/{length}")
-                   for address in self._addresses(host, rtype))
+        return any(
+            _within(self.target, f"{address}/{length}") for address in self._addresses(host, rtype)
+        )
 
     def _addresses(self, host: str, rtype: str) -> list[str]:
         return self._counted(host, self.lookup.addresses(host, rtype))
@@ -239,8 +246,9 @@ def evaluate(lookup: Lookup, domain: str, target: Target) -> Evaluation:
     try:
         return evaluator.check_host(domain)
     except _VoidLimit as exc:
-        return Evaluation("permerror", f"more than {MAX_VOID_LOOKUPS} lookups found nothing "
-                          f"(the last: {exc})")
+        return Evaluation(
+            "permerror", f"more than {MAX_VOID_LOOKUPS} lookups found nothing (the last: {exc})"
+        )
 
 
 def _within(target: Network, network_text: str) -> bool:

@@ -36,16 +36,22 @@ def checked(cert_file: Path, key_file: Path) -> Certificate:
     try:
         certificate = x509.load_pem_x509_certificates(cert_pem)[0]
     except ValueError as exc:
-        raise InvalidInput(f"--tls-cert {cert_file}: not a PEM certificate; give the "
-                           "certificate file (e.g. Let's Encrypt's fullchain.pem)") from exc
+        raise InvalidInput(
+            f"--tls-cert {cert_file}: not a PEM certificate; give the "
+            "certificate file (e.g. Let's Encrypt's fullchain.pem)"
+        ) from exc
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"--tls-key {key_file}: not an unencrypted PEM private key; give "
-                           "the key file (e.g. Let's Encrypt's privkey.pem)") from exc
+        raise InvalidInput(
+            f"--tls-key {key_file}: not an unencrypted PEM private key; give "
+            "the key file (e.g. Let's Encrypt's privkey.pem)"
+        ) from exc
     if _public_der(key.public_key()) != _public_der(certificate.public_key()):
-        raise InvalidInput(f"--tls-key {key_file} is not the key of the certificate "
-                           f"{cert_file}; give the pair that belongs together")
+        raise InvalidInput(
+            f"--tls-key {key_file} is not the key of the certificate "
+            f"{cert_file}; give the pair that belongs together"
+        )
     return Certificate(cert_file, key_file, self_signed=False, created=False)
 
 
@@ -54,30 +60,35 @@ def self_signed(folder: Path, host: str) -> Certificate:
     cert_file, key_file = folder / SELF_SIGNED_CERT, folder / SELF_SIGNED_KEY
     if cert_file.exists() and key_file.exists():
         existing = checked(cert_file, key_file)
-        return Certificate(existing.cert_file, existing.key_file, self_signed=True,
-                           created=False)
+        return Certificate(existing.cert_file, existing.key_file, self_signed=True, created=False)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName([_alt_name(host)]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
     try:
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         _write(key_file, key_pem, KEY_MODE)
         _write(cert_file, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     except OSError as exc:
-        raise ConfigError(f"cannot write the self-signed certificate in {folder}: "
-                          f"{exc.strerror}; run as root, or pass --tls-cert and --tls-key") from exc
+        raise ConfigError(
+            f"cannot write the self-signed certificate in {folder}: "
+            f"{exc.strerror}; run as root, or pass --tls-cert and --tls-key"
+        ) from exc
     return Certificate(cert_file, key_file, self_signed=True, created=True)
 
 
@@ -85,13 +96,16 @@ def _read(path: Path, option: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(f"{option} {path}: cannot read it ({exc.strerror}); give a "
-                           "readable file (run as root for keys readable only by root)") from exc
+        raise InvalidInput(
+            f"{option} {path}: cannot read it ({exc.strerror}); give a "
+            "readable file (run as root for keys readable only by root)"
+        ) from exc
 
 
 def _public_der(public_key: object) -> bytes:
     return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _alt_name(host: str) -> x509.GeneralName:

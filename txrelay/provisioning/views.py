@@ -42,19 +42,31 @@ def account_view(summary: AccountSummary) -> dict[str, Any]:
 
 
 def record_view(record: DnsRecord) -> dict[str, Any]:
-    return {"name": record.name, "type": "TXT", "value": record.value,
-            "strings": record.strings, "zone_line": record.zone_line()}
+    return {
+        "name": record.name,
+        "type": "TXT",
+        "value": record.value,
+        "strings": record.strings,
+        "zone_line": record.zone_line(),
+    }
 
 
 def expected_record_view(expected: ExpectedRecord) -> dict[str, Any]:
     """One record of `domain dns`: value None when txrelay cannot say (see note)."""
-    view: dict[str, Any] = {"kind": expected.kind, "name": expected.name, "type": "TXT",
-                            "purpose": expected.purpose, "note": expected.note}
+    view: dict[str, Any] = {
+        "kind": expected.kind,
+        "name": expected.name,
+        "type": "TXT",
+        "purpose": expected.purpose,
+        "note": expected.note,
+    }
     if expected.kind in ("spf", "dmarc"):
-        view["published"] = (None if expected.published is None
-                             else list(expected.published))
-    view.update(record_view(expected.record) if expected.record else
-                {"value": None, "strings": [], "zone_line": None})
+        view["published"] = None if expected.published is None else list(expected.published)
+    view.update(
+        record_view(expected.record)
+        if expected.record
+        else {"value": None, "strings": [], "zone_line": None}
+    )
     if expected.key is not None:
         view.update(selector=expected.key.selector, state=expected.state)
     return view
@@ -62,12 +74,16 @@ def expected_record_view(expected: ExpectedRecord) -> dict[str, Any]:
 
 def record_check_view(check: RecordCheck) -> dict[str, Any]:
     """One record of `domain check`: the verdict, what DNS holds, and the fix."""
-    view: dict[str, Any] = {"kind": check.expected.kind, "name": check.expected.name,
-                            "verdict": check.verdict, "ok": check.verdict == "ok",
-                            "detail": check.detail, "fix": check.fix,
-                            "found": list(check.found),
-                            "expected": check.expected.record.value
-                            if check.expected.record else None}
+    view: dict[str, Any] = {
+        "kind": check.expected.kind,
+        "name": check.expected.name,
+        "verdict": check.verdict,
+        "ok": check.verdict == "ok",
+        "detail": check.detail,
+        "fix": check.fix,
+        "found": list(check.found),
+        "expected": check.expected.record.value if check.expected.record else None,
+    }
     if check.expected.key is not None:
         view.update(selector=check.expected.key.selector, state=check.expected.state)
     return view
@@ -81,14 +97,27 @@ def domain_check_view(domain: SendingDomain, checks: list[RecordCheck]) -> dict[
     def status(check: RecordCheck) -> str:
         return "published" if check.verdict == "ok" else check.verdict
 
-    return {"domain": domain.domain, "record": signing.expected.name, "status": status(signing),
-            "ok": signing.verdict == "ok", "found": list(signing.found),
-            "detail": signing.detail,
-            "keys": [{"selector": c.expected.key.selector, "state": c.expected.state,
-                      "status": status(c), "ok": c.verdict == "ok", "detail": c.detail}
-                     for c in checks if c.expected.key is not None],
-            "records": [record_check_view(c) for c in checks],
-            "ready": not any(c.failed for c in checks)}
+    return {
+        "domain": domain.domain,
+        "record": signing.expected.name,
+        "status": status(signing),
+        "ok": signing.verdict == "ok",
+        "found": list(signing.found),
+        "detail": signing.detail,
+        "keys": [
+            {
+                "selector": c.expected.key.selector,
+                "state": c.expected.state,
+                "status": status(c),
+                "ok": c.verdict == "ok",
+                "detail": c.detail,
+            }
+            for c in checks
+            if c.expected.key is not None
+        ],
+        "records": [record_check_view(c) for c in checks],
+        "ready": not any(c.failed for c in checks),
+    }
 
 
 def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecord:
@@ -100,9 +129,17 @@ def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecor
 def domain_keys_view(domain: SendingDomain) -> list[dict[str, Any]]:
     """Every key the domain publishes: the signing one, then pending and retiring ones."""
     keys = [(domain.key, "signing", None), *((r.key, r.state, r.since) for r in domain.rotating)]
-    return [{"selector": key.selector, "algorithm": key.algorithm, "state": state,
-             "since": timestamp(since), "dkim_key_id": key.id,
-             "dns": record_view(domain_record(domain, key))} for key, state, since in keys]
+    return [
+        {
+            "selector": key.selector,
+            "algorithm": key.algorithm,
+            "state": state,
+            "since": timestamp(since),
+            "dkim_key_id": key.id,
+            "dns": record_view(domain_record(domain, key)),
+        }
+        for key, state, since in keys
+    ]
 
 
 def domain_view(domain: SendingDomain) -> dict[str, Any]:
@@ -184,6 +221,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         return "(none)"
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
-                                                                         strict=True)).rstrip()
-                     for row in cells)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )

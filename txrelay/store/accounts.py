@@ -63,17 +63,27 @@ SELECT a.id, a.name, a.admin_email, a.low_quota_threshold, a.created_at,
  ORDER BY a.name"""
 
 
-def account_summaries(conn: psycopg.Connection, now: dt.datetime,
-                      name: str | None = None) -> list[AccountSummary]:
+def account_summaries(
+    conn: psycopg.Connection, now: dt.datetime, name: str | None = None
+) -> list[AccountSummary]:
     rows = conn.execute(SELECT_ACCOUNT_SUMMARIES, {"now": now, "name": name}).fetchall()
     return [_summary(row) for row in rows]  # type: ignore[arg-type]
 
 
 def _summary(row: dict[str, Any]) -> AccountSummary:
-    account = Account(**{key: row[key] for key in
-                         ("id", "name", "admin_email", "low_quota_threshold", "created_at")})
-    return AccountSummary(account, int(row["quota_remaining"]), bool(row["paid"]),
-                          int(row["connections"]), int(row["domains"]))
+    account = Account(
+        **{
+            key: row[key]
+            for key in ("id", "name", "admin_email", "low_quota_threshold", "created_at")
+        }
+    )
+    return AccountSummary(
+        account,
+        int(row["quota_remaining"]),
+        bool(row["paid"]),
+        int(row["connections"]),
+        int(row["domains"]),
+    )
 
 
 UPDATE_ACCOUNT = """
@@ -84,9 +94,16 @@ UPDATE accounts
 RETURNING id, name, admin_email, low_quota_threshold, created_at"""
 
 
-def update_account(conn: psycopg.Connection, account_id: int, *,
-                   low_quota_threshold: int | None, admin_email: str | None) -> Account:
+def update_account(
+    conn: psycopg.Connection,
+    account_id: int,
+    *,
+    low_quota_threshold: int | None,
+    admin_email: str | None,
+) -> Account:
     """Change the given fields; None leaves a field as it is."""
-    row = conn.execute(UPDATE_ACCOUNT, {"threshold": low_quota_threshold,
-                                        "admin_email": admin_email, "id": account_id}).fetchone()
+    row = conn.execute(
+        UPDATE_ACCOUNT,
+        {"threshold": low_quota_threshold, "admin_email": admin_email, "id": account_id},
+    ).fetchone()
     return Account(**row)  # type: ignore[arg-type]

@@ -28,8 +28,9 @@ INSERT INTO connections (account_id, name, rate_limit) VALUES (%s, %s, %s)
 RETURNING id"""
 
 
-def insert_connection(conn: psycopg.Connection, account_id: int, name: str,
-                      rate_limit: int | None) -> int:
+def insert_connection(
+    conn: psycopg.Connection, account_id: int, name: str, rate_limit: int | None
+) -> int:
     row = conn.execute(INSERT_CONNECTION, (account_id, name, rate_limit)).fetchone()
     return int(row["id"])  # type: ignore[index, call-overload]
 
@@ -38,8 +39,9 @@ INSERT_CREDENTIALS = """
 INSERT INTO credentials (connection_id, username, password_hash) VALUES (%s, %s, %s)"""
 
 
-def insert_credentials(conn: psycopg.Connection, connection_id: int, username: str,
-                       password_hash: str) -> None:
+def insert_credentials(
+    conn: psycopg.Connection, connection_id: int, username: str, password_hash: str
+) -> None:
     conn.execute(INSERT_CREDENTIALS, (connection_id, username, password_hash))
 
 
@@ -48,8 +50,9 @@ INSERT INTO connection_domains (connection_id, domain_id, account_id) VALUES (%s
 ON CONFLICT DO NOTHING"""
 
 
-def link_domain(conn: psycopg.Connection, connection_id: int, domain_id: int,
-                account_id: int) -> None:
+def link_domain(
+    conn: psycopg.Connection, connection_id: int, domain_id: int, account_id: int
+) -> None:
     conn.execute(INSERT_CONNECTION_DOMAIN, (connection_id, domain_id, account_id))
 
 
@@ -80,17 +83,33 @@ SELECT c.id, c.account_id, a.name AS account_name, c.name, c.enabled, c.rate_lim
  ORDER BY a.name, c.name"""
 
 
-def list_connections(conn: psycopg.Connection, *, account_id: int | None = None,
-                     name: str | None = None, username: str | None = None) -> list[Connection]:
+def list_connections(
+    conn: psycopg.Connection,
+    *,
+    account_id: int | None = None,
+    name: str | None = None,
+    username: str | None = None,
+) -> list[Connection]:
     params = {"account_id": account_id, "name": name, "username": username}
-    return [_connection(row)  # type: ignore[arg-type]
-            for row in conn.execute(SELECT_CONNECTIONS, params).fetchall()]
+    return [
+        _connection(row)  # type: ignore[arg-type]
+        for row in conn.execute(SELECT_CONNECTIONS, params).fetchall()
+    ]
 
 
 def _connection(row: dict[str, Any]) -> Connection:
-    return Connection(row["id"], row["account_id"], row["account_name"], row["name"],
-                      row["enabled"], row["rate_limit"], row["created_at"],
-                      row["last_used_at"], row["username"], tuple(row["domains"]))
+    return Connection(
+        row["id"],
+        row["account_id"],
+        row["account_name"],
+        row["name"],
+        row["enabled"],
+        row["rate_limit"],
+        row["created_at"],
+        row["last_used_at"],
+        row["username"],
+        tuple(row["domains"]),
+    )
 
 
 UPDATE_ENABLED = "UPDATE connections SET enabled = %s WHERE id = %s"
@@ -111,8 +130,9 @@ UPDATE_PASSWORD = """
 UPDATE credentials SET password_hash = %s, rotated_at = %s WHERE connection_id = %s"""  # noqa: S105 - SQL text
 
 
-def replace_password(conn: psycopg.Connection, connection_id: int, password_hash: str,
-                     now: dt.datetime) -> None:
+def replace_password(
+    conn: psycopg.Connection, connection_id: int, password_hash: str, now: dt.datetime
+) -> None:
     conn.execute(UPDATE_PASSWORD, (password_hash, now, connection_id))
 
 

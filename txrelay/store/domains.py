@@ -57,10 +57,17 @@ VALUES (%s, %s, %s, %s, %s)
 RETURNING id"""
 
 
-def insert_dkim_key(conn: psycopg.Connection, account_id: int, selector: str, algorithm: str,
-                    private_key_pem: str, public_key_b64: str) -> int:
-    row = conn.execute(INSERT_DKIM_KEY, (account_id, selector, algorithm, private_key_pem,
-                                         public_key_b64)).fetchone()
+def insert_dkim_key(
+    conn: psycopg.Connection,
+    account_id: int,
+    selector: str,
+    algorithm: str,
+    private_key_pem: str,
+    public_key_b64: str,
+) -> int:
+    row = conn.execute(
+        INSERT_DKIM_KEY, (account_id, selector, algorithm, private_key_pem, public_key_b64)
+    ).fetchone()
     return int(row["id"])  # type: ignore[index, call-overload]
 
 
@@ -70,8 +77,9 @@ VALUES (%s, %s, %s, %s)
 RETURNING id"""
 
 
-def insert_domain(conn: psycopg.Connection, account_id: int, domain: str, list_help: str,
-                  dkim_key_id: int) -> int:
+def insert_domain(
+    conn: psycopg.Connection, account_id: int, domain: str, list_help: str, dkim_key_id: int
+) -> int:
     row = conn.execute(INSERT_DOMAIN, (account_id, domain, list_help, dkim_key_id)).fetchone()
     return int(row["id"])  # type: ignore[index, call-overload]
 
@@ -107,23 +115,36 @@ def list_domains(conn: psycopg.Connection, account_id: int | None = None) -> lis
     return _with_rotating_keys(conn, rows)  # type: ignore[arg-type]
 
 
-def _with_rotating_keys(conn: psycopg.Connection,
-                        rows: list[dict[str, Any]]) -> list[SendingDomain]:
+def _with_rotating_keys(
+    conn: psycopg.Connection, rows: list[dict[str, Any]]
+) -> list[SendingDomain]:
     """The domains of rows, each with its pending and retiring keys (one more query)."""
     rotating: dict[int, list[RotatingKey]] = {}
     if rows:
         for r in conn.execute(SELECT_ROTATING_KEYS, ([row["id"] for row in rows],)).fetchall():
-            rotating.setdefault(r["domain_id"], []).append(  # type: ignore[call-overload]
-                RotatingKey(_key(r), r["state"], r["since"]))  # type: ignore[arg-type, call-overload]
-    return [SendingDomain(row["id"], row["account_id"], row["account_name"], row["domain"],
-                          row["list_help"], row["created_at"], _key(row),
-                          tuple(rotating.get(row["id"], ())))
-            for row in rows]
+            row_of_key: dict[str, Any] = r  # type: ignore[assignment]
+            rotating.setdefault(row_of_key["domain_id"], []).append(
+                RotatingKey(_key(row_of_key), row_of_key["state"], row_of_key["since"])
+            )
+    return [
+        SendingDomain(
+            row["id"],
+            row["account_id"],
+            row["account_name"],
+            row["domain"],
+            row["list_help"],
+            row["created_at"],
+            _key(row),
+            tuple(rotating.get(row["id"], ())),
+        )
+        for row in rows
+    ]
 
 
 def _key(row: dict[str, Any]) -> DkimKey:
-    return DkimKey(row["key_id"], row["account_id"], row["selector"], row["algorithm"],
-                   row["public_key_b64"])
+    return DkimKey(
+        row["key_id"], row["account_id"], row["selector"], row["algorithm"], row["public_key_b64"]
+    )
 
 
 UPDATE_LIST_HELP = "UPDATE sending_domains SET list_help = %s WHERE id = %s"
@@ -137,8 +158,9 @@ INSERT_ROTATING_KEY = """
 INSERT INTO dkim_key_rotations (domain_id, dkim_key_id, state, since) VALUES (%s, %s, %s, %s)"""
 
 
-def insert_rotating_key(conn: psycopg.Connection, domain_id: int, key_id: int, state: str,
-                        since: dt.datetime) -> None:
+def insert_rotating_key(
+    conn: psycopg.Connection, domain_id: int, key_id: int, state: str, since: dt.datetime
+) -> None:
     conn.execute(INSERT_ROTATING_KEY, (domain_id, key_id, state, since))
 
 

@@ -124,13 +124,23 @@ class PostgresReservations:
         self.node = node
 
     def reserve(self, request: ReservationRequest) -> Reservation:
-        params = {"lock_class": HOLD_LOCK_CLASS, "account_id": request.account_id,
-                  "connection_id": request.connection_id, "member": request.member,
-                  "paid": request.paid, "rate_limit": request.rate_limit,
-                  "ttl": self.ttl_seconds, "window": RATE_WINDOW_SECONDS, "node": self.node}
+        params = {
+            "lock_class": HOLD_LOCK_CLASS,
+            "account_id": request.account_id,
+            "connection_id": request.connection_id,
+            "member": request.member,
+            "paid": request.paid,
+            "rate_limit": request.rate_limit,
+            "ttl": self.ttl_seconds,
+            "window": RATE_WINDOW_SECONDS,
+            "node": self.node,
+        }
         row = self._run(lambda conn: _reserve_in(conn, params))
-        return Reservation(RESERVE_STATUSES[int(row["status"])], int(row["available"]) - 1,
-                           int(row["retry_ms"]) / 1000)
+        return Reservation(
+            RESERVE_STATUSES[int(row["status"])],
+            int(row["available"]) - 1,
+            int(row["retry_ms"]) / 1000,
+        )
 
     def release(self, members: Sequence[str]) -> None:
         if members:
@@ -142,8 +152,8 @@ class PostgresReservations:
                 return work(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise PostgresHoldsUnavailable(
-                f"Redis is down and PostgreSQL did not answer either "
-                f"({exc.__class__.__name__})") from exc
+                f"Redis is down and PostgreSQL did not answer either ({exc.__class__.__name__})"
+            ) from exc
 
 
 def _reserve_in(conn: Conn, params: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +177,12 @@ class FailoverReservations:
     set operations, never across a network call.
     """
 
-    def __init__(self, redis_store: RedisReservations, postgres: PostgresReservations,
-                 rebuild: Callable[[set[int]], None]) -> None:
+    def __init__(
+        self,
+        redis_store: RedisReservations,
+        postgres: PostgresReservations,
+        rebuild: Callable[[set[int]], None],
+    ) -> None:
         self.redis = redis_store
         self.postgres = postgres
         self.rebuild = rebuild
@@ -234,10 +248,17 @@ class FailoverReservations:
             stale = set(self._stale_accounts)
         try:
             self.rebuild(stale)
-        except (ServiceUnavailable, psycopg.Error, psycopg_pool.PoolTimeout,
-                redis.RedisError) as exc:
-            log.warning("event=redis_rebuild_failed accounts=%d error=%r (staying on "
-                        "PostgreSQL)", len(stale), str(exc))
+        except (
+            ServiceUnavailable,
+            psycopg.Error,
+            psycopg_pool.PoolTimeout,
+            redis.RedisError,
+        ) as exc:
+            log.warning(
+                "event=redis_rebuild_failed accounts=%d error=%r (staying on PostgreSQL)",
+                len(stale),
+                str(exc),
+            )
             return False
         with self._lock:
             self._stale_accounts -= stale
@@ -280,14 +301,14 @@ class FailoverReservations:
         return found
 
 
-def rebuild_redis(conn: Conn, client: redis.Redis, prefix: str,
-                  accounts: set[int]) -> None:
+def rebuild_redis(conn: Conn, client: redis.Redis, prefix: str, accounts: set[int]) -> None:
     """Make Redis agree with PostgreSQL for these accounts (and every live PostgreSQL hold)."""
     ids = sorted(accounts)
     holds = conn.execute(SELECT_LIVE_HOLDS, {"accounts": ids, "all": True}).fetchall()
     ids = sorted(set(ids) | {int(h["account_id"]) for h in holds})
-    rate_rows = conn.execute(SELECT_RATE_MEMBERS, {"accounts": ids,
-                                                   "window": RATE_WINDOW_SECONDS}).fetchall()
+    rate_rows = conn.execute(
+        SELECT_RATE_MEMBERS, {"accounts": ids, "window": RATE_WINDOW_SECONDS}
+    ).fetchall()
     conn.rollback()
     for account_id in ids:
         keys = AccountKeys(prefix, account_id)
@@ -306,8 +327,7 @@ def rebuild_redis(conn: Conn, client: redis.Redis, prefix: str,
     pipe.execute()
 
 
-def _drop_recorded_holds(conn: Conn, client: redis.Redis,
-                         keys: AccountKeys) -> None:
+def _drop_recorded_holds(conn: Conn, client: redis.Redis, keys: AccountKeys) -> None:
     """Redis holds whose message PostgreSQL recorded while Redis could not be told."""
     members = [_text(m) for m in client.zrange(keys.held, 0, -1)]
     txns = sorted({m.split("|", 1)[0] for m in members})

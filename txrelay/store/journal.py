@@ -51,7 +51,10 @@ HOUR = 3600.0
 MAX_REPLAY_FAILURES = 3  # an entry that fails this often (not transiently) is set aside
 # PostgreSQL away, a deadlock, a timeout: try the same entry again later, uncounted.
 TRANSIENT: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError, psycopg.InterfaceError, ServiceUnavailable)
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    ServiceUnavailable,
+)
 
 
 class JournalUnavailable(ServiceUnavailable):
@@ -83,11 +86,17 @@ class JournalEntry:
 def encode_entry(entry: JournalEntry) -> bytes:
     message = entry.message
     record = {
-        "txn_id": str(message.txn_id), "queue_id": message.queue_id, "node": message.node,
-        "message_id": message.message_id, "account_id": message.account_id,
-        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
-        "header_from": message.header_from, "size": message.size,
-        "recipients": list(message.recipients), "accepted_at": message.accepted_at.isoformat(),
+        "txn_id": str(message.txn_id),
+        "queue_id": message.queue_id,
+        "node": message.node,
+        "message_id": message.message_id,
+        "account_id": message.account_id,
+        "connection_id": message.connection_id,
+        "envelope_sender": message.envelope_sender,
+        "header_from": message.header_from,
+        "size": message.size,
+        "recipients": list(message.recipients),
+        "accepted_at": message.accepted_at.isoformat(),
         "holds": list(entry.holds),
     }
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
@@ -100,11 +109,18 @@ def decode_entry(line: bytes) -> JournalEntry:
     if accepted_at.tzinfo is None:
         raise ValueError("accepted_at without a time zone")
     message = AcceptedMessage(
-        txn_id=uuid.UUID(r["txn_id"]), queue_id=str(r["queue_id"]), node=str(r["node"]),
-        message_id=r["message_id"], account_id=int(r["account_id"]),
-        connection_id=int(r["connection_id"]), envelope_sender=str(r["envelope_sender"]),
-        header_from=str(r["header_from"]), size=int(r["size"]),
-        recipients=[str(x) for x in r["recipients"]], accepted_at=accepted_at)
+        txn_id=uuid.UUID(r["txn_id"]),
+        queue_id=str(r["queue_id"]),
+        node=str(r["node"]),
+        message_id=r["message_id"],
+        account_id=int(r["account_id"]),
+        connection_id=int(r["connection_id"]),
+        envelope_sender=str(r["envelope_sender"]),
+        header_from=str(r["header_from"]),
+        size=int(r["size"]),
+        recipients=[str(x) for x in r["recipients"]],
+        accepted_at=accepted_at,
+    )
     return JournalEntry(message, [str(x) for x in r.get("holds", [])])
 
 
@@ -137,8 +153,9 @@ class Journal:
                 os.fsync(fd)
             except OSError as exc:
                 self._close_active()  # a fresh file next time (the disk may come back)
-                raise JournalUnavailable(f"the local journal {self.directory} is not "
-                                         f"writable ({exc.strerror or exc})") from exc
+                raise JournalUnavailable(
+                    f"the local journal {self.directory} is not writable ({exc.strerror or exc})"
+                ) from exc
             self._appended.append((time.monotonic(), units))
             self._backlog += 1
 
@@ -156,9 +173,11 @@ class Journal:
     def _check_budget(self, units: int) -> None:
         used = self._used_this_hour()
         if used + units > self.max_per_hour:
-            raise JournalUnavailable(f"the local journal holds {used} unconfirmed recipients "
-                                     f"this hour ([milter] journal_max_per_hour = "
-                                     f"{self.max_per_hour})")
+            raise JournalUnavailable(
+                f"the local journal holds {used} unconfirmed recipients "
+                f"this hour ([milter] journal_max_per_hour = "
+                f"{self.max_per_hour})"
+            )
 
     def _active_fd(self) -> int:
         if self._active is not None:
@@ -197,8 +216,11 @@ class Journal:
             return []
         return sorted(self.directory.glob(f"journal-{self.tag}-*.jsonl"))
 
-    def replay(self, record: Callable[[JournalEntry], object],
-               transient: tuple[type[BaseException], ...] = TRANSIENT) -> int:
+    def replay(
+        self,
+        record: Callable[[JournalEntry], object],
+        transient: tuple[type[BaseException], ...] = TRANSIENT,
+    ) -> int:
         """Record every journaled message; returns how many lines were replayed.
 
         An exception of a `transient` class (PostgreSQL away again) stops the replay and
@@ -222,8 +244,12 @@ class Journal:
         """Entries of this database set aside (for the metric and /healthz)."""
         return len(quarantine_files(self.directory, self.tag))
 
-    def _replay_file(self, path: Path, record: Callable[[JournalEntry], object],
-                     transient: tuple[type[BaseException], ...]) -> int:
+    def _replay_file(
+        self,
+        path: Path,
+        record: Callable[[JournalEntry], object],
+        transient: tuple[type[BaseException], ...],
+    ) -> int:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -249,8 +275,9 @@ class Journal:
                 self._failures.pop(str(entry.message.txn_id), None)
                 count += 1
             self._finish_file(path, kept)
-            log.info("event=journal_replayed file=%s messages=%d kept=%d", path.name, count,
-                     len(kept))
+            log.info(
+                "event=journal_replayed file=%s messages=%d kept=%d", path.name, count, len(kept)
+            )
             return count
         finally:
             os.close(fd)
@@ -262,17 +289,32 @@ class Journal:
         reason = f"{exc.__class__.__name__}: {_first_line(exc)}"
         if failures < MAX_REPLAY_FAILURES:
             self._failures[txn] = failures
-            log.warning("event=journal_entry_failed txn=%s file=%s failures=%d reason=%r "
-                        "(kept; the later entries replay)", txn, path.name, failures, reason)
+            log.warning(
+                "event=journal_entry_failed txn=%s file=%s failures=%d reason=%r "
+                "(kept; the later entries replay)",
+                txn,
+                path.name,
+                failures,
+                reason,
+            )
             return False
         self._failures.pop(txn, None)  # a retry gets its full count of attempts again
-        target = _write_quarantine(self.directory, self.tag, line, entry, reason, failures,
-                                   path.name)
-        log.error("event=journal_entry_quarantined txn=%s account=%d connection=%d "
-                  "recipients=%d failures=%d reason=%r file=%s: not in the ledger; see "
-                  "'txrelay journal show %s', fix the cause, then 'txrelay journal retry'",
-                  txn, entry.message.account_id, entry.message.connection_id,
-                  len(entry.message.recipients), failures, reason, target.name, txn)
+        target = _write_quarantine(
+            self.directory, self.tag, line, entry, reason, failures, path.name
+        )
+        log.error(
+            "event=journal_entry_quarantined txn=%s account=%d connection=%d "
+            "recipients=%d failures=%d reason=%r file=%s: not in the ledger; see "
+            "'txrelay journal show %s', fix the cause, then 'txrelay journal retry'",
+            txn,
+            entry.message.account_id,
+            entry.message.connection_id,
+            len(entry.message.recipients),
+            failures,
+            reason,
+            target.name,
+            txn,
+        )
         return True
 
     def _finish_file(self, path: Path, kept: list[bytes]) -> None:
@@ -305,15 +347,19 @@ class QuarantinedEntry:
 
     def summary(self) -> dict[str, Any]:
         entry = self.record["entry"]
-        return {"txn_id": self.txn_id, "database": self.tag,
-                "account_id": entry.get("account_id"),
-                "connection_id": entry.get("connection_id"),
-                "queue_id": entry.get("queue_id"),
-                "recipients": len(entry.get("recipients", [])),
-                "accepted_at": entry.get("accepted_at"),
-                "quarantined_at": self.record.get("quarantined_at"),
-                "failures": self.record.get("failures"), "reason": self.record.get("reason"),
-                "file": self.path.name}
+        return {
+            "txn_id": self.txn_id,
+            "database": self.tag,
+            "account_id": entry.get("account_id"),
+            "connection_id": entry.get("connection_id"),
+            "queue_id": entry.get("queue_id"),
+            "recipients": len(entry.get("recipients", [])),
+            "accepted_at": entry.get("accepted_at"),
+            "quarantined_at": self.record.get("quarantined_at"),
+            "failures": self.record.get("failures"),
+            "reason": self.record.get("reason"),
+            "file": self.path.name,
+        }
 
 
 def quarantine_files(directory: Path, tag: str = "*") -> list[Path]:
@@ -341,8 +387,9 @@ def release_quarantined(entry: QuarantinedEntry) -> Path:
     """Put the entry back for replay: its line as a journal file of its own (the running
     milter replays it within a second, or the next one at start), then the quarantine file
     goes. Returns the journal file."""
-    line = json.dumps(entry.record["entry"], separators=(",", ":"),
-                      ensure_ascii=True).encode() + b"\n"
+    line = (
+        json.dumps(entry.record["entry"], separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    )
     decode_entry(line)
     name = f"journal-{entry.tag}-retry-{time.time_ns()}.jsonl"
     _write_file(entry.path.parent, name, line)
@@ -357,11 +404,22 @@ def drop_quarantined(entry: QuarantinedEntry) -> None:
     _fsync_directory(entry.path.parent)
 
 
-def _write_quarantine(directory: Path, tag: str, line: bytes, entry: JournalEntry,
-                      reason: str, failures: int, source: str) -> Path:
-    record = {"entry": json.loads(line), "reason": reason, "failures": failures,
-              "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "source_file": source}
+def _write_quarantine(
+    directory: Path,
+    tag: str,
+    line: bytes,
+    entry: JournalEntry,
+    reason: str,
+    failures: int,
+    source: str,
+) -> Path:
+    record = {
+        "entry": json.loads(line),
+        "reason": reason,
+        "failures": failures,
+        "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_file": source,
+    }
     name = f"quarantine-{tag}-{entry.message.txn_id}.json"
     _write_file(directory, name, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
     return directory / name
@@ -392,8 +450,11 @@ def _first_line(exc: BaseException) -> str:
 
 def _parse(line: bytes, path: Path) -> JournalEntry | None:
     if not line.endswith(b"\n"):
-        log.warning("event=journal_torn_line file=%s bytes=%d (never acknowledged: skipped)",
-                    path.name, len(line))
+        log.warning(
+            "event=journal_torn_line file=%s bytes=%d (never acknowledged: skipped)",
+            path.name,
+            len(line),
+        )
         return None
     try:
         return decode_entry(line)

@@ -108,8 +108,9 @@ def allocate(recipients: Sequence[str], blocks: Sequence[tuple[int, int]]) -> li
     return result
 
 
-def record_acceptance(conn: Conn, message: AcceptedMessage,
-                      release_holds: Sequence[str] = ()) -> Recorded:
+def record_acceptance(
+    conn: Conn, message: AcceptedMessage, release_holds: Sequence[str] = ()
+) -> Recorded:
     """The message, one pending ledger row per recipient and the connection's last use, in
     ONE transaction: all of it is recorded or none of it. release_holds: the message's
     reservations held in PostgreSQL (degraded mode), which end in the same transaction so
@@ -122,18 +123,30 @@ def record_acceptance(conn: Conn, message: AcceptedMessage,
     any row another message of the account needs, so messages of one account never wait
     for each other's COMMIT. settle() bills the rows to blocks afterwards."""
     params = {
-        "txn_id": message.txn_id, "queue_id": message.queue_id, "node": message.node,
-        "message_id": message.message_id, "account_id": message.account_id,
-        "connection_id": message.connection_id, "envelope_sender": message.envelope_sender,
-        "header_from": message.header_from, "size": message.size,
-        "recipients": list(message.recipients), "accepted_at": message.accepted_at,
+        "txn_id": message.txn_id,
+        "queue_id": message.queue_id,
+        "node": message.node,
+        "message_id": message.message_id,
+        "account_id": message.account_id,
+        "connection_id": message.connection_id,
+        "envelope_sender": message.envelope_sender,
+        "header_from": message.header_from,
+        "size": message.size,
+        "recipients": list(message.recipients),
+        "accepted_at": message.accepted_at,
         "release_holds": list(release_holds),
     }
     rows = _one_statement(conn, RECORD_ACCEPTANCE, params)
     if not rows:
         return Recorded(None, [])
-    allocations = [Allocation(str(_field(r, "recipient")), str(_field(r, "billing")),
-                              _optional_int(_field(r, "quota_block_id"))) for r in rows]
+    allocations = [
+        Allocation(
+            str(_field(r, "recipient")),
+            str(_field(r, "billing")),
+            _optional_int(_field(r, "quota_block_id")),
+        )
+        for r in rows
+    ]
     return Recorded(_column(rows[0], "message_row_id"), allocations)
 
 
@@ -150,8 +163,9 @@ def settle_all(conn: Conn, accounts: Sequence[int] | None = None) -> int:
     transaction outside a caller's transaction; returns the rows settled. Inside a caller's
     transaction (which keeps every lock until it ends) the accounts' settling locks and
     pending rows are all taken first, in migration 0014's order."""
-    found = _one_statement(conn, PENDING_ACCOUNTS,
-                           {"accounts": None if accounts is None else list(accounts)})
+    found = _one_statement(
+        conn, PENDING_ACCOUNTS, {"accounts": None if accounts is None else list(accounts)}
+    )
     ids = [_column(row, "account_id") for row in found]
     if ids and _in_transaction(conn):
         lock_for_settling(conn, ids)
@@ -174,8 +188,7 @@ def remaining_quota(conn: Conn, account_id: int, now: dt.datetime) -> int:
     return int(_column(row, "remaining")) if row is not None else 0
 
 
-def _one_statement(conn: Conn, query: str,
-                   params: dict[str, object]) -> list[Any]:
+def _one_statement(conn: Conn, query: str, params: dict[str, object]) -> list[Any]:
     """Run one statement as its own transaction (autocommit: atomic, no BEGIN/COMMIT round
     trips), or inside the caller's transaction when there is one."""
     if conn.autocommit:

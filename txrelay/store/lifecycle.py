@@ -58,8 +58,7 @@ SELECT DISTINCT account_id FROM quota_blocks
    AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s))"""
 
 
-def lock_due_accounts(conn: Conn, now: dt.datetime,
-                      accounts: Sequence[int] | None = None) -> None:
+def lock_due_accounts(conn: Conn, now: dt.datetime, accounts: Sequence[int] | None = None) -> None:
     """Inside the tick's transaction, before renew_plans and expire_blocks: the settling
     lock and pending rows of every account either will settle, taken together in migration
     0014's order. Settling them one after another would lock the first accounts' blocks
@@ -77,18 +76,21 @@ class ExpiredBlock:
     expired_unused: int
 
 
-def expire_blocks(conn: Conn, now: dt.datetime,
-                  accounts: Sequence[int] | None = None) -> list[ExpiredBlock]:
+def expire_blocks(
+    conn: Conn, now: dt.datetime, accounts: Sequence[int] | None = None
+) -> list[ExpiredBlock]:
     """Close due blocks (call inside a transaction); credit -expired_unused afterwards.
     `accounts` limits the work to those accounts (None: all). Their owners' pending rows
     are settled first: a block still serves the rows accepted before it expired."""
-    due = conn.execute(SELECT_DUE_BLOCK_ACCOUNTS,
-                       {"now": now, "accounts": _ids(accounts)}).fetchall()
+    due = conn.execute(
+        SELECT_DUE_BLOCK_ACCOUNTS, {"now": now, "accounts": _ids(accounts)}
+    ).fetchall()
     if due:
         settle_all(conn, [int(r["account_id"]) for r in due])
     rows = conn.execute(EXPIRE_BLOCKS, {"now": now, "accounts": _ids(accounts)}).fetchall()
-    return [ExpiredBlock(int(r["id"]), int(r["account_id"]),
-                         int(r["expired_unused"])) for r in rows]
+    return [
+        ExpiredBlock(int(r["id"]), int(r["account_id"]), int(r["expired_unused"])) for r in rows
+    ]
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -131,8 +133,9 @@ class Renewal:
     expires_at: dt.datetime
 
 
-def renew_plans(conn: Conn, now: dt.datetime, validity: dt.timedelta,
-                accounts: Sequence[int] | None = None) -> list[Renewal]:
+def renew_plans(
+    conn: Conn, now: dt.datetime, validity: dt.timedelta, accounts: Sequence[int] | None = None
+) -> list[Renewal]:
     """Book each due plan block, dated its scheduled day (call inside a transaction).
 
     Periods missed entirely (the tick did not run for a whole validity period) are not
@@ -148,9 +151,15 @@ def renew_plans(conn: Conn, now: dt.datetime, validity: dt.timedelta,
         while due <= now:
             expires = due + validity
             if expires > now:
-                row = conn.execute(BOOK_PLAN_BLOCK, {
-                    "account_id": account, "amount": amount, "booked_at": due,
-                    "expires_at": expires}).fetchone()
+                row = conn.execute(
+                    BOOK_PLAN_BLOCK,
+                    {
+                        "account_id": account,
+                        "amount": amount,
+                        "booked_at": due,
+                        "expires_at": expires,
+                    },
+                ).fetchone()
                 if row is not None:
                     renewals.append(Renewal(account, int(row["id"]), amount, due, expires))
             due = expires
@@ -158,14 +167,17 @@ def renew_plans(conn: Conn, now: dt.datetime, validity: dt.timedelta,
     return renewals
 
 
-def set_plan(conn: Conn, account_id: int, amount: int, minimum: int,
-             now: dt.datetime) -> dt.datetime:
+def set_plan(
+    conn: Conn, account_id: int, amount: int, minimum: int, now: dt.datetime
+) -> dt.datetime:
     """Create or change the plan; a new plan is due at once. Returns the next renewal."""
     if amount < minimum:
-        raise InvalidInput(f"a plan block must be at least {minimum} mails ([quota] "
-                           f"min_block); got {amount}")
-    row = conn.execute(UPSERT_PLAN, {"account_id": account_id, "amount": amount,
-                                     "now": now}).fetchone()
+        raise InvalidInput(
+            f"a plan block must be at least {minimum} mails ([quota] min_block); got {amount}"
+        )
+    row = conn.execute(
+        UPSERT_PLAN, {"account_id": account_id, "amount": amount, "now": now}
+    ).fetchone()
     assert row is not None  # INSERT … ON CONFLICT DO UPDATE returns the row either way
     return row["next_renewal_at"]  # type: ignore[no-any-return]
 
@@ -202,16 +214,18 @@ class BalanceCheck:
         return 0 if self.redis_before is None else self.redis_before - self.postgres
 
 
-def remaining_by_account(conn: Conn, now: dt.datetime,
-                         name: str | None = None) -> list[tuple[int, str, int]]:
+def remaining_by_account(
+    conn: Conn, now: dt.datetime, name: str | None = None
+) -> list[tuple[int, str, int]]:
     rows = conn.execute(SELECT_REMAINING, {"now": now, "name": name}).fetchall()
     if name is not None and not rows:
         raise NotFound(f"no account named {name!r}; see 'txrelay account list'")
     return [(int(r["id"]), r["name"], int(r["remaining"])) for r in rows]
 
 
-def reconcile(conn: Conn, client: redis.Redis, prefix: str, now: dt.datetime,
-              name: str | None = None) -> list[BalanceCheck]:
+def reconcile(
+    conn: Conn, client: redis.Redis, prefix: str, now: dt.datetime, name: str | None = None
+) -> list[BalanceCheck]:
     """Rewrite each cached balance to PostgreSQL's remaining quota; report what differed.
 
     Balances Redis does not hold stay absent: the milter loads them from PostgreSQL.
@@ -220,8 +234,9 @@ def reconcile(conn: Conn, client: redis.Redis, prefix: str, now: dt.datetime,
     for account_id, account, remaining in remaining_by_account(conn, now, name):
         key = AccountKeys(prefix, account_id).balance
         before = client.get(key)
-        check = BalanceCheck(account_id, account, remaining,
-                             None if before is None else int(before))
+        check = BalanceCheck(
+            account_id, account, remaining, None if before is None else int(before)
+        )
         if check.redis_before is not None and check.difference != 0:
             client.set(key, remaining, xx=True)
         checks.append(check)
@@ -300,14 +315,23 @@ class ReminderCandidate:
         return not self.armed and self.remaining >= self.threshold
 
 
-def reminder_candidates(conn: Conn, now: dt.datetime,
-                        accounts: Sequence[int] | None = None) -> list[ReminderCandidate]:
+def reminder_candidates(
+    conn: Conn, now: dt.datetime, accounts: Sequence[int] | None = None
+) -> list[ReminderCandidate]:
     params = {"now": now, "accounts": _ids(accounts)}
     conn.execute(ARM_NEW_REMINDERS, params)
     rows = conn.execute(SELECT_REMINDER_CHANGES, params).fetchall()
-    found = [ReminderCandidate(int(r["id"]), r["name"], r["admin_email"],
-                               int(r["low_quota_threshold"]), int(r["remaining"]),
-                               bool(r["armed"])) for r in rows]
+    found = [
+        ReminderCandidate(
+            int(r["id"]),
+            r["name"],
+            r["admin_email"],
+            int(r["low_quota_threshold"]),
+            int(r["remaining"]),
+            bool(r["armed"]),
+        )
+        for r in rows
+    ]
     return [c for c in found if c.due or c.rearm]
 
 
@@ -320,12 +344,15 @@ def set_armed(conn: Conn, account_id: int, armed: bool, now: dt.datetime) -> Non
     conn.execute(SET_ARMED, {"account_id": account_id, "armed": armed, "now": now})
 
 
-def record_notification(conn: Conn, account_id: int, kind: str,
-                        detail: dict[str, Any], now: dt.datetime) -> None:
+def record_notification(
+    conn: Conn, account_id: int, kind: str, detail: dict[str, Any], now: dt.datetime
+) -> None:
     from psycopg.types.json import Jsonb
 
-    conn.execute(INSERT_NOTIFICATION, {"account_id": account_id, "kind": kind, "now": now,
-                                       "detail": Jsonb(detail)})
+    conn.execute(
+        INSERT_NOTIFICATION,
+        {"account_id": account_id, "kind": kind, "now": now, "detail": Jsonb(detail)},
+    )
 
 
 def usage(conn: Conn, account_id: int, now: dt.datetime) -> tuple[int, int]:

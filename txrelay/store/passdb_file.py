@@ -30,8 +30,10 @@ log = logging.getLogger("txrelay.passdb_file")
 SELECT_PASSDB = "SELECT username, password FROM sasl_passdb ORDER BY username"
 
 FILE_MODE = 0o640
-HEADER = ("# txrelay: SMTP logins of the enabled connections (passwd-file for txrelay's\n"
-          "# Dovecot). Rewritten by the txrelay CLI and milter; edits here are lost.\n")
+HEADER = (
+    "# txrelay: SMTP logins of the enabled connections (passwd-file for txrelay's\n"
+    "# Dovecot). Rewritten by the txrelay CLI and milter; edits here are lost.\n"
+)
 # What a line may hold: Dovecot splits at ':' and at line ends, so neither may be in a value.
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 _PASSWORD = re.compile(r"^\{[A-Z0-9.-]+\}[^:\s]+$")
@@ -55,8 +57,11 @@ def render_passdb(entries: list[tuple[str, str]]) -> str:
     lines = [HEADER]
     for username, password in entries:
         if not _USERNAME.match(username) or not _PASSWORD.match(password):
-            log.error("event=passdb_entry_skipped username=%r reason='not a user name and "
-                      "{SCHEME}hash Dovecot can read'", username)
+            log.error(
+                "event=passdb_entry_skipped username=%r reason='not a user name and "
+                "{SCHEME}hash Dovecot can read'",
+                username,
+            )
             continue
         lines.append(f"{username}:{password}\n")
     return "".join(lines)
@@ -72,8 +77,10 @@ def sync_passdb_file(conn: psycopg.Connection, path: Path) -> bool:
         with _locked(path.parent):
             return write_passdb_file(path, render_passdb(fetch_passdb_entries(conn)))
     except OSError as exc:
-        raise PassdbFileError(f"{path.parent}: cannot lock it ({exc.strerror}); it must "
-                              "exist (see docs/deployment.md)") from None
+        raise PassdbFileError(
+            f"{path.parent}: cannot lock it ({exc.strerror}); it must "
+            "exist (see docs/deployment.md)"
+        ) from None
 
 
 def write_passdb_file(path: Path, text: str) -> bool:
@@ -88,8 +95,10 @@ def write_passdb_file(path: Path, text: str) -> bool:
             return False
         _replace(path, text, 0 if old is None else int(old.st_mtime))
     except OSError as exc:
-        raise PassdbFileError(f"{path}: cannot write it ({exc.strerror}); its directory must "
-                              "be writable by this user (see docs/deployment.md)") from None
+        raise PassdbFileError(
+            f"{path}: cannot write it ({exc.strerror}); its directory must "
+            "be writable by this user (see docs/deployment.md)"
+        ) from None
     return True
 
 
@@ -143,9 +152,14 @@ def _replace(path: Path, text: str, old_mtime: int) -> None:
     """Mode and group set before any byte is written, fsync, rename, fsync of the directory
     (write_atomically): never half-written, never world-readable."""
     parent = path.parent.stat()
-    write_atomically(path, text, mode=FILE_MODE,
-                     before_write=lambda fd: _give_to_directory_group(fd, parent),
-                     mtime_after=old_mtime + 1.0, sync_directory=True)
+    write_atomically(
+        path,
+        text,
+        mode=FILE_MODE,
+        before_write=lambda fd: _give_to_directory_group(fd, parent),
+        mtime_after=old_mtime + 1.0,
+        sync_directory=True,
+    )
 
 
 def _give_to_directory_group(fd: int, parent: os.stat_result) -> None:
@@ -161,4 +175,3 @@ def _give_to_directory_group(fd: int, parent: os.stat_result) -> None:
 
 def _field(row: Any, name: str, index: int) -> str:
     return str(row[name] if isinstance(row, dict) else row[index])
-

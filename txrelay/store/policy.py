@@ -79,15 +79,16 @@ class PolicyLoader:
         """The snapshot from its rows (fresh from PostgreSQL, or from the local copy).
         credentials_since: from when (wall clock) a credential that changed in these rows is
         the one this node's Dovecot checks (default: now)."""
-        accounts = {int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"]))
-                    for r in rows["accounts"]}
+        accounts = {
+            int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"])) for r in rows["accounts"]
+        }
         domains_of: dict[int, set[str]] = {}
         for r in rows["connection_domains"]:
             domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
         connections = self._stamp_credentials(
-            {r["username"]: self._connection(r, accounts, domains_of)
-             for r in rows["connections"]},
-            time.time() if credentials_since is None else credentials_since)
+            {r["username"]: self._connection(r, accounts, domains_of) for r in rows["connections"]},
+            time.time() if credentials_since is None else credentials_since,
+        )
         previous_keys, self._keys = self._keys, {}
         domains = {}
         for r in rows["domains"]:
@@ -96,18 +97,25 @@ class PolicyLoader:
                 domains[domain.domain] = domain
         return PolicySnapshot(int(rows["version"]), connections, domains, accounts)
 
-    def _connection(self, r: dict[str, Any], accounts: dict[int, AccountPolicy],
-                    domains_of: dict[int, set[str]]) -> ConnectionPolicy:
+    def _connection(
+        self, r: dict[str, Any], accounts: dict[int, AccountPolicy], domains_of: dict[int, set[str]]
+    ) -> ConnectionPolicy:
         account = accounts.get(int(r["account_id"]), AccountPolicy(int(r["account_id"]), False))
         return ConnectionPolicy(
-            id=int(r["id"]), name=r["name"], account_id=account.id, enabled=bool(r["enabled"]),
+            id=int(r["id"]),
+            name=r["name"],
+            account_id=account.id,
+            enabled=bool(r["enabled"]),
             domains=frozenset(domains_of.get(int(r["id"]), ())),
-            rate_limit=effective_rate_limit(r["rate_limit"], account.paid,
-                                            self.quota.demo_rate_limit),
-            credential=str(r.get("credential_version") or ""))
+            rate_limit=effective_rate_limit(
+                r["rate_limit"], account.paid, self.quota.demo_rate_limit
+            ),
+            credential=str(r.get("credential_version") or ""),
+        )
 
-    def _stamp_credentials(self, connections: dict[str, ConnectionPolicy],
-                           now: float) -> dict[str, ConnectionPolicy]:
+    def _stamp_credentials(
+        self, connections: dict[str, ConnectionPolicy], now: float
+    ) -> dict[str, ConnectionPolicy]:
         """Each connection with the time its credential reached its current state (rotated
         or re-enabled: `now`; unchanged: as before; a login not seen before: 0.0)."""
         previous = self._credentials
@@ -126,8 +134,9 @@ class PolicyLoader:
         self._credentials = seen
         return stamped
 
-    def _domain(self, r: dict[str, Any],
-                previous_keys: dict[tuple[int, str], SigningKey]) -> DomainPolicy | None:
+    def _domain(
+        self, r: dict[str, Any], previous_keys: dict[tuple[int, str], SigningKey]
+    ) -> DomainPolicy | None:
         """A domain with its parsed key; a domain whose key cannot be read is left out (its
         mail gets a 4xx) and logged, rather than stopping every other domain. A sealed key is
         opened once per stored value (the cache key is the value's hash), then kept parsed in
@@ -139,21 +148,30 @@ class PolicyLoader:
             try:
                 signing_key = load_signing_key(r["algorithm"], self._open(r["private_key_pem"]))
             except InvalidInput as exc:
-                log.error("event=bad_dkim_key domain=%s selector=%s error=%r",
-                          r["domain"], r["selector"], str(exc))
+                log.error(
+                    "event=bad_dkim_key domain=%s selector=%s error=%r",
+                    r["domain"],
+                    r["selector"],
+                    str(exc),
+                )
                 return None
             self._keys[cache_key] = signing_key
-        return DomainPolicy(domain=r["domain"], account_id=int(r["account_id"]),
-                            list_help=r["list_help"], selector=r["selector"],
-                            algorithm=r["algorithm"], signing_key=signing_key)
-
+        return DomainPolicy(
+            domain=r["domain"],
+            account_id=int(r["account_id"]),
+            list_help=r["list_help"],
+            selector=r["selector"],
+            algorithm=r["algorithm"],
+            signing_key=signing_key,
+        )
 
     def _open(self, stored: str) -> str:
         if not is_sealed(stored):
             return stored
         if self.keys is None:
-            raise InvalidInput("the key is sealed and this milter has no key-encryption key "
-                               "([database] kek_file)")
+            raise InvalidInput(
+                "the key is sealed and this milter has no key-encryption key ([database] kek_file)"
+            )
         return self.keys.open(stored)
 
 

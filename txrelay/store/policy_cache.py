@@ -51,9 +51,14 @@ class PolicyCache:
     (Dovecot's passdb) up to date, so that a change made by the CLI on another node
     reaches this node's logins within one poll; while PostgreSQL is down the file stays."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, loader: PolicyLoader,
-                 interval: float, copy_path: Path | None = None,
-                 passdb_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        loader: PolicyLoader,
+        interval: float,
+        copy_path: Path | None = None,
+        passdb_path: Path | None = None,
+    ) -> None:
         self.pool = pool
         self.loader = loader
         self.interval = max(interval, 0.1)
@@ -106,17 +111,22 @@ class PolicyCache:
                     if self._passdb_due:
                         self._sync_passdb(conn)
                     self.current = self.loader.build(rows, self._credentials_since())
-                    log.info("event=policy_loaded version=%d connections=%d domains=%d",
-                             self.current.version, len(self.current.connections),
-                             len(self.current.domains))
+                    log.info(
+                        "event=policy_loaded version=%d connections=%d domains=%d",
+                        self.current.version,
+                        len(self.current.connections),
+                        len(self.current.domains),
+                    )
                     self._save_copy(rows)
                 elif self._passdb_due:
                     self._sync_passdb(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             if not self._failing:
-                log.warning("event=policy_refresh_failed error=%r (keeping version %s)",
-                            exc.__class__.__name__,
-                            self.current.version if self.current else "none")
+                log.warning(
+                    "event=policy_refresh_failed error=%r (keeping version %s)",
+                    exc.__class__.__name__,
+                    self.current.version if self.current else "none",
+                )
             self._failing = True
             if self.current is None:
                 self._load_copy()
@@ -132,8 +142,12 @@ class PolicyCache:
         try:
             save_policy_rows(self.copy_path, rows)
         except OSError as exc:
-            log.warning("event=policy_copy_not_saved path=%s error=%r (a restart during a "
-                        "PostgreSQL outage could not authorise)", self.copy_path, str(exc))
+            log.warning(
+                "event=policy_copy_not_saved path=%s error=%r (a restart during a "
+                "PostgreSQL outage could not authorise)",
+                self.copy_path,
+                str(exc),
+            )
 
     def _credentials_since(self) -> float:
         """When this node's Dovecot checks logins against the file just brought up to date;
@@ -152,9 +166,11 @@ class PolicyCache:
             written = sync_passdb_file(conn, self.passdb_path)
         except PassdbFileError as exc:
             if not self._passdb_failing:
-                log.error("event=passdb_file_not_written error=%r (SMTP logins on this node "
-                          "miss the latest changes, and fail while PostgreSQL is down)",
-                          str(exc))
+                log.error(
+                    "event=passdb_file_not_written error=%r (SMTP logins on this node "
+                    "miss the latest changes, and fail while PostgreSQL is down)",
+                    str(exc),
+                )
             self._passdb_failing = True
             return
         if written:
@@ -168,8 +184,12 @@ class PolicyCache:
         if rows is None:
             return
         self.current = self.loader.build(rows)
-        log.warning("event=policy_loaded_from_copy version=%d path=%s connections=%d",
-                    self.current.version, self.copy_path, len(self.current.connections))
+        log.warning(
+            "event=policy_loaded_from_copy version=%d path=%s connections=%d",
+            self.current.version,
+            self.copy_path,
+            len(self.current.connections),
+        )
 
     def start(self) -> None:
         self.loop.start()

@@ -31,11 +31,24 @@ RETURNING id, account_id, kind, amount, used, booked_at, expires_at, expired_unu
           txrelay_block_left(amount, used, expires_at, expired_unused, booked_at) AS remaining"""
 
 
-def insert_block(conn: psycopg.Connection, account_id: int, kind: str, amount: int,
-                 booked_at: dt.datetime, expires_at: dt.datetime | None) -> QuotaBlock:
-    row = conn.execute(INSERT_BLOCK, {"account_id": account_id, "kind": kind,
-                                      "amount": amount, "booked_at": booked_at,
-                                      "expires_at": expires_at}).fetchone()
+def insert_block(
+    conn: psycopg.Connection,
+    account_id: int,
+    kind: str,
+    amount: int,
+    booked_at: dt.datetime,
+    expires_at: dt.datetime | None,
+) -> QuotaBlock:
+    row = conn.execute(
+        INSERT_BLOCK,
+        {
+            "account_id": account_id,
+            "kind": kind,
+            "amount": amount,
+            "booked_at": booked_at,
+            "expires_at": expires_at,
+        },
+    ).fetchone()
     return QuotaBlock(**row)  # type: ignore[arg-type]
 
 
@@ -58,8 +71,7 @@ SELECT b.id, b.account_id, b.kind, b.amount, u.used, b.booked_at, b.expires_at,
  ORDER BY b.expires_at NULLS LAST, b.id"""
 
 
-def list_blocks(conn: psycopg.Connection, account_id: int,
-                now: dt.datetime) -> list[QuotaBlock]:
+def list_blocks(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> list[QuotaBlock]:
     """The account's blocks at `now` as they stand once its pending rows are settled
     (read-only)."""
     rows = conn.execute(SELECT_BLOCKS, {"account_id": account_id, "now": now}).fetchall()
@@ -72,8 +84,7 @@ SELECT txrelay_remaining_quota(%(account_id)s, %(now)s) AS remaining,
        txrelay_account_paid(%(account_id)s) AS paid"""
 
 
-def quota_rules(conn: psycopg.Connection, account_id: int,
-                now: dt.datetime) -> tuple[int, bool]:
+def quota_rules(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> tuple[int, bool]:
     """The account's remaining quota at `now` and whether it is paid."""
     row = conn.execute(SELECT_QUOTA_RULES, {"account_id": account_id, "now": now}).fetchone()
     assert row is not None  # a SELECT without FROM: always one row

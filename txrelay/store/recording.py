@@ -56,10 +56,14 @@ class PostgresLedger:
     the message accepted); without one (tests, tools) it is a 451. Each account recorded
     for is passed to `recorded_for` (the settler, which bills the pending rows to blocks)."""
 
-    def __init__(self, pool: psycopg_pool.ConnectionPool, clock: Clock,
-                 journal: Journal | None = None,
-                 holds_of: Callable[[uuid.UUID], list[str]] | None = None,
-                 recorded_for: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        clock: Clock,
+        journal: Journal | None = None,
+        holds_of: Callable[[uuid.UUID], list[str]] | None = None,
+        recorded_for: Callable[[int], None] | None = None,
+    ) -> None:
         self.pool = pool
         self.clock = clock
         self.journal = journal
@@ -78,11 +82,18 @@ class PostgresLedger:
             if self.journal is None:
                 raise _unavailable(exc) from exc
             self.journal.append(JournalEntry(message, holds))  # JournalUnavailable → 451
-            log.warning("event=journaled txn=%s rcpts=%d backlog=%d error=%r", message.txn_id,
-                        len(message.recipients), self.journal.backlog(),
-                        exc.__class__.__name__)
-            return Recorded(None, [Allocation(r, "pending", None) for r in message.recipients],
-                            journaled=len(message.recipients))
+            log.warning(
+                "event=journaled txn=%s rcpts=%d backlog=%d error=%r",
+                message.txn_id,
+                len(message.recipients),
+                self.journal.backlog(),
+                exc.__class__.__name__,
+            )
+            return Recorded(
+                None,
+                [Allocation(r, "pending", None) for r in message.recipients],
+                journaled=len(message.recipients),
+            )
         except psycopg.Error as exc:
             raise _unavailable(exc) from exc
 
@@ -97,12 +108,14 @@ class PostgresLedger:
             with self.pool.connection() as conn:
                 done = journal.replay(lambda entry: self._replay(conn, entry), UNREACHABLE)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            log.info("event=journal_replay_waiting backlog=%d error=%r", journal.backlog(),
-                     exc.__class__.__name__)
+            log.info(
+                "event=journal_replay_waiting backlog=%d error=%r",
+                journal.backlog(),
+                exc.__class__.__name__,
+            )
             return 0
         if done:
-            log.warning("event=journal_replayed messages=%d backlog=%d", done,
-                        journal.backlog())
+            log.warning("event=journal_replayed messages=%d backlog=%d", done, journal.backlog())
         return done
 
     def _replay(self, conn: psycopg.Connection, entry: JournalEntry) -> Recorded:

@@ -52,9 +52,12 @@ def _data_node_options(config: RedisConfig) -> dict[str, Any]:
     parsed = parse_url(config.url)
     timeout = config.timeout_ms / 1000
     options: dict[str, Any] = {
-        "socket_timeout": timeout, "socket_connect_timeout": timeout,
-        "health_check_interval": 30, "decode_responses": False,
-        "username": parsed.get("username"), "password": parsed.get("password"),
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+        "decode_responses": False,
+        "username": parsed.get("username"),
+        "password": parsed.get("password"),
     }
     if config.url.startswith("rediss://"):
         options["ssl"] = True
@@ -65,8 +68,10 @@ def _sentinel_master(config: RedisConfig) -> redis.Redis:
     """A client that asks the sentinels for the current master on every (re)connect, so a
     failover is followed without a restart (redis-py's SentinelConnectionPool)."""
     timeout = config.timeout_ms / 1000
-    sentinel_options: dict[str, Any] = {"socket_timeout": timeout,
-                                        "socket_connect_timeout": timeout}
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
     if config.sentinel_password:
         sentinel_options["password"] = config.sentinel_password
     sentinel = Sentinel(config.addresses("sentinels"), sentinel_kwargs=sentinel_options)
@@ -84,7 +89,8 @@ def _cluster(config: RedisConfig) -> RedisCluster:
     except (RedisClusterException, redis.RedisError) as exc:
         raise ServiceUnavailable(
             f"no Redis Cluster node of [redis] cluster_nodes ({config.cluster_nodes}) answered "
-            f"({exc.__class__.__name__}); start the cluster or fix the list") from exc
+            f"({exc.__class__.__name__}); start the cluster or fix the list"
+        ) from exc
 
 
 class LazyCluster:

@@ -64,31 +64,53 @@ class ConnectionStats:
         return (Decimal(self.bounced) / Decimal(self.arrived)).quantize(Decimal("0.0001"))
 
 
-def connection_stats(conn: Conn, *, now: dt.datetime, active_window: dt.timedelta,
-                     since: dt.datetime | None, until: dt.datetime, account: str | None,
-                     connection: str | None) -> list[ConnectionStats]:
+def connection_stats(
+    conn: Conn,
+    *,
+    now: dt.datetime,
+    active_window: dt.timedelta,
+    since: dt.datetime | None,
+    until: dt.datetime,
+    account: str | None,
+    connection: str | None,
+) -> list[ConnectionStats]:
     if account is not None:
         require_account(conn, account)
-    rows = conn.execute(CONNECTION_STATS, {"since": since, "until": until, "account": account,
-                                           "connection": connection}).fetchall()
+    rows = conn.execute(
+        CONNECTION_STATS,
+        {"since": since, "until": until, "account": account, "connection": connection},
+    ).fetchall()
     if connection is not None and not rows:
-        raise NotFound(f"no connection named {connection!r}"
-                       + (f" in account {account!r}" if account else "")
-                       + "; see 'txrelay connection list'")
+        raise NotFound(
+            f"no connection named {connection!r}"
+            + (f" in account {account!r}" if account else "")
+            + "; see 'txrelay connection list'"
+        )
     return [_stats(row, now, active_window) for row in rows]
 
 
 def _stats(row: dict[str, Any], now: dt.datetime, active_window: dt.timedelta) -> ConnectionStats:
     last_used = row["last_used_at"]
-    active = (row["enabled"] and row["deleted_at"] is None and last_used is not None
-              and last_used >= now - active_window)
+    active = (
+        row["enabled"]
+        and row["deleted_at"] is None
+        and last_used is not None
+        and last_used >= now - active_window
+    )
     return ConnectionStats(
-        account=row["account"], connection=row["connection"],
-        connection_id=int(row["connection_id"]), enabled=bool(row["enabled"]),
-        deleted=row["deleted_at"] is not None, last_used_at=last_used, active=bool(active),
-        arrived=int(row["arrived"]), delivered=int(row["delivered"]),
-        deferred=int(row["deferred"]), bounced=int(row["bounced"]),
-        in_flight=int(row["in_flight"]))
+        account=row["account"],
+        connection=row["connection"],
+        connection_id=int(row["connection_id"]),
+        enabled=bool(row["enabled"]),
+        deleted=row["deleted_at"] is not None,
+        last_used_at=last_used,
+        active=bool(active),
+        arrived=int(row["arrived"]),
+        delivered=int(row["delivered"]),
+        deferred=int(row["deferred"]),
+        bounced=int(row["bounced"]),
+        in_flight=int(row["in_flight"]),
+    )
 
 
 def require_account(conn: Conn, name: str) -> int:
@@ -119,12 +141,29 @@ SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
  LIMIT %(limit)s"""
 
 
-def search_recipients(conn: Conn, *, to: str | None, message_id: str | None,
-                      connection: str | None, account: str | None, since: dt.datetime | None,
-                      until: dt.datetime | None, limit: int) -> list[dict[str, Any]]:
-    return conn.execute(SEARCH_RECIPIENTS, {
-        "to": to, "message_id": message_id, "connection": connection, "account": account,
-        "since": since, "until": until, "limit": limit}).fetchall()
+def search_recipients(
+    conn: Conn,
+    *,
+    to: str | None,
+    message_id: str | None,
+    connection: str | None,
+    account: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    return conn.execute(
+        SEARCH_RECIPIENTS,
+        {
+            "to": to,
+            "message_id": message_id,
+            "connection": connection,
+            "account": account,
+            "since": since,
+            "until": until,
+            "limit": limit,
+        },
+    ).fetchall()
 
 
 # --- billing --------------------------------------------------------------------------------
@@ -158,11 +197,17 @@ SELECT COALESCE(sum(expired_unused), 0)::bigint AS expired
 
 def billing_inputs(conn: Conn, account_id: int, period: Period) -> BillingInputs:
     params = {"account_id": account_id, "start": period.start, "end": period.end}
-    blocks = tuple(BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])
-                   for r in conn.execute(BLOCKS_BOOKED, params).fetchall())
+    blocks = tuple(
+        BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])
+        for r in conn.execute(BLOCKS_BOOKED, params).fetchall()
+    )
     counts = conn.execute(LEDGER_BILLING, params).fetchone()
     expired = conn.execute(EXPIRED_UNUSED, params).fetchone()
     assert counts is not None and expired is not None  # aggregates: always one row
-    return BillingInputs(blocks, int(counts["from_blocks"]),
-                         int(counts["overage"]), int(expired["expired"]),
-                         int(counts["voided"]))
+    return BillingInputs(
+        blocks,
+        int(counts["from_blocks"]),
+        int(counts["overage"]),
+        int(expired["expired"]),
+        int(counts["voided"]),
+    )

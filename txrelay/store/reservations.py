@@ -70,8 +70,9 @@ class ReservationStore(Protocol):
 class RedisReservations:
     """The Redis implementation; thread-safe (redis-py's client pools its connections)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, ttl_seconds: int,
-                 load_balance: Callable[[int], int]) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, ttl_seconds: int, load_balance: Callable[[int], int]
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
@@ -95,8 +96,11 @@ class RedisReservations:
     def _run_reserve(self, request: ReservationRequest) -> Reservation:
         keys = AccountKeys(self.prefix, request.account_id)
         args = [request.member, self.ttl_seconds, request.rate_limit, int(request.paid)]
-        raw = self._call(lambda: self._reserve(
-            keys=[keys.balance, keys.held, keys.rate(request.connection_id)], args=args))
+        raw = self._call(
+            lambda: self._reserve(
+                keys=[keys.balance, keys.held, keys.rate(request.connection_id)], args=args
+            )
+        )
         status, remaining, retry_ms = (int(x) for x in raw)
         return Reservation(RESERVE_STATUSES[status], remaining, retry_ms / 1000)
 
@@ -104,21 +108,28 @@ class RedisReservations:
         """The recipients are in the ledger: drop their holds and take the units the ledger
         billed to quota from the live balance (overage units were never in it)."""
         keys = AccountKeys(self.prefix, account_id)
-        return int(self._call(lambda: self._commit(
-            keys=[keys.balance, keys.held], args=[units, *members])))
+        return int(
+            self._call(lambda: self._commit(keys=[keys.balance, keys.held], args=[units, *members]))
+        )
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int:
         """The transaction was not recorded: give back its quota and rate units."""
         if not members:
             return 0
         keys = AccountKeys(self.prefix, account_id)
-        return int(self._call(lambda: self._release(
-            keys=[keys.held, keys.rate(connection_id)], args=list(members))))
+        return int(
+            self._call(
+                lambda: self._release(
+                    keys=[keys.held, keys.rate(connection_id)], args=list(members)
+                )
+            )
+        )
 
     @staticmethod
     def _call(operation: Callable[[], Any]) -> Any:
         try:
             return operation()
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"Redis did not answer ({exc.__class__.__name__}: "
-                                     f"{exc})") from exc
+            raise RedisUnavailable(
+                f"Redis did not answer ({exc.__class__.__name__}: {exc})"
+            ) from exc

@@ -38,10 +38,12 @@ class Counters:
     nrcpt_mismatches: int = 0
 
     def __add__(self, other: Counters) -> Counters:
-        return Counters(self.lines_read + other.lines_read,
-                        self.unparsed_lines + other.unparsed_lines,
-                        self.unmatched_events + other.unmatched_events,
-                        self.nrcpt_mismatches + other.nrcpt_mismatches)
+        return Counters(
+            self.lines_read + other.lines_read,
+            self.unparsed_lines + other.unparsed_lines,
+            self.unmatched_events + other.unmatched_events,
+            self.nrcpt_mismatches + other.nrcpt_mismatches,
+        )
 
 
 SELECT_POSITION = """
@@ -96,18 +98,27 @@ def lock_position(conn: Conn, node: str, log_path: str) -> Position:
     return _position(conn.execute(LOCK_POSITION, params).fetchone())
 
 
-def save_position(conn: Conn, node: str, log_path: str, position: Position,
-                  counters: Counters, now: dt.datetime) -> None:
+def save_position(
+    conn: Conn, node: str, log_path: str, position: Position, counters: Counters, now: dt.datetime
+) -> None:
     identity = position.identity
-    conn.execute(SAVE_POSITION, {
-        "node": node, "log_path": log_path, "offset": position.offset, "now": now,
-        "cursor": position.cursor,
-        "device": identity.device if identity else None,
-        "inode": identity.inode if identity else None,
-        "fingerprint": identity.fingerprint if identity else None,
-        "lines_read": counters.lines_read, "unparsed_lines": counters.unparsed_lines,
-        "unmatched_events": counters.unmatched_events,
-        "nrcpt_mismatches": counters.nrcpt_mismatches})
+    conn.execute(
+        SAVE_POSITION,
+        {
+            "node": node,
+            "log_path": log_path,
+            "offset": position.offset,
+            "now": now,
+            "cursor": position.cursor,
+            "device": identity.device if identity else None,
+            "inode": identity.inode if identity else None,
+            "fingerprint": identity.fingerprint if identity else None,
+            "lines_read": counters.lines_read,
+            "unparsed_lines": counters.unparsed_lines,
+            "unmatched_events": counters.unmatched_events,
+            "nrcpt_mismatches": counters.nrcpt_mismatches,
+        },
+    )
 
 
 def tracker_status(conn: Conn) -> list[dict[str, Any]]:
@@ -197,19 +208,16 @@ def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
         conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
 
 
-def confirm_queued(conn: Conn, node: str, queue_id: str,
-                   now: dt.datetime) -> Confirmed | None:
+def confirm_queued(conn: Conn, node: str, queue_id: str, now: dt.datetime) -> Confirmed | None:
     """qmgr queued the message: accepted rows become queued. None: no message awaits it."""
-    row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id,
-                                        "now": now}).fetchone()
+    row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id, "now": now}).fetchone()
     if row is None:
         return None
     message_id = int(row["id"])
     conn.execute(MARK_LEDGER_QUEUED, {"message_id": message_id, "now": now})
     counts = conn.execute(COUNT_LEDGER_ROWS, {"message_id": message_id}).fetchone()
     assert counts is not None  # an aggregate: always one row
-    return Confirmed(message_id, int(counts["rows"]),
-                     int(counts["voided"]))
+    return Confirmed(message_id, int(counts["rows"]), int(counts["voided"]))
 
 
 def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None:
@@ -226,12 +234,15 @@ def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
     return {row["recipient"]: int(row["id"]) for row in rows}
 
 
-def record_outcome(conn: Conn, message_id: int, ledger_id: int, state: str,
-                   dsn: str, event: str, now: dt.datetime) -> bool:
+def record_outcome(
+    conn: Conn, message_id: int, ledger_id: int, state: str, dsn: str, event: str, now: dt.datetime
+) -> bool:
     """Apply one recipient's outcome; False when the row was already final."""
     conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
-    cursor = conn.execute(RECORD_OUTCOME, {"state": state, "dsn": dsn, "event": event,
-                                           "now": now, "ledger_id": ledger_id})
+    cursor = conn.execute(
+        RECORD_OUTCOME,
+        {"state": state, "dsn": dsn, "event": event, "now": now, "ledger_id": ledger_id},
+    )
     return cursor.rowcount == 1
 
 
@@ -243,10 +254,13 @@ def mark_removed(conn: Conn, message_id: int, now: dt.datetime) -> None:
     conn.execute(MARK_REMOVED, {"message_id": message_id, "now": now})
 
 
-def record_anomaly(conn: Conn, node: str, queue_id: str, kind: str,
-                   detail: str, now: dt.datetime) -> None:
-    conn.execute(INSERT_ANOMALY, {"node": node, "queue_id": queue_id, "kind": kind,
-                                  "detail": detail, "now": now})
+def record_anomaly(
+    conn: Conn, node: str, queue_id: str, kind: str, detail: str, now: dt.datetime
+) -> None:
+    conn.execute(
+        INSERT_ANOMALY,
+        {"node": node, "queue_id": queue_id, "kind": kind, "detail": detail, "now": now},
+    )
 
 
 # --- events of queue ids the ledger does not know yet ---------------------------------------
@@ -296,8 +310,10 @@ class PendingEvent:
 def keep_event(conn: Conn, node: str, queue_id: str, line: str, now: dt.datetime) -> None:
     """Keep a line whose queue id has no message row yet, to apply when it gets one. A NUL
     (which PostgreSQL text cannot hold) can only be in text outsiders control: replaced."""
-    conn.execute(KEEP_EVENT, {"node": node, "queue_id": queue_id,
-                              "line": line.replace("\x00", "\ufffd"), "now": now})
+    conn.execute(
+        KEEP_EVENT,
+        {"node": node, "queue_id": queue_id, "line": line.replace("\x00", "\ufffd"), "now": now},
+    )
 
 
 def pending_events(conn: Conn, node: str, queue_id: str) -> list[PendingEvent]:
@@ -319,8 +335,9 @@ def awaited_with_pending(conn: Conn, node: str) -> list[str]:
 
 def expire_pending(conn: Conn, node: str, now: dt.datetime) -> int:
     """Delete this node's kept lines older than PENDING_EVENT_RETENTION."""
-    return conn.execute(EXPIRE_PENDING, {"node": node,
-                                         "before": now - PENDING_EVENT_RETENTION}).rowcount
+    return conn.execute(
+        EXPIRE_PENDING, {"node": node, "before": now - PENDING_EVENT_RETENTION}
+    ).rowcount
 
 
 # --- voiding ------------------------------------------------------------------------------
@@ -366,11 +383,9 @@ class Voided:
     credits: Sequence[tuple[int, int]]  # (account id, units) to add to Redis after commit
 
 
-def void_unconfirmed(conn: Conn, node: str, cutoff: dt.datetime,
-                     now: dt.datetime) -> Voided:
+def void_unconfirmed(conn: Conn, node: str, cutoff: dt.datetime, now: dt.datetime) -> Voided:
     """Void rows never confirmed by qmgr before cutoff; quota-billed units go back."""
-    rows = conn.execute(VOID_UNCONFIRMED, {"node": node, "cutoff": cutoff,
-                                           "now": now}).fetchall()
+    rows = conn.execute(VOID_UNCONFIRMED, {"node": node, "cutoff": cutoff, "now": now}).fetchall()
     per_block: dict[int, int] = {}
     for row in rows:
         block_id = row["quota_block_id"]

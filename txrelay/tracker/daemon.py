@@ -49,19 +49,30 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         c = self.counters
-        return {"lines_read": c.lines_read, "unparsed_lines": c.unparsed_lines,
-                "unmatched_events": c.unmatched_events,
-                "nrcpt_mismatches": c.nrcpt_mismatches, "voided": self.voided,
-                "ticks": [t.as_dict() for t in self.ticks]}
+        return {
+            "lines_read": c.lines_read,
+            "unparsed_lines": c.unparsed_lines,
+            "unmatched_events": c.unmatched_events,
+            "nrcpt_mismatches": c.nrcpt_mismatches,
+            "voided": self.voided,
+            "ticks": [t.as_dict() for t in self.ticks],
+        }
 
 
 class TrackerDaemon:
     """Owns the connections; `run` loops until stopped (or one pass with once=True)."""
 
-    def __init__(self, config: Config, clock: Clock, *, log_path: Path | None = None,
-                 node: str | None = None, mailer: Mailer | None = None,
-                 rotation_grace: float | None = None,
-                 source: SourceChoice | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        log_path: Path | None = None,
+        node: str | None = None,
+        mailer: Mailer | None = None,
+        rotation_grace: float | None = None,
+        source: SourceChoice | None = None,
+    ) -> None:
         """log_path (--log-path) means that file; else `source`, else [tracker] decides
         (ConfigError when it names no log that is there)."""
         self.config = config
@@ -72,8 +83,11 @@ class TrackerDaemon:
         self.source = source or choose_source(config.tracker)
         self.log_path = self.source.describe()
         self.mailer = mailer or SmtpMailer(config.notify)
-        self.rotation_grace = (rotation_grace if rotation_grace is not None
-                               else max(2.0, 2 * config.tracker.poll_interval_seconds))
+        self.rotation_grace = (
+            rotation_grace
+            if rotation_grace is not None
+            else max(2.0, 2 * config.tracker.poll_interval_seconds)
+        )
         self.stop = threading.Event()
         self.conn: psycopg.Connection | None = None
         self.redis: redis.Redis = open_redis(config.redis, lazy=True)
@@ -83,8 +97,9 @@ class TrackerDaemon:
     def connect(self) -> Tracker:
         if self.tracker is None:
             self.conn = database.connect(self.config.database.for_daemons(), autocommit=True)
-            self.tracker = Tracker(self.conn, self.node,
-                                   self.source.open(self.rotation_grace), self.clock)
+            self.tracker = Tracker(
+                self.conn, self.node, self.source.open(self.rotation_grace), self.clock
+            )
         return self.tracker
 
     def disconnect(self) -> None:
@@ -105,22 +120,28 @@ class TrackerDaemon:
         if tick:
             self.expire_kept()
             assert self.conn is not None
-            summary.ticks.append(run_tick(self.conn, self.redis, self.config,
-                                          self.clock.now(), self.mailer))
+            summary.ticks.append(
+                run_tick(self.conn, self.redis, self.config, self.clock.now(), self.mailer)
+            )
         return result.caught_up
 
     def once(self) -> RunSummary:
         """Catch up with the log, void, tick once: what `txrelay tracker --once` does."""
         summary = RunSummary()
-        log.info("event=tracker_source node=%s source=%s: %s", self.node, self.log_path,
-                 self.source.reason)
+        log.info(
+            "event=tracker_source node=%s source=%s: %s",
+            self.node,
+            self.log_path,
+            self.source.reason,
+        )
         try:
             while not self.run_once(summary, tick=False) or self._rotation_pending():
                 time.sleep(0.2)
             self.expire_kept()
             assert self.conn is not None
-            summary.ticks.append(run_tick(self.conn, self.redis, self.config,
-                                          self.clock.now(), self.mailer))
+            summary.ticks.append(
+                run_tick(self.conn, self.redis, self.config, self.clock.now(), self.mailer)
+            )
         finally:
             self.disconnect()
         return summary
@@ -139,9 +160,13 @@ class TrackerDaemon:
             voided = tracking.void_unconfirmed(self.conn, self.node, cutoff, now)
         lifecycle.apply_credits(self.redis, self.config.redis.key_prefix, voided.credits)
         if voided.rows:
-            log.warning("event=ledger_voided node=%s rows=%d: accepted by the milter but "
-                        "never queued by Postfix within %ds", self.node, voided.rows,
-                        self.config.tracker.confirm_timeout_seconds)
+            log.warning(
+                "event=ledger_voided node=%s rows=%d: accepted by the milter but "
+                "never queued by Postfix within %ds",
+                self.node,
+                voided.rows,
+                self.config.tracker.confirm_timeout_seconds,
+            )
         return voided.rows
 
     def expire_kept(self) -> int:
@@ -161,13 +186,23 @@ class TrackerDaemon:
         goes on instead of exiting."""
         summary = RunSummary()
         self._next_tick = 0.0
-        log.info("event=tracker_start node=%s source=%s: %s", self.node, self.log_path,
-                 self.source.reason)
-        loop = SupervisedLoop("tracker", self.config.tracker.poll_interval_seconds,
-                              lambda: self._pass(summary), first_run_now=True,
-                              stop_event=self.stop, stale_after=PASS_STALE_AFTER)
-        endpoint = metrics.start_tracker_endpoint(self.config, self.log_position,
-                                                  lambda: [loop.status()])
+        log.info(
+            "event=tracker_start node=%s source=%s: %s",
+            self.node,
+            self.log_path,
+            self.source.reason,
+        )
+        loop = SupervisedLoop(
+            "tracker",
+            self.config.tracker.poll_interval_seconds,
+            lambda: self._pass(summary),
+            first_run_now=True,
+            stop_event=self.stop,
+            stale_after=PASS_STALE_AFTER,
+        )
+        endpoint = metrics.start_tracker_endpoint(
+            self.config, self.log_position, lambda: [loop.status()]
+        )
         loop.run()
         self.disconnect()
         if endpoint is not None:
@@ -183,8 +218,12 @@ class TrackerDaemon:
             if due:
                 self._next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
                 summary.ticks.clear()
-        except (psycopg.OperationalError, ServiceUnavailable, redis.RedisError,
-                JournalUnreadable) as exc:
+        except (
+            psycopg.OperationalError,
+            ServiceUnavailable,
+            redis.RedisError,
+            JournalUnreadable,
+        ) as exc:
             log.error("event=tracker_backoff reason=%s", exc)
             self.disconnect()
             self.stop.wait(5.0)

@@ -31,8 +31,9 @@ class PositionMoved(Exception):
 class Tracker:
     """One node's tracker for one log source (a file through rotations, or the journal)."""
 
-    def __init__(self, conn: psycopg.Connection, node: str, source: LogSource,
-                 clock: Clock) -> None:
+    def __init__(
+        self, conn: psycopg.Connection, node: str, source: LogSource, clock: Clock
+    ) -> None:
         self.conn = conn
         self.node = node
         self.follower = source
@@ -55,9 +56,14 @@ class Tracker:
         chunk continues the stored position instead of looking moved forever."""
         with self.conn.transaction():
             if tracking.lock_position(self.conn, self.node, self.log_path) == stored:
-                tracking.save_position(self.conn, self.node, self.log_path,
-                                       tracking.Position(stored.identity, 0), Counters(),
-                                       self.clock.now())
+                tracking.save_position(
+                    self.conn,
+                    self.node,
+                    self.log_path,
+                    tracking.Position(stored.identity, 0),
+                    Counters(),
+                    self.clock.now(),
+                )
 
     def run_pass(self, max_chunks: int = 1000) -> PassResult:
         """Apply whatever complete lines the log holds now (up to max_chunks transactions)."""
@@ -71,9 +77,12 @@ class Tracker:
             try:
                 total += self.apply_chunk(chunk)
             except PositionMoved:
-                log.warning("event=position_moved node=%s path=%s: another tracker applied "
-                            "these lines; resuming from the stored position", self.node,
-                            self.log_path)
+                log.warning(
+                    "event=position_moved node=%s path=%s: another tracker applied "
+                    "these lines; resuming from the stored position",
+                    self.node,
+                    self.log_path,
+                )
                 self.resume()
         return PassResult(total, caught_up=False)
 
@@ -87,12 +96,14 @@ class Tracker:
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
             events = [(logline.parse_line(line), line) for line in chunk.lines]
-            tracking.lock_queue_rows(self.conn, self.node, [
-                event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)])
+            tracking.lock_queue_rows(
+                self.conn,
+                self.node,
+                [event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)],
+            )
             for event, line in events:
                 counters += apply_event(self.conn, self.node, event, now, line)
-            tracking.save_position(self.conn, self.node, self.log_path, chunk.end,
-                                   counters, now)
+            tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
         return counters
 
@@ -129,8 +140,9 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
 _LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
 
 
-def apply_event(conn: psycopg.Connection, node: str, event: logline.Event,
-                now: dt.datetime, line: str) -> Counters:
+def apply_event(
+    conn: psycopg.Connection, node: str, event: logline.Event, now: dt.datetime, line: str
+) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
     An event of a queue id without a message row is kept (the line itself): a message the
@@ -149,8 +161,7 @@ def apply_event(conn: psycopg.Connection, node: str, event: logline.Event,
     return counters + _apply_known(conn, node, event, now)
 
 
-def apply_pending(conn: psycopg.Connection, node: str, queue_id: str,
-                  now: dt.datetime) -> Counters:
+def apply_pending(conn: psycopg.Connection, node: str, queue_id: str, now: dt.datetime) -> Counters:
     """Apply the kept lines of queue_id, oldest first, once a message owns it; each is deleted
     in the transaction that applies it (exactly once). A kept 'removed' ends that message:
     the lines after it belong to the queue id's next use and stay kept."""
@@ -163,8 +174,9 @@ def apply_pending(conn: psycopg.Connection, node: str, queue_id: str,
     return counters
 
 
-def _apply_known(conn: psycopg.Connection, node: str, event: logline.Event,
-                 now: dt.datetime) -> Counters:
+def _apply_known(
+    conn: psycopg.Connection, node: str, event: logline.Event, now: dt.datetime
+) -> Counters:
     """A ledger event of a queue id some message owned when the line was read."""
     if isinstance(event, logline.Queued):
         return _apply_queued(conn, node, event, now)
@@ -183,8 +195,9 @@ def _apply_known(conn: psycopg.Connection, node: str, event: logline.Event,
     return Counters()
 
 
-def _apply_queued(conn: psycopg.Connection, node: str, event: logline.Queued,
-                  now: dt.datetime) -> Counters:
+def _apply_queued(
+    conn: psycopg.Connection, node: str, event: logline.Queued, now: dt.datetime
+) -> Counters:
     confirmed = tracking.confirm_queued(conn, node, event.queue_id, now)
     if confirmed is None:
         owner = tracking.queue_owner(conn, node, event.queue_id)
@@ -193,21 +206,37 @@ def _apply_queued(conn: psycopg.Connection, node: str, event: logline.Queued,
         return Counters(unmatched_events=1)
     counters = Counters()
     if confirmed.voided_rows:
-        tracking.record_anomaly(conn, node, event.queue_id, "queued_after_void",
-                                f"{confirmed.voided_rows} ledger rows were voided before "
-                                "Postfix queued the message", now)
+        tracking.record_anomaly(
+            conn,
+            node,
+            event.queue_id,
+            "queued_after_void",
+            f"{confirmed.voided_rows} ledger rows were voided before Postfix queued the message",
+            now,
+        )
     if confirmed.ledger_rows != event.nrcpt:
-        log.warning("event=nrcpt_mismatch node=%s queue_id=%s nrcpt=%d ledger_rows=%d",
-                    node, event.queue_id, event.nrcpt, confirmed.ledger_rows)
-        tracking.record_anomaly(conn, node, event.queue_id, "nrcpt_mismatch",
-                                f"Postfix queued {event.nrcpt} recipients, the ledger holds "
-                                f"{confirmed.ledger_rows}", now)
+        log.warning(
+            "event=nrcpt_mismatch node=%s queue_id=%s nrcpt=%d ledger_rows=%d",
+            node,
+            event.queue_id,
+            event.nrcpt,
+            confirmed.ledger_rows,
+        )
+        tracking.record_anomaly(
+            conn,
+            node,
+            event.queue_id,
+            "nrcpt_mismatch",
+            f"Postfix queued {event.nrcpt} recipients, the ledger holds {confirmed.ledger_rows}",
+            now,
+        )
         counters = Counters(nrcpt_mismatches=1)
     return counters
 
 
-def _apply_delivery(conn: psycopg.Connection, node: str, event: logline.Delivery,
-                    now: dt.datetime) -> Counters:
+def _apply_delivery(
+    conn: psycopg.Connection, node: str, event: logline.Delivery, now: dt.datetime
+) -> Counters:
     owner = tracking.queue_owner(conn, node, event.queue_id)
     if owner is None:
         return Counters(unmatched_events=1)
@@ -216,10 +245,23 @@ def _apply_delivery(conn: psycopg.Connection, node: str, event: logline.Delivery
     picked = logline.pick_candidate(event, set(recipients))
     if picked is None:
         if len(event.candidates) > 1:
-            tracking.record_anomaly(conn, node, event.queue_id, "ambiguous_delivery_line",
-                                    f"{len(event.candidates)} readings of one line", now)
+            tracking.record_anomaly(
+                conn,
+                node,
+                event.queue_id,
+                "ambiguous_delivery_line",
+                f"{len(event.candidates)} readings of one line",
+                now,
+            )
         return Counters(unmatched_events=1)
     candidate, address = picked
-    tracking.record_outcome(conn, message_id, recipients[address], candidate.outcome.value,
-                            candidate.dsn, candidate.describe(), now)
+    tracking.record_outcome(
+        conn,
+        message_id,
+        recipients[address],
+        candidate.outcome.value,
+        candidate.dsn,
+        candidate.describe(),
+        now,
+    )
     return Counters()

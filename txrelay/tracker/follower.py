@@ -83,7 +83,7 @@ def fingerprint_of(reader: Reader) -> str | None:
     cut = head.find(b"\n")
     if cut < 0:
         return None
-    return hashlib.sha256(head[:cut + 1]).hexdigest()[:32]
+    return hashlib.sha256(head[: cut + 1]).hexdigest()[:32]
 
 
 def _open_plain(path: Path, live: bool) -> Source:
@@ -96,8 +96,12 @@ def _open_plain(path: Path, live: bool) -> Source:
 class LogFollower:
     """Complete lines of the log at `path`, in order, across rotations."""
 
-    def __init__(self, path: Path, rotation_grace: float = 2.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        rotation_grace: float = 2.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self.key = str(path)  # its row in tracker_positions
         self.rotation_grace = rotation_grace
@@ -136,9 +140,12 @@ class LogFollower:
         else:
             self.sources = [*self._rotated_since(stored.identity), live]
             if len(self.sources) == 1:
-                log.warning("event=log_position_lost path=%s inode=%d: the file of the "
-                            "stored position is gone; reading the current log from its start",
-                            self.path, stored.identity.inode)
+                log.warning(
+                    "event=log_position_lost path=%s inode=%d: the file of the "
+                    "stored position is gone; reading the current log from its start",
+                    self.path,
+                    stored.identity.inode,
+                )
                 self.offset = 0
             else:
                 self.offset = stored.offset
@@ -153,7 +160,7 @@ class LogFollower:
             if cut < 0 and len(data) >= max_bytes:
                 cut = len(data) - 1  # an endless line: consume it rather than stall
             if cut >= 0:
-                return self._chunk(source, data[:cut + 1])
+                return self._chunk(source, data[: cut + 1])
             if not self._next_source(source, partial=len(data)):
                 return None
         return None
@@ -173,8 +180,9 @@ class LogFollower:
         start = Position(source.identity, self.offset)
         if source.identity.fingerprint is None:
             fingerprint = fingerprint_of(source.reader)
-            source.identity = FileIdentity(source.identity.device, source.identity.inode,
-                                           fingerprint)
+            source.identity = FileIdentity(
+                source.identity.device, source.identity.inode, fingerprint
+            )
         lines = [raw.decode("utf-8", errors="replace") for raw in data.split(b"\n")[:-1]]
         if not data.endswith(b"\n"):
             lines.append(data.decode("utf-8", errors="replace"))
@@ -184,8 +192,7 @@ class LogFollower:
         """At the end of `source`: move to the next file if there is one. True if moved."""
         if not source.live:
             if partial:
-                log.warning("event=rotated_log_partial_line path=%s bytes=%d", source.name,
-                            partial)
+                log.warning("event=rotated_log_partial_line path=%s bytes=%d", source.name, partial)
             self._drop_first()
             return True
         rotated = self._live_was_rotated(source)
@@ -220,7 +227,7 @@ class LogFollower:
         for index, candidate in enumerate(rotated):
             found = _open_matching(candidate, identity)
             if found is not None:
-                later = [_open_rotated(p) for p in rotated[index + 1:]]
+                later = [_open_rotated(p) for p in rotated[index + 1 :]]
                 return [found, *later]
         return []
 
@@ -237,8 +244,9 @@ def _open_rotated(path: Path) -> Source:
     if path.suffix == ".gz":
         reader = GzipReader(path)
         info = path.stat()
-        return Source(path, reader, FileIdentity(info.st_dev, info.st_ino,
-                                                 fingerprint_of(reader)), live=False)
+        return Source(
+            path, reader, FileIdentity(info.st_dev, info.st_ino, fingerprint_of(reader)), live=False
+        )
     return _open_plain(path, live=False)
 
 
@@ -248,12 +256,16 @@ def _open_matching(path: Path, identity: FileIdentity) -> Source | None:
         source = _open_rotated(path)
     except (OSError, EOFError, gzip.BadGzipFile):
         return None
-    same_inode = (source.identity.device, source.identity.inode) == (identity.device,
-                                                                       identity.inode)
-    same_first_line = (identity.fingerprint is not None
-                       and source.identity.fingerprint == identity.fingerprint)
+    same_inode = (source.identity.device, source.identity.inode) == (
+        identity.device,
+        identity.inode,
+    )
+    same_first_line = (
+        identity.fingerprint is not None and source.identity.fingerprint == identity.fingerprint
+    )
     if (same_inode and (identity.fingerprint is None or same_first_line)) or (
-            path.suffix == ".gz" and same_first_line):
+        path.suffix == ".gz" and same_first_line
+    ):
         source.identity = identity
         return source
     source.reader.close()

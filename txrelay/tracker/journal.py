@@ -42,12 +42,16 @@ def journal_available() -> bool:
 def require_journal() -> None:
     """The one-line error of `[tracker] source = "journal"` without a journal."""
     if shutil.which("journalctl") is None:
-        raise ConfigError('[tracker] source = "journal" but journalctl is not installed; '
-                          "install systemd, or set [tracker] source = \"file\" and log_path")
+        raise ConfigError(
+            '[tracker] source = "journal" but journalctl is not installed; '
+            'install systemd, or set [tracker] source = "file" and log_path'
+        )
     if not JOURNALD_SOCKET.exists():
-        raise ConfigError(f'[tracker] source = "journal" but systemd-journald does not run '
-                          f"here ({JOURNALD_SOCKET} is missing); set [tracker] source = "
-                          '"file" and log_path to the file Postfix logs to')
+        raise ConfigError(
+            f'[tracker] source = "journal" but systemd-journald does not run '
+            f"here ({JOURNALD_SOCKET} is missing); set [tracker] source = "
+            '"file" and log_path to the file Postfix logs to'
+        )
 
 
 def entry_line(entry: dict[str, Any]) -> str:
@@ -57,8 +61,10 @@ def entry_line(entry: dict[str, Any]) -> str:
     host = _text(entry.get("_HOSTNAME")) or "localhost"
     pid = _text(entry.get("SYSLOG_PID")) or _text(entry.get("_PID")) or "0"
     message = _text(entry.get("MESSAGE")).replace("\n", " ")
-    return (f"{stamp.isoformat(timespec='microseconds')} {host} "
-            f"{_text(entry.get('SYSLOG_IDENTIFIER'))}[{pid}]: {message}")
+    return (
+        f"{stamp.isoformat(timespec='microseconds')} {host} "
+        f"{_text(entry.get('SYSLOG_IDENTIFIER'))}[{pid}]: {message}"
+    )
 
 
 def _text(value: Any) -> str:
@@ -138,11 +144,16 @@ class JournalReader:
     def _stream(self) -> IO[bytes]:
         if self._process is None:
             # Not --quiet: it would hide that the user may not read the system journal.
-            argv = [self.journalctl, "--output=json", "--no-pager",
-                    f"--output-fields={OUTPUT_FIELDS}"]
+            argv = [
+                self.journalctl,
+                "--output=json",
+                "--no-pager",
+                f"--output-fields={OUTPUT_FIELDS}",
+            ]
             argv.append(f"--after-cursor={self.cursor}" if self.cursor else "--lines=all")
-            self._process = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, env=_c_locale())
+            self._process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_c_locale()
+            )
         assert self._process.stdout is not None
         return self._process.stdout
 
@@ -159,8 +170,11 @@ class JournalReader:
         partial = "not seeing messages from other users and the system" in error
         if returncode != 0 or partial:
             last = error.strip().splitlines()[0] if error.strip() else ""
-            hint = ("; run the tracker as root or in group systemd-journal"
-                    if partial or "permission" in error else "")
+            hint = (
+                "; run the tracker as root or in group systemd-journal"
+                if partial or "permission" in error
+                else ""
+            )
             raise JournalUnreadable(f"journalctl exited {returncode}: {last}{hint}")
 
     @staticmethod

@@ -32,19 +32,38 @@ class TickResult:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "renewals": [{"account_id": r.account_id, "block_id": r.block_id,
-                          "amount": r.amount, "booked_at": r.booked_at.isoformat(),
-                          "expires_at": r.expires_at.isoformat()} for r in self.renewals],
-            "expired": [{"account_id": e.account_id, "block_id": e.block_id,
-                         "expired_unused": e.expired_unused} for e in self.expired],
-            "reminders_sent": self.reminders_sent, "rearmed": self.rearmed,
+            "renewals": [
+                {
+                    "account_id": r.account_id,
+                    "block_id": r.block_id,
+                    "amount": r.amount,
+                    "booked_at": r.booked_at.isoformat(),
+                    "expires_at": r.expires_at.isoformat(),
+                }
+                for r in self.renewals
+            ],
+            "expired": [
+                {
+                    "account_id": e.account_id,
+                    "block_id": e.block_id,
+                    "expired_unused": e.expired_unused,
+                }
+                for e in self.expired
+            ],
+            "reminders_sent": self.reminders_sent,
+            "rearmed": self.rearmed,
             "reminder_failures": self.reminder_failures,
         }
 
 
-def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
-             now: dt.datetime, mailer: Mailer,
-             accounts: Sequence[int] | None = None) -> TickResult:
+def run_tick(
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    config: Config,
+    now: dt.datetime,
+    mailer: Mailer,
+    accounts: Sequence[int] | None = None,
+) -> TickResult:
     """Renewal before expiry (a renewed plan never leaves a gap), then reminders.
     `accounts` limits the tick to those account ids (None: every account)."""
     result = TickResult()
@@ -57,18 +76,31 @@ def run_tick(conn: psycopg.Connection, client: redis.Redis, config: Config,
     credits += [(e.account_id, -e.expired_unused) for e in result.expired]
     lifecycle.apply_credits(client, config.redis.key_prefix, credits)
     for renewal in result.renewals:
-        log.info("event=plan_renewed account_id=%d block_id=%d amount=%d",
-                 renewal.account_id, renewal.block_id, renewal.amount)
+        log.info(
+            "event=plan_renewed account_id=%d block_id=%d amount=%d",
+            renewal.account_id,
+            renewal.block_id,
+            renewal.amount,
+        )
     for block in result.expired:
-        log.info("event=block_expired account_id=%d block_id=%d expired_unused=%d",
-                 block.account_id, block.block_id, block.expired_unused)
+        log.info(
+            "event=block_expired account_id=%d block_id=%d expired_unused=%d",
+            block.account_id,
+            block.block_id,
+            block.expired_unused,
+        )
     check_reminders(conn, config, now, mailer, result, accounts)
     return result
 
 
-def check_reminders(conn: psycopg.Connection, config: Config, now: dt.datetime,
-                    mailer: Mailer, result: TickResult,
-                    accounts: Sequence[int] | None = None) -> None:
+def check_reminders(
+    conn: psycopg.Connection,
+    config: Config,
+    now: dt.datetime,
+    mailer: Mailer,
+    result: TickResult,
+    accounts: Sequence[int] | None = None,
+) -> None:
     """One e-mail per crossing below the threshold; back at or above it re-arms."""
     with conn.transaction():
         candidates = lifecycle.reminder_candidates(conn, now, accounts)
@@ -86,8 +118,13 @@ def check_reminders(conn: psycopg.Connection, config: Config, now: dt.datetime,
             result.reminder_failures.append(candidate.account)
 
 
-def send_reminder(conn: psycopg.Connection, config: Config, now: dt.datetime, mailer: Mailer,
-                  candidate: lifecycle.ReminderCandidate) -> bool:
+def send_reminder(
+    conn: psycopg.Connection,
+    config: Config,
+    now: dt.datetime,
+    mailer: Mailer,
+    candidate: lifecycle.ReminderCandidate,
+) -> bool:
     """Send while holding the armed row; the record and the disarm commit after the send,
     so a failed send is retried by the next tick (a crash right after sending could repeat
     one reminder: at least once, never lost)."""
@@ -95,12 +132,23 @@ def send_reminder(conn: psycopg.Connection, config: Config, now: dt.datetime, ma
         if not lifecycle.lock_armed(conn, candidate.account_id):
             return False
         last_day, last_week = lifecycle.usage(conn, candidate.account_id, now)
-        reminder = Reminder(candidate.account, candidate.admin_email, candidate.remaining,
-                            candidate.threshold, Usage(last_day, last_week), now)
+        reminder = Reminder(
+            candidate.account,
+            candidate.admin_email,
+            candidate.remaining,
+            candidate.threshold,
+            Usage(last_day, last_week),
+            now,
+        )
         mailer.send(compose(reminder, config.notify.from_address))
-        lifecycle.record_notification(conn, candidate.account_id, "low_quota",
-                                      reminder.detail(), now)
+        lifecycle.record_notification(
+            conn, candidate.account_id, "low_quota", reminder.detail(), now
+        )
         lifecycle.set_armed(conn, candidate.account_id, False, now)
-    log.info("event=low_quota_reminder account=%s remaining=%d threshold=%d",
-             candidate.account, candidate.remaining, candidate.threshold)
+    log.info(
+        "event=low_quota_reminder account=%s remaining=%d threshold=%d",
+        candidate.account,
+        candidate.remaining,
+        candidate.threshold,
+    )
     return True
