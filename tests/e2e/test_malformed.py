@@ -158,7 +158,10 @@ def test_generated_messages_never_break_the_milter_nor_a_signature(relay: RelayS
     offset = milter_log_size(relay)
     outcomes = run_cases(relay, shop, cases)
     accepted = sum(outcome.accepted for outcome in outcomes.values())
-    assert accepted >= len(cases) // 5, f"only {accepted} of {len(cases)} relayed: too few " \
+    # Most generated messages are refused on purpose (bad From:, NUL — which txrelay's
+    # cleanup refuses since [limits] —, foreign domains); an eighth relayed is still a few
+    # dozen signatures checked, enough for the run to mean something.
+    assert accepted >= len(cases) // 8, f"only {accepted} of {len(cases)} relayed: too few " \
         "signatures checked for the run to mean much"
     problems = check_outcomes(relay, shop, cases, outcomes)
     assert relay.milter.running, relay.milter.log()

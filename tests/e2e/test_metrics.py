@@ -130,7 +130,8 @@ def test_healthz_answers_503_naming_each_dependency_that_is_down(relay: RelaySta
     """A milter whose Redis and PostgreSQL are ports nobody listens on: mail would get 451."""
     status, body, metrics_text = _healthz_of_a_milter_with(
         relay, tmp_path, TXRELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-        TXRELAY_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/txrelay")
+        TXRELAY_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/txrelay",
+        TXRELAY_DATABASE_MILTER_URL="")  # the daemons' URL: empty, so url above
     assert status == 503
     lines = body.splitlines()
     assert lines[0] == "unavailable"

@@ -26,7 +26,10 @@ def stack_config(base: Config, directory: Path, *, submission_port: int,
     return dataclasses.replace(
         base, milter=milter, dovecot=dovecot, tracker=tracker,
         smtp=dataclasses.replace(base.smtp, host="127.0.0.1", port=submission_port),
-        database=dataclasses.replace(base.database, url=database_url or base.database.url),
+        # A stack with a PostgreSQL of its own: its daemons use that one's URL (the run's
+        # restricted role exists only in the run's database).
+        database=dataclasses.replace(base.database, url=database_url or base.database.url,
+                                     milter_url="" if database_url else base.database.milter_url),
         redis=dataclasses.replace(base.redis, url=redis_url or base.redis.url))
 
 
