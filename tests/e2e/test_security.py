@@ -174,7 +174,7 @@ def test_wrong_password_is_slowed_down(relay: RelayStack, shop: Provisioned) -> 
         assert time.monotonic() - started >= 0.9
     service = f"{HOST}:{relay.port}/inet"
     limit = relay.postfix.postconf("-P", f"{service}/smtpd_client_auth_rate_limit")
-    assert limit.strip().endswith("= 120")
+    assert limit.strip().endswith(f"= {relay.config.limits.client_auth_rate_limit}")
 
 
 def test_passwords_never_reach_a_log(relay: RelayStack, shop: Provisioned) -> None:
