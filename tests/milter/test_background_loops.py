@@ -39,11 +39,11 @@ class BrokenTwice(PolicyLoader):
 
     failures = 2
 
-    def build(self, rows: PolicyRows) -> PolicySnapshot:
+    def build(self, rows: PolicyRows, credentials_since: float | None = None) -> PolicySnapshot:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("a row no snapshot can hold")
-        return super().build(rows)
+        return super().build(rows, credentials_since)
 
 
 def test_a_policy_refresh_that_raises_logs_error_and_keeps_refreshing(

@@ -33,9 +33,9 @@ def test_next_mail_after_a_rotation_is_refused_and_a_new_session_sends(
     snapshot = runtime.policy.snapshot_for_login(tenant.username)
     assert snapshot is not None
     in_effect = snapshot.connections[tenant.username.lower()].credential_since
-    # (Each version's mtime is past the last one's: a burst of writes, as in this suite,
-    # pushes it a few seconds ahead of the clock.)
-    assert in_effect <= time.time() + 10 * DOVECOT_READ_LAG_SECONDS
+    # The login file's mtime is never more than a second ahead of the clock, however many
+    # versions the suite wrote before (txrelay/store/passdb_file.py).
+    assert in_effect <= time.time() + 2 * DOVECOT_READ_LAG_SECONDS + 0.1
     time.sleep(max(0.0, in_effect - time.time()))
     assert Driver(runtime).send(tenant).eom == Milter.ACCEPT
 

@@ -64,8 +64,8 @@ def test_file_is_0640_with_the_directory_group_and_nothing_else_left_behind(
 
 def test_a_change_replaces_the_file_whole_and_moves_its_mtime_on(passdb: Path) -> None:
     """A reader of the old file keeps a complete old file (rename, not rewrite in place);
-    the new one has a later mtime in whole seconds even when written within the same
-    second, so that Dovecot (which compares whole-second mtime and size) reads it."""
+    the new one has another whole-second mtime even when written within the same second,
+    so that Dovecot (which reloads when whole-second mtime or size differ) reads it."""
     write_passdb_file(passdb, render_passdb([("shop-a1b2c3", "{PLAIN}old")]))
     before = passdb.stat()
     with passdb.open() as reader:

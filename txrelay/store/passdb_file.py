@@ -93,7 +93,7 @@ def write_passdb_file(path: Path, text: str) -> bool:
         old = _stat(path)
         if old is not None and _current_text(path) == text:
             return False
-        _replace(path, text, 0 if old is None else int(old.st_mtime))
+        _replace(path, text, None if old is None else int(old.st_mtime))
     except OSError as exc:
         raise PassdbFileError(
             f"{path}: cannot write it ({exc.strerror}); its directory must "
@@ -103,8 +103,8 @@ def write_passdb_file(path: Path, text: str) -> bool:
 
 
 # Dovecot looks at the file's mtime at most once a second, and every new version's mtime is
-# later than the old one's and than the moment it was written: a login that starts this long
-# after the file's mtime is checked against that version.
+# at or after the moment it was written (at most a second ahead of the clock): a login that
+# starts this long after the file's mtime is checked against that version.
 DOVECOT_READ_LAG_SECONDS = 1.0
 
 
@@ -148,16 +148,21 @@ def _current_text(path: Path) -> str | None:
         return None
 
 
-def _replace(path: Path, text: str, old_mtime: int) -> None:
+def _replace(path: Path, text: str, old_mtime: int | None) -> None:
     """Mode and group set before any byte is written, fsync, rename, fsync of the directory
-    (write_atomically): never half-written, never world-readable."""
+    (write_atomically): never half-written, never world-readable. Dovecot reloads when the
+    whole-second mtime differs from the one it read (`!=`, not `>`): the new file keeps
+    the clock's time unless that is the old one's second, then it takes the next second. So
+    the mtime never runs more than a second ahead of the clock, however many versions a
+    burst of changes writes (credential changes count from it: txrelay/policy/session.py)."""
     parent = path.parent.stat()
+    same_second = old_mtime is not None and int(time.time()) == old_mtime
     write_atomically(
         path,
         text,
         mode=FILE_MODE,
         before_write=lambda fd: _give_to_directory_group(fd, parent),
-        mtime_after=old_mtime + 1.0,
+        mtime_after=old_mtime + 1.0 if same_second and old_mtime is not None else None,
         sync_directory=True,
     )
 
