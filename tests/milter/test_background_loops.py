@@ -57,7 +57,10 @@ def test_a_policy_refresh_that_raises_logs_error_and_keeps_refreshing(
         finally:
             cache.stop()
     assert status.alive and status.errors == 2 and status.problem() is None
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # Only the loop's own lines: this bare loader has no key-encryption key, so the run's
+    # sealed DKIM keys (other tests' domains) are logged as unreadable by the policy logger.
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.ERROR and r.name == "txrelay.loops"]
     assert len(errors) == 2
     assert all("event=background_loop_error loop=policy-refresh" in e for e in errors)
     assert "a row no snapshot can hold" in errors[0]
