@@ -49,9 +49,25 @@ class BenchPostfix(PostfixInstance):
                      "milter_macro_defaults":
                          f"{{auth_authen={listener.auth_authen}}}" if listener.auth_authen
                          else ""}
+        # The same size limit as txrelay's own service (configure sets it there, not in
+        # main.cf): the big scenario's 30 MB messages pass every listener alike.
+        overrides.update(self._txrelay_size_settings())
         for key, value in overrides.items():
             self.postconf("-P", f"{service}/inet/{key}={value}")
         self.listeners[listener.name] = listener
+
+    def _txrelay_size_settings(self) -> dict[str, str]:
+        """message_size_limit and cleanup_service_name of txrelay's configured service."""
+        settings: dict[str, dict[str, str]] = {}
+        for line in self.postconf("-P").splitlines():
+            name, _, value = line.partition(" = ")
+            service, _, key = name.rpartition("/")
+            settings.setdefault(service, {})[key] = value
+        for values in settings.values():
+            if values.get("syslog_name", "").endswith("/txrelay"):
+                return {key: values[key] for key in ("message_size_limit",
+                                                     "cleanup_service_name") if key in values}
+        return {}
 
     def start(self) -> None:
         super().start()
