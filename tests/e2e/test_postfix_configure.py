@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.processes import TXRELAY, free_port, run
+from tests.harness.processes import PRISTINE_MASTER_CF, TXRELAY, free_port, run
 from txrelay.config import Config
 from txrelay.provisioning.postfix import plan_postfix
 
@@ -39,7 +39,7 @@ def config_directory(tmp_path: Path) -> Path:
         "smtpd_tls_chain_files = /etc/ssl/private/relay.pem\n"
         "smtp_generic_maps = hash:/etc/postfix/generic\n"
         "maillog_file = /var/log/postfix-existing.log\n")
-    shutil.copy("/etc/postfix/master.cf", directory / "master.cf")
+    shutil.copy(PRISTINE_MASTER_CF, directory / "master.cf")
     run(["postconf", "-c", str(directory), "-M",
          "submission/inet=submission inet n - n - - smtpd -o syslog_name=postfix/submission "
          "-o smtpd_sasl_auth_enable=yes -o smtpd_sasl_path=private/auth"])

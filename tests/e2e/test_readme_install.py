@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import ADMIN_DSN, REDIS_BASE, REDIS_DB
 from tests.harness.processes import (
+    PRISTINE_MASTER_CF,
     TXRELAY,
     VENV_BIN,
     ManagedProcess,
@@ -119,8 +120,7 @@ def _prepare_existing_postfix(postfix: PostfixInstance, mailbox_port: int) -> No
     os.chown(postfix.data_directory, *_postfix_ids())
     postfix._make_certificate()
     (postfix.config_directory / "main.cf").write_text(postfix._main_cf())
-    (postfix.config_directory / "master.cf").write_text(Path("/etc/postfix/master.cf")
-                                                         .read_text())
+    (postfix.config_directory / "master.cf").write_text(PRISTINE_MASTER_CF.read_text())
     postfix.postconf("-F", "*/*/chroot = n")
     postfix.postconf("-MX", "smtp/inet")
     key = f"127.0.0.1:{mailbox_port}/inet"

@@ -17,6 +17,9 @@ from pathlib import Path
 # (scripts/test.sh runs the venv's pytest), unless E2E_VENV_BIN names another venv.
 VENV_BIN = Path(os.environ.get("E2E_VENV_BIN", Path(sys.executable).parent))
 TXRELAY = str(VENV_BIN / "txrelay")
+# Debian's master.cf as packaged: /etc/postfix/master.cf is the machine's, and an earlier test
+# or the demo may have added txrelay's services to it.
+PRISTINE_MASTER_CF = Path("/usr/share/postfix/master.cf.dist")
 
 
 class HarnessError(RuntimeError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.harness.journal import journal_tail
 from tests.harness.processes import (
+    PRISTINE_MASTER_CF,
     TXRELAY,
     HarnessError,
     ManagedProcess,
@@ -161,7 +162,7 @@ class PostfixInstance:
         shutil.chown(self.data_directory, "postfix", "postfix")
         self._make_certificate()
         (self.config_directory / "main.cf").write_text(main_cf)
-        shutil.copy("/etc/postfix/master.cf", self.config_directory / "master.cf")
+        shutil.copy(PRISTINE_MASTER_CF, self.config_directory / "master.cf")
         self.postconf("-F", "*/*/chroot = n")
         self.postconf("-MX", "smtp/inet")
 

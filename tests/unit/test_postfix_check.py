@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.processes import TXRELAY
+from tests.harness.processes import PRISTINE_MASTER_CF, TXRELAY
 from txrelay.config import Config
 from txrelay.provisioning.postfix import PostfixPlan, PostfixTarget, plan_postfix, read_settings
 from txrelay.provisioning.postfix_apply import configure_postfix
@@ -38,7 +38,7 @@ def configured(tmp_path_factory: pytest.TempPathFactory, plan: PostfixPlan) -> P
                                        f"queue_directory = {directory.parent / 'queue'}\n"
                                        "smtpd_tls_chain_files = /etc/ssl/private/relay.pem\n"
                                        "disable_mime_output_conversion = yes\n")
-    shutil.copy("/etc/postfix/master.cf", directory / "master.cf")
+    shutil.copy(PRISTINE_MASTER_CF, directory / "master.cf")
     configure_postfix(PostfixTarget(directory, "test"), plan)
     return directory
 
@@ -319,7 +319,7 @@ def test_configure_keeps_the_characters_main_cf_refuses_and_adds_nul(
     (directory / "main.cf").write_text("compatibility_level = 3.6\n"
                                        f"queue_directory = {tmp_path / 'queue'}\n"
                                        "message_reject_characters = \\177\n")
-    shutil.copy("/etc/postfix/master.cf", directory / "master.cf")
+    shutil.copy(PRISTINE_MASTER_CF, directory / "master.cf")
     configure_postfix(PostfixTarget(directory, "test"), plan)
     assert read_settings(directory).effective(
         "txrelay-cleanup/unix", "message_reject_characters") == "\\177\\0"
