@@ -494,6 +494,26 @@ def _resolver_address(item: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class BounceConfig:
+    """Where mail that comes back goes: bounces (DSNs) and complaints (ARF, CFBL)."""
+
+    domain: str = setting(
+        "",
+        "The relay-wide bounce domain: each message's envelope sender becomes an address "
+        "there that names the message (`b-TOKEN@DOMAIN`), and complaints go to "
+        '`fbl@DOMAIN`. Its MX must point at this relay. `""`: the shops\' own envelope '
+        "senders are kept and only Postfix's own delivery log tells txrelay of bounces.",
+        HOST_NAME_OR_EMPTY,
+    )
+    secret_file: str = setting(
+        "/etc/txrelay/bounce.key",
+        "The secret that authenticates return-path and feedback tokens (32 random bytes, "
+        "base64; `txrelay init` creates it). Every relay node needs the same file.",
+        NO_SPACES,
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -553,6 +573,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    bounce: BounceConfig = field(default_factory=BounceConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -575,6 +596,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "dns": DnsConfig,
     "limits": LimitsConfig,
+    "bounce": BounceConfig,
 }
 
 
