@@ -52,6 +52,8 @@ def _read_token(secret: bytes, purpose: bytes, token: str) -> uuid.UUID | None:
     if not _TOKEN_RE.fullmatch(token):
         return None
     raw = _decode(token)
+    if _encode(raw) != token:
+        return None  # the last character's unused bits set: one spelling per token
     txn_id = uuid.UUID(bytes=raw[:16])
     if not hmac.compare_digest(raw[16:], _mac(secret, purpose, txn_id)):
         return None
@@ -88,6 +90,8 @@ def read_feedback_id(secret: bytes, value: str) -> FeedbackId | None:
         return None
     account_id, connection_id = int(match[1]), int(match[2])
     raw = _decode(match[3])
+    if _encode(raw) != match[3]:
+        return None
     txn_id = uuid.UUID(bytes=raw[:16])
     bound = uuid.UUID(bytes=_bind(txn_id, account_id, connection_id))
     if not hmac.compare_digest(raw[16:], _mac(secret, b"cfbl", bound)):

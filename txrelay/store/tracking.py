@@ -234,11 +234,16 @@ def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
     return {row["recipient"]: int(row["id"]) for row in rows}
 
 
+def mark_queued(conn: Conn, message_id: int, now: dt.datetime) -> None:
+    """A delivery line proves Postfix queued the message (its qmgr line may come later)."""
+    conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
+
+
 def record_outcome(
     conn: Conn, message_id: int, ledger_id: int, state: str, dsn: str, event: str, now: dt.datetime
 ) -> bool:
     """Apply one recipient's outcome; False when the row was already final."""
-    conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
+    mark_queued(conn, message_id, now)
     cursor = conn.execute(
         RECORD_OUTCOME,
         {"state": state, "dsn": dsn, "event": event, "now": now, "ledger_id": ledger_id},

@@ -10,12 +10,15 @@ import psycopg
 
 from txrelay.clock import Clock
 from txrelay.policy import logline
-from txrelay.store import tracking
+from txrelay.policy.suppression import SuppressionRules
+from txrelay.store import outcomes, tracking
 from txrelay.store.tracking import Counters
 from txrelay.tracker.follower import Chunk, same_file
 from txrelay.tracker.sources import LogSource
 
 log = logging.getLogger("txrelay.tracker")
+# The suppression rules the tracker applies to bounces it reads in the log.
+SUPPRESSION_RULES = SuppressionRules()
 
 
 @dataclass(frozen=True)
@@ -255,13 +258,27 @@ def _apply_delivery(
             )
         return Counters(unmatched_events=1)
     candidate, address = picked
-    tracking.record_outcome(
+    ledger_id = recipients[address]
+    if candidate.outcome is logline.Outcome.BOUNCED:
+        tracking.mark_queued(conn, message_id, now)
+        outcomes.record_bounce(
+            conn,
+            ledger_id,
+            candidate.dsn,
+            candidate.detail,
+            now,
+            source="log",
+            rules=SUPPRESSION_RULES,
+            event=candidate.describe(),
+        )
+    elif tracking.record_outcome(
         conn,
         message_id,
-        recipients[address],
+        ledger_id,
         candidate.outcome.value,
         candidate.dsn,
         candidate.describe(),
         now,
-    )
+    ):
+        outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
     return Counters()

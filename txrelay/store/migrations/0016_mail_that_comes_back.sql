@@ -77,3 +77,10 @@ BEGIN
     -- Nothing else: accounts, keys, domains, connections' policy columns, credentials and
     -- webhooks are the admin's (the CLI's role).
 END $$;
+
+-- What became of a recipient after delivery: the kind of its bounce (txrelay/policy/
+-- bounces.py), where the bounce was learnt, and a complaint about the message.
+ALTER TABLE ledger ADD COLUMN bounce_kind text CHECK (bounce_kind IN ('hard', 'soft', 'block'));
+ALTER TABLE ledger ADD COLUMN bounce_source text CHECK (bounce_source IN ('log', 'dsn'));
+ALTER TABLE ledger ADD COLUMN complained_at timestamptz;
+ALTER TABLE ledger ADD COLUMN complaint_type text;
