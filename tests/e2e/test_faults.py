@@ -28,12 +28,16 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.harness.load import DOMAIN, SELECT_BILLING, Load, Relay, difference
+from tests.harness.load import assert_exactly_once as load_assert_exactly_once
+from tests.harness.load import ledger_recipients as load_ledger_recipients
+from tests.harness.load import running_load as load_running
+from tests.harness.load import sink_recipients as load_sink_recipients
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned, provision, txrelay_json, verify_dkim
 from tests.harness.services import MilterProcess
@@ -42,7 +46,6 @@ from tests.harness.stack import FaultStack
 
 pytestmark = pytest.mark.e2e
 
-DOMAIN = "rcpt.example.net"
 
 
 @pytest.fixture(scope="module")
@@ -59,148 +62,35 @@ def settle(faults: FaultStack) -> None:
     time.sleep(2 * faults.config.milter.policy_refresh_seconds + 0.3)
 
 
-# -- load ---------------------------------------------------------------------------------
+# -- load and invariants (tests/harness/load.py), on the fault stack -----------------------
 
 
-@dataclass
-class Load:
-    """Clients that keep submitting until stopped; a 4xx'd message is sent again later."""
-
-    faults: FaultStack
-    shop: Provisioned
-    accepted: dict[str, list[str]] = field(default_factory=dict)  # tag -> recipients
-    accepted_at: dict[str, float] = field(default_factory=dict)
-    refusals: Counter[str] = field(default_factory=Counter)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    deadline: float = 0.0  # after stop: how long clients may go on retrying
-
-    def client(self, number: int, port: int) -> None:
-        pending: list[str] = []  # tags refused for now: retried (the same message)
-        sequence = 0
-        while not self.stop.is_set() or pending:
-            if self.stop.is_set() and time.monotonic() > self.deadline:
-                return
-            try:
-                with smtp_session(self.shop.username, self.shop.password, port=port,
-                                  timeout=30) as session:
-                    while not self.stop.is_set() or pending:
-                        if pending:
-                            tag = pending.pop(0)
-                        else:
-                            sequence += 1
-                            tag = f"c{number}-{sequence}-{uuid.uuid4().hex[:6]}"
-                        if not self.send(session, tag):
-                            # Postfix tempfails the rest of a session whose milter broke:
-                            # retry in a new session, as shop libraries do.
-                            pending.append(tag)
-                            time.sleep(0.2)
-                            break
-            except (smtplib.SMTPException, OSError) as exc:
-                with self.lock:
-                    self.refusals[f"session: {exc.__class__.__name__}"] += 1
-                time.sleep(0.3)
-
-    def send(self, session: smtplib.SMTP, tag: str) -> bool:
-        to = [f"{tag}-{i}@{DOMAIN}" for i in range(1 + len(tag) % 2)]
-        result = transact(session, self.shop.address(), to,
-                          build_message(self.shop.address(), to, subject=tag))
-        if result.accepted:
-            assert result.delivered_to == to, result
-            with self.lock:
-                assert tag not in self.accepted
-                self.accepted[tag] = to
-                self.accepted_at[tag] = time.monotonic()
-            return True
-        refusal = result.first_refusal()
-        assert refusal is not None and refusal.code // 100 == 4, (  # never a 5xx here
-            f"{result} after {len(self.accepted)} accepted messages")
-        with self.lock:
-            self.refusals[f"{refusal.code} {refusal.enhanced}"] += 1
-        return False
+def relay_of(faults: FaultStack) -> Relay:
+    return Relay(faults.config.database.url, faults.sink, faults.postfix.flush,
+                 faults.postfix.queue_count, lambda: faults.milter.log(15))
 
 
-@contextlib.contextmanager
 def running_load(faults: FaultStack, shop: Provisioned, *, clients: int = 3,
-                 second_node: bool = False) -> Iterator[Load]:
-    """Clients submitting while the block runs; afterwards they finish their retries."""
-    load = Load(faults, shop)
+                 second_node: bool = False) -> contextlib.AbstractContextManager[Load]:
     ports = [faults.port, faults.second_port] if second_node else [faults.port]
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        futures = [pool.submit(load.client, n, ports[n % len(ports)]) for n in range(clients)]
-        try:
-            time.sleep(2)  # traffic before the fault
-            yield load
-            time.sleep(2)  # and after the repair
-        finally:
-            load.deadline = time.monotonic() + 60
-            load.stop.set()
-            for future in futures:
-                future.result(timeout=120)
-    assert load.accepted, f"nothing was accepted: {load.refusals}"
-
-
-# -- invariants ---------------------------------------------------------------------------
-
-SELECT_BILLING = """
-SELECT l.recipient, l.billing, l.state
-  FROM ledger l WHERE l.account_id = %(a)s"""
-
-SELECT_USED = """
-SELECT (SELECT coalesce(sum(used), 0) FROM quota_blocks WHERE account_id = %(a)s) AS used,
-       (SELECT count(*) FROM ledger WHERE account_id = %(a)s AND billing = 'quota') AS quota,
-       (SELECT count(*) FROM ledger WHERE account_id = %(a)s AND billing = 'pending')
-           AS pending"""
+    return load_running(shop, ports, clients=clients)
 
 
 def sink_recipients(faults: FaultStack, shop: Provisioned) -> Counter[str]:
-    return Counter(r for c in faults.sink.captures() if c.mail_from == shop.address()
-                   for r in c.rcpt_tos)
+    return load_sink_recipients(relay_of(faults), shop)
 
 
 def ledger_recipients(faults: FaultStack, shop: Provisioned, *,
                       including_void: bool = False) -> Counter[str]:
-    with psycopg.connect(faults.config.database.url) as conn:
-        rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
-    return Counter(recipient for recipient, billing, _ in rows
-                   if including_void or billing != "void")
+    return load_ledger_recipients(relay_of(faults), shop, including_void=including_void)
 
 
 def assert_exactly_once(faults: FaultStack, shop: Provisioned, load: Load) -> None:
-    """The three invariants, once the queue has drained and unconfirmed rows were voided."""
-    wanted = Counter(r for to in load.accepted.values() for r in to)
-    faults.postfix.flush()
-
-    def settled() -> bool:
-        sink = sink_recipients(faults, shop)
-        return all(sink[r] >= 1 for r in wanted) and sink == ledger_recipients(faults, shop)
-
-    wait_until(settled, 60, "every accepted recipient at the sink and sink == ledger",
-               lambda: _difference(faults, shop, wanted))
-    sink = sink_recipients(faults, shop)
-    assert all(sink[r] == 1 for r in wanted), "a recipient reached the sink twice"
-    assert max(sink.values()) == 1
-
-    def used_and_billed() -> tuple[int, int, int]:
-        with psycopg.connect(faults.config.database.url) as conn:
-            row = conn.execute(SELECT_USED, {"a": shop.account_id}).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1]), int(row[2])
-
-    # Every recorded row billed by a milter's settler (a restarted milter's first round
-    # picks up what a killed one left pending).
-    wait_until(lambda: used_and_billed()[2] == 0, 20, "no ledger row left pending",
-               lambda: faults.milter.log(15))
-    used, quota, _ = used_and_billed()
-    assert used == quota, f"quota used {used} != ledger rows billed to quota {quota}"
+    load_assert_exactly_once(relay_of(faults), shop, load)
 
 
 def _difference(faults: FaultStack, shop: Provisioned, wanted: Counter[str]) -> str:
-    sink, ledger = sink_recipients(faults, shop), ledger_recipients(faults, shop)
-    return (f"missing at sink: {sorted(set(wanted) - set(sink))[:5]}; "
-            f"sink not in ledger: {sorted(set(sink) - set(ledger))[:5]}; "
-            f"ledger not at sink: {sorted(set(ledger) - set(sink))[:5]}; "
-            f"queue: {faults.postfix.queue_count()}\n{faults.milter.log(15)}")
+    return difference(relay_of(faults), shop, wanted)
 
 
 def all_delivered(faults: FaultStack, shop: Provisioned) -> bool:
@@ -217,8 +107,7 @@ def _states(faults: FaultStack, shop: Provisioned) -> str:
 
 
 def accepted_between(load: Load, start: float, end: float) -> list[str]:
-    with load.lock:  # the clients go on adding while the fault runs
-        return [tag for tag, at in load.accepted_at.items() if start <= at <= end]
+    return load.accepted_between(start, end)
 
 
 # -- the faults ---------------------------------------------------------------------------
