@@ -494,6 +494,18 @@ def _resolver_address(item: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    require_published: bool = setting(
+        True,
+        "A new sending domain sends live mail only once `txrelay domain check` (or the "
+        "tracker's periodic check) has found the DNS record of each of its DKIM keys; until "
+        "then the milter refuses its mail with `550 5.7.26`, naming the record to publish. "
+        "`false`: domains sign from the moment they are added, published or not (a private "
+        "setup whose receivers do not look DKIM up in public DNS, or a demo without DNS).",
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -552,6 +564,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
@@ -574,6 +587,7 @@ SECTIONS: dict[str, type] = {
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
     "dns": DnsConfig,
+    "dkim": DkimConfig,
     "limits": LimitsConfig,
 }
 
