@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).with_name("mail_dkim_verify.pl")
 SELECT_PUBLISHED_KEYS = """
 SELECT k.selector, d.domain, k.algorithm, k.public_key_b64
   FROM sending_domains d
-  JOIN dkim_keys k ON k.id = d.dkim_key_id
+  JOIN dkim_keys k ON k.id = d.dkim_key_id OR k.id = d.second_dkim_key_id
        OR k.id IN (SELECT r.dkim_key_id FROM dkim_key_rotations r WHERE r.domain_id = d.id)"""
 
 
