@@ -337,9 +337,10 @@ def record_dkim_publication(
     return get_domain(conn, found.domain), became
 
 
-def pending_domains(conn: psycopg.Connection) -> list[SendingDomain]:
-    """Domains whose DKIM records were not found yet, least recently checked first."""
+def pending_domains(conn: psycopg.Connection, limit: int) -> list[SendingDomain]:
+    """Up to LIMIT domains whose DKIM records were not found yet, least recently checked
+    first."""
     with transaction(conn):
-        found = [d for d in domain_store.list_domains(conn) if d.published_at is None]
-    epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
-    return sorted(found, key=lambda d: d.last_check.checked_at if d.last_check else epoch)
+        names = domain_store.pending_domain_names(conn, limit)
+        found = [domain_store.find_domain(conn, name) for name in names]
+    return [d for d in found if d is not None]

@@ -242,6 +242,20 @@ ON CONFLICT (domain_id) DO UPDATE
    SET checked_at = excluded.checked_at, published = excluded.published,
        detail = excluded.detail"""
 
+SELECT_PENDING_DOMAINS = """
+SELECT d.domain
+  FROM sending_domains d
+  LEFT JOIN dkim_publication_checks c ON c.domain_id = d.id
+ WHERE d.dkim_published_at IS NULL
+ ORDER BY c.checked_at NULLS FIRST, d.id
+ LIMIT %s"""
+
+
+def pending_domain_names(conn: psycopg.Connection, limit: int) -> list[str]:
+    """Up to LIMIT pending domains, the least recently checked (never checked) first."""
+    return [row["domain"] for row in conn.execute(SELECT_PENDING_DOMAINS, (limit,)).fetchall()]  # type: ignore[call-overload]
+
+
 # Only a pending domain changes (and so bumps the policy version): published stays set.
 MARK_PUBLISHED = """
 UPDATE sending_domains SET dkim_published_at = %(now)s
