@@ -392,7 +392,8 @@ class TrackerConfig:
     )
     tick_interval_seconds: float = setting(
         60.0,
-        "How often the tracker expires quota blocks, renews plans and checks low-quota reminders.",
+        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders "
+        "and looks the DKIM records of pending sending domains up (20 at a time).",
         POSITIVE,
     )
     active_window_days: int = setting(

@@ -114,7 +114,10 @@ def test_a_dual_domain_rotates_one_algorithm_and_stays_published(
                       "s2027-ed25519")
     assert rotated.exit_code == 0, rotated.stderr
     assert "still signs with selector s2026-ed25519" in rotated.stdout
-    switched = txrelay("domain", "switch-key", dual, "--force", "--json").json()
+    said = txrelay("domain", "switch-key", dual, "--force")
+    assert f"{dual} now signs with selector s2027-ed25519. Keep the record of selector " \
+        "s2026-ed25519" in said.stdout, said.stdout + said.stderr
+    switched = txrelay("domain", "show", dual, "--json").json()
     assert [(k["selector"], k["state"]) for k in switched["keys"]] == [
         ("s2026", "signing"), ("s2027-ed25519", "signing"), ("s2026-ed25519", "retiring")]
     assert switched["algorithms"] == ["rsa", "ed25519"]

@@ -520,7 +520,7 @@ def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
     cli.emit(
         domain_view(switched),
         lambda: click.echo(
-            f"{switched.domain} now signs with selector {switched.key.selector}. Keep the record "
+            f"{switched.domain} now signs with selector {pending.key.selector}. Keep the record "
             f"of selector {old.selector} ({old.selector}._domainkey.{switched.domain}) published "
             f"until {keep_until} UTC, then run 'txrelay domain retire-key {switched.domain} "
             f"{old.selector}'."
