@@ -5,8 +5,9 @@ no DNS server). This module starts a second milter with the default, true, and [
 resolver pointing at NSD on loopback (tests/harness/dns.py), behind a second submission
 service of the same Postfix: the pending domain's mail is refused there with 550 5.7.26
 naming the record; once NSD serves the record and `domain check` runs, it is accepted and
-signed. Signatures are verified by dkimpy with its keys looked up in NSD, and by Perl's
-Mail::DKIM (RSA only: Debian's Mail::DKIM 1.20230212 has no Ed25519 module)."""
+signed. Signatures are verified by dkimpy with its keys looked up in NSD, by Node.js's
+mailauth (RSA and Ed25519) and by Perl's Mail::DKIM (RSA only: Debian's Mail::DKIM 1.20230212
+has no Ed25519 module)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.harness.dns import DnsServer, Record, running_dns_server
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import TXRELAY, Stopper, free_port, port_open, run, wait_until
 from tests.harness.provision import txrelay_json
-from tests.harness.second_verifier import mail_dkim_results, passes_for
+from tests.harness.second_verifier import mail_dkim_results, mailauth_results, passes_for
 from tests.harness.services import MilterProcess
 from tests.harness.smtp import SUBMISSION_HOST, build_message, smtp_session, submit, transact
 from tests.harness.stack import _add_second_submission
@@ -229,9 +230,17 @@ def test_dual_signed_mail_verifies_with_both_signatures(relay: RelayStack, gate:
             ok = False
         assert not ok
 
-    # Mail::DKIM: the RSA signature passes; it cannot check Ed25519 (no module in Debian's
-    # 1.20230212), and says so rather than failing the message.
-    verdicts = mail_dkim_results(relay.database_url, {"dual": signed, "altered": altered})
-    assert passes_for(verdicts["dual"], domain), verdicts
-    assert not passes_for(verdicts["altered"], domain), verdicts
-    print(f"\nMail::DKIM on the dual-signed message: {verdicts['dual']}")
+    # Node.js's mailauth, a second implementation that knows Ed25519: both signatures pass.
+    messages = {"dual": signed, "altered": altered}
+    verdicts = mailauth_results(relay.database_url, messages)
+    for algorithm in ("rsa-sha256", "ed25519-sha256"):
+        assert passes_for(verdicts["dual"], domain, algorithm), verdicts
+        assert not passes_for(verdicts["altered"], domain, algorithm), verdicts
+    print(f"\nmailauth on the dual-signed message: {verdicts['dual']}")
+
+    # Perl's Mail::DKIM: the RSA signature passes; it cannot check Ed25519 (no module in
+    # Debian's 1.20230212) and says so ("unsupported algorithm") instead of failing the mail.
+    perl = mail_dkim_results(relay.database_url, messages)
+    assert passes_for(perl["dual"], domain), perl
+    assert not passes_for(perl["altered"], domain), perl
+    print(f"Mail::DKIM on the dual-signed message: {perl['dual']}")
