@@ -72,11 +72,9 @@ class PolicyLoader:
         self, quota: QuotaConfig, keys: KeyRing | None = None, *, require_published: bool = True
     ) -> None:
         self.quota = quota
-        self.keys = keys
+        self.keys = keys  # None: only keys stored in clear (before 'txrelay keys encrypt')
         # [dkim] require_published: off, every domain counts as published.
-        self.require_published = (
-            require_published  # None: only keys stored in clear (before 'txrelay keys encrypt')
-        )
+        self.require_published = require_published
         self._keys: dict[tuple[int, str], SigningKey] = {}
         # username -> (credential version, enabled, since): when each credential was first
         # seen in its current state, so that sessions older than it can be told apart.
