@@ -94,7 +94,9 @@ def write_config(root: Path, database_url: str) -> tuple[Path, Config]:
                                   key_prefix=f"txbench{secrets.token_hex(3)}"),
         smtp=dataclasses.replace(base.smtp, host="127.0.0.1", port=free_port()),
         tracker=dataclasses.replace(base.tracker, log_path=str(root / "postfix" / "maillog")),
-        metrics=MetricsConfig(milter_listen="", tracker_listen=""))
+        metrics=MetricsConfig(milter_listen="", tracker_listen=""),
+        # The bench runs no DNS server its domain could publish a DKIM record in.
+        dkim=dataclasses.replace(base.dkim, require_published=False))
     (root / "milter").mkdir(mode=0o755, exist_ok=True)
     path = root / "txrelay.toml"
     path.write_text(render_toml(config))

@@ -97,9 +97,12 @@ owner=$(psql -h 127.0.0.1 -U postgres -Atc \
 if [ -n "$owner" ] && [ "$owner" != txrelay ]; then
     database=(--database-url=postgresql://postgres@127.0.0.1:5432/txrelay)
 fi
+# The demo runs no DNS server its domains could publish DKIM records in: it lets them
+# send unpublished ([dkim] require_published = false; a real relay keeps the default, true).
 # Every run: the demo's settings never change, and a newer txrelay may write a newer Dovecot
 # configuration (e.g. the SMTP login file's passdb); the running Dovecot reloads it below.
-txrelay init --config-path="$conf" --smtp-host=127.0.0.1 "${database[@]}" --force
+txrelay init --config-path="$conf" --smtp-host=127.0.0.1 "${database[@]}" --force \
+    --set dkim.require_published=false
 
 log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
 # Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in

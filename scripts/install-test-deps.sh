@@ -2,7 +2,8 @@
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
 # (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
-# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex)
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex;
+# mailauth from npm, a DKIM verifier that knows Ed25519)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -56,3 +57,15 @@ if ! "$venv/bin/pip" install -q -r "$requirements" >"$requirements.log" 2>&1; th
     exit 1
 fi
 rm -f "$requirements.log"
+
+# mailauth (npm), a DKIM verifier that checks Ed25519 signatures too (Debian's Mail::DKIM
+# 1.20230212 has no Ed25519): tests/harness/mailauth_verify.js runs it with the machine's
+# Node.js. Beside the venv, so each venv has its own copy; the version is pinned.
+mailauth_version=7.1.0
+mailauth_dir="$venv/node"
+if ! grep -qs "\"version\": \"$mailauth_version\"" "$mailauth_dir/node_modules/mailauth/package.json"; then
+    command -v npm >/dev/null || { echo "npm (Node.js) is missing: the DKIM tests need it for mailauth" >&2; exit 1; }
+    echo "[install-test-deps] installing mailauth $mailauth_version (npm) into $mailauth_dir"
+    mkdir -p "$mailauth_dir"
+    npm install --prefix "$mailauth_dir" --no-audit --no-fund --silent "mailauth@$mailauth_version" >/dev/null
+fi

@@ -392,7 +392,8 @@ class TrackerConfig:
     )
     tick_interval_seconds: float = setting(
         60.0,
-        "How often the tracker expires quota blocks, renews plans and checks low-quota reminders.",
+        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders "
+        "and looks the DKIM records of pending sending domains up (20 at a time).",
         POSITIVE,
     )
     active_window_days: int = setting(
@@ -514,6 +515,18 @@ class BounceConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    require_published: bool = setting(
+        True,
+        "A new sending domain sends live mail only once `txrelay domain check` (or the "
+        "tracker's periodic check) has found the DNS record of each of its DKIM keys; until "
+        "then the milter refuses its mail with `550 5.7.26`, naming the record to publish. "
+        "`false`: domains sign from the moment they are added, published or not (a private "
+        "setup whose receivers do not look DKIM up in public DNS, or a demo without DNS).",
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -572,6 +585,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
     source: str = "(defaults)"
@@ -595,6 +609,7 @@ SECTIONS: dict[str, type] = {
     "notify": NotifyConfig,
     "metrics": MetricsConfig,
     "dns": DnsConfig,
+    "dkim": DkimConfig,
     "limits": LimitsConfig,
     "bounce": BounceConfig,
 }

@@ -202,6 +202,31 @@ def sign(
     return value.replace(b"\r\n", b"\n").decode("ascii")
 
 
+# Ed25519 first: with the signatures added above every other header in this order, the
+# message shows the RSA one on top, which receivers without Ed25519 (RFC 8463 is young)
+# meet first; verifiers check each anyway.
+_SIGNING_ORDER = {"ed25519": 0, "rsa": 1}
+
+
+def sign_all(
+    headers: Sequence[Header],
+    body: bytes | BodyHash,
+    *,
+    domain: str,
+    keys: Sequence[tuple[str, SigningKey]],
+    now: float | None = None,
+) -> list[str]:
+    """One DKIM-Signature value per (selector, key): a dual-signing domain gets an Ed25519
+    and an RSA signature over the same headers and body hash (RFC 8463 section 3). The
+    signatures do not cover each other (DKIM-Signature is not in h=)."""
+    moment = time.time() if now is None else now
+    ordered = sorted(keys, key=lambda item: _SIGNING_ORDER.get(item[1].algorithm, 2))
+    return [
+        sign(headers, body, domain=domain, selector=selector, signing_key=key, now=moment)
+        for selector, key in ordered
+    ]
+
+
 def queued_header(value: bytes) -> bytes:
     """A header value as dkimpy expects it: Postfix strips the space after the colon and
     folds with LF when it talks to a milter; relaxed canonicalisation ignores that space

@@ -16,7 +16,7 @@ from tests.harness.processes import TXRELAY, run, wait_until
 SELECT_DNS_KEY = """
 SELECT k.algorithm, k.public_key_b64
   FROM sending_domains d
-  JOIN dkim_keys k ON k.id = d.dkim_key_id
+  JOIN dkim_keys k ON k.id = d.dkim_key_id OR k.id = d.second_dkim_key_id
        OR k.id IN (SELECT r.dkim_key_id FROM dkim_key_rotations r WHERE r.domain_id = d.id)
  WHERE d.domain = %s AND k.selector = %s"""
 

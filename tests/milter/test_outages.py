@@ -24,6 +24,12 @@ from txrelay.store.recording import PostgresLedger
 from txrelay.store.reservations import RedisReservations
 
 
+def _loader(runtime: Runtime) -> PolicyLoader:
+    """A loader as the milter makes it ([dkim] require_published as the run's config says)."""
+    return PolicyLoader(runtime.config.quota,
+                        require_published=runtime.config.dkim.require_published)
+
+
 def dead_redis(runtime: Runtime) -> RedisReservations:
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     return RedisReservations(dead, runtime.config.redis.key_prefix, 60,
@@ -146,10 +152,10 @@ def test_postgresql_down_when_balance_must_be_loaded_names_postgresql(
 def test_milter_restarted_during_a_postgresql_outage_authorises_from_its_local_copy(
         runtime: Runtime, tenant: Tenant, dead_pool: object, tmp_path: Path) -> None:
     copy = tmp_path / "state" / "policy.json"
-    loader = PolicyLoader(runtime.config.quota)
+    loader = _loader(runtime)
     assert PolicyCache(runtime.ledger.pool, loader, 60, copy).refresh()
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600  # it holds DKIM private keys
-    restarted = PolicyCache(dead_pool, PolicyLoader(runtime.config.quota), 60, copy)  # type: ignore[arg-type]
+    restarted = PolicyCache(dead_pool, _loader(runtime), 60, copy)  # type: ignore[arg-type]
     assert restarted.refresh() is True
     outcome = Driver(dataclasses.replace(runtime, policy=restarted)).send(tenant)
     assert outcome.mail == Milter.CONTINUE and outcome.eom == Milter.ACCEPT
@@ -157,7 +163,7 @@ def test_milter_restarted_during_a_postgresql_outage_authorises_from_its_local_c
 
 def test_milter_started_without_postgresql_or_local_copy_tempfails_mail(
         runtime: Runtime, tenant: Tenant, dead_pool: object, tmp_path: Path) -> None:
-    cache = PolicyCache(dead_pool, PolicyLoader(runtime.config.quota), 60,  # type: ignore[arg-type]
+    cache = PolicyCache(dead_pool, _loader(runtime), 60,  # type: ignore[arg-type]
                         tmp_path / "none.json")
     assert cache.refresh() is False
     outcome = Driver(dataclasses.replace(runtime, policy=cache)).send(tenant)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from tests.store.builders import Tenant
+from tests.store.builders import Tenant, key_pair
 from txrelay.config import QuotaConfig
 from txrelay.store.policy import PolicyLoader, current_version
 
@@ -84,3 +84,46 @@ def test_rotated_or_reenabled_credential_is_stamped_when_first_seen(
     reenabled = loader.load(conn).connections[tenant.username]
     assert reenabled.credential == rotated.credential
     assert reenabled.credential_since > rotated.credential_since
+
+
+def test_a_pending_domain_is_loaded_unpublished_unless_publication_is_not_required(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()  # inserted as provisioning does: dkim_published_at NULL
+    assert not PolicyLoader(QuotaConfig()).load(conn).domains[tenant.domain].published
+    conn.rollback()
+    relaxed = PolicyLoader(QuotaConfig(), require_published=False).load(conn)
+    assert relaxed.domains[tenant.domain].published
+    conn.rollback()
+    db.execute("UPDATE sending_domains SET dkim_published_at = now() WHERE domain = %s",
+               (tenant.domain,))
+    assert PolicyLoader(QuotaConfig()).load(conn).domains[tenant.domain].published
+
+
+def _add_second_key(db: psycopg.Connection, tenant: Tenant, pem: str) -> None:
+    ed = key_pair("ed25519")
+    row = db.execute("INSERT INTO dkim_keys (account_id, selector, algorithm, private_key_pem, "
+                     "public_key_b64) VALUES (%s, 'ed1', 'ed25519', %s, %s) RETURNING id",
+                     (tenant.account_id, pem, ed.public_key_b64)).fetchone()
+    assert row is not None
+    db.execute("UPDATE sending_domains SET second_dkim_key_id = %s WHERE domain = %s",
+               (row["id"], tenant.domain))
+
+
+def test_a_dual_signing_domain_is_loaded_with_both_keys(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    _add_second_key(db, tenant, key_pair("ed25519").private_key_pem)
+    domain = PolicyLoader(QuotaConfig()).load(conn).domains[tenant.domain]
+    assert [(k.selector, k.algorithm) for k in domain.keys] == [
+        (tenant.selector, "rsa"), ("ed1", "ed25519")]
+    assert all(k.signing_key is not None for k in domain.keys)
+
+
+def test_an_unreadable_second_key_leaves_its_domain_out(
+        conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant]) -> None:
+    tenant = tenant_factory()
+    _add_second_key(db, tenant, "garbage")
+    assert tenant.domain not in PolicyLoader(QuotaConfig()).load(conn).domains

@@ -209,12 +209,20 @@ def test_the_daemons_role_cannot_update_accounts_but_reads_policy_and_records_ma
                 milter.execute("UPDATE accounts SET low_quota_threshold = 1")
             milter.rollback()
             for sql in ("UPDATE dkim_keys SET selector = 'x'",
+                        "UPDATE sending_domains SET second_dkim_key_id = dkim_key_id",
+                        "UPDATE sending_domains SET list_help = 'https://x.example/'",
                         "UPDATE connections SET enabled = false",
                         "DELETE FROM credentials",
                         "INSERT INTO schema_migrations VALUES (99, 'x')"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     milter.execute(sql)
                 milter.rollback()
+            # The tracker's DKIM lookups: record a check, mark a pending domain published.
+            milter.execute("UPDATE sending_domains SET dkim_published_at = now() "
+                           "WHERE dkim_published_at IS NULL AND domain = 'none.invalid'")
+            milter.execute("INSERT INTO dkim_publication_checks (domain_id, checked_at, "
+                           "published, detail) SELECT id, now(), false, 'x' "
+                           "FROM sending_domains WHERE domain = 'none.invalid'")
             rows = fetch_policy_rows(milter)
             assert {r["domain"] for r in rows["domains"]} >= {domain, tenant.domain}
             assert _signs_and_verifies(milter, keys, domain)

@@ -15,10 +15,12 @@ from txrelay.provisioning.dns_lookup import DnsLookup, LookupFailed
 from txrelay.provisioning.dns_records import ExpectedRecord, Published
 from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
 from txrelay.provisioning.views import (
+    dkim_publication_view,
     domain_check_view,
     domain_record,
     domain_view,
     expected_record_view,
+    publication_state,
     short_time,
     table,
 )
@@ -69,6 +71,12 @@ def domain() -> None:
     help="Key type to generate (default rsa, 2048 bits).",
 )
 @click.option(
+    "--algorithms",
+    metavar="rsa,ed25519",
+    help="Generate a key of each type and sign every message twice (RFC 8463): the RSA key "
+    "under the selector, the Ed25519 key under SELECTOR-ed25519. Two DNS records.",
+)
+@click.option(
     "--reuse-key-of",
     metavar="OTHER_DOMAIN",
     help="Share the selector and key of another domain of the same account.",
@@ -83,10 +91,13 @@ def add(
     selector: str | None,
     key_file: Path | None,
     algorithm: str | None,
+    algorithms: str | None,
     reuse_key_of: str | None,
 ) -> None:
     """Add DOMAIN to ACCOUNT with a DKIM key, and print the DNS record to publish.
 
+    The domain is pending until 'txrelay domain check DOMAIN' finds its DKIM record in DNS:
+    until then its live mail is refused ([dkim] require_published).
     Unicode domain names are stored in punycode (bücher.example → xn--bcher-kva.example).
 
     \b
@@ -96,8 +107,16 @@ def add(
           --algorithm ed25519 --selector mail2026
       txrelay domain add "Acme GmbH" shop.acme.example --list-help https://acme.example/help \\
           --reuse-key-of acme.example
+      txrelay domain add "Acme GmbH" acme.example --list-help https://acme.example/help \\
+          --algorithms rsa,ed25519
     """
-    choice = KeyChoice(selector, algorithm, key_file, reuse_key_of)
+    choice = KeyChoice(
+        selector,
+        algorithm,
+        key_file,
+        reuse_key_of,
+        domains.parse_algorithms(algorithms) if algorithms is not None else (),
+    )
     added = domains.add_domain(
         cli.db, cli.clock.now(), account, domain_name, list_help, choice, keys=cli.keys
     )
@@ -105,18 +124,22 @@ def add(
 
 
 def _print_added(added: SendingDomain) -> None:
-    click.echo(
-        f"Added {added.domain} to account {added.account_name!r} "
-        f"(DKIM selector {added.key.selector}, {added.key.algorithm})."
-    )
+    keys = " and ".join(f"{k.selector}, {k.algorithm}" for k in added.signing_keys)
+    selectors = "selectors" if added.second_key else "selector"
+    click.echo(f"Added {added.domain} to account {added.account_name!r} (DKIM {selectors} {keys}).")
     _print_record(added)
 
 
 def _print_record(found: SendingDomain) -> None:
-    """Every record the domain must publish: the signing key's, then pending/retiring ones."""
+    """Every record the domain must publish: the signing keys', then pending/retiring ones."""
     record = domain_record(found)
-    click.echo("Publish this DNS record (BIND zone-file form):\n")
-    click.echo(record.zone_line() + "\n")
+    if found.second_key is None:
+        click.echo("Publish this DNS record (BIND zone-file form):\n")
+        click.echo(record.zone_line() + "\n")
+    else:
+        click.echo("Publish these two DNS records (BIND zone-file form), one per key:\n")
+        for key in found.signing_keys:
+            click.echo(domain_record(found, key).zone_line() + "\n")
     for rotating in found.rotating:
         click.echo(f"And, {_state_text(rotating.state, rotating.since)}:\n")
         click.echo(domain_record(found, rotating.key).zone_line() + "\n")
@@ -231,7 +254,12 @@ def check(cli: CliContext, domain_name: str) -> None:
     """
     found = domains.get_domain(cli.db, domain_name)
     checks = dns_check.check_domain(DnsLookup(cli.config.dns), found, cli.config.dns)
-    cli.emit(domain_check_view(found, checks), lambda: _print_checks(checks))
+    published, detail = dns_check.dkim_publication(checks)
+    found, became = domains.record_dkim_publication(
+        cli.db, cli.clock.now(), found, published, detail
+    )
+    view = {**domain_check_view(found, checks), "dkim_publication": dkim_publication_view(found)}
+    cli.emit(view, lambda: _print_checks(checks, _publication_text(found, became)))
     failed = [c for c in checks if c.failed]
     if failed:
         # main.py turns this into one line on stderr and exit status 1.
@@ -248,11 +276,25 @@ def _check_label(check: RecordCheck) -> str:
     return check.expected.label
 
 
-def _print_checks(checks: list[RecordCheck]) -> None:
+def _print_checks(checks: list[RecordCheck], publication: str) -> None:
     for check in checks:
         click.echo(f"{_check_label(check)} {check.verdict}: {check.detail}")
         if check.fix:
             click.echo(f"  fix: {check.fix}")
+    if publication:
+        click.echo(publication)
+
+
+def _publication_text(found: SendingDomain, became: bool) -> str:
+    """A line when the domain is pending, or just stopped being: live mail waits for DKIM."""
+    if became:
+        return f"{found.domain} is published now: its live mail is signed and sent."
+    if found.published_at is None:
+        return (
+            f"{found.domain} is pending: its live mail is refused until every DKIM record "
+            "above is published; run this check again then."
+        )
+    return ""
 
 
 def _check_key(cli: CliContext, found: SendingDomain, key: DkimKey) -> PublicationCheck:
@@ -266,10 +308,11 @@ def _check_key(cli: CliContext, found: SendingDomain, key: DkimKey) -> Publicati
 @json_option
 @pass_cli
 def list_(cli: CliContext, account: str | None) -> None:
-    """List sending domains with account, signing selector, algorithm and List-Help.
+    """List sending domains with account, signing selector, algorithm, DKIM state, List-Help.
 
     ROTATING names keys in the middle of a rotation: pending (published, not signing yet)
-    and retiring (no longer signing, still published).
+    and retiring (no longer signing, still published). DKIM is published (live mail may
+    leave) or pending ('txrelay domain check DOMAIN' has not found its records yet).
 
     \b
     Example:
@@ -277,17 +320,21 @@ def list_(cli: CliContext, account: str | None) -> None:
     """
     found = domains.list_domains(cli.db, account)
     rows = [
-        (d.domain, d.account_name, d.key.selector, d.key.algorithm, _rotating_text(d), d.list_help)
+        (
+            d.domain,
+            d.account_name,
+            ", ".join(k.selector for k in d.signing_keys),
+            ", ".join(k.algorithm for k in d.signing_keys),
+            publication_state(d),
+            _rotating_text(d),
+            d.list_help,
+        )
         for d in found
     ]
+    headings = ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "DKIM", "ROTATING")
     cli.emit(
         [domain_view(d) for d in found],
-        lambda: click.echo(
-            table(
-                ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "ROTATING", "LIST-HELP"),
-                rows,
-            )
-        ),
+        lambda: click.echo(table((*headings, "LIST-HELP"), rows)),
     )
 
 
@@ -342,8 +389,9 @@ def _print_domain(found: SendingDomain) -> None:
     click.echo(
         f"Domain:    {found.domain}\nAccount:   {found.account_name}\n"
         f"List-Help: {found.list_help}\nAdded:     {short_time(found.created_at)}\n"
+        f"DKIM:      {_publication_summary(found)}\n"
     )
-    rows = [(found.key.selector, found.key.algorithm, "signing", "-", "-")]
+    rows = [(k.selector, k.algorithm, "signing", "-", "-") for k in found.signing_keys]
     rows += [
         (
             r.key.selector,
@@ -355,6 +403,21 @@ def _print_domain(found: SendingDomain) -> None:
         for r in found.rotating
     ]
     click.echo(table(("SELECTOR", "ALGORITHM", "STATE", "SINCE", "KEEP PUBLISHED UNTIL"), rows))
+
+
+def _publication_summary(found: SendingDomain) -> str:
+    check = found.last_check
+    checked = (
+        "never checked"
+        if check is None
+        else f"last checked {short_time(check.checked_at)} UTC: {check.detail or '-'}"
+    )
+    if found.published_at is None:
+        return (
+            f"pending (live mail refused until 'txrelay domain check {found.domain}' finds "
+            f"its records); {checked}"
+        )
+    return f"published since {short_time(found.published_at)} UTC; {checked}"
 
 
 @domain.command("rotate-key")
@@ -373,7 +436,8 @@ def _print_domain(found: SendingDomain) -> None:
 @click.option(
     "--algorithm",
     type=click.Choice(["rsa", "ed25519"]),
-    help="Key type to generate (default: the type of the current key).",
+    help="Key type to generate (default: the type of the current key). A domain that signs "
+    "with both replaces the key of this type, and needs this option.",
 )
 @json_option
 @pass_cli
@@ -387,12 +451,15 @@ def rotate_key(
     """Step 1 of a key rotation: add a new DKIM key for DOMAIN under a new selector.
 
     Nothing is signed with the new key yet: publish the DNS record printed here, then run
-    'txrelay domain switch-key DOMAIN'. The current key keeps signing until then.
+    'txrelay domain switch-key DOMAIN'. The current key keeps signing until then. A domain
+    signing with an RSA and an Ed25519 key rotates one of them at a time: --algorithm says
+    which.
 
     \b
     Example:
       txrelay domain rotate-key acme.example
       txrelay domain rotate-key acme.example --selector mail2027 --algorithm ed25519
+      txrelay domain rotate-key dual.example --algorithm ed25519   # signs with both
     """
     choice = KeyChoice(selector, algorithm, key_file)
     rotated = domains.start_rotation(cli.db, cli.clock.now(), domain_name, choice, keys=cli.keys)
@@ -404,7 +471,8 @@ def _print_pending(found: SendingDomain, key: DkimKey) -> None:
     record = domain_record(found, key)
     click.echo(
         f"New DKIM key for {found.domain}: selector {key.selector}, {key.algorithm} "
-        f"(pending; {found.domain} still signs with selector {found.key.selector})."
+        f"(pending; {found.domain} still signs with selector "
+        f"{domains.replaced_key(found, key).selector})."
     )
     click.echo("Publish this DNS record (BIND zone-file form) next to the current one:\n")
     click.echo(record.zone_line() + "\n")
@@ -452,7 +520,7 @@ def switch_key(cli: CliContext, domain_name: str, force: bool) -> None:
     cli.emit(
         domain_view(switched),
         lambda: click.echo(
-            f"{switched.domain} now signs with selector {switched.key.selector}. Keep the record "
+            f"{switched.domain} now signs with selector {pending.key.selector}. Keep the record "
             f"of selector {old.selector} ({old.selector}._domainkey.{switched.domain}) published "
             f"until {keep_until} UTC, then run 'txrelay domain retire-key {switched.domain} "
             f"{old.selector}'."

@@ -94,9 +94,10 @@ def _print_plan(data: dict[str, Any]) -> None:
 @pass_cli
 def tick(cli: CliContext, account: str | None) -> None:
     """Bill recorded mail still pending to quota blocks, renew due plans, expire blocks older
-    than their validity, send low-quota reminders (for ACCOUNT only, if given). The tracker
-    does this every [tracker] tick_interval_seconds; a timer may call this. Running it
-    twice changes nothing the second time."""
+    than their validity, send low-quota reminders (for ACCOUNT only, if given); without
+    ACCOUNT also look pending domains' DKIM records up ([dkim] require_published). The
+    tracker does this every [tracker] tick_interval_seconds; a timer may call this. Running
+    it twice changes nothing the second time."""
     from txrelay.notify import SmtpMailer
 
     conn = database.connect(cli.config.database, autocommit=True)

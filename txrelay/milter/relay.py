@@ -43,7 +43,7 @@ from txrelay.policy.verdict import (
     Verdict,
     service_unavailable,
 )
-from txrelay.signing import sign
+from txrelay.signing import sign_all
 from txrelay.store.ledger import AcceptedMessage
 from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
@@ -310,14 +310,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def _sign(self, txn: Transaction, author: HeaderSender) -> None:
         domain = txn.snapshot.domains[author.domain]
-        signature = sign(
-            txn.headers,
-            txn.body_hash,
-            domain=domain.domain,
-            selector=domain.selector,
-            signing_key=domain.signing_key,
-        )
-        self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other header
+        keys = [(key.selector, key.signing_key) for key in domain.keys]
+        for signature in sign_all(txn.headers, txn.body_hash, domain=domain.domain, keys=keys):
+            self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other
 
     def _record(self, txn: Transaction, author: HeaderSender) -> Verdict:
         """The ledger first (PostgreSQL, the source of truth), then the live balance."""

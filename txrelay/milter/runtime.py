@@ -117,7 +117,9 @@ def open_runtime(
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
     policy = PolicyCache(
         pool,
-        PolicyLoader(config.quota, _key_ring(config)),
+        PolicyLoader(
+            config.quota, _key_ring(config), require_published=config.dkim.require_published
+        ),
         config.milter.policy_refresh_seconds,
         copy_path,
         Path(config.dovecot.passdb_file),

@@ -15,6 +15,7 @@ from txrelay.policy.addresses import (
     parse_mailboxes,
 )
 from txrelay.policy.names import InvalidDomain
+from txrelay.policy.publication import dkim_publication_refusal
 from txrelay.policy.sender import check_author_domain
 from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
@@ -165,7 +166,8 @@ def check_author(
             "4.7.0",
             f"sending domain {author.domain} has no DKIM key loaded yet; try again in a minute",
         )
-    return author
+    # Live mail only: a sandbox connection (not built yet) passes sandbox=True here.
+    return dkim_publication_refusal(snapshot.domains[author.domain]) or author
 
 
 def list_help_value(list_help: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from txrelay.policy.addresses import address_domain, domain_refusal, envelope_address
 from txrelay.policy.names import InvalidDomain
+from txrelay.policy.publication import dkim_publication_refusal
 from txrelay.policy.snapshot import ConnectionPolicy, PolicySnapshot
 from txrelay.policy.verdict import Verdict
 
@@ -41,7 +42,11 @@ def authorize_sender(
         domain = address_domain(sender)
     except InvalidDomain as exc:
         return domain_refusal(exc)
-    return check_sender_domain(connection, domain, sender)
+    allowed = check_sender_domain(connection, domain, sender)
+    if isinstance(allowed, Verdict) or domain is None:
+        return allowed
+    # Live mail only: a sandbox connection (not built yet) passes sandbox=True here.
+    return dkim_publication_refusal(snapshot.domains.get(domain)) or allowed
 
 
 def check_sender_domain(

@@ -24,6 +24,15 @@ class ConnectionPolicy:
 
 
 @dataclass(frozen=True)
+class DomainKey:
+    """One DKIM key a domain signs with: its selector and the parsed private key."""
+
+    selector: str
+    algorithm: str  # 'rsa' or 'ed25519'
+    signing_key: Any = field(repr=False, compare=False)  # never logged or printed
+
+
+@dataclass(frozen=True)
 class DomainPolicy:
     """A sending domain: its List-Help target and its DKIM signing key (parsed once)."""
 
@@ -33,6 +42,17 @@ class DomainPolicy:
     selector: str
     algorithm: str  # 'rsa' or 'ed25519'
     signing_key: Any = field(repr=False, compare=False)  # never logged or printed
+    # Its DKIM records are in DNS (domain check found them), or [dkim] require_published
+    # is off: live mail may leave. False: pending, live mail is refused.
+    published: bool = True
+    # A second key of the other algorithm (dual signing); the first is the fields above.
+    second_key: DomainKey | None = None
+
+    @property
+    def keys(self) -> tuple[DomainKey, ...]:
+        """Every key a message from this domain is signed with."""
+        first = DomainKey(self.selector, self.algorithm, self.signing_key)
+        return (first,) if self.second_key is None else (first, self.second_key)
 
 
 @dataclass(frozen=True)

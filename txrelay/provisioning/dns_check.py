@@ -15,6 +15,7 @@ from txrelay.provisioning.dns_records import (
     SPF,
     ExpectedRecord,
     Published,
+    dkim_records,
     relay_spf_terms,
     required_records,
 )
@@ -116,6 +117,24 @@ def check_domain(lookup: Lookup, domain: SendingDomain, config: DnsConfig) -> li
         else:
             checks.append(check_present(lookup, expected))
     return checks
+
+
+def dkim_publication(checks: list[RecordCheck]) -> tuple[bool, str]:
+    """Whether every signing key's DKIM record is published (what live mail waits for), and
+    one line saying so per key. Pending and retiring keys do not count: a rotation's new
+    record is checked by switch-key, an old one may already be gone."""
+    signing = [c for c in checks if c.expected.kind == DKIM and c.expected.state == "signing"]
+    published = bool(signing) and all(c.verdict == OK for c in signing)
+    return published, "; ".join(f"{c.expected.name}: {c.verdict}" for c in signing)
+
+
+def check_signing_dkim(lookup: Lookup, domain: SendingDomain) -> list[RecordCheck]:
+    """Only the DKIM records of the keys DOMAIN signs with (the tracker's periodic check)."""
+    return [
+        check_dkim(lookup, expected)
+        for expected in dkim_records(domain)
+        if expected.state == "signing"
+    ]
 
 
 def check_dkim(lookup: Lookup, expected: ExpectedRecord) -> RecordCheck:

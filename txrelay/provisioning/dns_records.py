@@ -59,7 +59,10 @@ def required_records(
 
 def dkim_records(domain: SendingDomain) -> list[ExpectedRecord]:
     """The signing key's record, then those of keys being rotated in or out."""
-    keys = [(domain.key, "signing"), *((r.key, r.state) for r in domain.rotating)]
+    keys = [
+        *((key, "signing") for key in domain.signing_keys),
+        *((r.key, r.state) for r in domain.rotating),
+    ]
     records = []
     for key, state in keys:
         record = dns_record(key.selector, domain.domain, key.algorithm, key.public_key_b64)

@@ -26,6 +26,25 @@ class KeyChoice:
     algorithm: str | None = None
     key_file: Path | None = None
     reuse_key_of: str | None = None
+    # Dual signing: ("rsa", "ed25519") generates one key of each (domain add --algorithms).
+    algorithms: tuple[str, ...] = ()
+
+
+def parse_algorithms(text: str) -> tuple[str, ...]:
+    """--algorithms: "rsa", "ed25519" or both, comma-separated (order does not matter)."""
+    wanted = [item.strip().lower() for item in text.split(",") if item.strip()]
+    unknown = [item for item in wanted if item not in dkim_keys.ALGORITHMS]
+    if unknown or not wanted or len(set(wanted)) != len(wanted):
+        raise InvalidInput(
+            f"--algorithms {text!r}: give rsa, ed25519 or rsa,ed25519 (each at most once)"
+        )
+    return tuple(a for a in dkim_keys.ALGORITHMS if a in wanted)
+
+
+def dual_selector(selector: str) -> str:
+    """The Ed25519 key's selector when a domain gets both keys at once: the RSA key's
+    selector with -ed25519 (two records need two names)."""
+    return normalize_selector(f"{selector}-ed25519")
 
 
 def default_selector(now: dt.datetime) -> str:
@@ -60,19 +79,46 @@ def add_domain(
     help_target = normalize_list_help(list_help)
     if choice.key_file is not None and choice.reuse_key_of is not None:
         raise InvalidInput("give either --key-file or --reuse-key-of, not both")
+    choice = _single_algorithm(choice)
     taken = {
         "sending_domains_domain_key": f"domain {name} is already registered; see "
         f"'txrelay domain list'"
     }
     with transaction(conn, taken):
         account = get_account(conn, account_name)
+        second_id = None
         if choice.reuse_key_of is not None:
-            key_id = _shared_key(conn, account.id, account.name, choice)
+            key_id, second_id = _shared_key(conn, account.id, account.name, choice)
         else:
             selector = normalize_selector(choice.selector or default_selector(now))
-            key_id = _new_key(conn, account.id, selector, choice, keys)
-        domain_store.insert_domain(conn, account.id, name, help_target, key_id)
+            if len(choice.algorithms) == 2:
+                key_id = _new_key(conn, account.id, selector, KeyChoice(algorithm="rsa"), keys)
+                second_id = _new_key(
+                    conn, account.id, dual_selector(selector), KeyChoice(algorithm="ed25519"), keys
+                )
+            else:
+                key_id = _new_key(conn, account.id, selector, choice, keys)
+        domain_store.insert_domain(conn, account.id, name, help_target, key_id, second_id)
     return get_domain(conn, name)
+
+
+def _single_algorithm(choice: KeyChoice) -> KeyChoice:
+    """--algorithms with one algorithm is --algorithm; with two it excludes the options that
+    name one key (--algorithm, --key-file, --reuse-key-of)."""
+    if not choice.algorithms:
+        return choice
+    if choice.algorithm is not None:
+        raise InvalidInput("give either --algorithm or --algorithms, not both")
+    if len(choice.algorithms) == 1:
+        return KeyChoice(
+            choice.selector, choice.algorithms[0], choice.key_file, choice.reuse_key_of
+        )
+    if choice.key_file is not None or choice.reuse_key_of is not None:
+        raise InvalidInput(
+            "--algorithms rsa,ed25519 generates two new keys; it cannot be combined with "
+            "--key-file or --reuse-key-of"
+        )
+    return choice
 
 
 def _new_key(
@@ -95,7 +141,8 @@ def _new_key(
 
 def _shared_key(
     conn: psycopg.Connection, account_id: int, account_name: str, choice: KeyChoice
-) -> int:
+) -> tuple[int, int | None]:
+    """The other domain's signing key ids (both, when it signs twice)."""
     other = get_domain(conn, choice.reuse_key_of or "")
     if other.account_id != account_id:
         raise InvalidInput(
@@ -111,7 +158,7 @@ def _shared_key(
         raise InvalidInput(
             f"the key of {other.domain} is {other.key.algorithm}; drop --algorithm or give that one"
         )
-    return other.key.id
+    return other.key.id, None if other.second_key is None else other.second_key.id
 
 
 def list_domains(conn: psycopg.Connection, account_name: str | None) -> list[SendingDomain]:
@@ -158,6 +205,11 @@ def start_rotation(
                 f"{pending.key.selector}; publish its record and run 'txrelay domain "
                 f"switch-key {found.domain}', or drop it with 'txrelay domain "
                 f"retire-key {found.domain} {pending.key.selector}'"
+            )
+        if found.second_key is not None and choice.algorithm is None and choice.key_file is None:
+            raise InvalidInput(
+                f"{found.domain} signs with an rsa and an ed25519 key; say which one to "
+                "replace with --algorithm rsa or --algorithm ed25519"
             )
         selector = _rotation_selector(choice.selector, now, found.selectors, found.domain)
         key_choice = KeyChoice(
@@ -210,10 +262,27 @@ def switch_key(
                 f"the new key of {found.domain} changed while its DNS record was "
                 "checked; run the command again"
             )
+        replaced = replaced_key(found, pending.key)
         domain_store.delete_rotating_key(conn, found.id, pending.key.id)
-        domain_store.update_signing_key(conn, found.id, pending.key.id)
-        domain_store.insert_rotating_key(conn, found.id, found.key.id, "retiring", now)
-    return get_domain(conn, found.domain), found.key
+        domain_store.update_signing_key(
+            conn, found.id, pending.key.id, second=replaced != found.key
+        )
+        domain_store.insert_rotating_key(conn, found.id, replaced.id, "retiring", now)
+    return get_domain(conn, found.domain), replaced
+
+
+def replaced_key(found: SendingDomain, new: DkimKey) -> DkimKey:
+    """The signing key a new key replaces: the one of its algorithm when the domain signs
+    with two, else the only one (a rotation may change the algorithm of a single key)."""
+    if found.second_key is None:
+        return found.key
+    same = found.signing_key_of(new.algorithm)
+    if same is None:  # a dual domain always has both algorithms; refuse rather than guess
+        raise Conflict(
+            f"{found.domain} signs with no {new.algorithm} key to replace; retire the new "
+            f"key ('txrelay domain retire-key {found.domain} {new.selector}')"
+        )
+    return same
 
 
 def retire_key(
@@ -224,7 +293,7 @@ def retire_key(
     wanted = normalize_selector(selector)
     with transaction(conn):
         found = _locked_domain(conn, domain)
-        if wanted == found.key.selector:
+        if wanted in {k.selector for k in found.signing_keys}:
             raise InvalidInput(
                 f"selector {wanted} signs the mail of {found.domain}; replace "
                 f"it first ('txrelay domain rotate-key {found.domain}', then "
@@ -255,3 +324,23 @@ def _locked_domain(conn: psycopg.Connection, domain: str) -> SendingDomain:
     found = get_domain(conn, domain)
     domain_store.lock_domain(conn, found.id)
     return get_domain(conn, found.domain)
+
+
+def record_dkim_publication(
+    conn: psycopg.Connection, now: dt.datetime, found: SendingDomain, published: bool, detail: str
+) -> tuple[SendingDomain, bool]:
+    """Store a DKIM publication check of FOUND (all its signing keys' records in DNS, or
+    not); a pending domain becomes published with the first check that finds them all. The
+    domain as it is now, and whether this check made it published."""
+    with transaction(conn):
+        became = domain_store.record_publication_check(conn, found.id, now, published, detail)
+    return get_domain(conn, found.domain), became
+
+
+def pending_domains(conn: psycopg.Connection, limit: int) -> list[SendingDomain]:
+    """Up to LIMIT domains whose DKIM records were not found yet, least recently checked
+    first."""
+    with transaction(conn):
+        names = domain_store.pending_domain_names(conn, limit)
+        found = [domain_store.find_domain(conn, name) for name in names]
+    return [d for d in found if d is not None]

@@ -128,7 +128,10 @@ def domain_record(domain: SendingDomain, key: DkimKey | None = None) -> DnsRecor
 
 def domain_keys_view(domain: SendingDomain) -> list[dict[str, Any]]:
     """Every key the domain publishes: the signing one, then pending and retiring ones."""
-    keys = [(domain.key, "signing", None), *((r.key, r.state, r.since) for r in domain.rotating)]
+    keys = [
+        *((key, "signing", None) for key in domain.signing_keys),
+        *((r.key, r.state, r.since) for r in domain.rotating),
+    ]
     return [
         {
             "selector": key.selector,
@@ -153,7 +156,25 @@ def domain_view(domain: SendingDomain) -> dict[str, Any]:
         "dkim_key_id": domain.key.id,
         "dns": record_view(domain_record(domain)),
         "keys": domain_keys_view(domain),
+        "algorithms": [key.algorithm for key in domain.signing_keys],
+        "dkim_publication": dkim_publication_view(domain),
         "created_at": timestamp(domain.created_at),
+    }
+
+
+def publication_state(domain: SendingDomain) -> str:
+    """published: its DKIM records were found, live mail may leave; pending: not yet."""
+    return "pending" if domain.published_at is None else "published"
+
+
+def dkim_publication_view(domain: SendingDomain) -> dict[str, Any]:
+    check = domain.last_check
+    return {
+        "state": publication_state(domain),
+        "published_at": timestamp(domain.published_at),
+        "last_checked_at": timestamp(check.checked_at if check else None),
+        "last_check_published": check.published if check else None,
+        "last_check_detail": check.detail if check else None,
     }
 
 

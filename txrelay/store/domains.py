@@ -31,6 +31,15 @@ class RotatingKey:
 
 
 @dataclass(frozen=True)
+class LastDkimCheck:
+    """The last DKIM publication check of a domain (domain check or the tracker)."""
+
+    checked_at: dt.datetime
+    published: bool
+    detail: str
+
+
+@dataclass(frozen=True)
 class SendingDomain:
     id: int
     account_id: int
@@ -40,6 +49,17 @@ class SendingDomain:
     created_at: dt.datetime
     key: DkimKey  # the key the domain signs with
     rotating: tuple[RotatingKey, ...] = ()
+    second_key: DkimKey | None = None  # signs too (the other algorithm: dual signing)
+    published_at: dt.datetime | None = None  # None: pending, live mail refused
+    last_check: LastDkimCheck | None = None
+
+    @property
+    def signing_keys(self) -> tuple[DkimKey, ...]:
+        """Every key each message is signed with: one, or an RSA and an Ed25519 key."""
+        return (self.key,) if self.second_key is None else (self.key, self.second_key)
+
+    def signing_key_of(self, algorithm: str) -> DkimKey | None:
+        return next((k for k in self.signing_keys if k.algorithm == algorithm), None)
 
     def rotating_key(self, state: str) -> RotatingKey | None:
         """The first pending or retiring key (there is at most one pending key)."""
@@ -48,7 +68,10 @@ class SendingDomain:
     @property
     def selectors(self) -> set[str]:
         """Every selector whose record this domain publishes."""
-        return {self.key.selector, *(r.key.selector for r in self.rotating)}
+        return {
+            *(k.selector for k in self.signing_keys),
+            *(r.key.selector for r in self.rotating),
+        }
 
 
 INSERT_DKIM_KEY = """
@@ -72,24 +95,37 @@ def insert_dkim_key(
 
 
 INSERT_DOMAIN = """
-INSERT INTO sending_domains (account_id, domain, list_help, dkim_key_id)
-VALUES (%s, %s, %s, %s)
+INSERT INTO sending_domains (account_id, domain, list_help, dkim_key_id, second_dkim_key_id)
+VALUES (%s, %s, %s, %s, %s)
 RETURNING id"""
 
 
 def insert_domain(
-    conn: psycopg.Connection, account_id: int, domain: str, list_help: str, dkim_key_id: int
+    conn: psycopg.Connection,
+    account_id: int,
+    domain: str,
+    list_help: str,
+    dkim_key_id: int,
+    second_dkim_key_id: int | None = None,
 ) -> int:
-    row = conn.execute(INSERT_DOMAIN, (account_id, domain, list_help, dkim_key_id)).fetchone()
+    """A new domain is pending (dkim_published_at NULL) until its records are checked."""
+    row = conn.execute(
+        INSERT_DOMAIN, (account_id, domain, list_help, dkim_key_id, second_dkim_key_id)
+    ).fetchone()
     return int(row["id"])  # type: ignore[index, call-overload]
 
 
 SELECT_DOMAINS = """
 SELECT d.id, d.account_id, a.name AS account_name, d.domain, d.list_help, d.created_at,
-       k.id AS key_id, k.selector, k.algorithm, k.public_key_b64
+       d.dkim_published_at, c.checked_at, c.published AS check_published, c.detail AS check_detail,
+       k.id AS key_id, k.selector, k.algorithm, k.public_key_b64,
+       k2.id AS key2_id, k2.selector AS key2_selector, k2.algorithm AS key2_algorithm,
+       k2.public_key_b64 AS key2_public_key_b64
   FROM sending_domains d
   JOIN accounts a ON a.id = d.account_id
   JOIN dkim_keys k ON k.id = d.dkim_key_id
+  LEFT JOIN dkim_keys k2 ON k2.id = d.second_dkim_key_id
+  LEFT JOIN dkim_publication_checks c ON c.domain_id = d.id
  WHERE (%(domain)s::text IS NULL OR d.domain = %(domain)s)
    AND (%(account_id)s::bigint IS NULL OR d.account_id = %(account_id)s)
  ORDER BY a.name, d.domain"""
@@ -136,9 +172,26 @@ def _with_rotating_keys(
             row["created_at"],
             _key(row),
             tuple(rotating.get(row["id"], ())),
+            _second_key(row),
+            row["dkim_published_at"],
+            None
+            if row["checked_at"] is None
+            else LastDkimCheck(row["checked_at"], row["check_published"], row["check_detail"]),
         )
         for row in rows
     ]
+
+
+def _second_key(row: dict[str, Any]) -> DkimKey | None:
+    if row["key2_id"] is None:
+        return None
+    return DkimKey(
+        row["key2_id"],
+        row["account_id"],
+        row["key2_selector"],
+        row["key2_algorithm"],
+        row["key2_public_key_b64"],
+    )
 
 
 def _key(row: dict[str, Any]) -> DkimKey:
@@ -172,17 +225,63 @@ def delete_rotating_key(conn: psycopg.Connection, domain_id: int, key_id: int) -
 
 
 UPDATE_SIGNING_KEY = "UPDATE sending_domains SET dkim_key_id = %s WHERE id = %s"
+UPDATE_SECOND_SIGNING_KEY = "UPDATE sending_domains SET second_dkim_key_id = %s WHERE id = %s"
 
 
-def update_signing_key(conn: psycopg.Connection, domain_id: int, key_id: int) -> None:
-    conn.execute(UPDATE_SIGNING_KEY, (key_id, domain_id))
+def update_signing_key(
+    conn: psycopg.Connection, domain_id: int, key_id: int, *, second: bool = False
+) -> None:
+    """Replace the domain's (first, or with second=True its second) signing key."""
+    conn.execute(UPDATE_SECOND_SIGNING_KEY if second else UPDATE_SIGNING_KEY, (key_id, domain_id))
+
+
+UPSERT_PUBLICATION_CHECK = """
+INSERT INTO dkim_publication_checks (domain_id, checked_at, published, detail)
+VALUES (%(domain_id)s, %(checked_at)s, %(published)s, %(detail)s)
+ON CONFLICT (domain_id) DO UPDATE
+   SET checked_at = excluded.checked_at, published = excluded.published,
+       detail = excluded.detail"""
+
+SELECT_PENDING_DOMAINS = """
+SELECT d.domain
+  FROM sending_domains d
+  LEFT JOIN dkim_publication_checks c ON c.domain_id = d.id
+ WHERE d.dkim_published_at IS NULL
+ ORDER BY c.checked_at NULLS FIRST, d.id
+ LIMIT %s"""
+
+
+def pending_domain_names(conn: psycopg.Connection, limit: int) -> list[str]:
+    """Up to LIMIT pending domains, the least recently checked (never checked) first."""
+    return [row["domain"] for row in conn.execute(SELECT_PENDING_DOMAINS, (limit,)).fetchall()]  # type: ignore[call-overload]
+
+
+# Only a pending domain changes (and so bumps the policy version): published stays set.
+MARK_PUBLISHED = """
+UPDATE sending_domains SET dkim_published_at = %(now)s
+ WHERE id = %(domain_id)s AND dkim_published_at IS NULL"""
+
+
+def record_publication_check(
+    conn: psycopg.Connection, domain_id: int, now: dt.datetime, published: bool, detail: str
+) -> bool:
+    """Store the check's outcome; a pending domain whose keys are all published becomes
+    published. True when this check made it so."""
+    conn.execute(
+        UPSERT_PUBLICATION_CHECK,
+        {"domain_id": domain_id, "checked_at": now, "published": published, "detail": detail},
+    )
+    if not published:
+        return False
+    return conn.execute(MARK_PUBLISHED, {"now": now, "domain_id": domain_id}).rowcount == 1
 
 
 # A key shared with other domains (domain add --reuse-key-of) lives on while any uses it.
 DELETE_UNUSED_KEY = """
 DELETE FROM dkim_keys k
  WHERE k.id = %(id)s
-   AND NOT EXISTS (SELECT 1 FROM sending_domains d WHERE d.dkim_key_id = %(id)s)
+   AND NOT EXISTS (SELECT 1 FROM sending_domains d
+                    WHERE d.dkim_key_id = %(id)s OR d.second_dkim_key_id = %(id)s)
    AND NOT EXISTS (SELECT 1 FROM dkim_key_rotations r WHERE r.dkim_key_id = %(id)s)"""
 
 

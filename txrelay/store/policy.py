@@ -22,6 +22,7 @@ from txrelay.kek import KeyRing, is_sealed
 from txrelay.policy.snapshot import (
     AccountPolicy,
     ConnectionPolicy,
+    DomainKey,
     DomainPolicy,
     PolicySnapshot,
     effective_rate_limit,
@@ -49,11 +50,14 @@ SELECT cd.connection_id, sd.domain
   FROM connection_domains cd
   JOIN sending_domains sd ON sd.id = cd.domain_id"""
 
+# One row per signing key: a dual-signing domain has two, its first key's row first.
 SELECT_DOMAINS = """
-SELECT sd.domain, sd.account_id, sd.list_help, k.id AS key_id, k.selector, k.algorithm,
+SELECT sd.domain, sd.account_id, sd.list_help, sd.dkim_published_at IS NOT NULL AS published,
+       k.id = sd.dkim_key_id AS first_key, k.id AS key_id, k.selector, k.algorithm,
        k.private_key_pem
   FROM sending_domains sd
-  JOIN dkim_keys k ON k.id = sd.dkim_key_id"""
+  JOIN dkim_keys k ON k.id = sd.dkim_key_id OR k.id = sd.second_dkim_key_id
+ ORDER BY sd.domain, first_key DESC"""
 
 
 def current_version(conn: psycopg.Connection) -> int:
@@ -64,9 +68,13 @@ def current_version(conn: psycopg.Connection) -> int:
 class PolicyLoader:
     """Builds snapshots; keeps parsed DKIM keys between reloads so each is parsed once."""
 
-    def __init__(self, quota: QuotaConfig, keys: KeyRing | None = None) -> None:
+    def __init__(
+        self, quota: QuotaConfig, keys: KeyRing | None = None, *, require_published: bool = True
+    ) -> None:
         self.quota = quota
         self.keys = keys  # None: only keys stored in clear (before 'txrelay keys encrypt')
+        # [dkim] require_published: off, every domain counts as published.
+        self.require_published = require_published
         self._keys: dict[tuple[int, str], SigningKey] = {}
         # username -> (credential version, enabled, since): when each credential was first
         # seen in its current state, so that sessions older than it can be told apart.
@@ -90,10 +98,17 @@ class PolicyLoader:
             time.time() if credentials_since is None else credentials_since,
         )
         previous_keys, self._keys = self._keys, {}
-        domains = {}
+        domains: dict[str, DomainPolicy] = {}
+        broken: set[str] = set()
+        # A copy written before dual signing has one row per domain, without first_key.
         for r in rows["domains"]:
-            domain = self._domain(r, previous_keys)
-            if domain is not None:
+            if r["domain"] in broken:
+                continue
+            domain = self._domain(r, previous_keys, domains.get(r["domain"]))
+            if domain is None:  # one unreadable key: the domain is left out (4xx)
+                broken.add(r["domain"])
+                domains.pop(r["domain"], None)
+            else:
                 domains[domain.domain] = domain
         return PolicySnapshot(int(rows["version"]), connections, domains, accounts)
 
@@ -135,7 +150,10 @@ class PolicyLoader:
         return stamped
 
     def _domain(
-        self, r: dict[str, Any], previous_keys: dict[tuple[int, str], SigningKey]
+        self,
+        r: dict[str, Any],
+        previous_keys: dict[tuple[int, str], SigningKey],
+        first: DomainPolicy | None,
     ) -> DomainPolicy | None:
         """A domain with its parsed key; a domain whose key cannot be read is left out (its
         mail gets a 4xx) and logged, rather than stopping every other domain. A sealed key is
@@ -156,6 +174,9 @@ class PolicyLoader:
                 )
                 return None
             self._keys[cache_key] = signing_key
+        if first is not None and not r.get("first_key", True):
+            second = DomainKey(r["selector"], r["algorithm"], signing_key)
+            return dataclasses.replace(first, second_key=second)
         return DomainPolicy(
             domain=r["domain"],
             account_id=int(r["account_id"]),
@@ -163,6 +184,7 @@ class PolicyLoader:
             selector=r["selector"],
             algorithm=r["algorithm"],
             signing_key=signing_key,
+            published=bool(r.get("published", True)) or not self.require_published,
         )
 
     def _open(self, stored: str) -> str:

@@ -1,4 +1,5 @@
-"""The periodic quota tick: renew plans, expire blocks, send low-quota reminders.
+"""The periodic tick: renew plans, expire blocks, send low-quota reminders, and look the DKIM
+records of pending sending domains up.
 
 Run by the tracker every [tracker] tick_interval_seconds and by `txrelay quota tick`.
 Idempotent: a second run (or another node's run) changes nothing.
@@ -17,6 +18,8 @@ import redis
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
 from txrelay.notify import Mailer, Reminder, Usage, compose
+from txrelay.provisioning import dns_check, domains
+from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.store import lifecycle
 
 log = logging.getLogger("txrelay.tracker")
@@ -29,6 +32,8 @@ class TickResult:
     reminders_sent: list[str] = field(default_factory=list)  # account names
     rearmed: list[str] = field(default_factory=list)
     reminder_failures: list[str] = field(default_factory=list)
+    dkim_checked: list[str] = field(default_factory=list)  # pending domains looked up
+    dkim_published: list[str] = field(default_factory=list)  # ... that became published
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,6 +58,8 @@ class TickResult:
             "reminders_sent": self.reminders_sent,
             "rearmed": self.rearmed,
             "reminder_failures": self.reminder_failures,
+            "dkim_checked": self.dkim_checked,
+            "dkim_published": self.dkim_published,
         }
 
 
@@ -90,7 +97,38 @@ def run_tick(
             block.expired_unused,
         )
     check_reminders(conn, config, now, mailer, result, accounts)
+    if accounts is None:
+        check_pending_dkim(conn, config, now, result)
     return result
+
+
+# Pending domains looked up per tick (least recently checked first), each lookup short: a
+# slow or dead DNS server must not hold up the tracker's log reading for long.
+DKIM_CHECKS_PER_TICK = 20
+DKIM_LOOKUP_SECONDS = 3.0
+
+
+def check_pending_dkim(
+    conn: psycopg.Connection, config: Config, now: dt.datetime, result: TickResult
+) -> None:
+    """Look the DKIM records of pending domains up, as `txrelay domain check` does: a
+    domain whose signing keys are all published may send live mail from now on."""
+    if not config.dkim.require_published:
+        return
+    try:
+        lookup = DnsLookup(config.dns, lifetime=DKIM_LOOKUP_SECONDS)
+    except ServiceUnavailable as exc:
+        log.warning("event=dkim_check_failed reason=%s", exc)
+        return
+    for pending in domains.pending_domains(conn, DKIM_CHECKS_PER_TICK):
+        published, detail = dns_check.dkim_publication(
+            dns_check.check_signing_dkim(lookup, pending)
+        )
+        _, became = domains.record_dkim_publication(conn, now, pending, published, detail)
+        result.dkim_checked.append(pending.domain)
+        if became:
+            result.dkim_published.append(pending.domain)
+            log.info("event=dkim_published domain=%s detail=%r", pending.domain, detail)
 
 
 def check_reminders(
