@@ -178,3 +178,17 @@ def load_active(conn: Conn, now: dt.datetime) -> list[Suppression]:
 
 def load_changed(conn: Conn, after: str) -> list[Suppression]:
     return [_row(row) for row in conn.execute(CHANGED_SUPPRESSIONS, {"after": after}).fetchall()]
+
+
+# The message whose bounce or complaint suppressed the address (show).
+SOURCE_MESSAGE = """
+SELECT m.txn_id, m.queue_id, m.message_id, m.accepted_at, l.state, l.last_event,
+       c.name AS connection
+  FROM ledger l JOIN messages m ON m.id = l.message_id
+  JOIN connections c ON c.id = l.connection_id
+ WHERE l.id = %(ledger_id)s"""
+
+
+def source_message(conn: Conn, ledger_id: int) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = conn.execute(SOURCE_MESSAGE, {"ledger_id": ledger_id}).fetchone()
+    return row
