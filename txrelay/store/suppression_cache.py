@@ -63,6 +63,7 @@ class SuppressionCache:
         self.pool = pool
         self.clock = clock
         self.entries: dict[tuple[int, str], Suppressed] = {}
+        self._change_ids: dict[tuple[int, str], int] = {}  # the row version applied
         self.loaded = False
         self._after: str | None = None  # the previous read's snapshot xmin
         self._counts: dict[tuple[int, dt.datetime], int] = {}
@@ -122,12 +123,24 @@ class SuppressionCache:
         return len(rows)
 
     def _apply(self, rows: list[Suppression], now: dt.datetime) -> None:
+        """Hold each row as it is now. A change read for the first time is logged (without
+        the address): when this node learnt of it, for the admin and the tests."""
         for row in rows:
             key = (row.account_id, row.address)
-            if row.active(now):
+            active = row.active(now)
+            if active:
                 self.entries[key] = Suppressed(row.reason, row.created_at, row.expires_at, row.dsn)
             else:
                 self.entries.pop(key, None)
+            if self.loaded and self._change_ids.get(key) != row.change_id:
+                log.info(
+                    "event=suppression_changed account=%d change_id=%d state=%s reason=%s",
+                    row.account_id,
+                    row.change_id,
+                    "suppressed" if active else "lifted",
+                    row.reason,
+                )
+            self._change_ids[key] = row.change_id
 
     def flush_counts(self) -> None:
         """Add the counts gathered since the last flush in one statement; kept for the next
