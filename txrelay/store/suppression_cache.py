@@ -68,6 +68,7 @@ class SuppressionCache:
         self._after: str | None = None  # the previous read's snapshot xmin
         self._counts: dict[tuple[int, dt.datetime], int] = {}
         self._counts_lock = threading.Lock()
+        self._read_lock = threading.Lock()  # one read at a time: applied in read order
         self._failing = False
         self.loop = SupervisedLoop(
             "suppression-refresh", max(interval, 0.1), self.poll, last_run=True
@@ -107,7 +108,10 @@ class SuppressionCache:
     def refresh(self) -> int:
         """Read what changed since the previous read (everything in effect, the first time);
         the number of rows read."""
-        now = self.clock.now()
+        with self._read_lock:
+            return self._read(self.clock.now())
+
+    def _read(self, now: dt.datetime) -> int:
         with self.pool.connection() as conn:
             after = suppressions.snapshot_xmin(conn)  # before the read: see CHANGED_…
             if self._after is None:
