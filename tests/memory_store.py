@@ -9,6 +9,7 @@ hands out one snapshot; the refusal budget counts per connection and clock hour.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import threading
 import time
@@ -28,11 +29,13 @@ from txrelay.policy.snapshot import (
     PolicySnapshot,
     effective_rate_limit,
 )
+from txrelay.policy.suppression import Suppressed
 from txrelay.policy.verdict import Verdict
 from txrelay.signing import load_signing_key
 from txrelay.store.ledger import AcceptedMessage, Allocation, Recorded
 from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import RedisUnavailable, ReservationRequest
+from txrelay.store.suppression_cache import bucket_of
 
 RATE_WINDOW = 3600.0  # reserve.lua's sliding hour
 
@@ -181,6 +184,34 @@ class MemoryPolicy:
         return tenant
 
 
+class MemorySuppressions:
+    """The SuppressionList Protocol in memory: what suppress/remove wrote, as the cache holds
+    it after its next read, and the refused counts per (connection, 15-minute bucket)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.entries: dict[tuple[int, str], Suppressed] = {}
+        self.counts: dict[tuple[int, dt.datetime], int] = {}
+        self._lock = threading.Lock()
+
+    def suppress(self, account_id: int, address: str, reason: str = "hard_bounce",
+                 *, dsn: str | None = "5.1.1", expires_at: dt.datetime | None = None) -> None:
+        self.entries[(account_id, address.lower())] = Suppressed(
+            reason, self.clock.now(), expires_at, dsn)
+
+    def remove(self, account_id: int, address: str) -> None:
+        self.entries.pop((account_id, address.lower()), None)
+
+    def lookup(self, account_id: int, address: str) -> Suppressed | None:
+        entry = self.entries.get((account_id, address))
+        return entry if entry is not None and entry.active(self.clock.now()) else None
+
+    def count_refused(self, connection_id: int) -> None:
+        with self._lock:
+            key = (connection_id, bucket_of(self.clock.now()))
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+
 class MemoryRefusals:
     """The Refusals Protocol in memory: refused messages per (connection, clock hour)."""
 
@@ -215,6 +246,7 @@ class MemoryStores:
     reservations: MemoryReservations
     policy: MemoryPolicy
     refusals: MemoryRefusals
+    suppressions: MemorySuppressions
     closed: list[bool] = field(default_factory=list)
 
     def add_tenant(self, unique: str, *, demo_quota: int = 1000, paid: bool = False,
@@ -230,10 +262,12 @@ def memory_stores(config: Config, clock: Clock, refusal_budget: int = 0) -> Memo
                         MemoryReservations(ledger.remaining_quota,
                                            config.milter.reservation_ttl_seconds),
                         MemoryPolicy(config.quota.demo_rate_limit),
-                        MemoryRefusals(refusal_budget, clock))
+                        MemoryRefusals(refusal_budget, clock),
+                        MemorySuppressions(clock))
 
 
 def memory_runtime(config: Config, clock: Clock, stores: MemoryStores) -> Runtime:
     """A Runtime with nothing behind it but these in-memory stores."""
     return Runtime(config, "test-node", clock, stores.policy, stores.reservations,
-                   stores.ledger, stores.refusals, lambda: stores.closed.append(True))
+                   stores.ledger, stores.refusals, stores.suppressions,
+                   lambda: stores.closed.append(True))

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from txrelay.errors import ConfigError
+from txrelay.policy.suppression import SuppressionRules
 
 DEFAULT_CONFIG_PATH = Path("/etc/txrelay/txrelay.toml")
 ENV_PREFIX = "TXRELAY_"
@@ -527,6 +528,44 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class SuppressionConfig:
+    """When a bounce or a complaint puts the recipient on the account's suppression list
+    (the milter then refuses it at RCPT with 550 5.1.1), and for how long. Used by the
+    tracker (Postfix's log) and by inbound DSNs and complaint reports."""
+
+    soft_bounce_limit: int = setting(
+        3,
+        "Soft bounces of one recipient (mailbox full, 4xx until the queue lifetime ran out) "
+        "within `soft_bounce_window_days` that suppress it; 0: soft bounces never suppress.",
+        NON_NEGATIVE,
+    )
+    soft_bounce_window_days: int = setting(
+        7, "The window in which soft bounces are counted, in days.", POSITIVE
+    )
+    hard_bounce_days: int = setting(
+        0,
+        "How long a hard bounce (5.1.1 no such user…) suppresses, in days; 0: until "
+        "`txrelay suppression remove`.",
+        NON_NEGATIVE,
+    )
+    soft_bounces_days: int = setting(
+        30, "How long repeated soft bounces suppress, in days; 0: until removed.", NON_NEGATIVE
+    )
+    complaint_days: int = setting(
+        0, "How long a spam complaint suppresses, in days; 0: until removed.", NON_NEGATIVE
+    )
+
+    def rules(self) -> SuppressionRules:
+        return SuppressionRules(
+            soft_bounce_limit=self.soft_bounce_limit,
+            soft_bounce_window_days=self.soft_bounce_window_days,
+            hard_bounce_days=self.hard_bounce_days,
+            soft_bounces_days=self.soft_bounces_days,
+            complaint_days=self.complaint_days,
+        )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -588,6 +627,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -612,6 +652,7 @@ SECTIONS: dict[str, type] = {
     "dkim": DkimConfig,
     "limits": LimitsConfig,
     "bounce": BounceConfig,
+    "suppression": SuppressionConfig,
 }
 
 

@@ -42,9 +42,11 @@ class ReplyRule:
         return fnmatch.fnmatchcase(address.lower(), self.pattern.lower())
 
 
+# Local parts starting with bounce- or defer- produce a bounce or a deferral on loopback
+# (the demo and the tests of bounces, suppression and expiry).
 DEFAULT_RULES = (
-    ReplyRule("defer*@*", "451 4.3.0 Deferred by the capture sink (rule defer*)"),
-    ReplyRule("bounce*@*", "550 5.1.1 Bounced by the capture sink (rule bounce*)"),
+    ReplyRule("defer-*@*", "451 4.2.0 Mailbox busy, deferred by the capture sink (rule defer-*)"),
+    ReplyRule("bounce-*@*", "550 5.1.1 No such user, bounced by the capture sink (rule bounce-*)"),
 )
 
 

@@ -43,7 +43,7 @@ def deadlocks(relay: RelayStack) -> int:
 
 def recipient(token: str, shop: int, n: int) -> tuple[str, str]:
     """The n-th mail's recipient and the state the tracker must end with: the capture sink
-    defers defer*@ (451) and bounces bounce*@ (550)."""
+    defers defer-*@ (451) and bounces bounce-*@ (550)."""
     if n % 10 == 3:
         return f"defer-{token}-{shop}-{n}@{RCPT_DOMAIN}", "deferred"
     if n % 15 == 7:

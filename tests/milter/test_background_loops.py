@@ -69,8 +69,8 @@ def test_a_policy_refresh_that_raises_logs_error_and_keeps_refreshing(
 def test_every_background_loop_of_the_runtime_is_supervised_and_running(
         runtime: Runtime) -> None:
     statuses = {s.name: s for s in runtime.loops.statuses()}
-    assert set(statuses) == {"policy-refresh", "ledger-settler", "redis-recovery",
-                             "journal-replay"}
+    assert set(statuses) == {"policy-refresh", "suppression-refresh", "ledger-settler",
+                             "redis-recovery", "journal-replay"}
     assert all(s.alive and s.problem() is None for s in statuses.values())
     assert [name for name, s in statuses.items() if s.critical] == ["policy-refresh"]
 

@@ -27,6 +27,7 @@ COMMANDS = [
     ("txrelay.cli.tracker", "tracker"),
     ("txrelay.cli.stats", "stats"),
     ("txrelay.cli.messages", "messages"),
+    ("txrelay.cli.suppression", "suppression"),
     ("txrelay.cli.billing", "billing"),
     ("txrelay.cli.journal", "journal"),
     ("txrelay.cli.settings", "config_group"),

@@ -37,7 +37,8 @@ def search(
     limit: int,
 ) -> None:
     """Each matching recipient: state (queued, delivered, deferred, bounced, voided), DSN
-    and the last event, newest first.
+    and the last event, the kind of its bounce (hard, soft, block; learnt from Postfix's
+    log or a DSN) and a spam complaint, newest first.
 
     \b
     Example:
@@ -67,7 +68,7 @@ def search(
             **row,
             **{
                 k: row[k].isoformat()
-                for k in ("accepted_at", "last_event_at")
+                for k in ("accepted_at", "last_event_at", "complained_at")
                 if row[k] is not None
             },
         }
@@ -89,3 +90,10 @@ def _print(rows: list[dict[str, Any]]) -> None:
         )
         if row["last_event"]:
             click.echo(f"    {row['last_event']}")
+        if row["bounce_kind"]:
+            click.echo(f"    {row['bounce_kind']} bounce (from {row['bounce_source']})")
+        if row["complained_at"]:
+            click.echo(
+                f"    complaint ({row['complaint_type'] or 'abuse'}) "
+                f"{row['complained_at']:%Y-%m-%d %H:%M:%S}"
+            )

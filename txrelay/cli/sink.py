@@ -33,7 +33,8 @@ import click
 @click.option(
     "--no-default-rules",
     is_flag=True,
-    help="Accept defer*@ and bounce*@ recipients too (by default they get 451 and 550).",
+    help="Accept defer-*@ and bounce-*@ recipients too (by default they get 451 4.2.0 "
+    "and 550 5.1.1).",
 )
 def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...], no_default_rules: bool) -> None:
     """Accept mail on HOST:PORT and store it in a Maildir, envelope in X-Sink-* headers.

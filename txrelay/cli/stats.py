@@ -58,7 +58,8 @@ def stats(
     cli: CliContext, account: str | None, connection: str | None, since: Any, until: Any
 ) -> None:
     """Per connection: recipients arrived (accepted), delivered, deferred, bounced, the
-    bounce rate, whether the connection is active and when it was last used.
+    bounce rate, complaints, recipients refused as suppressed (never arrived, not billed),
+    whether the connection is active and when it was last used.
 
     \b
     Example:
@@ -96,6 +97,8 @@ def stats_view(row: ConnectionStats) -> dict[str, Any]:
         "bounced": row.bounced,
         "in_flight": row.in_flight,
         "bounce_rate": str(row.bounce_rate),
+        "complained": row.complained,
+        "suppressed": row.suppressed,
     }
 
 
@@ -111,6 +114,8 @@ def _print_table(rows: list[ConnectionStats], window_days: int) -> None:
         "DEFERRED",
         "BOUNCED",
         "BOUNCE%",
+        "COMPLAINED",
+        "SUPPRESSED",
         "ACTIVE",
         "LAST USED",
     )
@@ -130,6 +135,8 @@ def _print_table(rows: list[ConnectionStats], window_days: int) -> None:
                 str(row.deferred),
                 str(row.bounced),
                 f"{row.bounce_rate * 100:.2f}",
+                str(row.complained),
+                str(row.suppressed),
                 state,
                 f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never",
             )

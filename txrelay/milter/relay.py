@@ -36,6 +36,7 @@ from txrelay.policy.quota import recipient_verdict
 from txrelay.policy.recipients import POSTFIX_DUP_FILTER_LIMIT, duplicate_key
 from txrelay.policy.sender import authorize_sender
 from txrelay.policy.session import SessionLogin, check_session_login
+from txrelay.policy.suppression import suppressed_refusal
 from txrelay.policy.verdict import (
     LEDGER_SERVICE,
     QUOTA_SERVICE,
@@ -179,7 +180,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     @metrics.timed("rcpt")
     @guarded
     def envrcpt(self, rcpt_to: str, *params: str) -> int:
-        """RCPT: reserve one unit of rate and quota for this recipient (or refuse it)."""
+        """RCPT: refuse a recipient on the account's suppression list (before any
+        reservation: not billed), else reserve one unit of rate and quota for it."""
         txn = self.txn
         if txn is None:
             return self._apply(NO_TRANSACTION)
@@ -189,6 +191,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         except InvalidDomain as exc:
             txn.refused_recipients += 1
             return self._apply(domain_refusal(exc, recipient=True))
+        suppressed = self.runtime.suppressions.lookup(txn.account.id, recipient)
+        if suppressed is not None:
+            txn.refused_recipients += 1
+            self.runtime.suppressions.count_refused(txn.connection.id)
+            return self._apply(suppressed_refusal(recipient, suppressed))
         key = duplicate_key(
             rcpt_to, params, original_recipient=self.runtime.config.milter.original_recipient
         )

@@ -34,6 +34,7 @@ from txrelay.store.policy_cache import PolicyCache, PolicySource
 from txrelay.store.recording import Ledger, PostgresLedger, PostgresQuotaBalance
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
+from txrelay.store.suppression_cache import SuppressionCache, SuppressionList
 from txrelay.supervised import Loops, SupervisedLoop
 
 log = logging.getLogger("txrelay.milter")
@@ -53,6 +54,7 @@ class Runtime:
     reservations: ReservationStore
     ledger: Ledger
     refusals: Refusals
+    suppressions: SuppressionList
     close: Callable[[], None]
     loops: Loops = field(default_factory=Loops)
 
@@ -125,14 +127,19 @@ def open_runtime(
         Path(config.dovecot.passdb_file),
     )
     policy.refresh()
+    # Beside the policy: the suppression lists, read whole now (while PostgreSQL answers),
+    # then only their changes at each run of the loop.
+    suppressions = SuppressionCache(pool, clock, config.milter.policy_refresh_seconds)
+    suppressions.poll()
     replayer = SupervisedLoop(
         "journal-replay", REPLAY_INTERVAL, ledger.replay_journal, first_run_now=True
     )
-    for loop in (policy.loop, reservations.loop, replayer):
+    for loop in (policy.loop, suppressions.loop, reservations.loop, replayer):
         loops.add(loop).start()
 
     def close() -> None:
         replayer.stop()
+        suppressions.stop()
         settler.stop()
         reservations.stop()
         policy.stop()
@@ -147,4 +154,6 @@ def open_runtime(
         clock,
         lambda: reservations.degraded,
     )
-    return Runtime(config, node, clock, policy, reservations, ledger, refusals, close, loops)
+    return Runtime(
+        config, node, clock, policy, reservations, ledger, refusals, suppressions, close, loops
+    )

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from txrelay.policy.bounces import BounceKind
+from txrelay.policy.verdict import Verdict
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,38 @@ def after_bounce(
 
 def after_complaint(rules: SuppressionRules, now: dt.datetime) -> SuppressionDecision:
     return SuppressionDecision("complaint", _expiry(rules.complaint_days, now))
+
+
+REASON_WORDS = {
+    "hard_bounce": "hard bounce",
+    "soft_bounces": "repeated soft bounces",
+    "complaint": "spam complaint",
+    "manual": "added by the relay admin",
+}
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """One suppressed recipient as the milter holds it in memory."""
+
+    reason: str
+    since: dt.datetime
+    expires_at: dt.datetime | None
+    dsn: str | None = None
+
+    def active(self, now: dt.datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+def suppressed_refusal(address: str, entry: Suppressed) -> Verdict:
+    """550 5.1.1 at RCPT: why, since when, and what the shop can do about it."""
+    why = REASON_WORDS.get(entry.reason, entry.reason)
+    if entry.dsn:
+        why = f"{why} {entry.dsn}"
+    until = f" until {entry.expires_at:%Y-%m-%d}" if entry.expires_at else ""
+    return Verdict.reject(
+        "550",
+        "5.1.1",
+        f"<{address}> is suppressed for this account since {entry.since:%Y-%m-%d} ({why})"
+        f"{until}; the relay does not send to it; ask your relay admin to remove it",
+    )

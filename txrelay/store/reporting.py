@@ -17,8 +17,11 @@ Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s"
 
 # Per connection: recipients that arrived in the period and what became of them. Voided
-# rows never reached Postfix's queue: they did not arrive. Live connections are listed even
-# without mail; deleted ones only when they have mail in the period.
+# rows never reached Postfix's queue: they did not arrive. Complained: recipients who
+# reported the message as spam. Suppressed: recipients refused at RCPT for being on the
+# account's suppression list (never arrived; counted by 15-minute bucket). Live
+# connections are listed even without mail; deleted ones only when they have mail in the
+# period.
 CONNECTION_STATS = """
 SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled,
        c.deleted_at,
@@ -28,7 +31,12 @@ SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled
        count(l.id) FILTER (WHERE l.state = 'delivered') AS delivered,
        count(l.id) FILTER (WHERE l.state = 'deferred') AS deferred,
        count(l.id) FILTER (WHERE l.state = 'bounced') AS bounced,
-       count(l.id) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight
+       count(l.id) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight,
+       count(l.id) FILTER (WHERE l.complained_at IS NOT NULL) AS complained,
+       (SELECT COALESCE(sum(s.refused), 0) FROM suppressed_counts s
+         WHERE s.connection_id = c.id
+           AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
+           AND s.bucket < %(until)s) AS suppressed
   FROM connections c
   JOIN accounts a ON a.id = c.account_id
   LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
@@ -38,6 +46,9 @@ SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
  GROUP BY a.name, c.id
 HAVING c.deleted_at IS NULL OR count(l.id) > 0
+    OR EXISTS (SELECT 1 FROM suppressed_counts s WHERE s.connection_id = c.id
+                AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
+                AND s.bucket < %(until)s)
  ORDER BY a.name, c.name, c.id"""
 
 
@@ -55,6 +66,8 @@ class ConnectionStats:
     deferred: int
     bounced: int
     in_flight: int
+    complained: int = 0
+    suppressed: int = 0
 
     @property
     def bounce_rate(self) -> Decimal:
@@ -110,6 +123,8 @@ def _stats(row: dict[str, Any], now: dt.datetime, active_window: dt.timedelta) -
         deferred=int(row["deferred"]),
         bounced=int(row["bounced"]),
         in_flight=int(row["in_flight"]),
+        complained=int(row["complained"]),
+        suppressed=int(row["suppressed"]),
     )
 
 
@@ -124,7 +139,8 @@ def require_account(conn: Conn, name: str) -> int:
 SEARCH_RECIPIENTS = """
 SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
        a.name AS account, c.name AS connection, l.recipient, l.state, l.billing, l.dsn,
-       l.last_event, l.last_event_at
+       l.last_event, l.last_event_at, l.bounce_kind, l.bounce_source, l.complained_at,
+       l.complaint_type
   FROM ledger l
   JOIN messages m ON m.id = l.message_id
   JOIN accounts a ON a.id = l.account_id

@@ -168,14 +168,12 @@ UPDATE ledger SET state = %(state)s, dsn = %(dsn)s, last_event = %(event)s,
                   last_event_at = %(now)s
  WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred')"""
 
-EXPIRE_MESSAGE = """
-UPDATE ledger SET state = 'bounced', dsn = COALESCE(dsn, '4.4.7'),
-                  last_event = 'expired, returned to sender', last_event_at = %(now)s
- WHERE id IN (SELECT id FROM ledger
-               WHERE message_id = %(message_id)s
-                 AND state IN ('accepted', 'queued', 'deferred')
-               ORDER BY id FOR UPDATE)
-   AND state IN ('accepted', 'queued', 'deferred')"""
+# qmgr gave up on a message: its recipients still pending, each then recorded as a bounce
+# through store/outcomes.py (the chunk locked them already, in id order).
+EXPIRING_ROWS = """
+SELECT id, dsn, last_event FROM ledger
+ WHERE message_id = %(message_id)s AND state IN ('accepted', 'queued', 'deferred')
+ ORDER BY id"""
 
 # A chunk of log lines is one transaction that updates the rows of many messages in log
 # order, which is not id order: the settler, which locks an account's pending rows by id,
@@ -251,8 +249,23 @@ def record_outcome(
     return cursor.rowcount == 1
 
 
-def expire_message(conn: Conn, message_id: int, now: dt.datetime) -> int:
-    return conn.execute(EXPIRE_MESSAGE, {"message_id": message_id, "now": now}).rowcount
+@dataclass(frozen=True)
+class ExpiringRow:
+    ledger_id: int
+    dsn: str | None  # of its last deferral (4.x.x), if any
+    last_event: str | None
+
+
+def expiring_rows(conn: Conn, message_id: int) -> list[ExpiringRow]:
+    rows = conn.execute(EXPIRING_ROWS, {"message_id": message_id}).fetchall()
+    return [
+        ExpiringRow(
+            int(r["id"]),
+            r["dsn"] if r["dsn"] and r["dsn"].startswith("4.") else None,
+            r["last_event"],
+        )
+        for r in rows
+    ]
 
 
 def mark_removed(conn: Conn, message_id: int, now: dt.datetime) -> None:

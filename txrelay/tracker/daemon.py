@@ -98,7 +98,11 @@ class TrackerDaemon:
         if self.tracker is None:
             self.conn = database.connect(self.config.database.for_daemons(), autocommit=True)
             self.tracker = Tracker(
-                self.conn, self.node, self.source.open(self.rotation_grace), self.clock
+                self.conn,
+                self.node,
+                self.source.open(self.rotation_grace),
+                self.clock,
+                self.config.suppression.rules(),
             )
         return self.tracker
 

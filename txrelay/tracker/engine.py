@@ -17,8 +17,6 @@ from txrelay.tracker.follower import Chunk, same_file
 from txrelay.tracker.sources import LogSource
 
 log = logging.getLogger("txrelay.tracker")
-# The suppression rules the tracker applies to bounces it reads in the log.
-SUPPRESSION_RULES = SuppressionRules()
 
 
 @dataclass(frozen=True)
@@ -35,9 +33,17 @@ class Tracker:
     """One node's tracker for one log source (a file through rotations, or the journal)."""
 
     def __init__(
-        self, conn: psycopg.Connection, node: str, source: LogSource, clock: Clock
+        self,
+        conn: psycopg.Connection,
+        node: str,
+        source: LogSource,
+        clock: Clock,
+        rules: SuppressionRules | None = None,
     ) -> None:
+        """rules: when bounces suppress (the configuration's [suppression]; default: the
+        defaults of SuppressionRules)."""
         self.conn = conn
+        self.rules = rules or SuppressionRules()
         self.node = node
         self.follower = source
         self.log_path = source.key  # the source's row in tracker_positions
@@ -105,7 +111,7 @@ class Tracker:
                 [event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)],
             )
             for event, line in events:
-                counters += apply_event(self.conn, self.node, event, now, line)
+                counters += apply_event(self.conn, self.node, event, now, line, self.rules)
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
         return counters
@@ -120,7 +126,7 @@ class Tracker:
             queue_ids = tracking.awaited_with_pending(self.conn, self.node)
             tracking.lock_queue_rows(self.conn, self.node, queue_ids)
             for queue_id in queue_ids:
-                counters += apply_pending(self.conn, self.node, queue_id, now)
+                counters += apply_pending(self.conn, self.node, queue_id, now, self.rules)
         return counters
 
     def close(self) -> None:
@@ -140,11 +146,18 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
     return start.offset == 0  # the first chunk of the next file after a rotation
 
 
+EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
+EXPIRED_EVENT = "expired, returned to sender"
 _LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
 
 
 def apply_event(
-    conn: psycopg.Connection, node: str, event: logline.Event, now: dt.datetime, line: str
+    conn: psycopg.Connection,
+    node: str,
+    event: logline.Event,
+    now: dt.datetime,
+    line: str,
+    rules: SuppressionRules,
 ) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
@@ -155,16 +168,18 @@ def apply_event(
         return Counters(unparsed_lines=1)
     if not isinstance(event, _LEDGER_EVENTS):
         return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
-    counters = apply_pending(conn, node, event.queue_id, now)
+    counters = apply_pending(conn, node, event.queue_id, now, rules)
     if tracking.queue_owner(conn, node, event.queue_id) is None:
         tracking.keep_event(conn, node, event.queue_id, line, now)
         if isinstance(event, logline.Removed):
             return counters
         return counters + Counters(unmatched_events=1)
-    return counters + _apply_known(conn, node, event, now)
+    return counters + _apply_known(conn, node, event, now, rules)
 
 
-def apply_pending(conn: psycopg.Connection, node: str, queue_id: str, now: dt.datetime) -> Counters:
+def apply_pending(
+    conn: psycopg.Connection, node: str, queue_id: str, now: dt.datetime, rules: SuppressionRules
+) -> Counters:
     """Apply the kept lines of queue_id, oldest first, once a message owns it; each is deleted
     in the transaction that applies it (exactly once). A kept 'removed' ends that message:
     the lines after it belong to the queue id's next use and stay kept."""
@@ -172,24 +187,28 @@ def apply_pending(conn: psycopg.Connection, node: str, queue_id: str, now: dt.da
     for pending in tracking.pending_events(conn, node, queue_id):
         if tracking.queue_owner(conn, node, queue_id) is None:
             break
-        counters += _apply_known(conn, node, logline.parse_line(pending.line), now)
+        counters += _apply_known(conn, node, logline.parse_line(pending.line), now, rules)
         tracking.forget_pending(conn, pending.id)
     return counters
 
 
 def _apply_known(
-    conn: psycopg.Connection, node: str, event: logline.Event, now: dt.datetime
+    conn: psycopg.Connection,
+    node: str,
+    event: logline.Event,
+    now: dt.datetime,
+    rules: SuppressionRules,
 ) -> Counters:
     """A ledger event of a queue id some message owned when the line was read."""
     if isinstance(event, logline.Queued):
         return _apply_queued(conn, node, event, now)
     if isinstance(event, logline.Delivery):
-        return _apply_delivery(conn, node, event, now)
+        return _apply_delivery(conn, node, event, now, rules)
     if isinstance(event, logline.Expired):
         owner = tracking.queue_owner(conn, node, event.queue_id)
         if owner is None:
             return Counters(unmatched_events=1)
-        tracking.expire_message(conn, owner[0], now)
+        _apply_expired(conn, owner[0], now, rules)
         return Counters()
     if isinstance(event, logline.Removed):
         owner = tracking.queue_owner(conn, node, event.queue_id)
@@ -237,8 +256,31 @@ def _apply_queued(
     return counters
 
 
+def _apply_expired(
+    conn: psycopg.Connection, message_id: int, now: dt.datetime, rules: SuppressionRules
+) -> None:
+    """qmgr gave up: every recipient still pending bounced, one by one through outcomes (a
+    soft bounce each, counted for the soft-bounce rule; the DSN of its last deferral, or
+    4.4.7 delivery time expired)."""
+    for pending in tracking.expiring_rows(conn, message_id):
+        outcomes.record_bounce(
+            conn,
+            pending.ledger_id,
+            pending.dsn or EXPIRED_STATUS,
+            pending.last_event or "",
+            now,
+            source="log",
+            rules=rules,
+            event=EXPIRED_EVENT,
+        )
+
+
 def _apply_delivery(
-    conn: psycopg.Connection, node: str, event: logline.Delivery, now: dt.datetime
+    conn: psycopg.Connection,
+    node: str,
+    event: logline.Delivery,
+    now: dt.datetime,
+    rules: SuppressionRules,
 ) -> Counters:
     owner = tracking.queue_owner(conn, node, event.queue_id)
     if owner is None:
@@ -268,7 +310,7 @@ def _apply_delivery(
             candidate.detail,
             now,
             source="log",
-            rules=SUPPRESSION_RULES,
+            rules=rules,
             event=candidate.describe(),
         )
     elif tracking.record_outcome(
