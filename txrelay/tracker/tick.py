@@ -17,7 +17,7 @@ import redis
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
 from txrelay.notify import Mailer, Reminder, Usage, compose
-from txrelay.store import lifecycle
+from txrelay.store import lifecycle, webhook_events
 
 log = logging.getLogger("txrelay.tracker")
 
@@ -29,6 +29,7 @@ class TickResult:
     reminders_sent: list[str] = field(default_factory=list)  # account names
     rearmed: list[str] = field(default_factory=list)
     reminder_failures: list[str] = field(default_factory=list)
+    quota_exhausted: list[int] = field(default_factory=list)  # account ids told (webhooks)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,6 +54,7 @@ class TickResult:
             "reminders_sent": self.reminders_sent,
             "rearmed": self.rearmed,
             "reminder_failures": self.reminder_failures,
+            "quota_exhausted": self.quota_exhausted,
         }
 
 
@@ -90,6 +92,10 @@ def run_tick(
             block.expired_unused,
         )
     check_reminders(conn, config, now, mailer, result, accounts)
+    with conn.transaction():
+        result.quota_exhausted = lifecycle.check_exhaustion(conn, now, accounts)
+    for account_id in result.quota_exhausted:
+        log.info("event=quota_exhausted account_id=%d", account_id)
     return result
 
 
@@ -143,6 +149,17 @@ def send_reminder(
         mailer.send(compose(reminder, config.notify.from_address))
         lifecycle.record_notification(
             conn, candidate.account_id, "low_quota", reminder.detail(), now
+        )
+        webhook_events.emit(
+            conn,
+            candidate.account_id,
+            "quota.low",
+            {
+                "account": candidate.account,
+                "remaining": candidate.remaining,
+                "threshold": candidate.threshold,
+            },
+            now,
         )
         lifecycle.set_armed(conn, candidate.account_id, False, now)
     log.info(
