@@ -204,7 +204,7 @@ def test_a_host_that_turns_private_after_add_is_refused_at_delivery(
     summary = WebhookWorker(worker_config, SystemClock()).once()
     assert summary.refused == 1 and receiver.received == []
     [row] = store.deliveries(conn, added.webhook.id, False, 10)
-    assert row["last_error"] == (f"refused: {host} resolves to 127.0.0.1 is a loopback address; "
+    assert row["last_error"] == (f"refused: {host} resolves to 127.0.0.1, a loopback address; "
                                  "webhooks go to public addresses only (--allow-private allows "
                                  "it for this webhook)")
 

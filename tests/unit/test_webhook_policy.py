@@ -28,7 +28,7 @@ def test_public_addresses_are_allowed(address: str) -> None:
 
 
 def test_one_private_answer_among_public_ones_refuses_the_host() -> None:
-    with pytest.raises(InvalidInput, match=r"hooks\.shop\.example resolves to 10\.0\.0\.1 is a "
+    with pytest.raises(InvalidInput, match=r"hooks\.shop\.example resolves to 10\.0\.0\.1, a "
                        r"private address; .*--allow-private"):
         policy.check_addresses("hooks.shop.example", ["93.184.216.34", "10.0.0.1"], False)
     assert policy.check_addresses("h", ["10.0.0.1"], True) == ["10.0.0.1"]

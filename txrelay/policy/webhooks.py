@@ -73,9 +73,9 @@ def parse_url(url: str) -> Target:
 
 
 def address_refusal(address: str | IPAddress) -> str | None:
-    """Why a webhook may not connect to this address (private, loopback, link-local,
-    multicast, reserved, unspecified; an IPv4 address mapped or embedded in IPv6 counts as
-    itself), or None when it is a public address."""
+    """Why a webhook may not connect to this address ("a private address"; also loopback,
+    link-local, multicast, reserved, unspecified; an IPv4 address mapped or embedded in IPv6
+    counts as itself), or None when it is a public address."""
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
@@ -91,7 +91,7 @@ def address_refusal(address: str | IPAddress) -> str | None:
         ("not globally reachable", not ip.is_global),
     ):
         if found:
-            return f"{ip} is a {kind} address"
+            return f"a {kind} address"
     return None
 
 
@@ -106,8 +106,9 @@ def check_addresses(host: str, addresses: list[str], allow_private: bool) -> lis
     for address in addresses:
         refusal = address_refusal(address)
         if refusal is not None:
+            where = f"{address} is" if address == host else f"{host} resolves to {address},"
             raise InvalidInput(
-                f"{host} resolves to {refusal}; webhooks go to public addresses only "
+                f"{where} {refusal}; webhooks go to public addresses only "
                 "(--allow-private allows it for this webhook)"
             )
     return addresses

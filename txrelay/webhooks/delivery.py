@@ -50,9 +50,8 @@ class Outcome:
 def resolve(target: policy.Target, resolver: Resolver, allow_private: bool) -> list[str]:
     """The checked addresses to connect to; InvalidInput when the host may not be called
     (LookupFailed from the resolver when DNS did not answer)."""
-    literal = target.literal_address
-    if literal is not None:
-        found = [str(literal)]
+    if target.literal_address is not None:
+        found = [target.host]
     else:
         found = resolver.addresses(target.host, "A") + resolver.addresses(target.host, "AAAA")
     return policy.check_addresses(target.host, found, allow_private)
