@@ -2,7 +2,8 @@
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
 # (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
-# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex)
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex, PHP and
+# Node.js for the webhook signature recipes)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ packages=(
     buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
     systemd                       # systemd-analyze proves the unit files; journald for the tracker tests
     libmail-dkim-perl             # Mail::DKIM, a second DKIM verifier independent of dkimpy
+    php-cli nodejs                # the webhook signature recipes of docs/bounces-and-webhooks.md
 )
 # shellcheck source=scripts/apt.sh
 . "$here/scripts/apt.sh"
