@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.cli.conftest import DictConnection, Txrelay
+from tests.cli.test_reports_read_only import database_fingerprint
 from tests.harness.dns import DnsServer
 from tests.harness.webhook_receiver import WebhookReceiver, verify
 from txrelay.kek import is_sealed
@@ -162,3 +163,14 @@ def test_help_texts_say_what_each_command_does(txrelay: Txrelay) -> None:
     assert "Txrelay-Signature" in txrelay("webhook", "add", "--help").stdout
     assert "--failed" in txrelay("webhook", "deliveries", "--help").stdout
     assert "webhooks_listen" in txrelay("webhooks", "run", "--help").stdout
+
+
+def test_webhook_list_and_deliveries_leave_the_database_unchanged(
+        txrelay: Txrelay, account: str, db: DictConnection, receiver: WebhookReceiver) -> None:
+    added = txrelay("webhook", "add", account, receiver.url, "--allow-private", "--json").json()
+    txrelay("webhook", "test", str(added["id"]))
+    before = database_fingerprint(db)
+    assert len(txrelay("webhook", "list", account, "--json").json()) == 1
+    assert len(txrelay("webhook", "deliveries", str(added["id"]), "--json").json()) == 1
+    txrelay("webhook", "deliveries", str(added["id"]), "--failed")
+    assert database_fingerprint(db) == before
