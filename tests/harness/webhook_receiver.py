@@ -1,8 +1,9 @@
 """A real HTTP receiver for webhook tests: a shop's endpoint on loopback, built on http.server.
 
 It records every POST (headers and body) and answers as told: 200, another status, or not
-at all (hangs until released). `stop()` closes the port (the receiver is down), `start()`
-opens the same port again. `verify` checks a request the way the docs tell shops to.
+at all (hangs until released); over TLS when given a server context. `stop()` closes the
+port (the receiver is down), `start()` opens the same port again. `verify` checks a request
+the way the docs tell shops to.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,8 +46,9 @@ class WebhookReceiver:
     """POSTs to http://127.0.0.1:<port>/<anything>; answers `status`, or hangs when
     `hang` is set (until `release()`)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self.tls = tls
         self.status = status
         self.hang = False
         self.received: list[Received] = []
@@ -55,7 +58,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/txrelay-events"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/txrelay-events"
 
     def start(self) -> WebhookReceiver:
         receiver = self
@@ -79,6 +82,8 @@ class WebhookReceiver:
 
         server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         server.daemon_threads = True
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,11 +22,13 @@ from tests.store.tracking_fixtures import RecordingMailer, add_message, make_sen
 from txrelay.clock import SystemClock
 from txrelay.config import Config, DnsConfig, WebhooksConfig
 from txrelay.kek import KeyRing, is_sealed
+from txrelay.provisioning import tls
 from txrelay.provisioning import webhooks as provisioning
 from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.store import database, webhook_events
 from txrelay.store import webhooks as store
 from txrelay.tracker.tick import run_tick
+from txrelay.webhooks.delivery import Outcome, post
 from txrelay.webhooks.worker import WebhookWorker
 
 Conn = psycopg.Connection
@@ -207,6 +210,35 @@ def test_a_host_that_turns_private_after_add_is_refused_at_delivery(
     assert row["last_error"] == (f"refused: {host} resolves to 127.0.0.1, a loopback address; "
                                  "webhooks go to public addresses only (--allow-private allows "
                                  "it for this webhook)")
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_urls_host_name(
+        tmp_path: Path, dns_server: DnsServer, unique: str) -> None:
+    """The connection is pinned to the address checked, but TLS still checks the
+    certificate against the URL's host name (SNI included), not against that address."""
+    host, other = f"hooks-{unique}.example", f"other-{unique}.example"
+    dns_server.serve({host: [("A", "127.0.0.1")], other: [("A", "127.0.0.1")]})
+    certificate = tls.self_signed(tmp_path / "tls", host)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(certificate.cert_file, certificate.key_file)
+    trusting = ssl.create_default_context(cafile=str(certificate.cert_file))
+    receiver = WebhookReceiver(tls=server_side).start()
+    resolver = DnsLookup(DnsConfig(resolver=dns_server.address))
+    try:
+        def send(name: str) -> Outcome:
+            return post(f"https://{name}:{receiver.port}/hook", {"id": "e1"}, "e1", "whsec_x",
+                        resolver=resolver, allow_private=True, timeout=5, context=trusting)
+
+        assert send(host).status == 200
+        assert receiver.received[0].headers["Host"] == f"{host}:{receiver.port}"
+        wrong = send(other)
+        assert wrong.status is None and "CERTIFICATE_VERIFY_FAILED" in (wrong.error or "")
+        untrusted = post(f"https://{host}:{receiver.port}/hook", {"id": "e2"}, "e2", "whsec_x",
+                         resolver=resolver, allow_private=True, timeout=5)
+        assert untrusted.status is None and "CERTIFICATE_VERIFY_FAILED" in (untrusted.error or "")
+        assert len(receiver.received) == 1
+    finally:
+        receiver.stop()
 
 
 def test_removed_webhooks_get_nothing_more(conn, db, config, kek_ring, unique, receiver):
