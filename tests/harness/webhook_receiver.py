@@ -44,13 +44,14 @@ def verify(secret: str, request: Received) -> bool:
 
 class WebhookReceiver:
     """POSTs to http://127.0.0.1:<port>/<anything>; answers `status`, or hangs when
-    `hang` is set (until `release()`)."""
+    `hang` is set, or trickles an endless answer when `trickle` is (until `release()`)."""
 
     def __init__(self, status: int = 200, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
         self.tls = tls
         self.status = status
         self.hang = False
+        self.trickle = False  # answer one byte every 0.2 s, never finishing
         self.received: list[Received] = []
         self._released = threading.Event()
         self._lock = threading.Lock()
@@ -71,6 +72,13 @@ class WebhookReceiver:
                     receiver.received.append(Received(dict(self.headers.items()), body))
                 if receiver.hang:
                     receiver._released.wait(60)
+                    return
+                if receiver.trickle:
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"x" * 300:
+                        if receiver._released.wait(0.2):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
                     return
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "2")

@@ -184,11 +184,21 @@ def test_a_hanging_receiver_holds_one_slot_while_the_others_deliver(conn, db, co
         assert summary.delivered == 30 and summary.retried == 1
         assert sorted(receiver.event_ids()) == sorted(ids)
         [row] = store.deliveries(conn, hanging.webhook.id, False, 10)
-        assert row["state"] == "pending" and "timed out" in row["last_error"]
+        assert row["state"] == "pending"
+        assert row["last_error"] == "127.0.0.1: no complete answer within 1.5 s"
         assert states(conn, fine.webhook.id) == {"delivered": 30}
     finally:
         stuck.release()
         stuck.stop()
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeout(receiver) -> None:
+    """Each byte comes within the socket timeout; the attempt's deadline still ends it."""
+    receiver.trickle = True
+    outcome = post(receiver.url, {"id": "e1"}, "e1", "whsec_x",
+                   resolver=DnsLookup(DnsConfig()), allow_private=True, timeout=1.5)
+    assert (outcome.status, outcome.error) == (
+        None, "127.0.0.1: no complete answer within 1.5 s")
 
 
 def test_a_host_that_turns_private_after_add_is_refused_at_delivery(

@@ -9,9 +9,11 @@ HTTPS still verifies the certificate against the URL's host name (SNI too).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,6 +116,12 @@ def post(
     last_error = "no address"
     for address in addresses:
         connection = _connection(target, address, timeout, context)
+        # The socket timeout bounds each read; this bounds the whole attempt, so a receiver
+        # that trickles its answer a byte at a time still frees the slot after `timeout`.
+        expired = threading.Event()
+        deadline = threading.Timer(timeout, _abort, [connection, expired])
+        deadline.daemon = True
+        deadline.start()
         try:
             connection.request("POST", target.path, body=content, headers=headers)
             response = connection.getresponse()
@@ -123,10 +131,21 @@ def post(
             reply = text.decode("utf-8", "replace").strip()
             return Outcome(response.status, _short(f"HTTP {response.status} {reply}".strip()))
         except (OSError, http.client.HTTPException) as exc:
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                return Outcome(None, f"{address}: no complete answer within {timeout:g} s")
             last_error = _short(f"{address}: {exc.__class__.__name__}: {exc}")
         finally:
+            deadline.cancel()
             connection.close()
     return Outcome(None, last_error)
+
+
+def _abort(connection: http.client.HTTPConnection, expired: threading.Event) -> None:
+    """Past the attempt's deadline: end the blocked read (shutdown wakes it, close may not)."""
+    expired.set()
+    if connection.sock is not None:
+        with contextlib.suppress(OSError):
+            connection.sock.shutdown(socket.SHUT_RDWR)
 
 
 def _connection(
