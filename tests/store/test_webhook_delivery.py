@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,6 +191,39 @@ def test_a_hanging_receiver_holds_one_slot_while_the_others_deliver(conn, db, co
     finally:
         stuck.release()
         stuck.stop()
+
+
+def test_a_receiver_that_hangs_forever_ends_failed(conn, db, config, kek_ring, unique,
+                                                   receiver):
+    receiver.hang = True
+    sender = make_sender(db, unique)
+    added = add(conn, kek_ring, sender.account, receiver.url)
+    emit(conn, sender.account_id, "delivered", 1)
+    worker_config = fast(config, timeout_seconds=0.5, give_up_after_seconds=1.0)
+    deliver_until(worker_config, lambda: states(conn, added.webhook.id) == {"failed": 1},
+                  "the event given up")
+    [row] = store.deliveries(conn, added.webhook.id, True, 10)
+    assert row["last_status"] is None
+    assert row["last_error"] == "127.0.0.1: no complete answer within 0.5 s"
+
+
+def test_two_workers_share_the_outbox_without_sending_an_event_twice(
+        conn, db, config, kek_ring, unique, receiver):
+    """Two nodes' workers at once: FOR UPDATE SKIP LOCKED gives each event to one of them."""
+    sender = make_sender(db, unique)
+    add(conn, kek_ring, sender.account, receiver.url)
+    ids = emit(conn, sender.account_id, "delivered", 200)
+    worker_config = fast(config, concurrency=3)
+    workers = [WebhookWorker(worker_config, SystemClock()) for _ in range(2)]
+    threads = [threading.Thread(target=w.once) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    counts = [w.summary.delivered for w in workers]
+    print(f"\nevents delivered by each worker: {counts}")
+    assert sum(counts) == 200
+    assert sorted(receiver.event_ids()) == sorted(ids)  # each once
 
 
 def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeout(receiver) -> None:
