@@ -353,12 +353,13 @@ def test_the_tick_queues_block_expired_quota_low_and_quota_exhausted_once(
 
 def test_the_daemons_role_may_deliver(config, db, milter_url):
     """The worker connects with [database] milter_url (the daemons' role): its grants
-    cover claiming and recording, and the tick's quota_exhaustion."""
+    cover claiming and recording, and the tick's mark of an exhausted quota."""
     with psycopg.connect(milter_url, autocommit=True) as daemon, daemon.transaction():
         daemon.execute("SELECT id FROM webhook_outbox FOR UPDATE SKIP LOCKED LIMIT 1")
         daemon.execute("UPDATE webhook_outbox SET last_error = last_error WHERE false")
-        daemon.execute("DELETE FROM quota_exhaustion WHERE false")
-        daemon.execute("INSERT INTO quota_exhaustion SELECT id, now() FROM accounts WHERE false")
+        daemon.execute("UPDATE quota_reminders SET exhausted_since = NULL WHERE false")
+        daemon.execute("INSERT INTO quota_reminders (account_id, changed_at, exhausted_since) "
+                       "SELECT id, now(), now() FROM accounts WHERE false")
 
 
 def test_secrets_without_a_kek_are_stored_in_clear_and_still_sign(conn, db, config, unique,

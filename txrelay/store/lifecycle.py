@@ -378,21 +378,25 @@ def usage(conn: Conn, account_id: int, now: dt.datetime) -> tuple[int, int]:
 # Accounts whose exhaustion state may change: subscribed to quota.exhausted, or told already.
 SELECT_EXHAUSTION_CANDIDATES = """
 SELECT a.id, a.name, txrelay_remaining_quota(a.id, %(now)s) AS remaining,
-       q.account_id IS NOT NULL AS told
-  FROM accounts a LEFT JOIN quota_exhaustion q ON q.account_id = a.id
+       r.exhausted_since IS NOT NULL AS told
+  FROM accounts a LEFT JOIN quota_reminders r ON r.account_id = a.id
  WHERE (%(accounts)s::bigint[] IS NULL OR a.id = ANY(%(accounts)s))
-   AND (q.account_id IS NOT NULL
+   AND (r.exhausted_since IS NOT NULL
         OR EXISTS (SELECT 1 FROM webhooks w
                     WHERE w.account_id = a.id AND w.removed_at IS NULL
                       AND 'quota.exhausted' = ANY (w.events)))"""
 
-# Serialises two nodes' ticks: only the one whose insert lands queues the event.
-INSERT_EXHAUSTION = """
-INSERT INTO quota_exhaustion (account_id, since) VALUES (%(account_id)s, %(now)s)
-ON CONFLICT (account_id) DO NOTHING"""
+# Serialises two nodes' ticks: only the one whose write lands queues the event. A new row is
+# armed as ARM_NEW_REMINDERS would make it.
+MARK_EXHAUSTED = """
+INSERT INTO quota_reminders (account_id, armed, changed_at, exhausted_since)
+VALUES (%(account_id)s, true, %(now)s, %(now)s)
+ON CONFLICT (account_id) DO UPDATE SET exhausted_since = EXCLUDED.exhausted_since
+ WHERE quota_reminders.exhausted_since IS NULL"""
 
-DELETE_EXHAUSTION = """
-DELETE FROM quota_exhaustion WHERE account_id = %(account_id)s"""
+CLEAR_EXHAUSTED = """
+UPDATE quota_reminders SET exhausted_since = NULL
+ WHERE account_id = %(account_id)s AND exhausted_since IS NOT NULL"""
 
 
 def check_exhaustion(
@@ -409,11 +413,11 @@ def check_exhaustion(
         account_id, remaining = int(row["id"]), int(row["remaining"])
         if remaining > 0:
             if row["told"]:
-                conn.execute(DELETE_EXHAUSTION, {"account_id": account_id})
+                conn.execute(CLEAR_EXHAUSTED, {"account_id": account_id})
             continue
         if row["told"]:
             continue
-        if conn.execute(INSERT_EXHAUSTION, {"account_id": account_id, "now": now}).rowcount:
+        if conn.execute(MARK_EXHAUSTED, {"account_id": account_id, "now": now}).rowcount:
             webhook_events.emit(
                 conn,
                 account_id,
