@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs txrelay's systemd units next to an existing Postfix: user txrelay (in group
-# postfix, for the milter socket), the units for the milter, the tracker and txrelay's
-# Dovecot, the tmpfiles.d entry for their directories, and (when fail2ban is installed) its
-# filter and jail for failed logins on txrelay's service. Idempotent.
+# postfix, for the milter socket), the units for the milter, the tracker, the webhook worker
+# and txrelay's Dovecot, the tmpfiles.d entry for their directories, and (when fail2ban is
+# installed) its filter and jail for failed logins on txrelay's service. Idempotent.
 #
 #   scripts/install-systemd.sh              install, then enable and start when systemd runs
 #   scripts/install-systemd.sh --no-start   install only
@@ -11,7 +11,7 @@
 # Run it after scripts/install.sh, `txrelay init` (it writes /etc/txrelay/txrelay.toml and
 # Dovecot's config) and `txrelay postfix configure`: the README's "Install next to an existing
 # Postfix". Where systemd is not PID 1 (a container, a chroot) it installs the units, creates
-# the directories and prints the commands that start the three services by hand.
+# the directories and prints the commands that start the services by hand.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +23,7 @@ case "${1:-}" in
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "install-systemd.sh: unknown option $1 (the only one is --no-start)" >&2; exit 2 ;;
 esac
-units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service)
+units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service txrelay-webhooks.service)
 
 log() { printf '[install-systemd] %s\n' "$*"; }
 
@@ -72,7 +72,7 @@ if [ "$(ps -p 1 -o comm= 2>/dev/null)" != systemd ]; then
         log "created the directories of /etc/tmpfiles.d/txrelay.conf"
     fi
     log "systemd is not running here (PID 1 is $(ps -p 1 -o comm= 2>/dev/null || echo unknown)):"
-    log "the units are installed but NOT started. Start the three as the units would:"
+    log "the units are installed but NOT started. Start them as the units would:"
     for unit in "${units[@]}"; do
         file=/etc/systemd/system/$unit
         command=$(sed -n 's/^ExecStart=//p' "$file")

@@ -2,8 +2,9 @@
 # Installs what only the tests and CI need, on top of scripts/install.sh (run by
 # scripts/test.sh; never needed on a production node): the Debian tools the tests drive
 # (swaks, curl, buildah/podman for the image test, systemd for systemd-analyze and journald,
-# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex;
-# mailauth from npm, a DKIM verifier that knows Ed25519)
+# NSD for the DNS tests, Perl's Mail::DKIM as a second DKIM verifier, fail2ban-regex, PHP and
+# Node.js for the webhook signature recipes; mailauth from npm, a DKIM verifier that knows
+# Ed25519)
 # and the [test] extra (pytest & co) into $TXRELAY_VENV. Idempotent.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ packages=(
     buildah podman runc catatonit debootstrap  # the container image, built and run without a Docker engine
     systemd                       # systemd-analyze proves the unit files; journald for the tracker tests
     libmail-dkim-perl             # Mail::DKIM, a second DKIM verifier independent of dkimpy
+    php-cli nodejs                # the webhook signature recipes of docs/bounces-and-webhooks.md
 )
 # shellcheck source=scripts/apt.sh
 . "$here/scripts/apt.sh"

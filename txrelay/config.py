@@ -424,6 +424,11 @@ class MetricsConfig:
         "Where `txrelay tracker` serves `/metrics` and `/healthz`.",
         HOST_PORT_OR_OFF,
     )
+    webhooks_listen: str = setting(
+        "127.0.0.1:9153",
+        "Where `txrelay webhooks run` serves `/metrics` and `/healthz`.",
+        HOST_PORT_OR_OFF,
+    )
 
 
 @dataclass(frozen=True)
@@ -566,6 +571,42 @@ class SuppressionConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """The webhook worker (`txrelay webhooks run`): how it delivers the outbox's events."""
+
+    concurrency: int = setting(
+        4,
+        "Deliveries one worker makes at the same time: a receiver that hangs holds one of "
+        "them until `timeout_seconds`, the others go on.",
+        POSITIVE,
+    )
+    timeout_seconds: float = setting(
+        10.0,
+        "How long one delivery may take to connect, send and get the receiver's status; "
+        "past it the attempt counts as failed and is retried.",
+        POSITIVE,
+    )
+    poll_interval_seconds: float = setting(
+        1.0, "How often an idle worker looks for due events in the outbox.", POSITIVE
+    )
+    retry_first_seconds: float = setting(
+        30.0,
+        "The wait after the first failed attempt; each further failure doubles it (with "
+        "random jitter of up to a quarter), up to `retry_max_seconds`.",
+        POSITIVE,
+    )
+    retry_max_seconds: float = setting(
+        3600.0, "The longest wait between two attempts of one event.", POSITIVE
+    )
+    give_up_after_seconds: float = setting(
+        86400.0,
+        "An event not delivered this long after it happened is marked failed (shown by "
+        "`txrelay webhook deliveries ID --failed`) and not tried again.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -628,6 +669,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     bounce: BounceConfig = field(default_factory=BounceConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -653,6 +695,7 @@ SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "bounce": BounceConfig,
     "suppression": SuppressionConfig,
+    "webhooks": WebhooksConfig,
 }
 
 

@@ -19,6 +19,7 @@ NONCE_BYTES = 12  # GCM's standard nonce; random per sealing (2^32 sealings stay
 # the collision bound for one KEK, and a relay holds a few thousand keys at most)
 PREFIX = "txrelay-aes256gcm:"  # sealed values: PREFIX + kek id + ":" + base64(nonce || ct)
 AAD = b"txrelay dkim private key"
+WEBHOOK_SECRET_AAD = b"txrelay webhook secret"  # a sealed value opens only for its own use
 KEK_MODE = 0o640  # the txrelay group (the milter) reads it; nobody else
 OLD_SUFFIX = ".old"  # the previous KEK, kept by rotate-kek until the admin removes it
 
@@ -119,12 +120,12 @@ class KeyRing:
     def current_id(self) -> str:
         return self._current
 
-    def seal(self, private_key_pem: str) -> str:
+    def seal(self, private_key_pem: str, aad: bytes = AAD) -> str:
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._keys[self._current].encrypt(nonce, private_key_pem.encode("ascii"), AAD)
+        sealed = self._keys[self._current].encrypt(nonce, private_key_pem.encode("ascii"), aad)
         return f"{PREFIX}{self._current}:{base64.b64encode(nonce + sealed).decode('ascii')}"
 
-    def open(self, value: str) -> str:
+    def open(self, value: str, aad: bytes = AAD) -> str:
         """The PEM of a sealed value (a clear PEM from before encryption is returned as it
         is); InvalidInput when no KEK held opens it."""
         if not is_sealed(value):
@@ -143,7 +144,7 @@ class KeyRing:
             )
         try:
             raw = base64.b64decode(body, validate=True)
-            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], AAD).decode("ascii")
+            return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad).decode("ascii")
         except (binascii.Error, InvalidTag, UnicodeDecodeError) as exc:
             raise InvalidInput(
                 f"a DKIM key sealed with KEK {identifier} does not open (damaged value)"

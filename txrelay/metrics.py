@@ -82,6 +82,14 @@ BACKGROUND_LAST_SUCCESS = Gauge(
     registry=REGISTRY,
 )
 
+WEBHOOK_ATTEMPTS = Counter(
+    "txrelay_webhook_attempts",
+    "Webhook deliveries tried by the worker, by outcome: delivered (2xx), retry (failed, "
+    "tried again later), failed (given up), refused (the URL's address is not allowed).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 NO_CONNECTION = "-"  # refused before a connection was known (unknown or missing login)
 HEALTH_TIMEOUT = 2.0  # seconds: a scrape must not hang on a dead dependency
 
@@ -368,6 +376,30 @@ class TrackerCollector(Collector):
         )
 
 
+class WebhookBacklogCollector(Collector):
+    """txrelay_webhook_backlog and txrelay_webhook_oldest_pending_seconds, read from the
+    outbox at scrape time (nothing when PostgreSQL does not answer)."""
+
+    def __init__(self, backlog: Callable[[], tuple[int, float] | None]) -> None:
+        self.backlog = backlog
+
+    def collect(self) -> Iterator[Metric]:
+        found = self.backlog()
+        if found is None:
+            return
+        pending, oldest = found
+        yield GaugeMetricFamily(
+            "txrelay_webhook_backlog",
+            "Webhook events not delivered yet and not given up (all nodes' outbox).",
+            value=pending,
+        )
+        yield GaugeMetricFamily(
+            "txrelay_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook event not delivered yet (0 when none waits).",
+            value=oldest,
+        )
+
+
 # -- the HTTP endpoint ----------------------------------------------------------------------
 
 
@@ -520,5 +552,24 @@ def start_tracker_endpoint(
         "tracker",
         dependency_checks(config),
         [TrackerCollector(position)],
+        judge,
+    )
+
+
+def start_webhooks_endpoint(
+    config: Config,
+    backlog: Callable[[], tuple[int, float] | None],
+    loops: Callable[[], Sequence[LoopStatus]] = tuple,
+) -> MetricsEndpoint | None:
+    """[metrics] webhooks_listen: the outbox's backlog, attempts by outcome, health."""
+
+    def judge(problems: Mapping[str, str | None]) -> NodeHealth:
+        return judge_dependencies(problems, loops())
+
+    return start_endpoint(
+        config.metrics.webhooks_listen,
+        "webhooks",
+        {"postgresql": dependency_checks(config)["postgresql"]},
+        [WebhookBacklogCollector(backlog)],
         judge,
     )

@@ -51,7 +51,8 @@ SECTION = "## Install next to an existing Postfix"
 README_PORT = "2587"
 README_HOST = "relay.example.net"
 RECIPIENT = "you@example.org"
-UNITS = ("txrelay-dovecot.service", "txrelay-milter.service", "txrelay-tracker.service")
+UNITS = ("txrelay-dovecot.service", "txrelay-milter.service", "txrelay-tracker.service",
+         "txrelay-webhooks.service")
 
 
 def readme_blocks() -> list[list[str]]:
@@ -327,6 +328,7 @@ def _start_as_units_say(staged_root: Path, config_file: Path, config: Config,
         "txrelay-milter.service": lambda: unix_socket_open(
             config.milter.socket.removeprefix("unix:")),
         "txrelay-tracker.service": lambda: True,
+        "txrelay-webhooks.service": lambda: True,
     }
     for unit in UNITS:
         argv, unit_env = _unit_exec(units / unit)

@@ -1,6 +1,6 @@
-"""DKIM private keys sealed at rest (dump, KEK rotation, sealing old clear keys) and the
-daemons' least-privilege role, against a database of their own (a rotation re-seals every
-key of a database, which the run's shared one must not see)."""
+"""DKIM private keys and webhook secrets sealed at rest (dump, KEK rotation, sealing old
+clear values) and the daemons' least-privilege role, against a database of their own (a
+rotation re-seals every key of a database, which the run's shared one must not see)."""
 
 from __future__ import annotations
 
@@ -22,17 +22,27 @@ from tests.conftest import ADMIN_DSN
 from tests.store.builders import make_tenant
 from tests.store.test_ledger import message
 from tests.unit.test_policy_signing import nacl_shim  # noqa: F401 - a fixture (Ed25519)
-from txrelay.config import DatabaseConfig, QuotaConfig
+from txrelay.config import DatabaseConfig, DnsConfig, QuotaConfig
 from txrelay.errors import InvalidInput
-from txrelay.kek import OLD_SUFFIX, KeyRing, generate_kek, is_sealed, write_kek_file
+from txrelay.kek import (
+    OLD_SUFFIX,
+    WEBHOOK_SECRET_AAD,
+    KeyRing,
+    generate_kek,
+    is_sealed,
+    write_kek_file,
+)
 from txrelay.provisioning import domains
 from txrelay.provisioning.accounts import create_account
+from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.provisioning.domains import KeyChoice
 from txrelay.provisioning.key_sealing import clear_key_count, rotate_kek, seal_clear_keys
+from txrelay.provisioning.webhooks import add_webhook
 from txrelay.signing import queued_header, sign
 from txrelay.store import database
 from txrelay.store.ledger import record_acceptance
 from txrelay.store.policy import PolicyLoader, fetch_policy_rows
+from txrelay.store.webhooks import get_webhook
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
 QUOTA = QuotaConfig(demo_rate_limit=25)
@@ -266,3 +276,44 @@ def _pg_dump(url: str) -> str:
          "-U", parts.username or "postgres", "-d", parts.path.strip("/")],
         capture_output=True, text=True, env=environment, timeout=120, check=True)
     return done.stdout
+
+
+# -- webhook signing secrets follow the KEK ---------------------------------------------------
+
+def _add_webhook(conn: Conn, keys: KeyRing | None, account: str) -> str:
+    return add_webhook(conn, keys, DnsLookup(DnsConfig()), NOW, account,
+                       "http://10.0.0.7/hook", None, True).secret
+
+
+def _stored_secret(conn: Conn, webhook_id: int) -> str:
+    row: Any = conn.execute("SELECT secret FROM webhooks WHERE id = %s",
+                            (webhook_id,)).fetchone()
+    return str(row["secret"])
+
+
+def test_rotate_kek_reseals_webhook_secrets_and_they_open_without_the_old_kek(
+        conn: Conn, kek_path: Path) -> None:
+    keys = KeyRing.load(kek_path)
+    _add_domain(conn, keys, "hook-shop.example", "rsa")
+    secret = _add_webhook(conn, keys, "Shop hook-shop.example")
+    webhook_id = int(conn.execute("SELECT max(id) AS id FROM webhooks").fetchone()["id"])  # type: ignore[index]
+    before = _stored_secret(conn, webhook_id)
+    report = rotate_kek(conn, kek_path)
+    after = _stored_secret(conn, webhook_id)
+    assert after != before and is_sealed(after) and report.kek_id in after
+    kek_path.with_name("kek" + OLD_SUFFIX).unlink()
+    assert KeyRing.load(kek_path).open(after, aad=WEBHOOK_SECRET_AAD) == secret
+    assert get_webhook(conn, webhook_id).secret == after
+
+
+def test_keys_encrypt_seals_secrets_added_without_a_kek(conn: Conn, kek_path: Path) -> None:
+    keys = KeyRing.load(kek_path)
+    _add_domain(conn, keys, "clear-shop.example", "rsa")
+    secret = _add_webhook(conn, None, "Shop clear-shop.example")
+    webhook_id = int(conn.execute("SELECT max(id) AS id FROM webhooks").fetchone()["id"])  # type: ignore[index]
+    assert _stored_secret(conn, webhook_id) == secret
+    seal_clear_keys(conn, keys)
+    sealed = _stored_secret(conn, webhook_id)
+    assert is_sealed(sealed) and keys.open(sealed, aad=WEBHOOK_SECRET_AAD) == secret
+    seal_clear_keys(conn, keys)  # again: unchanged
+    assert _stored_secret(conn, webhook_id) == sealed

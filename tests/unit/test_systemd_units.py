@@ -14,7 +14,8 @@ import pytest
 from tests.harness.processes import TXRELAY
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = ("txrelay-milter.service", "txrelay-tracker.service", "txrelay-dovecot.service")
+UNITS = ("txrelay-milter.service", "txrelay-tracker.service", "txrelay-dovecot.service",
+         "txrelay-webhooks.service")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def test_verify_catches_a_broken_unit(installed: Path, tmp_path: Path) -> None:
     assert "protect system value" in done.stderr and "/nonexistent/txrelay" in done.stderr
 
 
-@pytest.mark.parametrize("unit", ["txrelay-milter.service", "txrelay-tracker.service"])
+@pytest.mark.parametrize("unit", ["txrelay-milter.service", "txrelay-tracker.service",
+                                  "txrelay-webhooks.service"])
 def test_daemons_run_as_txrelay_with_a_low_exposure_score(installed: Path, unit: str) -> None:
     text = (installed / unit).read_text()
     for setting in ("User=txrelay", "NoNewPrivileges=yes", "ProtectSystem=strict",
@@ -97,6 +99,14 @@ def test_tracker_may_read_the_journal_and_the_mail_log_but_write_only_its_state(
     assert re.findall(r"^SupplementaryGroups=(.*)$", text, re.M) == ["systemd-journal"]
     assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == ["CAP_DAC_READ_SEARCH"]
     assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == ["/var/lib/txrelay"]
+    assert "ProtectSystem=strict" in text.splitlines()
+
+
+def test_webhook_worker_writes_nothing_on_disk_and_holds_no_capability(installed: Path) -> None:
+    text = (installed / "txrelay-webhooks.service").read_text()
+    assert re.findall(r"^ExecStart=(.*)$", text, re.M) == ["/usr/local/bin/txrelay webhooks run"]
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == []
+    assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == [""]
     assert "ProtectSystem=strict" in text.splitlines()
 
 

@@ -61,9 +61,10 @@ def status(cli: CliContext) -> None:
 @json_option
 @pass_cli
 def encrypt(cli: CliContext) -> None:
-    """Seal every DKIM private key still stored in clear (keys added before this release),
-    in one transaction; run it once after upgrading ('txrelay db migrate' cannot: the KEK
-    is a file on this node). Safe to run again.
+    """Seal every DKIM private key still stored in clear (keys added before this release)
+    and every webhook secret added while this node had no KEK, in one transaction; run it
+    once after upgrading ('txrelay db migrate' cannot: the KEK is a file on this node).
+    Safe to run again.
 
     \b
     Example:
@@ -85,7 +86,8 @@ def encrypt(cli: CliContext) -> None:
 @json_option
 @pass_cli
 def rotate_kek(cli: CliContext) -> None:
-    """Make a new KEK and re-seal every DKIM private key with it, in one transaction.
+    """Make a new KEK and re-seal every DKIM private key and webhook secret with it, in one
+    transaction.
 
     The current KEK is kept as KEK_FILE.old (running milters open keys with either, so
     nothing stops signing); delete it once no database backup you keep needs it. If the

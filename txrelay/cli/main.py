@@ -31,6 +31,8 @@ COMMANDS = [
     ("txrelay.cli.billing", "billing"),
     ("txrelay.cli.journal", "journal"),
     ("txrelay.cli.settings", "config_group"),
+    ("txrelay.cli.webhook", "webhook"),
+    ("txrelay.cli.webhook", "webhooks"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
 EXTENSIONS = ["txrelay.cli.quota_lifecycle"]

@@ -15,6 +15,7 @@ from txrelay.errors import InvalidInput
 from txrelay.kek import (
     KEK_MODE,
     OLD_SUFFIX,
+    WEBHOOK_SECRET_AAD,
     KeyRing,
     encode_kek,
     generate_kek,
@@ -25,6 +26,9 @@ from txrelay.provisioning.integrity import transaction
 
 SELECT_KEYS = "SELECT id, private_key_pem FROM dkim_keys ORDER BY id FOR UPDATE"
 UPDATE_KEY = "UPDATE dkim_keys SET private_key_pem = %s WHERE id = %s"
+# Webhook signing secrets are sealed with the same KEK (txrelay/provisioning/webhooks.py).
+SELECT_WEBHOOKS_FOR_SEALING = "SELECT id, secret FROM webhooks ORDER BY id FOR UPDATE"
+RESEAL_WEBHOOK = "UPDATE webhooks SET secret = %s WHERE id = %s"
 COUNT_CLEAR = (
     "SELECT count(*) FILTER (WHERE private_key_pem NOT LIKE 'txrelay-aes256gcm:%%') "
     "AS clear, count(*) AS total FROM dkim_keys"
@@ -46,18 +50,25 @@ def clear_key_count(conn: psycopg.Connection) -> tuple[int, int]:
 
 
 def seal_clear_keys(conn: psycopg.Connection, keys: KeyRing) -> SealingReport:
-    """Seal every key still stored in clear (from before sealing), in one transaction; keys
-    sealed already are left as they are. Safe to run again."""
+    """Seal every key still stored in clear (from before sealing), and every webhook secret
+    added while the node had no KEK, in one transaction; values sealed already are left as
+    they are. Safe to run again."""
     with transaction(conn):
         rows: list[Any] = conn.execute(SELECT_KEYS).fetchall()
         clear = [r for r in rows if not is_sealed(r["private_key_pem"])]
         for r in clear:
             conn.execute(UPDATE_KEY, (keys.seal(r["private_key_pem"]), r["id"]))
+        secrets: list[Any] = conn.execute(SELECT_WEBHOOKS_FOR_SEALING).fetchall()
+        for r in secrets:
+            if not is_sealed(r["secret"]):
+                sealed = keys.seal(r["secret"], aad=WEBHOOK_SECRET_AAD)
+                conn.execute(RESEAL_WEBHOOK, (sealed, r["id"]))
     return SealingReport(len(clear), len(rows), keys.current_id)
 
 
 def rotate_kek(conn: psycopg.Connection, path: Path) -> SealingReport:
-    """A new KEK in `path`: every key (clear ones too) re-sealed with it in one transaction.
+    """A new KEK in `path`: every key and webhook secret (clear ones too) re-sealed with it
+    in one transaction.
 
     The current KEK goes to PATH.old first and stays there (milters running during the
     rotation open keys sealed with either; remove it once no backup you keep needs it). If
@@ -72,8 +83,12 @@ def rotate_kek(conn: psycopg.Connection, path: Path) -> SealingReport:
     try:
         with transaction(conn):
             rows: list[Any] = conn.execute(SELECT_KEYS).fetchall()
+            secrets: list[Any] = conn.execute(SELECT_WEBHOOKS_FOR_SEALING).fetchall()
             try:
                 opened = [(r["id"], keys.open(r["private_key_pem"])) for r in rows]
+                opened_secrets = [
+                    (r["id"], keys.open(r["secret"], aad=WEBHOOK_SECRET_AAD)) for r in secrets
+                ]
             except InvalidInput as exc:
                 raise InvalidInput(
                     f"{exc}; nothing was changed (restore that KEK file first)"
@@ -84,6 +99,9 @@ def rotate_kek(conn: psycopg.Connection, path: Path) -> SealingReport:
             new_ring = KeyRing.load(path)
             for key_id, pem in opened:
                 conn.execute(UPDATE_KEY, (new_ring.seal(pem), key_id))
+            for webhook_id, secret in opened_secrets:
+                sealed = new_ring.seal(secret, aad=WEBHOOK_SECRET_AAD)
+                conn.execute(RESEAL_WEBHOOK, (sealed, webhook_id))
     except BaseException:
         if written:  # the database still holds the keys sealed with the previous KEK
             _write_kek(path, previous, group)

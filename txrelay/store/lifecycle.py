@@ -21,6 +21,7 @@ import psycopg
 import redis
 
 from txrelay.errors import InvalidInput, NotFound
+from txrelay.store import webhook_events
 from txrelay.store.keys import AccountKeys
 from txrelay.store.ledger import lock_for_settling, settle_all
 
@@ -88,9 +89,19 @@ def expire_blocks(
     if due:
         settle_all(conn, [int(r["account_id"]) for r in due])
     rows = conn.execute(EXPIRE_BLOCKS, {"now": now, "accounts": _ids(accounts)}).fetchall()
-    return [
+    expired = [
         ExpiredBlock(int(r["id"]), int(r["account_id"]), int(r["expired_unused"])) for r in rows
     ]
+    for block in expired:
+        webhook_events.emit(
+            conn,
+            block.account_id,
+            "block.expired",
+            {"block_id": block.block_id, "expired_unused": block.expired_unused},
+            now,
+            event_id=webhook_events.event_id_for("block.expired", block.block_id),
+        )
+    return expired
 
 
 # --- plans --------------------------------------------------------------------------------
@@ -360,3 +371,60 @@ def usage(conn: Conn, account_id: int, now: dt.datetime) -> tuple[int, int]:
     row = conn.execute(SELECT_USAGE, {"account_id": account_id, "now": now}).fetchone()
     assert row is not None  # an aggregate: always one row
     return int(row["last_day"]), int(row["last_week"])
+
+
+# --- quota.exhausted --------------------------------------------------------------------------
+
+# Accounts whose exhaustion state may change: subscribed to quota.exhausted, or told already.
+SELECT_EXHAUSTION_CANDIDATES = """
+SELECT a.id, a.name, txrelay_remaining_quota(a.id, %(now)s) AS remaining,
+       r.exhausted_since IS NOT NULL AS told
+  FROM accounts a LEFT JOIN quota_reminders r ON r.account_id = a.id
+ WHERE (%(accounts)s::bigint[] IS NULL OR a.id = ANY(%(accounts)s))
+   AND (r.exhausted_since IS NOT NULL
+        OR EXISTS (SELECT 1 FROM webhooks w
+                    WHERE w.account_id = a.id AND w.removed_at IS NULL
+                      AND 'quota.exhausted' = ANY (w.events)))"""
+
+# Serialises two nodes' ticks: only the one whose write lands queues the event. A new row is
+# armed as ARM_NEW_REMINDERS would make it.
+MARK_EXHAUSTED = """
+INSERT INTO quota_reminders (account_id, armed, changed_at, exhausted_since)
+VALUES (%(account_id)s, true, %(now)s, %(now)s)
+ON CONFLICT (account_id) DO UPDATE SET exhausted_since = EXCLUDED.exhausted_since
+ WHERE quota_reminders.exhausted_since IS NULL"""
+
+CLEAR_EXHAUSTED = """
+UPDATE quota_reminders SET exhausted_since = NULL
+ WHERE account_id = %(account_id)s AND exhausted_since IS NOT NULL"""
+
+
+def check_exhaustion(
+    conn: Conn, now: dt.datetime, accounts: Sequence[int] | None = None
+) -> list[int]:
+    """Queue quota.exhausted once each time an account's remaining quota reaches 0 (call
+    inside a transaction); forget it once quota is back above 0. The ids of the accounts
+    told now."""
+    rows = conn.execute(
+        SELECT_EXHAUSTION_CANDIDATES, {"now": now, "accounts": _ids(accounts)}
+    ).fetchall()
+    told = []
+    for row in rows:
+        account_id, remaining = int(row["id"]), int(row["remaining"])
+        if remaining > 0:
+            if row["told"]:
+                conn.execute(CLEAR_EXHAUSTED, {"account_id": account_id})
+            continue
+        if row["told"]:
+            continue
+        if conn.execute(MARK_EXHAUSTED, {"account_id": account_id, "now": now}).rowcount:
+            webhook_events.emit(
+                conn,
+                account_id,
+                "quota.exhausted",
+                {"account": row["name"], "remaining": remaining},
+                now,
+                event_id=webhook_events.event_id_for("quota.exhausted", account_id, now),
+            )
+            told.append(account_id)
+    return told

@@ -20,7 +20,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.notify import Mailer, Reminder, Usage, compose
 from txrelay.provisioning import dns_check, domains
 from txrelay.provisioning.dns_lookup import DnsLookup
-from txrelay.store import lifecycle
+from txrelay.store import lifecycle, webhook_events
 
 log = logging.getLogger("txrelay.tracker")
 
@@ -34,6 +34,7 @@ class TickResult:
     reminder_failures: list[str] = field(default_factory=list)
     dkim_checked: list[str] = field(default_factory=list)  # pending domains looked up
     dkim_published: list[str] = field(default_factory=list)  # ... that became published
+    quota_exhausted: list[int] = field(default_factory=list)  # account ids told (webhooks)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -60,6 +61,7 @@ class TickResult:
             "reminder_failures": self.reminder_failures,
             "dkim_checked": self.dkim_checked,
             "dkim_published": self.dkim_published,
+            "quota_exhausted": self.quota_exhausted,
         }
 
 
@@ -99,6 +101,10 @@ def run_tick(
     check_reminders(conn, config, now, mailer, result, accounts)
     if accounts is None:
         check_pending_dkim(conn, config, now, result)
+    with conn.transaction():
+        result.quota_exhausted = lifecycle.check_exhaustion(conn, now, accounts)
+    for account_id in result.quota_exhausted:
+        log.info("event=quota_exhausted account_id=%d", account_id)
     return result
 
 
@@ -181,6 +187,17 @@ def send_reminder(
         mailer.send(compose(reminder, config.notify.from_address))
         lifecycle.record_notification(
             conn, candidate.account_id, "low_quota", reminder.detail(), now
+        )
+        webhook_events.emit(
+            conn,
+            candidate.account_id,
+            "quota.low",
+            {
+                "account": candidate.account,
+                "remaining": candidate.remaining,
+                "threshold": candidate.threshold,
+            },
+            now,
         )
         lifecycle.set_armed(conn, candidate.account_id, False, now)
     log.info(

@@ -1,0 +1,1 @@
+"""The webhook worker: delivers the outbox to the shops' receivers (never the milter)."""
