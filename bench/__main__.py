@@ -27,9 +27,28 @@ from bench.backing import probe_latency
 from bench.client import Login
 from bench.procs import BenchFailure
 from bench.profile import Profiler, summarise
-from bench.report import as_json, medians, ratios, render, targets
+from bench.report import (
+    SUBMISSION,
+    SUBMISSION_REUSE,
+    as_json,
+    medians,
+    ratios,
+    recipients_report,
+    render,
+    submission_report,
+    targets,
+)
 from bench.scenarios import Measurement, Runner
-from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX, Stack, bench_stack
+from bench.stack import (
+    NONE,
+    ODK_INET,
+    ODK_UNIX,
+    SUBMIT_NONE,
+    TX_INET,
+    TX_UNIX,
+    Stack,
+    bench_stack,
+)
 from tests.harness.processes import HarnessError
 
 
@@ -78,6 +97,9 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 PROFILE_RATE = 250  # py-spy samples per second
+# What --only takes: "submission" is the session-per-message scenario, its ceiling and the
+# session-reuse one; "rcpt" the 10- and 50-recipient ones.
+SCENARIO_GROUPS = ("10KB", "1MB", "100KB", "submission", "rcpt", "big")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true",
                         help="also record the txrelay milter with py-spy (10 KB and 1 MB runs)")
     parser.add_argument("--only", default="",
-                        help="comma list of scenarios: 10KB,1MB,100KB,submission,big")
+                        help=f"comma list of scenarios: {','.join(SCENARIO_GROUPS)}")
     parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
     parser.add_argument("--rss-guard-mb", type=int, default=8192,
                         help="stop the 30 MB scenario (and fail) when the milter's RSS passes "
@@ -100,8 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Namespace,
              raw: list[Measurement]) -> None:
-    wanted = set(filter(None, args.only.split(","))) or {"10KB", "1MB", "100KB", "submission",
-                                                         "big"}
+    wanted = set(filter(None, args.only.split(","))) or set(SCENARIO_GROUPS)
     for name in (NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET):
         _show(runner.smtp_source("warmup", stack.targets[name], plans.SMALL_SIZE, plan.warmup))
     login = Login(stack.sender.username, stack.sender.password)
@@ -119,10 +140,23 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Name
             raw.append(_show(runner.smtp_source("100KB", stack.targets[TX_UNIX],
                                                 plans.MEDIUM_SIZE, plan.medium)))
         if "submission" in wanted:
+            # As most shops send: a new session, STARTTLS and AUTH for every message; through
+            # txrelay, then through the same service without a milter (the ceiling).
+            for name, port in ((TX_UNIX, stack.submission_port),
+                               (SUBMIT_NONE, stack.submission_ceiling_port)):
+                raw.append(_show(runner.client(
+                    SUBMISSION, stack.targets[name], plans.SMALL_SIZE,
+                    sessions=plan.submission_clients, per_session=1,
+                    rounds=plan.submission_rounds, login=login, port=port)))
             raw.append(_show(runner.client(
-                "submission", stack.targets[TX_UNIX], plans.SMALL_SIZE,
+                SUBMISSION_REUSE, stack.targets[TX_UNIX], plans.SMALL_SIZE,
                 sessions=plan.submission_sessions, per_session=plan.submission_per_session,
                 login=login, port=stack.submission_port)))
+        if "rcpt" in wanted:
+            for count in plans.RECIPIENT_COUNTS:
+                raw.append(_show(runner.smtp_source(
+                    f"rcpt{count}", stack.targets[TX_UNIX], plans.SMALL_SIZE,
+                    plan.multi_rcpt_messages, recipients=count)))
     if "big" in wanted:
         raw.append(_show(runner.big_with_small(
             stack.targets[TX_UNIX], big_count=plan.big_count, big_size=plans.BIG_SIZE,
@@ -163,7 +197,9 @@ def _show(m: Measurement) -> Measurement:
     print(f"   {m.scenario:<10} {m.target:<14} {m.messages:>4} msgs {m.msg_per_s:>7} msg/s  "
           f"load {m.extra.get('load1')}  "
           f"cpu {m.milter_cpu_ms_per_msg} ms/msg  eom p99 {m.eom_ms_p99}  "
-          f"client p99 {m.client_ms_p99}  rss {m.peak_rss_mb} MB  verified {m.verified}",
+          f"client p99 {m.client_ms_p99}  rss {m.peak_rss_mb} MB  verified {m.verified}"
+          + (f"  auth {m.extra['auth_cpu_ms_per_login']} ms/login"
+             if "auth_cpu_ms_per_login" in m.extra else ""),
           flush=True)
     return m
 
@@ -184,13 +220,22 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
         if waits:
             print(f"   {scenario:<10} {target:<13} "
                   + "; ".join(f"{share}% {kind}" for kind, share in waits.items()))
-    submission = table.get(("submission", TX_UNIX))
-    if submission:
-        print("\n== submission (STARTTLS + AUTH): client-side time per phase ==")
-        extra = submission["extra"]
-        phases = extra.get("phases_ms", {}) if isinstance(extra, dict) else {}
-        for phase, figures in phases.items():
-            print(f"   {phase:<26} {figures}")
+    submission_lines = submission_report(table)
+    if submission_lines:
+        print("\n== submission: a STARTTLS + AUTH session per message, its ceiling, reuse ==")
+        print("\n".join(submission_lines))
+    for scenario in (SUBMISSION, SUBMISSION_REUSE):
+        submission = table.get((scenario, TX_UNIX))
+        if submission:
+            print(f"\n== {scenario} (STARTTLS + AUTH): client-side time per phase ==")
+            extra = submission["extra"]
+            phases = extra.get("phases_ms", {}) if isinstance(extra, dict) else {}
+            for phase, figures in phases.items():
+                print(f"   {phase:<26} {figures}")
+    recipient_lines = recipients_report(table)
+    if recipient_lines:
+        print("\n== multi-recipient messages (10 KB, smtp-source, txrelay-unix) ==")
+        print("\n".join(recipient_lines))
     for label, figures in (profile or {}).items():
         print(f"\n== py-spy, milter, {label}: Python held the GIL "
               f"{figures['python_holding_gil_s']} s of the milter's "  # type: ignore[index]

@@ -18,6 +18,7 @@ import redis
 
 from bench.procs import BenchFailure, free_port, run
 from txrelay.config import Config, MetricsConfig, load_config, render_toml
+from txrelay.kek import generate_kek, write_kek_file
 from txrelay.store import database
 
 # The venv whose txrelay (and py-spy) the bench runs: the one running it, unless named.
@@ -87,9 +88,15 @@ def write_config(root: Path, database_url: str) -> tuple[Path, Config]:
         auth_socket=str(root / "dovecot-run" / "auth-postfix"),
         log_path=str(root / "dovecot.log"),
         passdb_file=str(root / "dovecot-passdb" / "passwd"))
+    # The run's own key-encryption key: the machine may have none in /etc/txrelay (the
+    # bench's DKIM key is sealed with it and dropped with the database).
+    kek_file = root / "kek"
+    if not kek_file.exists():
+        write_kek_file(kek_file, generate_kek())
     config = dataclasses.replace(
         base, milter=milter, dovecot=dovecot,
-        database=dataclasses.replace(base.database, url=database_url, pool_max=20),
+        database=dataclasses.replace(base.database, url=database_url, pool_max=20,
+                                     kek_file=str(kek_file)),
         redis=dataclasses.replace(base.redis, url=REDIS_URL,
                                   key_prefix=f"txbench{secrets.token_hex(3)}"),
         smtp=dataclasses.replace(base.smtp, host="127.0.0.1", port=free_port()),

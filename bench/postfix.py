@@ -58,16 +58,38 @@ class BenchPostfix(PostfixInstance):
 
     def _txrelay_size_settings(self) -> dict[str, str]:
         """message_size_limit and cleanup_service_name of txrelay's configured service."""
+        values = self._txrelay_service_settings()
+        return {key: values[key] for key in ("message_size_limit", "cleanup_service_name")
+                if key in values}
+
+    def _txrelay_service_settings(self) -> dict[str, str]:
+        """Every -o of the submission service `txrelay postfix configure` added."""
         settings: dict[str, dict[str, str]] = {}
         for line in self.postconf("-P").splitlines():
-            name, _, value = line.partition(" = ")
-            service, _, key = name.rpartition("/")
-            settings.setdefault(service, {})[key] = value
+            # "service/type/name = value"; an empty value is printed as "... name ="
+            name, _, value = line.partition("=")
+            service, _, key = name.strip().rpartition("/")
+            settings.setdefault(service, {})[key] = value.strip()
         for values in settings.values():
             if values.get("syslog_name", "").endswith("/txrelay"):
-                return {key: values[key] for key in ("message_size_limit",
-                                                     "cleanup_service_name") if key in values}
+                return values
         return {}
+
+    def add_submission_without_milter(self, name: str) -> int:
+        """A copy of txrelay's submission service (STARTTLS, AUTH through the same Dovecot,
+        the same limits) on a port of its own, with no milter: the ceiling the per-message
+        session scenario is measured against. Returns its port."""
+        port = free_port()
+        service = f"127.0.0.1:{port}"
+        self.postconf("-M", f"{service}/inet = {service} inet n - n - - smtpd")
+        # The milter settings do not matter without a milter (and one holds spaces).
+        overrides = {key: value for key, value in self._txrelay_service_settings().items()
+                     if not key.startswith(("milter_", "smtpd_milter"))}
+        overrides.update({"syslog_name": f"postfix/bench-{name}", "smtpd_milters": ""})
+        for key, value in overrides.items():
+            self.postconf("-P", f"{service}/inet/{key}={value}")
+        self.listeners[name] = Listener(name, port, "")
+        return port
 
     def start(self) -> None:
         super().start()

@@ -7,7 +7,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, fields
 
 from bench.scenarios import Measurement
-from bench.stack import NONE, ODK_INET, ODK_UNIX, TX_INET, TX_UNIX
+from bench.stack import NONE, ODK_INET, ODK_UNIX, SUBMIT_NONE, TX_INET, TX_UNIX
+
+# The submission scenarios: a STARTTLS + AUTH session per message (how most shops send; also
+# measured on SUBMIT_NONE, the ceiling), and sessions reused for many messages.
+SUBMISSION, SUBMISSION_REUSE = "submission", "sub-reuse"
+# Figures kept in `extra` whose median over the runs the report shows.
+EXTRA_MEDIANS = ("auth_cpu_ms_per_login",)
 
 NUMERIC = [f.name for f in fields(Measurement)
            if f.name not in ("scenario", "target", "size", "messages", "extra")]
@@ -35,6 +41,10 @@ def medians(measurements: Iterable[Measurement]) -> dict[tuple[str, str], dict[s
         loads = [float(m.extra["load1"]) for m in group  # type: ignore[arg-type]
                  if isinstance(m.extra.get("load1"), int | float)]
         row["load1"] = round(statistics.median(loads), 2) if loads else None
+        for name in EXTRA_MEDIANS:
+            found = [float(m.extra[name]) for m in group  # type: ignore[arg-type]
+                     if isinstance(m.extra.get(name), int | float)]
+            row[name] = round(statistics.median(found), 3) if found else None
         row["extra"] = group[-1].extra
         table[key] = row
     return table
@@ -74,7 +84,63 @@ def ratios(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
         tx_inet = _get(table, scenario, TX_INET, "msg_per_s")
         if tx and tx_inet:
             lines.append(f"{scenario}: txrelay-inet / txrelay-unix = {tx_inet / tx:.2f}")
+    tx = _get(table, SUBMISSION, TX_UNIX, "msg_per_s")
+    ceiling = _get(table, SUBMISSION, SUBMIT_NONE, "msg_per_s")
+    if tx and ceiling:
+        lines.append(f"{SUBMISSION} (session per message): txrelay-unix / {SUBMIT_NONE} = "
+                     f"{tx / ceiling:.2f}   (run by run: "
+                     f"{_run_ratios(table, SUBMISSION, SUBMIT_NONE)})")
     return lines
+
+
+def submission_report(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
+    """msg/s of each submission scenario, the ratio to the ceiling and to session reuse, and
+    the CPU Dovecot's auth processes spent per login."""
+    lines = []
+    for scenario, target, what in (
+            (SUBMISSION, TX_UNIX, "session per message, txrelay"),
+            (SUBMISSION, SUBMIT_NONE, "session per message, no milter (ceiling)"),
+            (SUBMISSION_REUSE, TX_UNIX, "sessions reused, txrelay")):
+        row = table.get((scenario, target))
+        if row is None:
+            continue
+        extra = row.get("extra")
+        sessions = extra.get("sessions") if isinstance(extra, dict) else None
+        lines.append(f"   {what:<42} {_cell(row.get('msg_per_s')):>7} msg/s  "
+                     f"{row['messages']} msgs in {sessions} sessions  AUTH CPU "
+                     f"{_cell(row.get('auth_cpu_ms_per_login'))} ms/login (Dovecot)")
+    tx = _get(table, SUBMISSION, TX_UNIX, "msg_per_s")
+    ceiling = _get(table, SUBMISSION, SUBMIT_NONE, "msg_per_s")
+    if tx and ceiling:
+        lines.append(f"   session per message: txrelay / {SUBMIT_NONE} = {tx / ceiling:.2f}")
+    reuse = _get(table, SUBMISSION_REUSE, TX_UNIX, "msg_per_s")
+    if tx and reuse:
+        lines.append(f"   session per message / sessions reused (txrelay) = {tx / reuse:.2f}")
+    return lines
+
+
+def recipients_report(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
+    """For each multi-recipient scenario: recipients a second and the cost per recipient."""
+    lines = []
+    for (scenario, target), row in table.items():
+        extra = row.get("extra")
+        count = extra.get("recipients") if isinstance(extra, dict) else None
+        if not isinstance(count, int) or target != TX_UNIX:
+            continue
+        rate = _get(table, scenario, target, "msg_per_s")
+        cpu = _get(table, scenario, target, "milter_cpu_ms_per_msg")
+        host = _get(table, scenario, target, "machine_cpu_ms_per_msg")
+        lines.append(
+            f"   {count:>3} recipients/msg: {_cell(rate)} msg/s = "
+            f"{_cell(None if rate is None else round(rate * count, 1))} recipients/s; "
+            f"milter CPU {_per_rcpt(cpu, count)} ms/recipient "
+            f"({_cell(cpu)} ms/msg); host CPU {_per_rcpt(host, count)} ms/recipient; "
+            f"eom p99 {_cell(row.get('eom_ms_p99'))} ms")
+    return lines
+
+
+def _per_rcpt(value: float | None, count: int) -> str:
+    return "-" if value is None else f"{value / count:.3f}"
 
 
 def _run_ratios(table: dict[tuple[str, str], dict[str, object]], scenario: str,
@@ -106,6 +172,10 @@ def targets(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
         ("EOM p99 <= 25 ms, 100KB", _get(table, "100KB", TX_UNIX, "eom_ms_p99"), 25.0, False),
         ("30MB x N: milter peak RSS < 1024 MB", _get(table, "big", TX_UNIX, "peak_rss_mb"),
          1024.0, False),
+        (f"{SUBMISSION}, a session per message: txrelay >= 0.8 x {SUBMIT_NONE}",
+         ratio((SUBMISSION, TX_UNIX), (SUBMISSION, SUBMIT_NONE)), 0.8, True),
+        ("AUTH CPU per login (Dovecot) <= 1 ms",
+         _get(table, SUBMISSION, TX_UNIX, "auth_cpu_ms_per_login"), 1.0, False),
         ("small messages during 30MB: client p99 < 1000 ms",
          _get(table, "big", TX_UNIX, "client_ms_p99"), 1000.0, False),
     ]

@@ -13,11 +13,12 @@ from bench.checks import check_count, check_signed
 from bench.client import ClientResult, Login, drive
 from bench.measure import Window, percentile
 from bench.messages import crlf, message, write_message_file
-from bench.procs import BenchFailure, run, sample, wait_until
+from bench.procs import BenchFailure, children_cpu_ms, run, sample, wait_until
 from bench.stack import Stack, Target
 
 RECIPIENT = "rcpt@sink.bench.test"
 SMTP_SOURCE_SESSIONS = 10
+DOVECOT_AUTH_PROCESSES = ("auth", "auth-worker")
 
 
 @dataclass
@@ -57,8 +58,11 @@ class Runner:
         self.sequence = 0
 
     def smtp_source(self, scenario: str, target: Target, size: int, count: int,
-                    sessions: int = SMTP_SOURCE_SESSIONS) -> Measurement:
-        """smtp-source -s 10, one connection per message, until all are delivered."""
+                    sessions: int = SMTP_SOURCE_SESSIONS, recipients: int = 1) -> Measurement:
+        """smtp-source -s 10, one connection per message, until all are delivered. With
+        `recipients` > 1 each message goes to that many (smtp-source numbers them: 1rcpt@,
+        2rcpt@, ...); Postfix delivers them to the sink in one transaction (up to 50, its
+        default_destination_recipient_limit), so the sink still counts messages."""
         path = write_message_file(self.messages_dir, size, sender=self.stack.sender.address,
                                   recipient=RECIPIENT)
         window = Window(target.watched)
@@ -66,7 +70,8 @@ class Runner:
         started = time.perf_counter()
         done = run(["smtp-source", "-s", str(sessions), "-m", str(count), "-F", str(path),
                     "-f", self.stack.sender.address, "-t", RECIPIENT,
-                    "-M", "client.bench.test", f"127.0.0.1:{target.port}"],
+                    "-r", str(recipients), "-M", "client.bench.test",
+                    f"127.0.0.1:{target.port}"],
                    check=False, timeout=600 + count)
         accepted = count if done.returncode == 0 else 0
         if done.returncode != 0:
@@ -77,20 +82,28 @@ class Runner:
         window.stop()
         result = self._finish(scenario, target, size, count, accepted, elapsed, window)
         result.extra["smtp_source_s"] = round(source_s, 3)
+        if recipients > 1:
+            result.extra["recipients"] = recipients
         return result
 
     def client(self, scenario: str, target: Target, size: int, *, sessions: int,
-               per_session: int, login: Login | None, port: int | None = None) -> Measurement:
-        """The Python client (STARTTLS + AUTH when `login`), several messages per session."""
+               per_session: int, login: Login | None, port: int | None = None,
+               rounds: int = 1) -> Measurement:
+        """The Python client (STARTTLS + AUTH when `login`): `sessions` concurrent clients,
+        each `rounds` sessions of `per_session` messages. With a login, also the CPU that
+        Dovecot's auth processes spent per login (from /proc)."""
         data = crlf(message(size, sender=self.stack.sender.address, recipient=RECIPIENT,
                             subject=f"bench {scenario}"))
-        count = sessions * per_session
+        count = sessions * rounds * per_session
+        dovecot = self.stack.dovecot_master_pid()
         window = Window(target.watched)
         window.start()
+        auth_before = children_cpu_ms(dovecot, DOVECOT_AUTH_PROCESSES)
         started = time.perf_counter()
         outcome = drive(port or target.port, sessions=sessions, per_session=per_session,
                         message=data, sender=self.stack.sender.address, recipient=RECIPIENT,
-                        login=login)
+                        login=login, rounds=rounds)
+        auth_ms = children_cpu_ms(dovecot, DOVECOT_AUTH_PROCESSES) - auth_before
         elapsed = self._wait_delivered(scenario, target, outcome.accepted, started)
         window.stop()
         if outcome.failures:
@@ -98,6 +111,11 @@ class Runner:
                                f"failures, first: {outcome.failures[0]}")
         result = self._finish(scenario, target, size, count, outcome.accepted, elapsed, window)
         add_client_figures(result, outcome)
+        logins = len(outcome.phases_ms.get("AUTH", []))
+        result.extra["sessions"] = sessions * rounds
+        if logins:
+            result.extra["logins"] = logins
+            result.extra["auth_cpu_ms_per_login"] = round(auth_ms / logins, 3)
         return result
 
     def big_with_small(self, target: Target, *, big_count: int, big_size: int,

@@ -32,6 +32,8 @@ from txrelay.provisioning.dovecot import dovecot_config_path, write_dovecot_conf
 # Targets, in the order the report lists them.
 NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET = (
     "postfix-only", "opendkim-unix", "opendkim-inet", "txrelay-unix", "txrelay-inet")
+# The submission scenarios' ceiling: txrelay's service (STARTTLS + AUTH via Dovecot), no milter.
+SUBMIT_NONE = "postfix+dovecot"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,14 @@ class Stack:
     @property
     def submission_port(self) -> int:
         return self.postfix.submission_port
+
+    @property
+    def submission_ceiling_port(self) -> int:
+        return self.postfix.listeners[SUBMIT_NONE].port
+
+    def dovecot_master_pid(self) -> int:
+        """The bench Dovecot's master: its auth processes are its children."""
+        return int((Path(self.config.dovecot.base_dir) / "master.pid").read_text().split()[0])
 
 
 class TxrelayMilter:
@@ -122,6 +132,7 @@ def bench_stack(root: Path) -> Iterator[Stack]:
             (TX_UNIX, unix_socket, sender.username),
             (TX_INET, f"inet:127.0.0.1:{inet_port}", sender.username),
         ])
+        postfix.add_submission_without_milter(SUBMIT_NONE)
         cleanup.callback(postfix.stop)
         postfix.start()
         odk_signer = odk[2]
@@ -138,6 +149,8 @@ def bench_stack(root: Path) -> Iterator[Stack]:
             TX_INET: Target(TX_INET, postfix.listeners[TX_INET].port,
                             Watched(tx_inet.daemon.pid, tx_inet.daemon.log_path,
                                     tx_inet.metrics_port, pg_waits), tx_signer),
+            SUBMIT_NONE: Target(SUBMIT_NONE, postfix.listeners[SUBMIT_NONE].port, Watched(),
+                                None),
         }
         yield Stack(root, config, config_file, sender, postfix, sink, targets,
                     {TX_UNIX: tx_unix.daemon, TX_INET: tx_inet.daemon})

@@ -261,6 +261,25 @@ def test_smtputf8_disabled_is_a_warning(copy: Path, plan: PostfixPlan) -> None:
                                                                      WARNING)]
 
 
+@pytest.mark.parametrize(("setting", "value"), [("smtpd_tls_session_cache_timeout", "0"),
+                                              ("smtpd_tls_session_cache_timeout", "0s"),
+                                              ("tls_session_ticket_cipher", "")])
+def test_tls_session_tickets_turned_off_in_main_cf_is_a_warning(copy: Path, plan: PostfixPlan,
+                                                                setting: str,
+                                                                value: str) -> None:
+    """tlsmgr's settings: an -o on txrelay's service cannot undo them (measured in
+    tests/e2e/test_tls_resumption.py), so the check says what to run instead."""
+    postconf(copy, "-e", f"{setting}={value}")
+    found = check(copy, plan)
+    assert [(p.setting, p.severity) for p in found] == [(setting, WARNING)]
+    assert f"postconf -X {setting}" in found[0].fix
+
+
+def test_shorter_tls_session_lifetime_is_not_flagged(copy: Path, plan: PostfixPlan) -> None:
+    postconf(copy, "-e", "smtpd_tls_session_cache_timeout=5m")
+    assert check(copy, plan) == []
+
+
 def test_configure_sets_the_limits_on_txrelays_service_and_nul_on_its_cleanup(
         copy: Path) -> None:
     settings = read_settings(copy)

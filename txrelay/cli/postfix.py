@@ -182,7 +182,9 @@ def check(
     TLS, AUTH, the milter (also per-milter default_action=accept, no_milters,
     smtpd_milter_maps), content_filter, the cleanup service's size limit; warnings for an
     AUTH rate limit above 10 a minute or none, rate limits without Postfix's anvil service,
-    and a cleanup service that lets NUL into messages; other services
+    and a cleanup service that lets NUL into messages; TLS session tickets turned off
+    in main.cf (smtpd_tls_session_cache_timeout = 0, empty tls_session_ticket_cipher);
+    other services
     that log in against txrelay's auth socket without its milter; rewriting on delivery
     (smtp_*_checks, smtp_generic_maps, short smtp_line_length_limit). Global settings
     txrelay cannot change for its own mail only are warnings with the command to run.

@@ -411,4 +411,51 @@ def _delivery_warnings(settings: PostfixSettings) -> list[Problem]:
                 WARNING,
             )
         )
+    return warnings + _tls_resumption_warnings(main)
+
+
+def _tls_resumption_warnings(main: dict[str, str]) -> list[Problem]:
+    """TLS session tickets spare shops that open a session per mail a full handshake. Both
+    settings live in tlsmgr, for every service: a master.cf -o cannot turn them back on."""
+    fix = (
+        "TLS session tickets are off for every smtpd, txrelay's service too: shops that open "
+        "a session per mail pay a full TLS handshake each time; a global setting txrelay "
+        "does not change (per-service overrides do not work): run postconf -X {name} to "
+        "restore the default"
+    )
+    warnings = []
+    timeout = main.get("smtpd_tls_session_cache_timeout", "3600s")
+    if _seconds(timeout) <= 0:
+        warnings.append(
+            Problem(
+                "main.cf",
+                "smtpd_tls_session_cache_timeout",
+                timeout,
+                fix.format(name="smtpd_tls_session_cache_timeout"),
+                WARNING,
+            )
+        )
+    if not main.get("tls_session_ticket_cipher", "aes-256-cbc").strip():
+        warnings.append(
+            Problem(
+                "main.cf",
+                "tls_session_ticket_cipher",
+                "",
+                fix.format(name="tls_session_ticket_cipher"),
+                WARNING,
+            )
+        )
     return warnings
+
+
+def _seconds(value: str) -> int:
+    """A Postfix time value ("3600s", "1h", "0") in seconds; unreadable counts as positive
+    (postfix check reports those itself)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = value.strip()
+    unit = units.get(text[-1:], 1) if text[-1:].isalpha() else 1
+    number = text[:-1] if text[-1:].isalpha() else text
+    try:
+        return int(number) * unit
+    except ValueError:
+        return 1
