@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.policy import logline
 from txrelay.policy.suppression import SuppressionRules
@@ -108,6 +109,7 @@ class Tracker:
                 counters += apply_event(self.conn, self.node, event, now, line)
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
+        metrics.record_outcomes(counters.outcomes())
         return counters
 
     def apply_kept(self) -> Counters:
@@ -121,6 +123,7 @@ class Tracker:
             tracking.lock_queue_rows(self.conn, self.node, queue_ids)
             for queue_id in queue_ids:
                 counters += apply_pending(self.conn, self.node, queue_id, now)
+        metrics.record_outcomes(counters.outcomes())
         return counters
 
     def close(self) -> None:
@@ -261,7 +264,7 @@ def _apply_delivery(
     ledger_id = recipients[address]
     if candidate.outcome is logline.Outcome.BOUNCED:
         tracking.mark_queued(conn, message_id, now)
-        outcomes.record_bounce(
+        bounced = outcomes.record_bounce(
             conn,
             ledger_id,
             candidate.dsn,
@@ -271,7 +274,8 @@ def _apply_delivery(
             rules=SUPPRESSION_RULES,
             event=candidate.describe(),
         )
-    elif tracking.record_outcome(
+        return Counters(bounced=1) if bounced else Counters()
+    if tracking.record_outcome(
         conn,
         message_id,
         ledger_id,
@@ -281,4 +285,5 @@ def _apply_delivery(
         now,
     ):
         outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
+        return Counters(**{candidate.outcome.value: 1})
     return Counters()
