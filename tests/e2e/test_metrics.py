@@ -14,8 +14,8 @@ import yaml
 
 from tests.harness.fixtures import RelayStack
 from tests.harness.metrics import MetricsStack, http_get, metrics_stack, samples
-from tests.harness.promql import exposed, problems
 from tests.harness.processes import TXRELAY, ManagedProcess, free_port, port_open, wait_until
+from tests.harness.promql import exposed, problems
 from tests.harness.provision import Provisioned
 from tests.harness.smtp import build_message, submit
 
