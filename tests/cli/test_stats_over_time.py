@@ -71,6 +71,12 @@ def test_days_follow_the_zones_midnight_including_the_25_hour_day(
         ("2026-10-25T00:00:00+00:00", 7, 2, 1, 3, 2, 1, "0.4286"),
         ("2026-10-26T00:00:00+00:00", 0, 0, 0, 0, 0, 0, "0.0000")]
 
+    whole = txrelay("stats", "--account", sender.account, "--since", "2026-10-24",
+                    "--until", "2026-10-27", "--json").json()[0]
+    for name in ("arrived", "delivered", "deferred", "bounced", "in_flight"):
+        assert sum(int(r[name]) for r in in_utc) == whole[name] == sum(
+            int(r[name]) for r in berlin), name
+
 
 def test_the_hour_repeated_when_clocks_go_back_is_two_buckets(
         txrelay: Txrelay, db: psycopg.Connection, unique: str) -> None:
