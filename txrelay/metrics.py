@@ -81,6 +81,15 @@ BACKGROUND_LAST_SUCCESS = Gauge(
     ["loop"],
     registry=REGISTRY,
 )
+OUTCOMES = Counter(
+    "txrelay_tracker_outcomes",
+    "Recipient outcomes the tracker recorded, by state "
+    "(deferred: once per deferral Postfix logged; a delivery later reported bounced counts "
+    "as delivered, then as bounced).",
+    ["state"],
+    registry=REGISTRY,
+)
+OUTCOME_STATES = ("delivered", "deferred", "bounced")
 
 WEBHOOK_ATTEMPTS = Counter(
     "txrelay_webhook_attempts",
@@ -122,6 +131,13 @@ def timed(stage: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def record_outcomes(counts: Mapping[str, int]) -> None:
+    """For the tracker: outcomes by state, once the transaction that recorded them committed."""
+    for state, count in counts.items():
+        if count:
+            OUTCOMES.labels(state).inc(count)
 
 
 def set_journal_backlog(messages: int) -> None:
@@ -213,15 +229,24 @@ class DependencyCollector(Collector):
 # -- quota and reservations, read from Redis at scrape time ---------------------------------
 
 
+AccountNames = Callable[[Sequence[int]], Mapping[int, str]]
+
+
 class AccountCollector(Collector):
-    """Live balance and outstanding reservations of every account the Redis keys know."""
+    """Live balance and outstanding reservations of every account the Redis keys know, and
+    txrelay_account_info{account_id, name} (value 1) so a dashboard can show names."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, now: Callable[[], float] = time.time
+        self,
+        client: redis.Redis,
+        prefix: str,
+        now: Callable[[], float] = time.time,
+        names: AccountNames = lambda ids: {},
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.now = now
+        self.names = names
         self._account_id = re.compile(re.escape(prefix) + r":\{a(\d+)\}:balance$")
 
     def collect(self) -> Iterator[Metric]:
@@ -235,15 +260,23 @@ class AccountCollector(Collector):
             "Recipients reserved by a milter and not yet committed or released, per account.",
             labels=["account"],
         )
+        info = GaugeMetricFamily(
+            "txrelay_account_info",
+            "1 for each account in txrelay_quota_remaining, with its name (join on account_id).",
+            labels=["account_id", "name"],
+        )
         try:
-            self._fill(remaining, held)
+            ids = self._fill(remaining, held)
         except redis.RedisError as exc:
             log.warning("event=metrics_redis_failed error=%r", str(exc))
             return
+        for account_id, name in sorted(self.names(ids).items()):
+            info.add_metric([str(account_id), name], 1)
         yield remaining
         yield held
+        yield info
 
-    def _fill(self, remaining: GaugeMetricFamily, held: GaugeMetricFamily) -> None:
+    def _fill(self, remaining: GaugeMetricFamily, held: GaugeMetricFamily) -> list[int]:
         pattern = _glob_escape(self.prefix) + ":{a*}:balance"
         ids = sorted(
             {
@@ -266,6 +299,46 @@ class AccountCollector(Collector):
                 if balance is not None:
                     remaining.add_metric([str(account_id)], int(balance))
                 held.add_metric([str(account_id)], int(outstanding))
+        return ids
+
+
+class AccountNameCache:
+    """Account names from PostgreSQL for the metrics, read at most every `ttl` seconds (and
+    when an account appears that the cache does not know); while PostgreSQL does not answer,
+    the names read last are used."""
+
+    SELECT_NAMES = "SELECT id, name FROM accounts WHERE id = ANY(%(ids)s)"
+
+    def __init__(
+        self, url: str, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.url = url
+        self.ttl = ttl
+        self.clock = clock
+        self._names: dict[int, str] = {}
+        self._asked: set[int] = set()  # ids read last (an account deleted has no name)
+        self._read_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def __call__(self, ids: Sequence[int]) -> Mapping[int, str]:
+        with self._lock:
+            stale = self.clock() - self._read_at > self.ttl
+            if stale or not self._asked.issuperset(ids):
+                self._refresh(ids)
+            return {i: self._names[i] for i in ids if i in self._names}
+
+    def _refresh(self, ids: Sequence[int]) -> None:
+        try:
+            with psycopg.connect(
+                self.url, connect_timeout=int(HEALTH_TIMEOUT), autocommit=True
+            ) as conn:
+                rows = conn.execute(self.SELECT_NAMES, {"ids": list(ids)}).fetchall()
+        except psycopg.Error as exc:
+            log.warning("event=metrics_account_names_failed error=%r", str(exc))
+            return
+        self._names = {int(row[0]): str(row[1]) for row in rows}
+        self._asked = set(ids)
+        self._read_at = self.clock()
 
 
 def _glob_escape(text: str) -> str:
@@ -531,7 +604,13 @@ def start_milter_endpoint(
         config.metrics.milter_listen,
         "milter",
         milter_checks(config),
-        [AccountCollector(client, config.redis.key_prefix)],
+        [
+            AccountCollector(
+                client,
+                config.redis.key_prefix,
+                names=AccountNameCache(config.database.for_daemons().url),
+            )
+        ],
         judge,
     )
 
@@ -547,6 +626,8 @@ def start_tracker_endpoint(
     def judge(problems: Mapping[str, str | None]) -> NodeHealth:
         return judge_dependencies(problems, loops())
 
+    for state in OUTCOME_STATES:
+        OUTCOMES.labels(state)  # each state from the start at 0: rate() needs the first sample
     return start_endpoint(
         config.metrics.tracker_listen,
         "tracker",

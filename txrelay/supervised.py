@@ -62,6 +62,8 @@ class SupervisedLoop:
         self._last_success: float | None = None
         self._errors = 0
         self._streak = 0
+        # The loop's error series at 0 from the start: increase() and alerts need a first sample.
+        metrics.BACKGROUND_ERRORS.labels(name)
 
     def start(self) -> SupervisedLoop:
         self._started = time.monotonic()

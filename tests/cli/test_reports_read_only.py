@@ -85,7 +85,7 @@ def test_stats_leave_the_database_unchanged(
     ("domain", "list"), ("db", "status"),
     ("messages", "search", "--account", "{account}"), ("quota", "show", "{account}"),
     ("billing", "report", "{account}", "--period", "2026-11"),
-    ("stats", "--since", "30d")])
+    ("stats", "--since", "30d"), ("stats", "--by", "1h", "--account", "{account}")])
 def test_show_list_report_and_search_commands_leave_the_database_unchanged(
         txrelay: Txrelay, db: psycopg.Connection, sender_with_pending_rows: Sender,
         command: tuple[str, ...]) -> None:

@@ -3,20 +3,24 @@ of a real stack while mail goes through it, and /healthz when a dependency is do
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.harness.fixtures import RelayStack
 from tests.harness.metrics import MetricsStack, http_get, metrics_stack, samples
 from tests.harness.processes import TXRELAY, ManagedProcess, free_port, port_open, wait_until
+from tests.harness.promql import exposed, problems
 from tests.harness.provision import Provisioned
 from tests.harness.smtp import build_message, submit
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["metrics_stack"]  # the fixture, imported for pytest
 
 
@@ -87,6 +91,43 @@ def test_tracker_metrics_show_it_caught_up_with_the_log(relay: RelayStack, shop:
 
     wait_until(caught_up, 20, "tracker caught up", metrics_stack.tracker.log)
     assert Path(metrics_stack.config.tracker.log_path).stat().st_size > 0
+
+
+def test_grafana_dashboard_and_alerts_ask_only_for_what_milter_and_tracker_export(
+        relay: RelayStack, shop: Provisioned, metrics_stack: MetricsStack) -> None:
+    """Every PromQL expression of deploy/grafana/txrelay.json (and of the alert rules) held
+    against the real /metrics of a milter and a tracker that have seen mail delivered."""
+    rcpt = f"g-{secrets.token_hex(4)}@customer.example.net"
+    assert submit(shop.username, shop.password, shop.address(), [rcpt],
+                  build_message(shop.address(), [rcpt]), port=metrics_stack.port).accepted
+    relay.sink.wait_for_recipient(rcpt)
+
+    def delivered_counted() -> bool:
+        text = curl(f"{metrics_stack.tracker_url}/metrics")
+        return samples(text, "txrelay_tracker_outcomes_total").get((("state", "delivered"),),
+                                                                   0.0) >= 1.0
+
+    wait_until(delivered_counted, 20, "tracker counted the delivery", metrics_stack.tracker.log)
+    milter_text = curl(f"{metrics_stack.milter_url}/metrics")
+    tracker_text = curl(f"{metrics_stack.tracker_url}/metrics")
+    info = samples(milter_text, "txrelay_account_info")
+    assert info[(("account_id", str(shop.account_id)), ("name", shop.account))] == 1.0
+    assert set(samples(tracker_text, "txrelay_tracker_outcomes_total")) == {
+        (("state", state),) for state in ("delivered", "deferred", "bounced")}
+
+    metrics = exposed(milter_text, tracker_text)
+    board = json.loads((ROOT / "deploy" / "grafana" / "txrelay.json").read_text())
+    expressions = [(panel["title"], target["expr"], target.get("legendFormat", ""))
+                   for panel in board["panels"] for target in panel.get("targets", [])]
+    expressions += [(variable["name"], variable["definition"], "")
+                    for variable in board["templating"]["list"] if "definition" in variable]
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    expressions += [(rule["alert"], rule["expr"], "")
+                    for group in rules["groups"] for rule in group["rules"]]
+    assert len(expressions) > 20
+    wrong = {title: found for title, expr, legend in expressions
+             if (found := problems(expr, metrics, legend))}
+    assert wrong == {}
 
 
 def test_healthz_is_ok_while_postgresql_and_redis_answer(metrics_stack: MetricsStack) -> None:

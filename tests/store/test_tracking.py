@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.store.tracking_fixtures import MailLog, add_message, ledger_row, make_sender, states
+from txrelay import metrics
 from txrelay.clock import FixedClock
 from txrelay.config import Config
 from txrelay.store import database, tracking
@@ -86,6 +87,33 @@ def test_delivered_and_bounced_are_final(db, conn, node, maillog, unique):
     maillog.delivery("Q2AAAA", "b@x.test", "sent")
     tracker_for(conn, node, maillog).run_pass()
     assert states(db, message) == {"a@x.test": "delivered", "b@x.test": "bounced"}
+
+
+def outcomes_counted() -> dict[str, float]:
+    return {state: metrics.REGISTRY.get_sample_value("txrelay_tracker_outcomes_total",
+                                                     {"state": state}) or 0.0
+            for state in ("delivered", "deferred", "bounced")}
+
+
+def test_outcomes_are_counted_once_by_state_for_the_metrics(db, conn, node, maillog, unique):
+    """txrelay_tracker_outcomes_total: each deferral, a bounce once however often it is read,
+    and a delivery later reported bounced in both states (as the ledger row went)."""
+    sender = make_sender(db, unique)
+    add_message(db, sender, "Q9AAAA", ["a@x.test", "b@x.test", "c@x.test"], node=node)
+    before = outcomes_counted()
+    maillog.queued("Q9AAAA", 3)
+    maillog.delivery("Q9AAAA", "a@x.test", "deferred")
+    maillog.delivery("Q9AAAA", "a@x.test", "deferred", detail="451 4.7.1 later still")
+    maillog.delivery("Q9AAAA", "a@x.test", "sent")
+    maillog.delivery("Q9AAAA", "b@x.test", "bounced")
+    maillog.delivery("Q9AAAA", "b@x.test", "bounced")
+    maillog.delivery("Q9AAAA", "c@x.test", "sent")
+    maillog.delivery("Q9AAAA", "c@x.test", "bounced")
+    result = tracker_for(conn, node, maillog).run_pass()
+    assert result.counters.outcomes() == {"delivered": 2, "deferred": 2, "bounced": 2}
+    after = outcomes_counted()
+    assert {state: after[state] - before[state] for state in after} == {
+        "delivered": 2.0, "deferred": 2.0, "bounced": 2.0}
 
 
 def test_deferred_then_sent_ends_delivered(db, conn, node, maillog, unique):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,14 +37,22 @@ class Counters:
     unparsed_lines: int = 0
     unmatched_events: int = 0
     nrcpt_mismatches: int = 0
+    # Outcomes recorded (a row's state changed, or one more deferral): the tracker's
+    # txrelay_tracker_outcomes_total{state}, counted once their transaction committed.
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
 
     def __add__(self, other: Counters) -> Counters:
         return Counters(
-            self.lines_read + other.lines_read,
-            self.unparsed_lines + other.unparsed_lines,
-            self.unmatched_events + other.unmatched_events,
-            self.nrcpt_mismatches + other.nrcpt_mismatches,
+            **{
+                item.name: getattr(self, item.name) + getattr(other, item.name)
+                for item in dataclasses.fields(self)
+            }
         )
+
+    def outcomes(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "deferred": self.deferred, "bounced": self.bounced}
 
 
 SELECT_POSITION = """

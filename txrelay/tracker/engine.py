@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from txrelay import metrics
 from txrelay.clock import Clock
 from txrelay.policy import logline
 from txrelay.policy.suppression import SuppressionRules
@@ -114,6 +115,7 @@ class Tracker:
                 counters += apply_event(self.conn, self.node, event, now, line, self.rules)
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
+        metrics.record_outcomes(counters.outcomes())
         return counters
 
     def apply_kept(self) -> Counters:
@@ -127,6 +129,7 @@ class Tracker:
             tracking.lock_queue_rows(self.conn, self.node, queue_ids)
             for queue_id in queue_ids:
                 counters += apply_pending(self.conn, self.node, queue_id, now, self.rules)
+        metrics.record_outcomes(counters.outcomes())
         return counters
 
     def close(self) -> None:
@@ -303,7 +306,7 @@ def _apply_delivery(
     ledger_id = recipients[address]
     if candidate.outcome is logline.Outcome.BOUNCED:
         tracking.mark_queued(conn, message_id, now)
-        outcomes.record_bounce(
+        bounced = outcomes.record_bounce(
             conn,
             ledger_id,
             candidate.dsn,
@@ -313,7 +316,8 @@ def _apply_delivery(
             rules=rules,
             event=candidate.describe(),
         )
-    elif tracking.record_outcome(
+        return Counters(bounced=1) if bounced else Counters()
+    if tracking.record_outcome(
         conn,
         message_id,
         ledger_id,
@@ -323,4 +327,5 @@ def _apply_delivery(
         now,
     ):
         outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
+        return Counters(**{candidate.outcome.value: 1})
     return Counters()

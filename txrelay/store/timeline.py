@@ -1,0 +1,175 @@
+"""Statistics over time: per bucket and connection, counts from each source of figures.
+
+Each source (today the ledger) is one query that returns counts per (bucket, connection);
+they are merged here, so a new column (suppressed, sandboxed…) is one more CountSource.
+The ledger source reads the ledger itself; rollups can replace `ledger_counts` behind the
+same signature without the command noticing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+from txrelay.errors import NotFound
+from txrelay.policy.buckets import Buckets
+from txrelay.store.reporting import require_account
+
+Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
+
+# (bucket index, connection id) -> column -> count
+Counts = dict[tuple[int, int], dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the figures are about: buckets, and the connections (by id) to count."""
+
+    buckets: Buckets
+    connection_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CountSource:
+    """One source of figures: the columns it fills and the query that fills them."""
+
+    columns: tuple[str, ...]
+    count: Callable[[Conn, Scope], Counts]
+
+
+@dataclass(frozen=True)
+class ConnectionRef:
+    connection_id: int
+    account: str
+    connection: str
+
+
+@dataclass(frozen=True)
+class BucketStats:
+    start: dt.datetime  # on the zone's clock
+    end: dt.datetime
+    account: str
+    connection: str
+    connection_id: int
+    counts: Mapping[str, int]
+
+    @property
+    def bounce_rate(self) -> Decimal:
+        """Bounced / arrived, as a fraction with 4 places (0 without mail)."""
+        arrived = self.counts.get("arrived", 0)
+        if not arrived:
+            return Decimal("0.0000")
+        return (Decimal(self.counts.get("bounced", 0)) / Decimal(arrived)).quantize(
+            Decimal("0.0001")
+        )
+
+
+# The connections of `txrelay stats`: live ones always, deleted ones only when they have
+# mail in the range (so a chart of a deleted connection's past still shows).
+SELECT_CONNECTIONS = """
+SELECT c.id AS connection_id, a.name AS account, c.name AS connection
+  FROM connections c
+  JOIN accounts a ON a.id = c.account_id
+ WHERE (%(account)s::text IS NULL OR a.name = %(account)s)
+   AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
+   AND (c.deleted_at IS NULL
+        OR EXISTS (SELECT 1 FROM ledger l WHERE l.connection_id = c.id
+                      AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s))
+ ORDER BY a.name, c.name, c.id"""
+
+# Per bucket and connection, the recipients that arrived in the bucket (voided ones never
+# reached Postfix's queue) and what became of them: the same cohort as `txrelay stats`.
+# width_bucket numbers the buckets from 1 against the edges; the range condition per
+# connection is what the index ledger_connection_time serves.
+LEDGER_COUNTS = """
+SELECT l.connection_id, width_bucket(l.accepted_at, %(edges)s::timestamptz[]) - 1 AS bucket,
+       count(*) AS arrived,
+       count(*) FILTER (WHERE l.state = 'delivered') AS delivered,
+       count(*) FILTER (WHERE l.state = 'deferred') AS deferred,
+       count(*) FILTER (WHERE l.state = 'bounced') AS bounced,
+       count(*) FILTER (WHERE l.complained_at IS NOT NULL) AS complained,
+       count(*) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight
+  FROM ledger l
+ WHERE l.connection_id = ANY(%(connection_ids)s)
+   AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s
+   AND l.state <> 'voided'
+ GROUP BY 1, 2"""
+
+LEDGER_COLUMNS = ("arrived", "delivered", "deferred", "bounced", "complained", "in_flight")
+
+
+def ledger_counts(conn: Conn, scope: Scope) -> Counts:
+    rows = conn.execute(
+        LEDGER_COUNTS,
+        {
+            "edges": list(scope.buckets.edges),
+            "connection_ids": list(scope.connection_ids),
+            "start": scope.buckets.start,
+            "end": scope.buckets.end,
+        },
+    ).fetchall()
+    return {
+        (int(row["bucket"]), int(row["connection_id"])): {
+            column: int(row[column]) for column in LEDGER_COLUMNS
+        }
+        for row in rows
+    }
+
+
+SOURCES: tuple[CountSource, ...] = (CountSource(LEDGER_COLUMNS, ledger_counts),)
+
+
+def columns(sources: Sequence[CountSource] = SOURCES) -> tuple[str, ...]:
+    return tuple(column for source in sources for column in source.columns)
+
+
+def stats_over_time(
+    conn: Conn,
+    buckets: Buckets,
+    *,
+    account: str | None,
+    connection: str | None,
+    sources: Sequence[CountSource] = SOURCES,
+) -> list[BucketStats]:
+    """Every bucket for every connection in scope, ordered by connection then time; a bucket
+    without mail has zeros (a chart has no gaps)."""
+    if account is not None:
+        require_account(conn, account)
+    refs = [
+        ConnectionRef(int(row["connection_id"]), row["account"], row["connection"])
+        for row in conn.execute(
+            SELECT_CONNECTIONS,
+            {
+                "account": account,
+                "connection": connection,
+                "start": buckets.start,
+                "end": buckets.end,
+            },
+        ).fetchall()
+    ]
+    if connection is not None and not refs:
+        raise NotFound(
+            f"no connection named {connection!r}"
+            + (f" in account {account!r}" if account else "")
+            + "; see 'txrelay connection list'"
+        )
+    scope = Scope(buckets, tuple(ref.connection_id for ref in refs))
+    merged: Counts = {}
+    for source in sources:
+        for key, counts in source.count(conn, scope).items():
+            merged.setdefault(key, {}).update(counts)
+    zeros = dict.fromkeys(columns(sources), 0)
+    result = []
+    for ref in refs:
+        for index in range(len(buckets)):
+            start, end = buckets.local(index)
+            counts = zeros | merged.get((index, ref.connection_id), {})
+            result.append(
+                BucketStats(start, end, ref.account, ref.connection, ref.connection_id, counts)
+            )
+    return result
