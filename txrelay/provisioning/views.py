@@ -38,6 +38,9 @@ def account_view(summary: AccountSummary) -> dict[str, Any]:
         "connections": summary.connections,
         "domains": summary.domains,
         "created_at": timestamp(account.created_at),
+        "disabled": account.disabled_at is not None,
+        "disabled_at": timestamp(account.disabled_at),
+        "overage_cap": account.overage_cap,
     }
 
 
