@@ -124,9 +124,9 @@ class MemoryReservations:
         if available <= 0 and not request.paid:
             return Reservation(ReservationStatus.QUOTA_EXHAUSTED, available, 0)
         cap = request.overage_cap
-        if available <= 0 and cap is not None:
-            if self.overage[(request.account_id, request.period)] - available >= cap:
-                return Reservation(ReservationStatus.OVERAGE_CAP, available, 0)
+        used = self.overage.get((request.account_id, request.period), 0)
+        if available <= 0 and cap is not None and used - available >= cap:
+            return Reservation(ReservationStatus.OVERAGE_CAP, available, 0)
         if request.rate_limit > 0:
             rate = self.rate.setdefault((request.account_id, request.connection_id), {})
             for member in [m for m, at in rate.items() if at <= now - RATE_WINDOW]:

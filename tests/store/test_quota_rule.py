@@ -16,11 +16,11 @@ import redis
 
 from tests.store.builders import Tenant, add_block
 from txrelay.config import DatabaseConfig
+from txrelay.policy.billing import parse_period
 from txrelay.policy.quota import ReservationStatus
 from txrelay.store import database, lifecycle
 from txrelay.store.fallback import PostgresReservations, rebuild_redis
 from txrelay.store.keys import AccountKeys
-from txrelay.policy.billing import parse_period
 from txrelay.store.ledger import (
     AcceptedMessage,
     overage_used,
