@@ -166,9 +166,8 @@ def _print_account(
         f"  plan:             {'paid' if summary.paid else 'demo'}\n"
         f"  quota remaining:  {summary.quota_remaining:,}\n"
         f"  reminder below:   {threshold}\n"
-        f"  overage cap:      {_cap_text(account_.overage_cap)}\n"
-        f"  status:           {_status_text(account_)}\n"
-        f"  connections:      {summary.connections}\n"
+        + _unusual_lines(account_)
+        + f"  connections:      {summary.connections}\n"
         f"  domains:          {summary.domains}"
     )
     if created:
@@ -178,17 +177,24 @@ def _print_account(
         )
 
 
-def _cap_text(cap: int | None) -> str:
-    if cap is None:
-        return "unlimited"
+def _unusual_lines(account_: Account) -> str:
+    """Lines shown only when they differ from a new account's (no cap, enabled)."""
+    lines = ""
+    if account_.overage_cap is not None:
+        lines += f"  overage cap:      {_cap_text(account_.overage_cap)}\n"
+    if account_.disabled_at is not None:
+        lines += f"  status:           {_status_text(account_)}\n"
+    return lines
+
+
+def _cap_text(cap: int) -> str:
     if cap == 0:
         return "0 (refused at quota)"
     return f"{cap:,} mails per month"
 
 
 def _status_text(account_: Account) -> str:
-    if account_.disabled_at is None:
-        return "enabled"
+    assert account_.disabled_at is not None
     return f"DISABLED since {short_time(account_.disabled_at)} UTC (its mail is refused)"
 
 

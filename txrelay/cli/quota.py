@@ -143,9 +143,12 @@ def show(cli: CliContext, account: str) -> None:
             table(("BLOCK", "KIND", "AMOUNT", "USED", "REMAINING", "BOOKED", "EXPIRES", ""), rows)
         )
         usage = report.forecast.usage
-        click.echo(
+        sent = (
             f"Sent in the last 24 hours: {usage.last_day:,}; in the last 7 days: "
-            f"{usage.last_week:,}. {report.forecast.sentence()}"
+            f"{usage.last_week:,}. "
+            if usage.last_week
+            else ""
         )
+        click.echo(sent + report.forecast.sentence())
 
     cli.emit(quota_view(report), human)
