@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.cli.conftest import DictConnection, Txrelay, one_row
 from tests.store.tracking_fixtures import Sender, add_message, make_sender
@@ -16,6 +17,7 @@ from txrelay.clock import FixedClock
 from txrelay.config import Config
 from txrelay.policy.sender import authorize_sender
 from txrelay.policy.verdict import Verdict
+from txrelay.store.keys import AccountKeys
 from txrelay.store.policy import PolicyLoader
 
 HOUR = dt.timedelta(hours=1)
@@ -60,9 +62,14 @@ def test_disabled_account_is_refused_at_mail_with_its_name_and_enable_undoes_it(
 
 def test_account_delete_is_refused_with_uninvoiced_overage_then_forced_keeps_the_ledger(
         txrelay: Txrelay, account: str, domain: str, db: DictConnection, config: Config,
-        clock: FixedClock) -> None:
+        clock: FixedClock, redis_url: str) -> None:
     username = connected(txrelay, account, domain)
+    txrelay("account", "set", account, "--low-quota-threshold", "100")
     sender = sender_of(db, account)
+    live = redis.Redis.from_url(redis_url, socket_timeout=5)
+    keys = AccountKeys(config.redis.key_prefix, sender.account_id)
+    live.set(keys.balance, 997)
+    live.hset(keys.overage, "2026-11", 2)
     add_message(db, sender, "D1", ["a@x.test"], accepted_at=clock.now() - HOUR)
     add_message(db, sender, "D2", ["b@x.test", "c@x.test"], accepted_at=clock.now() - HOUR,
                 billing="overage")
@@ -86,10 +93,13 @@ def test_account_delete_is_refused_with_uninvoiced_overage_then_forced_keeps_the
                (SELECT count(*) FROM dkim_keys WHERE account_id = %(id)s) AS keys,
                (SELECT count(*) FROM ledger WHERE account_id = %(id)s) AS ledger,
                (SELECT count(*) FROM connections
-                 WHERE account_id = %(id)s AND deleted_at IS NULL) AS live_connections""",
+                 WHERE account_id = %(id)s AND deleted_at IS NULL) AS live_connections,
+               (SELECT low_quota_threshold FROM accounts WHERE id = %(id)s) AS reminder""",
                      {"id": sender.account_id})  # type: ignore[arg-type]
     assert counts == {"credentials": 0, "domains": 0, "keys": 0, "ledger": 3,
-                      "live_connections": 0}
+                      "live_connections": 0, "reminder": 0}
+    assert live.exists(keys.balance, keys.overage) == 0
+    live.close()
     assert username not in Path(config.dovecot.passdb_file).read_text()
     assert account not in [a["account"] for a in txrelay("account", "list", "--json").json()]
     assert txrelay("account", "show", account).exit_code == 3

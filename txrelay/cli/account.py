@@ -5,12 +5,14 @@ from __future__ import annotations
 import shlex
 
 import click
+import redis
 
 from txrelay.cli.connection import update_login_file
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.provisioning import accounts
 from txrelay.provisioning.views import account_view, short_time, table
 from txrelay.store.accounts import UNCHANGED, Account, AccountSummary, Unchanged
+from txrelay.store.keys import AccountKeys
 
 
 @click.group()
@@ -261,6 +263,7 @@ def delete(cli: CliContext, name: str, force: bool) -> None:
     """
     gone = accounts.delete_account(cli.db, cli.clock.now(), name, force=force)
     update_login_file(cli)
+    _forget_live_state(cli, gone.account.id)
     data = {
         "account": gone.account.name,
         "id": gone.account.id,
@@ -284,3 +287,18 @@ def delete(cli: CliContext, name: str, force: bool) -> None:
             click.echo(f"  {gone.in_flight:,} recipients still in flight finish and are billed.")
 
     cli.emit(data, human)
+
+
+def _forget_live_state(cli: CliContext, account_id: int) -> None:
+    """Drop the deleted account's live balance and overage count from Redis (its held and
+    rate sets expire by themselves). A failure is a note: the delete is committed, and the
+    keys only take a little memory."""
+    keys = AccountKeys(cli.config.redis.key_prefix, account_id)
+    try:
+        cli.redis.delete(keys.balance, keys.overage)
+    except redis.RedisError as exc:
+        click.echo(
+            f"note: Redis did not answer ({exc}); delete {keys.balance} and {keys.overage} "
+            "once it is back to free their memory",
+            err=True,
+        )

@@ -149,7 +149,8 @@ def set_disabled(
 
 
 MARK_DELETED = """
-UPDATE accounts SET deleted_at = %(now)s, disabled_at = COALESCE(disabled_at, %(now)s)
+UPDATE accounts SET deleted_at = %(now)s, disabled_at = COALESCE(disabled_at, %(now)s),
+       low_quota_threshold = 0
  WHERE id = %(id)s"""
 # The domains' keys go with them; a key only this account held that no domain uses any more
 # (a retired one) goes too. dkim_key_rotations and connection_domains follow by cascade.
@@ -166,7 +167,7 @@ DELETE FROM credentials cr USING connections co
 
 def mark_deleted(conn: psycopg.Connection, account_id: int, now: dt.datetime) -> None:
     """The row, its messages and its ledger stay (billing retention); credentials, domains,
-    DKIM keys (private halves included) and the plan renewal are destroyed."""
+    DKIM keys (private halves included), the plan renewal and the quota reminder go."""
     params = {"id": account_id, "now": now}
     for sql in (
         MARK_DELETED,

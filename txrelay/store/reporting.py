@@ -14,7 +14,8 @@ from txrelay.policy.billing import BillingInputs, BookedBlock, Period
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
-SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s"
+# By name: live accounts only (a deleted account's name may be taken again).
+SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s AND deleted_at IS NULL"
 
 # Per connection: recipients that arrived in the period and what became of them. Voided
 # rows never reached Postfix's queue: they did not arrive. Live connections are listed even
@@ -34,7 +35,7 @@ SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled
   LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
                     AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
                     AND l.accepted_at < %(until)s
- WHERE (%(account)s::text IS NULL OR a.name = %(account)s)
+ WHERE (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
  GROUP BY a.name, c.id
 HAVING c.deleted_at IS NULL OR count(l.id) > 0
@@ -135,7 +136,7 @@ SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender, m.hea
         OR m.message_id = '<' || %(message_id)s || '>'
         OR '<' || m.message_id || '>' = %(message_id)s)
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
-   AND (%(account)s::text IS NULL OR a.name = %(account)s)
+   AND (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
    AND (%(queue_id)s::text IS NULL OR m.queue_id = %(queue_id)s)
    AND (%(sender)s::text IS NULL
         OR (left(%(sender)s, 1) = '@'
