@@ -317,3 +317,15 @@ def test_messages_show_tells_the_story_of_one_message(
         assert text in human
     missing = txrelay("messages", "show", f"NOPE{unique}")
     assert missing.exit_code == 3 and "messages search" in missing.error
+
+
+def test_messages_show_finds_a_message_by_its_transaction_id(
+        txrelay: Txrelay, db: DictConnection, unique: str) -> None:
+    from tests.cli.billing_fixtures import sender_with_outcomes
+
+    _sender, message = sender_with_outcomes(db, unique, dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
+    txn = one_row(db, "SELECT txn_id::text AS txn FROM messages WHERE id = %s", (message,))
+    [story] = txrelay("messages", "show", txn["txn"].upper(), "--json").json()
+    assert story["message"]["queue_id"] == f"C{unique}"
+    bracketed = txrelay("messages", "show", f"<order-{unique}@shop.example>", "--json").json()
+    assert bracketed == [story]
