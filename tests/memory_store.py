@@ -67,9 +67,17 @@ class MemoryLedger:
     def remaining_quota(self, account_id: int) -> int:
         self._check()
         with self._lock:
-            used = sum(len(m.recipients) for m in self.messages.values()
-                       if m.account_id == account_id)
-            return max(0, self.units.get(account_id, 0) - used)
+            return max(0, self.units.get(account_id, 0) - self._used(account_id))
+
+    def overage_used(self, account_id: int, period: str) -> int:
+        """Recipients beyond the account's units (one period: the memory ledger has no time)."""
+        self._check()
+        with self._lock:
+            return max(0, self._used(account_id) - self.units.get(account_id, 0))
+
+    def _used(self, account_id: int) -> int:
+        return sum(len(m.recipients) for m in self.messages.values()
+                   if m.account_id == account_id)
 
     def _check(self) -> None:
         if self.unavailable:
@@ -80,8 +88,11 @@ class MemoryReservations:
     """The ReservationStore Protocol in memory, with reserve.lua's statuses and numbers."""
 
     def __init__(self, load_balance: Callable[[int], int], ttl_seconds: int = 60,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time,
+                 load_overage: Callable[[int, str], int] | None = None) -> None:
         self.load_balance = load_balance
+        self.load_overage = load_overage
+        self.overage: dict[tuple[int, str], int] = {}  # (account, period) -> overage units
         self.ttl_seconds = ttl_seconds
         self.now = now
         self.unavailable = False
@@ -96,6 +107,13 @@ class MemoryReservations:
             remaining = self.load_balance(request.account_id)
             with self._lock:
                 self.balance.setdefault(request.account_id, remaining)
+        slot = (request.account_id, request.period)
+        if request.overage_cap is not None and slot not in self.overage:
+            if self.load_overage is None:
+                raise ValueError("this reservation store was built without an overage loader")
+            used = self.load_overage(*slot)
+            with self._lock:
+                self.overage.setdefault(slot, used)
         with self._lock:
             return self._reserve(request, self.now())
 
@@ -108,6 +126,10 @@ class MemoryReservations:
         available = self.balance[request.account_id] - len(held)
         if available <= 0 and not request.paid:
             return Reservation(ReservationStatus.QUOTA_EXHAUSTED, available, 0)
+        cap = request.overage_cap
+        used = self.overage.get((request.account_id, request.period), 0)
+        if available <= 0 and cap is not None and used - available >= cap:
+            return Reservation(ReservationStatus.OVERAGE_CAP, available, 0)
         if request.rate_limit > 0:
             rate = self.rate.setdefault((request.account_id, request.connection_id), {})
             for member in [m for m, at in rate.items() if at <= now - RATE_WINDOW]:
@@ -120,13 +142,20 @@ class MemoryReservations:
         status = ReservationStatus.OVERAGE if available <= 0 else ReservationStatus.RESERVED
         return Reservation(status, available - 1, 0)
 
-    def commit(self, account_id: int, members: Sequence[str], units: int) -> int:
+    def commit(self, account_id: int, members: Sequence[str], units: int,
+               period: str = "") -> int:
         self._check()
         with self._lock:
             held = self.held.setdefault(account_id, {})
             removed = sum(1 for m in members if held.pop(m, None) is not None)
+            slot = (account_id, period)
             if account_id in self.balance:
-                self.balance[account_id] = max(0, self.balance[account_id] - units)
+                left = self.balance[account_id] - units
+                self.balance[account_id] = max(0, left)
+                if left < 0 and slot in self.overage:
+                    self.overage[slot] -= left
+            else:
+                self.overage.pop(slot, None)
             return removed
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int:
@@ -163,7 +192,8 @@ class MemoryPolicy:
 
     def add_tenant(self, unique: str, *, paid: bool = False, rate_limit: int | None = None,
                    enabled: bool = True, algorithm: str = "rsa",
-                   connection_name: str = "Web shop") -> Tenant:
+                   connection_name: str = "Web shop", overage_cap: int | None = None,
+                   disabled: bool = False) -> Tenant:
         """What tests/store/builders.make_tenant inserts, as a new snapshot."""
         current = self.current or PolicySnapshot(0, {}, {}, {})
         keys = key_pair(algorithm)
@@ -180,7 +210,8 @@ class MemoryPolicy:
             {**current.connections, tenant.username: connection},
             {**current.domains, domain: DomainPolicy(domain, account_id, tenant.list_help,
                                                      tenant.selector, algorithm, signing_key)},
-            {**current.accounts, account_id: AccountPolicy(account_id, paid)})
+            {**current.accounts, account_id: AccountPolicy(account_id, paid, tenant.account_name,
+                                                           disabled, overage_cap)})
         return tenant
 
 
@@ -260,7 +291,8 @@ def memory_stores(config: Config, clock: Clock, refusal_budget: int = 0) -> Memo
     ledger = MemoryLedger()
     return MemoryStores(ledger,
                         MemoryReservations(ledger.remaining_quota,
-                                           config.milter.reservation_ttl_seconds),
+                                           config.milter.reservation_ttl_seconds,
+                                           load_overage=ledger.overage_used),
                         MemoryPolicy(config.quota.demo_rate_limit),
                         MemoryRefusals(refusal_budget, clock),
                         MemorySuppressions(clock))

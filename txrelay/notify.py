@@ -11,17 +11,9 @@ from typing import Protocol
 
 from txrelay.config import NotifyConfig
 from txrelay.errors import ServiceUnavailable
+from txrelay.policy.forecast import Forecast, Usage
 
-
-@dataclass(frozen=True)
-class Usage:
-    last_day: int
-    last_week: int
-
-    @property
-    def per_day(self) -> float:
-        """The faster of the two rates: a burst today matters more than a quiet week."""
-        return max(float(self.last_day), self.last_week / 7)
+__all__ = ["Forecast", "Mailer", "Reminder", "SmtpMailer", "Usage", "compose"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +25,13 @@ class Reminder:
     usage: Usage
     now: dt.datetime
 
+    @property
+    def forecast(self) -> Forecast:
+        return Forecast(self.remaining, self.usage, self.now)
+
     def runs_out_at(self) -> dt.datetime | None:
         """When the quota is used up at the current rate (None: no mail lately)."""
-        if self.usage.per_day <= 0:
-            return None
-        return self.now + dt.timedelta(days=self.remaining / self.usage.per_day)
+        return self.forecast.runs_out_at
 
     def detail(self) -> dict[str, object]:
         """What notifications.detail records."""
@@ -67,16 +61,7 @@ def compose(reminder: Reminder, from_address: str) -> EmailMessage:
 
 
 def _body(reminder: Reminder) -> str:
-    runs_out = reminder.runs_out_at()
-    if runs_out is None:
-        forecast = "No mail was sent in the last 7 days, so there is no run-out date."
-    else:
-        days = (runs_out - reminder.now).total_seconds() / 86400
-        forecast = (
-            f"At that rate ({reminder.usage.per_day:,.0f} mails a day) the quota "
-            f"runs out in about {days:,.1f} days, around "
-            f"{runs_out:%Y-%m-%d %H:%M} UTC."
-        )
+    forecast = reminder.forecast.sentence()
     return (
         f'Hello,\n\nthe account "{reminder.account}" has {reminder.remaining:,} mails of '
         f"quota left, below your reminder threshold of {reminder.threshold:,}.\n\n"

@@ -91,3 +91,16 @@ def test_show_list_report_and_search_commands_leave_the_database_unchanged(
         command: tuple[str, ...]) -> None:
     args = [part.format(account=sender_with_pending_rows.account) for part in command]
     read_only(txrelay, db, *args)
+
+
+def test_billing_export_and_messages_show_count_pending_rows_without_settling_them(
+        txrelay: Txrelay, db: psycopg.Connection, sender_with_pending_rows: Sender,
+        unique: str) -> None:
+    exported = read_only(txrelay, db, "billing", "export", "--period", "2026-11")
+    line = next(x for x in exported if x["account"] == sender_with_pending_rows.account)
+    assert (line["mails_from_blocks"], line["overage_mails"]) == (10, 2)
+    [story] = read_only(txrelay, db, "messages", "show", f"P2{unique}")
+    assert [r["billing"] for r in story["recipients"]] == ["pending"] * 7
+    searched = read_only(txrelay, db, "messages", "search", "--queue-id", f"P1{unique}")
+    assert len(searched) == 5
+    assert pending_rows(db, sender_with_pending_rows) == 12

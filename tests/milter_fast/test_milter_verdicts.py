@@ -239,10 +239,11 @@ def test_balance_commit_failing_after_the_record_still_accepts(
     reservations = stores.reservations
     real_commit = reservations.commit
 
-    def commit_fails(account_id: int, members: Sequence[str], units: int) -> int:
+    def commit_fails(account_id: int, members: Sequence[str], units: int,
+                     period: str = "") -> int:
         reservations.unavailable = True
         try:
-            return real_commit(account_id, members, units)
+            return real_commit(account_id, members, units, period)
         finally:
             reservations.unavailable = False
 

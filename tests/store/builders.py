@@ -58,13 +58,15 @@ class Tenant:
 
 def make_tenant(db: psycopg.Connection, unique: str, *, demo_quota: int = 1000,
                 paid: bool = False, rate_limit: int | None = None, enabled: bool = True,
-                algorithm: str = "rsa", connection_name: str = "Web shop") -> Tenant:
+                algorithm: str = "rsa", connection_name: str = "Web shop",
+                overage_cap: int | None = None, disabled: bool = False) -> Tenant:
     keys = key_pair(algorithm)
     domain = f"shop-{unique}.example"
     selector = "txr202611"
     list_help = f"https://{domain}/help"
-    account_id = _one(db, "INSERT INTO accounts (name, admin_email) VALUES (%s, %s) RETURNING id",
-                      (f"Account {unique}", f"admin@{domain}"))
+    account_id = _one(db, "INSERT INTO accounts (name, admin_email, overage_cap, disabled_at) "
+                          "VALUES (%s, %s, %s, CASE WHEN %s THEN now() END) RETURNING id",
+                      (f"Account {unique}", f"admin@{domain}", overage_cap, disabled))
     _one(db, "INSERT INTO quota_blocks (account_id, kind, amount, booked_at) "
              "VALUES (%s, 'demo', %s, now()) RETURNING id", (account_id, demo_quota))
     if paid:

@@ -4,6 +4,7 @@ a rebuild and after a reconcile) all agree (real PostgreSQL, real Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,11 +16,18 @@ import redis
 
 from tests.store.builders import Tenant, add_block
 from txrelay.config import DatabaseConfig
+from txrelay.policy.billing import parse_period
 from txrelay.policy.quota import ReservationStatus
 from txrelay.store import database, lifecycle
 from txrelay.store.fallback import PostgresReservations, rebuild_redis
 from txrelay.store.keys import AccountKeys
-from txrelay.store.ledger import AcceptedMessage, record_acceptance, remaining_quota, settle
+from txrelay.store.ledger import (
+    AcceptedMessage,
+    overage_used,
+    record_acceptance,
+    remaining_quota,
+    settle,
+)
 from txrelay.store.quota import list_blocks, quota_rules
 from txrelay.store.reservations import (
     RedisReservations,
@@ -182,3 +190,39 @@ def test_rule_fallback_and_redis_agree_beyond_quota_with_overage_and_pending_row
     probe = request(tenant, "paid-probe")
     result = PostgresReservations(pool, TTL, "rule-node").reserve(probe)  # type: ignore[arg-type]
     assert (result.status, result.remaining) == (ReservationStatus.OVERAGE, -1)
+
+
+def test_overage_cap_counts_settled_and_pending_overage_alike_in_fallback_and_redis(
+        pool: object, conn: psycopg.Connection, db: psycopg.Connection,
+        tenant_factory: Callable[..., Tenant], redis_client: redis.Redis, prefix: str,
+        unique: str) -> None:
+    """Migration 0033's txrelay_overage_used: 3 settled overage rows and 4 pending ones that
+    settling would bill as overage make 7; a cap of 7 refuses the next recipient in the
+    degraded-mode fallback and in reserve.lua (loaded from PostgreSQL), a cap of 8 takes it."""
+    tenant = tenant_factory(demo_quota=5)
+    add_block(db, tenant.account_id, "booked", 10, expires_in_days=30)
+    history = History(conn, tenant, f"cap-{unique}")
+    history.record(18, "settled")
+    assert history.settle() == 18
+    history.record(4, "pending")
+    period = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+
+    def capped(label: str, cap: int) -> ReservationRequest:
+        return dataclasses.replace(request(tenant, label), overage_cap=cap, period=period)
+
+    def load_overage(account_id: int, label: str) -> int:
+        month = parse_period(label)
+        with pool.connection() as pooled:  # type: ignore[attr-defined]
+            return overage_used(pooled, account_id, month.start, month.end)
+
+    fallback = PostgresReservations(pool, TTL, "rule-node")  # type: ignore[arg-type]
+    live = RedisReservations(redis_client, prefix, TTL, lambda _account: 0, load_overage)
+    for store in (fallback, live):
+        refused = store.reserve(capped(f"at-cap-{id(store)}", 7))
+        assert refused.status is ReservationStatus.OVERAGE_CAP
+        taken = capped(f"below-cap-{id(store)}", 8)
+        assert store.reserve(taken).status is ReservationStatus.OVERAGE
+        if store is fallback:
+            fallback.release([taken.member])
+        else:
+            live.release(tenant.account_id, tenant.connection_id, [taken.member])

@@ -56,8 +56,10 @@ def stores(request: pytest.FixtureRequest, config: Config, unique: str) -> Itera
             ledger.grant(tenant.account_id, demo_quota)
             return tenant
 
-        yield Stores(ledger, MemoryReservations(ledger.remaining_quota), policy,
-                     add_memory_tenant, lambda: MemoryReservations(ledger.remaining_quota))
+        def memory_store() -> ReservationStore:
+            return MemoryReservations(ledger.remaining_quota, load_overage=ledger.overage_used)
+
+        yield Stores(ledger, memory_store(), policy, add_memory_tenant, memory_store)
         return
     db: psycopg.Connection[Any] = request.getfixturevalue("db")
     pool: Any = request.getfixturevalue("pool")
@@ -73,17 +75,21 @@ def stores(request: pytest.FixtureRequest, config: Config, unique: str) -> Itera
 
     def cold() -> ReservationStore:
         return RedisReservations(client, f"ctr{unique}{next(prefixes)}", 60,
-                                 balance.remaining_quota)
+                                 balance.remaining_quota, balance.overage_used)
 
     yield Stores(PostgresLedger(pool, SystemClock()), cold(), cache, add_real_tenant, cold)
     client.close()
 
 
+PERIOD = dt.datetime.now(dt.UTC).strftime("%Y-%m")
+
+
 def reserve(store: ReservationStore, tenant: Tenant, recipient: str, *, txn: str = "t1",
-            rate_limit: int = 0, paid: bool = False) -> tuple[ReservationStatus, int]:
+            rate_limit: int = 0, paid: bool = False, overage_cap: int | None = None,
+            ) -> tuple[ReservationStatus, int]:
     result = store.reserve(ReservationRequest(
         tenant.account_id, tenant.connection_id, reservation_member(txn, recipient),
-        rate_limit, paid))
+        rate_limit, paid, overage_cap, PERIOD))
     return result.status, result.remaining
 
 
@@ -128,6 +134,39 @@ def test_paid_account_beyond_its_quota_reserves_as_overage(stores: Stores) -> No
     assert reserve(store, tenant, "c@x.example", paid=True) == (OVERAGE, -2)
 
 
+def test_overage_cap_refuses_the_first_recipient_beyond_it_held_or_recorded(
+        stores: Stores) -> None:
+    """Cap 2 beyond a quota of 1: a in quota, b and c overage, d refused; once a, b, c are
+    recorded and committed a cold store (loading from the ledger) refuses e as well, and a
+    released overage hold frees its unit."""
+    tenant = stores.add_tenant(demo_quota=1, paid=True, overage_cap=2)
+    store, ledger = stores.reservations, stores.ledger
+    cap = ReservationStatus.OVERAGE_CAP
+    assert reserve(store, tenant, "a@x.example", paid=True, overage_cap=2) == (RESERVED, 0)
+    assert reserve(store, tenant, "b@x.example", paid=True, overage_cap=2) == (OVERAGE, -1)
+    assert reserve(store, tenant, "c@x.example", paid=True, overage_cap=2) == (OVERAGE, -2)
+    assert reserve(store, tenant, "d@x.example", paid=True, overage_cap=2) == (cap, -2)
+    store.release(tenant.account_id, tenant.connection_id, members("t1", "c@x.example"))
+    assert reserve(store, tenant, "d@x.example", paid=True, overage_cap=2) == (OVERAGE, -2)
+    recorded = ledger.record(accepted(tenant, ["a@x.example", "b@x.example", "d@x.example"]))
+    store.commit(tenant.account_id, members("t1", "a@x.example", "b@x.example", "d@x.example"),
+                 recorded.quota_units, PERIOD)
+    assert reserve(store, tenant, "e@x.example", txn="t2", paid=True, overage_cap=2) == (cap, 0)
+    cold = stores.cold_reservations()
+    assert reserve(cold, tenant, "e@x.example", txn="t2", paid=True, overage_cap=2) == (cap, 0)
+    assert reserve(cold, tenant, "e@x.example", txn="t2", paid=True, overage_cap=3) == (
+        OVERAGE, -1)
+    assert reserve(cold, tenant, "f@x.example", txn="t2", paid=True) == (OVERAGE, -2)
+
+
+def test_overage_cap_zero_refuses_a_paid_account_at_quota(stores: Stores) -> None:
+    tenant = stores.add_tenant(demo_quota=1, paid=True, overage_cap=0)
+    store = stores.reservations
+    assert reserve(store, tenant, "a@x.example", paid=True, overage_cap=0) == (RESERVED, 0)
+    assert reserve(store, tenant, "b@x.example", paid=True, overage_cap=0) == (
+        ReservationStatus.OVERAGE_CAP, 0)
+
+
 def test_hourly_rate_limit_refuses_the_extra_recipient_and_release_gives_its_slot_back(
         stores: Stores) -> None:
     tenant = stores.add_tenant()
@@ -167,6 +206,7 @@ def test_policy_snapshot_finds_connections_domains_and_accounts(
     demo = stores.add_tenant()
     paid = stores.add_tenant(paid=True, rate_limit=7)
     disabled = stores.add_tenant(enabled=False)
+    offboarded = stores.add_tenant(disabled=True, overage_cap=5)
     snapshot = stores.policy.snapshot_for_login(demo.username)
     assert snapshot is not None and stores.policy.refresh()
     for tenant, enabled, rate_limit, is_paid in (
@@ -183,6 +223,11 @@ def test_policy_snapshot_finds_connections_domains_and_accounts(
                                       tenant.selector, "rsa")
         assert domain.signing_key is not None
         assert snapshot.account(tenant.account_id).paid is is_paid
+    account = snapshot.account(offboarded.account_id)
+    assert (account.name, account.disabled, account.overage_cap) == (
+        offboarded.account_name, True, 5)
+    assert (snapshot.account(demo.account_id).disabled,
+            snapshot.account(demo.account_id).overage_cap) == (False, None)
     unknown = stores.policy.snapshot_for_login("nobody-here")
     assert unknown is not None and "nobody-here" not in unknown.connections
     assert "shop-nobody.example" not in unknown.domains

@@ -1,13 +1,16 @@
-"""`txrelay billing report`: what an account booked, used, let expire and owes for a month."""
+"""`txrelay billing report|export`: what accounts booked, used, let expire and owe for a month."""
 
 from __future__ import annotations
 
+import csv
+import io
 from typing import Any
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.policy.billing import BillingReport, Period, bill, parse_period
+from txrelay.provisioning.views import table
 from txrelay.store import reporting
 
 
@@ -33,17 +36,21 @@ def report(cli: CliContext, account: str, period: str) -> None:
     month = parse_period(period)
     account_id = reporting.require_account(cli.db, account)
     inputs = reporting.billing_inputs(cli.db, account_id, month)
+    cap = reporting.overage_cap(cli.db, account_id)
     cli.db.rollback()  # a report: nothing was written, end the read transaction
     result = bill(inputs, cli.config.quota.overage_price_eur)
-    data = report_view(account, month, result)
-    cli.emit(data, lambda: _print(account, month, result))
+    data = report_view(account, month, result, cap)
+    cli.emit(data, lambda: _print(account, month, result, cap))
 
 
-def report_view(account: str, period: Period, result: BillingReport) -> dict[str, Any]:
+def report_view(
+    account: str, period: Period, result: BillingReport, cap: int | None = None
+) -> dict[str, Any]:
     """JSON form: money as strings, so no reader turns it into a float."""
     i = result.inputs
     return {
         "account": account,
+        "overage_cap": cap,
         "period": period.label,
         "currency": "EUR",
         "empty": result.empty,
@@ -67,7 +74,7 @@ def report_view(account: str, period: Period, result: BillingReport) -> dict[str
     }
 
 
-def _print(account: str, period: Period, result: BillingReport) -> None:
+def _print(account: str, period: Period, result: BillingReport, cap: int | None) -> None:
     click.echo(f"Billing report for {account}, {period.label} (UTC)")
     if result.empty:
         click.echo("no data for this period: nothing booked, sent or expired")
@@ -85,9 +92,97 @@ def _print(account: str, period: Period, result: BillingReport) -> None:
     click.echo(
         f"  overage mails            {i.overage_mails:>12,} x EUR {result.overage_price_eur}"
     )
+    if cap is not None:
+        reached = " (reached: further mail was refused)" if i.overage_mails >= cap else ""
+        click.echo(f"  overage cap (per month)  {cap:>12,}{reached}")
     if i.voided:
         click.echo(f"  never queued, not billed {i.voided:>12,}")
     click.echo(
         f"  amount due               EUR {result.amount_due_eur} "
         f"(EUR {result.amount_due_cents_eur} rounded)"
     )
+
+
+EXPORT_COLUMNS = (
+    "period",
+    "account_id",
+    "account",
+    "status",
+    "blocks_booked",
+    "units_booked",
+    "mails_from_blocks",
+    "expired_unused",
+    "overage_mails",
+    "overage_cap",
+    "voided_not_billed",
+    "overage_price_eur",
+    "amount_due_eur",
+    "amount_due_rounded_eur",
+)
+
+
+@billing.command("export")
+@click.option("--period", required=True, metavar="YYYY-MM", help="The calendar month (UTC).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line, for invoicing.")
+@json_option
+@pass_cli
+def export(cli: CliContext, period: str, as_csv: bool) -> None:
+    """One billing line per account for the month, every account at once: the figures of
+    'billing report' (money in exact decimals, EUR). Lists every live account (amount 0
+    included), and deleted or disabled ones that had mail or blocks in the month.
+
+    \b
+    Example:
+      txrelay billing export --period 2026-03 --csv > invoices-2026-03.csv
+    """
+    month = parse_period(period)
+    price = cli.config.quota.overage_price_eur
+    lines = []
+    for account in reporting.billed_accounts(cli.db, month):
+        result = bill(reporting.billing_inputs(cli.db, account.id, month), price)
+        if account.status == "deleted" and result.empty:
+            continue
+        lines.append(_export_line(account, month, result))
+    cli.db.rollback()  # a report: nothing was written, end the read transaction
+    if as_csv and not cli.as_json:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(lines)
+        click.echo(out.getvalue(), nl=False)
+        return
+    cli.emit(lines, lambda: _print_export(month, lines))
+
+
+def _export_line(
+    account: reporting.BilledAccount, period: Period, result: BillingReport
+) -> dict[str, Any]:
+    view = report_view(account.name, period, result, account.overage_cap)
+    return {
+        "period": period.label,
+        "account_id": account.id,
+        "account": account.name,
+        "status": account.status,
+        "blocks_booked": len(view["blocks_booked"]),
+        **{
+            key: view[key]
+            for key in EXPORT_COLUMNS
+            if key not in ("period", "account_id", "account", "status", "blocks_booked")
+        },
+    }
+
+
+def _print_export(period: Period, lines: list[dict[str, Any]]) -> None:
+    click.echo(f"Billing export for {period.label} (UTC), EUR")
+    rows = [
+        (
+            line["account"],
+            line["status"],
+            f"{line['mails_from_blocks']:,}",
+            f"{line['overage_mails']:,}",
+            "-" if line["overage_cap"] is None else f"{line['overage_cap']:,}",
+            line["amount_due_eur"],
+        )
+        for line in lines
+    ]
+    click.echo(table(("ACCOUNT", "STATUS", "FROM BLOCKS", "OVERAGE", "CAP", "AMOUNT DUE"), rows))

@@ -79,7 +79,7 @@ def create(
       txrelay connection create "Acme GmbH" "Web shop" --domain acme.example
     """
     issued = connections.create_connection(cli.db, account, name, domains, rate_limit)
-    _update_login_file(cli)
+    update_login_file(cli)
     _emit_access(cli, issued, "Created connection")
 
 
@@ -200,7 +200,7 @@ def enable(cli: CliContext, name: str, account: str | None) -> None:
 
 def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bool) -> None:
     changed = connections.set_enabled(cli.db, name, account, enabled)
-    _update_login_file(cli)
+    update_login_file(cli)
     verb = "Enabled" if enabled else "Disabled"
     cli.emit(
         connection_view(changed),
@@ -210,7 +210,7 @@ def _set_enabled(cli: CliContext, name: str, account: str | None, *, enabled: bo
     )
 
 
-def _update_login_file(cli: CliContext) -> None:
+def update_login_file(cli: CliContext) -> None:
     """Write this machine's SMTP login file (Dovecot's passdb) from PostgreSQL now, and
     return once Dovecot will read it; other relay nodes' milters follow on their next policy
     refresh. A failure is a note: the change itself is committed."""
@@ -244,7 +244,7 @@ def rotate_password(cli: CliContext, name: str, account: str | None) -> None:
       txrelay connection rotate-password "Web shop" --account "Acme GmbH"
     """
     issued = connections.rotate_password(cli.db, name, account, cli.clock.now())
-    _update_login_file(cli)
+    update_login_file(cli)
     _emit_access(cli, issued, "New password for connection")
 
 
@@ -262,7 +262,7 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
       txrelay connection delete "Old shop" --account "Acme GmbH"
     """
     gone = connections.delete_connection(cli.db, name, account, cli.clock.now())
-    _update_login_file(cli)
+    update_login_file(cli)
     data = {
         "account": gone.account_name,
         "connection": gone.name,

@@ -35,7 +35,7 @@ COMMANDS = [
     ("txrelay.cli.webhook", "webhooks"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
-EXTENSIONS = ["txrelay.cli.quota_lifecycle"]
+EXTENSIONS = ["txrelay.cli.quota_lifecycle", "txrelay.cli.domain_moves"]
 
 # The exit status of each error class, so that a script can tell "retry later" from "fix
 # the command" (docs/cli.md). The first class the error is an instance of decides; 2 is

@@ -1,4 +1,4 @@
-"""`txrelay messages search`: what became of each recipient of matching messages."""
+"""`txrelay messages search|show`: what became of matching messages and their recipients."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ from typing import Any
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
+from txrelay.cli.message_story import Section, tell
 from txrelay.cli.stats import When, resolve
-from txrelay.store import reporting
+from txrelay.errors import NotFound
+from txrelay.store import message_story, reporting
+
+STATES = ("accepted", "queued", "delivered", "deferred", "bounced", "voided")
 
 
 @click.group("messages")
@@ -21,6 +25,14 @@ def messages() -> None:
 @click.option("--message-id", metavar="ID", help="Message-ID header, with or without <>.")
 @click.option("--account", help="Only this account.")
 @click.option("--connection", help="Only connections with this name.")
+@click.option("--queue-id", metavar="ID", help="Postfix queue id, as in the mail log.")
+@click.option(
+    "--from",
+    "sender",
+    metavar="ADDR",
+    help="Envelope sender or From: address (case-insensitive); @domain for a whole domain.",
+)
+@click.option("--state", type=click.Choice(STATES), help="Only recipients in this state.")
 @click.option("--since", type=When(), help="Accepted at or after (2026-03-01, 24h, 7d).")
 @click.option("--until", type=When(), help="Accepted before.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
@@ -32,6 +44,9 @@ def search(
     message_id: str | None,
     account: str | None,
     connection: str | None,
+    queue_id: str | None,
+    sender: str | None,
+    state: str | None,
     since: Any,
     until: Any,
     limit: int,
@@ -44,10 +59,13 @@ def search(
     Example:
       txrelay messages search --to customer@example.com --since 7d
       txrelay messages search --message-id '<order-4711@shop.example>' --json
+      txrelay messages search --queue-id 4QxYz1AbC2
+      txrelay messages search --from @shop.example --state bounced --since 24h
     """
-    if not any((to, message_id, account, connection, since)):
+    if not any((to, message_id, account, connection, queue_id, sender, state, since)):
         raise click.UsageError(
-            "say what to look for: --to, --message-id, --account, --connection or --since"
+            "say what to look for: --to, --message-id, --queue-id, --from, --state, "
+            "--account, --connection or --since"
         )
     now = cli.clock.now()
     if account is not None:
@@ -61,6 +79,9 @@ def search(
         since=resolve(since, now),
         until=resolve(until, now),
         limit=limit,
+        queue_id=queue_id,
+        sender=sender,
+        state=state,
     )
     cli.db.commit()
     data = [
@@ -97,3 +118,41 @@ def _print(rows: list[dict[str, Any]]) -> None:
                 f"    complaint ({row['complaint_type'] or 'abuse'}) "
                 f"{row['complained_at']:%Y-%m-%d %H:%M:%S}"
             )
+
+
+@messages.command("show")
+@click.argument("ref", metavar="ID")
+@json_option
+@pass_cli
+def show(cli: CliContext, ref: str) -> None:
+    """The story of one message: what it is, the milter's decision, Postfix's queue, and
+    each recipient's state, DSN and last event. ID is a Postfix queue id (from the mail
+    log), a Message-ID (with or without <>) or txrelay's transaction id; when several
+    messages match (queue ids are reused), each is shown, newest first.
+
+    \b
+    Example:
+      txrelay messages show 4QxYz1AbC2
+      txrelay messages show '<order-4711@shop.example>' --json
+    """
+    found = message_story.find_messages(cli.db, ref)
+    if not found:
+        cli.db.rollback()
+        raise NotFound(
+            f"no message with queue id, Message-ID or transaction id {ref!r}; try "
+            "'txrelay messages search'"
+        )
+    stories = [tell(cli.db, message) for message in found]
+    cli.db.rollback()  # a report: nothing was written, end the read transaction
+    data = [{section.key: section.data for section in story} for story in stories]
+    cli.emit(data, lambda: _print_stories(stories))
+
+
+def _print_stories(stories: list[list[Section]]) -> None:
+    for number, story in enumerate(stories):
+        if number:
+            click.echo("")
+        for section in story:
+            click.echo(f"{section.title}:")
+            for line in section.lines:
+                click.echo(f"  {line}")

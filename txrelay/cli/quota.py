@@ -111,7 +111,9 @@ def _credit_live_balance(cli: CliContext, account_id: int, units: int) -> str | 
 @json_option
 @pass_cli
 def show(cli: CliContext, account: str) -> None:
-    """Show ACCOUNT's quota blocks (kind, amount, used, remaining, dates) and the total left.
+    """Show ACCOUNT's quota blocks (kind, amount, used, remaining, dates), the total left,
+    and when it runs out at the rate of the last 24 hours or 7 days (the faster one; the
+    forecast of the low-quota reminder mail).
 
     \b
     Example:
@@ -140,5 +142,13 @@ def show(cli: CliContext, account: str) -> None:
         click.echo(
             table(("BLOCK", "KIND", "AMOUNT", "USED", "REMAINING", "BOOKED", "EXPIRES", ""), rows)
         )
+        usage = report.forecast.usage
+        sent = (
+            f"Sent in the last 24 hours: {usage.last_day:,}; in the last 7 days: "
+            f"{usage.last_week:,}. "
+            if usage.last_week
+            else ""
+        )
+        click.echo(sent + report.forecast.sentence())
 
     cli.emit(quota_view(report), human)

@@ -30,6 +30,7 @@ from txrelay.policy.addresses import (
     domain_refusal,
     envelope_address,
 )
+from txrelay.policy.billing import period_of
 from txrelay.policy.message import IdentityHeaders
 from txrelay.policy.names import InvalidDomain
 from txrelay.policy.quota import recipient_verdict
@@ -174,6 +175,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             snapshot.account(decision.account_id),
             envelope_address(mail_from),
             self.getsymval("{i}") or "",
+            period_of(self.runtime.clock.now()).label,
         )
         return CONTINUE
 
@@ -211,6 +213,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
                     member,
                     txn.connection.rate_limit,
                     txn.account.paid,
+                    txn.account.overage_cap,
+                    txn.period,
                 )
             )
         except ServiceUnavailable as exc:
@@ -218,7 +222,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             service = LEDGER_SERVICE if isinstance(exc, LedgerUnavailable) else QUOTA_SERVICE
             verdict = service_unavailable(service)
         else:
-            verdict = recipient_verdict(reservation, txn.connection.rate_limit, txn.connection.name)
+            verdict = recipient_verdict(
+                reservation,
+                txn.connection.rate_limit,
+                txn.connection.name,
+                txn.account.overage_cap,
+            )
         if verdict.refused:
             txn.refused_recipients += 1
         else:
@@ -343,7 +352,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             log.warning("event=postgres_unavailable txn=%s error=%r", txn.txn_id, str(exc))
             return service_unavailable(LEDGER_SERVICE)
         try:
-            self.runtime.reservations.commit(txn.account.id, txn.members, recorded.quota_units)
+            self.runtime.reservations.commit(
+                txn.account.id, txn.members, recorded.quota_units, txn.period
+            )
         except ServiceUnavailable as exc:
             # Recorded in PostgreSQL, so accepting is right; the held units expire by
             # themselves, and the live balance is high by this many until reloaded.

@@ -106,11 +106,13 @@ def open_runtime(
     settler = Settler(lambda: database.connect(daemon_db, autocommit=True))
     loops.add(settler.loop)
     settler.start()
+    balance = PostgresQuotaBalance(pool, clock)
     redis_store = RedisReservations(
         client,
         config.redis.key_prefix,
         config.milter.reservation_ttl_seconds,
-        PostgresQuotaBalance(pool, clock).remaining_quota,
+        balance.remaining_quota,
+        balance.overage_used,
     )
     reservations = FailoverReservations(redis_store, postgres_holds, rebuild)
     ledger = PostgresLedger(

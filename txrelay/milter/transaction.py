@@ -20,6 +20,7 @@ class Transaction:
     account: AccountPolicy
     envelope_sender: str
     queue_id: str
+    period: str = ""  # the billing period (YYYY-MM, UTC) at MAIL: the overage cap's
     txn_id: uuid.UUID = field(default_factory=uuid.uuid4)
     started: float = field(default_factory=time.perf_counter)
     # Accepted, lower case, one per copy Postfix queues (policy/recipients.py): an address

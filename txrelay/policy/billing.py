@@ -32,6 +32,12 @@ def parse_period(text: str) -> Period:
     return Period(f"{year:04d}-{month:02d}", start, end)
 
 
+def period_of(moment: dt.datetime) -> Period:
+    """The billing period (calendar month, UTC) that contains `moment`."""
+    utc = moment.astimezone(dt.UTC)
+    return parse_period(f"{utc.year:04d}-{utc.month:02d}")
+
+
 @dataclass(frozen=True)
 class BookedBlock:
     block_id: int

@@ -16,6 +16,7 @@ class ReservationStatus(enum.Enum):
     RATE_LIMITED = "rate_limited"
     QUOTA_EXHAUSTED = "quota_exhausted"  # demo account out of quota
     NEED_BALANCE = "need_balance"  # Redis holds no balance yet: load it from PostgreSQL
+    OVERAGE_CAP = "overage_cap"  # paid account beyond quota and at its overage cap
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,12 @@ class Reservation:
     retry_after: float = 0.0  # seconds until the hourly window frees one slot
 
 
-def recipient_verdict(reservation: Reservation, rate_limit: int, connection_name: str) -> Verdict:
+def recipient_verdict(
+    reservation: Reservation,
+    rate_limit: int,
+    connection_name: str,
+    overage_cap: int | None = None,
+) -> Verdict:
     """Accept the recipient, or say why not and what to do about it."""
     status = reservation.status
     if status in (
@@ -49,5 +55,20 @@ def recipient_verdict(reservation: Reservation, rate_limit: int, connection_name
             "5.7.1",
             "the account's demo quota is used up; book quota "
             "(txrelay quota book) to send more mail",
+        )
+    if status is ReservationStatus.OVERAGE_CAP:
+        if not overage_cap:
+            return Verdict.reject(
+                "550",
+                "5.7.1",
+                "the account's quota is used up and it may not send beyond it (overage cap "
+                "0); book quota (txrelay quota book) to send more mail",
+            )
+        return Verdict.reject(
+            "550",
+            "5.7.1",
+            f"the account's quota is used up and so is its overage cap of {overage_cap:,} "
+            "mails this billing month; book quota (txrelay quota book) or ask the relay "
+            "administrator to raise the cap",
         )
     raise ValueError(f"no verdict for reservation status {status.value}")

@@ -30,6 +30,14 @@ def authorize_sender(
             f"SMTP login {sasl_username!r} belongs to no active connection; "
             "ask the relay administrator to enable it or to issue new credentials",
         )
+    account = snapshot.account(connection.account_id)
+    if account.disabled:
+        return Verdict.reject(
+            "550",
+            "5.7.1",
+            f"account {account.name or connection.account_id} is disabled; no mail is "
+            "accepted for it: contact the relay administrator",
+        )
     sender = envelope_address(mail_from)
     if not sender:
         return Verdict.reject(

@@ -59,6 +59,9 @@ class DomainPolicy:
 class AccountPolicy:
     id: int
     paid: bool  # ever had a booked or plan block: out of quota means overage, not refusal
+    name: str = ""
+    disabled: bool = False  # 'account disable': refused at MAIL
+    overage_cap: int | None = None  # recipients per billing month beyond quota; None = no cap
 
 
 @dataclass(frozen=True)

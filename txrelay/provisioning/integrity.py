@@ -12,7 +12,7 @@ from txrelay.errors import Conflict, InvalidInput, ServiceUnavailable
 
 # What each named constraint of the schema means to an admin, when no caller said better.
 CONSTRAINT_MESSAGES: Mapping[str, str] = {
-    "accounts_name_key": "an account with this name exists already; pick another name",
+    "accounts_live_name": "an account with this name exists already; pick another name",
     "sending_domains_domain_key": "this domain is already registered; see 'txrelay domain list'",
     "connections_live_name": "the account already has a connection with this name; pick "
     "another name or delete the old connection",
@@ -24,6 +24,7 @@ CONSTRAINT_MESSAGES: Mapping[str, str] = {
     "dkim_keys_selector_check": "the DKIM selector is not valid",
     "connections_rate_limit_check": "the rate limit must be 0 (unlimited) or more",
     "accounts_low_quota_threshold_check": "the low-quota threshold must be 0 or more",
+    "accounts_overage_cap_check": "the overage cap must be 0 (refuse at quota) or more",
 }
 
 

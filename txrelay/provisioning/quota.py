@@ -9,8 +9,10 @@ import psycopg
 
 from txrelay.config import QuotaConfig
 from txrelay.errors import InvalidInput
+from txrelay.policy.forecast import Forecast, Usage
 from txrelay.provisioning.accounts import get_account
 from txrelay.provisioning.integrity import transaction
+from txrelay.store import lifecycle
 from txrelay.store import quota as quota_store
 from txrelay.store.accounts import Account
 from txrelay.store.quota import QuotaBlock
@@ -25,6 +27,7 @@ class QuotaReport:
     now: dt.datetime
     remaining: int  # migration 0012's txrelay_remaining_quota: what the milters start from
     paid: bool  # txrelay_account_paid: out of quota, overage instead of a refusal
+    forecast: Forecast  # when `remaining` runs out at the last 24 h / 7 d rate
 
 
 def book_block(
@@ -51,6 +54,12 @@ def quota_report(conn: psycopg.Connection, account_name: str, now: dt.datetime) 
     with transaction(conn):
         account = get_account(conn, account_name)
         remaining, paid = quota_store.quota_rules(conn, account.id, now)
+        last_day, last_week = lifecycle.usage(conn, account.id, now)
         return QuotaReport(
-            account, quota_store.list_blocks(conn, account.id, now), now, remaining, paid
+            account,
+            quota_store.list_blocks(conn, account.id, now),
+            now,
+            remaining,
+            paid,
+            Forecast(remaining, Usage(last_day, last_week), now),
         )

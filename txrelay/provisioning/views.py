@@ -38,6 +38,9 @@ def account_view(summary: AccountSummary) -> dict[str, Any]:
         "connections": summary.connections,
         "domains": summary.domains,
         "created_at": timestamp(account.created_at),
+        "disabled": account.disabled_at is not None,
+        "disabled_at": timestamp(account.disabled_at),
+        "overage_cap": account.overage_cap,
     }
 
 
@@ -233,6 +236,13 @@ def quota_view(report: QuotaReport) -> dict[str, Any]:
         "plan": "paid" if report.paid else "demo",
         "quota_remaining": report.remaining,
         "blocks": [block_view(block) for block in report.blocks],
+        "overage_cap": report.account.overage_cap,
+        "forecast": {
+            "last_24h": report.forecast.usage.last_day,
+            "last_7d": report.forecast.usage.last_week,
+            "mails_per_day": round(report.forecast.usage.per_day, 1),
+            "runs_out_at": timestamp(report.forecast.runs_out_at),
+        },
     }
 
 

@@ -297,3 +297,70 @@ LOCK_DOMAIN = "SELECT id FROM sending_domains WHERE id = %s FOR UPDATE"
 def lock_domain(conn: psycopg.Connection, domain_id: int) -> None:
     """Serialise rotation steps of one domain (two admins switching at once)."""
     conn.execute(LOCK_DOMAIN, (domain_id,))
+
+
+# The connections that send from the domain, by name, before they lose it.
+SELECT_DOMAIN_CONNECTIONS = """
+SELECT c.name FROM connection_domains cd JOIN connections c ON c.id = cd.connection_id
+ WHERE cd.domain_id = %s ORDER BY c.name"""
+UNLINK_DOMAIN = "DELETE FROM connection_domains WHERE domain_id = %s"
+
+
+def unlink_from_connections(conn: psycopg.Connection, domain_id: int) -> list[str]:
+    """Take the domain from every connection that may send from it; their names."""
+    names = [r["name"] for r in conn.execute(SELECT_DOMAIN_CONNECTIONS, (domain_id,)).fetchall()]  # type: ignore[call-overload]
+    conn.execute(UNLINK_DOMAIN, (domain_id,))
+    return names
+
+
+# Pending and retiring keys go with it (dkim_key_rotations cascades).
+DELETE_DOMAIN = "DELETE FROM sending_domains WHERE id = %s"
+
+
+def delete_domain(conn: psycopg.Connection, domain_id: int) -> None:
+    conn.execute(DELETE_DOMAIN, (domain_id,))
+
+
+# A key another domain also signs with or publishes stays with its account.
+KEY_SHARED = """
+SELECT EXISTS (SELECT 1 FROM sending_domains d
+                WHERE (d.dkim_key_id = %(key)s OR d.second_dkim_key_id = %(key)s)
+                  AND d.id <> %(domain)s)
+    OR EXISTS (SELECT 1 FROM dkim_key_rotations r WHERE r.dkim_key_id = %(key)s
+                  AND r.domain_id <> %(domain)s) AS shared"""
+COPY_KEY = """
+INSERT INTO dkim_keys (account_id, selector, algorithm, private_key_pem, public_key_b64,
+                       created_at)
+SELECT %(account)s, selector, algorithm, private_key_pem, public_key_b64, created_at
+  FROM dkim_keys WHERE id = %(key)s
+RETURNING id"""
+REPOINT_SIGNING_KEY = """
+UPDATE sending_domains
+   SET dkim_key_id = CASE WHEN dkim_key_id = %(key)s THEN %(new)s ELSE dkim_key_id END,
+       second_dkim_key_id = CASE WHEN second_dkim_key_id = %(key)s THEN %(new)s
+                                 ELSE second_dkim_key_id END
+ WHERE id = %(domain)s"""
+REPOINT_ROTATING_KEY = """
+UPDATE dkim_key_rotations SET dkim_key_id = %(new)s
+ WHERE domain_id = %(domain)s AND dkim_key_id = %(key)s"""
+MOVE_KEY = "UPDATE dkim_keys SET account_id = %(account)s WHERE id = %(key)s"
+MOVE_DOMAIN = "UPDATE sending_domains SET account_id = %(account)s WHERE id = %(domain)s"
+
+
+def move_domain(
+    conn: psycopg.Connection, domain_id: int, key_ids: list[int], account_id: int
+) -> None:
+    """Give the domain and its keys (signing, pending, retiring) to another account; a key
+    the old account shares with another of its domains is copied, not taken. The domain
+    must have no connection links left (unlink_from_connections)."""
+    for key_id in key_ids:
+        params = {"key": key_id, "domain": domain_id, "account": account_id}
+        row: Any = conn.execute(KEY_SHARED, params).fetchone()
+        if row["shared"]:
+            copy: Any = conn.execute(COPY_KEY, params).fetchone()
+            params["new"] = copy["id"]
+            conn.execute(REPOINT_SIGNING_KEY, params)
+            conn.execute(REPOINT_ROTATING_KEY, params)
+        else:
+            conn.execute(MOVE_KEY, params)
+    conn.execute(MOVE_DOMAIN, {"account": account_id, "domain": domain_id})

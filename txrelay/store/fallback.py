@@ -7,6 +7,9 @@ one conditional statement that counts exactly what reserve.lua counts:
   available = remaining quota (migration 0012's txrelay_remaining_quota, the figure Redis's
               balance is loaded from) − live holds of the account
   rate used = ledger rows of the connection in the last hour + live holds of the connection
+  overage   = (capped accounts only) the period's overage recipients (migration 0033's
+              txrelay_overage_used, what Redis's overage count is loaded from) + the holds
+              beyond the remaining quota; at the cap the recipient is refused (status 7)
 
 and inserts the hold (table quota_holds) only when the decision is "reserved" or "overage".
 The end-of-message ledger transaction deletes the message's holds (record_acceptance's
@@ -33,6 +36,7 @@ import psycopg_pool
 import redis
 
 from txrelay.errors import ServiceUnavailable
+from txrelay.policy.billing import parse_period
 from txrelay.policy.quota import Reservation, ReservationStatus
 from txrelay.store.keys import AccountKeys
 from txrelay.store.reservations import (
@@ -69,11 +73,16 @@ WITH state AS (
     + (SELECT count(*) FROM quota_holds WHERE connection_id = %(connection_id)s) AS rate_used,
     (SELECT min(accepted_at) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s)) AS oldest,
-    EXISTS (SELECT 1 FROM quota_holds WHERE member = %(member)s) AS duplicate
+    EXISTS (SELECT 1 FROM quota_holds WHERE member = %(member)s) AS duplicate,
+    CASE WHEN %(cap)s::integer IS NULL THEN 0
+         ELSE txrelay_overage_used(%(account_id)s, %(period_start)s, %(period_end)s)
+    END AS overage_used
 ), decision AS (
   SELECT CASE
            WHEN duplicate THEN 3
            WHEN available <= 0 AND NOT %(paid)s THEN 5
+           WHEN available <= 0 AND %(cap)s::integer IS NOT NULL
+                AND overage_used - available >= %(cap)s::integer THEN 7
            WHEN %(rate_limit)s > 0 AND rate_used >= %(rate_limit)s THEN 4
            WHEN available <= 0 THEN 2
            ELSE 1
@@ -124,7 +133,11 @@ class PostgresReservations:
         self.node = node
 
     def reserve(self, request: ReservationRequest) -> Reservation:
+        period = parse_period(request.period) if request.overage_cap is not None else None
         params = {
+            "cap": request.overage_cap,
+            "period_start": period.start if period else None,
+            "period_end": period.end if period else None,
             "lock_class": HOLD_LOCK_CLASS,
             "account_id": request.account_id,
             "connection_id": request.connection_id,
@@ -211,14 +224,14 @@ class FailoverReservations:
         with self._lock:
             return sorted(self._held_in_postgres.get(str(txn_id), ()))
 
-    def commit(self, account_id: int, members: Sequence[str], units: int) -> int:
+    def commit(self, account_id: int, members: Sequence[str], units: int, period: str = "") -> int:
         """After the ledger recorded the message (and deleted its PostgreSQL holds)."""
         self._forget(members)
         if self.degraded:
             self._mark_stale(account_id)
             return 0
         try:
-            return self.redis.commit(account_id, members, units)
+            return self.redis.commit(account_id, members, units, period)
         except RedisUnavailable as exc:
             self._mark_stale(account_id)
             self._enter_degraded(exc)
@@ -313,7 +326,8 @@ def rebuild_redis(conn: Conn, client: redis.Redis, prefix: str, accounts: set[in
     for account_id in ids:
         keys = AccountKeys(prefix, account_id)
         _drop_recorded_holds(conn, client, keys)
-        client.delete(keys.balance)  # reloaded from PostgreSQL by the next reservation
+        # Reloaded from PostgreSQL by the next reservation (the overage count with it).
+        client.delete(keys.balance, keys.overage)
     pipe = client.pipeline(transaction=False)
     for h in holds:
         keys = AccountKeys(prefix, int(h["account_id"]))

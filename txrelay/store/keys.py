@@ -17,6 +17,9 @@ class AccountKeys:
                       unix time at which the reservation expires by itself
     rate:<c>  zset    recipients accepted or held for connection <c> in the sliding hour:
                       member "<txn>|<recipient>", score = unix time of the reservation
+    overage   hash    billing period "YYYY-MM" -> overage recipients committed in it (the
+                      overage cap's counter; loaded from PostgreSQL's txrelay_overage_used,
+                      then moved by commit.lua; only for accounts with a cap)
     """
 
     prefix: str
@@ -33,6 +36,10 @@ class AccountKeys:
     @property
     def held(self) -> str:
         return f"{self.tag}:held"
+
+    @property
+    def overage(self) -> str:
+        return f"{self.tag}:overage"
 
     def rate(self, connection_id: int) -> str:
         return f"{self.tag}:rate:{connection_id}"

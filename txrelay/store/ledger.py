@@ -181,6 +181,18 @@ def lock_for_settling(conn: Conn, accounts: Sequence[int]) -> None:
     conn.execute(LOCK_PENDING_ROWS, {"accounts": ids})
 
 
+# Migration 0033's rule: the period's overage recipients, settled or as settling would bill.
+OVERAGE_USED = "SELECT txrelay_overage_used(%(account_id)s, %(start)s, %(end)s) AS used"
+
+
+def overage_used(conn: Conn, account_id: int, start: dt.datetime, end: dt.datetime) -> int:
+    """Overage recipients the account sent in [start, end): what its overage cap counts."""
+    row = conn.execute(OVERAGE_USED, {"account_id": account_id, "start": start, "end": end})
+    found = row.fetchone()
+    assert found is not None  # a SELECT without FROM: always one row
+    return int(found["used"])
+
+
 def remaining_quota(conn: Conn, account_id: int, now: dt.datetime) -> int:
     """Units left in the account's live blocks once its pending rows are settled: what
     Redis's balance starts from."""

@@ -209,7 +209,7 @@ def get_plan(conn: Conn, account_id: int) -> dict[str, Any] | None:
 SELECT_REMAINING = """
 SELECT a.id, a.name, txrelay_remaining_quota(a.id, %(now)s) AS remaining
   FROM accounts a
- WHERE %(name)s::text IS NULL OR a.name = %(name)s
+ WHERE %(name)s::text IS NULL OR (a.name = %(name)s AND a.deleted_at IS NULL)
  ORDER BY a.name"""
 
 
@@ -250,6 +250,8 @@ def reconcile(
         )
         if check.redis_before is not None and check.difference != 0:
             client.set(key, remaining, xx=True)
+            # The overage cap's count was moved against the wrong balance: reload it too.
+            client.delete(AccountKeys(prefix, account_id).overage)
         checks.append(check)
     conn.commit()
     return checks

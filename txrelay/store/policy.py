@@ -35,7 +35,9 @@ log = logging.getLogger("txrelay.milter.policy")
 SELECT_VERSION = "SELECT version FROM policy_version"
 
 SELECT_ACCOUNTS = """
-SELECT a.id, txrelay_account_paid(a.id) AS paid FROM accounts a"""
+SELECT a.id, txrelay_account_paid(a.id) AS paid, a.name,
+       a.disabled_at IS NOT NULL OR a.deleted_at IS NOT NULL AS disabled, a.overage_cap
+  FROM accounts a"""
 
 SELECT_CONNECTIONS = """
 SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit,
@@ -87,9 +89,7 @@ class PolicyLoader:
         """The snapshot from its rows (fresh from PostgreSQL, or from the local copy).
         credentials_since: from when (wall clock) a credential that changed in these rows is
         the one this node's Dovecot checks (default: now)."""
-        accounts = {
-            int(r["id"]): AccountPolicy(int(r["id"]), bool(r["paid"])) for r in rows["accounts"]
-        }
+        accounts = {int(r["id"]): _account(r) for r in rows["accounts"]}
         domains_of: dict[int, set[str]] = {}
         for r in rows["connection_domains"]:
             domains_of.setdefault(int(r["connection_id"]), set()).add(r["domain"])
@@ -195,6 +195,18 @@ class PolicyLoader:
                 "the key is sealed and this milter has no key-encryption key ([database] kek_file)"
             )
         return self.keys.open(stored)
+
+
+def _account(r: dict[str, Any]) -> AccountPolicy:
+    """An account's row; a local copy written before migration 0033 has only id and paid."""
+    cap = r.get("overage_cap")
+    return AccountPolicy(
+        int(r["id"]),
+        bool(r["paid"]),
+        str(r.get("name") or ""),
+        bool(r.get("disabled")),
+        None if cap is None else int(cap),
+    )
 
 
 PolicyRows = dict[str, Any]  # version + the rows of each query, as JSON-able values

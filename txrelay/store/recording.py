@@ -13,11 +13,13 @@ import psycopg_pool
 
 from txrelay.clock import Clock
 from txrelay.errors import ServiceUnavailable
+from txrelay.policy.billing import parse_period
 from txrelay.store.journal import Journal, JournalEntry
 from txrelay.store.ledger import (
     AcceptedMessage,
     Allocation,
     Recorded,
+    overage_used,
     record_acceptance,
     remaining_quota,
 )
@@ -140,6 +142,15 @@ class PostgresQuotaBalance:
         try:
             with self.pool.connection() as conn:
                 return remaining_quota(conn, account_id, self.clock.now())
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+
+    def overage_used(self, account_id: int, period: str) -> int:
+        """The account's overage recipients in billing period `period` (YYYY-MM)."""
+        month = parse_period(period)
+        try:
+            with self.pool.connection() as conn:
+                return overage_used(conn, account_id, month.start, month.end)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
 

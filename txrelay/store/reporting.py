@@ -14,7 +14,8 @@ from txrelay.policy.billing import BillingInputs, BookedBlock, Period
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
-SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s"
+# By name: live accounts only (a deleted account's name may be taken again).
+SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s AND deleted_at IS NULL"
 
 # Per connection: recipients that arrived in the period and what became of them. Voided
 # rows never reached Postfix's queue: they did not arrive. Complained: recipients who
@@ -42,7 +43,7 @@ SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled
   LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
                     AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
                     AND l.accepted_at < %(until)s
- WHERE (%(account)s::text IS NULL OR a.name = %(account)s)
+ WHERE (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
  GROUP BY a.name, c.id
 HAVING c.deleted_at IS NULL OR count(l.id) > 0
@@ -135,9 +136,10 @@ def require_account(conn: Conn, name: str) -> int:
     return int(row["id"])
 
 
-# Message-ID is matched with or without its angle brackets.
+# Message-ID is matched with or without its angle brackets; the sender is the envelope
+# sender or the From: address, or "@domain" for either one's domain.
 SEARCH_RECIPIENTS = """
-SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
+SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender, m.header_from,
        a.name AS account, c.name AS connection, l.recipient, l.state, l.billing, l.dsn,
        l.last_event, l.last_event_at, l.bounce_kind, l.bounce_source, l.complained_at,
        l.complaint_type
@@ -150,7 +152,15 @@ SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
         OR m.message_id = '<' || %(message_id)s || '>'
         OR '<' || m.message_id || '>' = %(message_id)s)
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
-   AND (%(account)s::text IS NULL OR a.name = %(account)s)
+   AND (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
+   AND (%(queue_id)s::text IS NULL OR m.queue_id = %(queue_id)s)
+   AND (%(sender)s::text IS NULL
+        OR (left(%(sender)s, 1) = '@'
+            AND (lower(m.envelope_sender) LIKE '%%' || lower(%(sender)s)
+                 OR lower(m.header_from) LIKE '%%' || lower(%(sender)s)))
+        OR lower(m.envelope_sender) = lower(%(sender)s)
+        OR lower(m.header_from) = lower(%(sender)s))
+   AND (%(state)s::text IS NULL OR l.state = %(state)s)
    AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
    AND (%(until)s::timestamptz IS NULL OR l.accepted_at < %(until)s)
  ORDER BY l.accepted_at DESC, l.id DESC
@@ -167,10 +177,16 @@ def search_recipients(
     since: dt.datetime | None,
     until: dt.datetime | None,
     limit: int,
+    queue_id: str | None = None,
+    sender: str | None = None,
+    state: str | None = None,
 ) -> list[dict[str, Any]]:
     return conn.execute(
         SEARCH_RECIPIENTS,
         {
+            "queue_id": queue_id,
+            "sender": sender,
+            "state": state,
             "to": to,
             "message_id": message_id,
             "connection": connection,
@@ -193,11 +209,11 @@ SELECT id, kind, amount, booked_at FROM quota_blocks
 # Bounced recipients are billed like delivered ones: billing, not state, decides. A row
 # still pending counts as what settling would make it (migration 0012's
 # txrelay_pending_allocation: a block, or overage), without settling it: a report never writes.
+# Overage is migration 0033's txrelay_overage_used, the figure the overage cap counts.
 LEDGER_BILLING = """
 SELECT count(*) FILTER (WHERE l.billing = 'quota'
                            OR (l.billing = 'pending' AND p.block_id IS NOT NULL)) AS from_blocks,
-       count(*) FILTER (WHERE l.billing = 'overage'
-                           OR (l.billing = 'pending' AND p.block_id IS NULL)) AS overage,
+       txrelay_overage_used(%(account_id)s, %(start)s, %(end)s) AS overage,
        count(*) FILTER (WHERE l.billing = 'void') AS voided
   FROM ledger l
   LEFT JOIN txrelay_pending_allocation(%(account_id)s) p ON p.row_id = l.id
@@ -227,3 +243,47 @@ def billing_inputs(conn: Conn, account_id: int, period: Period) -> BillingInputs
         int(expired["expired"]),
         int(counts["voided"]),
     )
+
+
+SELECT_OVERAGE_CAP = "SELECT overage_cap FROM accounts WHERE id = %(id)s"
+
+
+def overage_cap(conn: Conn, account_id: int) -> int | None:
+    """The account's overage cap (recipients per period beyond quota); None: unlimited."""
+    row = conn.execute(SELECT_OVERAGE_CAP, {"id": account_id}).fetchone()
+    return None if row is None or row["overage_cap"] is None else int(row["overage_cap"])
+
+
+@dataclass(frozen=True)
+class BilledAccount:
+    id: int
+    name: str
+    status: str  # active | disabled | deleted
+    overage_cap: int | None
+
+
+# Every live account (an invoice of 0 is still an invoice line) and every deleted one with
+# ledger rows or blocks in the period (kept for billing retention).
+BILLED_ACCOUNTS = """
+SELECT a.id, a.name, a.overage_cap,
+       CASE WHEN a.deleted_at IS NOT NULL THEN 'deleted'
+            WHEN a.disabled_at IS NOT NULL THEN 'disabled' ELSE 'active' END AS status
+  FROM accounts a
+ WHERE (a.created_at < %(end)s AND (a.deleted_at IS NULL OR a.deleted_at >= %(start)s))
+    OR EXISTS (SELECT 1 FROM ledger l WHERE l.account_id = a.id
+                  AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s)
+ ORDER BY a.name, a.id"""
+
+
+def billed_accounts(conn: Conn, period: Period) -> list[BilledAccount]:
+    """The accounts an invoice run for the period covers, live and deleted."""
+    rows = conn.execute(BILLED_ACCOUNTS, {"start": period.start, "end": period.end}).fetchall()
+    return [
+        BilledAccount(
+            int(r["id"]),
+            r["name"],
+            r["status"],
+            None if r["overage_cap"] is None else int(r["overage_cap"]),
+        )
+        for r in rows
+    ]

@@ -32,7 +32,10 @@ RESERVE_STATUSES = {
     4: ReservationStatus.RATE_LIMITED,
     5: ReservationStatus.QUOTA_EXHAUSTED,
     6: ReservationStatus.NEED_BALANCE,
+    7: ReservationStatus.OVERAGE_CAP,
 }
+NO_CAP = -1  # reserve.lua's ARGV[5] for an account without an overage cap
+OVERAGE_KEY_TTL_SECONDS = 40 * 86400  # a period's counter outlives its month
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class ReservationRequest:
     member: str  # "<txn>|<recipient lower-cased>"
     rate_limit: int  # 0 = unlimited
     paid: bool
+    overage_cap: int | None = None  # recipients per period beyond quota; None = no cap
+    period: str = ""  # the billing period "YYYY-MM" the recipient is accepted in
 
 
 def reservation_member(txn_id: str, recipient: str) -> str:
@@ -57,12 +62,15 @@ class ReservationStore(Protocol):
     end of message, release on abort. Redis normally, PostgreSQL while Redis is away.
 
     reserve holds a unit for one "<txn>|<recipient>" member (or says why not); commit drops
-    a recorded message's holds and takes the units the ledger billed to quota; release gives
-    an unrecorded transaction's units back. Failures are ServiceUnavailable (451)."""
+    a recorded message's holds and takes the units the ledger billed to quota (what does not
+    fit counts toward `period`'s overage); release gives an unrecorded transaction's units
+    back. Failures are ServiceUnavailable (451)."""
 
     def reserve(self, request: ReservationRequest) -> Reservation: ...
 
-    def commit(self, account_id: int, members: Sequence[str], units: int) -> int: ...
+    def commit(
+        self, account_id: int, members: Sequence[str], units: int, period: str = ""
+    ) -> int: ...
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int: ...
 
@@ -71,12 +79,20 @@ class RedisReservations:
     """The Redis implementation; thread-safe (redis-py's client pools its connections)."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, ttl_seconds: int, load_balance: Callable[[int], int]
+        self,
+        client: redis.Redis,
+        prefix: str,
+        ttl_seconds: int,
+        load_balance: Callable[[int], int],
+        load_overage: Callable[[int, str], int] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.load_balance = load_balance  # account id -> remaining quota per PostgreSQL
+        # (account id, period) -> overage recipients in the period per PostgreSQL; None: this
+        # store refuses requests with an overage cap (stores built for tests without caps).
+        self.load_overage = load_overage
         self._reserve = register(client, "reserve")
         self._commit = register(client, "commit")
         self._release = register(client, "release")
@@ -85,31 +101,57 @@ class RedisReservations:
         """One unit for one recipient; loads the balance from PostgreSQL the first time."""
         result = self._run_reserve(request)
         if result.status is ReservationStatus.NEED_BALANCE:
-            remaining = self.load_balance(request.account_id)
-            keys = AccountKeys(self.prefix, request.account_id)
-            self._call(lambda: self.client.set(keys.balance, remaining, nx=True))
+            self._load(request)
             result = self._run_reserve(request)
             if result.status is ReservationStatus.NEED_BALANCE:
                 raise RedisUnavailable("Redis lost the quota balance it was just given")
         return result
 
+    def _load(self, request: ReservationRequest) -> None:
+        """The balance and, for a capped account, the period's overage count, from PostgreSQL
+        (NX: a value another node loaded or moved meanwhile wins)."""
+        keys = AccountKeys(self.prefix, request.account_id)
+        remaining = self.load_balance(request.account_id)
+        self._call(lambda: self.client.set(keys.balance, remaining, nx=True))
+        if request.overage_cap is None:
+            return
+        if self.load_overage is None:
+            raise ValueError("this reservation store was built without an overage loader")
+        used = self.load_overage(request.account_id, request.period)
+        self._call(lambda: self.client.hsetnx(keys.overage, request.period, used))
+        self._call(lambda: self.client.expire(keys.overage, OVERAGE_KEY_TTL_SECONDS))
+
     def _run_reserve(self, request: ReservationRequest) -> Reservation:
         keys = AccountKeys(self.prefix, request.account_id)
-        args = [request.member, self.ttl_seconds, request.rate_limit, int(request.paid)]
+        cap = NO_CAP if request.overage_cap is None else request.overage_cap
+        args = [
+            request.member,
+            self.ttl_seconds,
+            request.rate_limit,
+            int(request.paid),
+            cap,
+            request.period,
+        ]
         raw = self._call(
             lambda: self._reserve(
-                keys=[keys.balance, keys.held, keys.rate(request.connection_id)], args=args
+                keys=[keys.balance, keys.held, keys.rate(request.connection_id), keys.overage],
+                args=args,
             )
         )
         status, remaining, retry_ms = (int(x) for x in raw)
         return Reservation(RESERVE_STATUSES[status], remaining, retry_ms / 1000)
 
-    def commit(self, account_id: int, members: Sequence[str], units: int) -> int:
+    def commit(self, account_id: int, members: Sequence[str], units: int, period: str = "") -> int:
         """The recipients are in the ledger: drop their holds and take the units the ledger
-        billed to quota from the live balance (overage units were never in it)."""
+        billed to quota from the live balance (overage units were never in it; they count
+        toward `period`'s overage)."""
         keys = AccountKeys(self.prefix, account_id)
         return int(
-            self._call(lambda: self._commit(keys=[keys.balance, keys.held], args=[units, *members]))
+            self._call(
+                lambda: self._commit(
+                    keys=[keys.balance, keys.held, keys.overage], args=[units, period, *members]
+                )
+            )
         )
 
     def release(self, account_id: int, connection_id: int, members: Sequence[str]) -> int:

@@ -1,18 +1,24 @@
--- reserve.lua: check a connection's hourly rate and its account's quota, and reserve one
--- unit for one recipient of one SMTP transaction, atomically across every relay node.
+-- reserve.lua: check a connection's hourly rate and its account's quota (and overage cap),
+-- and reserve one unit for one recipient of one SMTP transaction, atomically across every
+-- relay node.
 --
 -- KEYS[1]  the account's balance key   ({prefix}:{a<id>}:balance)  string, units left
 -- KEYS[2]  the account's held zset     ({prefix}:{a<id>}:held)     member -> expiry time
 -- KEYS[3]  the connection's rate zset  ({prefix}:{a<id>}:rate:<c>) member -> reserve time
+-- KEYS[4]  the account's overage hash  ({prefix}:{a<id>}:overage)  period -> overage units
 -- ARGV[1]  member: "<txn>|<recipient lower-cased>"
 -- ARGV[2]  reservation TTL in seconds (an orphaned reservation frees itself after it)
 -- ARGV[3]  hourly rate limit of the connection; 0 = unlimited (the rate zset is not touched)
 -- ARGV[4]  1 when the account is paid (out of quota = overage), 0 for a demo account
+-- ARGV[5]  the account's overage cap: recipients per billing period beyond quota; -1 = none
+-- ARGV[6]  the billing period ("YYYY-MM"), the overage hash's field (only read with a cap)
 --
 -- Returns {status, remaining, retry_after_ms}:
 --   status 1 reserved, 2 overage (paid account beyond quota), 3 duplicate (member already
 --   held: counted once), 4 rate limited, 5 quota exhausted (demo account), 6 need balance
---   (no balance key: load it from PostgreSQL, SET NX, call again);
+--   (no balance key, or a capped account beyond quota without the period's overage count:
+--   load them from PostgreSQL, SET NX / HSETNX, call again), 7 overage cap reached (the
+--   period's committed overage plus the overage units held reach the cap);
 --   remaining = units left after this reservation (balance - held; negative = overage);
 --   retry_after_ms = when the oldest rate member leaves the hour (status 4 only).
 -- Time is Redis's own (TIME), so the relay nodes' clocks do not matter.
@@ -20,6 +26,7 @@ local member = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local rate_limit = tonumber(ARGV[3])
 local paid = ARGV[4] == '1'
+local cap = tonumber(ARGV[5])
 local window = 3600
 
 local t = redis.call('TIME')
@@ -37,6 +44,16 @@ end
 local available = tonumber(balance) - redis.call('ZCARD', KEYS[2])
 if available <= 0 and not paid then
   return {5, available, 0}
+end
+if available <= 0 and cap >= 0 then
+  local used = redis.call('HGET', KEYS[4], ARGV[6])
+  if not used then
+    return {6, 0, 0}
+  end
+  -- Held units beyond the balance are the overage units in flight.
+  if tonumber(used) - available >= cap then
+    return {7, available, 0}
+  end
 end
 
 if rate_limit > 0 then
