@@ -36,6 +36,7 @@ import pytest
 
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned, provision, txrelay_json, verify_dkim
+from tests.harness.return_path import sent_by
 from tests.harness.services import MilterProcess
 from tests.harness.smtp import Submission, build_message, smtp_session, transact
 from tests.harness.stack import FaultStack
@@ -154,7 +155,7 @@ SELECT (SELECT coalesce(sum(used), 0) FROM quota_blocks WHERE account_id = %(a)s
 
 
 def sink_recipients(faults: FaultStack, shop: Provisioned) -> Counter[str]:
-    return Counter(r for c in faults.sink.captures() if c.mail_from == shop.address()
+    return Counter(r for c in sent_by(faults.sink.captures(), faults.config, shop.address())
                    for r in c.rcpt_tos)
 
 

@@ -21,6 +21,9 @@ class ConnectionPolicy:
     # When this milter process first saw this credential enabled (its monotonic clock);
     # 0.0 for what it found at start. Sessions that began earlier may hold the old one.
     credential_since: float = 0.0
+    # True: the shop's own envelope sender stays (`connection set --bounces keep`), for
+    # shops that process their bounces themselves; False: the relay's return path.
+    keep_bounces: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class DomainPolicy:
     selector: str
     algorithm: str  # 'rsa' or 'ed25519'
     signing_key: Any = field(repr=False, compare=False)  # never logged or printed
+    return_path: str = ""  # its own bounce domain (`domain set --return-path`); "": relay's
 
 
 @dataclass(frozen=True)

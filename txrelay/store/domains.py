@@ -40,6 +40,7 @@ class SendingDomain:
     created_at: dt.datetime
     key: DkimKey  # the key the domain signs with
     rotating: tuple[RotatingKey, ...] = ()
+    return_path: str | None = None  # its own bounce domain; None: the relay-wide one
 
     def rotating_key(self, state: str) -> RotatingKey | None:
         """The first pending or retiring key (there is at most one pending key)."""
@@ -86,7 +87,7 @@ def insert_domain(
 
 SELECT_DOMAINS = """
 SELECT d.id, d.account_id, a.name AS account_name, d.domain, d.list_help, d.created_at,
-       k.id AS key_id, k.selector, k.algorithm, k.public_key_b64
+       d.return_path, k.id AS key_id, k.selector, k.algorithm, k.public_key_b64
   FROM sending_domains d
   JOIN accounts a ON a.id = d.account_id
   JOIN dkim_keys k ON k.id = d.dkim_key_id
@@ -136,6 +137,7 @@ def _with_rotating_keys(
             row["created_at"],
             _key(row),
             tuple(rotating.get(row["id"], ())),
+            row["return_path"],
         )
         for row in rows
     ]
@@ -152,6 +154,13 @@ UPDATE_LIST_HELP = "UPDATE sending_domains SET list_help = %s WHERE id = %s"
 
 def update_list_help(conn: psycopg.Connection, domain_id: int, list_help: str) -> None:
     conn.execute(UPDATE_LIST_HELP, (list_help, domain_id))
+
+
+UPDATE_RETURN_PATH = "UPDATE sending_domains SET return_path = %s WHERE id = %s"
+
+
+def update_return_path(conn: psycopg.Connection, domain_id: int, return_path: str | None) -> None:
+    conn.execute(UPDATE_RETURN_PATH, (return_path, domain_id))
 
 
 INSERT_ROTATING_KEY = """

@@ -37,7 +37,7 @@ SELECT_ACCOUNTS = """
 SELECT a.id, txrelay_account_paid(a.id) AS paid FROM accounts a"""
 
 SELECT_CONNECTIONS = """
-SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit,
+SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit, co.bounces,
        left(encode(sha256(convert_to(cr.password_hash, 'UTF8')), 'hex'), 16)
            AS credential_version
   FROM credentials cr
@@ -50,8 +50,8 @@ SELECT cd.connection_id, sd.domain
   JOIN sending_domains sd ON sd.id = cd.domain_id"""
 
 SELECT_DOMAINS = """
-SELECT sd.domain, sd.account_id, sd.list_help, k.id AS key_id, k.selector, k.algorithm,
-       k.private_key_pem
+SELECT sd.domain, sd.account_id, sd.list_help, sd.return_path, k.id AS key_id, k.selector,
+       k.algorithm, k.private_key_pem
   FROM sending_domains sd
   JOIN dkim_keys k ON k.id = sd.dkim_key_id"""
 
@@ -111,6 +111,8 @@ class PolicyLoader:
                 r["rate_limit"], account.paid, self.quota.demo_rate_limit
             ),
             credential=str(r.get("credential_version") or ""),
+            # A local copy written before migration 0017 has no column: the relay's default.
+            keep_bounces=r.get("bounces") == "keep",
         )
 
     def _stamp_credentials(
@@ -163,6 +165,7 @@ class PolicyLoader:
             selector=r["selector"],
             algorithm=r["algorithm"],
             signing_key=signing_key,
+            return_path=r.get("return_path") or "",
         )
 
     def _open(self, stored: str) -> str:
