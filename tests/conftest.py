@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import redis
 
-from txrelay.config import Config, DatabaseConfig, load_config
 from txrelay.bounce_secret import write_bounce_secret
+from txrelay.config import Config, DatabaseConfig, load_config
 from txrelay.kek import KeyRing, generate_kek, write_kek_file
 from txrelay.store import database
 

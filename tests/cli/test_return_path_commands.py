@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import RELAY_INCLUDE, CliRun, Txrelay, printed_records, run_main
 from tests.harness.dns import DnsServer
+from tests.harness.processes import TXRELAY
 from txrelay.bounce_secret import read_bounce_secret
 from txrelay.cli.main import EXIT_INVALID_INPUT
 from txrelay.config import load_config
@@ -147,3 +150,17 @@ def test_init_makes_the_bounce_secret_and_keeps_it(
     assert again.exit_code == 0, again.stderr
     assert "Bounces: Kept the bounce secret" in again.stdout
     assert read_bounce_secret(path) == secret
+
+
+def test_the_milter_does_not_start_without_the_bounce_secret_it_needs(
+        config_file: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "bounce.key"
+    env = {**os.environ, "TXRELAY_BOUNCE_DOMAIN": "bounces.relay.example",
+           "TXRELAY_BOUNCE_SECRET_FILE": str(missing),
+           "TXRELAY_MILTER_SOCKET": f"unix:{tmp_path}/milter.sock",
+           "TXRELAY_MILTER_JOURNAL_DIR": str(tmp_path / "journal")}
+    done = subprocess.run([TXRELAY, "--config", str(config_file), "milter"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert f"the bounce secret {missing} is missing" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -32,10 +32,12 @@ def shop_senders(captures: Iterable[Capture], config: Config) -> list[str]:
         with psycopg.connect(config.database.url, autocommit=True) as conn:
             for txn_id, sender in conn.execute(SELECT_SENDERS, (wanted,)).fetchall():
                 known[txn_id] = sender
-    return [c.mail_from if t is None else known.get(t, "?") for c, t in zip(captured, txn_ids)]
+    pairs = zip(captured, txn_ids, strict=True)
+    return [c.mail_from if t is None else known.get(t, "?") for c, t in pairs]
 
 
 def sent_by(captures: Iterable[Capture], config: Config, address: str) -> list[Capture]:
     """The captures whose shop's envelope sender was `address`."""
     captured = list(captures)
-    return [c for c, s in zip(captured, shop_senders(captured, config)) if s == address]
+    senders = shop_senders(captured, config)
+    return [c for c, s in zip(captured, senders, strict=True) if s == address]

@@ -161,9 +161,7 @@ def dns(cli: CliContext, domain_name: str) -> None:
     """
     found = domains.get_domain(cli.db, domain_name)
     published, lookup_error = _published_now(cli, found.domain)
-    records = dns_records.required_records(
-        found, cli.config.dns, published, bounce_dns(cli)
-    )
+    records = dns_records.required_records(found, cli.config.dns, published, bounce_dns(cli))
     view = {
         **domain_view(found),
         "records": [expected_record_view(r) for r in records],
@@ -342,9 +340,7 @@ def _rotating_text(found: SendingDomain) -> str:
 )
 @json_option
 @pass_cli
-def set_(
-    cli: CliContext, domain_name: str, list_help: str | None, return_path: str | None
-) -> None:
+def set_(cli: CliContext, domain_name: str, list_help: str | None, return_path: str | None) -> None:
     """Change DOMAIN's List-Help target or its return path (from the next message on).
 
     A return path of its own needs DNS records: 'txrelay domain dns DOMAIN' prints them

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
 from txrelay.cli.context import CliContext, pass_cli
 from txrelay.config import (
     DEFAULT_CONFIG_PATH,
@@ -20,7 +21,6 @@ from txrelay.config import (
 )
 from txrelay.config import config_path as configured_path
 from txrelay.errors import ConfigError, Conflict, InvalidInput
-from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
 from txrelay.kek import generate_kek, read_kek_file, write_kek_file
 from txrelay.provisioning import database_setup, tls
 from txrelay.provisioning.integrity import transaction

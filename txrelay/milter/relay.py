@@ -24,12 +24,18 @@ from txrelay.milter.nodelay import ensure_nodelay
 from txrelay.milter.runtime import Runtime
 from txrelay.milter.transaction import Transaction
 from txrelay.policy import message as message_policy
-from txrelay.policy.mail_back import CFBL_ADDRESS, CFBL_FEEDBACK_ID, CFBL_HEADERS, MailBack, mail_back
 from txrelay.policy.addresses import (
     HeaderSender,
     address_domain,
     domain_refusal,
     envelope_address,
+)
+from txrelay.policy.mail_back import (
+    CFBL_ADDRESS,
+    CFBL_FEEDBACK_ID,
+    CFBL_HEADERS,
+    MailBack,
+    mail_back,
 )
 from txrelay.policy.message import IdentityHeaders
 from txrelay.policy.names import InvalidDomain
@@ -344,7 +350,10 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         txn.headers = [(n, v) for n, v in txn.headers if n.lower() not in wanted]
         if back.cfbl_address is None or back.feedback_id is None:
             return
-        for name, value in ((CFBL_ADDRESS, back.cfbl_address), (CFBL_FEEDBACK_ID, back.feedback_id)):
+        for name, value in (
+            (CFBL_ADDRESS, back.cfbl_address),
+            (CFBL_FEEDBACK_ID, back.feedback_id),
+        ):
             self.addheader(name, value)
             txn.add_header(name, value.encode("ascii"))
 

@@ -12,6 +12,7 @@ from txrelay.provisioning.dns_lookup import Lookup, LookupFailed
 from txrelay.provisioning.dns_records import (
     DKIM,
     DMARC,
+    NO_BOUNCE,
     SPF,
     BounceDns,
     ExpectedRecord,
@@ -105,7 +106,7 @@ def published_now(lookup: Lookup, domain: str) -> Published:
 
 
 def check_domain(
-    lookup: Lookup, domain: SendingDomain, config: DnsConfig, bounce: BounceDns = BounceDns()
+    lookup: Lookup, domain: SendingDomain, config: DnsConfig, bounce: BounceDns = NO_BOUNCE
 ) -> list[RecordCheck]:
     """Each required record, in the order `domain dns` prints them."""
     checks = []

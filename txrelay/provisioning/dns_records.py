@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from txrelay.config import DnsConfig
-from txrelay.provisioning import dmarc_policy, spf_policy
 from txrelay.policy.mail_back import cfbl_aligned
+from txrelay.provisioning import dmarc_policy, spf_policy
 from txrelay.provisioning.dkim_keys import DnsRecord, dns_record
 from txrelay.store.domains import DkimKey, SendingDomain
 
@@ -53,11 +53,14 @@ class BounceDns:
     mx_host: str = ""
 
 
+NO_BOUNCE = BounceDns()  # a relay without a bounce domain
+
+
 def required_records(
     domain: SendingDomain,
     config: DnsConfig,
     published: Published = Published(),
-    bounce: BounceDns = BounceDns(),
+    bounce: BounceDns = NO_BOUNCE,
 ) -> list[ExpectedRecord]:
     """With `published`, SPF and DMARC take the domain's current records into account (one
     of each per name): an SPF record to extend, a DMARC record to keep."""
@@ -206,8 +209,7 @@ def return_path_records(
                 RETURN_PATH,
                 domain.domain,
                 None,
-                f"{domain.domain}'s mail gets the relay-wide return path @"
-                f"{bounce.relay_domain}",
+                f"{domain.domain}'s mail gets the relay-wide return path @{bounce.relay_domain}",
                 note=(
                     f"{bounce.relay_domain} is not {domain.domain} nor a subdomain of it, so "
                     "SPF does not align with the From domain and the mail carries no "
