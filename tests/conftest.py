@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis
 
+from txrelay.bounce_secret import write_bounce_secret
 from txrelay.config import Config, DatabaseConfig, load_config
 from txrelay.kek import KeyRing, generate_kek, write_kek_file
 from txrelay.store import database
@@ -113,10 +114,13 @@ def config_file(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         '[dkim]\nrequire_published = false\n\n'
         f'[dovecot]\nconfig_dir = "{base}/dovecot"\nbase_dir = "{base}/dovecot-run"\n'
         f'auth_socket = "{base}/dovecot-run/auth-postfix"\n'
-        f'passdb_file = "{base}/passdb/passwd"\n'
+        f'passdb_file = "{base}/passdb/passwd"\n\n'
+        # The secret only: the e2e stacks add a bounce domain (tests/harness/stackconfig.py).
+        f'[bounce]\nsecret_file = "{base}/bounce.key"\n'
     )
     (base / "passdb").mkdir()
     write_kek_file(base / "kek", generate_kek())
+    write_bounce_secret(base / "bounce.key")
     return path
 
 

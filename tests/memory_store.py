@@ -193,7 +193,8 @@ class MemoryPolicy:
     def add_tenant(self, unique: str, *, paid: bool = False, rate_limit: int | None = None,
                    enabled: bool = True, algorithm: str = "rsa",
                    connection_name: str = "Web shop", overage_cap: int | None = None,
-                   disabled: bool = False) -> Tenant:
+                   disabled: bool = False, own_return_path: bool = False,
+                   bounces: str = "relay") -> Tenant:
         """What tests/store/builders.make_tenant inserts, as a new snapshot."""
         current = self.current or PolicySnapshot(0, {}, {}, {})
         keys = key_pair(algorithm)
@@ -203,13 +204,15 @@ class MemoryPolicy:
                         f"u{unique}", domain, "txr202611", f"https://{domain}/help", keys)
         connection = ConnectionPolicy(
             connection_id, connection_name, account_id, enabled, frozenset({domain}),
-            effective_rate_limit(rate_limit, paid, self.demo_rate_limit))
+            effective_rate_limit(rate_limit, paid, self.demo_rate_limit),
+            keep_bounces=bounces == "keep")
         signing_key = load_signing_key(algorithm, keys.private_key_pem)
         self.current = PolicySnapshot(
             current.version + 1,
             {**current.connections, tenant.username: connection},
-            {**current.domains, domain: DomainPolicy(domain, account_id, tenant.list_help,
-                                                     tenant.selector, algorithm, signing_key)},
+            {**current.domains, domain: DomainPolicy(
+                domain, account_id, tenant.list_help, tenant.selector, algorithm, signing_key,
+                return_path=f"bounces.{domain}" if own_return_path else "")},
             {**current.accounts, account_id: AccountPolicy(account_id, paid, tenant.account_name,
                                                            disabled, overage_cap)})
         return tenant

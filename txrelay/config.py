@@ -512,6 +512,13 @@ class BounceConfig:
         "senders are kept and only Postfix's own delivery log tells txrelay of bounces.",
         HOST_NAME_OR_EMPTY,
     )
+    mx_host: str = setting(
+        "",
+        "The host a sending domain's own return-path domain (`txrelay domain set DOMAIN "
+        "--return-path HOST`) must name as its MX, so that bounces and complaints reach "
+        'this relay. `""`: `[smtp] host`.',
+        HOST_NAME_OR_EMPTY,
+    )
     secret_file: str = setting(
         "/etc/txrelay/bounce.key",
         "The secret that authenticates return-path and feedback tokens (32 random bytes, "

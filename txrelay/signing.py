@@ -28,7 +28,9 @@ from txrelay.errors import InvalidInput
 
 Header = tuple[bytes, bytes]  # (name, value as queued: leading space, CRLF folding, CRLF end)
 
-# Signed when present, as RFC 6376 suggests; From is over-signed so none can be added later.
+# Signed when present, as RFC 6376 suggests; From is over-signed so none can be added later,
+# and so are the CFBL headers (RFC 9477 wants them signed; a second CFBL-Address added on the
+# way would otherwise send complaints elsewhere under our signature).
 SIGNED_HEADERS = (
     b"from",
     b"to",
@@ -43,8 +45,10 @@ SIGNED_HEADERS = (
     b"in-reply-to",
     b"references",
     b"list-help",
+    b"cfbl-address",
+    b"cfbl-feedback-id",
 )
-OVERSIGNED_HEADERS = (b"from",)
+OVERSIGNED_HEADERS = (b"from", b"cfbl-address", b"cfbl-feedback-id")
 CANONICALIZATION = (b"relaxed", b"relaxed")
 ALGORITHMS = {"rsa": b"rsa-sha256", "ed25519": b"ed25519-sha256"}
 

@@ -17,6 +17,8 @@
 #                             docs/operations.md, "Least privilege in PostgreSQL")
 #   TXRELAY_DATABASE_KEK_FILE the key that seals DKIM keys (default /var/lib/txrelay/kek, in
 #                             the /var/lib/txrelay volume; made at first start; back it up)
+#   TXRELAY_BOUNCE_SECRET_FILE the key of return paths (default /var/lib/txrelay/bounce.key,
+#                             in the volume; made at first start; the same on every node)
 #   RELAY_TLS_CERT, RELAY_TLS_KEY   PEM files (default /etc/txrelay/tls/{cert,key}.pem,
 #                             a self-signed pair is made there when both are missing)
 #   RELAY_RELAYHOST           Postfix relayhost, e.g. [smtp.example.net]:587 (default: direct)
@@ -67,6 +69,8 @@ export TXRELAY_METRICS_TRACKER_LISTEN=${TXRELAY_METRICS_TRACKER_LISTEN-0.0.0.0:9
 export TXRELAY_TRACKER_LOG_PATH=$maillog
 # In a volume: a KEK made anew by each container would leave the sealed keys unreadable.
 export TXRELAY_DATABASE_KEK_FILE=${TXRELAY_DATABASE_KEK_FILE:-/var/lib/txrelay/kek}
+# Likewise the bounce secret: bounces of mail already sent carry tokens made with it.
+export TXRELAY_BOUNCE_SECRET_FILE=${TXRELAY_BOUNCE_SECRET_FILE:-/var/lib/txrelay/bounce.key}
 
 configure_txrelay() {
     # init writes txrelay.toml and Dovecot's auth configuration from these settings, and

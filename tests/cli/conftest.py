@@ -132,5 +132,6 @@ def printed_records(txrelay: Txrelay, domain: str) -> dict[str, list[tuple[str, 
         RELAY_INCLUDE: [("TXT", "v=spf1 " + " ".join(
             f"ip{'6' if ':' in a else '4'}:{a}" for a in RELAY_ADDRESSES) + " -all")]}
     for record in txrelay("domain", "dns", domain, "--json").json()["records"]:
-        records.setdefault(record["name"], []).append(("TXT", record["value"]))
+        if record["value"] is not None:
+            records.setdefault(record["name"], []).append((record["type"], record["value"]))
     return records

@@ -66,7 +66,7 @@ def settle(faults: FaultStack) -> None:
 
 
 def relay_of(faults: FaultStack) -> Relay:
-    return Relay(faults.config.database.url, faults.sink, faults.postfix.flush,
+    return Relay(faults.config, faults.sink, faults.postfix.flush,
                  faults.postfix.queue_count, lambda: faults.milter.log(15))
 
 

@@ -21,6 +21,7 @@ from tests.harness.bulk import Envelope, send_session
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned, dkim_tags, txrelay_json, verify_dkim
+from tests.harness.return_path import sent_by
 from tests.harness.smtp import build_message, smtp_session
 
 pytestmark = pytest.mark.e2e
@@ -157,7 +158,7 @@ def ledger_recipients(relay: RelayStack, shop: Provisioned) -> Counter[str]:
 
 
 def sink_recipients(relay: RelayStack, shop: Provisioned) -> Counter[str]:
-    return Counter(r for c in relay.sink.captures() if c.mail_from == shop.address()
+    return Counter(r for c in sent_by(relay.sink.captures(), relay.config, shop.address())
                    for r in c.rcpt_tos)
 
 

@@ -12,6 +12,7 @@ import pytest
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import TXRELAY, run, wait_until
 from tests.harness.provision import Provisioned
+from tests.harness.return_path import sent_by
 from tests.harness.smtp import Submission, build_message, smtp_session, submit, transact
 
 pytestmark = pytest.mark.e2e
@@ -108,8 +109,8 @@ def test_two_hundred_messages_from_ten_clients_are_accounted_exactly(
     assert accepted == clients * per_client, [r for r in results if not r.accepted][:3]
 
     def delivered_count() -> int:
-        return sum(1 for c in relay.sink.captures()
-                   if c.mail_from == shop.address() and c.rcpt_tos[0].startswith("bulk-"))
+        return sum(1 for c in sent_by(relay.sink.captures(), relay.config, shop.address())
+                   if c.rcpt_tos[0].startswith("bulk-"))
 
     wait_until(lambda: delivered_count() == accepted, 60, "all bulk messages at the sink")
     usage = relay.usage(shop.account_id)

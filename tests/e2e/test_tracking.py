@@ -29,6 +29,7 @@ from tests.harness.processes import (
     wait_until,
 )
 from tests.harness.provision import Provisioned
+from tests.harness.return_path import sent_by
 from tests.harness.smtp import build_message, submit
 
 pytestmark = pytest.mark.e2e
@@ -192,8 +193,8 @@ def test_tracker_killed_and_log_rotated_mid_run_counts_every_line_once(
     end = _position(relay)
     read = end["lines_read"] - start["lines_read"]
     assert read == _lines_between(_log_files(Path(relay.config.tracker.log_path)), start, end)
-    captured = sum(len(c.rcpt_tos) for c in relay.sink.captures()
-                   if c.mail_from == shop.address())
+    captured = sum(len(c.rcpt_tos)
+                   for c in sent_by(relay.sink.captures(), relay.config, shop.address()))
     assert captured == len(expected)
 
 

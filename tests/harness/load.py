@@ -26,8 +26,10 @@ import psycopg
 
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned
+from tests.harness.return_path import sent_by
 from tests.harness.services import CaptureSink
 from tests.harness.smtp import build_message, smtp_session, transact
+from txrelay.config import Config
 
 DOMAIN = "rcpt.example.net"
 
@@ -130,7 +132,7 @@ class Relay:
     """What the invariants look at: the shared database and sink, and each node's Postfix
     queue and milter log (several relay nodes share the first two)."""
 
-    database_url: str
+    config: Config  # a node's: the database, and the bounce secret of return paths
     sink: CaptureSink
     flush: Callable[[], None]  # every node's queue flushed
     queue_count: Callable[[], int]
@@ -144,9 +146,7 @@ def sink_recipients(relay: Relay, shop: Provisioned, *,
     its own bookkeeping, it delivers that queue file again after the restart)."""
     seen: set[tuple[str, str]] = set()
     counted: Counter[str] = Counter()
-    for capture in relay.sink.captures():
-        if capture.mail_from != shop.address():
-            continue
+    for capture in sent_by(relay.sink.captures(), relay.config, shop.address()):
         queue_id = relay_queue_id(capture.raw)
         for recipient in capture.rcpt_tos:
             if one_per_queue_file and (recipient, queue_id) in seen:
@@ -164,7 +164,7 @@ def relay_queue_id(raw: bytes) -> str:
 
 
 def ledger_states(relay: Relay, shop: Provisioned) -> list[tuple[str, str, str]]:
-    with psycopg.connect(relay.database_url) as conn:
+    with psycopg.connect(relay.config.database.url) as conn:
         rows = conn.execute(SELECT_BILLING, {"a": shop.account_id}).fetchall()
     return [(recipient, billing, state) for recipient, billing, state in rows]
 
@@ -197,7 +197,7 @@ def assert_exactly_once(relay: Relay, shop: Provisioned, load: Load, *,
     assert max(sink.values()) == 1
 
     def used_and_billed() -> tuple[int, int, int]:
-        with psycopg.connect(relay.database_url) as conn:
+        with psycopg.connect(relay.config.database.url) as conn:
             row = conn.execute(SELECT_USED, {"a": shop.account_id}).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])

@@ -1,4 +1,8 @@
-"""Configuration files for the e2e stacks: the run's settings with their own sockets/ports."""
+"""Configuration files for the e2e stacks: the run's settings with their own sockets/ports.
+
+Every stack gives its messages the relay's return path ([bounce] domain BOUNCE_DOMAIN, the
+run's bounce secret), as a production relay with a bounce domain does: the sink sees MAIL
+FROM b-TOKEN@BOUNCE_DOMAIN, and tests/harness/return_path.py finds the shop's sender."""
 
 from __future__ import annotations
 
@@ -7,10 +11,13 @@ from pathlib import Path
 
 from txrelay.config import Config, render_toml
 
+BOUNCE_DOMAIN = "bounces.relay.test"
+
 
 def stack_config(base: Config, directory: Path, *, submission_port: int,
                  database_url: str | None = None, redis_url: str | None = None,
-                 max_message_size: int | None = None) -> Config:
+                 max_message_size: int | None = None,
+                 bounce_domain: str = BOUNCE_DOMAIN) -> Config:
     """`base` with the milter socket, Dovecot directories and logs under `directory`."""
     milter = dataclasses.replace(
         base.milter, socket=f"unix:{directory}/milter/milter.sock",
@@ -30,7 +37,8 @@ def stack_config(base: Config, directory: Path, *, submission_port: int,
         # restricted role exists only in the run's database).
         database=dataclasses.replace(base.database, url=database_url or base.database.url,
                                      milter_url="" if database_url else base.database.milter_url),
-        redis=dataclasses.replace(base.redis, url=redis_url or base.redis.url))
+        redis=dataclasses.replace(base.redis, url=redis_url or base.redis.url),
+        bounce=dataclasses.replace(base.bounce, domain=bounce_domain))
 
 
 def write_stack_config(base: Config, directory: Path, **changes: object) -> Path:

@@ -49,7 +49,7 @@ class TwoNodes:
         return [node.port for node in self.nodes]
 
     def relay(self) -> Relay:
-        return Relay(self.postgres.url, self.sink, self.flush, self.queue_count, self.logs)
+        return Relay(self.nodes[0].config, self.sink, self.flush, self.queue_count, self.logs)
 
     def flush(self) -> None:
         for node in self.nodes:

@@ -98,7 +98,7 @@ def daemon(config_file: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
 def test_daemon_negotiates_only_what_it_needs(daemon: tuple[subprocess.Popen[bytes], str]) -> None:
     client = MilterClient(daemon[1])
     actions, protocol = client.negotiate()
-    assert actions == Milter.ADDHDRS | Milter.CHGHDRS
+    assert actions == Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGFROM  # CHGFROM: return path
     for skipped in (SMFIP_NOCONNECT, SMFIP_NOHELO, SMFIP_NODATA, SMFIP_NOEOH, SMFIP_NOUNKNOWN,
                     SMFIP_NR_HDR, SMFIP_NR_BODY):
         assert protocol & skipped, hex(skipped)

@@ -59,7 +59,10 @@ class Tenant:
 def make_tenant(db: psycopg.Connection, unique: str, *, demo_quota: int = 1000,
                 paid: bool = False, rate_limit: int | None = None, enabled: bool = True,
                 algorithm: str = "rsa", connection_name: str = "Web shop",
-                overage_cap: int | None = None, disabled: bool = False) -> Tenant:
+                overage_cap: int | None = None, disabled: bool = False,
+                own_return_path: bool = False, bounces: str = "relay") -> Tenant:
+    """own_return_path: the domain's return path is bounces.<domain> (domain set
+    --return-path); bounces: the connection's 'relay' or 'keep'."""
     keys = key_pair(algorithm)
     domain = f"shop-{unique}.example"
     selector = "txr202611"
@@ -75,9 +78,12 @@ def make_tenant(db: psycopg.Connection, unique: str, *, demo_quota: int = 1000,
                       "public_key_b64) VALUES (%s, %s, %s, %s, %s) RETURNING id",
                   (account_id, selector, algorithm, keys.private_key_pem, keys.public_key_b64))
     domain_id = add_domain(db, account_id, domain, key_id, list_help)
-    connection_id = _one(db, "INSERT INTO connections (account_id, name, enabled, rate_limit) "
-                             "VALUES (%s, %s, %s, %s) RETURNING id",
-                         (account_id, connection_name, enabled, rate_limit))
+    if own_return_path:
+        db.execute("UPDATE sending_domains SET return_path = %s WHERE id = %s",
+                   (f"bounces.{domain}", domain_id))
+    connection_id = _one(db, "INSERT INTO connections (account_id, name, enabled, rate_limit, "
+                             "bounces) VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                         (account_id, connection_name, enabled, rate_limit, bounces))
     username = f"u{unique}"
     _one(db, "INSERT INTO credentials (connection_id, username, password_hash) "
              "VALUES (%s, %s, '{PLAIN}x') RETURNING connection_id", (connection_id, username))

@@ -233,6 +233,18 @@ def test_policy_snapshot_finds_connections_domains_and_accounts(
     assert "shop-nobody.example" not in unknown.domains
 
 
+def test_policy_snapshot_carries_return_path_and_bounces(stores: Stores) -> None:
+    plain = stores.add_tenant()
+    own = stores.add_tenant(own_return_path=True, bounces="keep")
+    assert stores.policy.refresh()
+    snapshot = stores.policy.snapshot_for_login(own.username)
+    assert snapshot is not None
+    assert snapshot.domains[plain.domain].return_path == ""
+    assert snapshot.connections[plain.username].keep_bounces is False
+    assert snapshot.domains[own.domain].return_path == f"bounces.{own.domain}"
+    assert snapshot.connections[own.username].keep_bounces is True
+
+
 def test_quota_balance_agrees_after_a_mixed_sequence(stores: Stores) -> None:
     """Reserve, release, record, commit, a retried record, a cold store loading the balance:
     the live balance and the ledger's remaining quota tell the same story on both."""

@@ -162,6 +162,7 @@ def _print_connection(found: Connection, headline: str | None = None) -> None:
         f"  state:       {'active' if found.enabled else 'inactive'}\n"
         f"  rate limit:  {rate_limit_text(found.rate_limit)}\n"
         f"  domains:     {', '.join(found.domains) or '-'}\n"
+        f"  bounces:     {found.bounces}\n"
         f"  last used:   {short_time(found.last_used_at)}\n"
         f"  created:     {short_time(found.created_at)}"
     )
@@ -292,6 +293,13 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
 )
 @click.option("--add-domain", multiple=True, metavar="D", help="Allow sending from D too.")
 @click.option("--remove-domain", multiple=True, metavar="D", help="Stop sending from D.")
+@click.option(
+    "--bounces",
+    type=click.Choice(["relay", "keep"]),
+    help="relay (default): the relay gives each message its own return path and learns of "
+    "its bounces; keep: the shop's envelope sender stays, for shops that process their "
+    "bounces themselves (the relay still sees the bounces of its own delivery attempts).",
+)
 @json_option
 @pass_cli
 def set_(
@@ -302,15 +310,17 @@ def set_(
     default_rate_limit: bool,
     add_domain: tuple[str, ...],
     remove_domain: tuple[str, ...],
+    bounces: str | None,
 ) -> None:
-    """Change a connection's rate limit or domains.
+    """Change a connection's rate limit, domains or return path.
 
     \b
-    Example:
+    Examples:
       txrelay connection set "Web shop" --account "Acme GmbH" --rate-limit 500 \\
           --add-domain shop.acme.example
+      txrelay connection set "Web shop" --account "Acme GmbH" --bounces keep
     """
-    change = ConnectionChange(rate_limit, default_rate_limit, add_domain, remove_domain)
+    change = ConnectionChange(rate_limit, default_rate_limit, add_domain, remove_domain, bounces)
     changed = connections.change_connection(cli.db, name, account, change)
     cli.emit(
         connection_view(changed),

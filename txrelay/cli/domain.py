@@ -12,7 +12,7 @@ from txrelay.errors import CheckFailed, ServiceUnavailable
 from txrelay.provisioning import dns_check, dns_records, domains
 from txrelay.provisioning.dns_check import PublicationCheck, RecordCheck
 from txrelay.provisioning.dns_lookup import DnsLookup, LookupFailed
-from txrelay.provisioning.dns_records import ExpectedRecord, Published
+from txrelay.provisioning.dns_records import BounceDns, ExpectedRecord, Published
 from txrelay.provisioning.domains import RETIRE_AFTER, KeyChoice
 from txrelay.provisioning.views import (
     dkim_publication_view,
@@ -170,7 +170,9 @@ def dns(cli: CliContext, domain_name: str) -> None:
     \b
     DKIM   the public key of each key DOMAIN publishes (two during a key rotation);
     SPF    authorises the relay's addresses ([dns] spf_include or relay_addresses);
-    DMARC  a starting record that only asks for reports (p=none).
+    DMARC  a starting record that only asks for reports (p=none);
+    return path  with 'domain set DOMAIN --return-path HOST': HOST's MX (the relay,
+           [bounce] mx_host or [smtp] host) and HOST's SPF record.
     There is one SPF and one DMARC record per name: DOMAIN's current ones are looked
     up ([dns] resolver), and the output gives the SPF record extended with the relay's
     mechanisms, and keeps a DMARC record DOMAIN has. docs/dns.md explains each record.
@@ -182,13 +184,18 @@ def dns(cli: CliContext, domain_name: str) -> None:
     """
     found = domains.get_domain(cli.db, domain_name)
     published, lookup_error = _published_now(cli, found.domain)
-    records = dns_records.required_records(found, cli.config.dns, published)
+    records = dns_records.required_records(found, cli.config.dns, published, bounce_dns(cli))
     view = {
         **domain_view(found),
         "records": [expected_record_view(r) for r in records],
         "lookup_error": lookup_error or None,
     }
     cli.emit(view, lambda: _print_records(found, records, lookup_error))
+
+
+def bounce_dns(cli: CliContext) -> BounceDns:
+    bounce = cli.config.bounce
+    return BounceDns(bounce.domain, bounce.mx_host or cli.config.smtp.host)
 
 
 def _published_now(cli: CliContext, domain: str) -> tuple[Published, str]:
@@ -245,7 +252,10 @@ def check(cli: CliContext, domain_name: str) -> None:
            (pending) and old (retiring) keys too;
     SPF    exactly one SPF record, and it authorises the relay's addresses;
     DMARC  one valid record applies (DOMAIN's own or its parent domain's) and txrelay's
-           signature is aligned with it.
+           signature is aligned with it;
+    return path  HOST's MX names the relay and HOST's SPF authorises it; without a
+           return path of its own, a warning when the relay-wide [bounce] domain is not
+           DOMAIN or a subdomain of it (no CFBL-Address then: RFC 9477 alignment).
     Lookups go to [dns] resolver (default: the system's resolvers).
 
     \b
@@ -253,7 +263,9 @@ def check(cli: CliContext, domain_name: str) -> None:
       txrelay domain check acme.example && echo ready to send
     """
     found = domains.get_domain(cli.db, domain_name)
-    checks = dns_check.check_domain(DnsLookup(cli.config.dns), found, cli.config.dns)
+    checks = dns_check.check_domain(
+        DnsLookup(cli.config.dns), found, cli.config.dns, bounce_dns(cli)
+    )
     published, detail = dns_check.dkim_publication(checks)
     found, became = domains.record_dkim_publication(
         cli.db, cli.clock.now(), found, published, detail
@@ -308,7 +320,8 @@ def _check_key(cli: CliContext, found: SendingDomain, key: DkimKey) -> Publicati
 @json_option
 @pass_cli
 def list_(cli: CliContext, account: str | None) -> None:
-    """List sending domains with account, signing selector, algorithm, DKIM state, List-Help.
+    """List sending domains with account, signing selector, algorithm, DKIM state, List-Help
+    and return path ('relay': the relay-wide [bounce] domain).
 
     ROTATING names keys in the middle of a rotation: pending (published, not signing yet)
     and retiring (no longer signing, still published). DKIM is published (live mail may
@@ -328,13 +341,14 @@ def list_(cli: CliContext, account: str | None) -> None:
             publication_state(d),
             _rotating_text(d),
             d.list_help,
+            d.return_path or "relay",
         )
         for d in found
     ]
     headings = ("DOMAIN", "ACCOUNT", "SIGNING SELECTOR", "ALGORITHM", "DKIM", "ROTATING")
     cli.emit(
         [domain_view(d) for d in found],
-        lambda: click.echo(table((*headings, "LIST-HELP"), rows)),
+        lambda: click.echo(table((*headings, "LIST-HELP", "RETURN PATH"), rows)),
     )
 
 
@@ -346,24 +360,56 @@ def _rotating_text(found: SendingDomain) -> str:
 @click.argument("domain_name", metavar="DOMAIN")
 @click.option(
     "--list-help",
-    required=True,
     metavar="URL_OR_MAILTO",
     help="New List-Help target: an https:// URL or a mailto: address.",
 )
+@click.option(
+    "--return-path",
+    metavar="HOST",
+    help="DOMAIN's own bounce domain: DOMAIN or a subdomain of it (e.g. bounces.DOMAIN). "
+    "Its mail then gets envelope senders b-TOKEN@HOST and CFBL-Address fbl@HOST, aligned "
+    "with DOMAIN for SPF and CFBL. 'relay': back to the relay-wide [bounce] domain.",
+)
 @json_option
 @pass_cli
-def set_(cli: CliContext, domain_name: str, list_help: str) -> None:
-    """Change DOMAIN's List-Help target (used from the next message on).
+def set_(cli: CliContext, domain_name: str, list_help: str | None, return_path: str | None) -> None:
+    """Change DOMAIN's List-Help target or its return path (from the next message on).
+
+    A return path of its own needs DNS records: 'txrelay domain dns DOMAIN' prints them
+    (an MX pointing at the relay and an SPF record for HOST), 'txrelay domain check DOMAIN'
+    checks them.
 
     \b
-    Example:
+    Examples:
       txrelay domain set acme.example --list-help https://acme.example/support
+      txrelay domain set acme.example --return-path bounces.acme.example
+      txrelay domain set acme.example --return-path relay
     """
-    changed = domains.change_list_help(cli.db, domain_name, list_help)
-    cli.emit(
-        domain_view(changed),
-        lambda: click.echo(f"{changed.domain}: List-Help is now {changed.list_help}"),
+    changed = domains.change_domain(
+        cli.db, domain_name, list_help=list_help, return_path=return_path
     )
+    cli.emit(domain_view(changed), lambda: _print_changed(cli, changed, list_help, return_path))
+
+
+def _print_changed(
+    cli: CliContext, changed: SendingDomain, list_help: str | None, return_path: str | None
+) -> None:
+    if list_help is not None:
+        click.echo(f"{changed.domain}: List-Help is now {changed.list_help}")
+    if return_path is not None:
+        click.echo(f"{changed.domain}: return path is now {_return_path_text(cli, changed)}")
+        if changed.return_path:
+            click.echo(
+                f"Publish its MX and SPF records ('txrelay domain dns {changed.domain}'), "
+                f"then run 'txrelay domain check {changed.domain}'."
+            )
+
+
+def _return_path_text(cli: CliContext, found: SendingDomain) -> str:
+    if found.return_path:
+        return found.return_path
+    relay = cli.config.bounce.domain
+    return f"the relay's ({relay})" if relay else "none (the relay has no [bounce] domain)"
 
 
 @domain.command("show")
@@ -371,7 +417,7 @@ def set_(cli: CliContext, domain_name: str, list_help: str) -> None:
 @json_option
 @pass_cli
 def show(cli: CliContext, domain_name: str) -> None:
-    """Show DOMAIN: account, List-Help, and each DKIM key with its state.
+    """Show DOMAIN: account, List-Help, return path, and each DKIM key with its state.
 
     States: signing (mail is signed with it), pending (new key; publish its record, then
     'switch-key'), retiring (replaced; keep its record published until the date shown, then
@@ -382,14 +428,15 @@ def show(cli: CliContext, domain_name: str) -> None:
       txrelay domain show acme.example
     """
     found = domains.get_domain(cli.db, domain_name)
-    cli.emit(domain_view(found), lambda: _print_domain(found))
+    cli.emit(domain_view(found), lambda: _print_domain(cli, found))
 
 
-def _print_domain(found: SendingDomain) -> None:
+def _print_domain(cli: CliContext, found: SendingDomain) -> None:
     click.echo(
-        f"Domain:    {found.domain}\nAccount:   {found.account_name}\n"
-        f"List-Help: {found.list_help}\nAdded:     {short_time(found.created_at)}\n"
-        f"DKIM:      {_publication_summary(found)}\n"
+        f"Domain:      {found.domain}\nAccount:     {found.account_name}\n"
+        f"List-Help:   {found.list_help}\nReturn path: {_return_path_text(cli, found)}\n"
+        f"Added:       {short_time(found.created_at)}\n"
+        f"DKIM:        {_publication_summary(found)}\n"
     )
     rows = [(k.selector, k.algorithm, "signing", "-", "-") for k in found.signing_keys]
     rows += [

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
 from txrelay.cli.context import CliContext, pass_cli
 from txrelay.config import (
     DEFAULT_CONFIG_PATH,
@@ -112,7 +113,9 @@ def init(
     configuration, and print the next steps.
 
     The roles' generated passwords are written only into the configuration file (mode 0640);
-    the key-encryption key goes next to it (kek, mode 0640): back both up.
+    the key-encryption key goes next to it (kek, mode 0640): back both up. So does the
+    bounce secret (bounce.key, mode 0640) that authenticates return paths: copy it to every
+    relay node.
     Running it again with --force keeps the role, its password and the database. Nothing is
     written when the options are invalid, the certificate does not fit its key, or the
     database cannot be made or reached.
@@ -148,6 +151,7 @@ def init(
     values["database"].setdefault("url", database_url or "")
     tls_request = _tls_request(target, values["smtp"], tls_cert, tls_key)
     values["database"].setdefault("kek_file", str(target.absolute().parent / "kek"))
+    values["bounce"].setdefault("secret_file", str(target.absolute().parent / "bounce.key"))
     dedicated = None
     own_milter_role = False
     if not values["database"]["url"]:
@@ -171,12 +175,13 @@ def init(
     config = _validated(_overlay(render_toml(Config()).splitlines(), values))
     applied, granted = _migrate(config)
     kek_created = _ensure_kek(target, Path(config.database.kek_file))
+    bounce_created = _ensure_bounce_secret(target, Path(config.bounce.secret_file))
     certificate = certificate or tls_request()
     _write_config(target, render_toml(config))  # typed values, in the loader's own form
     dovecot_files = _write_dovecot(config)
     _print_summary(target, config, applied, dovecot_files)
     _print_database_and_tls(dedicated, certificate)
-    _print_secrets(config, granted, kek_created)
+    _print_secrets(config, granted, kek_created, bounce_created)
     _print_next_steps(target, config, dovecot_files)
 
 
@@ -294,6 +299,18 @@ def _ensure_kek(target: Path, path: Path) -> bool:
     return True
 
 
+def _ensure_bounce_secret(target: Path, path: Path) -> bool:
+    """Make the bounce secret unless there is one (bounces of mail already sent carry tokens
+    made with it); True when made."""
+    if path.exists():
+        read_bounce_secret(path)  # one that cannot be read is an error now, not at the milter
+        return False
+    _make_config_directory(target)
+    path.parent.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
+    write_bounce_secret(path)
+    return True
+
+
 def _write_config(target: Path, text: str) -> None:
     """Atomically: a half-written config would stop every txrelay process on the node."""
     _make_config_directory(target)
@@ -376,12 +393,19 @@ def _print_database_and_tls(
         )
 
 
-def _print_secrets(config: Config, granted: str | None, kek_created: bool) -> None:
+def _print_secrets(
+    config: Config, granted: str | None, kek_created: bool, bounce_created: bool
+) -> None:
     state = "Made" if kek_created else "Kept"
     click.echo(
         f"DKIM keys: {state} the key-encryption key {config.database.kek_file} (mode "
         "0640); every private key in the database is sealed with it. Back it up apart "
         "from database dumps: without it the keys cannot be read."
+    )
+    state = "Made" if bounce_created else "Kept"
+    click.echo(
+        f"Bounces: {state} the bounce secret {config.bounce.secret_file} (mode 0640); "
+        "return paths and complaint ids are checked with it. Copy it to every relay node."
     )
     if granted:
         click.echo(

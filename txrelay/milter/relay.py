@@ -31,6 +31,13 @@ from txrelay.policy.addresses import (
     envelope_address,
 )
 from txrelay.policy.billing import period_of
+from txrelay.policy.mail_back import (
+    CFBL_ADDRESS,
+    CFBL_FEEDBACK_ID,
+    CFBL_HEADERS,
+    MailBack,
+    mail_back,
+)
 from txrelay.policy.message import IdentityHeaders
 from txrelay.policy.names import InvalidDomain
 from txrelay.policy.quota import recipient_verdict
@@ -70,8 +77,9 @@ INTERNAL_ERROR = Verdict.tempfail(
     "the relay hit an internal error; the message was not accepted, please try again later",
 )
 # The only message changes the relay makes: add headers (DKIM-Signature, List-Help,
-# Message-ID) and delete the client's List-Help. Fewer actions, less for the MTA to offer.
-ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS
+# Message-ID, CFBL-*), delete the client's List-Help and CFBL-*, and give the message its
+# return path (smfi_chgfrom). Fewer actions, less for the MTA to offer.
+ACTIONS = Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGFROM
 NO_TRANSACTION = Verdict.tempfail(
     "451", "4.3.0", "the relay lost track of this transaction; please send the message again"
 )
@@ -260,7 +268,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
     @metrics.timed("eom")
     @guarded
     def eom(self) -> int:
-        """End of message: check, add Message-ID and List-Help, sign, record."""
+        """End of message: check, add Message-ID, List-Help and CFBL headers, sign, give the
+        return path, record."""
         txn = self.txn
         if txn is None:
             return self._apply(NO_TRANSACTION)
@@ -268,9 +277,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         author = self._check_message(txn)
         if isinstance(author, Verdict):
             return self._finish(author)
+        back = self._mail_back(txn, author)
         self._ensure_message_id(txn, author)
         self._set_list_help(txn, author)
+        self._set_cfbl(txn, back)
         self._sign(txn, author)
+        self._set_return_path(back)
         return self._finish(self._record(txn, author))
 
     def abort(self) -> int:
@@ -323,6 +335,47 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         value = message_policy.list_help_value(txn.snapshot.domains[author.domain].list_help)
         self.addheader("List-Help", value)
         txn.add_header("List-Help", value.encode("ascii"))
+
+    def _mail_back(self, txn: Transaction, author: HeaderSender) -> MailBack:
+        domain = txn.snapshot.domains[author.domain]
+        back = mail_back(
+            self.runtime.bounce_secret,
+            txn.txn_id,
+            domain,
+            txn.connection,
+            self.runtime.config.bounce.domain,
+        )
+        if back.bounce_domain and self.runtime.bounce_secret is None:
+            log.error(
+                "event=no_bounce_secret txn=%s domain=%s return_path=%s (the message keeps "
+                "its envelope sender: put the bounce secret in [bounce] secret_file and "
+                "restart the milter)",
+                txn.txn_id,
+                domain.domain,
+                back.bounce_domain,
+            )
+        return back
+
+    def _set_cfbl(self, txn: Transaction, back: MailBack) -> None:
+        """The client's CFBL headers are removed (they would name an address the relay does
+        not sign for); ours are added when the message has an aligned CFBL address."""
+        for name in CFBL_HEADERS:
+            for index in range(len(txn.header_values(name)), 0, -1):
+                self.chgheader(name, index, "")
+        wanted = {name.lower().encode("ascii") for name in CFBL_HEADERS}
+        txn.headers = [(n, v) for n, v in txn.headers if n.lower() not in wanted]
+        if back.cfbl_address is None or back.feedback_id is None:
+            return
+        for name, value in (
+            (CFBL_ADDRESS, back.cfbl_address),
+            (CFBL_FEEDBACK_ID, back.feedback_id),
+        ):
+            self.addheader(name, value)
+            txn.add_header(name, value.encode("ascii"))
+
+    def _set_return_path(self, back: MailBack) -> None:
+        if back.envelope_sender is not None:
+            self.chgfrom(f"<{back.envelope_sender}>")
 
     def _sign(self, txn: Transaction, author: HeaderSender) -> None:
         domain = txn.snapshot.domains[author.domain]

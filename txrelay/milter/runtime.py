@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from txrelay import metrics
+from txrelay.bounce_secret import read_bounce_secret
 from txrelay.clock import Clock
 from txrelay.config import Config
 from txrelay.errors import ConfigError
@@ -57,6 +58,9 @@ class Runtime:
     suppressions: SuppressionList
     close: Callable[[], None]
     loops: Loops = field(default_factory=Loops)
+    # The key of return-path and CFBL tokens (txrelay/bounce_secret.py); None: this node has
+    # none and no [bounce] domain, so messages keep their envelope senders.
+    bounce_secret: bytes | None = None
 
 
 def open_journal(config: Config) -> Journal:
@@ -78,6 +82,22 @@ def _key_ring(config: Config) -> KeyRing:
     return keys
 
 
+def load_bounce_secret(config: Config) -> bytes | None:
+    """The bounce secret, read once at start. With a [bounce] domain it is needed: a missing
+    or unreadable file stops the milter with the reason (ConfigError), before any mail is
+    accepted without a return path. Without one, only domains with their own return path
+    would use it: a missing file is logged and their mail keeps its envelope sender."""
+    path = Path(config.bounce.secret_file)
+    if config.bounce.domain or path.exists():
+        return read_bounce_secret(path)
+    log.warning(
+        "event=bounce_secret_missing path=%s (no [bounce] domain; domains with their own "
+        "return path keep the shops' envelope senders until it exists)",
+        path,
+    )
+    return None
+
+
 def open_runtime(
     config: Config, clock: Clock, journal: Journal | None = None, loops: Loops | None = None
 ) -> Runtime:
@@ -86,6 +106,7 @@ def open_runtime(
     itself when they return (docs/failure-modes.md). Its background loops are added to
     `loops` (what /healthz reads)."""
     loops = loops if loops is not None else Loops()
+    bounce_secret = load_bounce_secret(config)  # first: a missing one stops the start
     # Connections use the daemons' role (milter_url); the journal and the policy copy keep
     # naming the database by url, so setting milter_url leaves no journal entry behind.
     daemon_db = config.database.for_daemons()
@@ -157,5 +178,15 @@ def open_runtime(
         lambda: reservations.degraded,
     )
     return Runtime(
-        config, node, clock, policy, reservations, ledger, refusals, suppressions, close, loops
+        config,
+        node,
+        clock,
+        policy,
+        reservations,
+        ledger,
+        refusals,
+        suppressions,
+        close,
+        loops,
+        bounce_secret,
     )

@@ -88,7 +88,13 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
         loops.statuses,
         journal.quarantined,
     )
-    runtime = open_runtime(config, clock, journal, loops)
+    try:
+        runtime = open_runtime(config, clock, journal, loops)
+    except BaseException:  # e.g. the bounce secret missing: stop with its reason, no thread left
+        if endpoint is not None:
+            endpoint.close()
+        journal.close()
+        raise
     try:
         Milter.factory = lambda: RelayMilter(runtime)
         Milter.set_flags(ACTIONS)

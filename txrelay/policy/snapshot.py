@@ -21,6 +21,9 @@ class ConnectionPolicy:
     # When this milter process first saw this credential enabled (its monotonic clock);
     # 0.0 for what it found at start. Sessions that began earlier may hold the old one.
     credential_since: float = 0.0
+    # True: the shop's own envelope sender stays (`connection set --bounces keep`), for
+    # shops that process their bounces themselves; False: the relay's return path.
+    keep_bounces: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class DomainPolicy:
     selector: str
     algorithm: str  # 'rsa' or 'ed25519'
     signing_key: Any = field(repr=False, compare=False)  # never logged or printed
+    return_path: str = ""  # its own bounce domain (`domain set --return-path`); "": relay's
     # Its DKIM records are in DNS (domain check found them), or [dkim] require_published
     # is off: live mail may leave. False: pending, live mail is refused.
     published: bool = True

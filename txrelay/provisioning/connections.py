@@ -157,6 +157,7 @@ class ConnectionChange:
     default_rate_limit: bool = False
     add_domains: tuple[str, ...] = ()
     remove_domains: tuple[str, ...] = ()
+    bounces: str | None = None  # 'relay' or 'keep'
 
 
 def change_connection(
@@ -165,7 +166,7 @@ def change_connection(
     if change == ConnectionChange():
         raise InvalidInput(
             "nothing to change; give --rate-limit, --default-rate-limit, "
-            "--add-domain or --remove-domain"
+            "--add-domain, --remove-domain or --bounces"
         )
     if change.rate_limit is not None and change.default_rate_limit:
         raise InvalidInput("give either --rate-limit N or --default-rate-limit, not both")
@@ -175,6 +176,8 @@ def change_connection(
         account = get_account(conn, found.account_name)
         if change.rate_limit is not None or change.default_rate_limit:
             connection_store.set_rate_limit(conn, found.id, change.rate_limit)
+        if change.bounces is not None:
+            connection_store.set_bounces(conn, found.id, change.bounces)
         for domain in change.add_domains:
             connection_store.link_domain(
                 conn, found.id, _owned_domain(conn, account, domain).id, account.id

@@ -89,10 +89,12 @@ def _from_private_key(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> Key
 
 @dataclass(frozen=True)
 class DnsRecord:
-    """The TXT record an admin publishes for a domain's DKIM key."""
+    """A record an admin publishes: TXT (DKIM, SPF, DMARC) or, for a return-path domain,
+    MX (value in zone-file form, e.g. "10 relay.example.net.")."""
 
     name: str
     value: str
+    rtype: str = "TXT"
 
     @property
     def strings(self) -> list[str]:
@@ -104,6 +106,8 @@ class DnsRecord:
 
     def zone_line(self) -> str:
         """BIND zone-file form: name. IN TXT ( "part1" "part2" )."""
+        if self.rtype != "TXT":
+            return f"{self.name}. IN {self.rtype} {self.value}"
         quoted = " ".join(f'"{part}"' for part in self.strings)
         if len(self.strings) > 1:
             quoted = f"( {quoted} )"

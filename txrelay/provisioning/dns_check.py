@@ -12,7 +12,9 @@ from txrelay.provisioning.dns_lookup import Lookup, LookupFailed
 from txrelay.provisioning.dns_records import (
     DKIM,
     DMARC,
+    NO_BOUNCE,
     SPF,
+    BounceDns,
     ExpectedRecord,
     Published,
     dkim_records,
@@ -104,16 +106,22 @@ def published_now(lookup: Lookup, domain: str) -> Published:
     )
 
 
-def check_domain(lookup: Lookup, domain: SendingDomain, config: DnsConfig) -> list[RecordCheck]:
+def check_domain(
+    lookup: Lookup, domain: SendingDomain, config: DnsConfig, bounce: BounceDns = NO_BOUNCE
+) -> list[RecordCheck]:
     """Each required record, in the order `domain dns` prints them."""
     checks = []
-    for expected in required_records(domain, config):
+    for expected in required_records(domain, config, bounce=bounce):
         if expected.kind == DKIM:
             checks.append(check_dkim(lookup, expected))
         elif expected.kind == SPF:
             checks.append(check_spf(lookup, expected, config))
         elif expected.kind == DMARC:
             checks.append(check_dmarc(lookup, expected, domain.domain))
+        elif expected.record is None:
+            checks.append(RecordCheck(expected, WARNING, expected.note, _advice_fix(expected)))
+        elif expected.record.rtype == "MX":
+            checks.append(check_mx(lookup, expected))
         else:
             checks.append(check_present(lookup, expected))
     return checks
@@ -135,6 +143,44 @@ def check_signing_dkim(lookup: Lookup, domain: SendingDomain) -> list[RecordChec
         for expected in dkim_records(domain)
         if expected.state == "signing"
     ]
+
+
+def _advice_fix(expected: ExpectedRecord) -> str:
+    """The command an advisory note ends with (after its last colon)."""
+    return expected.note.rpartition(": ")[2]
+
+
+def check_mx(lookup: Lookup, expected: ExpectedRecord) -> RecordCheck:
+    """The return-path domain's MX must name the relay (other MX hosts too: a warning, as
+    bounces sent to those do not reach txrelay)."""
+    assert expected.record is not None
+    wanted = expected.record.value.split()[-1].rstrip(".").lower()
+    name = expected.name
+    try:
+        found = [host.lower() for host in lookup.mx(name)]
+    except LookupFailed as exc:
+        return RecordCheck(expected, DNS_ERROR, str(exc), RETRY)
+    fix = f"publish: {expected.record.zone_line()}"
+    if not found:
+        return RecordCheck(expected, MISSING, f"{name} has no MX record", fix)
+    if wanted not in found:
+        return RecordCheck(
+            expected,
+            MISMATCH,
+            f"{name}'s MX names {', '.join(found)}, not the relay ({wanted}): bounces and "
+            "complaints would not reach txrelay",
+            f"replace them with: {expected.record.zone_line()}",
+            tuple(found),
+        )
+    if found != [wanted]:
+        return RecordCheck(
+            expected,
+            WARNING,
+            f"{name}'s MX names {', '.join(found)}: only what reaches {wanted} is read",
+            f"keep only: {expected.record.zone_line()}",
+            tuple(found),
+        )
+    return RecordCheck(expected, OK, f"{name}'s MX names the relay ({wanted})", found=tuple(found))
 
 
 def check_dkim(lookup: Lookup, expected: ExpectedRecord) -> RecordCheck:

@@ -1,8 +1,7 @@
-"""Every DNS record a sending domain must publish: DKIM, SPF, DMARC (and its return path).
+"""Every DNS record a sending domain must publish: DKIM, SPF, DMARC and its return path's.
 
 This is what `txrelay domain dns` prints and what `txrelay domain check` compares DNS with.
-Each kind of record has one builder here; a later return-path (bounce) domain adds its
-record in `return_path_records` and the commands print and check it like the others.
+Each kind of record has one builder here; the commands print and check them alike.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from txrelay.config import DnsConfig
+from txrelay.policy.mail_back import cfbl_aligned
 from txrelay.provisioning import dmarc_policy, spf_policy
 from txrelay.provisioning.dkim_keys import DnsRecord, dns_record
 from txrelay.store.domains import DkimKey, SendingDomain
@@ -44,8 +44,23 @@ class Published:
     dmarc: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class BounceDns:
+    """What the return-path records depend on: the relay-wide [bounce] domain and the host
+    a return-path domain's MX names ([bounce] mx_host, else [smtp] host)."""
+
+    relay_domain: str = ""
+    mx_host: str = ""
+
+
+NO_BOUNCE = BounceDns()  # a relay without a bounce domain
+
+
 def required_records(
-    domain: SendingDomain, config: DnsConfig, published: Published = Published()
+    domain: SendingDomain,
+    config: DnsConfig,
+    published: Published = Published(),
+    bounce: BounceDns = NO_BOUNCE,
 ) -> list[ExpectedRecord]:
     """With `published`, SPF and DMARC take the domain's current records into account (one
     of each per name): an SPF record to extend, a DMARC record to keep."""
@@ -53,7 +68,7 @@ def required_records(
         *dkim_records(domain),
         spf_record(domain.domain, config, published.spf),
         dmarc_record(domain.domain, config, published.dmarc),
-        *return_path_records(domain),
+        *return_path_records(domain, config, bounce),
     ]
 
 
@@ -171,6 +186,40 @@ def dmarc_record(
     )
 
 
-def return_path_records(domain: SendingDomain) -> list[ExpectedRecord]:
-    """The bounce (return-path) domain's record: none until the domain has a return path."""
+def return_path_records(
+    domain: SendingDomain, config: DnsConfig, bounce: BounceDns
+) -> list[ExpectedRecord]:
+    """A return path of the domain's own (domain set --return-path HOST): HOST's MX names
+    the relay (bounces and complaints come back to it) and HOST's SPF authorises the relay
+    (HOST is the envelope sender's domain). Without one, mail uses the relay-wide [bounce]
+    domain, whose records are the relay's: nothing to publish, but when that domain is not
+    DOMAIN or a subdomain of it, CFBL cannot align and an advisory entry says what to do."""
+    host = domain.return_path
+    if host:
+        mx_host = bounce.mx_host.rstrip(".")
+        return [
+            ExpectedRecord(
+                RETURN_PATH,
+                host,
+                DnsRecord(host, f"10 {mx_host}.", "MX"),
+                f"bounces to b-…@{host} and complaints to fbl@{host} reach the relay",
+            ),
+            spf_record(host, config),
+        ]
+    if bounce.relay_domain and not cfbl_aligned(bounce.relay_domain, domain.domain):
+        return [
+            ExpectedRecord(
+                RETURN_PATH,
+                domain.domain,
+                None,
+                f"{domain.domain}'s mail gets the relay-wide return path @{bounce.relay_domain}",
+                note=(
+                    f"{bounce.relay_domain} is not {domain.domain} nor a subdomain of it, so "
+                    "SPF does not align with the From domain and the mail carries no "
+                    "CFBL-Address (RFC 9477 wants it aligned with the DKIM domain); give the "
+                    f"domain its own: txrelay domain set {domain.domain} --return-path "
+                    f"bounces.{domain.domain}"
+                ),
+            )
+        ]
     return []

@@ -168,11 +168,47 @@ def list_domains(conn: psycopg.Connection, account_name: str | None) -> list[Sen
 
 
 def change_list_help(conn: psycopg.Connection, domain: str, list_help: str) -> SendingDomain:
-    help_target = normalize_list_help(list_help)
+    return change_domain(conn, domain, list_help=list_help)
+
+
+RELAY_RETURN_PATH = "relay"  # `--return-path relay`: back to the relay-wide [bounce] domain
+
+
+def change_domain(
+    conn: psycopg.Connection,
+    domain: str,
+    *,
+    list_help: str | None = None,
+    return_path: str | None = None,
+) -> SendingDomain:
+    """Change DOMAIN's List-Help and/or return path (in one transaction: both or neither)."""
+    if list_help is None and return_path is None:
+        raise InvalidInput("nothing to change; give --list-help or --return-path")
+    help_target = None if list_help is None else normalize_list_help(list_help)
     with transaction(conn):
         found = get_domain(conn, domain)
-        domain_store.update_list_help(conn, found.id, help_target)
+        if help_target is not None:
+            domain_store.update_list_help(conn, found.id, help_target)
+        if return_path is not None:
+            domain_store.update_return_path(
+                conn, found.id, normalize_return_path(return_path, found.domain)
+            )
     return get_domain(conn, domain)
+
+
+def normalize_return_path(text: str, domain: str) -> str | None:
+    """The return-path host as stored: DOMAIN itself or a subdomain of it, in DNS form
+    (None for "relay"). A host outside DOMAIN could not align SPF nor CFBL with it."""
+    if text.strip().lower() == RELAY_RETURN_PATH:
+        return None
+    host = normalize_domain(text)
+    if host != domain and not host.endswith("." + domain):
+        raise InvalidInput(
+            f"the return path of {domain} must be {domain} or a subdomain of it (e.g. "
+            f"bounces.{domain}), not {host}: SPF and CFBL align only within the domain; "
+            "give 'relay' to use the relay-wide [bounce] domain"
+        )
+    return host
 
 
 # How long a replaced key stays published. Postfix gives up on a message after 5 days

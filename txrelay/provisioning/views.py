@@ -47,7 +47,7 @@ def account_view(summary: AccountSummary) -> dict[str, Any]:
 def record_view(record: DnsRecord) -> dict[str, Any]:
     return {
         "name": record.name,
-        "type": "TXT",
+        "type": record.rtype,
         "value": record.value,
         "strings": record.strings,
         "zone_line": record.zone_line(),
@@ -59,7 +59,7 @@ def expected_record_view(expected: ExpectedRecord) -> dict[str, Any]:
     view: dict[str, Any] = {
         "kind": expected.kind,
         "name": expected.name,
-        "type": "TXT",
+        "type": expected.record.rtype if expected.record else "TXT",
         "purpose": expected.purpose,
         "note": expected.note,
     }
@@ -157,6 +157,7 @@ def domain_view(domain: SendingDomain) -> dict[str, Any]:
         "selector": domain.key.selector,
         "algorithm": domain.key.algorithm,
         "dkim_key_id": domain.key.id,
+        "return_path": domain.return_path,  # null: the relay-wide [bounce] domain
         "dns": record_view(domain_record(domain)),
         "keys": domain_keys_view(domain),
         "algorithms": [key.algorithm for key in domain.signing_keys],
@@ -190,6 +191,7 @@ def connection_view(connection: Connection) -> dict[str, Any]:
         "enabled": connection.enabled,
         "state": "active" if connection.enabled else "inactive",
         "rate_limit": connection.rate_limit,
+        "bounces": connection.bounces,
         "domains": list(connection.domains),
         "last_used_at": timestamp(connection.last_used_at),
         "created_at": timestamp(connection.created_at),

@@ -21,6 +21,7 @@ class Connection:
     last_used_at: dt.datetime | None
     username: str | None
     domains: tuple[str, ...]
+    bounces: str = "relay"  # 'relay': the relay's return path; 'keep': the shop's own
 
 
 INSERT_CONNECTION = """
@@ -67,7 +68,7 @@ def unlink_domain(conn: psycopg.Connection, connection_id: int, domain_id: int) 
 # Live connections only: a deleted connection's name may be reused.
 SELECT_CONNECTIONS = """
 SELECT c.id, c.account_id, a.name AS account_name, c.name, c.enabled, c.rate_limit,
-       c.created_at, c.last_used_at, cr.username,
+       c.created_at, c.last_used_at, cr.username, c.bounces,
        COALESCE(array_agg(d.domain ORDER BY d.domain) FILTER (WHERE d.domain IS NOT NULL),
                 '{}') AS domains
   FROM connections c
@@ -109,6 +110,7 @@ def _connection(row: dict[str, Any]) -> Connection:
         row["last_used_at"],
         row["username"],
         tuple(row["domains"]),
+        row["bounces"],
     )
 
 
@@ -124,6 +126,13 @@ UPDATE_RATE_LIMIT = "UPDATE connections SET rate_limit = %s WHERE id = %s"
 
 def set_rate_limit(conn: psycopg.Connection, connection_id: int, rate_limit: int | None) -> None:
     conn.execute(UPDATE_RATE_LIMIT, (rate_limit, connection_id))
+
+
+UPDATE_BOUNCES = "UPDATE connections SET bounces = %s WHERE id = %s"
+
+
+def set_bounces(conn: psycopg.Connection, connection_id: int, bounces: str) -> None:
+    conn.execute(UPDATE_BOUNCES, (bounces, connection_id))
 
 
 UPDATE_PASSWORD = """

@@ -52,6 +52,7 @@ class SendingDomain:
     second_key: DkimKey | None = None  # signs too (the other algorithm: dual signing)
     published_at: dt.datetime | None = None  # None: pending, live mail refused
     last_check: LastDkimCheck | None = None
+    return_path: str | None = None  # its own bounce domain; None: the relay-wide one
 
     @property
     def signing_keys(self) -> tuple[DkimKey, ...]:
@@ -118,7 +119,7 @@ def insert_domain(
 SELECT_DOMAINS = """
 SELECT d.id, d.account_id, a.name AS account_name, d.domain, d.list_help, d.created_at,
        d.dkim_published_at, c.checked_at, c.published AS check_published, c.detail AS check_detail,
-       k.id AS key_id, k.selector, k.algorithm, k.public_key_b64,
+       d.return_path, k.id AS key_id, k.selector, k.algorithm, k.public_key_b64,
        k2.id AS key2_id, k2.selector AS key2_selector, k2.algorithm AS key2_algorithm,
        k2.public_key_b64 AS key2_public_key_b64
   FROM sending_domains d
@@ -177,6 +178,7 @@ def _with_rotating_keys(
             None
             if row["checked_at"] is None
             else LastDkimCheck(row["checked_at"], row["check_published"], row["check_detail"]),
+            row["return_path"],
         )
         for row in rows
     ]
@@ -205,6 +207,13 @@ UPDATE_LIST_HELP = "UPDATE sending_domains SET list_help = %s WHERE id = %s"
 
 def update_list_help(conn: psycopg.Connection, domain_id: int, list_help: str) -> None:
     conn.execute(UPDATE_LIST_HELP, (list_help, domain_id))
+
+
+UPDATE_RETURN_PATH = "UPDATE sending_domains SET return_path = %s WHERE id = %s"
+
+
+def update_return_path(conn: psycopg.Connection, domain_id: int, return_path: str | None) -> None:
+    conn.execute(UPDATE_RETURN_PATH, (return_path, domain_id))
 
 
 INSERT_ROTATING_KEY = """

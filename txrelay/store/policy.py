@@ -40,7 +40,7 @@ SELECT a.id, txrelay_account_paid(a.id) AS paid, a.name,
   FROM accounts a"""
 
 SELECT_CONNECTIONS = """
-SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit,
+SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit, co.bounces,
        left(encode(sha256(convert_to(cr.password_hash, 'UTF8')), 'hex'), 16)
            AS credential_version
   FROM credentials cr
@@ -54,7 +54,8 @@ SELECT cd.connection_id, sd.domain
 
 # One row per signing key: a dual-signing domain has two, its first key's row first.
 SELECT_DOMAINS = """
-SELECT sd.domain, sd.account_id, sd.list_help, sd.dkim_published_at IS NOT NULL AS published,
+SELECT sd.domain, sd.account_id, sd.list_help, sd.return_path,
+       sd.dkim_published_at IS NOT NULL AS published,
        k.id = sd.dkim_key_id AS first_key, k.id AS key_id, k.selector, k.algorithm,
        k.private_key_pem
   FROM sending_domains sd
@@ -126,6 +127,8 @@ class PolicyLoader:
                 r["rate_limit"], account.paid, self.quota.demo_rate_limit
             ),
             credential=str(r.get("credential_version") or ""),
+            # A local copy written before migration 0017 has no column: the relay's default.
+            keep_bounces=r.get("bounces") == "keep",
         )
 
     def _stamp_credentials(
@@ -185,6 +188,7 @@ class PolicyLoader:
             algorithm=r["algorithm"],
             signing_key=signing_key,
             published=bool(r.get("published", True)) or not self.require_published,
+            return_path=r.get("return_path") or "",
         )
 
     def _open(self, stored: str) -> str:
