@@ -29,6 +29,7 @@ COMMANDS = [
     ("txrelay.cli.messages", "messages"),
     ("txrelay.cli.billing", "billing"),
     ("txrelay.cli.journal", "journal"),
+    ("txrelay.cli.inbound", "inbound"),
     ("txrelay.cli.settings", "config_group"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
