@@ -228,7 +228,9 @@ def _arf(
         result.reason = "unknown_recipient"
         return
     for ledger_id in sorted(ledger_ids):
-        recorded = outcomes.record_complaint(conn, ledger_id, report.feedback_type, now, rules=rules)
+        recorded = outcomes.record_complaint(
+            conn, ledger_id, report.feedback_type, now, rules=rules
+        )
         result.recipients += int(recorded)
     result.outcome = RECORDED if result.recipients else DUPLICATE
     result.detail = f"feedback type {report.feedback_type}"
