@@ -50,50 +50,53 @@ def inbound() -> None:
 
 @inbound.command("deliver")
 @click.option("--sender", default="", metavar="ADDR", help="The envelope sender (${sender}).")
-@click.option(
-    "--recipient", required=True, metavar="ADDR", help="The envelope recipient (${recipient})."
-)
+@click.argument("recipients", nargs=-1, required=True, metavar="RECIPIENT...")
 @pass_cli
-def deliver(cli: CliContext, sender: str, recipient: str) -> None:
-    """Read one mail from standard input and record what it reports (Postfix runs this).
+def deliver(cli: CliContext, sender: str, recipients: tuple[str, ...]) -> None:
+    """Read one mail from standard input and record what it reports, for each envelope
+    RECIPIENT (Postfix's pipe service txrelay-inbound runs this).
 
     Exit status for Postfix's pipe: 0 when the mail was handled or dropped (dropped mail
-    is counted in `txrelay inbound stats` and logged), 75 (EX_TEMPFAIL) when PostgreSQL,
-    the configuration or the bounce secret cannot be read: Postfix keeps the mail and
-    tries again later.
+    is counted in `txrelay inbound stats` and logged to the mail log), 75 (EX_TEMPFAIL)
+    when PostgreSQL, the configuration or the bounce secret cannot be read: Postfix keeps
+    the mail and tries again later (recording is idempotent, nothing counts twice).
 
     \b
     Example (by hand, to test a DSN file):
-      txrelay inbound deliver --recipient b-TOKEN@bounces.example < dsn.eml
+      txrelay inbound deliver -- b-TOKEN@bounces.example < dsn.eml
     """
-    status = _deliver(cli, sender, recipient, sys.stdin.buffer)
+    status = _deliver(cli, sender, recipients, sys.stdin.buffer)
     click.get_current_context().exit(status)
 
 
-def _deliver(cli: CliContext, sender: str, recipient: str, stream: BinaryIO) -> int:
+def _deliver(cli: CliContext, sender: str, recipients: tuple[str, ...], stream: BinaryIO) -> int:
     syslog.openlog("txrelay/inbound", syslog.LOG_PID, syslog.LOG_MAIL)
+    names = ",".join(recipients)
     try:
         limit = cli.config.bounce.inbound_max_size
-        mail = read_mail(stream, sender, recipient, limit)
+        first = read_mail(stream, sender, recipients[0], limit)
         secret = read_bounce_secret(_secret_path(cli))
         conn = database.connect(cli.config.database.for_daemons())
     except TxRelayError as error:
-        _log(syslog.LOG_WARNING, f"event=inbound_tempfail recipient={recipient} reason={error}")
+        _log(syslog.LOG_WARNING, f"event=inbound_tempfail recipient={names} reason={error}")
         return EX_TEMPFAIL
     try:
-        result = store.handle(conn, mail, secret, cli.clock.now(), rules=SUPPRESSION_RULES)
+        for recipient in recipients:
+            mail = store.Inbound(sender, recipient, first.raw, first.size)
+            result = store.handle(conn, mail, secret, cli.clock.now(), rules=SUPPRESSION_RULES)
+            _log(
+                syslog.LOG_INFO if result.outcome != store.DROPPED else syslog.LOG_NOTICE,
+                f"event=inbound kind={result.kind} outcome={result.outcome} "
+                f"reason={result.reason or '-'} recipient={recipient} size={mail.size} "
+                f"txn={result.txn_id or '-'} recipients={result.recipients}",
+            )
     except psycopg.Error as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        _log(syslog.LOG_WARNING, f"event=inbound_tempfail recipient={recipient} reason={first}")
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        _log(syslog.LOG_WARNING, f"event=inbound_tempfail recipient={names} reason={reason}")
         return EX_TEMPFAIL
     finally:
         conn.close()
-    _log(
-        syslog.LOG_INFO if result.outcome != store.DROPPED else syslog.LOG_NOTICE,
-        f"event=inbound kind={result.kind} outcome={result.outcome} "
-        f"reason={result.reason or '-'} recipient={recipient} size={mail.size} "
-        f"txn={result.txn_id or '-'} recipients={result.recipients}",
-    )
     return EX_OK
 
 

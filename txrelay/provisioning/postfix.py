@@ -61,9 +61,10 @@ class InboundPlan:
         return f"{INBOUND_SERVICE}/unix"
 
     def entry(self) -> str:
+        """${recipient} is one argument per recipient: pipe may hand several at once."""
         argv = (
             f"argv={self.executable} --config {self.config_file} inbound deliver "
-            "--sender ${sender} --recipient ${recipient}"
+            "--sender ${sender} -- ${recipient}"
         )
         return " ".join((INBOUND_SERVICE, *INBOUND_COMMAND, "flags=Rq", f"user={self.user}", argv))
 
