@@ -84,10 +84,10 @@ def test_a_dsn_after_postfixs_log_line_records_the_bounce_once(
     sender = make_sender(db, unique)
     message = add_message(db, sender, f"Q{unique}", ["gone@example.net"])
     ledger_id = _ledger(db, message)["gone@example.net"]["id"]
-    with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
-        with conn.transaction():
-            assert outcomes.record_bounce(conn, ledger_id, "5.1.1", "550 5.1.1 unknown", NOW,
-                                          source="log", rules=RULES)
+    with (psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn,
+          conn.transaction()):
+        assert outcomes.record_bounce(conn, ledger_id, "5.1.1", "550 5.1.1 unknown", NOW,
+                                      source="log", rules=RULES)
     before = db.execute("SELECT * FROM suppressions WHERE account_id = %s",
                         (sender.account_id,)).fetchall()
     address = return_path(SECRET, _txn(db, message), DOMAIN)

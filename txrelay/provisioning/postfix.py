@@ -128,9 +128,7 @@ class PostfixPlan:
     def as_dict(self) -> dict[str, object]:
         inbound = self.inbound
         return {
-            "main.cf": {name: f"append {INBOUND_TABLE}" for name in INBOUND_LISTS}
-            if inbound
-            else {},
+            "main.cf": dict.fromkeys(INBOUND_LISTS, f"append {INBOUND_TABLE}") if inbound else {},
             "master.cf": [
                 {"service": s.key, "implicit_tls": s.implicit_tls, "overrides": dict(s.overrides)}
                 for s in self.services
