@@ -314,3 +314,32 @@ def test_unconfigure_restores_main_cf_byte_for_byte(inbound: Inbound, tmp_path: 
             for n in ("main.cf", "master.cf")} == digests
     assert not (copy / "txrelay-inbound-domains").exists()
     assert not (copy / "txrelay-postfix.json").exists()
+
+
+def test_configure_without_a_bounce_domain_takes_the_inbound_path_out(
+        inbound: Inbound, tmp_path: Path) -> None:
+    """The bounce domain switched off: configure again removes the pipe service, the table
+    and txrelay's entries in the two lists (on a copy of the server's files)."""
+    server = inbound.server
+    copy = tmp_path / "etc"
+    copy.mkdir()
+    (tmp_path / "queue").mkdir()
+    for name in ("main.cf", "master.cf"):
+        (copy / name).write_bytes(inbound.before[name])
+    with (copy / "main.cf").open("a") as main_cf:
+        main_cf.write(f"queue_directory = {tmp_path / 'queue'}\n"
+                      f"data_directory = {tmp_path / 'data'}\n")
+    main_before = (copy / "main.cf").read_bytes()
+    command = [server.txrelay, "--config", str(server.config_file), "--json", "postfix",
+               "configure", "--listen", f"127.0.0.1:{free_port()}", "--inbound-user", PIPE_USER,
+               "--config-directory", str(copy)]
+    run(command)
+    assert (copy / "txrelay-inbound-domains").exists()
+    off = json.loads(run(command, env={**os.environ, "TXRELAY_BOUNCE_DOMAIN": ""}).stdout)
+    assert {(c["service"], c["change"]) for c in off["changes"]} >= {
+        ("txrelay-inbound/unix", "removed"), ("txrelay-inbound-domains", "removed")}
+    assert (copy / "main.cf").read_bytes() == main_before
+    assert not (copy / "txrelay-inbound-domains").exists()
+    assert "txrelay-inbound" not in run(["postconf", "-c", str(copy), "-M"]).stdout
+    state = json.loads((copy / "txrelay-postfix.json").read_text())
+    assert "main_cf" not in state and "txrelay-inbound/unix" not in state["services"]

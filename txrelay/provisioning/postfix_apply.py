@@ -33,6 +33,7 @@ from txrelay.provisioning.postfix import (
     CLEANUP_COMMAND,
     CLEANUP_SERVICE,
     INBOUND_LISTS,
+    INBOUND_SERVICE,
     INBOUND_TABLE,
     INBOUND_TABLE_FILE,
     POSTCONF_TIMEOUT,
@@ -51,6 +52,7 @@ from txrelay.provisioning.postfix_listen import bound_elsewhere, overlap, parse_
 
 STATE_FILE = "txrelay-postfix.json"
 CLEANUP_KEY = f"{CLEANUP_SERVICE}/unix"
+INBOUND_KEY = f"{INBOUND_SERVICE}/unix"
 FILES = ("main.cf", "master.cf")
 
 
@@ -127,7 +129,8 @@ def configure_postfix(
         for service in plan.services:
             result.changes += _set_service(copy, settings, service.key, service.entry())
         lists: dict[str, tuple[str | None, str]] = {}
-        table_text = None
+        table_text: str | None = None
+        retired = False
         if plan.inbound is not None:
             result.changes += _set_service(copy, settings, plan.inbound.key, plan.inbound.entry())
             lists = _append_table(copy)
@@ -135,13 +138,24 @@ def configure_postfix(
             table_text = _table_change(table, plan.inbound)
             if table_text is not None:
                 result.main_changes.append((INBOUND_TABLE_FILE, "written"))
+        elif state is not None and (state.main_cf is not None or INBOUND_KEY in state.services):
+            # [bounce] domain was set before and is not now: take the inbound path out.
+            retired = True
+            if INBOUND_KEY in state.services and INBOUND_KEY in settings.services:
+                postconf(copy, "-MX", INBOUND_KEY)
+                result.changes.append((INBOUND_KEY, "removed"))
+            if state.main_cf is not None:
+                result.main_changes += _take_table_out(copy, state.main_cf.lists)
+            if table.exists():
+                table_text = ""
+                result.main_changes.append((INBOUND_TABLE_FILE, "removed"))
         result.diff = _diff(target, copy) + _file_diff(table, table_text)
         result.warnings = check_settings(read_settings(copy.config_directory), plan)
         if not result.diff or dry_run:
             return result
         added = [key for key, change in result.changes if change == "added"]
         new_table = table_text is not None and not table.exists()
-        if table_text is not None:
+        if table_text and not retired:
             _write_like(table, table_text.encode(), mode=0o644)
         try:
             result.backups = _replace_files(target, copy, now or datetime.now())
@@ -151,7 +165,11 @@ def configure_postfix(
             raise
     previous = [key for key in state.services if key in own] if state else []
     main_cf = state.main_cf if state else None
-    if lists or main_cf:
+    if retired:
+        table.unlink(missing_ok=True)
+        previous = [key for key in previous if key != INBOUND_KEY]
+        main_cf = None
+    elif lists or main_cf:
         main_cf = _main_cf_state(target, result.backups, main_cf, lists)
     master_backup = next((str(p) for p in result.backups if p.name.startswith("master.cf")), "")
     write_state(
@@ -258,8 +276,15 @@ def _restore_main_cf(
     if hashlib.sha256(current).hexdigest() == main_cf.sha256 and backup.is_file():
         shutil.copyfile(backup, copy.config_directory / "main.cf")
         return [(name, f"restored from {backup}") for name in main_cf.lists]
+    return _take_table_out(copy, main_cf.lists)
+
+
+def _take_table_out(
+    copy: PostfixTarget, lists: dict[str, tuple[str | None, str]]
+) -> list[tuple[str, str]]:
+    """txrelay's table out of each list; a list configure set from nothing goes again."""
     changes = []
-    for name, (before, after) in main_cf.lists.items():
+    for name, (before, after) in lists.items():
         raw = postconf(copy, "-h", name).strip()
         if raw == after:
             if before is None:
