@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import sys
@@ -192,6 +193,21 @@ def configure(
     )
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(result.as_dict(), lambda: _print_result(result))
+    if plan.inbound is not None and not _user_exists(plan.inbound.user):
+        click.echo(
+            f"warning: user {plan.inbound.user!r} does not exist on this machine: Postfix "
+            "defers mail for the bounce domain until it does (useradd --system "
+            f"{plan.inbound.user}), or pass --inbound-user with an existing user",
+            err=True,
+        )
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @postfix.command("unconfigure")
