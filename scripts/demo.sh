@@ -22,6 +22,7 @@ relayhost="[127.0.0.1]:$sink_port"
 account="Demo Shop"
 domain=shop.example
 connection="Web shop"
+bounce_domain=bounces.relay.localdomain
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -104,7 +105,21 @@ fi
 txrelay init --config-path="$conf" --smtp-host=127.0.0.1 "${database[@]}" --force \
     --set dkim.require_published=false
 
-log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL"
+log "bounce domain $bounce_domain: DSNs and complaints come back on 127.0.0.1:25"
+# Postfix's pipe hands them to `txrelay inbound deliver` as the txrelay user (never root):
+# it reads the configuration and the bounce secret through the txrelay group.
+getent passwd txrelay >/dev/null \
+    || useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin txrelay
+grep -q '^\[bounce\]' "$conf" || printf '\n[bounce]\ndomain = "%s"\n' "$bounce_domain" >>"$conf"
+bounce_key=$(txrelay --config="$conf" --json config show \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["settings"]["bounce.secret_file"]["value"])' \
+    2>/dev/null || echo /etc/txrelay/bounce.key)
+[ -f "$bounce_key" ] || "$venv/bin/python" -c 'import sys; from pathlib import Path
+from txrelay.bounce_secret import write_bounce_secret; write_bounce_secret(Path(sys.argv[1]))' \
+    "$bounce_key"
+chgrp txrelay "$conf" "$bounce_key"
+
+log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL; port 25 takes mail for $bounce_domain"
 # Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in
 # defaults (main.cf.dist is a commented template whose empty values would break Postfix).
 [ -f /etc/postfix/main.cf ] || : >/etc/postfix/main.cf
@@ -222,6 +237,8 @@ txrelay --config="$conf" stats --account="$account"
 cat <<EOF
 
 The relay is up. Maildir of the capture sink: $maildir
+Mail that comes back (DSNs, complaints) to $bounce_domain: 127.0.0.1:25, counted by
+'txrelay inbound stats' (README: "Bounces, complaints and webhooks in the demo")
 Logs: /var/log/txrelay/ (postfix.log, milter.log, tracker.log, sink.log)
 Stop everything: scripts/demo.sh --stop
 EOF

@@ -525,6 +525,13 @@ class BounceConfig:
         "base64; `txrelay init` creates it). Every relay node needs the same file.",
         NO_SPACES,
     )
+    inbound_max_size: int = setting(
+        10485760,
+        "Bytes of one mail to the bounce domain that `txrelay inbound deliver` reads (a DSN "
+        "usually carries the bounced message or its header). A bigger mail is dropped and "
+        "counted (`txrelay inbound stats`), never loaded whole.",
+        POSITIVE,
+    )
 
 
 @dataclass(frozen=True)

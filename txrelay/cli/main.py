@@ -30,6 +30,7 @@ COMMANDS = [
     ("txrelay.cli.suppression", "suppression"),
     ("txrelay.cli.billing", "billing"),
     ("txrelay.cli.journal", "journal"),
+    ("txrelay.cli.inbound", "inbound"),
     ("txrelay.cli.settings", "config_group"),
     ("txrelay.cli.webhook", "webhook"),
     ("txrelay.cli.webhook", "webhooks"),

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
+import shutil
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
+from txrelay.config import config_path
+from txrelay.errors import InvalidInput
 from txrelay.provisioning.postfix import (
     CLEANUP_COMMAND,
+    DEFAULT_INBOUND_USER,
+    INBOUND_LISTS,
+    INBOUND_TABLE,
     PostfixPlan,
     PostfixTarget,
     master_option,
@@ -48,6 +58,35 @@ _milter_option = click.option(
 )
 
 
+_inbound_user_option = click.option(
+    "--inbound-user",
+    metavar="USER",
+    default=DEFAULT_INBOUND_USER,
+    show_default=True,
+    help="The user Postfix's pipe runs `txrelay inbound deliver` as, for mail to the "
+    "bounce domain ([bounce] domain; without one, no inbound service is added). It must "
+    "read the configuration and the bounce secret; not root.",
+)
+
+
+def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, str]:
+    """Where the inbound pipe finds txrelay and its configuration: this very executable
+    and configuration file, as absolute paths."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", inbound_user) or inbound_user == "root":
+        raise InvalidInput(
+            f"--inbound-user {inbound_user!r} is not a user name Postfix's pipe may run "
+            "as (a system user such as txrelay; never root)"
+        )
+    executable = os.path.abspath(sys.argv[0]) if sys.argv[0].endswith("txrelay") else ""
+    if not executable or not os.access(executable, os.X_OK):
+        executable = shutil.which("txrelay") or "/usr/local/bin/txrelay"
+    return {
+        "executable": executable,
+        "config_file": os.path.abspath(config_path(cli.config_file)),
+        "inbound_user": inbound_user,
+    }
+
+
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--config-directory",
@@ -77,19 +116,29 @@ def postfix() -> None:
 @_listen_option
 @_implicit_tls_option
 @_milter_option
+@_inbound_user_option
 @json_option
 @pass_cli
 def show(
-    cli: CliContext, listen: str | None, implicit_tls: str | None, milter_socket: str | None
+    cli: CliContext,
+    listen: str | None,
+    implicit_tls: str | None,
+    milter_socket: str | None,
+    inbound_user: str,
 ) -> None:
-    """Print the master.cf services `postfix configure` would add (main.cf: nothing).
+    """Print the master.cf services `postfix configure` would add, and with a bounce
+    domain the main.cf lists it appends its table to.
 
     \b
     Example:
       txrelay postfix show --listen 2587 --implicit-tls 2465
     """
     plan = plan_postfix(
-        cli.config, listen=listen, implicit_tls=implicit_tls, milter_socket=milter_socket
+        cli.config,
+        listen=listen,
+        implicit_tls=implicit_tls,
+        milter_socket=milter_socket,
+        **_plan_options(cli, inbound_user),
     )
     cli.emit(plan.as_dict(), lambda: _print_plan(plan))
 
@@ -102,6 +151,7 @@ def show(
 @_listen_option
 @_implicit_tls_option
 @_milter_option
+@_inbound_user_option
 @json_option
 @pass_cli
 def configure(
@@ -112,14 +162,20 @@ def configure(
     listen: str | None,
     implicit_tls: str | None,
     milter_socket: str | None,
+    inbound_user: str,
 ) -> None:
-    """Add txrelay's own master.cf service(s); main.cf and other services stay as they are.
+    """Add txrelay's own master.cf service(s); other services stay as they are.
 
     Every setting txrelay needs (its milter, TLS, SASL through txrelay's Dovecot, size
     limit) is an -o override on its own service. A port already used by a master.cf
-    service or another process is refused. master.cf is backed up first; Postfix's own
-    `postfix check` runs afterwards and the backup is restored if it fails. Re-running it
-    changes nothing; `txrelay postfix unconfigure` undoes it. Reload Postfix afterwards.
+    service or another process is refused. With [bounce] domain set, mail for it (DSNs,
+    complaint reports) goes to txrelay's pipe service txrelay-inbound: its table
+    (txrelay-inbound-domains, next to main.cf) is appended to main.cf's relay_domains and
+    transport_maps, the admin's entries stay; it arrives on the admin's port-25 service.
+    Run configure again after changing the bounce domain. The files are backed up first;
+    Postfix's own `postfix check` runs afterwards and the backups are restored if it
+    fails. Re-running it changes nothing; `txrelay postfix unconfigure` undoes it. Reload
+    Postfix afterwards.
 
     \b
     Example:
@@ -133,9 +189,25 @@ def configure(
         implicit_tls=implicit_tls,
         milter_socket=milter_socket,
         syslog_name=target_syslog_name(target),
+        **_plan_options(cli, inbound_user),
     )
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(result.as_dict(), lambda: _print_result(result))
+    if plan.inbound is not None and not _user_exists(plan.inbound.user):
+        click.echo(
+            f"warning: user {plan.inbound.user!r} does not exist on this machine: Postfix "
+            "defers mail for the bounce domain until it does (useradd --system "
+            f"{plan.inbound.user}), or pass --inbound-user with an existing user",
+            err=True,
+        )
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @postfix.command("unconfigure")
@@ -146,10 +218,12 @@ def configure(
 def unconfigure(
     cli: CliContext, instance: str | None, config_directory: str | None, dry_run: bool
 ) -> None:
-    """Remove exactly the master.cf services `postfix configure` added.
+    """Remove exactly what `postfix configure` added.
 
-    master.cf is left as it was before configure (main.cf was never changed). Stop
-    sending through txrelay first, then reload Postfix afterwards.
+    master.cf and main.cf are left as they were before configure (main.cf byte for byte
+    from its backup; if it was edited since, only txrelay's table is taken out of
+    relay_domains and transport_maps). Stop sending through txrelay first, then reload
+    Postfix afterwards.
 
     \b
     Example:
@@ -243,7 +317,12 @@ def _recorded_listen(target: PostfixTarget) -> tuple[str | None, str | None]:
 
 
 def _print_plan(plan: PostfixPlan) -> None:
-    click.echo("# main.cf: nothing (txrelay sets everything on its own services)")
+    if plan.inbound is None:
+        click.echo("# main.cf: nothing (txrelay sets everything on its own services)")
+    else:
+        click.echo("# main.cf: txrelay's table appended to these lists (the admin's stay)")
+        for name in INBOUND_LISTS:
+            click.echo(f"{name} = ..., {INBOUND_TABLE}")
     click.echo("\n# master.cf")
     for service in plan.services:
         click.echo(service.listen.service + " " + " ".join(service.entry().split()[1:8]))
@@ -252,6 +331,10 @@ def _print_plan(plan: PostfixPlan) -> None:
     click.echo("txrelay-cleanup " + " ".join(CLEANUP_COMMAND))
     for name, value in plan.cleanup_overrides:
         click.echo(f"  {master_option(name, value)}")
+    if plan.inbound is not None:
+        click.echo(plan.inbound.entry())
+        click.echo(f"# {INBOUND_TABLE}:")
+        click.echo(plan.inbound.table(), nl=False)
     click.echo(
         "# The milter's own limits ([limits]): "
         + ", ".join(f"{name} = {value}" for name, value in plan.milter_limits)
@@ -260,15 +343,18 @@ def _print_plan(plan: PostfixPlan) -> None:
 
 def _print_result(result: ApplyResult) -> None:
     click.echo(f"Postfix {result.target.label} ({result.target.config_directory}):")
-    if not result.changes:
+    if not result.changes and not result.main_changes:
         click.echo("  already configured, nothing to change")
     for service, change in result.changes:
         click.echo(f"  master.cf: {service}: {change}" + (" (dry run)" if result.dry_run else ""))
+    for name, change in result.main_changes:
+        where = f"main.cf: {name}" if name in INBOUND_LISTS else name
+        click.echo(f"  {where}: {change}" + (" (dry run)" if result.dry_run else ""))
     if result.dry_run and result.diff:
         click.echo(result.diff, nl=False)
     for path in result.backups:
         click.echo(f"  backup: {path}")
     for warning in result.warnings:
         click.echo(f"warning: {warning.describe().removeprefix('warning: ')}", err=True)
-    if result.changes and not result.dry_run:
+    if (result.changes or result.main_changes) and not result.dry_run:
         click.echo(f"Now run: postfix -c {result.target.config_directory} reload")

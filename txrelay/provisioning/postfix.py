@@ -1,7 +1,9 @@
 """What txrelay needs from Postfix: its own master.cf services, and reading a Postfix's setup.
 
 txrelay is a guest in an existing Postfix: every setting it needs is an -o override on a
-master.cf service of its own (docs: postfix-conf/README.md); main.cf is never written.
+master.cf service of its own (docs: postfix-conf/README.md). With a bounce domain ([bounce]
+domain) main.cf gets one change: txrelay's own lookup table appended to relay_domains and
+transport_maps, so that mail for the bounce domain reaches txrelay's pipe service.
 Every postconf call carries -c DIR, so the main instance, a postmulti instance and any
 config directory are handled alike.
 """
@@ -34,6 +36,52 @@ POSTCONF_TIMEOUT = 30
 REJECT_CHARACTERS = "\\0"
 # What `postfix check` accepts as smtpd_client_auth_rate_limit (AUTH commands a minute).
 MAX_AUTH_RATE = 120
+# Mail for the bounce domain(s): txrelay's pipe service, and the table (one domain a line,
+# texthash: so no postmap is needed) that main.cf's relay_domains and transport_maps name.
+INBOUND_SERVICE = "txrelay-inbound"
+INBOUND_COMMAND = ("unix", "-", "n", "n", "-", "10", "pipe")
+INBOUND_TABLE_FILE = "txrelay-inbound-domains"
+INBOUND_TABLE = f"texthash:${{config_directory}}/{INBOUND_TABLE_FILE}"
+INBOUND_LISTS = ("relay_domains", "transport_maps")
+DEFAULT_INBOUND_USER = "txrelay"
+
+
+@dataclass(frozen=True)
+class InboundPlan:
+    """The pipe service that hands mail for the bounce domains to `txrelay inbound deliver`,
+    and the domains its table lists."""
+
+    domains: tuple[str, ...]
+    executable: str
+    config_file: str
+    user: str
+
+    @property
+    def key(self) -> str:
+        return f"{INBOUND_SERVICE}/unix"
+
+    def entry(self) -> str:
+        """${recipient} is one argument per recipient: pipe may hand several at once."""
+        argv = (
+            f"argv={self.executable} --config {self.config_file} inbound deliver "
+            "--sender ${sender} -- ${recipient}"
+        )
+        return " ".join((INBOUND_SERVICE, *INBOUND_COMMAND, "flags=Rq", f"user={self.user}", argv))
+
+    def table(self) -> str:
+        """The texthash table: each bounce domain routed to txrelay's pipe service."""
+        lines = [
+            "# Written by `txrelay postfix configure`: the bounce domains, whose mail goes to",
+            "# txrelay's pipe service. Run configure again when they change, then reload.",
+            *(f"{domain}\t{INBOUND_SERVICE}:" for domain in self.domains),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def inbound_domains(config: Config) -> tuple[str, ...]:
+    """The domains whose mail comes back to txrelay: [bounce] domain. (Per-domain return-path
+    domains join here from the database when they exist.)"""
+    return (config.bounce.domain.lower(),) if config.bounce.domain else ()
 
 
 @dataclass(frozen=True)
@@ -75,14 +123,24 @@ class PostfixPlan:
     message_size_limit: int
     cleanup_overrides: tuple[tuple[str, str], ...] = ()
     milter_limits: tuple[tuple[str, int], ...] = ()  # enforced by the milter, not Postfix
+    inbound: InboundPlan | None = None
 
     def as_dict(self) -> dict[str, object]:
+        inbound = self.inbound
         return {
-            "main.cf": {},
+            "main.cf": dict.fromkeys(INBOUND_LISTS, f"append {INBOUND_TABLE}") if inbound else {},
             "master.cf": [
                 {"service": s.key, "implicit_tls": s.implicit_tls, "overrides": dict(s.overrides)}
                 for s in self.services
             ],
+            "inbound": {
+                "service": inbound.key,
+                "entry": inbound.entry(),
+                "domains": list(inbound.domains),
+                "table": INBOUND_TABLE,
+            }
+            if inbound
+            else None,
             "cleanup_service": {
                 "service": f"{CLEANUP_SERVICE}/unix",
                 "overrides": dict(self.cleanup_overrides),
@@ -131,6 +189,9 @@ def plan_postfix(
     implicit_tls: str | None = None,
     milter_socket: str | None = None,
     syslog_name: str = "postfix",
+    executable: str = "/usr/local/bin/txrelay",
+    config_file: str = "/etc/txrelay/txrelay.toml",
+    inbound_user: str = DEFAULT_INBOUND_USER,
 ) -> PostfixPlan:
     """txrelay's services for this configuration: a STARTTLS service (--listen, default
     [smtp] port) and/or an implicit-TLS one (--implicit-tls); postfix-conf/README.md
@@ -161,8 +222,10 @@ def plan_postfix(
         ("max_headers", config.limits.max_headers),
         ("max_messages_per_session", config.limits.max_messages_per_session),
     )
+    domains = inbound_domains(config)
+    inbound = InboundPlan(domains, executable, config_file, inbound_user) if domains else None
     return PostfixPlan(
-        services, milter, config.dovecot.auth_socket, size_limit, cleanup, milter_limits
+        services, milter, config.dovecot.auth_socket, size_limit, cleanup, milter_limits, inbound
     )
 
 
