@@ -401,7 +401,9 @@ def _print_changed(
         if changed.return_path:
             click.echo(
                 f"Publish its MX and SPF records ('txrelay domain dns {changed.domain}'), "
-                f"then run 'txrelay domain check {changed.domain}'."
+                f"then run 'txrelay domain check {changed.domain}'. On every relay node, run "
+                "'txrelay postfix configure' and 'postfix reload' so that Postfix takes the "
+                f"bounces for {changed.return_path}."
             )
 
 

@@ -19,7 +19,6 @@ from txrelay.bounce_secret import read_bounce_secret
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.cli.stats import When, resolve
 from txrelay.errors import TxRelayError
-from txrelay.policy.suppression import SuppressionRules
 from txrelay.store import database
 from txrelay.store import inbound as store
 
@@ -28,8 +27,6 @@ from txrelay.store import inbound as store
 EX_OK = 0
 EX_TEMPFAIL = 75
 _CHUNK = 65536
-# The suppression rules the tracker uses for Postfix's own log lines (engine.SUPPRESSION_RULES).
-SUPPRESSION_RULES = SuppressionRules()
 
 
 @click.group("inbound")
@@ -81,9 +78,10 @@ def _deliver(cli: CliContext, sender: str, recipients: tuple[str, ...], stream: 
         _log(syslog.LOG_WARNING, f"event=inbound_tempfail recipient={names} reason={error}")
         return EX_TEMPFAIL
     try:
+        rules = cli.config.suppression.rules()
         for recipient in recipients:
             mail = store.Inbound(sender, recipient, first.raw, first.size)
-            result = store.handle(conn, mail, secret, cli.clock.now(), rules=SUPPRESSION_RULES)
+            result = store.handle(conn, mail, secret, cli.clock.now(), rules=rules)
             _log(
                 syslog.LOG_INFO if result.outcome != store.DROPPED else syslog.LOG_NOTICE,
                 f"event=inbound kind={result.kind} outcome={result.outcome} "

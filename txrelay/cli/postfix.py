@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import psycopg
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.config import config_path
-from txrelay.errors import InvalidInput
+from txrelay.errors import InvalidInput, ServiceUnavailable
 from txrelay.provisioning.postfix import (
     CLEANUP_COMMAND,
     DEFAULT_INBOUND_USER,
@@ -69,9 +70,10 @@ _inbound_user_option = click.option(
 )
 
 
-def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, str]:
+def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, Any]:
     """Where the inbound pipe finds txrelay and its configuration: this very executable
-    and configuration file, as absolute paths."""
+    and configuration file, as absolute paths; and the sending domains' own return-path
+    domains, whose bounces come back here too."""
     if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", inbound_user) or inbound_user == "root":
         raise InvalidInput(
             f"--inbound-user {inbound_user!r} is not a user name Postfix's pipe may run "
@@ -84,7 +86,27 @@ def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, str]:
         "executable": executable,
         "config_file": os.path.abspath(config_path(cli.config_file)),
         "inbound_user": inbound_user,
+        "return_paths": _return_path_domains(cli),
     }
+
+
+def _return_path_domains(cli: CliContext) -> tuple[str, ...]:
+    """The domains' own return-path domains from PostgreSQL. Without PostgreSQL, only
+    [bounce] domain is routed (and a warning says to run configure again later)."""
+    try:
+        rows: list[Any] = cli.db.execute(
+            "SELECT DISTINCT return_path FROM sending_domains WHERE return_path IS NOT NULL "
+            "ORDER BY return_path"
+        ).fetchall()
+        cli.db.rollback()
+    except (ServiceUnavailable, psycopg.Error) as exc:
+        click.echo(
+            f"warning: cannot read the domains' own return paths ({exc}); only [bounce] "
+            "domain is routed to txrelay: run this again when PostgreSQL answers",
+            err=True,
+        )
+        return ()
+    return tuple(row["return_path"] for row in rows)
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:

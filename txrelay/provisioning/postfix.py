@@ -78,10 +78,11 @@ class InboundPlan:
         return "\n".join(lines) + "\n"
 
 
-def inbound_domains(config: Config) -> tuple[str, ...]:
-    """The domains whose mail comes back to txrelay: [bounce] domain. (Per-domain return-path
-    domains join here from the database when they exist.)"""
-    return (config.bounce.domain.lower(),) if config.bounce.domain else ()
+def inbound_domains(config: Config, return_paths: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The domains whose mail comes back to txrelay: [bounce] domain, then the sending
+    domains' own return-path domains (`domain set --return-path`), each once."""
+    wanted = ([config.bounce.domain] if config.bounce.domain else []) + list(return_paths)
+    return tuple(dict.fromkeys(domain.lower() for domain in wanted))
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def plan_postfix(
     executable: str = "/usr/local/bin/txrelay",
     config_file: str = "/etc/txrelay/txrelay.toml",
     inbound_user: str = DEFAULT_INBOUND_USER,
+    return_paths: tuple[str, ...] = (),
 ) -> PostfixPlan:
     """txrelay's services for this configuration: a STARTTLS service (--listen, default
     [smtp] port) and/or an implicit-TLS one (--implicit-tls); postfix-conf/README.md
@@ -222,7 +224,7 @@ def plan_postfix(
         ("max_headers", config.limits.max_headers),
         ("max_messages_per_session", config.limits.max_messages_per_session),
     )
-    domains = inbound_domains(config)
+    domains = inbound_domains(config, return_paths)
     inbound = InboundPlan(domains, executable, config_file, inbound_user) if domains else None
     return PostfixPlan(
         services, milter, config.dovecot.auth_socket, size_limit, cleanup, milter_limits, inbound
