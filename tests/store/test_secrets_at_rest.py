@@ -235,6 +235,22 @@ def test_the_daemons_role_cannot_update_accounts_but_reads_policy_and_records_ma
                            "FROM sending_domains WHERE domain = 'none.invalid'")
             rows = fetch_policy_rows(milter)
             assert {r["domain"] for r in rows["domains"]} >= {domain, tenant.domain}
+        # Every right daemon_grants lists (migration 0034) is the role's, and no more.
+        for grant in conn.execute("SELECT privileges, objects FROM daemon_grants").fetchall():
+            privileges, _, column = grant["privileges"].partition(" (")
+            for table in grant["objects"].split(","):
+                for privilege in privileges.split(","):
+                    check = (("has_column_privilege(%s, %s, %s, %s)",
+                              (role, table.strip(), column.rstrip(")"), privilege.strip()))
+                             if column else ("has_table_privilege(%s, %s, %s)",
+                                             (role, table.strip(), privilege.strip())))
+                    held: Any = conn.execute(f"SELECT {check[0]} AS ok", check[1]).fetchone()
+                    assert held["ok"], (table, privilege, column)
+        assert not conn.execute("SELECT has_table_privilege(%s, 'webhooks', 'UPDATE') AS ok",
+                                (role,)).fetchone()["ok"]  # type: ignore[index]
+        conn.rollback()
+        with psycopg.connect(milter_url, autocommit=True,
+                             row_factory=dict_row) as milter:  # type: ignore[arg-type]
             assert _signs_and_verifies(milter, keys, domain)
             recorded = record_acceptance(milter, message(tenant, ["a@x.example"]))
             milter.commit()
