@@ -42,7 +42,7 @@ def test_add_with_two_algorithms_makes_two_signing_keys_and_a_pending_domain(
         "state": "pending", "published_at": None, "last_checked_at": None,
         "last_check_published": None, "last_check_detail": None}
     text = txrelay("domain", "show", dual).stdout
-    assert "DKIM:      pending (live mail refused until 'txrelay domain check" in text
+    assert "DKIM:        pending (live mail refused until 'txrelay domain check" in text
     assert "never checked" in text
     listed = txrelay("domain", "list", "--json").json()
     assert next(d for d in listed if d["domain"] == dual)["dkim_publication"]["state"] \
@@ -90,7 +90,7 @@ def test_check_publishes_the_domain_only_when_every_signing_record_is_there(
     assert f"{dual} is published now: its live mail is signed and sent." in whole.stdout
     shown = txrelay("domain", "show", dual, "--json").json()["dkim_publication"]
     assert shown["state"] == "published" and shown["published_at"] == "2026-11-03T09:30:00+00:00"
-    assert "DKIM:      published since 2026-11-03 09:30 UTC" in txrelay(
+    assert "DKIM:        published since 2026-11-03 09:30 UTC" in txrelay(
         "domain", "show", dual).stdout
 
     # Published stays published: a record gone later is reported, mail is not stopped.
