@@ -102,22 +102,22 @@ fi
 # send unpublished ([dkim] require_published = false; a real relay keeps the default, true).
 # Every run: the demo's settings never change, and a newer txrelay may write a newer Dovecot
 # configuration (e.g. the SMTP login file's passdb); the running Dovecot reloads it below.
+# Its bounce domain: each message's envelope sender becomes an address there that names it.
 txrelay init --config-path="$conf" --smtp-host=127.0.0.1 "${database[@]}" --force \
-    --set dkim.require_published=false
+    --set dkim.require_published=false --set bounce.domain="$bounce_domain"
 
 log "bounce domain $bounce_domain: DSNs and complaints come back on 127.0.0.1:25"
 # Postfix's pipe hands them to `txrelay inbound deliver` as the txrelay user (never root):
 # it reads the configuration and the bounce secret through the txrelay group.
 getent passwd txrelay >/dev/null \
     || useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin txrelay
-grep -q '^\[bounce\]' "$conf" || printf '\n[bounce]\ndomain = "%s"\n' "$bounce_domain" >>"$conf"
 bounce_key=$(txrelay --config="$conf" --json config show \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["settings"]["bounce.secret_file"]["value"])' \
     2>/dev/null || echo /etc/txrelay/bounce.key)
 [ -f "$bounce_key" ] || "$venv/bin/python" -c 'import sys; from pathlib import Path
 from txrelay.bounce_secret import write_bounce_secret; write_bounce_secret(Path(sys.argv[1]))' \
     "$bounce_key"
-chgrp txrelay "$conf" "$bounce_key"
+chgrp txrelay "$(dirname "$conf")" "$conf" "$bounce_key"
 
 log "Postfix (main instance): submission on 127.0.0.1:587, milter, Dovecot SASL; port 25 takes mail for $bounce_domain"
 # Debian's "No configuration" install leaves no main.cf: start from Postfix's compiled-in

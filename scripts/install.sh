@@ -43,12 +43,27 @@ command -v redis-server >/dev/null || packages+=(redis-server)
 . "$here/scripts/apt.sh"
 apt_install_missing install "${packages[@]}"
 
+# The daemons and Postfix's pipe to `txrelay inbound deliver` run as unprivileged users, so
+# the venv's interpreter must be one they may execute: the distribution's /usr/bin/python3
+# first (a python3 under a private home, e.g. pyenv's in /root, is not).
 python=$(command -v python3)
+if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python=/usr/bin/python3
+fi
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "txrelay needs Python >= 3.11; $python is $("$python" --version)" >&2; exit 1; }
 
+runs_as_nobody() {
+    command -v runuser >/dev/null || return 0
+    runuser -u nobody -- "$venv/bin/python" -c '' 2>/dev/null
+}
+if [ -x "$venv/bin/python" ] && [ -n "$link" ] && ! runs_as_nobody; then
+    # A node's venv (not the tests'): made with an interpreter only root may run.
+    log "recreating $venv: its Python ($(readlink -f "$venv/bin/python")) is not one the txrelay user may run"
+    rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
-    log "creating virtualenv $venv"
+    log "creating virtualenv $venv ($python)"
     mkdir -p "$(dirname "$venv")"
     "$python" -m venv "$venv"
 fi
