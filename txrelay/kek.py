@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from txrelay.errors import ConfigError, InvalidInput
+from txrelay.key_file import KeyFile
 
 KEK_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # GCM's standard nonce; random per sealing (2^32 sealings stay far below
@@ -43,52 +44,23 @@ def encode_kek(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii") + "\n"
 
 
+KEK_FILE = KeyFile(
+    name="the key-encryption key",
+    kind="a txrelay key-encryption key",
+    setting="[database] kek_file",
+    size=KEK_BYTES,
+    keep="it holds the key that opens the DKIM keys in the database",
+    missing="restore it from your backup (without it the DKIM keys in the database cannot be read)",
+)
+
+
 def write_kek_file(path: Path, key: bytes) -> None:
     """Write a new KEK file (base64, one line), mode 0640, never over an existing file."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEK_MODE)
-    except FileExistsError as exc:
-        raise ConfigError(
-            f"{path} exists already; it holds the key that opens the DKIM "
-            "keys in the database: keep it, or move it away first"
-        ) from exc
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create {path}: {exc.strerror}; run as a user that "
-            "may, or set [database] kek_file"
-        ) from exc
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        os.fchmod(handle.fileno(), KEK_MODE)  # the umask may have narrowed it
-        handle.write(encode_kek(key))
-        handle.flush()
-        os.fsync(handle.fileno())
+    KEK_FILE.create(path, key)
 
 
 def read_kek_file(path: Path) -> bytes:
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"the key-encryption key {path} is missing; restore it from your "
-            "backup (without it the DKIM keys in the database cannot be "
-            "read), or set [database] kek_file"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the key-encryption key {path}: "
-            f"{getattr(exc, 'strerror', None) or exc}; run as the txrelay "
-            "user (the file is mode 0640, group txrelay)"
-        ) from exc
-    try:
-        key = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        key = b""
-    if len(key) != KEK_BYTES:
-        raise ConfigError(
-            f"{path} is not a txrelay key-encryption key (expected "
-            f"{KEK_BYTES} bytes in base64 on one line)"
-        )
-    return key
+    return KEK_FILE.read(path)
 
 
 @dataclass

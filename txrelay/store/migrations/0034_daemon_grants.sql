@@ -1,8 +1,8 @@
 -- The daemons' rights as rows, not as a function each migration copies.
 --
--- Migrations 0015, 0016, 0018 and 0032 each replaced txrelay_grant_daemon_role with the
--- whole list plus their own lines; two of them written at the same time dropped each
--- other's. From here on a migration that adds a table the daemons (milter, tracker, webhook
+-- Migrations 0015 and 0032 each wrote txrelay_grant_daemon_role with the whole list plus
+-- their own lines, and two such copies written at the same time drop each other's lines
+-- (0016's and 0018's tables have their rows here). From here on a migration that adds a table the daemons (milter, tracker, webhook
 -- worker, inbound pipe) write INSERTs its row into daemon_grants; the function, called by
 -- `txrelay init` and every `txrelay db migrate` for the role of [database] milter_url,
 -- grants what the table lists. Reading is granted on every table, as before.
