@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 
 from tests.cli.conftest import DictConnection, Txrelay
 from tests.conftest import ADMIN_DSN
+from tests.harness.dns import DnsServer
 from txrelay.store import database
 
 BASE = """\
@@ -333,3 +334,28 @@ def test_the_help_says_what_apply_does(txrelay: Txrelay) -> None:
     shown = txrelay("apply", "--help")
     assert shown.exit_code == 0 and "--prune" in shown.stdout and "FILE:LINE" in shown.stdout
     assert "no change" in txrelay("export", "--help").stdout
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "provisioning-as-code.md"
+
+
+def test_the_documented_example_applies_and_exports_back(
+    txrelay: Txrelay, own_db: DictConnection, tmp_path: Path, dns_server: DnsServer,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first ```yaml block of docs/provisioning-as-code.md, as an admin would apply it
+    (its webhook's host answered by the loopback NSD with a public address)."""
+    example = DOC.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TXRELAY_DNS_RESOLVER", dns_server.address)
+    dns_server.serve({"shop.acme.example": [("A", "93.184.215.14")]})
+    path = write(tmp_path, example)
+    done = txrelay("apply", "-f", str(path), "--secrets-out", str(tmp_path / "s.yaml"))
+    assert done.exit_code == 0, done.stderr
+    assert counts(own_db) == {"accounts": 2, "domains": 2, "connections": 2, "webhooks": 1,
+                              "suppressions": 1}
+    assert "No changes" in txrelay("apply", "-f", str(path), "--prune").stdout
+    exported = txrelay("export").stdout
+    assert yaml.safe_load(exported)["domains"][0]["return_path"] == "bounces.acme.example"
+    again = txrelay("apply", "-f", str(write(tmp_path, exported, "e.yaml")), "--dry-run",
+                    "--prune")
+    assert "No changes" in again.stdout
