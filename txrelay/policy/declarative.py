@@ -152,7 +152,21 @@ class PlanError(ValueError):
 
 
 def plan(wanted: State, current: State, *, prune: bool) -> list[Step]:
-    """Creates and changes in KINDS order, then (with prune) deletions in reverse order."""
+    """Creates and changes in KINDS order, then (with prune) deletions in reverse order.
+
+    With prune every domain a connection names must be in the file: the domains it does
+    not name are deleted, and a connection would lose one it was just given."""
+    if prune:
+        declared = {spec.domain for spec in wanted.domains}
+        for connection in wanted.connections:
+            for domain in connection.domains:
+                if domain not in declared:
+                    raise PlanError(
+                        connection.line,
+                        "domains",
+                        f"{domain} is not among the file's domains, and --prune deletes the "
+                        "domains the file does not name; add it to the file",
+                    )
     steps: list[Step] = []
     for kind in KINDS:
         now = {spec.key: spec for spec in current.of(kind)}
