@@ -6,6 +6,7 @@ secrets file, and the export round trip."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import stat
@@ -236,6 +237,11 @@ def test_export_round_trip_shows_no_change(
                     "--dry-run", "--prune")
     assert again.exit_code == 0, again.stderr
     assert "No changes" in again.stdout
+    as_json = txrelay("export", "--json").json()
+    assert as_json == state
+    from_json = txrelay("apply", "-f", str(write(tmp_path, json.dumps(as_json), "e.json")),
+                        "--dry-run", "--prune")
+    assert "No changes" in from_json.stdout, from_json.stderr
     to_file = txrelay("export", "-o", str(tmp_path / "out.yaml"))
     assert to_file.exit_code == 0 and (tmp_path / "out.yaml").read_text() == exported.stdout
 

@@ -3,6 +3,7 @@ webhooks and manual suppressions kept in a YAML file (docs/provisioning-as-code.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from txrelay.cli.connection import update_login_file
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.errors import Conflict, InvalidInput
-from txrelay.policy.declarative import Step, describe
+from txrelay.policy.declarative import Step, describe, document
 from txrelay.provisioning import declarative
 from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.store.keys import AccountKeys
@@ -214,18 +215,23 @@ def _print_plan(steps: list[Step], *, dry_run: bool) -> None:
     metavar="FILE",
     help="Write to FILE instead of standard output.",
 )
+@json_option
 @pass_cli
 def export(cli: CliContext, output: Path | None) -> None:
     """Write the relay's accounts, domains, connections, webhooks and manual suppressions
     as an apply file, without any secret: 'txrelay export | txrelay apply -f - --dry-run'
-    shows no change.
+    shows no change. With --json the same document as JSON (which apply reads too).
 
     \b
     Examples:
       txrelay export -o relay.yaml
       txrelay export | txrelay apply -f - --dry-run
     """
-    text = declarative.export_document(declarative.read_state(cli.db, cli.clock.now()))
+    state = declarative.read_state(cli.db, cli.clock.now())
+    if cli.as_json:
+        text = json.dumps(document(state), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = declarative.export_document(state)
     if output is None:
         click.echo(text, nl=False)
     else:
