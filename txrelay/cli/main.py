@@ -34,6 +34,8 @@ COMMANDS = [
     ("txrelay.cli.settings", "config_group"),
     ("txrelay.cli.webhook", "webhook"),
     ("txrelay.cli.webhook", "webhooks"),
+    ("txrelay.cli.apply", "apply"),
+    ("txrelay.cli.apply", "export"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
 EXTENSIONS = ["txrelay.cli.quota_lifecycle", "txrelay.cli.domain_moves"]

@@ -1,0 +1,1 @@
+"""The JSON Schema of the apply file (txrelay apply -f FILE)."""
