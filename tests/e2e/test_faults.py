@@ -22,18 +22,16 @@ import json
 import shutil
 import signal
 import smtplib
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.harness.load import DOMAIN, SELECT_BILLING, Load, Relay, difference
+from tests.harness.load import DOMAIN, SELECT_BILLING, Load, Relay, difference, race
 from tests.harness.load import assert_exactly_once as load_assert_exactly_once
 from tests.harness.load import ledger_recipients as load_ledger_recipients
 from tests.harness.load import running_load as load_running
@@ -41,7 +39,7 @@ from tests.harness.load import sink_recipients as load_sink_recipients
 from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned, provision, txrelay_json, verify_dkim
 from tests.harness.services import MilterProcess
-from tests.harness.smtp import Submission, build_message, smtp_session, transact
+from tests.harness.smtp import build_message, smtp_session, transact
 from tests.harness.stack import FaultStack
 
 pytestmark = pytest.mark.e2e
@@ -347,25 +345,11 @@ def fresh_shop(faults: FaultStack, quota: int, *, paid: bool = False) -> Provisi
     return made
 
 
-def race(faults: FaultStack, shop: Provisioned, ports: list[int]) -> list[Submission]:
-    """20 sessions at once, each one message to 10 recipients of its own."""
-    start = threading.Barrier(20)
-
-    def session(n: int) -> Submission:
-        to = [f"race{n}-{i}-{uuid.uuid4().hex[:6]}@{DOMAIN}" for i in range(10)]
-        with smtp_session(shop.username, shop.password, port=ports[n % len(ports)]) as s:
-            start.wait(30)
-            return transact(s, shop.address(), to, build_message(shop.address(), to))
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        return list(pool.map(session, range(20)))
-
-
 @pytest.mark.parametrize("nodes", [1, 2], ids=["one-milter", "two-milters"])
 def test_last_unit_race_accepts_exactly_the_quota(faults: FaultStack, nodes: int) -> None:
     shop = fresh_shop(faults, 100)
     ports = [faults.port, faults.second_port][:nodes]
-    results = race(faults, shop, ports)
+    results = race(shop, ports)
     replies = Counter(reply.code for r in results for reply in r.rcpts.values())
     assert replies[250] == 100 and replies[550] == 100, replies
     accepted = [rcpt for r in results for rcpt in r.delivered_to]

@@ -6,28 +6,25 @@ mail."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.harness.load import (
-    DOMAIN,
     assert_exactly_once,
     ledger_recipients,
+    race,
     running_load,
     sink_recipients,
 )
 from tests.harness.postfix_faults import kill_postfix
 from tests.harness.processes import Stopper, wait_until
 from tests.harness.provision import Provisioned, provision, txrelay_json
-from tests.harness.smtp import Submission, build_message, smtp_session, transact
 from tests.harness.two_nodes import TwoNodes, two_nodes
 from txrelay.config import Config
 
@@ -108,20 +105,6 @@ def test_mail_through_both_nodes_is_recorded_by_the_node_that_took_it(
         (node.name, node.config.tracker.log_path, 0) for node in cluster.nodes]
     assert all(lines > 0 for *_, lines in positions), positions
     assert anomalies == []
-
-
-def race(shop: Provisioned, ports: list[int]) -> list[Submission]:
-    """20 sessions at once, alternating between the nodes, each to 10 recipients."""
-    start = threading.Barrier(20)
-
-    def session(n: int) -> Submission:
-        to = [f"race{n}-{i}-{uuid.uuid4().hex[:6]}@{DOMAIN}" for i in range(10)]
-        with smtp_session(shop.username, shop.password, port=ports[n % len(ports)]) as s:
-            start.wait(30)
-            return transact(s, shop.address(), to, build_message(shop.address(), to))
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        return list(pool.map(session, range(20)))
 
 
 def test_last_unit_race_across_both_nodes_accepts_exactly_the_quota(cluster: TwoNodes) -> None:

@@ -28,7 +28,7 @@ from tests.harness.processes import wait_until
 from tests.harness.provision import Provisioned
 from tests.harness.return_path import sent_by
 from tests.harness.services import CaptureSink
-from tests.harness.smtp import build_message, smtp_session, transact
+from tests.harness.smtp import Submission, build_message, smtp_session, transact
 from txrelay.config import Config
 
 DOMAIN = "rcpt.example.net"
@@ -220,3 +220,18 @@ def difference(relay: Relay, shop: Provisioned, wanted: Counter[str], *,
             f"ledger not at sink: {sorted(set(ledger) - set(sink))[:5]}; "
             f"(recipient, at sink, in ledger): {counted[:5]}; "
             f"queue: {relay.queue_count()}\n{relay.logs()}")
+
+
+def race(shop: Provisioned, ports: list[int]) -> list[Submission]:
+    """20 sessions at once, alternating between the ports (services or nodes), each one
+    message to 10 recipients of its own: the last-unit race."""
+    start = threading.Barrier(20)
+
+    def session(n: int) -> Submission:
+        to = [f"race{n}-{i}-{uuid.uuid4().hex[:6]}@{DOMAIN}" for i in range(10)]
+        with smtp_session(shop.username, shop.password, port=ports[n % len(ports)]) as s:
+            start.wait(30)
+            return transact(s, shop.address(), to, build_message(shop.address(), to))
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        return list(pool.map(session, range(20)))
