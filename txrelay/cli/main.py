@@ -34,6 +34,7 @@ COMMANDS = [
     ("txrelay.cli.settings", "config_group"),
     ("txrelay.cli.webhook", "webhook"),
     ("txrelay.cli.webhook", "webhooks"),
+    ("txrelay.cli.web", "web"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
 EXTENSIONS = ["txrelay.cli.quota_lifecycle", "txrelay.cli.domain_moves"]
