@@ -64,6 +64,7 @@ HOST_PORT_OR_OFF = Rule(
     lambda value: not value or _is_host_port(value),
     'HOST:PORT such as 127.0.0.1:9151, or "" to turn it off',
 )
+HOST_PORT = Rule(lambda value: _is_host_port(value), "HOST:PORT such as 127.0.0.1:8480")
 NO_SPACES = Rule(
     lambda value: not any(c.isspace() for c in value),
     "a syslog_name such as postfix or postfix-txrelay (no spaces)",
@@ -628,7 +629,7 @@ class WebConfig:
         "127.0.0.1:8480",
         "Where `txrelay web` serves the dashboard (`HOST:PORT`); keep it on loopback behind a "
         "TLS reverse proxy when others must reach it.",
-        HOST_PORT_OR_OFF,
+        HOST_PORT,
     )
     admin_token_file: str = setting(
         "/etc/txrelay/web-admin-token",

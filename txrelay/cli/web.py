@@ -183,7 +183,13 @@ def link(cli: CliContext, account: str, expires: str) -> None:
 @json_option
 @pass_cli
 def links(cli: CliContext, account: str | None) -> None:
-    """List the dashboard links: account, made, expires, and whether each still works."""
+    """List the dashboard links: account, made, expires, and whether each still works
+    (valid, expired, revoked). Tokens are not shown: only their hashes are kept.
+
+    \b
+    Example:
+      txrelay web links --account "Acme GmbH"
+    """
     now = cli.clock.now()
     with transaction(cli.db):
         if account is not None:
@@ -222,7 +228,13 @@ def links(cli: CliContext, account: str | None) -> None:
 @json_option
 @pass_cli
 def revoke(cli: CliContext, link_id: int) -> None:
-    """Revoke dashboard link ID (see 'txrelay web links'): it gets 403 from now on."""
+    """Revoke dashboard link ID (see 'txrelay web links'): it gets 403 from the next page
+    on, cookie or not.
+
+    \b
+    Example:
+      txrelay web revoke 7
+    """
     with transaction(cli.db):
         revoked_at = store.revoke_link(cli.db, link_id, cli.clock.now())
     data: dict[str, Any] = {"id": link_id, "revoked_at": revoked_at}

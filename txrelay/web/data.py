@@ -137,8 +137,9 @@ def account_timeline(
     conn: Conn, account: str, account_id: int, width: str, span_text: str, now: dt.datetime
 ) -> Timeline:
     """The account's outcomes per bucket over the last `span_text` (24h, 7d, 90d…) up to now,
-    summed over its connections. A range longer than the ledger's data starts at the first
-    mail; one of more than MAX_CHART_BUCKETS buckets is shortened; each says so in a note."""
+    summed over its connections. A range longer than the bucket's default that reaches before
+    the ledger's first mail of the account starts at that mail; one of more than
+    MAX_CHART_BUCKETS buckets is shortened; each says so in a note."""
     notes: list[str] = []
     if width not in WIDTHS:
         notes.append(f"Unknown bucket {width!r}: showing buckets of 1h.")
@@ -152,7 +153,11 @@ def account_timeline(
     since = now - span
     first = conn.execute(FIRST_MAIL, {"id": account_id}).fetchone()
     first_mail: dt.datetime | None = first["first"] if first else None
-    if first_mail is not None and since < first_mail:
+    default = parse_span(RANGES[width])
+    assert default is not None
+    # Only a range longer than the bucket's default is cut to the data: a day's chart of an
+    # account that started an hour ago still spans the day.
+    if first_mail is not None and span > default and since < first_mail:
         notes.append(
             f"The ledger holds this account's mail from {first_mail:%Y-%m-%d %H:%M} UTC: "
             "the chart starts there."
