@@ -232,7 +232,13 @@ def test_account_page_chart_and_tables_equal_the_ledger(dashboard: Dashboard,
     assert 'class="pygal-chart"' in dom and "No mail in this range" not in dom
     assert "the chart starts there" not in dom  # the bucket's default range is never cut
     # A day of quarter hours, both ends rounded out to a quarter hour: 96 or 97 rows.
-    assert dom.count('<tr><th scope="row">20') in (96, 97)
+    table = re.search(r'<table id="timeline">.*?</table>', dom, re.S)
+    assert table is not None
+    assert table.group(0).count('<tr><th scope="row">20') in (96, 97)
+    burned = query(relay, "SELECT count(*) AS n FROM ledger WHERE account_id = %s AND state <> "
+                          "'voided' AND accepted_at >= now() - interval '30 days'",
+                   dashboard.shop.account_id)[0]["n"]
+    assert f'<td class="num" id="burn-total">{burned}</td>' in dom
     assert f'<dd id="remaining">{remaining_quota(relay, dashboard.shop.account_id)}</dd>' in dom
     assert dashboard.shop.domain in dom and ">shop<" in dom and "active" in dom
     # The bounced recipient is on the suppression list (hard bounce).

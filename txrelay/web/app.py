@@ -141,10 +141,16 @@ def create_app(config: Config, admin_token: str, clock: Clock) -> Flask:
                 if view.chart.empty
                 else charts.outcomes_svg(view.chart, f"Outcomes per {view.chart.width}")
             )
+            burn_svg = (
+                None
+                if view.burn.empty
+                else charts.burn_svg(view.burn, "Recipients per day, last 30 days")
+            )
             return render_template(
                 "account.html",
                 view=view,
                 svg=svg,
+                burn_svg=burn_svg,
                 widths=("15m", "1h", "1d"),
                 labels=charts.LABELS,
                 now=now(),

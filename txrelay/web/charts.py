@@ -56,6 +56,29 @@ def outcomes_svg(chart: Timeline, title: str) -> str:
     return without_scripts(bars.render(is_unicode=True))
 
 
+def burn_svg(chart: Timeline, title: str) -> str:
+    """A bar per day: the recipients that arrived (each one a unit of quota)."""
+    bars = pygal.Bar(
+        style=_STYLE,
+        js=(),
+        disable_xml_declaration=True,
+        width=900,
+        height=260,
+        explicit_size=False,
+        title=title,
+        show_legend=False,
+        x_label_rotation=30,
+        show_minor_x_labels=False,
+        truncate_label=-1,
+        min_scale=2,
+    )
+    labels = [bucket.start.strftime("%m-%d") for bucket in chart.buckets]
+    bars.x_labels = labels
+    bars.x_labels_major = labels[:: max(1, len(labels) // 10)]
+    bars.add(LABELS["arrived"], [bucket.counts["arrived"] for bucket in chart.buckets])
+    return without_scripts(bars.render(is_unicode=True))
+
+
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script>", re.DOTALL | re.IGNORECASE)
 
 

@@ -194,6 +194,7 @@ class AccountPage:
     forecast: Forecast
     blocks: list[QuotaBlock]
     chart: Timeline
+    burn: Timeline  # recipients per day over the last 30 days: what used the quota
     connections: list[ConnectionStats]
     domains: list[SendingDomain]
     suppressions: list[suppressions.Suppression]
@@ -227,6 +228,7 @@ def account_page(
         forecast=Forecast(remaining, Usage(last_day, last_week), now),
         blocks=quota_store.list_blocks(conn, ident, now),
         chart=account_timeline(conn, name, ident, width, span, now),
+        burn=account_timeline(conn, name, ident, "1d", RANGES["1d"], now),
         connections=reporting.connection_stats(
             conn,
             now=now,
