@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from txrelay.clock import Clock
 from txrelay.config import Config
+from txrelay.errors import ServiceUnavailable
 from txrelay.policy.web_access import Viewer, is_admin_token, token_hash
 from txrelay.store import database
 from txrelay.store.web_links import find_link
@@ -105,6 +106,17 @@ def create_app(config: Config, admin_token: str, clock: Clock) -> Flask:
     def secure(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
         return response
+
+    @app.errorhandler(ServiceUnavailable)
+    def unavailable(_error: ServiceUnavailable) -> tuple[str, int]:
+        # The admin finds the reason in the log; a page tells nobody the database's address.
+        app.logger.warning("PostgreSQL unavailable: %s", _error)
+        return (
+            render_template(
+                "error.html", code=503, name="The database is unavailable: try again shortly"
+            ),
+            503,
+        )
 
     @app.errorhandler(HTTPException)
     def error_page(error: HTTPException) -> tuple[str, int]:
