@@ -547,6 +547,18 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Mail of sandbox connections (`connection create --sandbox`): captured by the milter
+    in PostgreSQL instead of delivered, readable with `txrelay messages show ID --raw`."""
+
+    retention_days: int = setting(
+        7,
+        "Days a captured sandbox message is kept; the tracker's tick deletes older ones.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class SuppressionConfig:
     """When a bounce or a complaint puts the recipient on the account's suppression list
     (the milter then refuses it at RCPT with 550 5.1.1), and for how long. Used by the
@@ -684,6 +696,7 @@ class Config:
     bounce: BounceConfig = field(default_factory=BounceConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -710,6 +723,7 @@ SECTIONS: dict[str, type] = {
     "bounce": BounceConfig,
     "suppression": SuppressionConfig,
     "webhooks": WebhooksConfig,
+    "sandbox": SandboxConfig,
 }
 
 

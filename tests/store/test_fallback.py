@@ -3,6 +3,7 @@ from PostgreSQL when it returns (real PostgreSQL, real Redis DB 9)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import uuid
@@ -30,6 +31,7 @@ from txrelay.store.reservations import (
     ReservationRequest,
     reservation_member,
 )
+from txrelay.store.sandbox import CapturedMessage, capture
 
 
 def holds(pool: object, ttl: int = 60) -> PostgresReservations:
@@ -203,3 +205,21 @@ def test_redis_down_switches_to_postgresql_and_back_with_redis_rebuilt(
     result = failover.reserve(ask(tenant, reservation_member(str(uuid.uuid4()), "c@x.example"),
                                   rate_limit=5))
     assert result.status is ReservationStatus.RESERVED and result.remaining == 7
+
+
+def test_postgresql_mode_counts_sandbox_mail_in_the_rate_and_holds_nothing_for_it(
+        pool: object, tenant_factory: Callable[..., Tenant], db: psycopg.Connection) -> None:
+    tenant = tenant_factory()
+    store = holds(pool)
+    with database.connect(DatabaseConfig(url=db.info.dsn)) as conn:
+        capture(conn, CapturedMessage(uuid.uuid4(), "QSBX", "test-node", None,
+                                      tenant.account_id, tenant.connection_id,
+                                      f"o@{tenant.domain}", f"o@{tenant.domain}",
+                                      ["a@x.example", "b@x.example"], b"Subject: t\r\n\r\n"))
+    txn = str(uuid.uuid4())
+    sandbox = dataclasses.replace(ask(tenant, reservation_member(txn, "c@x.example"),
+                                      rate_limit=3), quota=False)
+    assert store.reserve(sandbox).status is ReservationStatus.RESERVED
+    assert live_holds(db, tenant) == 0  # nothing held: commit and release have nothing to do
+    limited = store.reserve(ask(tenant, reservation_member(txn, "d@x.example"), rate_limit=2))
+    assert limited.status is ReservationStatus.RATE_LIMITED  # the sandbox's two count
