@@ -54,9 +54,7 @@ def authorize_sender(
     if isinstance(allowed, Verdict) or domain is None:
         return allowed
     # Sandbox mail (captured, never delivered) may come from a domain not yet published.
-    publication = dkim_publication_refusal(
-        snapshot.domains.get(domain), sandbox=allowed.sandbox
-    )
+    publication = dkim_publication_refusal(snapshot.domains.get(domain), sandbox=allowed.sandbox)
     return publication or allowed
 
 

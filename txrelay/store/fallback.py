@@ -156,9 +156,7 @@ class PostgresReservations:
         }
         row = self._run(lambda conn: _reserve_in(conn, params))
         if not request.quota:  # rate only: reserve.lua's answer, remaining 0
-            return Reservation(
-                RESERVE_STATUSES[int(row["status"])], 0, int(row["retry_ms"]) / 1000
-            )
+            return Reservation(RESERVE_STATUSES[int(row["status"])], 0, int(row["retry_ms"]) / 1000)
         return Reservation(
             RESERVE_STATUSES[int(row["status"])],
             int(row["available"]) - 1,

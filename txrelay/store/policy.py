@@ -40,7 +40,8 @@ SELECT a.id, txrelay_account_paid(a.id) AS paid, a.name,
   FROM accounts a"""
 
 SELECT_CONNECTIONS = """
-SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit, co.bounces, co.sandbox,
+SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit, co.bounces,
+       co.sandbox,
        left(encode(sha256(convert_to(cr.password_hash, 'UTF8')), 'hex'), 16)
            AS credential_version
   FROM credentials cr

@@ -96,13 +96,13 @@ class PostgresSandbox:
 
 PURGE_SANDBOX_MESSAGES = """
 DELETE FROM sandbox_messages
- WHERE captured_at < now() - make_interval(days => %(days)s)"""
+ WHERE captured_at < %(now)s - make_interval(days => %(days)s)"""
 
 
-def purge_sandbox_messages(conn: Conn, retention_days: int) -> int:
-    """Delete captured messages older than the retention; returns how many."""
+def purge_sandbox_messages(conn: Conn, now: dt.datetime, retention_days: int) -> int:
+    """Delete captured messages older than the retention at `now`; returns how many."""
     with conn.transaction():
-        cursor = conn.execute(PURGE_SANDBOX_MESSAGES, {"days": retention_days})
+        cursor = conn.execute(PURGE_SANDBOX_MESSAGES, {"now": now, "days": retention_days})
         return cursor.rowcount
 
 
