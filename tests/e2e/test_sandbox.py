@@ -16,12 +16,14 @@ import uuid
 import dkim
 import pytest
 
-from tests.e2e.test_dkim_publication import Gate, gate  # noqa: F401  (the module's fixture)
+from tests.e2e import test_dkim_publication as publication
+from tests.e2e.test_dkim_publication import Gate
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import TXRELAY, run
 from tests.harness.smtp import build_message, submit
 
 pytestmark = pytest.mark.e2e
+gate = publication.gate  # its gated milter and NSD, as a fixture of this module too
 
 
 def _account(gate: Gate, domain: str) -> str:
@@ -46,7 +48,7 @@ def _record_lookup(gate: Gate, domain: str) -> dict[bytes, bytes]:
 
 
 def test_pending_domain_sandbox_mail_is_captured_verifiable_unbilled_and_not_delivered(
-        relay: RelayStack, gate: Gate) -> None:  # noqa: F811
+        relay: RelayStack, gate: Gate) -> None:
     token = uuid.uuid4().hex[:8]
     domain = f"pending-{token}.example"
     account = _account(gate, domain)
