@@ -208,14 +208,21 @@ def test_redis_down_switches_to_postgresql_and_back_with_redis_rebuilt(
 
 
 def test_postgresql_mode_counts_sandbox_mail_in_the_rate_and_holds_nothing_for_it(
-        pool: object, tenant_factory: Callable[..., Tenant], db: psycopg.Connection) -> None:
+        pool: object, tenant_factory: Callable[..., Tenant], db: psycopg.Connection,
+        redis_client: redis.Redis, prefix: str) -> None:
     tenant = tenant_factory()
     store = holds(pool)
+    sandboxed = uuid.uuid4()
     with database.connect(DatabaseConfig(url=db.info.dsn)) as conn:
-        capture(conn, CapturedMessage(uuid.uuid4(), "QSBX", "test-node", None,
+        capture(conn, CapturedMessage(sandboxed, "QSBX", "test-node", None,
                                       tenant.account_id, tenant.connection_id,
                                       f"o@{tenant.domain}", f"o@{tenant.domain}",
                                       ["a@x.example", "b@x.example"], b"Subject: t\r\n\r\n"))
+        # Redis rebuilt after an outage has them in the connection's hour as well.
+        rebuild_redis(conn, redis_client, prefix, {tenant.account_id})
+    rate = AccountKeys(prefix, tenant.account_id).rate(tenant.connection_id)
+    assert set(redis_client.zrange(rate, 0, -1)) == {
+        f"{sandboxed}|a@x.example".encode(), f"{sandboxed}|b@x.example".encode()}
     txn = str(uuid.uuid4())
     sandbox = dataclasses.replace(ask(tenant, reservation_member(txn, "c@x.example"),
                                       rate_limit=3), quota=False)

@@ -112,13 +112,20 @@ SELECT member, account_id, connection_id, extract(epoch FROM expires_at) AS expi
   FROM quota_holds
  WHERE expires_at > now() AND (account_id = ANY(%(accounts)s) OR %(all)s)"""
 
-# The sliding hour of each connection of the accounts: what the rate zsets must contain.
+# The sliding hour of each connection of the accounts: what the rate zsets must contain
+# (sandbox connections' captured recipients count toward the rate too).
 SELECT_RATE_MEMBERS = """
 SELECT l.account_id, l.connection_id, m.txn_id::text || '|' || l.recipient AS member,
        extract(epoch FROM l.accepted_at) AS at
   FROM ledger l JOIN messages m ON m.id = l.message_id
  WHERE l.account_id = ANY(%(accounts)s)
-   AND l.accepted_at > now() - make_interval(secs => %(window)s)"""
+   AND l.accepted_at > now() - make_interval(secs => %(window)s)
+UNION ALL
+SELECT s.account_id, s.connection_id, s.txn_id::text || '|' || r.recipient,
+       extract(epoch FROM s.captured_at)
+  FROM sandbox_messages s CROSS JOIN unnest(s.recipients) AS r (recipient)
+ WHERE s.account_id = ANY(%(accounts)s)
+   AND s.captured_at > now() - make_interval(secs => %(window)s)"""
 
 SELECT_RECORDED_TXNS = "SELECT txn_id::text AS txn FROM messages WHERE txn_id = ANY(%(txns)s)"
 
