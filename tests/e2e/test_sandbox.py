@@ -115,6 +115,7 @@ def test_pending_domain_sandbox_mail_is_captured_verifiable_unbilled_and_not_del
     assert gate.cli("quota", "show", account)["quota_remaining"] == quota_before
     stats = {row["connection"]: row for row in gate.cli("stats", "--account", account)}
     assert (stats["staging"]["arrived"], stats["staging"]["sandboxed"]) == (0, 2)
+    assert stats["staging"]["last_used_at"] is not None and stats["staging"]["active"]
     assert (stats["shop"]["arrived"], stats["shop"]["sandboxed"]) == (0, 0)
     by = gate.cli("stats", "--by", "1h", "--account", account, "--since", "2h")
     assert sum(row["sandboxed"] for row in by if row["connection"] == "staging") == 2

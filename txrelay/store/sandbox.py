@@ -57,6 +57,12 @@ VALUES (%(txn_id)s, %(queue_id)s, %(node)s, %(message_id)s, %(account_id)s,
         %(raw)s)
 ON CONFLICT (txn_id) DO NOTHING"""
 
+# As for live mail (migration 0007): when the connection was last used, at most once a minute.
+UPDATE_LAST_USED = """
+UPDATE connections SET last_used_at = now()
+ WHERE id = %(connection_id)s
+   AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"""
+
 
 def capture(conn: Conn, message: CapturedMessage) -> None:
     with conn.transaction():
@@ -76,6 +82,7 @@ def capture(conn: Conn, message: CapturedMessage) -> None:
                 "raw": message.raw,
             },
         )
+        conn.execute(UPDATE_LAST_USED, {"connection_id": message.connection_id})
 
 
 class PostgresSandbox:
