@@ -548,6 +548,18 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Mail of sandbox connections (`connection create --sandbox`): captured by the milter
+    in PostgreSQL instead of delivered, readable with `txrelay messages show ID --raw`."""
+
+    retention_days: int = setting(
+        7,
+        "Days a captured sandbox message is kept; the tracker's tick deletes older ones.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class SuppressionConfig:
     """When a bounce or a complaint puts the recipient on the account's suppression list
     (the milter then refuses it at RCPT with 550 5.1.1), and for how long. Used by the
@@ -720,6 +732,7 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -747,6 +760,7 @@ SECTIONS: dict[str, type] = {
     "suppression": SuppressionConfig,
     "webhooks": WebhooksConfig,
     "web": WebConfig,
+    "sandbox": SandboxConfig,
 }
 
 

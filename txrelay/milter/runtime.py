@@ -35,6 +35,7 @@ from txrelay.store.policy_cache import PolicyCache, PolicySource
 from txrelay.store.recording import Ledger, PostgresLedger, PostgresQuotaBalance
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
+from txrelay.store.sandbox import PostgresSandbox, Sandbox
 from txrelay.store.suppression_cache import SuppressionCache, SuppressionList
 from txrelay.supervised import Loops, SupervisedLoop
 
@@ -61,6 +62,8 @@ class Runtime:
     # The key of return-path and CFBL tokens (txrelay/bounce_secret.py); None: this node has
     # none and no [bounce] domain, so messages keep their envelope senders.
     bounce_secret: bytes | None = None
+    # Where sandbox connections' messages are captured; None: sandbox mail gets a 451.
+    sandbox: Sandbox | None = None
 
 
 def open_journal(config: Config) -> Journal:
@@ -189,4 +192,5 @@ def open_runtime(
         close,
         loops,
         bounce_secret,
+        PostgresSandbox(pool),
     )
