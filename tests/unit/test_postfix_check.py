@@ -361,3 +361,14 @@ def test_postfix_show_lists_every_limit(config_file: Path) -> None:
                                      text=True, check=True, timeout=60).stdout)
     assert data["cleanup_service"]["overrides"]["message_reject_characters"] == "\\0"
     assert data["milter_limits"] == {"max_headers": 1000, "max_messages_per_session": 1000}
+
+
+def test_no_inbound_routes_no_bounce_domain(config: Config) -> None:
+    """`postfix configure --no-inbound` (a node that is not the bounce domain's MX, and the
+    tests' own Postfix instances): no pipe service, main.cf's lists left alone."""
+    bounce = dataclasses.replace(config.bounce, domain="bounces.relay.example")
+    with_bounce = dataclasses.replace(config, bounce=bounce)
+    routed = plan_postfix(with_bounce, listen=LISTEN, return_paths=("bounces.shop.example",))
+    assert routed.inbound is not None
+    assert routed.inbound.domains == ("bounces.relay.example", "bounces.shop.example")
+    assert plan_postfix(with_bounce, listen=LISTEN, route_inbound=False).inbound is None

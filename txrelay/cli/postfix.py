@@ -68,9 +68,16 @@ _inbound_user_option = click.option(
     "bounce domain ([bounce] domain; without one, no inbound service is added). It must "
     "read the configuration and the bounce secret; not root.",
 )
+_no_inbound_option = click.option(
+    "--no-inbound",
+    is_flag=True,
+    help="Route no bounce domain to txrelay here (no txrelay-inbound service, main.cf "
+    "untouched): for a node that is not the bounce domain's MX; its bounces are still read "
+    "from Postfix's log.",
+)
 
 
-def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, Any]:
+def _plan_options(cli: CliContext, inbound_user: str, no_inbound: bool) -> dict[str, Any]:
     """Where the inbound pipe finds txrelay and its configuration: this very executable
     and configuration file, as absolute paths; and the sending domains' own return-path
     domains, whose bounces come back here too."""
@@ -86,7 +93,8 @@ def _plan_options(cli: CliContext, inbound_user: str) -> dict[str, Any]:
         "executable": executable,
         "config_file": os.path.abspath(config_path(cli.config_file)),
         "inbound_user": inbound_user,
-        "return_paths": _return_path_domains(cli),
+        "return_paths": () if no_inbound else _return_path_domains(cli),
+        "route_inbound": not no_inbound,
     }
 
 
@@ -139,6 +147,7 @@ def postfix() -> None:
 @_implicit_tls_option
 @_milter_option
 @_inbound_user_option
+@_no_inbound_option
 @json_option
 @pass_cli
 def show(
@@ -147,6 +156,7 @@ def show(
     implicit_tls: str | None,
     milter_socket: str | None,
     inbound_user: str,
+    no_inbound: bool,
 ) -> None:
     """Print the master.cf services `postfix configure` would add, and with a bounce
     domain the main.cf lists it appends its table to.
@@ -160,7 +170,7 @@ def show(
         listen=listen,
         implicit_tls=implicit_tls,
         milter_socket=milter_socket,
-        **_plan_options(cli, inbound_user),
+        **_plan_options(cli, inbound_user, no_inbound),
     )
     cli.emit(plan.as_dict(), lambda: _print_plan(plan))
 
@@ -174,6 +184,7 @@ def show(
 @_implicit_tls_option
 @_milter_option
 @_inbound_user_option
+@_no_inbound_option
 @json_option
 @pass_cli
 def configure(
@@ -185,6 +196,7 @@ def configure(
     implicit_tls: str | None,
     milter_socket: str | None,
     inbound_user: str,
+    no_inbound: bool,
 ) -> None:
     """Add txrelay's own master.cf service(s); other services stay as they are.
 
@@ -211,7 +223,7 @@ def configure(
         implicit_tls=implicit_tls,
         milter_socket=milter_socket,
         syslog_name=target_syslog_name(target),
-        **_plan_options(cli, inbound_user),
+        **_plan_options(cli, inbound_user, no_inbound),
     )
     result = configure_postfix(target, plan, dry_run=dry_run)
     cli.emit(result.as_dict(), lambda: _print_result(result))

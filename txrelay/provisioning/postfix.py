@@ -194,6 +194,7 @@ def plan_postfix(
     config_file: str = "/etc/txrelay/txrelay.toml",
     inbound_user: str = DEFAULT_INBOUND_USER,
     return_paths: tuple[str, ...] = (),
+    route_inbound: bool = True,
 ) -> PostfixPlan:
     """txrelay's services for this configuration: a STARTTLS service (--listen, default
     [smtp] port) and/or an implicit-TLS one (--implicit-tls); postfix-conf/README.md
@@ -224,7 +225,7 @@ def plan_postfix(
         ("max_headers", config.limits.max_headers),
         ("max_messages_per_session", config.limits.max_messages_per_session),
     )
-    domains = inbound_domains(config, return_paths)
+    domains = inbound_domains(config, return_paths) if route_inbound else ()
     inbound = InboundPlan(domains, executable, config_file, inbound_user) if domains else None
     return PostfixPlan(
         services, milter, config.dovecot.auth_socket, size_limit, cleanup, milter_limits, inbound
