@@ -184,8 +184,7 @@ def init(
     dovecot_files = _write_dovecot(config)
     _print_summary(target, config, applied, dovecot_files)
     _print_database_and_tls(dedicated, certificate)
-    _print_secrets(config, granted, kek_created, bounce_created)
-    _print_relay_key(config, relay_key_created)
+    _print_secrets(config, granted, kek_created, bounce_created, relay_key_created)
     _print_next_steps(target, config, dovecot_files)
 
 
@@ -329,11 +328,10 @@ def _ensure_bounce_dkim_key(target: Path, path: Path) -> bool:
 
 def _print_relay_key(config: Config, created: bool) -> None:
     state = "Made" if created else "Kept"
-    where = config.bounce.domain or "the [bounce] domain"
     click.echo(
-        f"CFBL: {state} the relay's DKIM key {config.bounce.dkim_key_file} (mode 0640); it "
-        f"signs as {where} the mail whose bounce domain is not its author's. Copy it to "
-        "every relay node; 'txrelay bounce dns' prints its record."
+        f"CFBL: {state} the relay's DKIM key {config.bounce.dkim_key_file} (mode 0640); the "
+        "complaint address of mail without a return path of its own aligns with its "
+        "signature. Copy it to every relay node; 'txrelay bounce dns' prints its record."
     )
 
 
@@ -420,7 +418,11 @@ def _print_database_and_tls(
 
 
 def _print_secrets(
-    config: Config, granted: str | None, kek_created: bool, bounce_created: bool
+    config: Config,
+    granted: str | None,
+    kek_created: bool,
+    bounce_created: bool,
+    relay_key_created: bool,
 ) -> None:
     state = "Made" if kek_created else "Kept"
     click.echo(
@@ -433,6 +435,7 @@ def _print_secrets(
         f"Bounces: {state} the bounce secret {config.bounce.secret_file} (mode 0640); "
         "return paths and complaint ids are checked with it. Copy it to every relay node."
     )
+    _print_relay_key(config, relay_key_created)
     if granted:
         click.echo(
             f"The milter and the tracker connect as role {granted} ([database] "
