@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RELAY_ADDRESSES, RELAY_INCLUDE, CliRun, Txrelay, printed_records, run_main
+from tests.cli.conftest import (
+    RELAY_ADDRESSES,
+    RELAY_INCLUDE,
+    CliRun,
+    Txrelay,
+    printed_records,
+    run_main,
+)
 from tests.harness.dns import DnsServer
 from tests.harness.processes import TXRELAY
 from txrelay.bounce_dkim import read_bounce_dkim_key, write_bounce_dkim_key
