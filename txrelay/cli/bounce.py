@@ -26,6 +26,11 @@ def bounce() -> None:
     Messages whose sending domain has no return path of its own get their envelope sender
     and their CFBL-Address (RFC 9477 complaint address) on this domain, and a second DKIM
     signature by the relay's own key ([bounce] dkim_key_file) with d= this domain.
+
+    \b
+    Example:
+      txrelay bounce dns           # the records to publish
+      txrelay bounce check         # once published
     """
 
 
