@@ -68,7 +68,8 @@ def test_the_relay_wide_return_path_names_the_message(
     [recorded] = stores.ledger.messages.values()
     assert read_return_path(SECRET, sender) == recorded.txn_id
     assert recorded.envelope_sender == f"orders@{tenant.domain}"  # the shop's, kept
-    # bounces.relay.example is not under the shop's domain: no CFBL (RFC 9477 alignment)
+    # bounces.relay.example is not under the shop's domain and this runtime has no relay key:
+    # no CFBL (RFC 9477 alignment)
     assert outcome.added("CFBL-Address") == [] and "cfbl-address" not in signed_headers(outcome)
     assert dkim.verify(outcome.queued, dnsfunc=dns_for(tenant))
 
@@ -175,3 +176,16 @@ def test_with_the_relay_key_an_aligned_domain_is_signed_by_its_author_only(
     assert outcome.added("CFBL-Address") == [f"fbl@bounces.{tenant.domain}; report=arf"]
     [only] = signatures_in_order(outcome.queued)
     assert only[b"d"] == tenant.domain.encode()
+
+
+def test_an_ed25519_author_signature_stays_on_top_of_the_relay_s_rsa_one(
+        relay_key_driver: Driver, stores: MemoryStores) -> None:
+    tenant = stores.add_tenant("rke", algorithm="ed25519")
+    outcome = relay_key_driver.send(tenant)
+    assert outcome.eom == Milter.ACCEPT
+    author, relay = signatures_in_order(outcome.queued)
+    assert (author[b"a"], author[b"d"]) == (b"ed25519-sha256", tenant.domain.encode())
+    assert (relay[b"a"], relay[b"d"]) == (b"rsa-sha256", RELAY_BOUNCES.encode())
+    dnsfunc = dns_with_relay(tenant)
+    for index in (0, 1):
+        assert dkim.DKIM(outcome.queued).verify(idx=index, dnsfunc=dnsfunc)
