@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs txrelay's systemd units next to an existing Postfix: user txrelay (in group
 # postfix, for the milter socket), the units for the milter, the tracker, the webhook worker
-# and txrelay's Dovecot, the tmpfiles.d entry for their directories, and (when fail2ban is
+# and txrelay's Dovecot, the web dashboard's unit (installed, not enabled), the tmpfiles.d entry for their directories, and (when fail2ban is
 # installed) its filter and jail for failed logins on txrelay's service. Idempotent.
 #
 #   scripts/install-systemd.sh              install, then enable and start when systemd runs
@@ -24,6 +24,8 @@ case "${1:-}" in
     *) echo "install-systemd.sh: unknown option $1 (the only one is --no-start)" >&2; exit 2 ;;
 esac
 units=(txrelay-dovecot.service txrelay-milter.service txrelay-tracker.service txrelay-webhooks.service)
+# Installed but never enabled or started here: the admin turns them on when wanted.
+optional_units=(txrelay-web.service)
 
 log() { printf '[install-systemd] %s\n' "$*"; }
 
@@ -45,11 +47,12 @@ if [ -z "$destdir" ]; then
 fi
 
 install -d "$destdir/etc/systemd/system" "$destdir/etc/tmpfiles.d"
-for unit in "${units[@]}"; do
+for unit in "${units[@]}" "${optional_units[@]}"; do
     install -m 0644 "$here/deploy/systemd/$unit" "$destdir/etc/systemd/system/$unit"
 done
 install -m 0644 "$here/deploy/systemd/txrelay.tmpfiles.conf" "$destdir/etc/tmpfiles.d/txrelay.conf"
-log "installed ${units[*]} and tmpfiles.d/txrelay.conf under ${destdir:-/}"
+log "installed ${units[*]} ${optional_units[*]} and tmpfiles.d/txrelay.conf under ${destdir:-/}"
+log "not enabled: ${optional_units[*]} (the read-only web dashboard, docs/dashboard.md): systemctl enable --now txrelay-web"
 # fail2ban's filter and jail for failed logins on txrelay's service (docs/security.md), when
 # fail2ban is installed. The filter is replaced on every run; a jail the admin has edited
 # (port, logpath, backend) is kept.

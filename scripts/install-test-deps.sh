@@ -21,6 +21,7 @@ packages=(
     systemd                       # systemd-analyze proves the unit files; journald for the tracker tests
     libmail-dkim-perl             # Mail::DKIM, a second DKIM verifier independent of dkimpy
     php-cli nodejs                # the webhook signature recipes of docs/bounces-and-webhooks.md
+    chromium chromium-driver      # the web dashboard tests load every page in headless Chromium
 )
 # shellcheck source=scripts/apt.sh
 . "$here/scripts/apt.sh"

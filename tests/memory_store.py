@@ -35,6 +35,7 @@ from txrelay.signing import load_signing_key
 from txrelay.store.ledger import AcceptedMessage, Allocation, Recorded
 from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import RedisUnavailable, ReservationRequest
+from txrelay.store.sandbox import CapturedMessage, SandboxUnavailable
 from txrelay.store.suppression_cache import bucket_of
 
 RATE_WINDOW = 3600.0  # reserve.lua's sliding hour
@@ -103,6 +104,9 @@ class MemoryReservations:
 
     def reserve(self, request: ReservationRequest) -> Reservation:
         self._check()
+        if not request.quota:
+            with self._lock:
+                return self._reserve_rate_only(request, self.now())
         if request.account_id not in self.balance:
             remaining = self.load_balance(request.account_id)
             with self._lock:
@@ -116,6 +120,20 @@ class MemoryReservations:
                 self.overage.setdefault(slot, used)
         with self._lock:
             return self._reserve(request, self.now())
+
+    def _reserve_rate_only(self, request: ReservationRequest, now: float) -> Reservation:
+        """reserve.lua with ARGV[7] '0' (a sandbox recipient): the rate, no quota unit."""
+        rate = self.rate.setdefault((request.account_id, request.connection_id), {})
+        if request.member in rate:
+            return Reservation(ReservationStatus.DUPLICATE, 0, 0)
+        if request.rate_limit > 0:
+            for member in [m for m, at in rate.items() if at <= now - RATE_WINDOW]:
+                del rate[member]
+            if len(rate) >= request.rate_limit:
+                return Reservation(ReservationStatus.RATE_LIMITED, 0,
+                                   min(rate.values()) + RATE_WINDOW - now)
+            rate[request.member] = now
+        return Reservation(ReservationStatus.RESERVED, 0, 0)
 
     def _reserve(self, request: ReservationRequest, now: float) -> Reservation:
         held = self.held.setdefault(request.account_id, {})
@@ -194,7 +212,8 @@ class MemoryPolicy:
                    enabled: bool = True, algorithm: str = "rsa",
                    connection_name: str = "Web shop", overage_cap: int | None = None,
                    disabled: bool = False, own_return_path: bool = False,
-                   bounces: str = "relay") -> Tenant:
+                   bounces: str = "relay", sandbox: bool = False,
+                   published: bool = True) -> Tenant:
         """What tests/store/builders.make_tenant inserts, as a new snapshot."""
         current = self.current or PolicySnapshot(0, {}, {}, {})
         keys = key_pair(algorithm)
@@ -205,14 +224,15 @@ class MemoryPolicy:
         connection = ConnectionPolicy(
             connection_id, connection_name, account_id, enabled, frozenset({domain}),
             effective_rate_limit(rate_limit, paid, self.demo_rate_limit),
-            keep_bounces=bounces == "keep")
+            keep_bounces=bounces == "keep", sandbox=sandbox)
         signing_key = load_signing_key(algorithm, keys.private_key_pem)
         self.current = PolicySnapshot(
             current.version + 1,
             {**current.connections, tenant.username: connection},
             {**current.domains, domain: DomainPolicy(
                 domain, account_id, tenant.list_help, tenant.selector, algorithm, signing_key,
-                return_path=f"bounces.{domain}" if own_return_path else "")},
+                return_path=f"bounces.{domain}" if own_return_path else "",
+                published=published)},
             {**current.accounts, account_id: AccountPolicy(account_id, paid, tenant.account_name,
                                                            disabled, overage_cap)})
         return tenant
@@ -272,6 +292,19 @@ class MemoryRefusals:
         return int(self.clock.now().timestamp()) // HOUR
 
 
+class MemorySandbox:
+    """The Sandbox Protocol in memory: captured messages by txn_id, the first one kept."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, CapturedMessage] = {}
+        self.unavailable = False
+
+    def capture(self, message: CapturedMessage) -> None:
+        if self.unavailable:
+            raise SandboxUnavailable("PostgreSQL did not answer (memory sandbox unavailable)")
+        self.messages.setdefault(str(message.txn_id), message)
+
+
 @dataclass
 class MemoryStores:
     """One in-memory world: the stores a Runtime is made of, for the test to steer."""
@@ -282,6 +315,7 @@ class MemoryStores:
     refusals: MemoryRefusals
     suppressions: MemorySuppressions
     closed: list[bool] = field(default_factory=list)
+    sandbox: MemorySandbox = field(default_factory=lambda: MemorySandbox())
 
     def add_tenant(self, unique: str, *, demo_quota: int = 1000, paid: bool = False,
                    **options: object) -> Tenant:
@@ -305,4 +339,4 @@ def memory_runtime(config: Config, clock: Clock, stores: MemoryStores) -> Runtim
     """A Runtime with nothing behind it but these in-memory stores."""
     return Runtime(config, "test-node", clock, stores.policy, stores.reservations,
                    stores.ledger, stores.refusals, stores.suppressions,
-                   lambda: stores.closed.append(True))
+                   lambda: stores.closed.append(True), sandbox=stores.sandbox)

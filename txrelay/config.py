@@ -64,6 +64,7 @@ HOST_PORT_OR_OFF = Rule(
     lambda value: not value or _is_host_port(value),
     'HOST:PORT such as 127.0.0.1:9151, or "" to turn it off',
 )
+HOST_PORT = Rule(lambda value: _is_host_port(value), "HOST:PORT such as 127.0.0.1:8480")
 NO_SPACES = Rule(
     lambda value: not any(c.isspace() for c in value),
     "a syslog_name such as postfix or postfix-txrelay (no spaces)",
@@ -567,6 +568,18 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class SandboxConfig:
+    """Mail of sandbox connections (`connection create --sandbox`): captured by the milter
+    in PostgreSQL instead of delivered, readable with `txrelay messages show ID --raw`."""
+
+    retention_days: int = setting(
+        7,
+        "Days a captured sandbox message is kept; the tracker's tick deletes older ones.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class SuppressionConfig:
     """When a bounce or a complaint puts the recipient on the account's suppression list
     (the milter then refuses it at RCPT with 550 5.1.1), and for how long. Used by the
@@ -641,6 +654,40 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The read-only web dashboard (`txrelay web`)."""
+
+    listen: str = setting(
+        "127.0.0.1:8480",
+        "Where `txrelay web` serves the dashboard (`HOST:PORT`); keep it on loopback behind a "
+        "TLS reverse proxy when others must reach it.",
+        HOST_PORT,
+    )
+    admin_token_file: str = setting(
+        "/etc/txrelay/web-admin-token",
+        "File holding the admin's sign-in token (one line, at least 32 characters, readable "
+        "only by txrelay). The admin opens `/?token=TOKEN` once or sends "
+        "`Authorization: Bearer TOKEN`.",
+    )
+    public_url: str = setting(
+        "",
+        "The dashboard's address as its users reach it (e.g. `https://relay.example/dash`), "
+        "used in the links `txrelay web link` prints; empty: `http://` + `listen`.",
+    )
+    bounce_warning_rate: float = setting(
+        0.05,
+        "A bounce rate (bounced / arrived, last 24 h) at or above this is shown as a warning.",
+        POSITIVE,
+    )
+    complaint_warning_rate: float = setting(
+        0.001,
+        "A complaint rate (complaints / arrived, last 24 h) at or above this is shown as a "
+        "warning.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Limits on txrelay's own service: Postfix's per-client counters (anvil, per minute)
     and the milter's per-message and per-session caps."""
@@ -704,6 +751,8 @@ class Config:
     bounce: BounceConfig = field(default_factory=BounceConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -730,6 +779,8 @@ SECTIONS: dict[str, type] = {
     "bounce": BounceConfig,
     "suppression": SuppressionConfig,
     "webhooks": WebhooksConfig,
+    "web": WebConfig,
+    "sandbox": SandboxConfig,
 }
 
 

@@ -365,3 +365,20 @@ def test_the_documented_example_applies_and_exports_back(
     again = txrelay("apply", "-f", str(write(tmp_path, exported, "e.yaml")), "--dry-run",
                     "--prune")
     assert "No changes" in again.stdout
+
+
+def test_a_sandbox_connection_is_applied_exported_and_switched_live(
+    txrelay: Txrelay, own_db: DictConnection, tmp_path: Path
+) -> None:
+    sandboxed = BASE.replace("    bounces: keep\n", "    bounces: keep\n    sandbox: true\n")
+    txrelay("apply", "-f", str(write(tmp_path, sandboxed)), "--secrets-out",
+            str(tmp_path / "s"))
+    crm = txrelay("connection", "show", "CRM", "--account", "Beta AG", "--json").json()
+    assert crm["sandbox"] is True
+    exported = yaml.safe_load(txrelay("export").stdout)
+    assert [c.get("sandbox", False) for c in exported["connections"]] == [False, True]
+    live = txrelay("apply", "-f", str(write(tmp_path, BASE, "live.yaml")), "--json").json()
+    assert [(c["action"], c["kind"], sorted(c["changes"])) for c in live["changes"]] == [
+        ("change", "connection", ["sandbox"])]
+    crm = txrelay("connection", "show", "CRM", "--account", "Beta AG", "--json").json()
+    assert crm["sandbox"] is False

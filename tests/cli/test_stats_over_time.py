@@ -103,7 +103,7 @@ def test_quarter_hours_count_a_recipient_on_the_edge_in_the_later_bucket(
     assert result.exit_code == 0, result.stderr
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(table[0]) == ["start", "end", "account", "connection", "connection_id",
-                              *FIGURES, "bounce_rate"]
+                              *FIGURES, "sandboxed", "bounce_rate"]
     assert [(r["start"], r["arrived"], r["bounced"], r["bounce_rate"]) for r in table] == [
         ("2026-10-20T10:00:00+00:00", "1", "0", "0.0000"),  # since is rounded down to 10:00
         ("2026-10-20T10:15:00+00:00", "2", "1", "0.5000"),
@@ -137,9 +137,10 @@ def test_human_table_names_the_zone_offset_of_each_bucket(
     assert result.exit_code == 0, result.stderr
     header, line = result.stdout.splitlines()
     assert header.split() == ["START", "ACCOUNT", "CONNECTION", "ARRIVED", "DELIVERED",
-                              "DEFERRED", "BOUNCED", "COMPLAINED", "IN", "FLIGHT", "BOUNCE%"]
+                              "DEFERRED", "BOUNCED", "COMPLAINED", "IN", "FLIGHT", "SANDBOXED",
+                              "BOUNCE%"]
     assert line.startswith("2026-10-25 00:00+0200")
-    assert line.split()[-7:] == ["6", "2", "1", "2", "1", "1", "33.33"]
+    assert line.split()[-8:] == ["6", "2", "1", "2", "1", "1", "0", "33.33"]
 
 
 def test_default_range_of_hours_is_the_last_week(txrelay: Txrelay, db: psycopg.Connection,

@@ -3,6 +3,7 @@ from PostgreSQL when it returns (real PostgreSQL, real Redis DB 9)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import uuid
@@ -30,6 +31,7 @@ from txrelay.store.reservations import (
     ReservationRequest,
     reservation_member,
 )
+from txrelay.store.sandbox import CapturedMessage, capture
 
 
 def holds(pool: object, ttl: int = 60) -> PostgresReservations:
@@ -203,3 +205,28 @@ def test_redis_down_switches_to_postgresql_and_back_with_redis_rebuilt(
     result = failover.reserve(ask(tenant, reservation_member(str(uuid.uuid4()), "c@x.example"),
                                   rate_limit=5))
     assert result.status is ReservationStatus.RESERVED and result.remaining == 7
+
+
+def test_postgresql_mode_counts_sandbox_mail_in_the_rate_and_holds_nothing_for_it(
+        pool: object, tenant_factory: Callable[..., Tenant], db: psycopg.Connection,
+        redis_client: redis.Redis, prefix: str) -> None:
+    tenant = tenant_factory()
+    store = holds(pool)
+    sandboxed = uuid.uuid4()
+    with database.connect(DatabaseConfig(url=db.info.dsn)) as conn:
+        capture(conn, CapturedMessage(sandboxed, "QSBX", "test-node", None,
+                                      tenant.account_id, tenant.connection_id,
+                                      f"o@{tenant.domain}", f"o@{tenant.domain}",
+                                      ["a@x.example", "b@x.example"], b"Subject: t\r\n\r\n"))
+        # Redis rebuilt after an outage has them in the connection's hour as well.
+        rebuild_redis(conn, redis_client, prefix, {tenant.account_id})
+    rate = AccountKeys(prefix, tenant.account_id).rate(tenant.connection_id)
+    assert set(redis_client.zrange(rate, 0, -1)) == {
+        f"{sandboxed}|a@x.example".encode(), f"{sandboxed}|b@x.example".encode()}
+    txn = str(uuid.uuid4())
+    sandbox = dataclasses.replace(ask(tenant, reservation_member(txn, "c@x.example"),
+                                      rate_limit=3), quota=False)
+    assert store.reserve(sandbox).status is ReservationStatus.RESERVED
+    assert live_holds(db, tenant) == 0  # nothing held: commit and release have nothing to do
+    limited = store.reserve(ask(tenant, reservation_member(txn, "d@x.example"), rate_limit=2))
+    assert limited.status is ReservationStatus.RATE_LIMITED  # the sandbox's two count

@@ -86,10 +86,10 @@ PERIOD = dt.datetime.now(dt.UTC).strftime("%Y-%m")
 
 def reserve(store: ReservationStore, tenant: Tenant, recipient: str, *, txn: str = "t1",
             rate_limit: int = 0, paid: bool = False, overage_cap: int | None = None,
-            ) -> tuple[ReservationStatus, int]:
+            quota: bool = True) -> tuple[ReservationStatus, int]:
     result = store.reserve(ReservationRequest(
         tenant.account_id, tenant.connection_id, reservation_member(txn, recipient),
-        rate_limit, paid, overage_cap, PERIOD))
+        rate_limit, paid, overage_cap, PERIOD, quota))
     return result.status, result.remaining
 
 
@@ -179,6 +179,21 @@ def test_hourly_rate_limit_refuses_the_extra_recipient_and_release_gives_its_slo
     assert result.status is ReservationStatus.RATE_LIMITED and 3590 < result.retry_after <= 3600
     store.release(tenant.account_id, tenant.connection_id, members("t1", "b@x.example"))
     assert reserve(store, tenant, "c@x.example", rate_limit=2)[0] is RESERVED
+
+
+def test_sandbox_recipients_count_toward_the_hourly_rate_and_hold_no_quota(
+        stores: Stores) -> None:
+    tenant, fresh = stores.add_tenant(), stores.add_tenant()
+    store = stores.reservations
+    assert reserve(store, tenant, "a@x.example", rate_limit=2, quota=False) == (RESERVED, 0)
+    assert reserve(store, tenant, "b@x.example", rate_limit=2, quota=False) == (RESERVED, 0)
+    limited = ReservationStatus.RATE_LIMITED
+    assert reserve(store, tenant, "c@x.example", rate_limit=2, quota=False)[0] is limited
+    assert reserve(store, tenant, "c@x.example", rate_limit=2)[0] is limited  # one hour
+    store.release(tenant.account_id, tenant.connection_id, members("t1", "b@x.example"))
+    assert reserve(store, tenant, "c@x.example", rate_limit=2, quota=False)[0] is RESERVED
+    # No quota unit was held: the account's first live recipient sees its whole balance.
+    assert reserve(store, tenant, "d@x.example")[1] == reserve(store, fresh, "d@x.example")[1]
 
 
 def test_recorded_acceptance_reads_back_and_a_retry_records_nothing(stores: Stores) -> None:

@@ -15,7 +15,7 @@ from tests.harness.processes import TXRELAY
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ("txrelay-milter.service", "txrelay-tracker.service", "txrelay-dovecot.service",
-         "txrelay-webhooks.service")
+         "txrelay-webhooks.service", "txrelay-web.service")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_verify_catches_a_broken_unit(installed: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("unit", ["txrelay-milter.service", "txrelay-tracker.service",
-                                  "txrelay-webhooks.service"])
+                                  "txrelay-webhooks.service", "txrelay-web.service"])
 def test_daemons_run_as_txrelay_with_a_low_exposure_score(installed: Path, unit: str) -> None:
     text = (installed / unit).read_text()
     for setting in ("User=txrelay", "NoNewPrivileges=yes", "ProtectSystem=strict",
@@ -108,6 +108,16 @@ def test_webhook_worker_writes_nothing_on_disk_and_holds_no_capability(installed
     assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == []
     assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == [""]
     assert "ProtectSystem=strict" in text.splitlines()
+
+
+def test_web_dashboard_is_installed_but_not_enabled(installed: Path) -> None:
+    text = (installed / "txrelay-web.service").read_text()
+    assert re.findall(r"^ExecStart=(.*)$", text, re.M) == ["/usr/local/bin/txrelay web"]
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, re.M) == []
+    assert re.findall(r"^CapabilityBoundingSet=(.*)$", text, re.M) == [""]
+    script = (ROOT / "scripts" / "install-systemd.sh").read_text()
+    enabled = re.search(r"^units=\((.*)\)$", script, re.M)
+    assert enabled is not None and "txrelay-web.service" not in enabled[1]
 
 
 # Directives through which stopping or restarting a unit stops or restarts another

@@ -65,20 +65,34 @@ def connection() -> None:
     metavar="N",
     help="Mails per hour (0 = unlimited; default: 25 for demo accounts, unlimited for paid ones).",
 )
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="A test connection: its mail is checked, signed and rate limited like live mail, "
+    "but kept by the relay instead of delivered (read it with 'txrelay messages show ID "
+    "--raw'), never billed; it may send from a domain whose DKIM is not yet published.",
+)
 @json_option
 @pass_cli
 def create(
-    cli: CliContext, account: str, name: str, domains: tuple[str, ...], rate_limit: int | None
+    cli: CliContext,
+    account: str,
+    name: str,
+    domains: tuple[str, ...],
+    rate_limit: int | None,
+    sandbox: bool,
 ) -> None:
     """Create connection NAME for ACCOUNT and print its SMTP access data once.
 
     The password is shown only now; store it in the sending system right away.
 
     \b
-    Example:
+    \b
+    Examples:
       txrelay connection create "Acme GmbH" "Web shop" --domain acme.example
+      txrelay connection create "Acme GmbH" "Shop staging" --domain acme.example --sandbox
     """
-    issued = connections.create_connection(cli.db, account, name, domains, rate_limit)
+    issued = connections.create_connection(cli.db, account, name, domains, rate_limit, sandbox)
     update_login_file(cli)
     _emit_access(cli, issued, "Created connection")
 
@@ -99,6 +113,12 @@ def _print_access(config: Config, issued: IssuedCredentials, what: str) -> None:
         f"  username:  {found.username}\n"
         f"  password:  {issued.password}\n"
         f"  may send from: {', '.join(found.domains)}"
+        + (
+            "\n  sandbox:   yes: mail is kept by the relay, not delivered "
+            "('txrelay messages search --state sandboxed')"
+            if found.sandbox
+            else ""
+        )
     )
 
 
@@ -119,7 +139,7 @@ def list_(cli: CliContext, account: str | None) -> None:
             c.account_name,
             c.name,
             c.username or "-",
-            "active" if c.enabled else "inactive",
+            ("active" if c.enabled else "inactive") + (" sandbox" if c.sandbox else ""),
             short_time(c.last_used_at),
             rate_limit_text(c.rate_limit),
             ",".join(c.domains),
@@ -163,6 +183,7 @@ def _print_connection(found: Connection, headline: str | None = None) -> None:
         f"  rate limit:  {rate_limit_text(found.rate_limit)}\n"
         f"  domains:     {', '.join(found.domains) or '-'}\n"
         f"  bounces:     {found.bounces}\n"
+        f"  mode:        {'sandbox (captured, not delivered)' if found.sandbox else 'live'}\n"
         f"  last used:   {short_time(found.last_used_at)}\n"
         f"  created:     {short_time(found.created_at)}"
     )
@@ -300,6 +321,12 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
     "its bounces; keep: the shop's envelope sender stays, for shops that process their "
     "bounces themselves (the relay still sees the bounces of its own delivery attempts).",
 )
+@click.option(
+    "--sandbox/--live",
+    default=None,
+    help="--sandbox: from now on its mail is kept by the relay, not delivered, not billed; "
+    "--live: delivered and billed again.",
+)
 @json_option
 @pass_cli
 def set_(
@@ -311,16 +338,20 @@ def set_(
     add_domain: tuple[str, ...],
     remove_domain: tuple[str, ...],
     bounces: str | None,
+    sandbox: bool | None,
 ) -> None:
-    """Change a connection's rate limit, domains or return path.
+    """Change a connection's rate limit, domains, return path or mode (sandbox or live).
 
     \b
     Examples:
       txrelay connection set "Web shop" --account "Acme GmbH" --rate-limit 500 \\
           --add-domain shop.acme.example
       txrelay connection set "Web shop" --account "Acme GmbH" --bounces keep
+      txrelay connection set "Shop staging" --account "Acme GmbH" --live
     """
-    change = ConnectionChange(rate_limit, default_rate_limit, add_domain, remove_domain, bounces)
+    change = ConnectionChange(
+        rate_limit, default_rate_limit, add_domain, remove_domain, bounces, sandbox
+    )
     changed = connections.change_connection(cli.db, name, account, change)
     cli.emit(
         connection_view(changed),

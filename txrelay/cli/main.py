@@ -37,6 +37,7 @@ COMMANDS = [
     ("txrelay.cli.webhook", "webhooks"),
     ("txrelay.cli.apply", "apply"),
     ("txrelay.cli.apply", "export"),
+    ("txrelay.cli.web", "web"),
 ]
 # Modules that attach subcommands to a group defined elsewhere (imported for that effect).
 EXTENSIONS = ["txrelay.cli.quota_lifecycle", "txrelay.cli.domain_moves"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -10,9 +11,12 @@ from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.cli.message_story import Section, tell
 from txrelay.cli.stats import When, resolve
 from txrelay.errors import NotFound
+from txrelay.provisioning.views import short_time, timestamp
 from txrelay.store import message_story, reporting
+from txrelay.store.sandbox import SandboxRecord, find_sandbox_message
 
-STATES = ("accepted", "queued", "delivered", "deferred", "bounced", "voided")
+# 'sandboxed': a recipient of a sandbox connection's message, captured and never delivered.
+STATES = ("accepted", "queued", "delivered", "deferred", "bounced", "voided", "sandboxed")
 
 
 @click.group("messages")
@@ -51,7 +55,8 @@ def search(
     until: Any,
     limit: int,
 ) -> None:
-    """Each matching recipient: state (queued, delivered, deferred, bounced, voided), DSN
+    """Each matching recipient: state (queued, delivered, deferred, bounced, voided, or
+    sandboxed for a sandbox connection's mail, kept by the relay and never delivered), DSN
     and the last event, the kind of its bounce (hard, soft, block; learnt from Postfix's
     log or a DSN) and a spam complaint, newest first.
 
@@ -122,19 +127,35 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 @messages.command("show")
 @click.argument("ref", metavar="ID")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Print a sandbox connection's captured message as the receiver would have got it "
+    "(headers with the relay's own and its DKIM-Signature, then the body); live mail is "
+    "not kept by the relay.",
+)
 @json_option
 @pass_cli
-def show(cli: CliContext, ref: str) -> None:
+def show(cli: CliContext, ref: str, raw: bool) -> None:
     """The story of one message: what it is, the milter's decision, Postfix's queue, and
     each recipient's state, DSN and last event. ID is a Postfix queue id (from the mail
     log), a Message-ID (with or without <>) or txrelay's transaction id; when several
     messages match (queue ids are reused), each is shown, newest first.
 
+    A sandbox connection's message (captured, not delivered) is found by its Message-ID
+    or transaction id; --raw prints it byte for byte, e.g. to check its DKIM signature.
+
     \b
     Example:
       txrelay messages show 4QxYz1AbC2
       txrelay messages show '<order-4711@shop.example>' --json
+      txrelay messages show '<test-1@shop.example>' --raw > captured.eml
     """
+    captured = find_sandbox_message(cli.db, ref)
+    if captured is not None or raw:
+        cli.db.rollback()  # a report: nothing was written
+        _show_sandboxed(cli, ref, captured, raw=raw)
+        return
     found = message_story.find_messages(cli.db, ref)
     if not found:
         cli.db.rollback()
@@ -156,3 +177,71 @@ def _print_stories(stories: list[list[Section]]) -> None:
             click.echo(f"{section.title}:")
             for line in section.lines:
                 click.echo(f"  {line}")
+
+
+def _show_sandboxed(
+    cli: CliContext, ref: str, captured: SandboxRecord | None, *, raw: bool
+) -> None:
+    if captured is None:
+        raise NotFound(
+            f"no sandbox message with Message-ID or transaction id {ref!r}: --raw prints "
+            "only mail of sandbox connections (live mail is delivered, not kept; sandbox "
+            "mail is kept [sandbox] retention_days); try 'txrelay messages search --state "
+            "sandboxed'"
+        )
+    if raw:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(captured.raw)  # bytes as captured: CRLF, 8-bit as sent
+        sys.stdout.buffer.flush()
+        return
+    data = {
+        "message": {
+            "queue_id": captured.queue_id,
+            "txn_id": captured.txn_id,
+            "message_id": captured.message_id,
+            "account": captured.account,
+            "connection": captured.connection,
+            "envelope_sender": captured.envelope_sender,
+            "header_from": captured.header_from,
+            "size": captured.size,
+        },
+        "decision": {
+            "verdict": "sandboxed",
+            "captured_at": timestamp(captured.captured_at),
+            "recipients": len(captured.recipients),
+        },
+        "recipients": [
+            {"recipient": recipient, "state": "sandboxed"} for recipient in captured.recipients
+        ],
+    }
+    story = [
+        Section(
+            "message",
+            "Message",
+            data["message"],
+            [
+                f"queue id {captured.queue_id or '-'}, txn {captured.txn_id}",
+                f"Message-ID {captured.message_id or '-'}",
+                f"account {captured.account!r}, sandbox connection {captured.connection!r}",
+                f"from {captured.envelope_sender} (From: {captured.header_from}), "
+                f"{captured.size:,} bytes as captured",
+            ],
+        ),
+        Section(
+            "decision",
+            "Milter decision",
+            data["decision"],
+            [
+                f"{short_time(captured.captured_at)} sandboxed by the milter: sender allowed, "
+                f"List-Help added, DKIM-signed, captured and not delivered, not billed "
+                f"('txrelay messages show {captured.txn_id} --raw' prints it)"
+            ],
+        ),
+        Section(
+            "recipients",
+            "Recipients",
+            data["recipients"],
+            [f"{recipient}: sandboxed" for recipient in captured.recipients],
+        ),
+    ]
+    cli.emit([data], lambda: _print_stories([story]))

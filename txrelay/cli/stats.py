@@ -124,6 +124,8 @@ def stats(
 ) -> None:
     """Per connection: recipients arrived (accepted), delivered, deferred, bounced, the
     bounce rate, complaints, recipients refused as suppressed (never arrived, not billed),
+    recipients of sandbox mail (captured by the relay, not delivered, not billed; never in
+    the other columns),
     whether the connection is active and when it was last used.
 
     With --by, the same figures (and complaints) per connection and time bucket, for charts
@@ -242,6 +244,7 @@ def stats_view(row: ConnectionStats) -> dict[str, Any]:
         "bounce_rate": str(row.bounce_rate),
         "complained": row.complained,
         "suppressed": row.suppressed,
+        "sandboxed": row.sandboxed,
     }
 
 
@@ -259,6 +262,7 @@ def _print_table(rows: list[ConnectionStats], window_days: int) -> None:
         "BOUNCE%",
         "COMPLAINED",
         "SUPPRESSED",
+        "SANDBOXED",
         "ACTIVE",
         "LAST USED",
     )
@@ -280,6 +284,7 @@ def _print_table(rows: list[ConnectionStats], window_days: int) -> None:
                 f"{row.bounce_rate * 100:.2f}",
                 str(row.complained),
                 str(row.suppressed),
+                str(row.sandboxed),
                 state,
                 f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never",
             )

@@ -56,6 +56,7 @@ from txrelay.signing import sign, sign_all
 from txrelay.store.ledger import AcceptedMessage
 from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
+from txrelay.store.sandbox import CapturedMessage
 
 log = logging.getLogger("txrelay.milter")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,6 +71,7 @@ _MILTER_CODES: dict[Action, int] = {
     Action.ACCEPT: Milter.ACCEPT,
     Action.TEMPFAIL: Milter.TEMPFAIL,
     Action.REJECT: Milter.REJECT,
+    Action.DISCARD: Milter.DISCARD,
 }
 INTERNAL_ERROR = Verdict.tempfail(
     "451",
@@ -185,6 +187,8 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             self.getsymval("{i}") or "",
             period_of(self.runtime.clock.now()).label,
         )
+        if decision.sandbox:  # captured whole at the end: keep the body
+            self.txn.body_chunks = []
         return CONTINUE
 
     @metrics.timed("rcpt")
@@ -223,6 +227,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
                     txn.account.paid,
                     txn.account.overage_cap,
                     txn.period,
+                    quota=not txn.connection.sandbox,  # sandbox mail: the rate only
                 )
             )
         except ServiceUnavailable as exc:
@@ -281,7 +286,9 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         self._ensure_message_id(txn, author)
         self._set_list_help(txn, author)
         self._set_cfbl(txn, back)
-        self._sign(txn, author, back)
+        signatures = self._sign(txn, author, back)
+        if txn.connection.sandbox:
+            return self._finish(self._capture(txn, author, signatures))
         self._set_return_path(back)
         return self._finish(self._record(txn, author))
 
@@ -378,27 +385,59 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if back.envelope_sender is not None:
             self.chgfrom(f"<{back.envelope_sender}>")
 
-    def _sign(self, txn: Transaction, author: HeaderSender, back: MailBack) -> None:
+    def _sign(self, txn: Transaction, author: HeaderSender, back: MailBack) -> list[str]:
         """The author's signatures, and the relay's own (d= its bounce domain) when the CFBL
-        address is there: inserted first, so the author's end up above it, on top."""
+        address is there: inserted first, so the author's end up above it, on top. Returns
+        them in the order inserted (Transaction.captured reverses them)."""
         domain = txn.snapshot.domains[author.domain]
         keys = [(key.selector, key.signing_key) for key in domain.keys]
         now = time.time()
         relay_key = self.runtime.relay_dkim
+        signatures = []
         if back.relay_signer and relay_key is not None:
             selector = self.runtime.config.bounce.dkim_selector
-            relay = sign(
-                txn.headers,
-                txn.body_hash,
-                domain=back.relay_signer,
-                selector=selector,
-                signing_key=relay_key,
-                now=now,
+            signatures.append(
+                sign(
+                    txn.headers,
+                    txn.body_hash,
+                    domain=back.relay_signer,
+                    selector=selector,
+                    signing_key=relay_key,
+                    now=now,
+                )
             )
-            self.addheader("DKIM-Signature", relay, 1)
-        signatures = sign_all(txn.headers, txn.body_hash, domain=domain.domain, keys=keys, now=now)
+        signatures += sign_all(txn.headers, txn.body_hash, domain=domain.domain, keys=keys, now=now)
         for signature in signatures:
             self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other
+        return signatures
+
+    def _capture(self, txn: Transaction, author: HeaderSender, signatures: list[str]) -> Verdict:
+        """A sandbox connection's message: kept in PostgreSQL as the receiver would have got
+        it, then discarded (the client gets 250, Postfix drops it). Nothing is billed; the
+        recipients' rate units stay counted for the hour."""
+        sandbox = self.runtime.sandbox
+        if sandbox is None:
+            return service_unavailable(LEDGER_SERVICE)
+        message_ids = txn.header_values("Message-ID")
+        captured = CapturedMessage(
+            txn_id=txn.txn_id,
+            queue_id=txn.queue_id,
+            node=self.runtime.node,
+            message_id=_unfold(message_ids[0]) if message_ids else None,
+            account_id=txn.account.id,
+            connection_id=txn.connection.id,
+            envelope_sender=txn.envelope_sender,
+            header_from=author.address,
+            recipients=list(txn.recipients),
+            raw=txn.captured(signatures),
+        )
+        try:
+            sandbox.capture(captured)
+        except ServiceUnavailable as exc:
+            log.warning("event=sandbox_unavailable txn=%s error=%r", txn.txn_id, str(exc))
+            return service_unavailable(LEDGER_SERVICE)
+        txn.members = []  # rate only, nothing held: nothing to commit or give back
+        return Verdict.discard()
 
     def _record(self, txn: Transaction, author: HeaderSender) -> Verdict:
         """The ledger first (PostgreSQL, the source of truth), then the live balance."""

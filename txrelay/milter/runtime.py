@@ -37,6 +37,7 @@ from txrelay.store.policy_cache import PolicyCache, PolicySource
 from txrelay.store.recording import Ledger, PostgresLedger, PostgresQuotaBalance
 from txrelay.store.redis_client import open_redis
 from txrelay.store.reservations import RedisReservations, ReservationStore
+from txrelay.store.sandbox import PostgresSandbox, Sandbox
 from txrelay.store.suppression_cache import SuppressionCache, SuppressionList
 from txrelay.supervised import Loops, SupervisedLoop
 
@@ -63,6 +64,8 @@ class Runtime:
     # The key of return-path and CFBL tokens (txrelay/bounce_secret.py); None: this node has
     # none and no [bounce] domain, so messages keep their envelope senders.
     bounce_secret: bytes | None = None
+    # Where sandbox connections' messages are captured; None: sandbox mail gets a 451.
+    sandbox: Sandbox | None = None
     # The relay's own DKIM key for [bounce] domain (txrelay/bounce_dkim.py): the second
     # signature of messages whose bounce domain is not their author's; None: they get no CFBL.
     relay_dkim: SigningKey | None = None
@@ -217,5 +220,6 @@ def open_runtime(
         close,
         loops,
         bounce_secret,
-        relay_dkim,
+        PostgresSandbox(pool),
+        relay_dkim=relay_dkim,
     )

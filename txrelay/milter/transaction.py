@@ -42,6 +42,9 @@ class Transaction:
     body_line_run: int = 0  # bytes (a CR included) of the body line not yet ended by an LF
     body_line_cr: bool = False  # the last body byte seen was a CR
     failed: bool = False  # a header or body callback hit an error: answer 451 at the end
+    # A sandbox connection's message is captured whole, so its body is kept (only up to the
+    # maximum message size: a bigger one is refused at its end anyway); live mail's is not.
+    body_chunks: list[bytes] | None = None
 
     def add_header(self, name: str, value: bytes) -> None:
         raw_name = name.encode("ascii", "surrogateescape")
@@ -60,6 +63,8 @@ class Transaction:
             self.oversized = True  # refused at end of message; hash no more of it
         elif not self.oversized:
             self.body_hash.update(chunk)
+            if self.body_chunks is not None:
+                self.body_chunks.append(chunk)
 
     def _measure_lines(self, chunk: bytes) -> None:
         """Whether a body line is longer than line_limit (CRLF not counted; a bare CR is part
@@ -109,6 +114,17 @@ class Transaction:
     @property
     def size(self) -> int:
         return self.header_bytes + 2 + self.body_bytes
+
+    def captured(self, signatures: list[str]) -> bytes:
+        """The message as the receiver would get it from the queue: the DKIM-Signature
+        headers on top (where the milter inserts them), the headers as queued (the relay's
+        own included), a blank line, the body. Lines end in CRLF."""
+        lines = [
+            b"DKIM-Signature: " + queued_header(signature.encode("ascii"))[1:]
+            for signature in reversed(signatures)  # each one is inserted above the others
+        ]
+        lines += [name + b":" + value for name, value in self.headers]
+        return b"".join(lines) + b"\r\n" + b"".join(self.body_chunks or ())
 
     def header_values(self, name: str) -> list[bytes]:
         wanted = name.lower().encode("ascii")

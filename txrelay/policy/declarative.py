@@ -54,6 +54,7 @@ class ConnectionSpec:
     rate_limit: int | None = None  # None: the default for the account's plan
     bounces: str = "relay"
     enabled: bool = True
+    sandbox: bool = False  # captured by the relay, never delivered (connection --sandbox)
     line: int = field(default=0, compare=False)
 
     @property

@@ -24,6 +24,9 @@ class ConnectionPolicy:
     # True: the shop's own envelope sender stays (`connection set --bounces keep`), for
     # shops that process their bounces themselves; False: the relay's return path.
     keep_bounces: bool = False
+    # True: a sandbox connection (`connection create --sandbox`): its mail takes the whole
+    # path but is captured, not delivered, and reserves rate only, no quota.
+    sandbox: bool = False
 
 
 @dataclass(frozen=True)

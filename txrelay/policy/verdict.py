@@ -11,6 +11,9 @@ class Action(enum.Enum):
     ACCEPT = "accept"
     TEMPFAIL = "tempfail"
     REJECT = "reject"
+    # A sandbox connection's message: captured by the relay, the client gets 250, the MTA
+    # drops it (SMFIS_DISCARD).
+    DISCARD = "discard"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Verdict:
     @classmethod
     def accept(cls) -> Verdict:
         return cls(Action.ACCEPT)
+
+    @classmethod
+    def discard(cls) -> Verdict:
+        return cls(Action.DISCARD)
 
     @classmethod
     def reject(cls, smtp_code: str, enhanced_code: str, text: str) -> Verdict:

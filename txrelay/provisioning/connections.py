@@ -37,6 +37,7 @@ def create_connection(
     name: str,
     domains: Sequence[str],
     rate_limit: int | None,
+    sandbox: bool = False,
 ) -> IssuedCredentials:
     name = validate_name(name, "connection name")
     _check_rate_limit(rate_limit)
@@ -50,7 +51,9 @@ def create_connection(
     with transaction(conn, taken):
         account = get_account(conn, account_name)
         owned = [_owned_domain(conn, account, domain) for domain in domains]
-        connection_id = connection_store.insert_connection(conn, account.id, name, rate_limit)
+        connection_id = connection_store.insert_connection(
+            conn, account.id, name, rate_limit, sandbox
+        )
         for domain in owned:
             connection_store.link_domain(conn, connection_id, domain.id, account.id)
         _insert_credentials(conn, connection_id, account.name, name, password)
@@ -158,6 +161,7 @@ class ConnectionChange:
     add_domains: tuple[str, ...] = ()
     remove_domains: tuple[str, ...] = ()
     bounces: str | None = None  # 'relay' or 'keep'
+    sandbox: bool | None = None  # True: captured, not delivered; False: live
 
 
 def change_connection(
@@ -166,7 +170,7 @@ def change_connection(
     if change == ConnectionChange():
         raise InvalidInput(
             "nothing to change; give --rate-limit, --default-rate-limit, "
-            "--add-domain, --remove-domain or --bounces"
+            "--add-domain, --remove-domain, --bounces, --sandbox or --live"
         )
     if change.rate_limit is not None and change.default_rate_limit:
         raise InvalidInput("give either --rate-limit N or --default-rate-limit, not both")
@@ -178,6 +182,8 @@ def change_connection(
             connection_store.set_rate_limit(conn, found.id, change.rate_limit)
         if change.bounces is not None:
             connection_store.set_bounces(conn, found.id, change.bounces)
+        if change.sandbox is not None:
+            connection_store.set_sandbox(conn, found.id, change.sandbox)
         for domain in change.add_domains:
             connection_store.link_domain(
                 conn, found.id, _owned_domain(conn, account, domain).id, account.id

@@ -255,6 +255,7 @@ def _objects(document: dict[str, Any], reader: _Reader, base: Path) -> State:
             item.get("rate_limit"),
             item.get("bounces", "relay"),
             item.get("enabled", True),
+            item.get("sandbox", False),
             line=reader.line(at),
         )
         _unique(reader, found_connections, (account, name), spec_c, (*at, "name"), "connection")
@@ -373,6 +374,7 @@ def read_state(conn: psycopg.Connection, now: dt.datetime) -> State:
                 c.rate_limit,
                 c.bounces,
                 c.enabled,
+                c.sandbox,
             )
             for c in connection_store.list_connections(conn)
         )
@@ -536,7 +538,7 @@ def _connection_step(
         return
     if step.action == "create":
         issued = connections.create_connection(
-            conn, spec.account, spec.name, spec.domains, spec.rate_limit
+            conn, spec.account, spec.name, spec.domains, spec.rate_limit, spec.sandbox
         )
         secrets.connections.append(
             {
@@ -561,6 +563,7 @@ def _connection_step(
         add_domains=tuple(sorted(set(spec.domains) - old)),
         remove_domains=tuple(sorted(old - set(spec.domains))),
         bounces=spec.bounces if "bounces" in changes else None,
+        sandbox=spec.sandbox if "sandbox" in changes else None,
     )
     if change != ConnectionChange():
         connections.change_connection(conn, spec.name, spec.account, change)

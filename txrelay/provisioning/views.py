@@ -192,6 +192,7 @@ def connection_view(connection: Connection) -> dict[str, Any]:
         "state": "active" if connection.enabled else "inactive",
         "rate_limit": connection.rate_limit,
         "bounces": connection.bounces,
+        "sandbox": connection.sandbox,
         "domains": list(connection.domains),
         "last_used_at": timestamp(connection.last_used_at),
         "created_at": timestamp(connection.created_at),

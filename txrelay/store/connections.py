@@ -22,17 +22,22 @@ class Connection:
     username: str | None
     domains: tuple[str, ...]
     bounces: str = "relay"  # 'relay': the relay's return path; 'keep': the shop's own
+    sandbox: bool = False  # its mail is captured (sandbox_messages), never delivered
 
 
 INSERT_CONNECTION = """
-INSERT INTO connections (account_id, name, rate_limit) VALUES (%s, %s, %s)
+INSERT INTO connections (account_id, name, rate_limit, sandbox) VALUES (%s, %s, %s, %s)
 RETURNING id"""
 
 
 def insert_connection(
-    conn: psycopg.Connection, account_id: int, name: str, rate_limit: int | None
+    conn: psycopg.Connection,
+    account_id: int,
+    name: str,
+    rate_limit: int | None,
+    sandbox: bool = False,
 ) -> int:
-    row = conn.execute(INSERT_CONNECTION, (account_id, name, rate_limit)).fetchone()
+    row = conn.execute(INSERT_CONNECTION, (account_id, name, rate_limit, sandbox)).fetchone()
     return int(row["id"])  # type: ignore[index, call-overload]
 
 
@@ -68,7 +73,7 @@ def unlink_domain(conn: psycopg.Connection, connection_id: int, domain_id: int) 
 # Live connections only: a deleted connection's name may be reused.
 SELECT_CONNECTIONS = """
 SELECT c.id, c.account_id, a.name AS account_name, c.name, c.enabled, c.rate_limit,
-       c.created_at, c.last_used_at, cr.username, c.bounces,
+       c.created_at, c.last_used_at, cr.username, c.bounces, c.sandbox,
        COALESCE(array_agg(d.domain ORDER BY d.domain) FILTER (WHERE d.domain IS NOT NULL),
                 '{}') AS domains
   FROM connections c
@@ -111,6 +116,7 @@ def _connection(row: dict[str, Any]) -> Connection:
         row["username"],
         tuple(row["domains"]),
         row["bounces"],
+        row["sandbox"],
     )
 
 
@@ -126,6 +132,13 @@ UPDATE_RATE_LIMIT = "UPDATE connections SET rate_limit = %s WHERE id = %s"
 
 def set_rate_limit(conn: psycopg.Connection, connection_id: int, rate_limit: int | None) -> None:
     conn.execute(UPDATE_RATE_LIMIT, (rate_limit, connection_id))
+
+
+UPDATE_SANDBOX = "UPDATE connections SET sandbox = %s WHERE id = %s"
+
+
+def set_sandbox(conn: psycopg.Connection, connection_id: int, sandbox: bool) -> None:
+    conn.execute(UPDATE_SANDBOX, (sandbox, connection_id))
 
 
 UPDATE_BOUNCES = "UPDATE connections SET bounces = %s WHERE id = %s"

@@ -70,7 +70,10 @@ WITH state AS (
     - (SELECT count(*) FROM quota_holds WHERE account_id = %(account_id)s) AS available,
     (SELECT count(*) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s))
-    + (SELECT count(*) FROM quota_holds WHERE connection_id = %(connection_id)s) AS rate_used,
+    + (SELECT count(*) FROM quota_holds WHERE connection_id = %(connection_id)s)
+    + (SELECT coalesce(sum(cardinality(recipients)), 0) FROM sandbox_messages
+        WHERE connection_id = %(connection_id)s
+          AND captured_at > now() - make_interval(secs => %(window)s)) AS rate_used,
     (SELECT min(accepted_at) FROM ledger WHERE connection_id = %(connection_id)s
         AND accepted_at > now() - make_interval(secs => %(window)s)) AS oldest,
     EXISTS (SELECT 1 FROM quota_holds WHERE member = %(member)s) AS duplicate,
@@ -80,6 +83,8 @@ WITH state AS (
 ), decision AS (
   SELECT CASE
            WHEN duplicate THEN 3
+           WHEN NOT %(quota)s AND %(rate_limit)s > 0 AND rate_used >= %(rate_limit)s THEN 4
+           WHEN NOT %(quota)s THEN 1
            WHEN available <= 0 AND NOT %(paid)s THEN 5
            WHEN available <= 0 AND %(cap)s::integer IS NOT NULL
                 AND overage_used - available >= %(cap)s::integer THEN 7
@@ -92,7 +97,7 @@ WITH state AS (
   INSERT INTO quota_holds (member, account_id, connection_id, node, expires_at)
   SELECT %(member)s, %(account_id)s, %(connection_id)s, %(node)s,
          now() + make_interval(secs => %(ttl)s)
-    FROM decision WHERE status IN (1, 2)
+    FROM decision WHERE status IN (1, 2) AND %(quota)s
 )
 SELECT status, available,
        COALESCE(ceil(extract(epoch FROM oldest + make_interval(secs => %(window)s) - now())
@@ -107,13 +112,20 @@ SELECT member, account_id, connection_id, extract(epoch FROM expires_at) AS expi
   FROM quota_holds
  WHERE expires_at > now() AND (account_id = ANY(%(accounts)s) OR %(all)s)"""
 
-# The sliding hour of each connection of the accounts: what the rate zsets must contain.
+# The sliding hour of each connection of the accounts: what the rate zsets must contain
+# (sandbox connections' captured recipients count toward the rate too).
 SELECT_RATE_MEMBERS = """
 SELECT l.account_id, l.connection_id, m.txn_id::text || '|' || l.recipient AS member,
        extract(epoch FROM l.accepted_at) AS at
   FROM ledger l JOIN messages m ON m.id = l.message_id
  WHERE l.account_id = ANY(%(accounts)s)
-   AND l.accepted_at > now() - make_interval(secs => %(window)s)"""
+   AND l.accepted_at > now() - make_interval(secs => %(window)s)
+UNION ALL
+SELECT s.account_id, s.connection_id, s.txn_id::text || '|' || r.recipient,
+       extract(epoch FROM s.captured_at)
+  FROM sandbox_messages s CROSS JOIN unnest(s.recipients) AS r (recipient)
+ WHERE s.account_id = ANY(%(accounts)s)
+   AND s.captured_at > now() - make_interval(secs => %(window)s)"""
 
 SELECT_RECORDED_TXNS = "SELECT txn_id::text AS txn FROM messages WHERE txn_id = ANY(%(txns)s)"
 
@@ -147,8 +159,11 @@ class PostgresReservations:
             "ttl": self.ttl_seconds,
             "window": RATE_WINDOW_SECONDS,
             "node": self.node,
+            "quota": request.quota,
         }
         row = self._run(lambda conn: _reserve_in(conn, params))
+        if not request.quota:  # rate only: reserve.lua's answer, remaining 0
+            return Reservation(RESERVE_STATUSES[int(row["status"])], 0, int(row["retry_ms"]) / 1000)
         return Reservation(
             RESERVE_STATUSES[int(row["status"])],
             int(row["available"]) - 1,
@@ -214,7 +229,8 @@ class FailoverReservations:
         result = self.postgres.reserve(request)
         with self._lock:
             self._stale_accounts.add(request.account_id)
-            if result.status in (ReservationStatus.RESERVED, ReservationStatus.OVERAGE):
+            held = result.status in (ReservationStatus.RESERVED, ReservationStatus.OVERAGE)
+            if held and request.quota:  # a rate-only request holds nothing
                 txn = request.member.split("|", 1)[0]
                 self._held_in_postgres.setdefault(txn, set()).add(request.member)
         return result

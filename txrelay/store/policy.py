@@ -41,6 +41,7 @@ SELECT a.id, txrelay_account_paid(a.id) AS paid, a.name,
 
 SELECT_CONNECTIONS = """
 SELECT cr.username, co.id, co.name, co.account_id, co.enabled, co.rate_limit, co.bounces,
+       co.sandbox,
        left(encode(sha256(convert_to(cr.password_hash, 'UTF8')), 'hex'), 16)
            AS credential_version
   FROM credentials cr
@@ -129,6 +130,8 @@ class PolicyLoader:
             credential=str(r.get("credential_version") or ""),
             # A local copy written before migration 0017 has no column: the relay's default.
             keep_bounces=r.get("bounces") == "keep",
+            # A local copy written before migration 0041 has no column: live.
+            sandbox=bool(r.get("sandbox", False)),
         )
 
     def _stamp_credentials(

@@ -20,7 +20,8 @@ SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s AND deleted_a
 # Per connection: recipients that arrived in the period and what became of them. Voided
 # rows never reached Postfix's queue: they did not arrive. Complained: recipients who
 # reported the message as spam. Suppressed: recipients refused at RCPT for being on the
-# account's suppression list (never arrived; counted by 15-minute bucket). Live
+# account's suppression list (never arrived; counted by 15-minute bucket). Sandboxed:
+# recipients of a sandbox connection's mail, captured and never delivered nor billed. Live
 # connections are listed even without mail; deleted ones only when they have mail in the
 # period.
 CONNECTION_STATS = """
@@ -37,7 +38,11 @@ SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled
        (SELECT COALESCE(sum(s.refused), 0) FROM suppressed_counts s
          WHERE s.connection_id = c.id
            AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
-           AND s.bucket < %(until)s) AS suppressed
+           AND s.bucket < %(until)s) AS suppressed,
+       (SELECT COALESCE(sum(cardinality(sb.recipients)), 0) FROM sandbox_messages sb
+         WHERE sb.connection_id = c.id
+           AND (%(since)s::timestamptz IS NULL OR sb.captured_at >= %(since)s)
+           AND sb.captured_at < %(until)s) AS sandboxed
   FROM connections c
   JOIN accounts a ON a.id = c.account_id
   LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
@@ -50,6 +55,9 @@ HAVING c.deleted_at IS NULL OR count(l.id) > 0
     OR EXISTS (SELECT 1 FROM suppressed_counts s WHERE s.connection_id = c.id
                 AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
                 AND s.bucket < %(until)s)
+    OR EXISTS (SELECT 1 FROM sandbox_messages sb WHERE sb.connection_id = c.id
+                AND (%(since)s::timestamptz IS NULL OR sb.captured_at >= %(since)s)
+                AND sb.captured_at < %(until)s)
  ORDER BY a.name, c.name, c.id"""
 
 
@@ -69,6 +77,7 @@ class ConnectionStats:
     in_flight: int
     complained: int = 0
     suppressed: int = 0
+    sandboxed: int = 0
 
     @property
     def bounce_rate(self) -> Decimal:
@@ -126,6 +135,7 @@ def _stats(row: dict[str, Any], now: dt.datetime, active_window: dt.timedelta) -
         in_flight=int(row["in_flight"]),
         complained=int(row["complained"]),
         suppressed=int(row["suppressed"]),
+        sandboxed=int(row["sandboxed"]),
     )
 
 
@@ -137,33 +147,47 @@ def require_account(conn: Conn, name: str) -> int:
 
 
 # Message-ID is matched with or without its angle brackets; the sender is the envelope
-# sender or the From: address, or "@domain" for either one's domain.
+# sender or the From: address, or "@domain" for either one's domain. The recipients of
+# sandbox connections' captured messages (sandbox_messages) come with state 'sandboxed'
+# and no billing: they were never queued nor billed.
 SEARCH_RECIPIENTS = """
-SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender, m.header_from,
-       a.name AS account, c.name AS connection, l.recipient, l.state, l.billing, l.dsn,
-       l.last_event, l.last_event_at, l.bounce_kind, l.bounce_source, l.complained_at,
-       l.complaint_type
-  FROM ledger l
-  JOIN messages m ON m.id = l.message_id
-  JOIN accounts a ON a.id = l.account_id
-  JOIN connections c ON c.id = l.connection_id
- WHERE (%(to)s::text IS NULL OR lower(l.recipient) = lower(%(to)s))
-   AND (%(message_id)s::text IS NULL OR m.message_id = %(message_id)s
-        OR m.message_id = '<' || %(message_id)s || '>'
-        OR '<' || m.message_id || '>' = %(message_id)s)
-   AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
-   AND (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
-   AND (%(queue_id)s::text IS NULL OR m.queue_id = %(queue_id)s)
+SELECT accepted_at, queue_id, node, message_id, envelope_sender, header_from, account,
+       connection, recipient, state, billing, dsn, last_event, last_event_at, bounce_kind,
+       bounce_source, complained_at, complaint_type
+  FROM (SELECT l.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender,
+               m.header_from, a.name AS account, a.deleted_at AS account_deleted_at,
+               c.name AS connection, l.recipient, l.state, l.billing, l.dsn, l.last_event,
+               l.last_event_at, l.bounce_kind, l.bounce_source, l.complained_at,
+               l.complaint_type, l.id AS row_id
+          FROM ledger l
+          JOIN messages m ON m.id = l.message_id
+          JOIN accounts a ON a.id = l.account_id
+          JOIN connections c ON c.id = l.connection_id
+        UNION ALL
+        SELECT s.captured_at, s.queue_id, s.node, s.message_id, s.envelope_sender,
+               s.header_from, a.name, a.deleted_at, c.name, r.recipient, 'sandboxed', NULL,
+               NULL, NULL, NULL, NULL, NULL, NULL, NULL, s.id
+          FROM sandbox_messages s
+          CROSS JOIN unnest(s.recipients) AS r (recipient)
+          JOIN accounts a ON a.id = s.account_id
+          JOIN connections c ON c.id = s.connection_id) found
+ WHERE (%(to)s::text IS NULL OR lower(recipient) = lower(%(to)s))
+   AND (%(message_id)s::text IS NULL OR message_id = %(message_id)s
+        OR message_id = '<' || %(message_id)s || '>'
+        OR '<' || message_id || '>' = %(message_id)s)
+   AND (%(connection)s::text IS NULL OR connection = %(connection)s)
+   AND (%(account)s::text IS NULL OR (account = %(account)s AND account_deleted_at IS NULL))
+   AND (%(queue_id)s::text IS NULL OR queue_id = %(queue_id)s)
    AND (%(sender)s::text IS NULL
         OR (left(%(sender)s, 1) = '@'
-            AND (lower(m.envelope_sender) LIKE '%%' || lower(%(sender)s)
-                 OR lower(m.header_from) LIKE '%%' || lower(%(sender)s)))
-        OR lower(m.envelope_sender) = lower(%(sender)s)
-        OR lower(m.header_from) = lower(%(sender)s))
-   AND (%(state)s::text IS NULL OR l.state = %(state)s)
-   AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
-   AND (%(until)s::timestamptz IS NULL OR l.accepted_at < %(until)s)
- ORDER BY l.accepted_at DESC, l.id DESC
+            AND (lower(envelope_sender) LIKE '%%' || lower(%(sender)s)
+                 OR lower(header_from) LIKE '%%' || lower(%(sender)s)))
+        OR lower(envelope_sender) = lower(%(sender)s)
+        OR lower(header_from) = lower(%(sender)s))
+   AND (%(state)s::text IS NULL OR state = %(state)s)
+   AND (%(since)s::timestamptz IS NULL OR accepted_at >= %(since)s)
+   AND (%(until)s::timestamptz IS NULL OR accepted_at < %(until)s)
+ ORDER BY accepted_at DESC, row_id DESC
  LIMIT %(limit)s"""
 
 

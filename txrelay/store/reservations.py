@@ -47,6 +47,9 @@ class ReservationRequest:
     paid: bool
     overage_cap: int | None = None  # recipients per period beyond quota; None = no cap
     period: str = ""  # the billing period "YYYY-MM" the recipient is accepted in
+    # False: rate only (a sandbox connection: captured mail, never billed); no quota unit
+    # is held, so commit has nothing to take and release gives back the rate unit.
+    quota: bool = True
 
 
 def reservation_member(txn_id: str, recipient: str) -> str:
@@ -100,7 +103,7 @@ class RedisReservations:
     def reserve(self, request: ReservationRequest) -> Reservation:
         """One unit for one recipient; loads the balance from PostgreSQL the first time."""
         result = self._run_reserve(request)
-        if result.status is ReservationStatus.NEED_BALANCE:
+        if result.status is ReservationStatus.NEED_BALANCE and request.quota:
             self._load(request)
             result = self._run_reserve(request)
             if result.status is ReservationStatus.NEED_BALANCE:
@@ -131,6 +134,7 @@ class RedisReservations:
             int(request.paid),
             cap,
             request.period,
+            int(request.quota),
         ]
         raw = self._call(
             lambda: self._reserve(

@@ -79,7 +79,9 @@ SELECT c.id AS connection_id, a.name AS account, c.name AS connection
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
    AND (c.deleted_at IS NULL
         OR EXISTS (SELECT 1 FROM ledger l WHERE l.connection_id = c.id
-                      AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s))
+                      AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s)
+        OR EXISTS (SELECT 1 FROM sandbox_messages s WHERE s.connection_id = c.id
+                      AND s.captured_at >= %(start)s AND s.captured_at < %(end)s))
  ORDER BY a.name, c.name, c.id"""
 
 # Per bucket and connection, the recipients that arrived in the bucket (voided ones never
@@ -121,7 +123,37 @@ def ledger_counts(conn: Conn, scope: Scope) -> Counts:
     }
 
 
-SOURCES: tuple[CountSource, ...] = (CountSource(LEDGER_COLUMNS, ledger_counts),)
+# A sandbox connection's recipients, in the bucket their message was captured in: never
+# delivered nor billed, so never in the ledger's columns.
+SANDBOX_COUNTS = """
+SELECT s.connection_id, width_bucket(s.captured_at, %(edges)s::timestamptz[]) - 1 AS bucket,
+       sum(cardinality(s.recipients)) AS sandboxed
+  FROM sandbox_messages s
+ WHERE s.connection_id = ANY(%(connection_ids)s)
+   AND s.captured_at >= %(start)s AND s.captured_at < %(end)s
+ GROUP BY 1, 2"""
+
+
+def sandbox_counts(conn: Conn, scope: Scope) -> Counts:
+    rows = conn.execute(
+        SANDBOX_COUNTS,
+        {
+            "edges": list(scope.buckets.edges),
+            "connection_ids": list(scope.connection_ids),
+            "start": scope.buckets.start,
+            "end": scope.buckets.end,
+        },
+    ).fetchall()
+    return {
+        (int(row["bucket"]), int(row["connection_id"])): {"sandboxed": int(row["sandboxed"])}
+        for row in rows
+    }
+
+
+SOURCES: tuple[CountSource, ...] = (
+    CountSource(LEDGER_COLUMNS, ledger_counts),
+    CountSource(("sandboxed",), sandbox_counts),
+)
 
 
 def columns(sources: Sequence[CountSource] = SOURCES) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
-"""The periodic tick: renew plans, expire blocks, send low-quota reminders, and look the DKIM
-records of pending sending domains up.
+"""The periodic tick: renew plans, expire blocks, send low-quota reminders, look the DKIM
+records of pending sending domains up, and delete sandbox mail older than [sandbox]
+retention_days.
 
 Run by the tracker every [tracker] tick_interval_seconds and by `txrelay quota tick`.
 Idempotent: a second run (or another node's run) changes nothing.
@@ -21,6 +22,7 @@ from txrelay.notify import Mailer, Reminder, Usage, compose
 from txrelay.provisioning import dns_check, domains
 from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.store import lifecycle, webhook_events
+from txrelay.store.sandbox import purge_sandbox_messages
 
 log = logging.getLogger("txrelay.tracker")
 
@@ -35,6 +37,7 @@ class TickResult:
     dkim_checked: list[str] = field(default_factory=list)  # pending domains looked up
     dkim_published: list[str] = field(default_factory=list)  # ... that became published
     quota_exhausted: list[int] = field(default_factory=list)  # account ids told (webhooks)
+    sandbox_purged: int = 0  # captured sandbox messages past their retention, deleted
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +65,7 @@ class TickResult:
             "dkim_checked": self.dkim_checked,
             "dkim_published": self.dkim_published,
             "quota_exhausted": self.quota_exhausted,
+            "sandbox_purged": self.sandbox_purged,
         }
 
 
@@ -101,6 +105,9 @@ def run_tick(
     check_reminders(conn, config, now, mailer, result, accounts)
     if accounts is None:
         check_pending_dkim(conn, config, now, result)
+        result.sandbox_purged = purge_sandbox_messages(conn, now, config.sandbox.retention_days)
+        if result.sandbox_purged:
+            log.info("event=sandbox_purged messages=%d", result.sandbox_purged)
     with conn.transaction():
         result.quota_exhausted = lifecycle.check_exhaustion(conn, now, accounts)
     for account_id in result.quota_exhausted:

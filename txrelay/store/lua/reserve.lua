@@ -12,6 +12,9 @@
 -- ARGV[4]  1 when the account is paid (out of quota = overage), 0 for a demo account
 -- ARGV[5]  the account's overage cap: recipients per billing period beyond quota; -1 = none
 -- ARGV[6]  the billing period ("YYYY-MM"), the overage hash's field (only read with a cap)
+-- ARGV[7]  '0': rate only (a sandbox connection's recipient: its mail is captured, never
+--          billed): the hourly rate is checked and counted, no quota unit is held, status
+--          1 with remaining 0; anything else (or absent): rate and quota as below
 --
 -- Returns {status, remaining, retry_after_ms}:
 --   status 1 reserved, 2 overage (paid account beyond quota), 3 duplicate (member already
@@ -27,33 +30,39 @@ local ttl = tonumber(ARGV[2])
 local rate_limit = tonumber(ARGV[3])
 local paid = ARGV[4] == '1'
 local cap = tonumber(ARGV[5])
+local quota = ARGV[7] ~= '0'
 local window = 3600
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if redis.call('ZSCORE', KEYS[2], member) then
-  return {3, 0, 0}
-end
+local available = 0
+if quota then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZSCORE', KEYS[2], member) then
+    return {3, 0, 0}
+  end
 
-local balance = redis.call('GET', KEYS[1])
-if not balance then
-  return {6, 0, 0}
-end
-local available = tonumber(balance) - redis.call('ZCARD', KEYS[2])
-if available <= 0 and not paid then
-  return {5, available, 0}
-end
-if available <= 0 and cap >= 0 then
-  local used = redis.call('HGET', KEYS[4], ARGV[6])
-  if not used then
+  local balance = redis.call('GET', KEYS[1])
+  if not balance then
     return {6, 0, 0}
   end
-  -- Held units beyond the balance are the overage units in flight.
-  if tonumber(used) - available >= cap then
-    return {7, available, 0}
+  available = tonumber(balance) - redis.call('ZCARD', KEYS[2])
+  if available <= 0 and not paid then
+    return {5, available, 0}
   end
+  if available <= 0 and cap >= 0 then
+    local used = redis.call('HGET', KEYS[4], ARGV[6])
+    if not used then
+      return {6, 0, 0}
+    end
+    -- Held units beyond the balance are the overage units in flight.
+    if tonumber(used) - available >= cap then
+      return {7, available, 0}
+    end
+  end
+elseif redis.call('ZSCORE', KEYS[3], member) then
+  return {3, 0, 0}
 end
 
 if rate_limit > 0 then
@@ -67,6 +76,9 @@ if rate_limit > 0 then
   redis.call('EXPIRE', KEYS[3], window + 60)
 end
 
+if not quota then
+  return {1, 0, 0}
+end
 redis.call('ZADD', KEYS[2], now + ttl, member)
 redis.call('EXPIRE', KEYS[2], ttl + 60)
 if available <= 0 then

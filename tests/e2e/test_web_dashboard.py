@@ -1,0 +1,383 @@
+"""The read-only web dashboard (`txrelay web`) loaded in a real headless Chromium, over mail
+sent through the real relay path (STARTTLS+AUTH, Postfix, milter, capture sink, the tracker):
+every page, its figures against the ledger, account links fenced to their account on every
+route, expired and revoked links refused, screenshots of each page kept for CI and docs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.harness.fixtures import RelayStack
+from tests.harness.processes import (
+    TXRELAY,
+    ManagedProcess,
+    free_port,
+    port_open,
+    run,
+    wait_until,
+)
+from tests.harness.provision import Provisioned
+from tests.harness.smtp import build_message, submit
+
+pytestmark = pytest.mark.e2e
+
+RCPT_DOMAIN = "rcpt.example.net"
+CHROMIUM = shutil.which("chromium") or "chromium"
+FORBIDDEN = "This link or token is not valid: it is wrong, has expired or was revoked."
+
+
+def artifacts_dir() -> Path:
+    """Where CI keeps this test's screenshots: $TXRELAY_ARTIFACTS, else test-artifacts/."""
+    base = Path(os.environ.get("TXRELAY_ARTIFACTS")
+                or Path(__file__).resolve().parents[2] / "test-artifacts")
+    directory = base / "dashboard"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def cli(relay: RelayStack, *args: str, env: dict[str, str] | None = None) -> Any:
+    done = run([TXRELAY, "--config", str(relay.config_file), "--json", *args],
+               env={**os.environ, **(env or {})}, timeout=120)
+    return json.loads(done.stdout)
+
+
+def query(relay: RelayStack, sql: str, *params: object) -> list[dict[str, Any]]:
+    with psycopg.connect(relay.database_url, row_factory=dict_row, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@dataclass
+class Dashboard:
+    url: str
+    admin_token: str
+    shop: Provisioned  # with mail: delivered and bounced
+    quiet: Provisioned  # no mail at all
+    shop_link: str  # its account link's token
+    quiet_link: str
+
+
+class Browser:
+    """Headless Chromium as the tests drive it: the DOM after load, or a screenshot. One
+    profile directory per browser, so a cookie set by one page is sent by the next."""
+
+    def __init__(self, profile: Path) -> None:
+        self.profile = profile
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
+             "--hide-scrollbars", *args],
+            capture_output=True, text=True, timeout=120, check=True)
+
+    def dom(self, url: str) -> str:
+        return self._run("--dump-dom", url).stdout
+
+    def screenshot(self, url: str, name: str, width: int = 1280, height: int = 1800) -> Path:
+        path = artifacts_dir() / f"{name}.png"
+        path.unlink(missing_ok=True)
+        self._run(f"--screenshot={path}", f"--window-size={width},{height}", url)
+        assert path.stat().st_size > 1000, f"no screenshot of {url}"
+        return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Browser:
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("chromium is missing: scripts/install-test-deps.sh installs it")
+    return Browser(tmp_path_factory.mktemp("chromium-profile"))
+
+
+def track_until_settled(relay: RelayStack, account_id: int) -> None:
+    def settled() -> bool:
+        cli(relay, "tracker", "--once")
+        rows = query(relay, "SELECT count(*) AS n FROM ledger WHERE account_id = %s "
+                            "AND state IN ('accepted', 'queued')", account_id)
+        return int(rows[0]["n"]) == 0
+
+    wait_until(settled, 60, "the tracker to record every outcome", lambda: relay.postfix.log(30))
+
+
+@pytest.fixture(scope="module")
+def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    directory = tmp_path_factory.mktemp("web")
+    shop = relay.provision()
+    quiet = relay.provision()
+    recipients = [f"ann@{RCPT_DOMAIN}", f"bob@{RCPT_DOMAIN}", f"bounce-cy@{RCPT_DOMAIN}"]
+    for recipient in recipients:
+        submit(shop.username, shop.password, shop.address(), [recipient],
+               build_message(shop.address(), [recipient]), port=relay.port)
+    submit(shop.username, shop.password, shop.address(), [f"dan@{RCPT_DOMAIN}"],
+           build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
+           port=relay.port)
+    track_until_settled(relay, shop.account_id)
+
+    token_file = directory / "admin-token"
+    admin_token = secrets.token_hex(32)
+    token_file.write_text(admin_token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    env = {**os.environ, "TXRELAY_WEB_ADMIN_TOKEN_FILE": str(token_file),
+           "TXRELAY_WEB_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    process = ManagedProcess(
+        [TXRELAY, "--config", str(relay.config_file), "web", "--listen", f"127.0.0.1:{port}"],
+        directory / "web.log", env=env)
+    process.start()
+    try:
+        wait_until(lambda: port_open(port), 30, "txrelay web to listen", process.log)
+        links = {}
+        for account in (shop, quiet):
+            made = cli(relay, "web", "link", account.account, "--expires", "2d", env=env)
+            assert made["url"].startswith(f"http://127.0.0.1:{port}/accounts/")
+            links[account.account] = made["url"].rsplit("token=", 1)[1]
+        yield Dashboard(f"http://127.0.0.1:{port}", admin_token, shop, quiet,
+                        links[shop.account], links[quiet.account])
+    finally:
+        process.stop()
+    assert "token=" not in (directory / "web.log").read_text(), "a token reached the log"
+
+
+def status(url: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
+    """The HTTP status and body of one request, with the token as a Bearer header."""
+    request = urllib.request.Request(url, method=method)  # noqa: S310  (the test's own http://)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def cell(dom: str, row_key: str, field: str) -> str:
+    """The text of the cell data-field=FIELD in the row data-account=ROW_KEY."""
+    row = re.search(rf'<tr data-account="{re.escape(row_key)}">(.*?)</tr>', dom, re.S)
+    assert row, f"no row for {row_key}"
+    found = re.search(rf'data-field="{field}"[^>]*>(.*?)</td>', row.group(1), re.S)
+    assert found, f"no {field} in the row of {row_key}"
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(1))).strip()
+
+
+def ledger_figures(relay: RelayStack, account_id: int) -> dict[str, int]:
+    row = query(relay, """
+        SELECT count(*) AS arrived,
+               count(*) FILTER (WHERE state = 'delivered') AS delivered,
+               count(*) FILTER (WHERE state = 'deferred') AS deferred,
+               count(*) FILTER (WHERE state = 'bounced') AS bounced,
+               count(*) FILTER (WHERE complained_at IS NOT NULL) AS complained,
+               count(*) FILTER (WHERE state IN ('accepted', 'queued')) AS in_flight
+          FROM ledger WHERE account_id = %s AND state <> 'voided'
+           AND accepted_at >= now() - interval '24 hours'""", account_id)[0]
+    return {key: int(value) for key, value in row.items()}
+
+
+def remaining_quota(relay: RelayStack, account_id: int) -> int:
+    row = query(relay, "SELECT txrelay_remaining_quota(%s, now()) AS left", account_id)[0]
+    return int(row["left"])
+
+
+def test_all_accounts_page_shows_the_ledgers_figures(dashboard: Dashboard, relay: RelayStack,
+                                                     browser: Browser) -> None:
+    url = f"{dashboard.url}/?token={dashboard.admin_token}"
+    dom = browser.dom(url)
+    shop = ledger_figures(relay, dashboard.shop.account_id)
+    assert shop["arrived"] == 4 and shop["bounced"] == 1 and shop["delivered"] == 3
+    assert cell(dom, dashboard.shop.account, "arrived") == "4"
+    assert cell(dom, dashboard.shop.account, "bounce-rate") == "25.00 % ⚠ high"
+    assert cell(dom, dashboard.shop.account, "complaint-rate") == "0.00 %"
+    assert cell(dom, dashboard.shop.account, "remaining").startswith(
+        str(remaining_quota(relay, dashboard.shop.account_id)))
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", cell(dom, dashboard.shop.account, "runs-out"))
+    assert cell(dom, dashboard.quiet.account, "arrived") == "0"
+    assert cell(dom, dashboard.quiet.account, "runs-out") == "no mail lately"
+    assert "<script" not in dom
+    browser.screenshot(url, "all-accounts", height=700)
+
+
+def test_the_sign_in_link_sets_a_cookie_for_the_next_pages(dashboard: Dashboard,
+                                                           browser: Browser) -> None:
+    browser.dom(f"{dashboard.url}/?token={dashboard.admin_token}")
+    dom = browser.dom(f"{dashboard.url}/messages")  # no token: the cookie signs in
+    assert "<h1>Message search</h1>" in dom
+
+
+def test_account_page_chart_and_tables_equal_the_ledger(dashboard: Dashboard,
+                                                        relay: RelayStack,
+                                                        browser: Browser) -> None:
+    name = quote(dashboard.shop.account)
+    url = f"{dashboard.url}/accounts/{name}?by=15m&range=24h&token={dashboard.shop_link}"
+    dom = browser.dom(url)
+    figures = ledger_figures(relay, dashboard.shop.account_id)
+    for column, value in figures.items():
+        shown = re.search(rf'data-total="{column}">(\d+)<', dom)
+        assert shown and int(shown.group(1)) == value, column
+    assert 'class="pygal-chart"' in dom and "No mail in this range" not in dom
+    assert "the chart starts there" not in dom  # the bucket's default range is never cut
+    # A day of quarter hours, both ends rounded out to a quarter hour: 96 or 97 rows.
+    table = re.search(r'<table id="timeline">.*?</table>', dom, re.S)
+    assert table is not None
+    assert table.group(0).count('<tr><th scope="row">20') in (96, 97)
+    burned = query(relay, "SELECT count(*) AS n FROM ledger WHERE account_id = %s AND state <> "
+                          "'voided' AND accepted_at >= now() - interval '30 days'",
+                   dashboard.shop.account_id)[0]["n"]
+    assert f'<td class="num" id="burn-total">{burned}</td>' in dom
+    assert f'<dd id="remaining">{remaining_quota(relay, dashboard.shop.account_id)}</dd>' in dom
+    assert dashboard.shop.domain in dom and ">shop<" in dom and "active" in dom
+    # The bounced recipient is on the suppression list (hard bounce).
+    assert f"bounce-cy@{RCPT_DOMAIN}" in dom and "hard_bounce" in dom
+    browser.screenshot(url, "account")
+    browser.screenshot(url, "account-phone", width=390, height=2400)
+
+
+def test_a_range_beyond_the_data_is_clamped_with_a_note(dashboard: Dashboard,
+                                                        browser: Browser) -> None:
+    name = quote(dashboard.shop.account)
+    dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=1d&range=3650d"
+                      f"&token={dashboard.shop_link}")
+    assert "the chart starts there" in dom
+    dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=15m&range=3650d"
+                      f"&token={dashboard.admin_token}")
+    assert "the chart starts there" in dom
+    assert re.search(r'data-total="arrived">4<', dom)
+
+
+def test_an_account_without_mail_says_so(dashboard: Dashboard, browser: Browser) -> None:
+    url = (f"{dashboard.url}/accounts/{quote(dashboard.quiet.account)}"
+           f"?token={dashboard.quiet_link}")
+    dom = browser.dom(url)
+    assert '<p class="empty" id="no-mail">No mail in this range.</p>' in dom
+    assert "pygal-chart" not in dom
+    browser.screenshot(url, "account-no-mail", height=1200)
+
+
+def test_message_search_finds_the_ledgers_rows(dashboard: Dashboard, relay: RelayStack,
+                                               browser: Browser) -> None:
+    name = quote(dashboard.shop.account)
+    url = (f"{dashboard.url}/accounts/{name}/messages?to=bounce-cy%40{RCPT_DOMAIN}"
+           f"&token={dashboard.shop_link}")
+    dom = browser.dom(url)
+    assert re.search(rf"<th scope=\"row\">bounce-cy@{re.escape(RCPT_DOMAIN)}</th>"
+                     r"<td>bounced", dom)
+    assert "1 recipients" in dom
+    browser.screenshot(url, "messages", height=900)
+    # The admin's search across accounts, by state.
+    dom = browser.dom(f"{dashboard.url}/messages?state=delivered&sender=%40"
+                      f"{dashboard.shop.domain}&token={dashboard.admin_token}")
+    assert dom.count(f"<td>{dashboard.shop.account}</td>") == 3
+
+
+def routes(dashboard: Dashboard, account: str) -> list[str]:
+    name = quote(account)
+    return ["/", "/messages", "/messages?to=ann%40rcpt.example.net", f"/accounts/{name}",
+            f"/accounts/{name}?by=1d&range=30d", f"/accounts/{name}/messages",
+            f"/accounts/{name}/messages?to=ann%40rcpt.example.net"]
+
+
+def test_an_account_link_sees_its_account_and_nothing_else(dashboard: Dashboard,
+                                                           browser: Browser) -> None:
+    for route in routes(dashboard, dashboard.quiet.account):
+        code, body = status(dashboard.url + route, dashboard.shop_link)
+        assert code == 403, route
+        assert FORBIDDEN in body and dashboard.quiet.account not in body, route
+        assert "ann@" not in body, route
+    for route in routes(dashboard, dashboard.shop.account)[3:]:
+        assert status(dashboard.url + route, dashboard.shop_link)[0] == 200, route
+    for route in routes(dashboard, dashboard.quiet.account):
+        assert status(dashboard.url + route, dashboard.admin_token)[0] == 200, route
+    # An unknown account is a 403 to a link (nothing revealed), a 404 to the admin.
+    assert status(f"{dashboard.url}/accounts/nobody-here", dashboard.shop_link)[0] == 403
+    assert status(f"{dashboard.url}/accounts/nobody-here", dashboard.admin_token)[0] == 404
+    dom = browser.dom(f"{dashboard.url}/?token={dashboard.shop_link}")
+    assert FORBIDDEN in dom and dashboard.shop.account not in dom
+
+
+def test_no_route_changes_anything(dashboard: Dashboard) -> None:
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        code, _ = status(f"{dashboard.url}/accounts/{quote(dashboard.shop.account)}",
+                         dashboard.admin_token, method)
+        assert code == 405, method
+    code, _ = status(f"{dashboard.url}/", None)
+    assert code == 403
+
+
+def test_wrong_expired_and_revoked_links_get_403(dashboard: Dashboard, relay: RelayStack,
+                                                 browser: Browser) -> None:
+    account = dashboard.quiet.account
+    page = f"{dashboard.url}/accounts/{quote(account)}"
+    # Made two days ago for one day: expired yesterday.
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).isoformat()
+    expired = cli(relay, "web", "link", account, "--expires", "1d",
+                  env={"TXRELAY_TEST_NOW": past})
+    revoked = cli(relay, "web", "link", account)
+    assert status(page, revoked["url"].rsplit("token=", 1)[1])[0] == 200
+    cli(relay, "web", "revoke", str(revoked["id"]))
+    listed = {row["id"]: row["state"] for row in cli(relay, "web", "links", "--account", account)}
+    assert listed[expired["id"]] == "expired" and listed[revoked["id"]] == "revoked"
+    for token in (expired["url"].rsplit("token=", 1)[1], revoked["url"].rsplit("token=", 1)[1],
+                  "not-a-token", dashboard.admin_token[:-1] + "x"):
+        code, body = status(page, token)
+        assert code == 403 and FORBIDDEN in body and account not in body
+        dom = browser.dom(f"{page}?token={token}")
+        assert "403 Forbidden" in dom and account not in dom
+    browser.screenshot(f"{page}?token=not-a-token", "forbidden", height=500)
+    # Only hashes are stored.
+    stored = query(relay, "SELECT token_hash FROM web_links WHERE id = %s", revoked["id"])
+    assert revoked["url"].rsplit("token=", 1)[1] not in str(stored)
+
+
+def test_link_commands_refuse_bad_input(relay: RelayStack, dashboard: Dashboard) -> None:
+    base = [TXRELAY, "--config", str(relay.config_file)]
+    done = run([*base, "web", "link", "no-such-account"], check=False)
+    assert done.returncode == 3 and "no account named 'no-such-account'" in done.stderr
+    done = run([*base, "web", "link", dashboard.quiet.account, "--expires", "forever"],
+               check=False)
+    assert done.returncode == 4 and "--expires 'forever'" in done.stderr
+    done = run([*base, "web", "revoke", "999999999"], check=False)
+    assert done.returncode == 3 and "no dashboard link 999999999" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_start_without_a_database_is_a_clear_error(relay: RelayStack, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(secrets.token_hex(32))
+    closed = free_port()
+    env = {**os.environ, "TXRELAY_WEB_ADMIN_TOKEN_FILE": str(token_file),
+           "TXRELAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/txrelay"}
+    done = run([TXRELAY, "--config", str(relay.config_file), "web", "--listen",
+                f"127.0.0.1:{free_port()}"], env=env, check=False, timeout=60)
+    assert done.returncode == 5, done.stderr
+    assert "PostgreSQL" in done.stderr and "Traceback" not in done.stderr
+    # And without the admin token file: says how to make one.
+    env["TXRELAY_WEB_ADMIN_TOKEN_FILE"] = str(tmp_path / "missing")
+    done = run([TXRELAY, "--config", str(relay.config_file), "web"], env=env, check=False)
+    assert done.returncode == 1 and "openssl rand -hex 32" in done.stderr
+
+
+def test_screenshots_are_in_the_docs() -> None:
+    """docs/dashboard.md shows a copy of each screenshot this module writes."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "dashboard.md").read_text()
+    for name in ("all-accounts", "account", "account-phone", "account-no-mail", "messages",
+                 "forbidden"):
+        assert f"(dashboard-{name}.png)" in text, name
+        assert (docs / f"dashboard-{name}.png").stat().st_size > 1000, name
+
+
