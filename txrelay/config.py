@@ -82,6 +82,9 @@ HOST_NAME_OR_EMPTY = Rule(
     lambda value: not value or bool(_HOST_NAME.fullmatch(value)),
     "a host name such as _spf.relay.example",
 )
+DKIM_SELECTOR = Rule(
+    lambda value: bool(_SELECTOR.fullmatch(value)), "a DKIM selector such as txrelay or mail.2026"
+)
 DMARC_URIS = Rule(
     lambda value: not value or all(_DMARC_URI.fullmatch(uri.strip()) for uri in value.split(",")),
     "mailto: addresses separated by commas, such as "
@@ -94,6 +97,8 @@ _HOST_NAME: re.Pattern[str] = re.compile(
     r"(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
 )
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SELECTOR: re.Pattern[str] = re.compile(rf"(?=.{{1,200}}$){_LABEL}(\.{_LABEL})*")
 _DMARC_URI: re.Pattern[str] = re.compile(
     r"mailto:[^\s;,!@]+@(\{domain\}|[A-Za-z0-9.-]+)(![0-9]+[kmgt]?)?"
 )
@@ -525,6 +530,21 @@ class BounceConfig:
         "The secret that authenticates return-path and feedback tokens (32 random bytes, "
         "base64; `txrelay init` creates it). Every relay node needs the same file.",
         NO_SPACES,
+    )
+    dkim_key_file: str = setting(
+        "/etc/txrelay/bounce-dkim.pem",
+        "The relay's own DKIM key (PEM, RSA; `txrelay init` creates it, mode 0640 group "
+        "txrelay, the same on every relay node). A message whose bounce domain is not "
+        "aligned with its author's domain gets the CFBL headers and a second DKIM "
+        "signature with d= the bounce domain made with this key (RFC 9477); without the "
+        "file such messages get no CFBL headers. Publish its record: `txrelay bounce dns`.",
+        NO_SPACES,
+    )
+    dkim_selector: str = setting(
+        "txrelay",
+        "The selector of the relay's own DKIM key: its public key is published at "
+        "`SELECTOR._domainkey.DOMAIN` of the bounce domain.",
+        DKIM_SELECTOR,
     )
     inbound_max_size: int = setting(
         10485760,

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RELAY_INCLUDE, CliRun, Txrelay, printed_records, run_main
+from tests.cli.conftest import (
+    RELAY_ADDRESSES,
+    RELAY_INCLUDE,
+    CliRun,
+    Txrelay,
+    printed_records,
+    run_main,
+)
 from tests.harness.dns import DnsServer
 from tests.harness.processes import TXRELAY
+from txrelay.bounce_dkim import read_bounce_dkim_key, write_bounce_dkim_key
 from txrelay.bounce_secret import read_bounce_secret
 from txrelay.cli.main import EXIT_INVALID_INPUT
 from txrelay.config import load_config
@@ -121,7 +129,8 @@ def test_check_warns_when_the_relay_wide_domain_cannot_align_cfbl(
     assert "return path warning: bounces.relay.example is not" in result.stdout
     assert f"fix: txrelay domain set {domain} --return-path bounces.{domain}" in result.stdout
     dns = txrelay("domain", "dns", domain)
-    assert "no CFBL-Address" in dns.stdout
+    assert "aligns only with the relay's own second DKIM signature" in dns.stdout
+    assert "txrelay bounce dns" in dns.stdout
 
 
 def test_init_makes_the_bounce_secret_and_keeps_it(
@@ -150,6 +159,15 @@ def test_init_makes_the_bounce_secret_and_keeps_it(
     assert again.exit_code == 0, again.stderr
     assert "Bounces: Kept the bounce secret" in again.stdout
     assert read_bounce_secret(path) == secret
+    key_file = Path(config.bounce.dkim_key_file)
+    assert key_file == tmp_path / "etc" / "bounce-dkim.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o640
+    made = read_bounce_dkim_key(key_file)
+    assert made.algorithm == "rsa"
+    assert f"CFBL: Made the relay's DKIM key {key_file}" in result.stdout
+    assert "PRIVATE KEY" not in result.stdout
+    assert "CFBL: Kept the relay's DKIM key" in again.stdout
+    assert read_bounce_dkim_key(key_file) == made
 
 
 def test_the_milter_does_not_start_without_the_bounce_secret_it_needs(
@@ -164,3 +182,48 @@ def test_the_milter_does_not_start_without_the_bounce_secret_it_needs(
     assert done.returncode != 0
     assert f"the bounce secret {missing} is missing" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_bounce_dns_needs_a_bounce_domain(txrelay: Txrelay) -> None:
+    result = txrelay("bounce", "dns")
+    assert result.exit_code == EXIT_INVALID_INPUT
+    assert "set [bounce] domain" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bounce_dns_without_the_relay_key_prints_mx_and_spf_and_says_why_no_dkim(
+        txrelay: Txrelay, bounce_env: None, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    monkeypatch.setenv("TXRELAY_BOUNCE_DKIM_KEY_FILE", str(tmp_path / "absent.pem"))
+    printed = txrelay("bounce", "dns", "--json").json()
+    assert printed["domain"] == "bounces.relay.example"
+    assert "txrelay init" in printed["dkim_key_error"]
+    assert [(r["kind"], r["type"]) for r in printed["records"]] == [
+        ("return-path", "MX"), ("spf", "TXT")]
+    assert printed["records"][0]["value"] == f"10 {MX_HOST}."
+    human = txrelay("bounce", "dns")
+    assert human.exit_code == 0 and "Note: no DKIM record" in human.stdout
+
+
+def test_bounce_check_finds_the_relay_key_and_its_records_in_dns(
+        txrelay: Txrelay, bounce_env: None, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, zone: DnsServer) -> None:
+    key_file = tmp_path / "bounce-dkim.pem"
+    write_bounce_dkim_key(key_file)
+    monkeypatch.setenv("TXRELAY_BOUNCE_DKIM_KEY_FILE", str(key_file))
+    printed = txrelay("bounce", "dns", "--json").json()
+    [dkim] = [r for r in printed["records"] if r["kind"] == "dkim"]
+    assert dkim["name"] == "txrelay._domainkey.bounces.relay.example"
+    assert read_bounce_dkim_key(key_file).public_key_b64 in dkim["value"]
+    missing = txrelay("bounce", "check")
+    assert missing.exit_code == 1
+    assert "DKIM missing" in missing.stdout and "not ready" in missing.stderr
+    records = {RELAY_INCLUDE: [("TXT", "v=spf1 " + " ".join(
+        f"ip{'6' if ':' in a else '4'}:{a}" for a in RELAY_ADDRESSES) + " -all")]}
+    for record in printed["records"]:
+        records.setdefault(record["name"], []).append((record["type"], record["value"]))
+    zone.serve(records)
+    checked = txrelay("bounce", "check", "--json")
+    assert checked.exit_code == 0, checked.stdout + checked.stderr
+    assert checked.json()["ready"] is True
+    assert {r["kind"]: r["verdict"] for r in checked.json()["records"]} == {
+        "dkim": "ok", "return-path": "ok", "spf": "ok"}

@@ -198,7 +198,8 @@ def test_every_group_and_command_has_help_with_an_example(monkeypatch: pytest.Mo
                 "dovecot": ["configure"],
                 "postfix": ["show", "configure", "unconfigure", "check"],
                 "journal": ["list", "show", "retry", "drop"], "config": ["show"],
-                "keys": ["status", "encrypt", "rotate-kek"], "web": ["link", "links", "revoke"]}
+                "keys": ["status", "encrypt", "rotate-kek"], "web": ["link", "links", "revoke"],
+                "bounce": ["dns", "check"]}
     for group, subcommands in commands.items():
         for path in [[group]] + [[group, sub] for sub in subcommands]:
             result = run_main([*path, "--help"], monkeypatch)

@@ -103,6 +103,9 @@ class DnsServer:
             f'    zonelistfile: "{d}/zone.list"\n    xfrdfile: "{d}/xfrd.state"\n'
             f'    xfrdir: "{d}"\n    logfile: "{d}/nsd.log"\n'
             "    server-count: 1\n    do-ip6: no\n    verbosity: 1\n    hide-version: yes\n"
+            # No control port: Debian's NSD would bind 127.0.0.1:8952, which a second NSD
+            # (another test run on the machine) then cannot have, and it exits.
+            "remote-control:\n    control-enable: no\n"
             f"{zones}")
 
     def _write_zones(self, records: Mapping[str, Iterable[Record]]) -> None:

@@ -84,3 +84,48 @@ def test_the_domain_s_own_return_path_wins_over_the_relay_s() -> None:
 def test_cfbl_alignment_is_the_signing_domain_or_below(candidate: str, signing: str,
                                                       aligned: bool) -> None:
     assert cfbl_aligned(candidate, signing) is aligned
+
+
+def test_with_the_relay_key_an_unaligned_message_gets_cfbl_signed_by_the_relay() -> None:
+    txn = uuid.uuid4()
+    back = mail_back(SECRET, txn, domain(), connection(), RELAY, relay_signs=True)
+    assert back.envelope_sender is not None and back.envelope_sender.endswith(f"@{RELAY}")
+    assert back.cfbl_address == f"fbl@{RELAY}; report=arf"
+    assert back.relay_signer == RELAY  # the second signature's d=: aligned with fbl@RELAY
+    assert back.feedback_id is not None
+    found = read_feedback_id(SECRET, back.feedback_id)
+    assert found is not None and (found.account_id, found.connection_id, found.txn_id) == (
+        7, 11, txn)
+
+
+def test_an_aligned_message_needs_no_relay_signature_even_with_the_key() -> None:
+    back = mail_back(SECRET, uuid.uuid4(), domain("bounces.shop.example"), connection(), RELAY,
+                     relay_signs=True)
+    assert back.cfbl_address == "fbl@bounces.shop.example; report=arf"
+    assert back.relay_signer == ""
+
+
+def test_keep_with_the_relay_key_keeps_the_sender_and_still_adds_cfbl() -> None:
+    back = mail_back(SECRET, uuid.uuid4(), domain(), connection(keep=True), RELAY,
+                     relay_signs=True)
+    assert back.envelope_sender is None
+    assert (back.cfbl_address, back.relay_signer) == (f"fbl@{RELAY}; report=arf", RELAY)
+
+
+def test_an_unaligned_own_return_path_complains_to_the_relay_domain() -> None:
+    # The domain's own return path is elsewhere: bounces go there, the complaint address is
+    # the relay's, the one the relay's signature aligns with.
+    back = mail_back(SECRET, uuid.uuid4(), domain("bounces.other.example"), connection(),
+                     RELAY, relay_signs=True)
+    assert back.envelope_sender is not None
+    assert back.envelope_sender.endswith("@bounces.other.example")
+    assert (back.cfbl_address, back.relay_signer) == (f"fbl@{RELAY}; report=arf", RELAY)
+
+
+@pytest.mark.parametrize(("secret", "relay", "own"), [
+    (None, RELAY, ""),  # no secret: no feedback id can be made
+    (SECRET, "", "bounces.other.example"),  # no relay domain for the relay's key to sign as
+])
+def test_the_relay_key_alone_adds_nothing(secret: bytes | None, relay: str, own: str) -> None:
+    back = mail_back(secret, uuid.uuid4(), domain(own), connection(), relay, relay_signs=True)
+    assert (back.cfbl_address, back.feedback_id, back.relay_signer) == (None, None, "")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from txrelay.bounce_dkim import read_bounce_dkim_key, write_bounce_dkim_key
 from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
 from txrelay.cli.context import CliContext, pass_cli
 from txrelay.config import (
@@ -152,6 +153,7 @@ def init(
     tls_request = _tls_request(target, values["smtp"], tls_cert, tls_key)
     values["database"].setdefault("kek_file", str(target.absolute().parent / "kek"))
     values["bounce"].setdefault("secret_file", str(target.absolute().parent / "bounce.key"))
+    values["bounce"].setdefault("dkim_key_file", str(target.absolute().parent / "bounce-dkim.pem"))
     dedicated = None
     own_milter_role = False
     if not values["database"]["url"]:
@@ -176,12 +178,13 @@ def init(
     applied, granted = _migrate(config)
     kek_created = _ensure_kek(target, Path(config.database.kek_file))
     bounce_created = _ensure_bounce_secret(target, Path(config.bounce.secret_file))
+    relay_key_created = _ensure_bounce_dkim_key(target, Path(config.bounce.dkim_key_file))
     certificate = certificate or tls_request()
     _write_config(target, render_toml(config))  # typed values, in the loader's own form
     dovecot_files = _write_dovecot(config)
     _print_summary(target, config, applied, dovecot_files)
     _print_database_and_tls(dedicated, certificate)
-    _print_secrets(config, granted, kek_created, bounce_created)
+    _print_secrets(config, granted, kek_created, bounce_created, relay_key_created)
     _print_next_steps(target, config, dovecot_files)
 
 
@@ -311,6 +314,27 @@ def _ensure_bounce_secret(target: Path, path: Path) -> bool:
     return True
 
 
+def _ensure_bounce_dkim_key(target: Path, path: Path) -> bool:
+    """Make the relay's own DKIM key unless there is one (its public half may be published
+    already); True when made."""
+    if path.exists():
+        read_bounce_dkim_key(path)  # one that cannot be read is an error now
+        return False
+    _make_config_directory(target)
+    path.parent.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
+    write_bounce_dkim_key(path)
+    return True
+
+
+def _print_relay_key(config: Config, created: bool) -> None:
+    state = "Made" if created else "Kept"
+    click.echo(
+        f"CFBL: {state} the relay's DKIM key {config.bounce.dkim_key_file} (mode 0640); the "
+        "complaint address of mail without a return path of its own aligns with its "
+        "signature. Copy it to every relay node; 'txrelay bounce dns' prints its record."
+    )
+
+
 def _write_config(target: Path, text: str) -> None:
     """Atomically: a half-written config would stop every txrelay process on the node."""
     _make_config_directory(target)
@@ -394,7 +418,11 @@ def _print_database_and_tls(
 
 
 def _print_secrets(
-    config: Config, granted: str | None, kek_created: bool, bounce_created: bool
+    config: Config,
+    granted: str | None,
+    kek_created: bool,
+    bounce_created: bool,
+    relay_key_created: bool,
 ) -> None:
     state = "Made" if kek_created else "Kept"
     click.echo(
@@ -407,6 +435,7 @@ def _print_secrets(
         f"Bounces: {state} the bounce secret {config.bounce.secret_file} (mode 0640); "
         "return paths and complaint ids are checked with it. Copy it to every relay node."
     )
+    _print_relay_key(config, relay_key_created)
     if granted:
         click.echo(
             f"The milter and the tracker connect as role {granted} ([database] "

@@ -31,6 +31,7 @@ COMMANDS = [
     ("txrelay.cli.billing", "billing"),
     ("txrelay.cli.journal", "journal"),
     ("txrelay.cli.inbound", "inbound"),
+    ("txrelay.cli.bounce", "bounce"),
     ("txrelay.cli.settings", "config_group"),
     ("txrelay.cli.webhook", "webhook"),
     ("txrelay.cli.webhook", "webhooks"),

@@ -52,7 +52,7 @@ from txrelay.policy.verdict import (
     Verdict,
     service_unavailable,
 )
-from txrelay.signing import sign_all
+from txrelay.signing import sign, sign_all
 from txrelay.store.ledger import AcceptedMessage
 from txrelay.store.recording import LedgerUnavailable
 from txrelay.store.reservations import ReservationRequest, reservation_member
@@ -286,7 +286,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         self._ensure_message_id(txn, author)
         self._set_list_help(txn, author)
         self._set_cfbl(txn, back)
-        signatures = self._sign(txn, author)
+        signatures = self._sign(txn, author, back)
         if txn.connection.sandbox:
             return self._finish(self._capture(txn, author, signatures))
         self._set_return_path(back)
@@ -351,6 +351,7 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
             domain,
             txn.connection,
             self.runtime.config.bounce.domain,
+            relay_signs=self.runtime.relay_dkim is not None,
         )
         if back.bounce_domain and self.runtime.bounce_secret is None:
             log.error(
@@ -384,10 +385,28 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         if back.envelope_sender is not None:
             self.chgfrom(f"<{back.envelope_sender}>")
 
-    def _sign(self, txn: Transaction, author: HeaderSender) -> list[str]:
+    def _sign(self, txn: Transaction, author: HeaderSender, back: MailBack) -> list[str]:
+        """The author's signatures, and the relay's own (d= its bounce domain) when the CFBL
+        address is there: inserted first, so the author's end up above it, on top. Returns
+        them in the order inserted (Transaction.captured reverses them)."""
         domain = txn.snapshot.domains[author.domain]
         keys = [(key.selector, key.signing_key) for key in domain.keys]
-        signatures = sign_all(txn.headers, txn.body_hash, domain=domain.domain, keys=keys)
+        now = time.time()
+        relay_key = self.runtime.relay_dkim
+        signatures = []
+        if back.relay_signer and relay_key is not None:
+            selector = self.runtime.config.bounce.dkim_selector
+            signatures.append(
+                sign(
+                    txn.headers,
+                    txn.body_hash,
+                    domain=back.relay_signer,
+                    selector=selector,
+                    signing_key=relay_key,
+                    now=now,
+                )
+            )
+        signatures += sign_all(txn.headers, txn.body_hash, domain=domain.domain, keys=keys, now=now)
         for signature in signatures:
             self.addheader("DKIM-Signature", signature, 1)  # insheader: above every other
         return signatures

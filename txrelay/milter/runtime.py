@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from txrelay import metrics
+from txrelay.bounce_dkim import read_bounce_dkim_key, signing_key
 from txrelay.bounce_secret import read_bounce_secret
 from txrelay.clock import Clock
 from txrelay.config import Config
@@ -27,6 +28,7 @@ from txrelay.errors import ConfigError
 from txrelay.kek import KeyRing
 from txrelay.milter.refusal_budget import RefusalBudget, Refusals
 from txrelay.milter.settler import Settler
+from txrelay.signing import SigningKey
 from txrelay.store import database
 from txrelay.store.fallback import FailoverReservations, PostgresReservations, rebuild_redis
 from txrelay.store.journal import Journal, database_tag
@@ -64,6 +66,9 @@ class Runtime:
     bounce_secret: bytes | None = None
     # Where sandbox connections' messages are captured; None: sandbox mail gets a 451.
     sandbox: Sandbox | None = None
+    # The relay's own DKIM key for [bounce] domain (txrelay/bounce_dkim.py): the second
+    # signature of messages whose bounce domain is not their author's; None: they get no CFBL.
+    relay_dkim: SigningKey | None = None
 
 
 def open_journal(config: Config) -> Journal:
@@ -101,6 +106,28 @@ def load_bounce_secret(config: Config) -> bytes | None:
     return None
 
 
+def load_relay_dkim(config: Config) -> SigningKey | None:
+    """The relay's own DKIM key, read once at start; only with a [bounce] domain. A missing
+    or unreadable file does not stop the milter (mail flows as before): it is logged with
+    the setting and the command that creates it, and such messages get no CFBL headers."""
+    if not config.bounce.domain:
+        return None
+    path = Path(config.bounce.dkim_key_file)
+    try:
+        return signing_key(read_bounce_dkim_key(path))
+    except ConfigError as exc:
+        log.warning(
+            "event=relay_dkim_key_missing path=%s error=%r (messages whose bounce domain %s is "
+            "not their author's get no CFBL headers: set [bounce] dkim_key_file, or create "
+            "the key with `txrelay init`, publish it with `txrelay bounce dns`, and restart "
+            "the milter)",
+            path,
+            str(exc),
+            config.bounce.domain,
+        )
+        return None
+
+
 def open_runtime(
     config: Config, clock: Clock, journal: Journal | None = None, loops: Loops | None = None
 ) -> Runtime:
@@ -110,6 +137,7 @@ def open_runtime(
     `loops` (what /healthz reads)."""
     loops = loops if loops is not None else Loops()
     bounce_secret = load_bounce_secret(config)  # first: a missing one stops the start
+    relay_dkim = load_relay_dkim(config)
     # Connections use the daemons' role (milter_url); the journal and the policy copy keep
     # naming the database by url, so setting milter_url leaves no journal entry behind.
     daemon_db = config.database.for_daemons()
@@ -193,4 +221,5 @@ def open_runtime(
         loops,
         bounce_secret,
         PostgresSandbox(pool),
+        relay_dkim=relay_dkim,
     )

@@ -192,8 +192,9 @@ def return_path_records(
     """A return path of the domain's own (domain set --return-path HOST): HOST's MX names
     the relay (bounces and complaints come back to it) and HOST's SPF authorises the relay
     (HOST is the envelope sender's domain). Without one, mail uses the relay-wide [bounce]
-    domain, whose records are the relay's: nothing to publish, but when that domain is not
-    DOMAIN or a subdomain of it, CFBL cannot align and an advisory entry says what to do."""
+    domain, whose records are the relay's (`txrelay bounce dns`): nothing to publish, but
+    when that domain is not DOMAIN or a subdomain of it, SPF cannot align and CFBL aligns
+    only with the relay's own signature: an advisory entry says what to do."""
     host = domain.return_path
     if host:
         mx_host = bounce.mx_host.rstrip(".")
@@ -215,10 +216,11 @@ def return_path_records(
                 f"{domain.domain}'s mail gets the relay-wide return path @{bounce.relay_domain}",
                 note=(
                     f"{bounce.relay_domain} is not {domain.domain} nor a subdomain of it, so "
-                    "SPF does not align with the From domain and the mail carries no "
-                    "CFBL-Address (RFC 9477 wants it aligned with the DKIM domain); give the "
-                    f"domain its own: txrelay domain set {domain.domain} --return-path "
-                    f"bounces.{domain.domain}"
+                    "SPF does not align with the From domain, and the mail's CFBL-Address "
+                    "aligns only with the relay's own second DKIM signature (with no relay "
+                    "key, [bounce] dkim_key_file, the mail has no CFBL headers; the relay's "
+                    "records are printed by txrelay bounce dns); give the domain its own: "
+                    f"txrelay domain set {domain.domain} --return-path bounces.{domain.domain}"
                 ),
             )
         ]
