@@ -668,6 +668,23 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long the ledger keeps its recipient rows; `txrelay db prune` deletes older ones.
+    The 15-minute rollups that `txrelay stats` and billing read are kept."""
+
+    ledger_months: int = setting(
+        13,
+        "Closed billing months (UTC calendar months) whose ledger and message rows `txrelay "
+        "db prune` keeps before the open month: rows accepted before the first day of the "
+        "month this many months back are deleted. The open month and the one before it are "
+        "never deleted, whatever the value. `stats` and `billing report` of older months "
+        "still show their figures (from the rollups); `messages search` no longer finds "
+        "their recipients.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -684,6 +701,7 @@ class Config:
     bounce: BounceConfig = field(default_factory=BounceConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -710,6 +728,7 @@ SECTIONS: dict[str, type] = {
     "bounce": BounceConfig,
     "suppression": SuppressionConfig,
     "webhooks": WebhooksConfig,
+    "retention": RetentionConfig,
 }
 
 

@@ -18,9 +18,9 @@ from tests.store.builders import Tenant
 from tests.store.test_ledger import message
 from tests.store.tracking_fixtures import MailLog
 from txrelay.clock import FixedClock
+from txrelay.config import Config
 from txrelay.policy.billing import Period
 from txrelay.policy.suppression import SuppressionRules
-from txrelay.config import Config
 from txrelay.store import database, outcomes, reporting, rollups
 from txrelay.store.ledger import record_acceptance, settle
 from txrelay.store.tracking import void_unconfirmed
@@ -186,7 +186,8 @@ def test_stats_and_billing_from_the_rollups_equal_the_ledger_for_any_range(
         "count(*) FILTER (WHERE billing = 'overage') AS overage FROM ledger "
         "WHERE account_id = %s AND accepted_at >= %s AND accepted_at < %s",
         (tenant.account_id, period.start, period.end)).fetchone()
-    assert (inputs.mails_from_blocks, inputs.overage_mails) == (expected["quota"], expected["overage"])
+    assert (inputs.mails_from_blocks, inputs.overage_mails) == (expected["quota"],
+                                                                 expected["overage"])
 
 
 def test_a_ledger_row_is_deleted_only_by_pruning(
