@@ -64,4 +64,4 @@ def test_the_open_and_previous_month_are_kept_even_with_one_month(
     assert _counts(db, previous.account_id) == (4, 1)
     monkeypatch.setenv("TXRELAY_RETENTION_LEDGER_MONTHS", "0")
     result = txrelay("db", "prune")
-    assert result.exit_code != 0 and "ledger_months" in result.error
+    assert result.exit_code == 1 and "retention.ledger_months" in result.error
