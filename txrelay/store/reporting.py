@@ -139,7 +139,8 @@ def require_account(conn: Conn, name: str) -> int:
 
 # Message-ID is matched with or without its angle brackets (message_id_forms: the forms
 # are made here, so that messages_message_id serves the match); the recipient through
-# ledger_recipient_lower (0043), the queue id through messages_queue_id. The sender is the
+# ledger_recipient_lower (0043), the queue id through messages_queue_id (each only in a
+# plan made for the given values: search_recipients never prepares it). The sender is the
 # envelope sender or the From: address, or "@domain" for either one's domain.
 SEARCH_RECIPIENTS = """
 SELECT m.accepted_at, m.queue_id, m.node, m.message_id, m.envelope_sender, m.header_from,
@@ -182,6 +183,8 @@ def search_recipients(
     sender: str | None = None,
     state: str | None = None,
 ) -> list[dict[str, Any]]:
+    # Never a prepared statement: a generic plan cannot drop the filters not given (their
+    # "IS NULL OR" stays) and falls back to reading every row.
     return conn.execute(
         SEARCH_RECIPIENTS,
         {
@@ -196,6 +199,7 @@ def search_recipients(
             "until": until,
             "limit": limit,
         },
+        prepare=False,
     ).fetchall()
 
 
