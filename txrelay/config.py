@@ -393,8 +393,9 @@ class TrackerConfig:
     )
     tick_interval_seconds: float = setting(
         60.0,
-        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders "
-        "and looks the DKIM records of pending sending domains up (20 at a time).",
+        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders, "
+        "looks the DKIM records of pending sending domains up (20 at a time), and folds the "
+        "ledger's deltas into its 15-minute rollups (figures are exact either way).",
         POSITIVE,
     )
     active_window_days: int = setting(

@@ -51,6 +51,12 @@ CREATE TABLE ledger_rollup_deltas (LIKE ledger_rollups INCLUDING DEFAULTS);
 ALTER TABLE ledger_rollup_deltas
     ADD FOREIGN KEY (account_id) REFERENCES accounts (id) ON DELETE CASCADE,
     ADD FOREIGN KEY (connection_id) REFERENCES connections (id) ON DELETE CASCADE;
+-- Emptied by every fold: vacuumed after a fixed number of dead rows (not a fraction of a
+-- table that is mostly empty), so that readers' index scans do not wade through them.
+ALTER TABLE ledger_rollup_deltas SET (autovacuum_vacuum_scale_factor = 0,
+                                      autovacuum_vacuum_threshold = 10000,
+                                      autovacuum_analyze_scale_factor = 0,
+                                      autovacuum_analyze_threshold = 10000);
 CREATE INDEX ledger_rollup_deltas_account ON ledger_rollup_deltas (account_id, bucket);
 CREATE INDEX ledger_rollup_deltas_connection ON ledger_rollup_deltas (connection_id, bucket);
 
