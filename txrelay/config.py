@@ -399,8 +399,9 @@ class TrackerConfig:
     )
     tick_interval_seconds: float = setting(
         60.0,
-        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders "
-        "and looks the DKIM records of pending sending domains up (20 at a time).",
+        "How often the tracker expires quota blocks, renews plans, checks low-quota reminders, "
+        "looks the DKIM records of pending sending domains up (20 at a time), and folds the "
+        "ledger's deltas into its 15-minute rollups (figures are exact either way).",
         POSITIVE,
     )
     active_window_days: int = setting(
@@ -735,6 +736,23 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long the ledger keeps its recipient rows; `txrelay db prune` deletes older ones.
+    The 15-minute rollups that `txrelay stats` and billing read are kept."""
+
+    ledger_months: int = setting(
+        13,
+        "Closed billing months (UTC calendar months) whose ledger and message rows `txrelay "
+        "db prune` keeps before the open month: rows accepted before the first day of the "
+        "month this many months back are deleted. The open month and the one before it are "
+        "never deleted, whatever the value. `stats` and `billing report` of older months "
+        "still show their figures (from the rollups); `messages search` no longer finds "
+        "their recipients.",
+        POSITIVE,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -753,6 +771,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     web: WebConfig = field(default_factory=WebConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: str = "(defaults)"
     # section.key -> where its value came from (the file, or "environment variable NAME");
     # keys absent here have their default.
@@ -781,6 +800,7 @@ SECTIONS: dict[str, type] = {
     "webhooks": WebhooksConfig,
     "web": WebConfig,
     "sandbox": SandboxConfig,
+    "retention": RetentionConfig,
 }
 
 

@@ -1,22 +1,25 @@
-"""`txrelay db`: apply the schema migrations and show the schema version."""
+"""`txrelay db`: apply the schema migrations, show the schema version, prune old rows."""
 
 from __future__ import annotations
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
-from txrelay.provisioning.integrity import transaction
-from txrelay.store import database
+from txrelay.policy.retention import retention_cutoff
+from txrelay.provisioning.integrity import transaction, translated_errors
+from txrelay.store import database, retention
 
 
 @click.group()
 def db() -> None:
-    """The PostgreSQL schema: migrate it and see which version it is at.
+    """The PostgreSQL schema: migrate it, see which version it is at, and delete ledger
+    rows older than the retention.
 
     \b
     Example:
       txrelay db migrate
       txrelay db status
+      txrelay db prune --dry-run
     """
 
 
@@ -83,6 +86,49 @@ def status(cli: CliContext) -> None:
             click.echo(
                 f"Pending: {migration.version:04d} {migration.name} (run 'txrelay db migrate')"
             )
+
+    cli.emit(data, human)
+
+
+@db.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@json_option
+@pass_cli
+def prune(cli: CliContext, dry_run: bool) -> None:
+    """Delete the ledger's recipient rows and their messages accepted before the retention
+    ([retention] ledger_months closed months before the open one; 13 by default). The open
+    month and the previous one are never deleted, nor rows not billed yet. `stats` and
+    `billing report` keep every month's figures (15-minute rollups); `messages search` and
+    `messages show` no longer find the deleted mail. Safe to run again, e.g. monthly from
+    cron after the invoices are made.
+
+    \b
+    Example:
+      txrelay db prune --dry-run
+      txrelay db prune --json
+    """
+    months = cli.config.retention.ledger_months
+    cutoff = retention_cutoff(cli.clock.now(), months)
+    conn = cli.db
+    conn.rollback()  # no open transaction: each connection's rows are one transaction
+    with translated_errors():
+        pruned = retention.prune(conn, cutoff, dry_run=dry_run)
+    data = {
+        "dry_run": dry_run,
+        "ledger_months": months,
+        "cutoff": cutoff.isoformat(),
+        "ledger_rows": pruned.ledger_rows,
+        "messages": pruned.messages,
+        "connections": pruned.connections,
+    }
+
+    def human() -> None:
+        verb = "Would delete" if dry_run else "Deleted"
+        click.echo(
+            f"{verb} {pruned.ledger_rows} ledger rows and {pruned.messages} messages accepted "
+            f"before {cutoff:%Y-%m-%d} (UTC; [retention] ledger_months = {months}); "
+            "the rollups keep their figures."
+        )
 
     cli.emit(data, human)
 

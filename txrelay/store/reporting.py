@@ -11,53 +11,40 @@ import psycopg
 
 from txrelay.errors import NotFound
 from txrelay.policy.billing import BillingInputs, BookedBlock, Period
+from txrelay.store import rollups
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 # By name: live accounts only (a deleted account's name may be taken again).
 SELECT_ACCOUNT_ID = "SELECT id FROM accounts WHERE name = %(name)s AND deleted_at IS NULL"
 
-# Per connection: recipients that arrived in the period and what became of them. Voided
-# rows never reached Postfix's queue: they did not arrive. Complained: recipients who
-# reported the message as spam. Suppressed: recipients refused at RCPT for being on the
-# account's suppression list (never arrived; counted by 15-minute bucket). Sandboxed:
-# recipients of a sandbox connection's mail, captured and never delivered nor billed. Live
-# connections are listed even without mail; deleted ones only when they have mail in the
-# period.
+# Per connection: recipients that arrived in the period and what became of them, from the
+# rollups (store.rollups.connection_sums). Voided rows never reached Postfix's queue: they
+# did not arrive. Complained: recipients who reported the message as spam. Suppressed:
+# recipients refused at RCPT for being on the account's suppression list (never arrived;
+# counted by 15-minute bucket). Sandboxed: recipients of a sandbox connection's mail,
+# captured and never delivered nor billed. Live connections are listed even without mail;
+# deleted ones only when they have mail (or refusals, or captures) in the period.
 CONNECTION_STATS = """
 SELECT a.name AS account, c.id AS connection_id, c.name AS connection, c.enabled,
        c.deleted_at,
        GREATEST(c.last_used_at, (SELECT max(l2.accepted_at) FROM ledger l2
                                   WHERE l2.connection_id = c.id)) AS last_used_at,
-       count(l.id) AS arrived,
-       count(l.id) FILTER (WHERE l.state = 'delivered') AS delivered,
-       count(l.id) FILTER (WHERE l.state = 'deferred') AS deferred,
-       count(l.id) FILTER (WHERE l.state = 'bounced') AS bounced,
-       count(l.id) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight,
-       count(l.id) FILTER (WHERE l.complained_at IS NOT NULL) AS complained,
-       (SELECT COALESCE(sum(s.refused), 0) FROM suppressed_counts s
-         WHERE s.connection_id = c.id
-           AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
-           AND s.bucket < %(until)s) AS suppressed,
+       s.suppressed, s.refusals,
        (SELECT COALESCE(sum(cardinality(sb.recipients)), 0) FROM sandbox_messages sb
          WHERE sb.connection_id = c.id
            AND (%(since)s::timestamptz IS NULL OR sb.captured_at >= %(since)s)
            AND sb.captured_at < %(until)s) AS sandboxed
   FROM connections c
   JOIN accounts a ON a.id = c.account_id
-  LEFT JOIN ledger l ON l.connection_id = c.id AND l.state <> 'voided'
-                    AND (%(since)s::timestamptz IS NULL OR l.accepted_at >= %(since)s)
-                    AND l.accepted_at < %(until)s
+ CROSS JOIN LATERAL (
+       SELECT COALESCE(sum(s.refused), 0) AS suppressed, count(*) AS refusals
+         FROM suppressed_counts s
+        WHERE s.connection_id = c.id
+          AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
+          AND s.bucket < %(until)s) s
  WHERE (%(account)s::text IS NULL OR (a.name = %(account)s AND a.deleted_at IS NULL))
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
- GROUP BY a.name, c.id
-HAVING c.deleted_at IS NULL OR count(l.id) > 0
-    OR EXISTS (SELECT 1 FROM suppressed_counts s WHERE s.connection_id = c.id
-                AND (%(since)s::timestamptz IS NULL OR s.bucket >= %(since)s)
-                AND s.bucket < %(until)s)
-    OR EXISTS (SELECT 1 FROM sandbox_messages sb WHERE sb.connection_id = c.id
-                AND (%(since)s::timestamptz IS NULL OR sb.captured_at >= %(since)s)
-                AND sb.captured_at < %(until)s)
  ORDER BY a.name, c.name, c.id"""
 
 
@@ -99,10 +86,22 @@ def connection_stats(
 ) -> list[ConnectionStats]:
     if account is not None:
         require_account(conn, account)
-    rows = conn.execute(
+    listed = conn.execute(
         CONNECTION_STATS,
         {"since": since, "until": until, "account": account, "connection": connection},
     ).fetchall()
+    sums = rollups.connection_sums(
+        conn, [int(row["connection_id"]) for row in listed], since, until
+    )
+    zeros = dict.fromkeys(rollups.STATS_COLUMNS, 0)
+    rows = [
+        row | sums.get(int(row["connection_id"]), zeros)
+        for row in listed
+        if row["deleted_at"] is None
+        or sums.get(int(row["connection_id"]), zeros)["arrived"] > 0
+        or row["refusals"] > 0
+        or row["sandboxed"] > 0
+    ]
     if connection is not None and not rows:
         raise NotFound(
             f"no connection named {connection!r}"
@@ -146,10 +145,13 @@ def require_account(conn: Conn, name: str) -> int:
     return int(row["id"])
 
 
-# Message-ID is matched with or without its angle brackets; the sender is the envelope
-# sender or the From: address, or "@domain" for either one's domain. The recipients of
-# sandbox connections' captured messages (sandbox_messages) come with state 'sandboxed'
-# and no billing: they were never queued nor billed.
+# Message-ID is matched with or without its angle brackets (message_id_forms: the forms
+# are made here, so that messages_message_id serves the match); the recipient through
+# ledger_recipient_lower (0043), the queue id through messages_queue_id (each only in a
+# plan made for the given values: search_recipients never prepares it). The sender is the
+# envelope sender or the From: address, or "@domain" for either one's domain. The
+# recipients of sandbox connections' captured messages (sandbox_messages) come with state
+# 'sandboxed' and no billing: they were never queued nor billed.
 SEARCH_RECIPIENTS = """
 SELECT accepted_at, queue_id, node, message_id, envelope_sender, header_from, account,
        connection, recipient, state, billing, dsn, last_event, last_event_at, bounce_kind,
@@ -172,9 +174,7 @@ SELECT accepted_at, queue_id, node, message_id, envelope_sender, header_from, ac
           JOIN accounts a ON a.id = s.account_id
           JOIN connections c ON c.id = s.connection_id) found
  WHERE (%(to)s::text IS NULL OR lower(recipient) = lower(%(to)s))
-   AND (%(message_id)s::text IS NULL OR message_id = %(message_id)s
-        OR message_id = '<' || %(message_id)s || '>'
-        OR '<' || message_id || '>' = %(message_id)s)
+   AND (%(message_ids)s::text[] IS NULL OR message_id = ANY(%(message_ids)s))
    AND (%(connection)s::text IS NULL OR connection = %(connection)s)
    AND (%(account)s::text IS NULL OR (account = %(account)s AND account_deleted_at IS NULL))
    AND (%(queue_id)s::text IS NULL OR queue_id = %(queue_id)s)
@@ -205,6 +205,8 @@ def search_recipients(
     sender: str | None = None,
     state: str | None = None,
 ) -> list[dict[str, Any]]:
+    # Never a prepared statement: a generic plan cannot drop the filters not given (their
+    # "IS NULL OR" stays) and falls back to reading every row.
     return conn.execute(
         SEARCH_RECIPIENTS,
         {
@@ -212,14 +214,24 @@ def search_recipients(
             "sender": sender,
             "state": state,
             "to": to,
-            "message_id": message_id,
+            "message_ids": None if message_id is None else message_id_forms(message_id),
             "connection": connection,
             "account": account,
             "since": since,
             "until": until,
             "limit": limit,
         },
+        prepare=False,
     ).fetchall()
+
+
+def message_id_forms(message_id: str) -> list[str]:
+    """The stored forms a searched Message-ID matches: as given, without its angle brackets
+    and with them (a message's Message-ID is stored as its header wrote it)."""
+    bare = message_id.strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1]
+    return sorted({message_id, bare, f"<{bare}>"})
 
 
 # --- billing --------------------------------------------------------------------------------
@@ -230,19 +242,18 @@ SELECT id, kind, amount, booked_at FROM quota_blocks
    AND booked_at >= %(start)s AND booked_at < %(end)s
  ORDER BY booked_at, id"""
 
-# Bounced recipients are billed like delivered ones: billing, not state, decides. A row
-# still pending counts as what settling would make it (migration 0012's
-# txrelay_pending_allocation: a block, or overage), without settling it: a report never writes.
-# Overage is migration 0033's txrelay_overage_used, the figure the overage cap counts.
-LEDGER_BILLING = """
-SELECT count(*) FILTER (WHERE l.billing = 'quota'
-                           OR (l.billing = 'pending' AND p.block_id IS NOT NULL)) AS from_blocks,
-       txrelay_overage_used(%(account_id)s, %(start)s, %(end)s) AS overage,
-       count(*) FILTER (WHERE l.billing = 'void') AS voided
-  FROM ledger l
-  LEFT JOIN txrelay_pending_allocation(%(account_id)s) p ON p.row_id = l.id
- WHERE l.account_id = %(account_id)s
-   AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s"""
+# Bounced recipients are billed like delivered ones: billing, not state, decides. Settled
+# rows are counted from the rollups (store.rollups.account_billing). A row still pending
+# counts as what settling would make it (migration 0012's txrelay_pending_allocation: a
+# block, or overage), without settling it: a report never writes; pending rows are few
+# (ledger_pending). Overage is txrelay_overage_used (0033, from the rollups since 0043),
+# the figure the overage cap counts.
+PENDING_BILLING = """
+SELECT count(*) FILTER (WHERE p.block_id IS NOT NULL) AS pending_to_blocks,
+       txrelay_overage_used(%(account_id)s, %(start)s, %(end)s) AS overage
+  FROM txrelay_pending_allocation(%(account_id)s) p
+  JOIN ledger l ON l.id = p.row_id
+ WHERE l.accepted_at >= %(start)s AND l.accepted_at < %(end)s"""
 
 EXPIRED_UNUSED = """
 SELECT COALESCE(sum(expired_unused), 0)::bigint AS expired
@@ -257,15 +268,16 @@ def billing_inputs(conn: Conn, account_id: int, period: Period) -> BillingInputs
         BookedBlock(int(r["id"]), r["kind"], int(r["amount"]), r["booked_at"])
         for r in conn.execute(BLOCKS_BOOKED, params).fetchall()
     )
-    counts = conn.execute(LEDGER_BILLING, params).fetchone()
+    quota, voided = rollups.account_billing(conn, account_id, period.start, period.end)
+    pending = conn.execute(PENDING_BILLING, params).fetchone()
     expired = conn.execute(EXPIRED_UNUSED, params).fetchone()
-    assert counts is not None and expired is not None  # aggregates: always one row
+    assert pending is not None and expired is not None  # aggregates: always one row
     return BillingInputs(
         blocks,
-        int(counts["from_blocks"]),
-        int(counts["overage"]),
+        quota + int(pending["pending_to_blocks"]),
+        int(pending["overage"]),
         int(expired["expired"]),
-        int(counts["voided"]),
+        voided,
     )
 
 

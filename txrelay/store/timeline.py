@@ -2,8 +2,8 @@
 
 Each source (today the ledger) is one query that returns counts per (bucket, connection);
 they are merged here, so a new column (suppressed, sandboxed…) is one more CountSource.
-The ledger source reads the ledger itself; rollups can replace `ledger_counts` behind the
-same signature without the command noticing.
+The ledger source reads the ledger's 15-minute rollups (store.rollups, migration 0043)
+behind the same signature it had when it read the ledger itself.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import psycopg
 
 from txrelay.errors import NotFound
 from txrelay.policy.buckets import Buckets
+from txrelay.store import rollups
 from txrelay.store.reporting import require_account
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
@@ -70,7 +71,8 @@ class BucketStats:
 
 
 # The connections of `txrelay stats`: live ones always, deleted ones only when they have
-# mail in the range (so a chart of a deleted connection's past still shows).
+# mail in the range (so a chart of a deleted connection's past still shows, also once
+# `txrelay db prune` deleted its ledger rows: the rollups keep it).
 SELECT_CONNECTIONS = """
 SELECT c.id AS connection_id, a.name AS account, c.name AS connection
   FROM connections c
@@ -78,49 +80,24 @@ SELECT c.id AS connection_id, a.name AS account, c.name AS connection
  WHERE (%(account)s::text IS NULL OR a.name = %(account)s)
    AND (%(connection)s::text IS NULL OR c.name = %(connection)s)
    AND (c.deleted_at IS NULL
-        OR EXISTS (SELECT 1 FROM ledger l WHERE l.connection_id = c.id
-                      AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s)
+        OR EXISTS (SELECT 1 FROM ledger_rollups r WHERE r.connection_id = c.id
+                      AND r.bucket >= %(start)s AND r.bucket < %(end)s)
+        OR EXISTS (SELECT 1 FROM ledger_rollup_deltas r WHERE r.connection_id = c.id
+                      AND r.bucket >= %(start)s AND r.bucket < %(end)s)
         OR EXISTS (SELECT 1 FROM sandbox_messages s WHERE s.connection_id = c.id
                       AND s.captured_at >= %(start)s AND s.captured_at < %(end)s))
  ORDER BY a.name, c.name, c.id"""
 
-# Per bucket and connection, the recipients that arrived in the bucket (voided ones never
-# reached Postfix's queue) and what became of them: the same cohort as `txrelay stats`.
-# width_bucket numbers the buckets from 1 against the edges; the range condition per
-# connection is what the index ledger_connection_time serves.
-LEDGER_COUNTS = """
-SELECT l.connection_id, width_bucket(l.accepted_at, %(edges)s::timestamptz[]) - 1 AS bucket,
-       count(*) AS arrived,
-       count(*) FILTER (WHERE l.state = 'delivered') AS delivered,
-       count(*) FILTER (WHERE l.state = 'deferred') AS deferred,
-       count(*) FILTER (WHERE l.state = 'bounced') AS bounced,
-       count(*) FILTER (WHERE l.complained_at IS NOT NULL) AS complained,
-       count(*) FILTER (WHERE l.state IN ('accepted', 'queued')) AS in_flight
-  FROM ledger l
- WHERE l.connection_id = ANY(%(connection_ids)s)
-   AND l.accepted_at >= %(start)s AND l.accepted_at < %(end)s
-   AND l.state <> 'voided'
- GROUP BY 1, 2"""
-
-LEDGER_COLUMNS = ("arrived", "delivered", "deferred", "bounced", "complained", "in_flight")
+LEDGER_COLUMNS = rollups.STATS_COLUMNS
 
 
 def ledger_counts(conn: Conn, scope: Scope) -> Counts:
-    rows = conn.execute(
-        LEDGER_COUNTS,
-        {
-            "edges": list(scope.buckets.edges),
-            "connection_ids": list(scope.connection_ids),
-            "start": scope.buckets.start,
-            "end": scope.buckets.end,
-        },
-    ).fetchall()
-    return {
-        (int(row["bucket"]), int(row["connection_id"])): {
-            column: int(row[column]) for column in LEDGER_COLUMNS
-        }
-        for row in rows
-    }
+    """Per bucket and connection, the recipients that arrived in the bucket (voided ones
+    never reached Postfix's queue) and what became of them: the same cohort as `txrelay
+    stats`, from the 15-minute rollups (every bucket edge is on their grid)."""
+    if not scope.connection_ids:
+        return {}
+    return rollups.bucket_sums(conn, list(scope.connection_ids), list(scope.buckets.edges))
 
 
 # A sandbox connection's recipients, in the bucket their message was captured in: never

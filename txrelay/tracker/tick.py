@@ -1,6 +1,6 @@
 """The periodic tick: renew plans, expire blocks, send low-quota reminders, look the DKIM
-records of pending sending domains up, and delete sandbox mail older than [sandbox]
-retention_days.
+records of pending sending domains up, delete sandbox mail older than [sandbox]
+retention_days, and fold the ledger's deltas into its rollups.
 
 Run by the tracker every [tracker] tick_interval_seconds and by `txrelay quota tick`.
 Idempotent: a second run (or another node's run) changes nothing.
@@ -21,7 +21,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.notify import Mailer, Reminder, Usage, compose
 from txrelay.provisioning import dns_check, domains
 from txrelay.provisioning.dns_lookup import DnsLookup
-from txrelay.store import lifecycle, webhook_events
+from txrelay.store import lifecycle, rollups, webhook_events
 from txrelay.store.sandbox import purge_sandbox_messages
 
 log = logging.getLogger("txrelay.tracker")
@@ -38,6 +38,7 @@ class TickResult:
     dkim_published: list[str] = field(default_factory=list)  # ... that became published
     quota_exhausted: list[int] = field(default_factory=list)  # account ids told (webhooks)
     sandbox_purged: int = 0  # captured sandbox messages past their retention, deleted
+    rollups_folded: int = 0  # ledger deltas moved into the 15-minute rollups
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -112,6 +113,9 @@ def run_tick(
         result.quota_exhausted = lifecycle.check_exhaustion(conn, now, accounts)
     for account_id in result.quota_exhausted:
         log.info("event=quota_exhausted account_id=%d", account_id)
+    if accounts is None:
+        with conn.transaction():
+            result.rollups_folded = rollups.fold(conn)
     return result
 
 
