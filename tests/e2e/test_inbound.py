@@ -7,6 +7,7 @@ byte for byte."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from tests.harness.reports import arf, dsn, original_message
 from tests.harness.services import PostfixInstance
 from tests.store.tracking_fixtures import add_message, make_sender
 from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
+from txrelay.config import load_config, render_toml
 from txrelay.policy.return_path import feedback_id, return_path
 
 pytestmark = pytest.mark.e2e
@@ -122,8 +124,10 @@ def inbound(config_file: Path) -> Iterator[Inbound]:
         write_bounce_secret(secret_file)
         secret_file.chmod(0o644)  # the pipe's user reads it (production: group txrelay)
         own_config = directory / "txrelay.toml"
-        own_config.write_text(config_file.read_text() + f'\n[bounce]\ndomain = "{BOUNCE_DOMAIN}"'
-                              f'\nsecret_file = "{secret_file}"\n')
+        base = load_config(config_file, required=True, environ={})
+        bounce = dataclasses.replace(base.bounce, domain=BOUNCE_DOMAIN,
+                                     secret_file=str(secret_file))
+        own_config.write_text(render_toml(dataclasses.replace(base, bounce=bounce)))
         own_config.chmod(0o644)
         server = BounceServer(directory / "postfix", config_file=own_config,
                               txrelay=str(system_python_txrelay(directory)))
