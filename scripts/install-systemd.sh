@@ -67,7 +67,8 @@ fi
 
 [ -z "$destdir" ] || exit 0
 if [ -d /etc/txrelay ]; then
-    chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml /etc/txrelay/kek /etc/txrelay/bounce.key 2>/dev/null || true
+    chgrp txrelay /etc/txrelay /etc/txrelay/txrelay.toml /etc/txrelay/kek /etc/txrelay/bounce.key \
+        /etc/txrelay/bounce-dkim.pem 2>/dev/null || true
 fi
 if [ "$(ps -p 1 -o comm= 2>/dev/null)" != systemd ]; then
     if command -v systemd-tmpfiles >/dev/null; then

@@ -19,6 +19,8 @@
 #                             the /var/lib/txrelay volume; made at first start; back it up)
 #   TXRELAY_BOUNCE_SECRET_FILE the key of return paths (default /var/lib/txrelay/bounce.key,
 #                             in the volume; made at first start; the same on every node)
+#   TXRELAY_BOUNCE_DKIM_KEY_FILE the relay's DKIM key for CFBL (default
+#                             /var/lib/txrelay/bounce-dkim.pem, in the volume; likewise)
 #   RELAY_TLS_CERT, RELAY_TLS_KEY   PEM files (default /etc/txrelay/tls/{cert,key}.pem,
 #                             a self-signed pair is made there when both are missing)
 #   RELAY_RELAYHOST           Postfix relayhost, e.g. [smtp.example.net]:587 (default: direct)
@@ -71,6 +73,7 @@ export TXRELAY_TRACKER_LOG_PATH=$maillog
 export TXRELAY_DATABASE_KEK_FILE=${TXRELAY_DATABASE_KEK_FILE:-/var/lib/txrelay/kek}
 # Likewise the bounce secret: bounces of mail already sent carry tokens made with it.
 export TXRELAY_BOUNCE_SECRET_FILE=${TXRELAY_BOUNCE_SECRET_FILE:-/var/lib/txrelay/bounce.key}
+export TXRELAY_BOUNCE_DKIM_KEY_FILE=${TXRELAY_BOUNCE_DKIM_KEY_FILE:-/var/lib/txrelay/bounce-dkim.pem}
 
 configure_txrelay() {
     # init writes txrelay.toml and Dovecot's auth configuration from these settings, and
@@ -89,7 +92,12 @@ configure_txrelay() {
     txrelay init --config-path "$config" --force --tls-cert "$cert" --tls-key "$key" \
         "${settings[@]}" >/dev/null
     chgrp txrelay "$config" && chmod 0640 "$config"
-    chgrp txrelay "$TXRELAY_DATABASE_KEK_FILE" && chmod 0640 "$TXRELAY_DATABASE_KEK_FILE"
+    # The daemons run as txrelay: they read the keys through its group.
+    local file
+    for file in "$TXRELAY_DATABASE_KEK_FILE" "$TXRELAY_BOUNCE_SECRET_FILE" \
+            "$TXRELAY_BOUNCE_DKIM_KEY_FILE"; do
+        [ ! -f "$file" ] || { chgrp txrelay "$file" && chmod 0640 "$file"; }
+    done
     # Keys stored in clear by an older image are sealed now (a no-op once they all are).
     txrelay --config "$config" keys encrypt >/dev/null
 }
