@@ -93,10 +93,27 @@ def test_tracker_metrics_show_it_caught_up_with_the_log(relay: RelayStack, shop:
     assert Path(metrics_stack.config.tracker.log_path).stat().st_size > 0
 
 
+def _webhook_worker_metrics(metrics_stack: MetricsStack, tmp_path: Path) -> str:
+    """The /metrics of a webhook worker (`txrelay webhooks run`) of the same configuration."""
+    listen = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "TXRELAY_METRICS_WEBHOOKS_LISTEN": listen}
+    worker = ManagedProcess([TXRELAY, "--config", str(metrics_stack.config_file), "webhooks",
+                             "run"], tmp_path / "webhooks.log", env=env)
+    worker.start()
+    try:
+        wait_until(lambda: port_open(int(listen.rsplit(":", 1)[1])), 20, "worker metrics",
+                   worker.log)
+        return curl(f"http://{listen}/metrics")
+    finally:
+        worker.stop()
+
+
 def test_grafana_dashboard_and_alerts_ask_only_for_what_milter_and_tracker_export(
-        relay: RelayStack, shop: Provisioned, metrics_stack: MetricsStack) -> None:
+        relay: RelayStack, shop: Provisioned, metrics_stack: MetricsStack,
+        tmp_path: Path) -> None:
     """Every PromQL expression of deploy/grafana/txrelay.json (and of the alert rules) held
-    against the real /metrics of a milter and a tracker that have seen mail delivered."""
+    against the real /metrics of a milter and a tracker that have seen mail delivered, and
+    of a webhook worker."""
     rcpt = f"g-{secrets.token_hex(4)}@customer.example.net"
     assert submit(shop.username, shop.password, shop.address(), [rcpt],
                   build_message(shop.address(), [rcpt]), port=metrics_stack.port).accepted
@@ -115,7 +132,7 @@ def test_grafana_dashboard_and_alerts_ask_only_for_what_milter_and_tracker_expor
     assert set(samples(tracker_text, "txrelay_tracker_outcomes_total")) == {
         (("state", state),) for state in ("delivered", "deferred", "bounced")}
 
-    metrics = exposed(milter_text, tracker_text)
+    metrics = exposed(milter_text, tracker_text, _webhook_worker_metrics(metrics_stack, tmp_path))
     board = json.loads((ROOT / "deploy" / "grafana" / "txrelay.json").read_text())
     expressions = [(panel["title"], target["expr"], target.get("legendFormat", ""))
                    for panel in board["panels"] for target in panel.get("targets", [])]
