@@ -121,7 +121,8 @@ def _start(config: Config, directory: Path, stopper: Stopper,
     server.prepare()
     before = snapshot(server)
     listen = f"127.0.0.1:{listen_port}"
-    report = txrelay_postfix(server, "configure", "--listen", listen)
+    # The admin's bounces are not this test's: the inbound route has tests of its own.
+    report = txrelay_postfix(server, "configure", "--listen", listen, "--no-inbound")
     server.start()
     relay = RelayStack(stack_config, config_file, stack_config.database.url, dovecot, sink,
                        server, milter)
@@ -242,7 +243,7 @@ def test_implicit_tls_service_relays_signed_mail_to_a_real_ssl_client(
         dropin: DropIn, shop: Provisioned) -> None:
     implicit_port = free_port()
     report = txrelay_postfix(dropin.server, "configure", "--listen", dropin.txrelay_listen,
-                             "--implicit-tls", f"127.0.0.1:{implicit_port}")
+                             "--implicit-tls", f"127.0.0.1:{implicit_port}", "--no-inbound")
     assert [c["service"] for c in report["changes"]] == [  # type: ignore[attr-defined]
         f"127.0.0.1:{implicit_port}/inet"]
     dropin.server.reload()

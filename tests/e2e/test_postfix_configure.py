@@ -47,7 +47,10 @@ def config_directory(tmp_path: Path) -> Path:
 
 
 def txrelay(config_file: Path, directory: Path, *args: str) -> Any:
-    return run([TXRELAY, "--config", str(config_file), *args, "--config-directory",
+    # The run's database may hold domains with a return path of their own, which configure
+    # would route to txrelay's pipe: these tests are about txrelay's submission service.
+    routing = ["--no-inbound"] if "configure" in args or "show" in args else []
+    return run([TXRELAY, "--config", str(config_file), *args, *routing, "--config-directory",
                 str(directory)], check=False)
 
 
@@ -196,7 +199,7 @@ def test_own_certificate_is_an_override_on_txrelays_service_only(
          str(cert)])
     main_before = (config_directory / "main.cf").read_bytes()
     done = run([TXRELAY, "--config", str(config_file), "postfix", "configure",
-                "--config-directory", str(config_directory), "--listen", LISTEN],
+                "--config-directory", str(config_directory), "--listen", LISTEN, "--no-inbound"],
                env={**os.environ, "TXRELAY_SMTP_TLS_CERT_FILE": str(cert),
                     "TXRELAY_SMTP_TLS_KEY_FILE": str(key)})
     assert done.returncode == 0
