@@ -418,12 +418,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
         sandbox = self.runtime.sandbox
         if sandbox is None:
             return service_unavailable(LEDGER_SERVICE)
-        message_ids = txn.header_values("Message-ID")
         captured = CapturedMessage(
             txn_id=txn.txn_id,
             queue_id=txn.queue_id,
             node=self.runtime.node,
-            message_id=_unfold(message_ids[0]) if message_ids else None,
+            message_id=_first_message_id(txn),
             account_id=txn.account.id,
             connection_id=txn.connection.id,
             envelope_sender=txn.envelope_sender,
@@ -441,12 +440,11 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
 
     def _record(self, txn: Transaction, author: HeaderSender) -> Verdict:
         """The ledger first (PostgreSQL, the source of truth), then the live balance."""
-        message_ids = txn.header_values("Message-ID")
         accepted = AcceptedMessage(
             txn_id=txn.txn_id,
             queue_id=txn.queue_id,
             node=self.runtime.node,
-            message_id=_unfold(message_ids[0]) if message_ids else None,
+            message_id=_first_message_id(txn),
             account_id=txn.account.id,
             connection_id=txn.connection.id,
             envelope_sender=txn.envelope_sender,
@@ -535,6 +533,12 @@ class RelayMilter(Milter.Base):  # type: ignore[misc]
                 txn=str(txn.txn_id),
             ),
         )
+
+
+def _first_message_id(txn: Transaction) -> str | None:
+    """The message's Message-ID as recorded (the first, unfolded), or None."""
+    message_ids = txn.header_values("Message-ID")
+    return _unfold(message_ids[0]) if message_ids else None
 
 
 def _unfold(value: bytes) -> str:
