@@ -19,7 +19,14 @@ from txrelay.cli.context import CliContext, pass_cli
 )
 @pass_cli
 def milter(cli: CliContext, socket_spec: str | None) -> None:
-    """Run the milter in the foreground (logs to stderr, stops on SIGTERM)."""
+    """Run the milter in the foreground (logs to stderr, stops on SIGTERM). systemd runs it
+    as txrelay-milter.service.
+
+    \b
+    Example:
+      txrelay milter
+      txrelay milter --socket inet:9900@127.0.0.1
+    """
     from txrelay.milter.server import run
 
     config = cli.config

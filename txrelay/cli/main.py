@@ -78,6 +78,12 @@ def cli(ctx: click.Context, config_file: str | None, as_json: bool) -> None:
     \b
     Exit status: 0 done, 1 another error (or a check found problems), 2 usage,
     3 not found, 4 invalid input, 5 PostgreSQL or Redis unavailable (retry later).
+
+    \b
+    Example:
+      txrelay account list
+      txrelay --json quota show "Acme GmbH"
+      txrelay --config /etc/txrelay/staging.toml db status
     """
     cli_context = CliContext(config_file, as_json)
     ctx.obj = cli_context

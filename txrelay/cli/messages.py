@@ -21,7 +21,13 @@ STATES = ("accepted", "queued", "delivered", "deferred", "bounced", "voided", "s
 
 @click.group("messages")
 def messages() -> None:
-    """Look up accepted messages and their recipients in the ledger."""
+    """Look up accepted messages and their recipients in the ledger.
+
+    \b
+    Example:
+      txrelay messages search --to customer@example.com --since 7d
+      txrelay messages show 4QxYz1AbC2
+    """
 
 
 @messages.command("search")

@@ -97,7 +97,13 @@ def tick(cli: CliContext, account: str | None) -> None:
     than their validity, send low-quota reminders (for ACCOUNT only, if given); without
     ACCOUNT also look pending domains' DKIM records up ([dkim] require_published). The
     tracker does this every [tracker] tick_interval_seconds; a timer may call this. Running
-    it twice changes nothing the second time."""
+    it twice changes nothing the second time.
+
+    \b
+    Example:
+      txrelay quota tick
+      txrelay quota tick "Acme GmbH" --json
+    """
     from txrelay.notify import SmtpMailer
 
     conn = database.connect(cli.config.database, autocommit=True)
@@ -130,7 +136,13 @@ def _print_tick(result: TickResult) -> None:
 @pass_cli
 def reconcile(cli: CliContext, account: str | None) -> None:
     """Rebuild the live Redis balances from PostgreSQL and report every difference.
-    Outstanding reservations (the milters' held units) are not part of a balance."""
+    Outstanding reservations (the milters' held units) are not part of a balance.
+
+    \b
+    Example:
+      txrelay quota reconcile
+      txrelay quota reconcile "Acme GmbH"
+    """
     checks = lifecycle.reconcile(
         cli.db, cli.redis, cli.config.redis.key_prefix, cli.clock.now(), account
     )

@@ -41,6 +41,11 @@ def sink(listen: str, maildir: Path, reply_rules: tuple[str, ...], no_default_ru
 
     One log line per message (its Maildir key, envelope and Message-ID, so a message is found
     from the log); stops on SIGTERM. Not a mail server: for the demo and tests.
+
+    \b
+    Example:
+      txrelay sink --maildir /tmp/sink
+      txrelay sink --listen 127.0.0.1:2526 --maildir /tmp/sink --reply-rule 'full@*=452'
     """
     # Imported here: aiosmtpd is not worth loading for every other txrelay command.
     from txrelay.sink import DEFAULT_RULES, parse_listen, parse_reply_rule, run_sink

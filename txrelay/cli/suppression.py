@@ -53,7 +53,13 @@ def suppression_view(row: Suppression) -> dict[str, Any]:
 @json_option
 @pass_cli
 def list_command(cli: CliContext, account: str, reason: str | None, limit: int) -> None:
-    """The addresses suppressed for ACCOUNT now (not removed, not expired), newest first."""
+    """The addresses suppressed for ACCOUNT now (not removed, not expired), newest first.
+
+    \b
+    Example:
+      txrelay suppression list "Acme GmbH"
+      txrelay suppression list "Acme GmbH" --reason complaint --json
+    """
     rows = ops.list_suppressions(cli.db, account, cli.clock.now(), reason=reason, limit=limit)
     data = [suppression_view(row) for row in rows]
     cli.emit(
@@ -105,7 +111,13 @@ def add(
     expires_days: int | None,
 ) -> None:
     """Suppress ADDRESS for ACCOUNT: every relay node refuses it at RCPT within its next
-    policy refresh ([milter] policy_refresh_seconds)."""
+    policy refresh ([milter] policy_refresh_seconds).
+
+    \b
+    Example:
+      txrelay suppression add "Acme GmbH" customer@example.com --note "asked us by phone"
+      txrelay suppression add "Acme GmbH" old@example.com --expires 30
+    """
     row, written = ops.add_suppression(
         cli.db,
         account,
@@ -138,7 +150,12 @@ def add(
 @pass_cli
 def remove(cli: CliContext, account: str, address: str) -> None:
     """Lift the suppression of ADDRESS for ACCOUNT: mail to it is accepted again (every
-    node within its next refresh). A later hard bounce or complaint suppresses it again."""
+    node within its next refresh). A later hard bounce or complaint suppresses it again.
+
+    \b
+    Example:
+      txrelay suppression remove "Acme GmbH" customer@example.com
+    """
     row = ops.remove_suppression(cli.db, account, address, cli.clock.now())
     data = suppression_view(row) | {"account": account}
     cli.emit(
@@ -157,7 +174,12 @@ def remove(cli: CliContext, account: str, address: str) -> None:
 @pass_cli
 def show(cli: CliContext, account: str, address: str) -> None:
     """Why ADDRESS is (or was) suppressed for ACCOUNT: reason, the message that bounced or
-    was complained about, the DSN and its text, since when, until when."""
+    was complained about, the DSN and its text, since when, until when.
+
+    \b
+    Example:
+      txrelay suppression show "Acme GmbH" customer@example.com
+    """
     detail = ops.show_suppression(cli.db, account, address, cli.clock.now())
     cli.emit(show_view(detail), lambda: _print_detail(detail))
 

@@ -23,7 +23,14 @@ EVENTS_HELP = ", ".join(webhook_events.EVENTS)
 @click.group("webhook")
 def webhook() -> None:
     """A shop's webhooks: signed HTTP POSTs of its mail's events (delivered, bounced,
-    complained, suppressed, quota and block events), sent by `txrelay webhooks run`."""
+    complained, suppressed, quota and block events), sent by `txrelay webhooks run`.
+
+    \b
+    Example:
+      txrelay webhook add "Acme GmbH" https://shop.example/txrelay-events
+      txrelay webhook list "Acme GmbH"
+      txrelay webhook test 7
+    """
 
 
 @webhook.command("add")
@@ -222,7 +229,12 @@ def _view(hook: store.Webhook) -> dict[str, Any]:
 
 @click.group("webhooks")
 def webhooks() -> None:
-    """The webhook worker."""
+    """The webhook worker, which delivers the events of every account's webhooks.
+
+    \b
+    Example:
+      txrelay webhooks run
+    """
 
 
 @webhooks.command("run")
