@@ -175,3 +175,11 @@ def test_bad_rate_limit_is_a_usage_error(txrelay: Txrelay, account: str, domain:
                      rate)
     assert result.exit_code == 2 and "--rate-limit" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["create", "set"])
+def test_rate_limit_help_says_the_limit_counts_recipients(txrelay: Txrelay,
+                                                          command: str) -> None:
+    shown = " ".join(txrelay("connection", command, "--help").stdout.split())
+    assert "--rate-limit N Recipients per hour" in shown, shown
+    assert "mails per hour" not in shown.lower()

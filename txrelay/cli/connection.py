@@ -63,7 +63,8 @@ def connection() -> None:
     "--rate-limit",
     type=click.IntRange(min=0),
     metavar="N",
-    help="Mails per hour (0 = unlimited; default: 25 for demo accounts, unlimited for paid ones).",
+    help="Recipients per hour, counted over a sliding hour (0 = unlimited; default: 25 for "
+    "demo accounts, unlimited for paid ones).",
 )
 @click.option(
     "--sandbox",
@@ -305,12 +306,16 @@ def delete(cli: CliContext, name: str, account: str | None) -> None:
 @click.argument("name", metavar="NAME_OR_USERNAME")
 @ACCOUNT_OPTION
 @click.option(
-    "--rate-limit", type=click.IntRange(min=0), metavar="N", help="Mails per hour (0 = unlimited)."
+    "--rate-limit",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Recipients per hour (0 = unlimited).",
 )
 @click.option(
     "--default-rate-limit",
     is_flag=True,
-    help="Go back to the default rate (25/h for demo accounts, unlimited if paid).",
+    help="Go back to the default rate (25 recipients per hour for demo accounts, unlimited "
+    "if paid).",
 )
 @click.option("--add-domain", multiple=True, metavar="D", help="Allow sending from D too.")
 @click.option("--remove-domain", multiple=True, metavar="D", help="Stop sending from D.")

@@ -94,7 +94,7 @@ def _by_id(conn: psycopg.Connection, account_id: int, name: str) -> Connection:
 
 def _check_rate_limit(rate_limit: int | None) -> None:
     if rate_limit is not None and rate_limit < 0:
-        raise InvalidInput("--rate-limit must be 0 (unlimited) or a number of mails per hour")
+        raise InvalidInput("--rate-limit must be 0 (unlimited) or a number of recipients per hour")
 
 
 def find_connection(conn: psycopg.Connection, ref: str, account_name: str | None) -> Connection:
