@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs txrelay's systemd units next to an existing Postfix: user txrelay (in group
 # postfix, for the milter socket), the units for the milter, the tracker, the webhook worker
-# and txrelay's Dovecot, the web dashboard's unit (installed, not enabled), the tmpfiles.d entry for their directories, and (when fail2ban is
-# installed) its filter and jail for failed logins on txrelay's service. Idempotent.
+# and txrelay's Dovecot (enabled and started), the web dashboard's unit (installed, not
+# enabled), the tmpfiles.d entry for their directories, and (when fail2ban is installed) its
+# filter and jail for failed logins on txrelay's service. Idempotent.
 #
 #   scripts/install-systemd.sh              install, then enable and start when systemd runs
 #   scripts/install-systemd.sh --no-start   install only

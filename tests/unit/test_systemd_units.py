@@ -134,6 +134,49 @@ def test_no_unit_propagates_stop_or_restart_to_postfix(installed: Path, unit: st
             assert "postfix" not in value, f"{unit}: {directive}={value}"
 
 
+def unit_list(text: str, section: str, directive: str) -> list[str]:
+    """The units a list directive of SECTION names, as systemd reads it: the values of every
+    line add up, and an empty assignment ("Before=") clears what came before."""
+    names: list[str] = []
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif current == section and line.partition("=")[0].strip() == directive:
+            value = line.partition("=")[2].split()
+            names = names + value if value else []
+    return names
+
+
+@pytest.mark.parametrize("unit", ["txrelay-milter.service", "txrelay-dovecot.service"])
+def test_milter_and_dovecot_are_ordered_before_postfix(installed: Path, unit: str) -> None:
+    """At boot the milter socket and the auth socket exist when Postfix starts taking
+    mail: ordering only (the test above proves no stop or restart reaches Postfix)."""
+    text = (installed / unit).read_text()
+    assert "postfix.service" in unit_list(text, "Unit", "Before"), unit
+    assert "postfix.service" not in unit_list(text, "Unit", "After"), unit
+
+
+def test_unit_list_reads_lines_and_resets_as_systemd_does() -> None:
+    text = "[Unit]\nBefore=a.service\nBefore=\nBefore=b.service c.service\n[Install]\nBefore=x"
+    assert unit_list(text, "Unit", "Before") == ["b.service", "c.service"]
+    assert unit_list("[Service]\nBefore=postfix.service\n", "Unit", "Before") == []
+
+
+def test_deployment_guide_lists_every_unit_the_installer_stages(installed: Path) -> None:
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    rows = re.findall(r"^\| `(txrelay-[a-z]+\.service)`", guide, re.M)
+    assert sorted(rows) == sorted(p.name for p in installed.glob("*.service"))
+    script = (ROOT / "scripts" / "install-systemd.sh").read_text()
+    enabled = re.search(r"^units=\((.*)\)$", script, re.M)
+    assert enabled is not None
+    count = len(enabled[1].split())
+    words = {4: "four", 5: "five", 6: "six"}
+    assert f"installs {words[len(rows)]} units" in " ".join(guide.split())
+    assert f"`systemctl enable --now` {words[count]} of them" in " ".join(guide.split())
+
+
 def test_enabling_the_units_links_nothing_into_postfix(tmp_path: Path) -> None:
     """systemctl's own offline enable, next to Debian's Postfix units: the only links made
     are wants of multi-user.target, none under postfix.service.requires (which would make
