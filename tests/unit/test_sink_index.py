@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import re
+import shlex
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,3 +39,36 @@ def test_log_line_names_the_maildir_key_and_message_id(tmp_path: Path) -> None:
                      f"to=<customer@example.net> size={len(raw)} "
                      "message_id=<order-42@shop.example>"]
     assert mailbox.Maildir(str(tmp_path / "Maildir"))[key].get_payload() == "Thanks\n"
+
+
+def _readme_return_path_command() -> str:
+    """The README's `rp=$(sed … /var/log/txrelay/sink.log …)` lines, as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"^rp=\$\(.*?\n(?:    .*\n)*", readme, re.M)
+    assert found is not None, "README.md no longer takes the DSN's return path with rp=$(…)"
+    return found[0]
+
+
+def test_readme_takes_the_return_path_from_the_sink_log_not_the_maildir(tmp_path: Path) -> None:
+    """The README's DSN example finds the envelope sender of the mail to gone-later@ in the
+    sink's log lines (the latest one, among others), as the sink writes them."""
+    command = _readme_return_path_command()
+    assert "/var/log/txrelay/sink.log" in command and "maildir" not in command.lower()
+    lines: list[str] = []
+    handler = CaptureHandler(tmp_path / "Maildir", [], lines.append)
+    session = SimpleNamespace(peer=("127.0.0.1", 40000))
+    for sender, recipients in [
+        ("rp-old=x@bounces.relay.localdomain", ["gone-later@example.net"]),
+        ("rp-other@bounces.relay.localdomain", ["customer@example.net"]),
+        ("rp-new+1@bounces.relay.localdomain", ["a@example.net", "gone-later@example.net"]),
+        ("rp-lookalike@bounces.relay.localdomain", ["gone-later@example.net.evil"]),
+    ]:
+        envelope = SimpleNamespace(original_content=b"Subject: x\r\n\r\nbody\r\n",
+                                   mail_from=sender, rcpt_tos=recipients)
+        asyncio.run(handler.handle_DATA(None, session, envelope))  # type: ignore[arg-type]
+    sink_log = tmp_path / "sink.log"
+    sink_log.write_text("sink listening on 127.0.0.1:2525 maildir=x\n" + "\n".join(lines) + "\n")
+    script = command.replace("/var/log/txrelay/sink.log", shlex.quote(str(sink_log)))
+    done = subprocess.run(["bash", "-c", f'{script}\nprintf "%s" "$rp"'], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout == "rp-new+1@bounces.relay.localdomain"
