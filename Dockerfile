@@ -33,7 +33,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 # "No configuration": the entrypoint writes main.cf from the environment at every start.
 RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
  && apt-get update -q \
- && apt-get install -y -q --no-install-recommends postfix postfix-pcre dovecot-core \
+ && apt-get install -y -q --no-install-recommends postfix dovecot-core \
         libmilter1.0.1 python3 openssl ca-certificates tini \
  && rm -rf /var/lib/apt/lists/* \
  && cp /etc/postfix/master.cf /etc/postfix/master.cf.dist

@@ -27,7 +27,7 @@ log() { printf '[install] %s\n' "$*"; }
 command -v apt-get >/dev/null || { echo "install.sh needs a Debian or Ubuntu machine (apt-get)" >&2; exit 1; }
 
 packages=(
-    postfix postfix-pcre          # the MTA: SMTP, STARTTLS, queue
+    postfix                       # the MTA: SMTP, STARTTLS, queue
     dovecot-core                  # SASL authentication for Postfix, from txrelay's SMTP login file
     libmilter-dev                 # pymilter is compiled against it
     gcc python3-dev python3-venv  # to build pymilter
