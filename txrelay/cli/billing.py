@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+from pathlib import Path
 from typing import Any
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
+from txrelay.errors import InvalidInput
 from txrelay.policy.billing import BillingReport, Period, bill, parse_period
 from txrelay.provisioning.views import table
 from txrelay.store import reporting
@@ -22,25 +25,65 @@ def billing() -> None:
 @billing.command("report")
 @click.argument("account")
 @click.option("--period", required=True, metavar="YYYY-MM", help="The calendar month (UTC).")
+@click.option(
+    "--html",
+    "html_file",
+    metavar="FILE",
+    help="Also write the report as one self-contained HTML page for the account owner (daily "
+    "chart, quota blocks, overage and its price) to FILE, replacing FILE if it exists; '-' "
+    "writes the page to standard output instead of the text report.",
+)
 @json_option
 @pass_cli
-def report(cli: CliContext, account: str, period: str) -> None:
+def report(cli: CliContext, account: str, period: str, html_file: str | None) -> None:
     """Blocks booked in the month, mails sent from blocks, quota expired unused, and the
     overage mails x [quota] overage_price_eur = amount due. Bounced recipients are billed
     like delivered ones; recipients Postfix never queued (voided) are not billed.
 
+    --html FILE writes the same figures as an HTML page that needs nothing else (no
+    script, nothing loaded from elsewhere): open it in any browser, mail it on, or make a
+    PDF of it with 'chromium --headless --print-to-pdf=REPORT.pdf REPORT.html'.
+
     \b
     Example:
       txrelay billing report "Acme GmbH" --period 2026-03
+      txrelay billing report "Acme GmbH" --period 2026-03 --html acme-2026-03.html
     """
+    if html_file == "-" and cli.as_json:
+        raise InvalidInput("--html - and --json both write to standard output: name a file")
     month = parse_period(period)
     account_id = reporting.require_account(cli.db, account)
     inputs = reporting.billing_inputs(cli.db, account_id, month)
     cap = reporting.overage_cap(cli.db, account_id)
+    usage = None
+    if html_file is not None:
+        from txrelay.web.report import monthly_usage
+
+        usage = monthly_usage(cli.db, account, account_id, month, cli.clock.now())
     cli.db.rollback()  # a report: nothing was written, end the read transaction
     result = bill(inputs, cli.config.quota.overage_price_eur)
     data = report_view(account, month, result, cap)
+    if html_file is not None and usage is not None:
+        from txrelay.web.report import render
+
+        page = render(data, usage)
+        if html_file == "-":
+            click.echo(page, nl=False)
+            return
+        write_replacing(Path(html_file), page)
     cli.emit(data, lambda: _print(account, month, result, cap))
+
+
+def write_replacing(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: a reader never sees half a
+    page, and an existing file is replaced whole."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write --html {path}: {exc.strerror}") from exc
 
 
 def report_view(
