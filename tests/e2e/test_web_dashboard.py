@@ -454,8 +454,9 @@ def test_low_quota_reminder_links_to_the_accounts_page_and_nothing_else(
         dashboard: Dashboard, relay: RelayStack, browser: Browser, plain_smtpd: int) -> None:
     owner = relay.provision()
     cli(relay, "account", "set", owner.account, "--low-quota-threshold", "100")
-    query(relay, "UPDATE quota_blocks SET used = 950 WHERE account_id = %s AND kind = 'demo'",
-          owner.account_id)
+    with psycopg.connect(relay.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE quota_blocks SET used = 950 WHERE account_id = %s AND "
+                     "kind = 'demo'", (owner.account_id,))
     env = {"TXRELAY_NOTIFY_SMTP_PORT": str(plain_smtpd),
            "TXRELAY_NOTIFY_FROM_ADDRESS": "txrelay@relay.txrelay.test",
            "TXRELAY_WEB_PUBLIC_URL": dashboard.url}
