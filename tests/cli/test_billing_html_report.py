@@ -71,6 +71,7 @@ def test_html_report_shows_the_json_reports_figures_and_the_ledgers_days(
                    "--html", str(target), "--json")
     report = done.json()  # the JSON report still goes to standard output
     page = target.read_text()
+    assert target.stat().st_mode & 0o777 == 0o600  # a customer's figures
     assert_self_contained(page)
     shown = figures(page)
     for key in ("units_booked", "mails_from_blocks", "expired_unused", "overage_mails",

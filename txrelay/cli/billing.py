@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from txrelay.atomic_file import write_atomically
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.errors import InvalidInput
 from txrelay.policy.billing import BillingReport, Period, bill, parse_period
@@ -75,14 +75,11 @@ def report(cli: CliContext, account: str, period: str, html_file: str | None) ->
 
 
 def write_replacing(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it: a reader never sees half a
-    page, and an existing file is replaced whole."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace `path` whole (a reader never sees half a page), readable by its owner only: the
+    page holds a customer's figures."""
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        write_atomically(path, text, mode=0o600)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise InvalidInput(f"cannot write --html {path}: {exc.strerror}") from exc
 
 
