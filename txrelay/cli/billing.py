@@ -42,7 +42,10 @@ def report(cli: CliContext, account: str, period: str, html_file: str | None) ->
 
     --html FILE writes the same figures as an HTML page that needs nothing else (no
     script, nothing loaded from elsewhere): open it in any browser, mail it on, or make a
-    PDF of it with 'chromium --headless --print-to-pdf=REPORT.pdf REPORT.html'.
+    PDF of it:
+
+    \b
+      chromium --headless --no-pdf-header-footer --print-to-pdf=REPORT.pdf REPORT.html
 
     \b
     Example:
