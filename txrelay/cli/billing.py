@@ -19,7 +19,15 @@ from txrelay.store import reporting
 
 @click.group("billing")
 def billing() -> None:
-    """Billing reports (money in exact decimals, EUR)."""
+    """Billing reports (money in exact decimals, EUR): one account's month ('report', also as
+    an HTML page for the account owner with --html) or every account's month at once
+    ('export', for invoicing).
+
+    \b
+    Example:
+      txrelay billing report "Acme GmbH" --period 2026-03 --html acme-2026-03.html
+      txrelay billing export --period 2026-03 --csv > invoices-2026-03.csv
+    """
 
 
 @billing.command("report")
