@@ -673,7 +673,16 @@ class WebConfig:
     public_url: str = setting(
         "",
         "The dashboard's address as its users reach it (e.g. `https://relay.example/dash`), "
-        "used in the links `txrelay web link` prints; empty: `http://` + `listen`.",
+        "used in the links `txrelay web link` prints; empty: `http://` + `listen`. When set, "
+        "the low-quota reminder links to the account's dashboard page "
+        "(see `reminder_link_days`).",
+    )
+    reminder_link_days: int = setting(
+        14,
+        "Days the dashboard link in a low-quota reminder works: the tick makes an "
+        "account-scoped link (listed by `txrelay web links`, revocable) for each reminder "
+        "when `public_url` is set. `0`: reminders carry no link.",
+        NON_NEGATIVE,
     )
     bounce_warning_rate: float = setting(
         0.05,

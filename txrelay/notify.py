@@ -13,7 +13,16 @@ from txrelay.config import NotifyConfig
 from txrelay.errors import ServiceUnavailable
 from txrelay.policy.forecast import Forecast, Usage
 
-__all__ = ["Forecast", "Mailer", "Reminder", "SmtpMailer", "Usage", "compose"]
+__all__ = ["DashboardLink", "Forecast", "Mailer", "Reminder", "SmtpMailer", "Usage", "compose"]
+
+
+@dataclass(frozen=True)
+class DashboardLink:
+    """A read-only link to the account's dashboard page, made for this reminder."""
+
+    link_id: int
+    url: str
+    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class Reminder:
     threshold: int
     usage: Usage
     now: dt.datetime
+    dashboard: DashboardLink | None = None  # None: [web] public_url unset, or no link wanted
 
     @property
     def forecast(self) -> Forecast:
@@ -43,6 +53,8 @@ class Reminder:
             "last_24h": self.usage.last_day,
             "last_7d": self.usage.last_week,
             "runs_out_at": runs_out.isoformat() if runs_out else None,
+            # The link's id, never its token: `txrelay web revoke ID` stops it.
+            "dashboard_link_id": self.dashboard.link_id if self.dashboard else None,
         }
 
 
@@ -70,7 +82,17 @@ def _body(reminder: Reminder) -> str:
         f"{forecast}\n\n"
         "Book more quota to keep sending without overage charges (paid accounts) or "
         "refusals (demo accounts). This reminder is sent once each time the quota falls "
-        "below the threshold; booking more quota re-arms it.\n"
+        "below the threshold; booking more quota re-arms it.\n" + _dashboard(reminder.dashboard)
+    )
+
+
+def _dashboard(link: DashboardLink | None) -> str:
+    if link is None:
+        return ""
+    return (
+        "\nThe account's usage, quota blocks and delivery figures are on its dashboard page "
+        f"(read-only, this link works until {link.expires_at:%Y-%m-%d %H:%M} UTC):\n"
+        f"{link.url}\n"
     )
 
 

@@ -5,6 +5,7 @@ still count those rows as settling would."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -104,3 +105,14 @@ def test_billing_export_and_messages_show_count_pending_rows_without_settling_th
     searched = read_only(txrelay, db, "messages", "search", "--queue-id", f"P1{unique}")
     assert len(searched) == 5
     assert pending_rows(db, sender_with_pending_rows) == 12
+
+
+def test_billing_report_html_leaves_the_database_unchanged(
+        txrelay: Txrelay, db: psycopg.Connection, sender_with_pending_rows: Sender,
+        tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    report = read_only(txrelay, db, "billing", "report", sender_with_pending_rows.account,
+                       "--period", "2026-11", "--html", str(page))
+    assert pending_rows(db, sender_with_pending_rows) == 12
+    assert report["overage_mails"] == 2
+    assert 'data-figure="overage_mails">2<' in page.read_text()

@@ -23,8 +23,6 @@ from tests.harness.fixtures import RelayStack
 from tests.harness.processes import (
     TXRELAY,
     ManagedProcess,
-    free_port,
-    port_open,
     run,
     wait_until,
 )
@@ -198,18 +196,6 @@ def test_tracker_killed_and_log_rotated_mid_run_counts_every_line_once(
     assert captured == len(expected)
 
 
-@pytest.fixture()
-def plain_smtpd(relay: RelayStack) -> int:
-    """A loopback smtpd without milter or AUTH on the tests' Postfix: [notify] sends there
-    (mynetworks relays it to the sink), as a local MTA would take the reminder."""
-    port = free_port()
-    relay.postfix.postconf("-M", f"127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - "
-                                 "smtpd")
-    relay.postfix.reload()
-    wait_until(lambda: port_open(port), 15, "the plain smtpd", lambda: relay.postfix.log(20))
-    return port
-
-
 def test_demo_account_gets_exactly_one_low_quota_reminder(relay: RelayStack,
                                                           plain_smtpd: int) -> None:
     shop = relay.provision()
@@ -237,6 +223,7 @@ def test_demo_account_gets_exactly_one_low_quota_reminder(relay: RelayStack,
     body = message.get_content()  # type: ignore[attr-defined]
     assert "99 mails of quota left" in body  # sent at the tick after the 8th mail
     assert "last 24 hours: 8" in body and "runs out in about" in body
+    assert "token=" not in body  # no [web] public_url: no dashboard link, as before
     notes = query(relay, "SELECT kind, detail FROM notifications WHERE account_id = %s",
                   shop.account_id)
     assert [n["kind"] for n in notes] == ["low_quota"]

@@ -1,11 +1,15 @@
 """The read-only web dashboard (`txrelay web`) loaded in a real headless Chromium, over mail
 sent through the real relay path (STARTTLS+AUTH, Postfix, milter, capture sink, the tracker):
 every page, its figures against the ledger, account links fenced to their account on every
-route, expired and revoked links refused, screenshots of each page kept for CI and docs."""
+route, expired and revoked links refused, screenshots of each page kept for CI and docs; the
+monthly report (`billing report --html`) in the same browser and printed to PDF by the
+documented Chromium command; the low-quota reminder's link to the account's page."""
 
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import html
 import json
 import os
@@ -371,12 +375,125 @@ def test_start_without_a_database_is_a_clear_error(relay: RelayStack, tmp_path: 
     assert done.returncode == 1 and "openssl rand -hex 32" in done.stderr
 
 
+def month_of_mail(relay: RelayStack, account_id: int) -> str:
+    """The UTC month of the account's mail (the fixture's, sent minutes ago)."""
+    row = query(relay, "SELECT to_char(max(accepted_at) AT TIME ZONE 'UTC', 'YYYY-MM') AS p "
+                       "FROM ledger WHERE account_id = %s", account_id)[0]
+    return str(row["p"])
+
+
+def report_file(relay: RelayStack, account: Provisioned, period: str,
+                directory: Path) -> tuple[Path, dict[str, Any]]:
+    page = directory / f"report-{account.account_id}.html"
+    report = cli(relay, "billing", "report", account.account, "--period", period,
+                 "--html", str(page))
+    return page, report
+
+
+def test_monthly_report_in_the_browser_shows_the_ledgers_month(
+        dashboard: Dashboard, relay: RelayStack, browser: Browser, tmp_path: Path) -> None:
+    shop = dashboard.shop
+    period = month_of_mail(relay, shop.account_id)
+    page, report = report_file(relay, shop, period, tmp_path)
+    dom = browser.dom(page.as_uri())
+    month = query(relay, """
+        SELECT count(*) AS arrived, count(*) FILTER (WHERE state = 'delivered') AS delivered,
+               count(*) FILTER (WHERE state = 'bounced') AS bounced
+          FROM ledger WHERE account_id = %s AND state <> 'voided'
+           AND to_char(accepted_at AT TIME ZONE 'UTC', 'YYYY-MM') = %s""",
+                  shop.account_id, period)[0]
+    assert dict(month) == {"arrived": 4, "delivered": 3, "bounced": 1}
+    for column, value in month.items():
+        assert re.search(rf'data-total="{column}">{value}<', dom), column
+    for key in ("mails_from_blocks", "overage_mails", "overage_price_eur", "amount_due_eur"):
+        assert f'data-figure="{key}">{report[key]}<' in dom, key
+    assert report["mails_from_blocks"] == 4  # every recipient, the bounced one too
+    assert 'class="pygal-chart"' in dom and "No mail in this range" not in dom
+    assert 'id="block-table"' in dom and "<script" not in dom
+    browser.screenshot(page.as_uri(), "report", height=2300)
+
+
+def test_monthly_report_of_an_account_without_mail_says_so(
+        dashboard: Dashboard, relay: RelayStack, browser: Browser, tmp_path: Path) -> None:
+    period = month_of_mail(relay, dashboard.shop.account_id)
+    page, report = report_file(relay, dashboard.quiet, period, tmp_path)
+    dom = browser.dom(page.as_uri())
+    assert f'<p class="empty" id="no-mail">No mail in this range ({period}).</p>' in dom
+    assert "pygal-chart" not in dom and 'data-total="arrived">0<' in dom
+    assert report["mails_from_blocks"] == 0 and report["amount_due_eur"] == "0.00000"
+
+
+def documented_pdf_command() -> list[str]:
+    """The command docs/tracking-and-billing.md gives for a PDF of the report."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "tracking-and-billing.md"
+    found = re.search(r"^(chromium --headless .*--print-to-pdf=REPORT\.pdf REPORT\.html)$",
+                      docs.read_text(), re.M)
+    assert found, "the PDF command is gone from docs/tracking-and-billing.md"
+    return found.group(1).split()
+
+
+def test_the_documented_chromium_command_prints_the_report_to_pdf(
+        dashboard: Dashboard, relay: RelayStack, tmp_path: Path) -> None:
+    period = month_of_mail(relay, dashboard.shop.account_id)
+    page, _ = report_file(relay, dashboard.shop, period, tmp_path)
+    pdf = tmp_path / "report.pdf"
+    command = [part.replace("REPORT.pdf", str(pdf)).replace("REPORT.html", str(page))
+               for part in documented_pdf_command()]
+    # As root (the tests), Chromium needs --no-sandbox; its own profile keeps runs apart.
+    command[1:1] = ["--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}"]
+    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and re.search(rb"/Count [1-9]", data)
+    title = re.search(rb"/Title <FEFF([0-9A-F]+)>", data)
+    assert title, "the PDF has no title"
+    assert bytes.fromhex(title.group(1).decode()).decode("utf-16-be") == (
+        f"Usage report {dashboard.shop.account}, {period} · txrelay")
+
+
+def test_low_quota_reminder_links_to_the_accounts_page_and_nothing_else(
+        dashboard: Dashboard, relay: RelayStack, browser: Browser, plain_smtpd: int) -> None:
+    owner = relay.provision()
+    cli(relay, "account", "set", owner.account, "--low-quota-threshold", "100")
+    with psycopg.connect(relay.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE quota_blocks SET used = 950 WHERE account_id = %s AND "
+                     "kind = 'demo'", (owner.account_id,))
+    env = {"TXRELAY_NOTIFY_SMTP_PORT": str(plain_smtpd),
+           "TXRELAY_NOTIFY_FROM_ADDRESS": "txrelay@relay.txrelay.test",
+           "TXRELAY_WEB_PUBLIC_URL": dashboard.url}
+    cli(relay, "tracker", "--once", env=env)  # the tracker's tick, as the daemons' role
+    admin = f"admin@{owner.account}.example.com"
+
+    def reminders() -> list[Any]:
+        return [c for c in relay.sink.captures() if admin in c.rcpt_tos]
+
+    wait_until(lambda: len(reminders()) >= 1, 30, "the reminder at the sink",
+               lambda: relay.postfix.log(20))
+    message = email.message_from_bytes(reminders()[0].raw, policy=email.policy.default)
+    body = message.get_content()  # type: ignore[attr-defined]
+    found = re.search(r"(http://\S+/accounts/\S+\?token=\S+)", body)
+    assert found, body
+    url = found.group(1)
+    assert url.startswith(f"{dashboard.url}/accounts/{quote(owner.account, safe='')}?token=")
+    dom = browser.dom(url)
+    assert f"<h1>Account {html.escape(owner.account)}" in dom
+    assert '<dd id="remaining">50</dd>' in dom
+    token = url.rsplit("token=", 1)[1]
+    for route in routes(dashboard, dashboard.shop.account):
+        assert status(dashboard.url + route, token)[0] == 403, route
+    note = query(relay, "SELECT detail FROM notifications WHERE account_id = %s",
+                 owner.account_id)[0]["detail"]
+    [listed] = cli(relay, "web", "links", "--account", owner.account)
+    assert listed["id"] == note["dashboard_link_id"] and listed["state"] == "valid"
+    cli(relay, "web", "revoke", str(listed["id"]))
+    assert status(url.split("?")[0], token)[0] == 403
+
+
 def test_screenshots_are_in_the_docs() -> None:
     """docs/dashboard.md shows a copy of each screenshot this module writes."""
     docs = Path(__file__).resolve().parents[2] / "docs"
     text = (docs / "dashboard.md").read_text()
     for name in ("all-accounts", "account", "account-phone", "account-no-mail", "messages",
-                 "forbidden"):
+                 "forbidden", "report"):
         assert f"(dashboard-{name}.png)" in text, name
         assert (docs / f"dashboard-{name}.png").stat().st_size > 1000, name
 

@@ -3,7 +3,9 @@ the low-quota reminder, and the billing inputs — against real PostgreSQL and R
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -15,6 +17,7 @@ from tests.store.tracking_fixtures import RecordingMailer, add_message, make_sen
 from txrelay.clock import FixedClock
 from txrelay.config import Config
 from txrelay.policy.billing import bill, parse_period
+from txrelay.policy.web_access import token_hash
 from txrelay.store import database, lifecycle, reporting
 from txrelay.store.keys import AccountKeys
 from txrelay.tracker.tick import run_tick
@@ -206,6 +209,7 @@ def test_low_quota_reminder_once_per_crossing_and_rearmed_by_booking(db, conn, c
     body = mine[0].get_content()
     assert "99 mails of quota left" in body
     assert "last 24 hours: 901" in body and "runs out in about" in body
+    assert "token=" not in body and "dashboard" not in body  # [web] public_url is unset
     notes = db.execute("SELECT kind, detail FROM notifications WHERE account_id = %s",
                        (sender.account_id,)).fetchall()
     assert [n["kind"] for n in notes] == ["low_quota"]
@@ -257,3 +261,60 @@ def test_billing_inputs_count_bounced_as_billed_and_voided_as_not(db, conn, cloc
     assert bill(inputs, Decimal("0.00095")).amount_due_eur == Decimal("0.00285")
     empty = reporting.billing_inputs(conn, sender.account_id, parse_period("2025-01"))
     assert bill(empty, Decimal("0.00095")).empty
+
+
+def with_dashboard(config: Config, days: int = 14) -> Config:
+    web = dataclasses.replace(config.web, public_url="https://relay.example/dash/",
+                              reminder_link_days=days)
+    return dataclasses.replace(config, web=web)
+
+
+@pytest.fixture()
+def daemon_conn(config: Config) -> Iterator[psycopg.Connection]:
+    """The tracker's role ([database] milter_url): the tick's rights, not the admin's."""
+    connection = database.connect(config.database.for_daemons(), autocommit=True)
+    yield connection
+    connection.close()
+
+
+def test_reminder_links_the_accounts_dashboard_page_when_the_dashboard_has_an_address(
+        db, daemon_conn, client, config, clock, unique):
+    sender = make_sender(db, unique, quota=50, threshold=100)
+    mailer = RecordingMailer()
+    run_tick(daemon_conn, client, with_dashboard(config), clock.now(), mailer,
+             [sender.account_id])
+    [reminder] = [m for m in mailer.sent if m["To"] == f"owner-{unique}@example.net"]
+    body = reminder.get_content()
+    found = re.search(r"https://relay\.example/dash/accounts/([^?\s]+)\?token=(\S+)", body)
+    assert found, body
+    assert found.group(1) == sender.account.replace(" ", "%20")
+    link = db.execute("SELECT id, account_id, created_at, expires_at, revoked_at FROM web_links "
+                      "WHERE token_hash = %s", (token_hash(found.group(2)),)).fetchone()
+    assert link is not None and link["account_id"] == sender.account_id
+    assert link["expires_at"] - link["created_at"] == 14 * DAY and link["revoked_at"] is None
+    expires = (clock.now() + 14 * DAY).strftime("%Y-%m-%d %H:%M")
+    assert f"this link works until {expires} UTC" in body
+    detail = db.execute("SELECT detail FROM notifications WHERE account_id = %s",
+                        (sender.account_id,)).fetchone()["detail"]
+    assert detail["dashboard_link_id"] == link["id"] and found.group(2) not in str(detail)
+
+
+def test_reminder_without_link_days_or_with_a_failed_send_leaves_no_link(
+        db, daemon_conn, client, config, clock, unique):
+    from txrelay.errors import ServiceUnavailable
+
+    class DownMailer:
+        def send(self, message: object) -> None:
+            raise ServiceUnavailable("smtp down")
+
+    sender = make_sender(db, unique, quota=50, threshold=100)
+    run_tick(daemon_conn, client, with_dashboard(config), clock.now(), DownMailer(),
+             [sender.account_id])
+    links = "SELECT count(*) AS n FROM web_links WHERE account_id = %s"
+    assert db.execute(links, (sender.account_id,)).fetchone()["n"] == 0
+    mailer = RecordingMailer()
+    run_tick(daemon_conn, client, with_dashboard(config, days=0), clock.now(), mailer,
+             [sender.account_id])
+    [reminder] = [m for m in mailer.sent if m["To"] == f"owner-{unique}@example.net"]
+    assert "token=" not in reminder.get_content()
+    assert db.execute(links, (sender.account_id,)).fetchone()["n"] == 0

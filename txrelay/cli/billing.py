@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
 
 import click
 
+from txrelay.atomic_file import write_atomically
 from txrelay.cli.context import CliContext, json_option, pass_cli
+from txrelay.errors import InvalidInput
 from txrelay.policy.billing import BillingReport, Period, bill, parse_period
 from txrelay.provisioning.views import table
 from txrelay.store import reporting
@@ -16,31 +19,79 @@ from txrelay.store import reporting
 
 @click.group("billing")
 def billing() -> None:
-    """Billing reports (money in exact decimals, EUR)."""
+    """Billing reports (money in exact decimals, EUR): one account's month ('report', also as
+    an HTML page for the account owner with --html) or every account's month at once
+    ('export', for invoicing).
+
+    \b
+    Example:
+      txrelay billing report "Acme GmbH" --period 2026-03 --html acme-2026-03.html
+      txrelay billing export --period 2026-03 --csv > invoices-2026-03.csv
+    """
 
 
 @billing.command("report")
 @click.argument("account")
 @click.option("--period", required=True, metavar="YYYY-MM", help="The calendar month (UTC).")
+@click.option(
+    "--html",
+    "html_file",
+    metavar="FILE",
+    help="Also write the report as one self-contained HTML page for the account owner (daily "
+    "chart, quota blocks, overage and its price) to FILE, replacing FILE if it exists; '-' "
+    "writes the page to standard output instead of the text report.",
+)
 @json_option
 @pass_cli
-def report(cli: CliContext, account: str, period: str) -> None:
+def report(cli: CliContext, account: str, period: str, html_file: str | None) -> None:
     """Blocks booked in the month, mails sent from blocks, quota expired unused, and the
     overage mails x [quota] overage_price_eur = amount due. Bounced recipients are billed
     like delivered ones; recipients Postfix never queued (voided) are not billed.
 
+    --html FILE writes the same figures as an HTML page that needs nothing else (no
+    script, nothing loaded from elsewhere): open it in any browser, mail it on, or make a
+    PDF of it:
+
+    \b
+      chromium --headless --no-pdf-header-footer --print-to-pdf=REPORT.pdf REPORT.html
+
     \b
     Example:
       txrelay billing report "Acme GmbH" --period 2026-03
+      txrelay billing report "Acme GmbH" --period 2026-03 --html acme-2026-03.html
     """
+    if html_file == "-" and cli.as_json:
+        raise InvalidInput("--html - and --json both write to standard output: name a file")
     month = parse_period(period)
     account_id = reporting.require_account(cli.db, account)
     inputs = reporting.billing_inputs(cli.db, account_id, month)
     cap = reporting.overage_cap(cli.db, account_id)
+    usage = None
+    if html_file is not None:
+        from txrelay.web.report import monthly_usage
+
+        usage = monthly_usage(cli.db, account, account_id, month, cli.clock.now())
     cli.db.rollback()  # a report: nothing was written, end the read transaction
     result = bill(inputs, cli.config.quota.overage_price_eur)
     data = report_view(account, month, result, cap)
+    if html_file is not None and usage is not None:
+        from txrelay.web.report import render
+
+        page = render(data, usage)
+        if html_file == "-":
+            click.echo(page, nl=False)
+            return
+        write_replacing(Path(html_file), page)
     cli.emit(data, lambda: _print(account, month, result, cap))
+
+
+def write_replacing(path: Path, text: str) -> None:
+    """Replace `path` whole (a reader never sees half a page), readable by its owner only: the
+    page holds a customer's figures."""
+    try:
+        write_atomically(path, text, mode=0o600)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write --html {path}: {exc.strerror}") from exc
 
 
 def report_view(

@@ -10,14 +10,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import quote
 
 import click
 
 from txrelay.cli.context import CliContext, json_option, pass_cli
 from txrelay.config import Config
 from txrelay.errors import ConfigError, InvalidInput, ServiceUnavailable
-from txrelay.policy.web_access import MIN_ADMIN_TOKEN, new_token, token_hash
+from txrelay.policy.web_access import MIN_ADMIN_TOKEN, account_link_url
 from txrelay.provisioning.integrity import transaction
 from txrelay.provisioning.views import table
 from txrelay.store import database
@@ -163,11 +162,11 @@ def link(cli: CliContext, account: str, expires: str) -> None:
     """
     span = _span(expires)
     now = cli.clock.now()
-    token = new_token()
     with transaction(cli.db):
         account_id = require_account(cli.db, account)
-        link_id = store.insert_link(cli.db, account_id, token_hash(token), now, now + span)
-    url = f"{_base_url(cli.config)}/accounts/{quote(account, safe='')}?token={token}"
+        minted = store.mint_link(cli.db, account_id, now, now + span)
+    link_id = minted.id
+    url = account_link_url(_base_url(cli.config), account, minted.token)
     data = {"id": link_id, "account": account, "expires_at": now + span, "url": url}
 
     def human() -> None:

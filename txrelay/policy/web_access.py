@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from urllib.parse import quote
 
 TOKEN_BYTES = 32  # 256 bits: a link token cannot be guessed
 MIN_ADMIN_TOKEN = 32  # characters of [web] admin_token_file
@@ -51,3 +52,8 @@ def token_hash(token: str) -> str:
 def is_admin_token(presented: str, admin_token: str) -> bool:
     """Constant-time comparison with the configured admin token (never equal when unset)."""
     return bool(admin_token) and hmac.compare_digest(presented.encode(), admin_token.encode())
+
+
+def account_link_url(base_url: str, account: str, token: str) -> str:
+    """The address of `account`'s dashboard page signed in by a link's `token`."""
+    return f"{base_url.rstrip('/')}/accounts/{quote(account, safe='')}?token={token}"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from txrelay.errors import NotFound
-from txrelay.policy.web_access import StoredLink
+from txrelay.policy.web_access import StoredLink, new_token, token_hash
 
 Conn = psycopg.Connection[Any]
 
@@ -27,6 +28,22 @@ def insert_link(
     ).fetchone()
     assert row is not None
     return int(row["id"])
+
+
+@dataclass(frozen=True)
+class MintedLink:
+    """A link just made: its token exists only here (the database keeps its hash)."""
+
+    id: int
+    token: str
+    expires_at: dt.datetime
+
+
+def mint_link(conn: Conn, account_id: int, now: dt.datetime, expires_at: dt.datetime) -> MintedLink:
+    """A new account-scoped link, as `txrelay web link` and the low-quota reminder make it."""
+    token = new_token()
+    link_id = insert_link(conn, account_id, token_hash(token), now, expires_at)
+    return MintedLink(link_id, token, expires_at)
 
 
 LIST_LINKS = """

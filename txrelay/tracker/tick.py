@@ -18,10 +18,11 @@ import redis
 
 from txrelay.config import Config
 from txrelay.errors import ServiceUnavailable
-from txrelay.notify import Mailer, Reminder, Usage, compose
+from txrelay.notify import DashboardLink, Mailer, Reminder, Usage, compose
+from txrelay.policy.web_access import account_link_url
 from txrelay.provisioning import dns_check, domains
 from txrelay.provisioning.dns_lookup import DnsLookup
-from txrelay.store import lifecycle, rollups, webhook_events
+from txrelay.store import lifecycle, rollups, web_links, webhook_events
 from txrelay.store.sandbox import purge_sandbox_messages
 
 log = logging.getLogger("txrelay.tracker")
@@ -194,6 +195,7 @@ def send_reminder(
             candidate.threshold,
             Usage(last_day, last_week),
             now,
+            reminder_link(conn, config, now, candidate),
         )
         mailer.send(compose(reminder, config.notify.from_address))
         lifecycle.record_notification(
@@ -218,3 +220,19 @@ def send_reminder(
         candidate.threshold,
     )
     return True
+
+
+def reminder_link(
+    conn: psycopg.Connection,
+    config: Config,
+    now: dt.datetime,
+    candidate: lifecycle.ReminderCandidate,
+) -> DashboardLink | None:
+    """The account-scoped dashboard link a reminder carries when the dashboard has an address
+    ([web] public_url). Made in the reminder's transaction: a failed send leaves no link."""
+    days = config.web.reminder_link_days
+    if not config.web.public_url or days == 0:
+        return None
+    minted = web_links.mint_link(conn, candidate.account_id, now, now + dt.timedelta(days=days))
+    url = account_link_url(config.web.public_url, candidate.account, minted.token)
+    return DashboardLink(minted.id, url, minted.expires_at)

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from txrelay.config import Config
+from txrelay.policy.billing import Period
 from txrelay.policy.buckets import WIDTHS, Buckets, make_buckets
 from txrelay.policy.forecast import Forecast, Usage
 from txrelay.store import lifecycle, reporting, suppressions, timeline, webhooks
@@ -173,6 +174,17 @@ def account_timeline(
     # A first mail stamped by a node whose clock runs ahead must not make an empty range.
     since = min(since, now - dt.timedelta(minutes=WIDTHS[width]))
     buckets: Buckets = make_buckets(width, since, now, ZoneInfo("UTC"))
+    return Timeline(width, span_text, account_buckets(conn, account, buckets), notes)
+
+
+def month_timeline(conn: Conn, account: str, period: Period) -> Timeline:
+    """The account's outcomes per UTC day of the billing month `period`."""
+    buckets = make_buckets("1d", period.start, period.end, ZoneInfo("UTC"))
+    return Timeline("1d", period.label, account_buckets(conn, account, buckets))
+
+
+def account_buckets(conn: Conn, account: str, buckets: Buckets) -> list[Bucket]:
+    """The account's outcomes per bucket, summed over its connections."""
     per_connection = timeline.stats_over_time(conn, buckets, account=account, connection=None)
     merged: list[Bucket] = []
     for index in range(len(buckets)):
@@ -183,7 +195,7 @@ def account_timeline(
         bucket = merged[position % count]
         for column, value in row.counts.items():
             bucket.counts[column] += value
-    return Timeline(width, span_text, merged, notes)
+    return merged
 
 
 @dataclass(frozen=True)
