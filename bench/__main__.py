@@ -49,6 +49,7 @@ from bench.stack import (
     Stack,
     bench_stack,
 )
+from bench.tracking import TARGET_RATIO, LogSpan, TrackerFigure, apply_log, log_rate
 from tests.harness.processes import HarnessError
 
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{_load()} on {os.cpu_count()} CPUs", flush=True)
     raw: list[Measurement] = []
     profile = None
+    tracker: TrackerFigure | None = None
     probe: dict[str, float] = {}
     failure = None
     try:
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             probe = probe_latency(stack.config.database.url)
             print(f"bench: backing services now: {probe}", flush=True)
             _run_all(runner, stack, plan, args, raw)
+            tracker = _tracker_figure(stack, raw, results)
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except HarnessError as exc:  # BenchFailure, or a shared process helper's failure
         failure = exc
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
-    _report(raw, profile, results, args, probe)
+    _report(raw, profile, results, args, probe, tracker)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
@@ -164,6 +167,27 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Name
             small_per_session=plan.big_small_per_session)))
 
 
+def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
+                    profile_to: Path | None = None) -> TrackerFigure | None:
+    """The real tracker over the Postfix log of the last 10 KB txrelay-unix run (the
+    bench's top throughput through txrelay), against the rate Postfix logged it at."""
+    found = [m for m in raw if (m.scenario, m.target) == ("10KB", TX_UNIX)
+             and isinstance(m.extra.get("log_span"), list)]
+    if not found:
+        return None
+    measured = found[-1]
+    start, end = measured.extra["log_span"]  # type: ignore[misc]
+    span = LogSpan(stack.postfix.maillog, start, end, measured.elapsed_s)
+    # A copy of its own for each pass: a new tracker_positions row, so a fresh cursor.
+    copy = results / ("tracker-maillog-profiled" if profile_to else "tracker-maillog")
+    applied = apply_log(stack.config, span, copy, profile_to)
+    figure = TrackerFigure(f"{measured.scenario}/{measured.target}", measured.messages,
+                           measured.msg_per_s, log_rate(span), applied)
+    print("-- tracker over that run's Postfix log", flush=True)
+    print("\n".join(figure.report()), flush=True)
+    return figure
+
+
 def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
              results: Path) -> dict[str, object]:
     """py-spy on the txrelay milter (unix) during a 10 KB and a 1 MB run: GIL samples (its
@@ -190,6 +214,12 @@ def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
                            "milter_cpu_s": round(milter_s, 2),
                            "cpu": {"file": str(outputs["cpu"]), **cpu},
                            "wall": {"file": str(outputs["wall"]), **summarise(outputs["wall"])}}
+    # The tracker under cProfile, over the log of one more 10 KB run (the figure's own run
+    # is applied already).
+    tracker_raw = [_show(runner.smtp_source("10KB", target, plans.SMALL_SIZE, plan.small))]
+    output = results / "profile-tracker.txt"
+    _tracker_figure(stack, tracker_raw, results, profile_to=output)
+    profiles["tracker"] = {"file": str(output)}
     return profiles
 
 
@@ -205,7 +235,8 @@ def _show(m: Measurement) -> Measurement:
 
 
 def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
-            args: argparse.Namespace, probe: dict[str, float]) -> None:
+            args: argparse.Namespace, probe: dict[str, float],
+            tracker: TrackerFigure | None) -> None:
     table = medians(raw)
     print(f"\n== medians ({'quick' if args.quick else 'full'} run; load now {_load()}) ==")
     print(render(table))
@@ -213,6 +244,17 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     print("\n".join(ratios(table)))
     print("\n== targets ==")
     print("\n".join(targets(table)))
+    print(_tracker_target(tracker))
+    print("\n== Postfix's log rate per scenario (lines/s, delivery lines/s) ==")
+    for (scenario, target), row in table.items():
+        extra = row["extra"]
+        rate = extra.get("log_rate") if isinstance(extra, dict) else None
+        if isinstance(rate, dict):
+            print(f"   {scenario:<10} {target:<14} {rate['lines_per_s']:>8} "
+                  f"{rate['delivery_lines_per_s']:>8}")
+    if tracker is not None:
+        print("\n== tracker throughput: the real tracker over the 10KB txrelay-unix log ==")
+        print("\n".join(tracker.report()))
     print("\n== txrelay's PostgreSQL sessions: what they were doing (% of busy samples) ==")
     for (scenario, target), row in table.items():
         extra = row["extra"]
@@ -237,6 +279,9 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
         print("\n== multi-recipient messages (10 KB, smtp-source, txrelay-unix) ==")
         print("\n".join(recipient_lines))
     for label, figures in (profile or {}).items():
+        if label == "tracker":
+            print(f"\n== cProfile, tracker: {figures['file']} ==")  # type: ignore[index]
+            continue
         print(f"\n== py-spy, milter, {label}: Python held the GIL "
               f"{figures['python_holding_gil_s']} s of the milter's "  # type: ignore[index]
               f"{figures['milter_cpu_s']} s of CPU (the rest: C code, kernel) ==")  # type: ignore[index]
@@ -251,8 +296,16 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     document["profile"] = profile
     document["load_average"] = _load()
     document["backing_latency"] = probe
+    document["tracker"] = tracker.as_dict() if tracker else None
     (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nresults: {results / 'results.json'}")
+
+
+def _tracker_target(tracker: TrackerFigure | None) -> str:
+    title = f"tracker applies >= {TARGET_RATIO:g} x the lines Postfix logs (10KB txrelay-unix)"
+    if tracker is None:
+        return f"n.a.  {title}"
+    return f"{'PASS' if tracker.ratio >= TARGET_RATIO else 'MISS'}  {title}: {tracker.ratio:.2f}"
 
 
 def _load() -> str:
