@@ -136,25 +136,30 @@ def tracker_status(conn: Conn) -> list[dict[str, Any]]:
 
 # --- events -------------------------------------------------------------------------------
 
-# The newest message of this node that still owns the queue id and awaits qmgr's line.
+# The newest message of this node that still owns the queue id and awaits qmgr's line is
+# marked queued, and so are its accepted ledger rows; one statement, one round trip (qmgr
+# logs a line like this for every message). Multi-row updates lock their rows in id order
+# first (migration 0014's lock order). The counts read the snapshot the statement started
+# with: accepted -> queued changes neither.
 CONFIRM_QUEUED = """
-UPDATE messages SET queued_at = %(now)s
- WHERE id = (SELECT id FROM messages
-              WHERE node = %(node)s AND queue_id = %(queue_id)s
-                AND queued_at IS NULL AND removed_at IS NULL
-              ORDER BY id DESC LIMIT 1)
-RETURNING id"""
-
-# Multi-row updates lock their rows in id order first (migration 0014's lock order).
-MARK_LEDGER_QUEUED = """
-UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
- WHERE id IN (SELECT id FROM ledger WHERE message_id = %(message_id)s AND state = 'accepted'
-               ORDER BY id FOR UPDATE)
-   AND state = 'accepted'"""
-
-COUNT_LEDGER_ROWS = """
-SELECT count(*) AS rows, count(*) FILTER (WHERE state = 'voided') AS voided
-  FROM ledger WHERE message_id = %(message_id)s"""
+WITH confirmed AS (
+    UPDATE messages SET queued_at = %(now)s
+     WHERE id = (SELECT id FROM messages
+                  WHERE node = %(node)s AND queue_id = %(queue_id)s
+                    AND queued_at IS NULL AND removed_at IS NULL
+                  ORDER BY id DESC LIMIT 1)
+    RETURNING id),
+ledger_queued AS (
+    UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
+     WHERE id IN (SELECT l.id FROM ledger l
+                   WHERE l.message_id = (SELECT id FROM confirmed) AND l.state = 'accepted'
+                   ORDER BY l.id FOR UPDATE)
+       AND state = 'accepted')
+SELECT c.id,
+       (SELECT count(*) FROM ledger l WHERE l.message_id = c.id) AS rows,
+       (SELECT count(*) FROM ledger l WHERE l.message_id = c.id AND l.state = 'voided')
+           AS voided
+  FROM confirmed c"""
 
 # The message that owns the queue id now: queued and not yet removed from Postfix's queue.
 SELECT_OWNER = """
@@ -196,6 +201,11 @@ SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
 
 MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
 
+# The queue ids of a chunk that have kept lines of this node (nearly always none).
+SELECT_QUEUE_IDS_WITH_PENDING = """
+SELECT DISTINCT queue_id FROM tracker_pending_events
+ WHERE node = %(node)s AND queue_id = ANY(%(queue_ids)s)"""
+
 INSERT_ANOMALY = """
 INSERT INTO tracker_anomalies (node, queue_id, kind, detail, seen_at)
 VALUES (%(node)s, %(queue_id)s, %(kind)s, %(detail)s, %(now)s)"""
@@ -215,19 +225,30 @@ def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
         conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
 
 
+def queue_ids_with_pending(conn: Conn, node: str, queue_ids: Sequence[str]) -> set[str]:
+    """Which of these queue ids have kept lines of this node. Inside the transaction that
+    holds the node's position lock (lock_position): only that tracker keeps or applies them."""
+    if not queue_ids:
+        return set()
+    rows = conn.execute(
+        SELECT_QUEUE_IDS_WITH_PENDING, {"node": node, "queue_ids": sorted(set(queue_ids))}
+    ).fetchall()
+    return {row["queue_id"] for row in rows}
+
+
 def confirm_queued(conn: Conn, node: str, queue_id: str, now: dt.datetime) -> Confirmed | None:
     """qmgr queued the message: accepted rows become queued. None: no message awaits it."""
     row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id, "now": now}).fetchone()
     if row is None:
         return None
-    message_id = int(row["id"])
-    conn.execute(MARK_LEDGER_QUEUED, {"message_id": message_id, "now": now})
-    counts = conn.execute(COUNT_LEDGER_ROWS, {"message_id": message_id}).fetchone()
-    assert counts is not None  # an aggregate: always one row
-    return Confirmed(message_id, int(counts["rows"]), int(counts["voided"]))
+    return Confirmed(int(row["id"]), int(row["rows"]), int(row["voided"]))
 
 
-def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None:
+# (message id, already queued) of the message owning a queue id.
+Owner = tuple[int, bool]
+
+
+def queue_owner(conn: Conn, node: str, queue_id: str) -> Owner | None:
     """(message id, already queued) of the message owning the queue id, if any."""
     row = conn.execute(SELECT_OWNER, {"node": node, "queue_id": queue_id}).fetchone()
     if row is None:
@@ -247,10 +268,21 @@ def mark_queued(conn: Conn, message_id: int, now: dt.datetime) -> None:
 
 
 def record_outcome(
-    conn: Conn, message_id: int, ledger_id: int, state: str, dsn: str, event: str, now: dt.datetime
+    conn: Conn,
+    message_id: int,
+    ledger_id: int,
+    state: str,
+    dsn: str,
+    event: str,
+    now: dt.datetime,
+    *,
+    queued: bool = False,
 ) -> bool:
-    """Apply one recipient's outcome; False when the row was already final."""
-    mark_queued(conn, message_id, now)
+    """Apply one recipient's outcome; False when the row was already final. queued: the
+    message is known to be marked queued already (its owner row said so in this
+    transaction), which saves marking it again."""
+    if not queued:
+        mark_queued(conn, message_id, now)
     cursor = conn.execute(
         RECORD_OUTCOME,
         {"state": state, "dsn": dsn, "event": event, "now": now, "ledger_id": ledger_id},

@@ -106,13 +106,15 @@ class Tracker:
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
             events = [(logline.parse_line(line), line) for line in chunk.lines]
-            tracking.lock_queue_rows(
-                self.conn,
-                self.node,
-                [event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)],
-            )
+            queue_ids = [e.queue_id for e, _ in events if isinstance(e, _LEDGER_EVENTS)]
+            tracking.lock_queue_rows(self.conn, self.node, queue_ids)
+            # One query for the chunk instead of one per line: nearly every queue id has no
+            # kept lines (they wait only for a journal replay's rows).
+            kept = tracking.queue_ids_with_pending(self.conn, self.node, queue_ids)
             for event, line in events:
-                counters += apply_event(self.conn, self.node, event, now, line, self.rules)
+                counters += apply_event(
+                    self.conn, self.node, event, now, line, self.rules, kept=kept
+                )
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
         metrics.record_outcomes(counters.outcomes())
@@ -161,23 +163,34 @@ def apply_event(
     now: dt.datetime,
     line: str,
     rules: SuppressionRules,
+    *,
+    kept: set[str] | None = None,
 ) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
     An event of a queue id without a message row is kept (the line itself): a message the
     milter journaled while PostgreSQL was down gets its row only at replay, which may come
-    after Postfix delivered it. Kept lines of a queue id go first, so the order is the log's."""
+    after Postfix delivered it. Kept lines of a queue id go first, so the order is the log's.
+
+    kept: the queue ids that may have kept lines, read in this transaction under the
+    position lock (tracking.queue_ids_with_pending); the ones this call keeps a line of are
+    added. None: look for kept lines of every queue id."""
     if isinstance(event, logline.Unparsed):
         return Counters(unparsed_lines=1)
     if not isinstance(event, _LEDGER_EVENTS):
         return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
-    counters = apply_pending(conn, node, event.queue_id, now, rules)
-    if tracking.queue_owner(conn, node, event.queue_id) is None:
+    counters = Counters()
+    if kept is None or event.queue_id in kept:
+        counters = apply_pending(conn, node, event.queue_id, now, rules)
+    owner = tracking.queue_owner(conn, node, event.queue_id)
+    if owner is None:
         tracking.keep_event(conn, node, event.queue_id, line, now)
+        if kept is not None:
+            kept.add(event.queue_id)
         if isinstance(event, logline.Removed):
             return counters
         return counters + Counters(unmatched_events=1)
-    return counters + _apply_known(conn, node, event, now, rules)
+    return counters + _apply_known(conn, node, event, owner, now, rules)
 
 
 def apply_pending(
@@ -188,9 +201,10 @@ def apply_pending(
     the lines after it belong to the queue id's next use and stay kept."""
     counters = Counters()
     for pending in tracking.pending_events(conn, node, queue_id):
-        if tracking.queue_owner(conn, node, queue_id) is None:
+        owner = tracking.queue_owner(conn, node, queue_id)
+        if owner is None:
             break
-        counters += _apply_known(conn, node, logline.parse_line(pending.line), now, rules)
+        counters += _apply_known(conn, node, logline.parse_line(pending.line), owner, now, rules)
         tracking.forget_pending(conn, pending.id)
     return counters
 
@@ -199,34 +213,33 @@ def _apply_known(
     conn: psycopg.Connection,
     node: str,
     event: logline.Event,
+    owner: tracking.Owner,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
-    """A ledger event of a queue id some message owned when the line was read."""
+    """A ledger event of the queue id that `owner` (tracking.queue_owner, read just before
+    in this transaction) owns."""
     if isinstance(event, logline.Queued):
-        return _apply_queued(conn, node, event, now)
+        return _apply_queued(conn, node, event, owner, now)
     if isinstance(event, logline.Delivery):
-        return _apply_delivery(conn, node, event, now, rules)
+        return _apply_delivery(conn, node, event, owner, now, rules)
     if isinstance(event, logline.Expired):
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is None:
-            return Counters(unmatched_events=1)
         _apply_expired(conn, owner[0], now, rules)
-        return Counters()
     if isinstance(event, logline.Removed):
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is not None:
-            tracking.mark_removed(conn, owner[0], now)
+        tracking.mark_removed(conn, owner[0], now)
     return Counters()
 
 
 def _apply_queued(
-    conn: psycopg.Connection, node: str, event: logline.Queued, now: dt.datetime
+    conn: psycopg.Connection,
+    node: str,
+    event: logline.Queued,
+    owner: tracking.Owner,
+    now: dt.datetime,
 ) -> Counters:
     confirmed = tracking.confirm_queued(conn, node, event.queue_id, now)
     if confirmed is None:
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is not None and owner[1]:
+        if owner[1]:
             return Counters()  # qmgr logs the line again on every retry from the deferred queue
         return Counters(unmatched_events=1)
     counters = Counters()
@@ -282,13 +295,11 @@ def _apply_delivery(
     conn: psycopg.Connection,
     node: str,
     event: logline.Delivery,
+    owner: tracking.Owner,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
-    owner = tracking.queue_owner(conn, node, event.queue_id)
-    if owner is None:
-        return Counters(unmatched_events=1)
-    message_id = owner[0]
+    message_id, queued = owner
     recipients = tracking.ledger_recipients(conn, message_id)
     picked = logline.pick_candidate(event, set(recipients))
     if picked is None:
@@ -305,7 +316,8 @@ def _apply_delivery(
     candidate, address = picked
     ledger_id = recipients[address]
     if candidate.outcome is logline.Outcome.BOUNCED:
-        tracking.mark_queued(conn, message_id, now)
+        if not queued:
+            tracking.mark_queued(conn, message_id, now)
         bounced = outcomes.record_bounce(
             conn,
             ledger_id,
@@ -325,6 +337,7 @@ def _apply_delivery(
         candidate.dsn,
         candidate.describe(),
         now,
+        queued=queued,
     ):
         outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
         return Counters(**{candidate.outcome.value: 1})
