@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from bench import nodes
 from bench import plan as plans
 from bench.backing import probe_latency
 from bench.client import Login
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(exist_ok=True)
     print(f"bench: {'quick' if args.quick else 'full'} run in {root}; load average "
           f"{_load()} on {os.cpu_count()} CPUs", flush=True)
+    busy = _busy_warning()
+    if busy:
+        print(busy, flush=True)
     raw: list[Measurement] = []
     profile = None
     tracker: TrackerFigure | None = None
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
-    _report(raw, profile, results, args, probe, tracker)
+    _report(raw, profile, results, args, probe, tracker, busy)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
@@ -102,7 +106,7 @@ def _terminated(signum: int, frame: object) -> None:
 PROFILE_RATE = 250  # py-spy samples per second
 # What --only takes: "submission" is the session-per-message scenario, its ceiling and the
 # session-reuse one; "rcpt" the 10- and 50-recipient ones.
-SCENARIO_GROUPS = ("10KB", "1MB", "100KB", "submission", "rcpt", "big")
+SCENARIO_GROUPS = ("10KB", "1MB", "100KB", "submission", "rcpt", "big", "nodes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,11 +164,28 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Name
                 raw.append(_show(runner.smtp_source(
                     f"rcpt{count}", stack.targets[TX_UNIX], plans.SMALL_SIZE,
                     plan.multi_rcpt_messages, recipients=count)))
+    if "nodes" in wanted:
+        _two_nodes_against_one(runner, stack, plan, raw)
     if "big" in wanted:
         raw.append(_show(runner.big_with_small(
             stack.targets[TX_UNIX], big_count=plan.big_count, big_size=plans.BIG_SIZE,
             small_sessions=plan.big_small_sessions,
             small_per_session=plan.big_small_per_session)))
+
+
+def _two_nodes_against_one(runner: Runner, stack: Stack, plan: plans.Plan,
+                           raw: list[Measurement]) -> None:
+    """The same load through one complete node and through two (bench/nodes.py), each run
+    alternating the order."""
+    print(f"-- two nodes against one (load {_load()}): {nodes.NOTE}", flush=True)
+    with nodes.bench_nodes(stack) as both:
+        for run in range(plan.runs):
+            order = (both[:1], both) if run % 2 == 0 else (both, both[:1])
+            for used in order:
+                runner.sequence += 1
+                raw.append(_show(nodes.send(stack, used, plan.nodes_messages,
+                                            runner.results_dir, runner.sequence,
+                                            plan.verify_sample)))
 
 
 def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
@@ -176,8 +197,9 @@ def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
     if not found:
         return None
     measured = found[-1]
-    start, end = measured.extra["log_span"]  # type: ignore[misc]
-    span = LogSpan(stack.postfix.maillog, start, end, measured.elapsed_s)
+    offsets = measured.extra["log_span"]
+    assert isinstance(offsets, list)
+    span = LogSpan(stack.postfix.maillog, int(offsets[0]), int(offsets[1]), measured.elapsed_s)
     # A copy of its own for each pass: a new tracker_positions row, so a fresh cursor.
     copy = results / ("tracker-maillog-profiled" if profile_to else "tracker-maillog")
     applied = apply_log(stack.config, span, copy, profile_to)
@@ -236,12 +258,19 @@ def _show(m: Measurement) -> Measurement:
 
 def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
             args: argparse.Namespace, probe: dict[str, float],
-            tracker: TrackerFigure | None) -> None:
+            tracker: TrackerFigure | None, busy: str | None) -> None:
     table = medians(raw)
+    if busy:
+        print(f"\n{busy}")
     print(f"\n== medians ({'quick' if args.quick else 'full'} run; load now {_load()}) ==")
     print(render(table))
     print("\n== ratios ==")
     print("\n".join(ratios(table)))
+    one, two = (_rate(table, nodes.SCENARIO, target) for target in ("1 node", "2 nodes"))
+    if one and two:
+        print(f"{nodes.SCENARIO}: 2 nodes / 1 node = {two / one:.2f}   (run by run: "
+              f"{_node_ratios(raw)}; trackers caught up {_tracker_lags(raw)} s after the "
+              f"last delivery)\n   {nodes.NOTE}")
     print("\n== targets ==")
     print("\n".join(targets(table)))
     print(_tracker_target(tracker))
@@ -296,9 +325,45 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     document["profile"] = profile
     document["load_average"] = _load()
     document["backing_latency"] = probe
+    document["busy_at_start"] = busy
     document["tracker"] = tracker.as_dict() if tracker else None
     (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nresults: {results / 'results.json'}")
+
+
+# A machine whose 1-minute load average, before the bench starts anything, passes this many
+# runnable tasks per CPU is busy with something else: its absolute figures are noise.
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def _busy_warning() -> str | None:
+    load1 = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load1 < BUSY_LOAD_PER_CPU * cpus:
+        return None
+    return (f"WARNING: the machine was busy when the bench started (1-minute load average "
+            f"{load1:.2f} on {cpus} CPUs): absolute figures are noisy and low; compare "
+            "the ratios measured within this run. Every figure is still printed.")
+
+
+def _node_ratios(raw: list[Measurement]) -> str:
+    runs: dict[str, list[float]] = {}
+    for m in raw:
+        if m.scenario == nodes.SCENARIO:
+            runs.setdefault(m.target, []).append(m.msg_per_s)
+    pairs = zip(runs.get("2 nodes", []), runs.get("1 node", []), strict=False)
+    return " ".join(f"{two / one:.2f}" for two, one in pairs if one)
+
+
+def _tracker_lags(raw: list[Measurement]) -> str:
+    return ", ".join(f"{m.extra.get('tracker_lag_s')} ({m.target})" for m in raw
+                     if m.scenario == nodes.SCENARIO)
+
+
+def _rate(table: dict[tuple[str, str], dict[str, object]], scenario: str,
+          target: str) -> float | None:
+    value = table.get((scenario, target), {}).get("msg_per_s")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _tracker_target(tracker: TrackerFigure | None) -> str:
