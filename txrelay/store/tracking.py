@@ -167,6 +167,12 @@ SELECT id, queued_at FROM messages
  WHERE node = %(node)s AND queue_id = %(queue_id)s AND removed_at IS NULL
  ORDER BY id DESC LIMIT 1"""
 
+# The owners of many queue ids at once: SELECT_OWNER for each.
+SELECT_OWNERS = """
+SELECT DISTINCT ON (queue_id) queue_id, id, queued_at FROM messages
+ WHERE node = %(node)s AND queue_id = ANY(%(queue_ids)s) AND removed_at IS NULL
+ ORDER BY queue_id, id DESC"""
+
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
@@ -254,6 +260,16 @@ def queue_owner(conn: Conn, node: str, queue_id: str) -> Owner | None:
     if row is None:
         return None
     return int(row["id"]), row["queued_at"] is not None
+
+
+def queue_owners(conn: Conn, node: str, queue_ids: Sequence[str]) -> dict[str, Owner]:
+    """queue_owner of each of these queue ids that has an owner, in one query."""
+    if not queue_ids:
+        return {}
+    rows = conn.execute(
+        SELECT_OWNERS, {"node": node, "queue_ids": sorted(set(queue_ids))}
+    ).fetchall()
+    return {row["queue_id"]: (int(row["id"]), row["queued_at"] is not None) for row in rows}
 
 
 def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
