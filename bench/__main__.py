@@ -1,8 +1,9 @@
 """`python -m bench [--quick] [--profile]`: the milter's cost next to Postfix alone and OpenDKIM.
 
 Brings up its own Postfix, smtp-sink, Dovecot, OpenDKIM and txrelay milters under a temp
-directory, runs the scenarios (medians of --runs), prints the table, the ratios and the
-issue's targets, and writes results.json. Exits 1 when any scenario sent, delivered or signed
+directory, runs the scenarios (medians of --runs), applies the 10 KB run's Postfix log with
+the real tracker, prints the table, the ratios and the issue's targets, and writes
+results.json. Exits 1 when any scenario sent, delivered or signed
 the wrong messages; missed performance targets are reported, not failed.
 """
 
@@ -115,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="small counts, one run: checks the harness, not the figures")
     parser.add_argument("--runs", type=int, default=0, help="repetitions (default 3, quick 1)")
     parser.add_argument("--profile", action="store_true",
-                        help="also record the txrelay milter with py-spy (10 KB and 1 MB runs)")
+                        help="also record the txrelay milter with py-spy (10 KB and 1 MB "
+                             "runs), and the tracker with cProfile (one more 10 KB run)")
     parser.add_argument("--only", default="",
                         help=f"comma list of scenarios: {','.join(SCENARIO_GROUPS)}")
     parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
