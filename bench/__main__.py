@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     raw: list[Measurement] = []
     profile = None
     tracker: TrackerFigure | None = None
+    heavy: TrackerFigure | None = None  # the same over the rcpt50 log (no target)
     probe: dict[str, float] = {}
     failure = None
     try:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: backing services now: {probe}", flush=True)
             _run_all(runner, stack, plan, args, raw)
             tracker = _tracker_figure(stack, raw, results)
+            heavy = _tracker_figure(stack, raw, results, scenario="rcpt50")
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except HarnessError as exc:  # BenchFailure, or a shared process helper's failure
         failure = exc
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
-    _report(raw, profile, results, args, probe, tracker, busy)
+    _report(raw, profile, results, args, probe, tracker, busy, heavy)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
@@ -191,10 +193,12 @@ def _two_nodes_against_one(runner: Runner, stack: Stack, plan: plans.Plan,
 
 
 def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
-                    profile_to: Path | None = None) -> TrackerFigure | None:
-    """The real tracker over the Postfix log of the last 10 KB txrelay-unix run (the
-    bench's top throughput through txrelay), against the rate Postfix logged it at."""
-    found = [m for m in raw if (m.scenario, m.target) == ("10KB", TX_UNIX)
+                    profile_to: Path | None = None,
+                    scenario: str = "10KB") -> TrackerFigure | None:
+    """The real tracker over the Postfix log of the last txrelay-unix run of `scenario`
+    against the rate Postfix logged it at: 10KB is the bench's top throughput through
+    txrelay (the target), rcpt50 the most delivery lines a message logs."""
+    found = [m for m in raw if (m.scenario, m.target) == (scenario, TX_UNIX)
              and isinstance(m.extra.get("log_span"), list)]
     if not found:
         return None
@@ -203,12 +207,12 @@ def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
     assert isinstance(offsets, list)
     span = LogSpan(stack.postfix.maillog, int(offsets[0]), int(offsets[1]), measured.elapsed_s)
     # A copy of its own for each pass: a new tracker_positions row, so a fresh cursor.
-    copy = results / ("tracker-maillog-profiled" if profile_to else "tracker-maillog")
-    applied = apply_log(stack.config, span, copy, profile_to)
+    name = f"tracker-maillog-{scenario}" + ("-profiled" if profile_to else "")
+    applied = apply_log(stack.config, span, results / name, profile_to)
     figure = TrackerFigure(f"{measured.scenario}/{measured.target}", measured.messages,
                            measured.msg_per_s, log_rate(span), applied)
-    print("-- tracker over that run's Postfix log", flush=True)
-    print("\n".join(figure.report()), flush=True)
+    print(f"-- tracker over the Postfix log of that {scenario} run", flush=True)
+    print("\n".join(figure.report(with_target=scenario == "10KB")), flush=True)
     return figure
 
 
@@ -260,7 +264,8 @@ def _show(m: Measurement) -> Measurement:
 
 def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
             args: argparse.Namespace, probe: dict[str, float],
-            tracker: TrackerFigure | None, busy: str | None) -> None:
+            tracker: TrackerFigure | None, busy: str | None,
+            heavy: TrackerFigure | None = None) -> None:
     table = medians(raw)
     if busy:
         print(f"\n{busy}")
@@ -286,6 +291,9 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     if tracker is not None:
         print("\n== tracker throughput: the real tracker over the 10KB txrelay-unix log ==")
         print("\n".join(tracker.report()))
+    if heavy is not None:
+        print("\n== the same over the rcpt50 log (50 delivery lines a message; no target) ==")
+        print("\n".join(heavy.report(with_target=False)))
     print("\n== txrelay's PostgreSQL sessions: what they were doing (% of busy samples) ==")
     for (scenario, target), row in table.items():
         extra = row["extra"]
@@ -329,6 +337,7 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     document["backing_latency"] = probe
     document["busy_at_start"] = busy
     document["tracker"] = tracker.as_dict() if tracker else None
+    document["tracker_rcpt50"] = heavy.as_dict() if heavy else None
     (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nresults: {results / 'results.json'}")
 

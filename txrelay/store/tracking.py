@@ -178,8 +178,10 @@ UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at 
 
 # A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
 # come last, so the mapping below gives each delivery line a copy that has no outcome yet.
+# Only the addresses a delivery line can name: a message to 50 recipients logs 50 lines.
 SELECT_LEDGER_RECIPIENTS = """
-SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s
+SELECT id, lower(recipient) AS recipient FROM ledger
+ WHERE message_id = %(message_id)s AND lower(recipient) = ANY(%(addresses)s)
  ORDER BY state NOT IN ('delivered', 'bounced', 'voided'), id DESC"""
 
 # Delivered and bounced are final; voided rows were never Postfix's to deliver.
@@ -272,9 +274,12 @@ def queue_owners(conn: Conn, node: str, queue_ids: Sequence[str]) -> dict[str, O
     return {row["queue_id"]: (int(row["id"]), row["queued_at"] is not None) for row in rows}
 
 
-def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
-    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one)."""
-    rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
+def ledger_recipients(conn: Conn, message_id: int, addresses: Sequence[str]) -> dict[str, int]:
+    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one), of
+    the message's recipients among `addresses` (lower-cased)."""
+    rows = conn.execute(
+        SELECT_LEDGER_RECIPIENTS, {"message_id": message_id, "addresses": sorted(set(addresses))}
+    ).fetchall()
     return {row["recipient"]: int(row["id"]) for row in rows}
 
 

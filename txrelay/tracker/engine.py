@@ -362,7 +362,7 @@ def _apply_delivery(
     rules: SuppressionRules,
 ) -> Counters:
     message_id, queued = owner
-    recipients = tracking.ledger_recipients(conn, message_id)
+    recipients = tracking.ledger_recipients(conn, message_id, logline.addresses_of(event))
     picked = logline.pick_candidate(event, set(recipients))
     if picked is None:
         if len(event.candidates) > 1:
