@@ -154,6 +154,7 @@ class TrackerFigure:
     msg_per_s: float
     logged: LogRate
     applied: TrackerRun
+    run_ratios: tuple[float, ...] = ()  # every run's ratio, when this is their median run
 
     @property
     def ratio(self) -> float:
@@ -173,11 +174,14 @@ class TrackerFigure:
             f"{applied.delivery_lines_per_s:.0f} delivery lines/s (delivered {c.delivered}, "
             f"unmatched {c.unmatched_events}, unparsed {c.unparsed_lines})",
             f"   tracker / log rate = {self.ratio:.2f}"
-            + (f" (target >= {TARGET_RATIO:g})" if with_target else ""),
+            + (f" (target >= {TARGET_RATIO:g})" if with_target else "")
+            + (f"; run by run: {' '.join(map(str, self.run_ratios))}"
+               if len(self.run_ratios) > 1 else ""),
         ]
 
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "messages": self.messages,
                 "msg_per_s": self.msg_per_s, "logged": self.logged.as_dict(),
                 "applied": self.applied.as_dict(), "ratio": round(self.ratio, 2),
+                "run_ratios": list(self.run_ratios),
                 "target": TARGET_RATIO}
