@@ -112,7 +112,8 @@ def send(stack: Stack, nodes: list[Node], count: int, results: Path, sequence: i
                120 + sent / 2, f"{what}: {sent} messages at the sink",
                lambda: f"sink has {stack.sink.count()}, queues {_queued(nodes)}",
                interval=0.02)
-    elapsed = time.perf_counter() - started
+    delivered_at = time.perf_counter()
+    elapsed = delivered_at - started
     busy_ms = machine_busy_ms() - busy_before
     time.sleep(0.2)  # a duplicate delivery would show up now
     dumps = stack.sink.collect(results / "sink" / f"{sequence:03d}-{what.replace('/', '-')}")
@@ -121,7 +122,8 @@ def send(stack: Stack, nodes: list[Node], count: int, results: Path, sequence: i
                             sequence)
     for dump in dumps:
         dump.unlink()
-    lag = _trackers_caught_up(stack, nodes, before, share, what)
+    # From the last delivery (the checks above included): how far the trackers lag.
+    lag = _trackers_caught_up(stack, nodes, before, share, what) - delivered_at
     load = float(Path("/proc/loadavg").read_text().split()[0])
     return Measurement(SCENARIO, what.split("/", 1)[1], 10_000, sent, round(elapsed, 3),
                        round(sent / elapsed, 1),
@@ -143,9 +145,8 @@ def _by_node(stack: Stack) -> dict[str, tuple[int, int]]:
 
 def _trackers_caught_up(stack: Stack, nodes: list[Node], before: dict[str, tuple[int, int]],
                         share: int, what: str) -> float:
-    """Each node recorded its share, and its tracker marks it delivered: seconds after the
-    last delivery until both trackers had (what they lag behind the sink)."""
-    started = time.perf_counter()
+    """Each node recorded its share, and its tracker marks it delivered: the moment
+    (perf_counter) both trackers had."""
 
     def recorded() -> bool:
         now = _by_node(stack)
@@ -162,4 +163,4 @@ def _trackers_caught_up(stack: Stack, nodes: list[Node], before: dict[str, tuple
     wait_until(recorded, 120, f"{what}: every node's tracker recorded its deliveries",
                lambda: "\n".join(f"--- {node.name} tracker\n{node.tracker.log()}"
                                  for node in nodes), interval=0.05)
-    return time.perf_counter() - started
+    return time.perf_counter()
