@@ -1,14 +1,16 @@
 """`python -m bench [--quick] [--profile]`: the milter's cost next to Postfix alone and OpenDKIM.
 
 Brings up its own Postfix, smtp-sink, Dovecot, OpenDKIM and txrelay milters under a temp
-directory, runs the scenarios (medians of --runs), prints the table, the ratios and the
-issue's targets, and writes results.json. Exits 1 when any scenario sent, delivered or signed
+directory, runs the scenarios (medians of --runs), applies the 10 KB run's Postfix log with
+the real tracker, prints the table, the ratios and the issue's targets, and writes
+results.json. Exits 1 when any scenario sent, delivered or signed
 the wrong messages; missed performance targets are reported, not failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +24,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from bench import nodes
 from bench import plan as plans
 from bench.backing import probe_latency
 from bench.client import Login
@@ -49,6 +52,7 @@ from bench.stack import (
     Stack,
     bench_stack,
 )
+from bench.tracking import TARGET_RATIO, LogSpan, TrackerFigure, apply_log, log_rate
 from tests.harness.processes import HarnessError
 
 
@@ -67,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(exist_ok=True)
     print(f"bench: {'quick' if args.quick else 'full'} run in {root}; load average "
           f"{_load()} on {os.cpu_count()} CPUs", flush=True)
+    busy = _busy_warning()
+    if busy:
+        print(busy, flush=True)
     raw: list[Measurement] = []
     profile = None
+    tracker: TrackerFigure | None = None
+    heavy: TrackerFigure | None = None  # the same over the rcpt50 log (no target)
     probe: dict[str, float] = {}
     failure = None
     try:
@@ -78,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             probe = probe_latency(stack.config.database.url)
             print(f"bench: backing services now: {probe}", flush=True)
             _run_all(runner, stack, plan, args, raw)
+            tracker = _tracker_figure(stack, raw, results)
+            heavy = _tracker_figure(stack, raw, results, scenario="rcpt50")
             profile = _profile(runner, stack, plan, results) if args.profile else None
     except HarnessError as exc:  # BenchFailure, or a shared process helper's failure
         failure = exc
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         failure = BenchFailure(f"{exc.__class__.__name__}: {exc}")
     for bulky in ("messages", "sink-spool"):  # up to 300 MB; results/ stays
         shutil.rmtree(root / bulky, ignore_errors=True)
-    _report(raw, profile, results, args, probe)
+    _report(raw, profile, results, args, probe, tracker, busy, heavy)
     if failure is not None:
         print(f"\nBENCH FAILED: {failure}", file=sys.stderr)
         return 1
@@ -99,7 +110,7 @@ def _terminated(signum: int, frame: object) -> None:
 PROFILE_RATE = 250  # py-spy samples per second
 # What --only takes: "submission" is the session-per-message scenario, its ceiling and the
 # session-reuse one; "rcpt" the 10- and 50-recipient ones.
-SCENARIO_GROUPS = ("10KB", "1MB", "100KB", "submission", "rcpt", "big")
+SCENARIO_GROUPS = ("10KB", "1MB", "100KB", "submission", "rcpt", "big", "nodes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="small counts, one run: checks the harness, not the figures")
     parser.add_argument("--runs", type=int, default=0, help="repetitions (default 3, quick 1)")
     parser.add_argument("--profile", action="store_true",
-                        help="also record the txrelay milter with py-spy (10 KB and 1 MB runs)")
+                        help="also record the txrelay milter with py-spy (10 KB and 1 MB "
+                             "runs), and the tracker with cProfile (one more 10 KB run)")
     parser.add_argument("--only", default="",
                         help=f"comma list of scenarios: {','.join(SCENARIO_GROUPS)}")
     parser.add_argument("--directory", help="work directory (default: a new /tmp dir)")
@@ -157,11 +169,59 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Name
                 raw.append(_show(runner.smtp_source(
                     f"rcpt{count}", stack.targets[TX_UNIX], plans.SMALL_SIZE,
                     plan.multi_rcpt_messages, recipients=count)))
+    if "nodes" in wanted:
+        _two_nodes_against_one(runner, stack, plan, raw)
     if "big" in wanted:
         raw.append(_show(runner.big_with_small(
             stack.targets[TX_UNIX], big_count=plan.big_count, big_size=plans.BIG_SIZE,
             small_sessions=plan.big_small_sessions,
             small_per_session=plan.big_small_per_session)))
+
+
+def _two_nodes_against_one(runner: Runner, stack: Stack, plan: plans.Plan,
+                           raw: list[Measurement]) -> None:
+    """The same load through one complete node and through two (bench/nodes.py), each run
+    alternating the order."""
+    print(f"-- two nodes against one (load {_load()}): {nodes.NOTE}", flush=True)
+    with nodes.bench_nodes(stack) as both:
+        for run in range(plan.runs):
+            order = (both[:1], both) if run % 2 == 0 else (both, both[:1])
+            for used in order:
+                runner.sequence += 1
+                raw.append(_show(nodes.send(stack, used, plan.nodes_messages,
+                                            runner.results_dir, runner.sequence,
+                                            plan.verify_sample)))
+
+
+def _tracker_figure(stack: Stack, raw: list[Measurement], results: Path,
+                    profile_to: Path | None = None,
+                    scenario: str = "10KB") -> TrackerFigure | None:
+    """The real tracker over the Postfix log of each txrelay-unix run of `scenario` (each
+    run's messages are its own, so each log is applied once) against the rate Postfix
+    logged it at; the run of the median ratio, with every run's ratio. 10KB is the bench's
+    top throughput through txrelay (the target), rcpt50 the most delivery lines a message
+    logs."""
+    found = [m for m in raw if (m.scenario, m.target) == (scenario, TX_UNIX)
+             and isinstance(m.extra.get("log_span"), list)]
+    figures = []
+    for number, measured in enumerate(found, 1):
+        offsets = measured.extra["log_span"]
+        assert isinstance(offsets, list)
+        span = LogSpan(stack.postfix.maillog, int(offsets[0]), int(offsets[1]),
+                       measured.elapsed_s)
+        # A copy of its own for each pass: a new tracker_positions row, so a fresh cursor.
+        name = f"tracker-maillog-{scenario}-{number}" + ("-profiled" if profile_to else "")
+        applied = apply_log(stack.config, span, results / name, profile_to)
+        figure = TrackerFigure(f"{measured.scenario}/{measured.target}", measured.messages,
+                               measured.msg_per_s, log_rate(span), applied)
+        print(f"-- tracker over the Postfix log of {scenario} run {number}", flush=True)
+        print("\n".join(figure.report(with_target=scenario == "10KB")), flush=True)
+        figures.append(figure)
+    if not figures:
+        return None
+    ratios = tuple(round(f.ratio, 2) for f in figures)
+    median = sorted(figures, key=lambda f: f.ratio)[(len(figures) - 1) // 2]
+    return dataclasses.replace(median, run_ratios=ratios)
 
 
 def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
@@ -190,6 +250,12 @@ def _profile(runner: Runner, stack: Stack, plan: plans.Plan,
                            "milter_cpu_s": round(milter_s, 2),
                            "cpu": {"file": str(outputs["cpu"]), **cpu},
                            "wall": {"file": str(outputs["wall"]), **summarise(outputs["wall"])}}
+    # The tracker under cProfile, over the log of one more 10 KB run (the figure's own run
+    # is applied already).
+    tracker_raw = [_show(runner.smtp_source("10KB", target, plans.SMALL_SIZE, plan.small))]
+    output = results / "profile-tracker.txt"
+    _tracker_figure(stack, tracker_raw, results, profile_to=output)
+    profiles["tracker"] = {"file": str(output)}
     return profiles
 
 
@@ -205,14 +271,37 @@ def _show(m: Measurement) -> Measurement:
 
 
 def _report(raw: list[Measurement], profile: dict[str, object] | None, results: Path,
-            args: argparse.Namespace, probe: dict[str, float]) -> None:
+            args: argparse.Namespace, probe: dict[str, float],
+            tracker: TrackerFigure | None, busy: str | None,
+            heavy: TrackerFigure | None = None) -> None:
     table = medians(raw)
+    if busy:
+        print(f"\n{busy}")
     print(f"\n== medians ({'quick' if args.quick else 'full'} run; load now {_load()}) ==")
     print(render(table))
     print("\n== ratios ==")
     print("\n".join(ratios(table)))
+    one, two = (_rate(table, nodes.SCENARIO, target) for target in ("1 node", "2 nodes"))
+    if one and two:
+        print(f"{nodes.SCENARIO}: 2 nodes / 1 node = {two / one:.2f}   (run by run: "
+              f"{_node_ratios(raw)}; trackers caught up {_tracker_lags(raw)} s after the "
+              f"last delivery)\n   {nodes.NOTE}")
     print("\n== targets ==")
     print("\n".join(targets(table)))
+    print(_tracker_target(tracker))
+    print("\n== Postfix's log rate per scenario (lines/s, delivery lines/s) ==")
+    for (scenario, target), row in table.items():
+        extra = row["extra"]
+        rate = extra.get("log_rate") if isinstance(extra, dict) else None
+        if isinstance(rate, dict):
+            print(f"   {scenario:<10} {target:<14} {rate['lines_per_s']:>8} "
+                  f"{rate['delivery_lines_per_s']:>8}")
+    if tracker is not None:
+        print("\n== tracker throughput: the real tracker over the 10KB txrelay-unix log ==")
+        print("\n".join(tracker.report()))
+    if heavy is not None:
+        print("\n== the same over the rcpt50 log (50 delivery lines a message; no target) ==")
+        print("\n".join(heavy.report(with_target=False)))
     print("\n== txrelay's PostgreSQL sessions: what they were doing (% of busy samples) ==")
     for (scenario, target), row in table.items():
         extra = row["extra"]
@@ -237,6 +326,9 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
         print("\n== multi-recipient messages (10 KB, smtp-source, txrelay-unix) ==")
         print("\n".join(recipient_lines))
     for label, figures in (profile or {}).items():
+        if label == "tracker":
+            print(f"\n== cProfile, tracker: {figures['file']} ==")  # type: ignore[index]
+            continue
         print(f"\n== py-spy, milter, {label}: Python held the GIL "
               f"{figures['python_holding_gil_s']} s of the milter's "  # type: ignore[index]
               f"{figures['milter_cpu_s']} s of CPU (the rest: C code, kernel) ==")  # type: ignore[index]
@@ -251,8 +343,53 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     document["profile"] = profile
     document["load_average"] = _load()
     document["backing_latency"] = probe
+    document["busy_at_start"] = busy
+    document["tracker"] = tracker.as_dict() if tracker else None
+    document["tracker_rcpt50"] = heavy.as_dict() if heavy else None
     (results / "results.json").write_text(json.dumps(document, indent=2, default=str))
     print(f"\nresults: {results / 'results.json'}")
+
+
+# A machine whose 1-minute load average, before the bench starts anything, passes this many
+# runnable tasks per CPU is busy with something else: its absolute figures are noise.
+BUSY_LOAD_PER_CPU = 0.5
+
+
+def _busy_warning() -> str | None:
+    load1 = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load1 < BUSY_LOAD_PER_CPU * cpus:
+        return None
+    return (f"WARNING: the machine was busy when the bench started (1-minute load average "
+            f"{load1:.2f} on {cpus} CPUs): absolute figures are noisy and low; compare "
+            "the ratios measured within this run. Every figure is still printed.")
+
+
+def _node_ratios(raw: list[Measurement]) -> str:
+    runs: dict[str, list[float]] = {}
+    for m in raw:
+        if m.scenario == nodes.SCENARIO:
+            runs.setdefault(m.target, []).append(m.msg_per_s)
+    pairs = zip(runs.get("2 nodes", []), runs.get("1 node", []), strict=False)
+    return " ".join(f"{two / one:.2f}" for two, one in pairs if one)
+
+
+def _tracker_lags(raw: list[Measurement]) -> str:
+    return ", ".join(f"{m.extra.get('tracker_lag_s')} ({m.target})" for m in raw
+                     if m.scenario == nodes.SCENARIO)
+
+
+def _rate(table: dict[tuple[str, str], dict[str, object]], scenario: str,
+          target: str) -> float | None:
+    value = table.get((scenario, target), {}).get("msg_per_s")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _tracker_target(tracker: TrackerFigure | None) -> str:
+    title = f"tracker applies >= {TARGET_RATIO:g} x the lines Postfix logs (10KB txrelay-unix)"
+    if tracker is None:
+        return f"n.a.  {title}"
+    return f"{'PASS' if tracker.ratio >= TARGET_RATIO else 'MISS'}  {title}: {tracker.ratio:.2f}"
 
 
 def _load() -> str:

@@ -21,16 +21,17 @@ class Plan:
     big_small_sessions: int
     big_small_per_session: int
     verify_sample: int  # DKIM-verified messages per scenario (0 = all)
+    nodes_messages: int  # 10 KB messages through one node, then through two
 
 
 FULL = Plan(runs=3, warmup=30, small=1000, large=100, medium=400, submission_clients=10,
             submission_rounds=40, submission_sessions=20, submission_per_session=20,
             multi_rcpt_messages=200, big_count=10, big_small_sessions=2,
-            big_small_per_session=40, verify_sample=200)
+            big_small_per_session=40, verify_sample=200, nodes_messages=1000)
 QUICK = Plan(runs=1, warmup=10, small=200, large=20, medium=100, submission_clients=5,
              submission_rounds=8, submission_sessions=5, submission_per_session=4,
              multi_rcpt_messages=40, big_count=2, big_small_sessions=2,
-             big_small_per_session=10, verify_sample=50)
+             big_small_per_session=10, verify_sample=50, nodes_messages=200)
 
 SMALL_SIZE = 10_000
 MEDIUM_SIZE = 100_000

@@ -15,6 +15,7 @@ from bench.measure import Window, percentile
 from bench.messages import crlf, message, write_message_file
 from bench.procs import BenchFailure, children_cpu_ms, run, sample, wait_until
 from bench.stack import Stack, Target
+from bench.tracking import LogSpan, log_offset, log_rate
 
 RECIPIENT = "rcpt@sink.bench.test"
 SMTP_SOURCE_SESSIONS = 10
@@ -67,6 +68,7 @@ class Runner:
                                   recipient=RECIPIENT)
         window = Window(target.watched)
         window.start()
+        log_start = log_offset(self.stack.postfix.maillog)
         started = time.perf_counter()
         done = run(["smtp-source", "-s", str(sessions), "-m", str(count), "-F", str(path),
                     "-f", self.stack.sender.address, "-t", RECIPIENT,
@@ -82,6 +84,12 @@ class Runner:
         window.stop()
         result = self._finish(scenario, target, size, count, accepted, elapsed, window)
         result.extra["smtp_source_s"] = round(source_s, 3)
+        # What Postfix logged meanwhile (_finish waited for its last lines): the rate the
+        # tracker must keep up with.
+        span = LogSpan(self.stack.postfix.maillog, log_start,
+                       log_offset(self.stack.postfix.maillog), elapsed)
+        result.extra["log_span"] = [span.start, span.end]
+        result.extra["log_rate"] = log_rate(span).as_dict()
         if recipients > 1:
             result.extra["recipients"] = recipients
         return result

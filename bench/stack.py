@@ -73,13 +73,18 @@ class Stack:
 class TxrelayMilter:
     """`txrelay milter` on a socket, with its metrics endpoint on a port of its own."""
 
-    def __init__(self, config_file: Path, log_path: Path, socket: str | None) -> None:
+    def __init__(self, config_file: Path, log_path: Path, socket: str | None,
+                 node_name: str = "") -> None:
+        """node_name: the node it records mail as (default: the configuration's, the host
+        name)."""
         self.metrics_port = free_port()
         self.socket = socket
         argv = [backing.TXRELAY, "--config", str(config_file), "milter"]
         if socket:
             argv += ["--socket", socket]
         env = dict(os.environ, TXRELAY_METRICS_MILTER_LISTEN=f"127.0.0.1:{self.metrics_port}")
+        if node_name:
+            env["TXRELAY_MILTER_NODE_NAME"] = node_name
         self.daemon = ManagedProcess(argv, log_path, env=env)
 
     def start(self, config: Config) -> None:

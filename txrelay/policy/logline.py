@@ -236,6 +236,19 @@ def pick_candidate(
     return None
 
 
+def addresses_of(delivery: Delivery) -> list[str]:
+    """Every address (lower-cased) some reading of the line names: the only ledger
+    recipients pick_candidate can match."""
+    return sorted(
+        {
+            address.lower()
+            for c in delivery.candidates
+            for address in (c.original_recipient, c.recipient)
+            if address is not None
+        }
+    )
+
+
 def _ledger_key(candidate: DeliveryCandidate, ledger_recipients: set[str]) -> str | None:
     """orig_to is the address given at RCPT TO; to= is the fallback (no rewriting logged)."""
     for address in (candidate.original_recipient, candidate.recipient):

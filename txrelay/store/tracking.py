@@ -136,25 +136,30 @@ def tracker_status(conn: Conn) -> list[dict[str, Any]]:
 
 # --- events -------------------------------------------------------------------------------
 
-# The newest message of this node that still owns the queue id and awaits qmgr's line.
+# The newest message of this node that still owns the queue id and awaits qmgr's line is
+# marked queued, and so are its accepted ledger rows; one statement, one round trip (qmgr
+# logs a line like this for every message). Multi-row updates lock their rows in id order
+# first (migration 0014's lock order). The counts read the snapshot the statement started
+# with: accepted -> queued changes neither.
 CONFIRM_QUEUED = """
-UPDATE messages SET queued_at = %(now)s
- WHERE id = (SELECT id FROM messages
-              WHERE node = %(node)s AND queue_id = %(queue_id)s
-                AND queued_at IS NULL AND removed_at IS NULL
-              ORDER BY id DESC LIMIT 1)
-RETURNING id"""
-
-# Multi-row updates lock their rows in id order first (migration 0014's lock order).
-MARK_LEDGER_QUEUED = """
-UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
- WHERE id IN (SELECT id FROM ledger WHERE message_id = %(message_id)s AND state = 'accepted'
-               ORDER BY id FOR UPDATE)
-   AND state = 'accepted'"""
-
-COUNT_LEDGER_ROWS = """
-SELECT count(*) AS rows, count(*) FILTER (WHERE state = 'voided') AS voided
-  FROM ledger WHERE message_id = %(message_id)s"""
+WITH confirmed AS (
+    UPDATE messages SET queued_at = %(now)s
+     WHERE id = (SELECT id FROM messages
+                  WHERE node = %(node)s AND queue_id = %(queue_id)s
+                    AND queued_at IS NULL AND removed_at IS NULL
+                  ORDER BY id DESC LIMIT 1)
+    RETURNING id),
+ledger_queued AS (
+    UPDATE ledger SET state = 'queued', last_event = 'queued', last_event_at = %(now)s
+     WHERE id IN (SELECT l.id FROM ledger l
+                   WHERE l.message_id = (SELECT id FROM confirmed) AND l.state = 'accepted'
+                   ORDER BY l.id FOR UPDATE)
+       AND state = 'accepted')
+SELECT c.id,
+       (SELECT count(*) FROM ledger l WHERE l.message_id = c.id) AS rows,
+       (SELECT count(*) FROM ledger l WHERE l.message_id = c.id AND l.state = 'voided')
+           AS voided
+  FROM confirmed c"""
 
 # The message that owns the queue id now: queued and not yet removed from Postfix's queue.
 SELECT_OWNER = """
@@ -162,13 +167,21 @@ SELECT id, queued_at FROM messages
  WHERE node = %(node)s AND queue_id = %(queue_id)s AND removed_at IS NULL
  ORDER BY id DESC LIMIT 1"""
 
+# The owners of many queue ids at once: SELECT_OWNER for each.
+SELECT_OWNERS = """
+SELECT DISTINCT ON (queue_id) queue_id, id, queued_at FROM messages
+ WHERE node = %(node)s AND queue_id = ANY(%(queue_ids)s) AND removed_at IS NULL
+ ORDER BY queue_id, id DESC"""
+
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
 # A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
 # come last, so the mapping below gives each delivery line a copy that has no outcome yet.
+# Only the addresses a delivery line can name: a message to 50 recipients logs 50 lines.
 SELECT_LEDGER_RECIPIENTS = """
-SELECT id, lower(recipient) AS recipient FROM ledger WHERE message_id = %(message_id)s
+SELECT id, lower(recipient) AS recipient FROM ledger
+ WHERE message_id = %(message_id)s AND lower(recipient) = ANY(%(addresses)s)
  ORDER BY state NOT IN ('delivered', 'bounced', 'voided'), id DESC"""
 
 # Delivered and bounced are final; voided rows were never Postfix's to deliver.
@@ -196,6 +209,11 @@ SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
 
 MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
 
+# The queue ids of a chunk that have kept lines of this node (nearly always none).
+SELECT_QUEUE_IDS_WITH_PENDING = """
+SELECT DISTINCT queue_id FROM tracker_pending_events
+ WHERE node = %(node)s AND queue_id = ANY(%(queue_ids)s)"""
+
 INSERT_ANOMALY = """
 INSERT INTO tracker_anomalies (node, queue_id, kind, detail, seen_at)
 VALUES (%(node)s, %(queue_id)s, %(kind)s, %(detail)s, %(now)s)"""
@@ -215,19 +233,30 @@ def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
         conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
 
 
+def queue_ids_with_pending(conn: Conn, node: str, queue_ids: Sequence[str]) -> set[str]:
+    """Which of these queue ids have kept lines of this node. Inside the transaction that
+    holds the node's position lock (lock_position): only that tracker keeps or applies them."""
+    if not queue_ids:
+        return set()
+    rows = conn.execute(
+        SELECT_QUEUE_IDS_WITH_PENDING, {"node": node, "queue_ids": sorted(set(queue_ids))}
+    ).fetchall()
+    return {row["queue_id"] for row in rows}
+
+
 def confirm_queued(conn: Conn, node: str, queue_id: str, now: dt.datetime) -> Confirmed | None:
     """qmgr queued the message: accepted rows become queued. None: no message awaits it."""
     row = conn.execute(CONFIRM_QUEUED, {"node": node, "queue_id": queue_id, "now": now}).fetchone()
     if row is None:
         return None
-    message_id = int(row["id"])
-    conn.execute(MARK_LEDGER_QUEUED, {"message_id": message_id, "now": now})
-    counts = conn.execute(COUNT_LEDGER_ROWS, {"message_id": message_id}).fetchone()
-    assert counts is not None  # an aggregate: always one row
-    return Confirmed(message_id, int(counts["rows"]), int(counts["voided"]))
+    return Confirmed(int(row["id"]), int(row["rows"]), int(row["voided"]))
 
 
-def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None:
+# (message id, already queued) of the message owning a queue id.
+Owner = tuple[int, bool]
+
+
+def queue_owner(conn: Conn, node: str, queue_id: str) -> Owner | None:
     """(message id, already queued) of the message owning the queue id, if any."""
     row = conn.execute(SELECT_OWNER, {"node": node, "queue_id": queue_id}).fetchone()
     if row is None:
@@ -235,9 +264,22 @@ def queue_owner(conn: Conn, node: str, queue_id: str) -> tuple[int, bool] | None
     return int(row["id"]), row["queued_at"] is not None
 
 
-def ledger_recipients(conn: Conn, message_id: int) -> dict[str, int]:
-    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one)."""
-    rows = conn.execute(SELECT_LEDGER_RECIPIENTS, {"message_id": message_id}).fetchall()
+def queue_owners(conn: Conn, node: str, queue_ids: Sequence[str]) -> dict[str, Owner]:
+    """queue_owner of each of these queue ids that has an owner, in one query."""
+    if not queue_ids:
+        return {}
+    rows = conn.execute(
+        SELECT_OWNERS, {"node": node, "queue_ids": sorted(set(queue_ids))}
+    ).fetchall()
+    return {row["queue_id"]: (int(row["id"]), row["queued_at"] is not None) for row in rows}
+
+
+def ledger_recipients(conn: Conn, message_id: int, addresses: Sequence[str]) -> dict[str, int]:
+    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one), of
+    the message's recipients among `addresses` (lower-cased)."""
+    rows = conn.execute(
+        SELECT_LEDGER_RECIPIENTS, {"message_id": message_id, "addresses": sorted(set(addresses))}
+    ).fetchall()
     return {row["recipient"]: int(row["id"]) for row in rows}
 
 
@@ -247,10 +289,21 @@ def mark_queued(conn: Conn, message_id: int, now: dt.datetime) -> None:
 
 
 def record_outcome(
-    conn: Conn, message_id: int, ledger_id: int, state: str, dsn: str, event: str, now: dt.datetime
+    conn: Conn,
+    message_id: int,
+    ledger_id: int,
+    state: str,
+    dsn: str,
+    event: str,
+    now: dt.datetime,
+    *,
+    queued: bool = False,
 ) -> bool:
-    """Apply one recipient's outcome; False when the row was already final."""
-    mark_queued(conn, message_id, now)
+    """Apply one recipient's outcome; False when the row was already final. queued: the
+    message is known to be marked queued already (its owner row said so in this
+    transaction), which saves marking it again."""
+    if not queued:
+        mark_queued(conn, message_id, now)
     cursor = conn.execute(
         RECORD_OUTCOME,
         {"state": state, "dsn": dsn, "event": event, "now": now, "ledger_id": ledger_id},

@@ -106,13 +106,16 @@ class Tracker:
                 raise PositionMoved()
             counters = Counters(lines_read=len(chunk.lines))
             events = [(logline.parse_line(line), line) for line in chunk.lines]
-            tracking.lock_queue_rows(
-                self.conn,
-                self.node,
-                [event.queue_id for event, _ in events if isinstance(event, _LEDGER_EVENTS)],
-            )
+            queue_ids = [e.queue_id for e, _ in events if isinstance(e, _LEDGER_EVENTS)]
+            tracking.lock_queue_rows(self.conn, self.node, queue_ids)
+            # One query for the chunk instead of one per line: nearly every queue id has no
+            # kept lines (they wait only for a journal replay's rows).
+            kept = tracking.queue_ids_with_pending(self.conn, self.node, queue_ids)
+            owners = Owners.of_chunk(self.conn, self.node, queue_ids)
             for event, line in events:
-                counters += apply_event(self.conn, self.node, event, now, line, self.rules)
+                counters += apply_event(
+                    self.conn, self.node, event, now, line, self.rules, kept=kept, owners=owners
+                )
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
         metrics.record_outcomes(counters.outcomes())
@@ -149,6 +152,49 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
     return start.offset == 0  # the first chunk of the next file after a rotation
 
 
+class Owners:
+    """The message owning each queue id (tracking.queue_owner) as this transaction sees it,
+    kept in step with what the transaction itself changes (queued, removed).
+
+    Of a chunk, all are read in one query instead of one per line, after its lines were read.
+    That finds every message the lines can name: the milter records a message before it lets
+    Postfix queue it, and Postfix logs a queue id's qmgr and delivery lines only after that.
+    The exception is a message the milter journaled (PostgreSQL was down), whose row comes at
+    replay: until the row is read, its lines are kept as when there is no row, and they are
+    applied once it is there (apply_pending, Tracker.apply_kept)."""
+
+    def __init__(
+        self, conn: psycopg.Connection, node: str, known: dict[str, tracking.Owner | None]
+    ) -> None:
+        """known: queue id -> its owner (None: no message owns it); others are read when
+        asked for."""
+        self.conn = conn
+        self.node = node
+        self.known = known
+
+    @classmethod
+    def of_chunk(cls, conn: psycopg.Connection, node: str, queue_ids: list[str]) -> Owners:
+        known: dict[str, tracking.Owner | None] = dict.fromkeys(queue_ids)
+        known.update(tracking.queue_owners(conn, node, queue_ids))
+        return cls(conn, node, known)
+
+    def get(self, queue_id: str) -> tracking.Owner | None:
+        if queue_id not in self.known:
+            self.known[queue_id] = tracking.queue_owner(self.conn, self.node, queue_id)
+        return self.known[queue_id]
+
+    def queued(self, queue_id: str, message_id: int) -> None:
+        """message_id was marked queued in this transaction."""
+        if self.known.get(queue_id) == (message_id, False):
+            self.known[queue_id] = (message_id, True)
+        elif self.known.get(queue_id) != (message_id, True):
+            self.forget(queue_id)
+
+    def forget(self, queue_id: str) -> None:
+        """Read the owner again when next asked (after a change that may move it)."""
+        self.known.pop(queue_id, None)
+
+
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 EXPIRED_EVENT = "expired, returned to sender"
 _LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
@@ -161,36 +207,58 @@ def apply_event(
     now: dt.datetime,
     line: str,
     rules: SuppressionRules,
+    *,
+    kept: set[str] | None = None,
+    owners: Owners | None = None,
 ) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
     An event of a queue id without a message row is kept (the line itself): a message the
     milter journaled while PostgreSQL was down gets its row only at replay, which may come
-    after Postfix delivered it. Kept lines of a queue id go first, so the order is the log's."""
+    after Postfix delivered it. Kept lines of a queue id go first, so the order is the log's.
+
+    kept: the queue ids that may have kept lines, read in this transaction under the
+    position lock (tracking.queue_ids_with_pending); the ones this call keeps a line of are
+    added. None: look for kept lines of every queue id. owners: the chunk's Owners (None:
+    read each owner when needed)."""
     if isinstance(event, logline.Unparsed):
         return Counters(unparsed_lines=1)
     if not isinstance(event, _LEDGER_EVENTS):
         return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
-    counters = apply_pending(conn, node, event.queue_id, now, rules)
-    if tracking.queue_owner(conn, node, event.queue_id) is None:
+    owners = owners or Owners(conn, node, {})
+    counters = Counters()
+    if kept is None or event.queue_id in kept:
+        counters = apply_pending(conn, node, event.queue_id, now, rules, owners)
+    owner = owners.get(event.queue_id)
+    if owner is None:
         tracking.keep_event(conn, node, event.queue_id, line, now)
+        if kept is not None:
+            kept.add(event.queue_id)
         if isinstance(event, logline.Removed):
             return counters
         return counters + Counters(unmatched_events=1)
-    return counters + _apply_known(conn, node, event, now, rules)
+    return counters + _apply_known(conn, node, event, owner, owners, now, rules)
 
 
 def apply_pending(
-    conn: psycopg.Connection, node: str, queue_id: str, now: dt.datetime, rules: SuppressionRules
+    conn: psycopg.Connection,
+    node: str,
+    queue_id: str,
+    now: dt.datetime,
+    rules: SuppressionRules,
+    owners: Owners | None = None,
 ) -> Counters:
     """Apply the kept lines of queue_id, oldest first, once a message owns it; each is deleted
     in the transaction that applies it (exactly once). A kept 'removed' ends that message:
     the lines after it belong to the queue id's next use and stay kept."""
+    owners = owners or Owners(conn, node, {})
     counters = Counters()
     for pending in tracking.pending_events(conn, node, queue_id):
-        if tracking.queue_owner(conn, node, queue_id) is None:
+        owner = owners.get(queue_id)
+        if owner is None:
             break
-        counters += _apply_known(conn, node, logline.parse_line(pending.line), now, rules)
+        event = logline.parse_line(pending.line)
+        counters += _apply_known(conn, node, event, owner, owners, now, rules)
         tracking.forget_pending(conn, pending.id)
     return counters
 
@@ -199,36 +267,42 @@ def _apply_known(
     conn: psycopg.Connection,
     node: str,
     event: logline.Event,
+    owner: tracking.Owner,
+    owners: Owners,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
-    """A ledger event of a queue id some message owned when the line was read."""
+    """A ledger event of the queue id that `owner` (owners.get, just before) owns."""
     if isinstance(event, logline.Queued):
-        return _apply_queued(conn, node, event, now)
+        confirmed, counters = _apply_queued(conn, node, event, owner, now)
+        if confirmed is not None:
+            owners.queued(event.queue_id, confirmed)
+        return counters
     if isinstance(event, logline.Delivery):
-        return _apply_delivery(conn, node, event, now, rules)
+        return _apply_delivery(conn, node, event, owner, owners, now, rules)
     if isinstance(event, logline.Expired):
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is None:
-            return Counters(unmatched_events=1)
         _apply_expired(conn, owner[0], now, rules)
-        return Counters()
+        owners.forget(event.queue_id)
     if isinstance(event, logline.Removed):
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is not None:
-            tracking.mark_removed(conn, owner[0], now)
+        tracking.mark_removed(conn, owner[0], now)
+        owners.forget(event.queue_id)
     return Counters()
 
 
 def _apply_queued(
-    conn: psycopg.Connection, node: str, event: logline.Queued, now: dt.datetime
-) -> Counters:
+    conn: psycopg.Connection,
+    node: str,
+    event: logline.Queued,
+    owner: tracking.Owner,
+    now: dt.datetime,
+) -> tuple[int | None, Counters]:
+    """The message marked queued (None: none awaited the line), and the counters."""
     confirmed = tracking.confirm_queued(conn, node, event.queue_id, now)
     if confirmed is None:
-        owner = tracking.queue_owner(conn, node, event.queue_id)
-        if owner is not None and owner[1]:
-            return Counters()  # qmgr logs the line again on every retry from the deferred queue
-        return Counters(unmatched_events=1)
+        if owner[1]:
+            # qmgr logs the line again on every retry from the deferred queue
+            return None, Counters()
+        return None, Counters(unmatched_events=1)
     counters = Counters()
     if confirmed.voided_rows:
         tracking.record_anomaly(
@@ -256,7 +330,7 @@ def _apply_queued(
             now,
         )
         counters = Counters(nrcpt_mismatches=1)
-    return counters
+    return confirmed.message_id, counters
 
 
 def _apply_expired(
@@ -282,14 +356,13 @@ def _apply_delivery(
     conn: psycopg.Connection,
     node: str,
     event: logline.Delivery,
+    owner: tracking.Owner,
+    owners: Owners,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
-    owner = tracking.queue_owner(conn, node, event.queue_id)
-    if owner is None:
-        return Counters(unmatched_events=1)
-    message_id = owner[0]
-    recipients = tracking.ledger_recipients(conn, message_id)
+    message_id, queued = owner
+    recipients = tracking.ledger_recipients(conn, message_id, logline.addresses_of(event))
     picked = logline.pick_candidate(event, set(recipients))
     if picked is None:
         if len(event.candidates) > 1:
@@ -304,8 +377,10 @@ def _apply_delivery(
         return Counters(unmatched_events=1)
     candidate, address = picked
     ledger_id = recipients[address]
+    owners.queued(event.queue_id, message_id)  # below, unless it is already
     if candidate.outcome is logline.Outcome.BOUNCED:
-        tracking.mark_queued(conn, message_id, now)
+        if not queued:
+            tracking.mark_queued(conn, message_id, now)
         bounced = outcomes.record_bounce(
             conn,
             ledger_id,
@@ -325,6 +400,7 @@ def _apply_delivery(
         candidate.dsn,
         candidate.describe(),
         now,
+        queued=queued,
     ):
         outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
         return Counters(**{candidate.outcome.value: 1})
