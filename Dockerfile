@@ -34,7 +34,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections \
  && apt-get update -q \
  && apt-get install -y -q --no-install-recommends postfix dovecot-core \
-        libmilter1.0.1 python3 openssl ca-certificates tini \
+        libmilter1.0.1 python3 openssl ca-certificates tini postgresql-client \
  && rm -rf /var/lib/apt/lists/* \
  && cp /etc/postfix/master.cf /etc/postfix/master.cf.dist
 # The milter and the tracker run as txrelay; it is in group postfix so the milter can hand

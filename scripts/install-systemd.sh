@@ -63,7 +63,9 @@ if [ -d "$destdir/etc/fail2ban" ]; then
     if [ ! -e "$destdir/etc/fail2ban/jail.d/txrelay.conf" ]; then
         install -m 0644 "$here/deploy/fail2ban/jail.d/txrelay.conf" "$destdir/etc/fail2ban/jail.d/txrelay.conf"
     fi
-    log "installed fail2ban's filter.d/txrelay.conf and jail.d/txrelay.conf: check the jail's port and logpath, then run fail2ban-client reload"
+    log "installed fail2ban's filter.d/txrelay.conf and jail.d/txrelay.conf (enabled: 5 failed logins in 10 minutes, banned for an hour): check the jail's port and logpath, then run fail2ban-client reload"
+else
+    log "fail2ban is not installed: failed logins are limited only by Postfix's AUTH rate limit ([limits] client_auth_rate_limit, every AUTH counted) and Dovecot's auth_failure_delay; apt-get install fail2ban, then run this script again (docs/security.md)"
 fi
 
 [ -z "$destdir" ] || exit 0

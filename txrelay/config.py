@@ -116,11 +116,12 @@ def _parses(parse: Callable[[str], object], value: str) -> bool:
 @dataclass(frozen=True)
 class DatabaseConfig:
     url: str = setting(
-        "postgresql://postgres@127.0.0.1:5432/txrelay",
+        "postgresql://txrelay@127.0.0.1:5432/txrelay",
         "PostgreSQL, the source of truth. A libpq URL; put the password in `~/.pgpass` or the "
-        "URL (the file is mode 0640). `txrelay init` writes the URL of the role it creates, "
-        "`postgresql://txrelay:PASSWORD@127.0.0.1:5432/txrelay` (not a superuser; "
-        "docs/deployment.md), unless given `--database-url`.",
+        "URL (the file is mode 0640). The default names the role `txrelay init` creates, "
+        "never the superuser; init writes its URL with the password, "
+        "`postgresql://txrelay:PASSWORD@127.0.0.1:5432/txrelay` (docs/deployment.md), unless "
+        "given `--database-url`.",
         POSTGRESQL_URL,
         secret=True,
     )
@@ -725,9 +726,11 @@ class LimitsConfig:
         "(`smtpd_client_auth_rate_limit`), successful or not: a bound on password guesses and "
         "on logins alike, high enough for a shop that opens one session per mail (many shop "
         "plugins do, and do not retry a 4xx). Past it Postfix answers `450 4.7.1 Error: too "
-        "many AUTH commands from ADDRESS`. Failed logins alone are bounded by the fail2ban "
-        "jail txrelay ships (5 in 10 minutes, then banned for an hour). `txrelay postfix "
-        "check` warns above 120. `0`: no limit (not advised).",
+        "many AUTH commands from ADDRESS`. It is not the cap on failed logins: that is the "
+        "fail2ban jail txrelay ships (5 failures within 10 minutes, then banned for an hour; "
+        "docs/security.md); without fail2ban, failures are limited only by this and "
+        "Dovecot's `auth_failure_delay`. `txrelay postfix check` warns above 120. `0`: no "
+        "limit (not advised).",
         NON_NEGATIVE,
     )
     max_headers: int = setting(

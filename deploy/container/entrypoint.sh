@@ -6,7 +6,16 @@
 # milter is going away.
 #
 # Environment (docs/deployment.md has the full list):
-#   TXRELAY_DATABASE_URL      required; any TXRELAY_<SECTION>_<KEY> is a setting
+#   RELAY_DATABASE_ADMIN_URL  a PostgreSQL admin (e.g. the postgres image's superuser),
+#                             used only by the database step of `txrelay init` at start: it
+#                             creates (or keeps) the role RELAY_DATABASE_NAME, owner of the
+#                             database of that name (the CLI's), and NAME_milter (the milter's
+#                             and tracker's), neither a superuser. Unset before any daemon
+#                             starts. Required unless TXRELAY_DATABASE_URL is set.
+#   RELAY_DATABASE_NAME       that role and database (default txrelay)
+#   TXRELAY_DATABASE_URL      instead: a database your DBA made, used as it is (and then
+#                             TXRELAY_DATABASE_MILTER_URL for the daemons' role);
+#                             any TXRELAY_<SECTION>_<KEY> is a setting
 #   TXRELAY_REDIS_URL         required unless TXRELAY_REDIS_MODE is sentinel (then
 #                             TXRELAY_REDIS_SENTINELS and _SENTINEL_MASTER) or cluster
 #                             (TXRELAY_REDIS_CLUSTER_NODES); it still carries their password
@@ -42,7 +51,12 @@ maillog=/var/log/txrelay/postfix.log
 milter_socket=${TXRELAY_MILTER_SOCKET:-unix:/run/txrelay/milter.sock}
 as_txrelay=(setpriv --reuid txrelay --regid txrelay --init-groups --inh-caps=-all --)
 
-[ -n "${TXRELAY_DATABASE_URL:-}" ] || die "set TXRELAY_DATABASE_URL (postgresql://user:pass@host/db)"
+# The admin URL goes to init's database step only: no daemon inherits it.
+admin_url=${RELAY_DATABASE_ADMIN_URL:-}
+unset RELAY_DATABASE_ADMIN_URL
+database_name=${RELAY_DATABASE_NAME:-txrelay}
+[ -n "${TXRELAY_DATABASE_URL:-}" ] || [ -n "$admin_url" ] \
+    || die "set RELAY_DATABASE_ADMIN_URL (postgresql://postgres:PASSWORD@host/postgres: init makes txrelay's own roles with it), or TXRELAY_DATABASE_URL (a database your DBA made)"
 case "${TXRELAY_REDIS_MODE:-standalone}" in
     standalone) [ -n "${TXRELAY_REDIS_URL:-}" ] \
         || die "set TXRELAY_REDIS_URL (redis://host:6379/0), or TXRELAY_REDIS_MODE=sentinel|cluster" ;;
@@ -86,11 +100,23 @@ configure_txrelay() {
         section=${name%%_*}
         settings+=(--set "${section,,}.$(tr 'A-Z' 'a-z' <<<"${name#*_}")=$value")
     done < <(env | grep -E '^TXRELAY_[A-Z]+_[A-Z0-9_]+=' || true)
+    local database=()
+    if [ -z "${TXRELAY_DATABASE_URL:-}" ]; then
+        # Nothing runs as the superuser: init creates (or keeps) role $database_name, owner
+        # of the database (the CLI's [database] url), and ${database_name}_milter (the
+        # daemons' milter_url, granted only what they need), with passwords of its own. A
+        # restart keeps them (init reads the configuration it replaces); a new container
+        # sets new ones.
+        database=(--admin-url "$admin_url" --database-name "$database_name")
+        log "PostgreSQL roles $database_name (owner, CLI) and ${database_name}_milter (milter, tracker): made or kept with the admin URL, neither a superuser"
+    elif [ -n "$admin_url" ]; then
+        log "TXRELAY_DATABASE_URL is set: RELAY_DATABASE_ADMIN_URL is not used"
+    fi
     log "configuring txrelay (database schema, Dovecot auth) for $hostname"
     # The certificate made or mounted above (init would otherwise make a self-signed one of
     # its own beside the configuration); init checks that the key is the certificate's.
     txrelay init --config-path "$config" --force --tls-cert "$cert" --tls-key "$key" \
-        "${settings[@]}" >/dev/null
+        "${database[@]}" "${settings[@]}" >/dev/null
     chgrp txrelay "$config" && chmod 0640 "$config"
     # The daemons run as txrelay: they read the keys through its group.
     local file

@@ -15,6 +15,7 @@ import pytest
 
 from tests.cli.conftest import CliRun, run_main
 from tests.conftest import ADMIN_DSN
+from tests.harness.secret_files import secret_file_paths
 from txrelay.cli.main import cli
 from txrelay.config import load_config
 
@@ -49,6 +50,13 @@ def test_init_writes_config_migrates_and_prints_next_steps(
     path = tmp_path / "etc" / "txrelay.toml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     config = load_config(path, required=True, environ={})
+    # Every secret file init makes is readable by its owner and the txrelay group only.
+    made = {name: p for name, p in secret_file_paths(config).items() if p.exists()}
+    assert {"[database] kek_file", "[bounce] secret_file", "[bounce] dkim_key_file",
+            "[smtp] tls_key_file"} <= set(made), sorted(made)
+    for name, secret in made.items():
+        mode = stat.S_IMODE(secret.stat().st_mode)
+        assert not mode & 0o007, f"{name} {secret} is {oct(mode)}: readable by every user"
     assert config.database.url == empty_database
     assert config.smtp.host == "relay.example.com"
     assert config.quota.demo_rate_limit == 10

@@ -4,8 +4,10 @@ over STARTTLS + AUTH reaches the capture sink DKIM-signed and recorded in the le
 The image is built once per session (scripts/build-image.sh: buildah on a debootstrap base,
 no Docker engine) and run through podman's Docker-compatible API with the Python `docker`
 SDK, the way an operator's tooling would drive Docker. Host networking only: the container
-reaches the machine's PostgreSQL (a database made for this test) and Redis over 127.0.0.1,
-and its Postfix listens on free loopback ports so it collides with nothing.
+reaches the machine's PostgreSQL and Redis over 127.0.0.1, and its Postfix listens on free
+loopback ports so it collides with nothing. As compose runs it, the container gets only a
+PostgreSQL admin's URL: its start makes the database and its two roles (named for this
+test), and nothing in it runs as the superuser.
 """
 
 from __future__ import annotations
@@ -130,14 +132,21 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="module")
-def container_database() -> Iterator[str]:
-    """An empty database: the container's start must migrate it."""
+def container_database_name() -> Iterator[str]:
+    """The role and database the container's start makes (RELAY_DATABASE_NAME), and its
+    NAME_milter role: dropped afterwards."""
     name = f"txrelay_ctr_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    yield name
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for role in (f"{name}_milter", name):
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.fixture(scope="module")
+def container_database(container_database_name: str) -> str:
+    """The database the container made, as the tests' superuser reads it (for assertions)."""
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + container_database_name
 
 
 class RelayContainer:
@@ -169,11 +178,12 @@ class RelayContainer:
 
 @pytest.fixture(scope="module")
 def relay_container(container_image: str, docker_client: docker.DockerClient,
-                    container_database: str, config: Config,
+                    container_database_name: str, container_database: str, config: Config,
                     capture_sink: CaptureSink) -> Iterator[RelayContainer]:
     ports = [free_port() for _ in range(3)]
     environment = {
-        "TXRELAY_DATABASE_URL": container_database,
+        "RELAY_DATABASE_ADMIN_URL": ADMIN_DSN,
+        "RELAY_DATABASE_NAME": container_database_name,
         "TXRELAY_REDIS_URL": config.redis.url,
         "TXRELAY_REDIS_KEY_PREFIX": f"ctr{secrets.token_hex(3)}",
         "TXRELAY_MILTER_NODE_NAME": f"container-{secrets.token_hex(3)}",
@@ -264,6 +274,46 @@ def test_container_runs_the_milter_and_tracker_as_txrelay(
         "        print(cmd[-2].decode(), pwd.getpwuid(os.stat(f'/proc/{pid}').st_uid).pw_name)")
     assert code == 0, output
     assert sorted(output.split("\n")) == ["", "milter txrelay", "tracker txrelay"], output
+
+
+def test_nothing_in_the_container_runs_as_the_database_superuser(
+        relay_container: RelayContainer, container_database_name: str) -> None:
+    """The start made the roles with the admin URL; the daemons connect as NAME_milter, the
+    CLI as NAME, neither a superuser, and no process but init's step ever saw the admin URL."""
+    relay_container.txrelay("account", "list")  # a CLI connection, as the operator's
+    with psycopg.connect(relay_container.database_url, autocommit=True) as conn:
+        roles = dict(conn.execute(
+            "SELECT rolname, rolsuper FROM pg_roles WHERE rolname IN (%s, %s)",
+            (container_database_name, f"{container_database_name}_milter")).fetchall())
+        owner = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
+                             "WHERE datname = current_database()").fetchone()
+        users = {row[0] for row in conn.execute(
+            "SELECT usename FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")}
+    assert roles == {container_database_name: False, f"{container_database_name}_milter": False}
+    assert owner == (container_database_name,)
+    assert users == {f"{container_database_name}_milter"}, users  # milter and tracker
+    # Read from the host (the container's shell may not read the daemons' environ): every
+    # process of this container carries RELAY_DATABASE_NAME; the daemons must lack the
+    # admin URL, which only tini and the entrypoint were started with.
+    seen = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RELAY_DATABASE_NAME={container_database_name}".encode() in environ:
+            admin = any(v.startswith(b"RELAY_DATABASE_ADMIN_URL=") for v in environ)
+            seen[b" ".join(command).decode(errors="replace").strip()] = admin
+    daemons = {cmd.rsplit(" ", 1)[1]: admin for cmd, admin in seen.items()
+               if cmd.endswith((" milter", " tracker"))}  # Dovecot clears its environment
+    assert daemons == {"milter": False, "tracker": False}, seen
+    code, output = relay_container.run("cat", "/etc/txrelay/txrelay.toml")
+    assert code == 0, output
+    assert f"postgresql://{container_database_name}:" in output
+    assert f"postgresql://{container_database_name}_milter:" in output
+    assert "event=database_superuser" not in relay_container.container.logs().decode()
 
 
 def test_postfix_log_is_rotated_and_the_tracker_follows(

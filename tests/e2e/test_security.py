@@ -25,6 +25,7 @@ from tests.cli.conftest import CliRun, run_main
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import TXRELAY, wait_until
 from tests.harness.provision import Provisioned
+from tests.harness.secret_files import secret_file_paths
 from tests.harness.smtp import build_message, smtp_session, submit, tls_context
 from txrelay.kek import KeyRing
 
@@ -261,26 +262,30 @@ def stored(relay: RelayStack, sql: str, key: str) -> object:
     return row[0] if row else None
 
 
-def secret_files(relay: RelayStack) -> list[Path]:
+def secret_files(relay: RelayStack) -> dict[str, Path]:
     """Every file of the running relay that holds a secret: the configuration (database
-    passwords), the key-encryption key, the milter's policy copies (sealed DKIM keys,
-    password hashes), the SMTP login file (Dovecot's passdb) and the TLS key. (Dovecot's
+    passwords), the milter's policy copies (sealed DKIM keys, password hashes), Postfix's TLS
+    key, and every file a secret-file setting names that exists (tests/harness/secret_files:
+    KEK, SMTP login file, bounce secret, relay DKIM key, web admin token, TLS key). (Dovecot's
     own configuration names those files and holds no secret.)"""
-    tls_key = relay.config.smtp.tls_key_file  # "" here: the tests' Postfix has its own key
-    return [relay.config_file, Path(relay.config.database.kek_file),
-            *Path(relay.config.milter.journal_dir).glob("policy-*.json"),
-            Path(relay.config.dovecot.passdb_file), relay.postfix.key,
-            *([Path(tls_key)] if tls_key else [])]
+    copies = Path(relay.config.milter.journal_dir).glob("policy-*.json")
+    return {"the configuration": relay.config_file, "Postfix's TLS key": relay.postfix.key,
+            **{f"the policy copy {p.name}": p for p in copies},
+            **{name: path for name, path in secret_file_paths(relay.config).items()
+               if path.exists()}}
 
 
 def test_secret_files_are_not_world_readable(relay: RelayStack, shop: Provisioned) -> None:
     relay.settle_policy()  # the policy copy holds the shop's key by now
     paths = secret_files(relay)
-    copies = [p for p in paths if p.name.startswith("policy-")]
-    assert copies and Path(relay.config.database.kek_file).exists()
-    for path in paths:
+    copies = [p for p in paths.values() if p.name.startswith("policy-")]
+    # What this relay has; the relay DKIM key and the web admin token it has not (their modes:
+    # tests/cli/test_setup_commands.py, tests/unit/test_web_admin_token.py).
+    assert copies and {"[database] kek_file", "[dovecot] passdb_file",
+                       "[bounce] secret_file"} <= set(paths), sorted(paths)
+    for name, path in paths.items():
         mode = stat.S_IMODE(path.stat().st_mode)
-        assert not mode & 0o007, f"{path} is {oct(mode)}: readable by every user"
+        assert not mode & 0o007, f"{name} {path} is {oct(mode)}: readable by every user"
     # The shop's key (stored by the CLI) is in the copy sealed, as in the database; no line
     # of its PEM is. (Tenants other tests write with SQL keep keys in clear, as an older
     # release stored them: the milter reads both.)

@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import re
 import shutil
 import smtplib
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness.fail2ban import running_fail2ban
 from tests.harness.fixtures import RelayStack
-from tests.harness.processes import Stopper, free_port, run
+from tests.harness.processes import Stopper, free_port, run, wait_until
 from tests.harness.provision import Provisioned
 from tests.harness.services import (
     CaptureSink,
@@ -40,6 +43,9 @@ FAIL2BAN_CLIENT = "127.0.0.5"
 SESSION_CLIENT = "127.0.0.6"
 HEADER_CLIENT = "127.0.0.7"
 NUL_CLIENT = "127.0.0.8"
+BANNED_CLIENT = "127.0.0.9"  # the jail's maxretry failures within its findtime
+BELOW_CLIENT = "127.0.0.10"  # one failure fewer
+STALE_CLIENT = "127.0.0.11"  # maxretry failures, all older than findtime
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +229,56 @@ def test_fail2ban_filter_matches_exactly_the_failed_logins_of_txrelays_service(
     matched = done.stdout.partition("Matched line(s):")[2].partition("Missed line(s):")[0]
     assert [line.count("postfix/txrelay/smtpd[") for line in matched.splitlines()
             if "authentication failed" in line] == [1, 1, 1], done.stdout
+
+
+def fail_logins(port: int, client: str, username: str, failures: int) -> list[int]:
+    session = connect(port, client)
+    session.starttls(context=tls_context())
+    session.ehlo()
+    codes = [auth_plain(session, username, "wrong-password")[0] for _ in range(failures)]
+    session.close()
+    return codes
+
+
+def failed_login_lines(maillog: Path, client: str) -> list[str]:
+    return [line for line in maillog.read_text().splitlines()
+            if f"[{client}]" in line and "authentication failed" in line]
+
+
+def moved_back(line: str, minutes: int) -> str:
+    """The same log line, its syslog time stamp (`Dec 04 21:55:16`) `minutes` earlier."""
+    stamp = dt.datetime.strptime(f"{dt.date.today().year} {line[:15]}", "%Y %b %d %H:%M:%S")
+    return (stamp - dt.timedelta(minutes=minutes)).strftime("%b %d %H:%M:%S") + line[15:]
+
+
+def test_fail2ban_jail_bans_at_maxretry_failures_within_findtime_and_not_below(
+        limited: RelayStack, shop: Provisioned, tmp_path: Path) -> None:
+    """The shipped jail and filter, loaded by a real fail2ban-server of the test's own (ban
+    action replaced by one that records the address), fed this Postfix's own lines of
+    failed logins: 5 within 10 minutes ban, 4 do not, 5 older than 10 minutes do not."""
+    failures = {BANNED_CLIENT: 5, BELOW_CLIENT: 4, STALE_CLIENT: 5}
+    codes: dict[str, list[int]] = {}
+    threads = [threading.Thread(target=lambda c=client, n=count: codes.__setitem__(
+        c, fail_logins(limited.port, c, shop.username, n))) for client, count in failures.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert codes == {client: [535] * count for client, count in failures.items()}
+    maillog = limited.postfix.maillog
+    wait_until(lambda: all(len(failed_login_lines(maillog, client)) == count
+                           for client, count in failures.items()), 10,
+               "Postfix's log lines of the failed logins")
+
+    with running_fail2ban(tmp_path / "fail2ban") as fail2ban:
+        assert (fail2ban.get("maxretry"), fail2ban.get("findtime")) == ("5", "600")
+        stale = [moved_back(line, 11) for line in failed_login_lines(maillog, STALE_CLIENT)]
+        # The others first: once the last address is banned, every line before it was read.
+        lines = [*stale, *failed_login_lines(maillog, BELOW_CLIENT),
+                 *failed_login_lines(maillog, BANNED_CLIENT)]
+        with fail2ban.log.open("a") as log:
+            log.write("\n".join(lines) + "\n")
+        wait_until(lambda: BANNED_CLIENT in fail2ban.banned(), 30,
+                   "fail2ban's ban of the client with 5 failures", fail2ban.server_log)
+        assert fail2ban.banned() == [BANNED_CLIENT], fail2ban.server_log()
+        assert fail2ban.total_failed() == 9, fail2ban.server_log()  # the stale ones too old

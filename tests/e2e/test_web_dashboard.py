@@ -362,6 +362,7 @@ def test_link_commands_refuse_bad_input(relay: RelayStack, dashboard: Dashboard)
 def test_start_without_a_database_is_a_clear_error(relay: RelayStack, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
     closed = free_port()
     env = {**os.environ, "TXRELAY_WEB_ADMIN_TOKEN_FILE": str(token_file),
            "TXRELAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/txrelay"}

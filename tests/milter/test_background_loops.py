@@ -117,3 +117,35 @@ def test_a_poisoned_journal_entry_is_set_aside_and_healthz_and_the_metric_show_i
     assert "txrelay_journal_quarantined 1.0" in scraped
     assert 'txrelay_background_loop_last_success_timestamp_seconds{loop="policy-refresh"}' \
         in scraped
+
+
+def test_an_undecodable_journal_line_is_set_aside_and_healthz_and_the_metric_show_it(
+        runtime: Runtime, config: Config, tenant: Tenant, tmp_path: Path,
+        auth_socket: Path) -> None:
+    """A whole line that does not decode was acknowledged (its mail relayed): it is set
+    aside at once, as a poisoned entry is after its failures, never deleted unseen."""
+    journal = Journal(tmp_path / "journal", runtime.config.database.url, 1000)
+    ledger = PostgresLedger(runtime.ledger.pool, SystemClock(), journal)
+    journal.append(JournalEntry(accepted(tenant, ["first@x.example"])))
+    journal.close()
+    [path] = journal.pending_files()
+    with path.open("ab") as damaged:
+        damaged.write(b'{"txn_id": "not-a-uuid", "recipients": 7}\n')
+    journal.append(JournalEntry(accepted(tenant, ["later@x.example"])))
+    assert ledger.replay_journal() == 2  # the others are not blocked
+    assert journal.quarantined() == 1 and journal.pending_files() == []
+    metrics.watch_journal_quarantine(journal.quarantined)
+    assert metrics.REGISTRY.get_sample_value("txrelay_journal_quarantined") == 1.0
+
+    here = dataclasses.replace(
+        config, metrics=dataclasses.replace(config.metrics, milter_listen="127.0.0.1:0"),
+        dovecot=dataclasses.replace(config.dovecot, auth_socket=str(auth_socket)))
+    endpoint = metrics.start_milter_endpoint(here, journal.room, runtime.loops.statuses,
+                                             journal.quarantined)
+    assert endpoint is not None
+    try:
+        status, body = http_get(f"http://{endpoint.address}/healthz")
+    finally:
+        endpoint.close()
+    assert (status, body.splitlines()[0]) == (200, "degraded"), body
+    assert "journal: 1 entries set aside" in body

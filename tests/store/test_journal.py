@@ -25,6 +25,7 @@ from txrelay.store.journal import (
     Journal,
     JournalEntry,
     JournalUnavailable,
+    encode_entry,
 )
 from txrelay.store.ledger import AcceptedMessage, Recorded, record_acceptance, settle
 
@@ -234,6 +235,46 @@ def test_journal_commands_name_an_unknown_entry_and_drop_forgets_one(
     assert dropped.exit_code == 0 and "stay out of the ledger" in dropped.stdout
     assert run_main([*base, "list", "--json"], monkeypatch).json() == []
     assert replay_into(journal, database_url) == 0 and counts(db, tenant)[:2] == (0, 0)
+
+
+def test_an_undecodable_line_is_set_aside_at_once_and_shown_by_the_journal_commands(
+        tmp_path: Path, database_url: str, db: psycopg.Connection, config_file: Path,
+        tenant_factory: Callable[..., Tenant], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole line that does not decode was fsync'd and acknowledged: its mail was relayed.
+    Deleting it would leave that mail unbilled unseen; it goes to quarantine like an entry
+    that failed MAX_REPLAY_FAILURES times, and the lines around it replay."""
+    tenant = tenant_factory()
+    journal = Journal(tmp_path, database_url, 1000)
+    journal.append(JournalEntry(accepted(tenant, ["a@x.example"])))
+    journal.close()
+    [path] = journal.pending_files()
+    garbage = b'{"txn_id": "0f0f", "recipients": ["c@x.example"], "size": "\xff"}\n'
+    with path.open("ab") as damaged:
+        damaged.write(garbage)
+        damaged.write(encode_entry(JournalEntry(accepted(tenant, ["b@x.example"]))))
+    with caplog.at_level(logging.INFO, logger="txrelay.milter.journal"):
+        assert replay_into(journal, database_url) == 2
+    assert counts(db, tenant)[:2] == (2, 2)
+    assert journal.pending_files() == [] and journal.quarantined() == 1
+    [aside] = tmp_path.glob("quarantine-*-undecodable-*.json")
+    assert stat.S_IMODE(aside.stat().st_mode) == 0o600
+    assert [r.levelname for r in caplog.records
+            if "event=journal_entry_quarantined" in r.getMessage()] == ["ERROR"]
+
+    monkeypatch.setenv("TXRELAY_MILTER_JOURNAL_DIR", str(tmp_path))
+    base = ["--config", str(config_file), "journal"]
+    [listed] = run_main([*base, "list", "--json"], monkeypatch).json()
+    assert listed["undecodable"] and listed["txn_id"].startswith("undecodable-")
+    assert listed["reason"].startswith("undecodable journal line")
+    assert "does not decode" in run_main([*base, "list"], monkeypatch).stdout
+    shown = run_main([*base, "show", listed["txn_id"], "--json"], monkeypatch).json()
+    assert shown["line"] == garbage.decode("utf-8", "backslashreplace")
+    assert "c@x.example" in shown["line"] and shown["source_file"] == path.name
+    retried = run_main([*base, "retry", listed["txn_id"]], monkeypatch)
+    assert retried.exit_code == 4 and "bill its mail by hand" in retried.error
+    assert run_main([*base, "drop", listed["txn_id"]], monkeypatch).exit_code == 0
+    assert journal.quarantined() == 0
 
 
 def test_postgresql_away_during_replay_counts_against_no_entry(

@@ -32,10 +32,14 @@ def interpolate(value: str) -> str:
 def test_every_variable_the_entrypoint_requires_is_set(compose: dict[str, Any]) -> None:
     environment = compose["services"]["txrelay"]["environment"]
     assert environment.get("TXRELAY_REDIS_MODE", "standalone") == "standalone"
-    always = re.findall(r'^\[ -n "\$\{(\w+):-\}" \] \|\| die', ENTRYPOINT, re.M)
     standalone = re.findall(r'^    standalone\) \[ -n "\$\{(\w+):-\}" \]', ENTRYPOINT, re.M)
-    required = always + standalone
-    assert required == ["TXRELAY_DATABASE_URL", "TXRELAY_REDIS_URL"]
+    # The database: an admin URL for init's step (compose's way), or a DBA's database URL.
+    database = re.search(r'^\[ -n "\$\{(\w+):-\}" \] \|\| \[ -n "\$admin_url" \] \\\n'
+                         r'    \|\| die', ENTRYPOINT, re.M)
+    assert database is not None and database[1] == "TXRELAY_DATABASE_URL"
+    assert 'admin_url=${RELAY_DATABASE_ADMIN_URL:-}' in ENTRYPOINT
+    required = ["RELAY_DATABASE_ADMIN_URL", *standalone]
+    assert required == ["RELAY_DATABASE_ADMIN_URL", "TXRELAY_REDIS_URL"]
     assert set(required) <= set(environment)
     assert all(str(environment[name]).strip() for name in required)
 
@@ -44,11 +48,11 @@ def test_urls_point_at_the_compose_services_with_their_credentials(
         compose: dict[str, Any]) -> None:
     services = compose["services"]
     postgres_env = services["postgres"]["environment"]
-    database = urlsplit(interpolate(services["txrelay"]["environment"]["TXRELAY_DATABASE_URL"]))
-    assert (database.scheme, database.hostname, database.port) == ("postgresql", "postgres", 5432)
-    assert database.username == postgres_env["POSTGRES_USER"]
-    assert database.password == interpolate(postgres_env["POSTGRES_PASSWORD"])
-    assert database.path == "/" + postgres_env["POSTGRES_DB"]
+    admin = urlsplit(interpolate(services["txrelay"]["environment"]["RELAY_DATABASE_ADMIN_URL"]))
+    assert (admin.scheme, admin.hostname, admin.port) == ("postgresql", "postgres", 5432)
+    assert admin.username == postgres_env["POSTGRES_USER"]
+    assert admin.password == interpolate(postgres_env["POSTGRES_PASSWORD"])
+    assert admin.path == "/postgres"  # the image's own database: init makes txrelay's
     redis_url = urlsplit(services["txrelay"]["environment"]["TXRELAY_REDIS_URL"])
     assert (redis_url.scheme, redis_url.hostname) == ("redis", "redis")
 
@@ -103,3 +107,21 @@ def test_every_interpolated_variable_has_a_default(compose: dict[str, Any]) -> N
     used = re.findall(r"\$\{(\w+)([^}]*)\}", text)
     assert used, "compose.yaml interpolates nothing"
     assert [name for name, rest in used if not rest.startswith(":-")] == []
+
+
+def test_nothing_in_the_compose_deployment_runs_as_the_database_superuser(
+        compose: dict[str, Any]) -> None:
+    """The postgres image makes POSTGRES_USER a superuser: it must be the image's admin, given
+    to init's database step only, never the daemons' or the CLI's URL (issue 12)."""
+    services = compose["services"]
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == "postgres"
+    assert "POSTGRES_DB" not in services["postgres"]["environment"]  # init makes txrelay's
+    environment = services["txrelay"]["environment"]
+    assert not {"TXRELAY_DATABASE_URL", "TXRELAY_DATABASE_MILTER_URL"} & set(environment)
+    # init makes the roles with the admin URL; the daemons start only after the entrypoint
+    # has unset it, with init's URLs (role txrelay; txrelay_milter for milter and tracker).
+    init = ENTRYPOINT.index('txrelay init --config-path "$config"')
+    assert ENTRYPOINT.index("unset RELAY_DATABASE_ADMIN_URL") < init
+    assert 'database=(--admin-url "$admin_url" --database-name "$database_name")' in ENTRYPOINT
+    assert '"${database[@]}"' in ENTRYPOINT[init:init + 200]
+    assert "postgresql-client" in DOCKERFILE  # init's database step runs psql

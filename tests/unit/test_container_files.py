@@ -27,7 +27,7 @@ def test_compose_sets_only_variables_the_image_reads() -> None:
     service = compose_service("txrelay")
     entrypoint = (ROOT / "deploy" / "container" / "entrypoint.sh").read_text()
     names = re.findall(r"^      ([A-Z][A-Z0-9_]+):", service, re.M)
-    assert "TXRELAY_DATABASE_URL" in names and "RELAY_HOSTNAME" in names
+    assert "RELAY_DATABASE_ADMIN_URL" in names and "RELAY_HOSTNAME" in names
     settings = {name: "x" for name in names if name.startswith("TXRELAY_")}
     settings.update(TXRELAY_DATABASE_URL="postgresql://h/db", TXRELAY_REDIS_URL="redis://h")
     load_config(None, environ=settings)  # raises ConfigError on a TXRELAY_ name that is no setting
@@ -67,3 +67,15 @@ def test_entrypoint_names_the_redis_setting_that_is_missing(redis: dict[str, str
         capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 1
     assert complaint in result.stderr
+
+
+@pytest.mark.parametrize("database", [{}, {"RELAY_DATABASE_NAME": "txrelay"}])
+def test_entrypoint_without_a_database_names_both_ways_to_give_one(
+        database: dict[str, str]) -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "container" / "entrypoint.sh")],
+        env={"PATH": "/usr/bin:/bin", "TXRELAY_REDIS_URL": "redis://h", **database},
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "set RELAY_DATABASE_ADMIN_URL" in result.stderr
+    assert "or TXRELAY_DATABASE_URL" in result.stderr

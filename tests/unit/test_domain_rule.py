@@ -6,7 +6,7 @@ import pytest
 
 from txrelay.errors import InvalidInput
 from txrelay.policy.addresses import header_sender
-from txrelay.policy.message import check_sender_header
+from txrelay.policy.message import check_client_signatures, check_sender_header
 from txrelay.policy.names import DomainProblem, InvalidDomain, dns_domain, normalize_domain
 from txrelay.policy.sender import authorize_sender, check_sender_domain
 from txrelay.policy.snapshot import ConnectionPolicy
@@ -103,3 +103,19 @@ def test_sender_header_domain_that_hides_what_it_is_gets_5_1_7() -> None:
     verdict = check_sender_header(SHOP, ["ops@sho\u00adp.example"])
     assert verdict is not None and verdict.label == "550 5.1.7", verdict
     assert check_sender_header(SHOP, ["ops@shop.example"]) is None
+
+
+def test_client_signature_with_a_d_of_100_kb_is_refused_in_little_cpu() -> None:
+    """A DKIM-Signature is no address header, so the From:/Sender: bounds do not reach its
+    d= (Postfix lets a header reach 100 KB): the domain rule's length check must, and the
+    reply must stay one short line."""
+    import time
+
+    from tests.unit.test_policy_decisions import SHOP
+
+    signature = "v=1; a=rsa-sha256; d=" + "\u00e4" * 100_000 + ".example; s=x; b=AAAA"
+    start = time.process_time()
+    verdict = check_client_signatures(SHOP, [signature])
+    assert (time.process_time() - start) < 0.005
+    assert verdict is not None and verdict.label == "550 5.7.1", verdict
+    assert len(str(verdict.text)) < 300, len(str(verdict.text))

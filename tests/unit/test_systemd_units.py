@@ -3,6 +3,7 @@ tools (systemd is not PID 1 on the test machines, so the units are verified, not
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shutil
@@ -216,3 +217,29 @@ def test_installer_adds_fail2bans_filter_and_jail_and_keeps_an_edited_jail(
 
 def test_installer_leaves_fail2ban_alone_where_it_is_not_installed(installed: Path) -> None:
     assert not (installed.parents[2] / "etc" / "fail2ban").exists()
+
+
+def install_into(root: Path) -> str:
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "install-systemd.sh"), "--no-start"],
+                          env={**os.environ, "DESTDIR": str(root)}, check=True,
+                          capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
+def test_where_fail2ban_is_installed_the_jail_is_installed_enabled(tmp_path: Path) -> None:
+    """The jail is the cap on failed logins (Postfix's AUTH limit counts every AUTH)."""
+    (tmp_path / "etc" / "fail2ban").mkdir(parents=True)
+    output = install_into(tmp_path)
+    jail = configparser.ConfigParser()
+    jail.read(tmp_path / "etc" / "fail2ban" / "jail.d" / "txrelay.conf")
+    assert jail.getboolean("txrelay", "enabled")
+    assert (jail["txrelay"]["maxretry"], jail["txrelay"]["findtime"]) == ("5", "10m")
+    assert "5 failed logins in 10 minutes" in output
+
+
+def test_without_fail2ban_the_installer_says_failures_are_only_rate_limited(
+        tmp_path: Path) -> None:
+    output = install_into(tmp_path)
+    assert "fail2ban is not installed: failed logins are limited only by Postfix's AUTH " \
+        "rate limit" in output
+    assert "auth_failure_delay" in output

@@ -25,9 +25,10 @@ T = TypeVar("T")
 def journal() -> None:
     """Journal entries set aside: ledger records that the milter accepted mail for while
     PostgreSQL was down, and that then failed to replay 3 times for a reason of their own
-    (for example a connection or account deleted meanwhile). Such mail was delivered but is
-    not in the ledger yet. Reads the directory [milter] journal_dir on this node; run it as
-    the milter's user or root.
+    (for example a connection or account deleted meanwhile), or journal lines that do not
+    decode (set aside at once, listed as undecodable-DIGEST: bill their mail by hand from
+    `show`, then drop them). Such mail was delivered but is not in the ledger yet. Reads the
+    directory [milter] journal_dir on this node; run it as the milter's user or root.
 
     \b
     Example:
@@ -72,6 +73,8 @@ def show_command(cli: CliContext, txn_id: str) -> None:
         "record": entry.record["entry"],
         "source_file": entry.record.get("source_file"),
     }
+    if entry.undecodable:
+        data["line"] = entry.record["line"]
     cli.emit(data, lambda: click.echo(json.dumps(data, indent=2, sort_keys=True)))
 
 
@@ -89,6 +92,12 @@ def retry_command(cli: CliContext, txn_id: str) -> None:
       txrelay journal retry 3f2c9a1e
     """
     entry = _find(cli, txn_id)
+    if entry.undecodable:
+        raise InvalidInput(
+            f"entry {entry.txn_id} is a journal line that does not decode, so it cannot be "
+            f"replayed: bill its mail by hand from 'txrelay journal show {entry.txn_id}', "
+            f"then 'txrelay journal drop {entry.txn_id}'"
+        )
     path = _guarded(lambda: release_quarantined(entry))
     click.echo(f"entry {entry.txn_id} put back for replay as {path.name}")
 
@@ -105,6 +114,9 @@ def drop_command(cli: CliContext, txn_id: str) -> None:
     """
     entry = _find(cli, txn_id)
     _guarded(lambda: drop_quarantined(entry))
+    if entry.undecodable:
+        click.echo(f"entry {entry.txn_id} (a line that did not decode) dropped")
+        return
     click.echo(
         f"entry {entry.txn_id} dropped; its {entry.summary()['recipients']} "
         "recipient(s) stay out of the ledger"
@@ -161,6 +173,13 @@ def _print_list(entries: list[QuarantinedEntry]) -> None:
         return
     for entry in entries:
         s = entry.summary()
+        if entry.undecodable:
+            click.echo(
+                f"{s['txn_id']}  a journal line that does not decode (from "
+                f"{entry.record.get('source_file')}, set aside {s['quarantined_at']}): "
+                f"{s['reason']}"
+            )
+            continue
         click.echo(
             f"{s['txn_id']}  account {s['account_id']}  connection "
             f"{s['connection_id']}  {s['recipients']} recipient(s)  accepted "

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import re
 import signal
+import stat
 import threading
 from pathlib import Path
 from types import FrameType
@@ -72,6 +73,12 @@ def read_admin_token(config: Config) -> str:
             f"cannot read [web] admin_token_file {path}: {exc.strerror}; create it with "
             f"'umask 077; openssl rand -hex 32 > {path}' (owned by the txrelay user)"
         ) from exc
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o007:  # like ssh with a key: a token every local user can read guards nothing
+        raise ConfigError(
+            f"[web] admin_token_file {path} is readable by every user (mode {mode:04o}): "
+            f"'chmod 600 {path}' (owned by the txrelay user), then start again"
+        )
     if len(token) < MIN_ADMIN_TOKEN or any(c.isspace() for c in token):
         raise ConfigError(
             f"[web] admin_token_file {path} must hold one token of at least {MIN_ADMIN_TOKEN} "

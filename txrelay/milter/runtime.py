@@ -142,7 +142,7 @@ def open_runtime(
     # naming the database by url, so setting milter_url leaves no journal entry behind.
     daemon_db = config.database.for_daemons()
     node = config.milter.node_name or socket.gethostname()
-    pool = database.open_pool(daemon_db, "txrelay-milter")
+    pool = database.open_pool(daemon_db, "txrelay-milter", database.SuperuserWarning("milter"))
     pool.open(wait=False)
     client = open_redis(config.redis, lazy=True)
     state_dir = Path(config.milter.journal_dir)

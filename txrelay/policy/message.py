@@ -140,6 +140,8 @@ def check_client_signatures(connection: ConnectionPolicy, values: list[str]) -> 
         domain = dns_form(match.group(1)) if match else ""
         if domain not in connection.domains:
             shown = domain or "no d= domain"
+            if len(shown) > 64:  # d= is not bounded like an address header: keep the reply short
+                shown = f"{shown[:40]}... of {len(shown)} characters"
             return Verdict.reject(
                 "550",
                 "5.7.1",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -14,6 +16,8 @@ from psycopg_pool import ConnectionPool
 
 from txrelay.config import DatabaseConfig
 from txrelay.errors import ServiceUnavailable
+
+log = logging.getLogger("txrelay.database")
 
 MIGRATION_LOCK_KEY = 0x7478_7265_6C61_79  # "txrelay": one migrator at a time across nodes
 
@@ -67,6 +71,49 @@ def grant_daemon_role(conn: psycopg.Connection, config: DatabaseConfig) -> str |
     return role
 
 
+SELECT_SUPERUSER = (
+    "SELECT current_user AS role, rolsuper FROM pg_roles WHERE rolname = current_user"
+)
+
+
+class SuperuserWarning:
+    """Logs one WARNING per daemon process when its database role is a superuser (it could
+    then change or read anything: accounts, keys, logins), naming the fix. A warning, not a
+    refusal: an old installation keeps relaying. Checked on the first connection that
+    answers, so a start while PostgreSQL is away waits for nothing."""
+
+    def __init__(self, daemon: str) -> None:
+        self.daemon = daemon
+        self._checked = False
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: psycopg.Connection) -> None:
+        with self._lock:
+            if self._checked:
+                return
+            try:
+                row = conn.execute(SELECT_SUPERUSER).fetchone()
+                if not conn.autocommit:
+                    conn.rollback()  # a pool's connection must be handed back idle
+            except psycopg.Error:
+                return  # checked with the next connection
+            self._checked = True
+        if row is None:
+            return
+        role, superuser = (row["role"], row["rolsuper"]) if isinstance(row, dict) else row
+        if superuser:
+            log.warning(
+                "event=database_superuser daemon=%s role=%s: the %s connects to PostgreSQL as "
+                "a superuser, which may read and change everything (accounts, keys, logins); "
+                "give it the role txrelay init makes (txrelay_milter, in [database] milter_url; "
+                "'txrelay init' or docs/deployment.md), or ALTER ROLE %s NOSUPERUSER",
+                self.daemon,
+                role,
+                self.daemon,
+                role,
+            )
+
+
 def connect(config: DatabaseConfig, *, autocommit: bool = False) -> psycopg.Connection:
     """One connection, failing fast with an admin-readable message when PostgreSQL is away."""
     try:
@@ -85,10 +132,14 @@ def connect(config: DatabaseConfig, *, autocommit: bool = False) -> psycopg.Conn
         ) from exc
 
 
-def open_pool(config: DatabaseConfig, name: str) -> ConnectionPool:
-    """A thread-safe pool for the milter and the tracker; opened without waiting for PG."""
+def open_pool(
+    config: DatabaseConfig, name: str, superuser_warning: SuperuserWarning | None = None
+) -> ConnectionPool:
+    """A thread-safe pool for the milter and the tracker; opened without waiting for PG.
+    `superuser_warning` sees each new connection (it checks only the first that answers)."""
     return ConnectionPool(
         config.url,
+        configure=superuser_warning,
         min_size=config.pool_min,
         max_size=config.pool_max,
         timeout=config.timeout_ms / 1000,

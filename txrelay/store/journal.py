@@ -19,7 +19,10 @@ never acknowledged and is skipped.
 
 An entry whose replay fails for a reason of its own (not PostgreSQL being away) never blocks
 the others: it stays behind while they replay, and after MAX_REPLAY_FAILURES it is set aside
-in quarantine-<db>-<txn>.json beside the journal, for `txrelay journal` (cli/journal.py).
+in quarantine-<db>-<txn>.json beside the journal, for `txrelay journal` (cli/journal.py). A
+whole line that does not decode (a disk error, an edit by hand) was acknowledged all the
+same: its mail was relayed, so it is set aside at once, as quarantine-<db>-undecodable-<digest>
+.json holding the line as read, never deleted (its mail would go unbilled unseen).
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def encode_entry(entry: JournalEntry) -> bytes:
 
 
 def decode_entry(line: bytes) -> JournalEntry:
-    """One journal line; ValueError/KeyError/TypeError when it is not a whole record."""
+    """One journal line; ValueError/KeyError/TypeError/AttributeError when it is not a whole
+    record."""
     r: dict[str, Any] = json.loads(line)
     accepted_at = dt.datetime.fromisoformat(r["accepted_at"])
     if accepted_at.tzinfo is None:
@@ -262,6 +266,10 @@ class Journal:
             count, kept = 0, []
             for line in _read_lines(fd):
                 entry = _parse(line, path)
+                if isinstance(entry, Exception):
+                    if not self._set_aside_undecodable(path, line, entry):
+                        kept.append(line)
+                    continue
                 if entry is None:
                     continue
                 try:
@@ -317,6 +325,32 @@ class Journal:
         )
         return True
 
+    def _set_aside_undecodable(self, path: Path, line: bytes, exc: Exception) -> bool:
+        """Quarantine a whole line that does not decode: no retry can make it decode, and
+        its mail was acknowledged. True when set aside; False (kept in the journal) when the
+        quarantine file cannot be written."""
+        reason = f"undecodable journal line: {exc.__class__.__name__}: {_first_line(exc)}"
+        try:
+            target = _write_undecodable(self.directory, self.tag, line, reason, path.name)
+        except OSError as write_error:
+            log.error(
+                "event=journal_bad_line file=%s error=%r: kept, cannot be set aside (%s)",
+                path.name,
+                reason,
+                write_error,
+            )
+            return False
+        log.error(
+            "event=journal_entry_quarantined file=%s bytes=%d reason=%r aside=%s: a relayed "
+            "message is not in the ledger; see 'txrelay journal show %s' and bill it by hand",
+            path.name,
+            len(line),
+            reason,
+            target.name,
+            target.stem.removeprefix(f"quarantine-{self.tag}-"),
+        )
+        return True
+
     def _finish_file(self, path: Path, kept: list[bytes]) -> None:
         """Remove a replayed file, or replace it by the entries still kept for a later try
         (written whole under a hidden name, then renamed over it)."""
@@ -342,13 +376,22 @@ class QuarantinedEntry:
     record: dict[str, Any]
 
     @property
+    def undecodable(self) -> bool:
+        """A journal line that did not decode: only its text is known (record["line"])."""
+        return self.record.get("entry") is None
+
+    @property
     def txn_id(self) -> str:
+        """The transaction id; for an undecodable line, `undecodable-` and a digest."""
+        if self.undecodable:
+            return str(self.record["id"])
         return str(self.record["entry"]["txn_id"])
 
     def summary(self) -> dict[str, Any]:
-        entry = self.record["entry"]
+        entry = self.record["entry"] or {}
         return {
             "txn_id": self.txn_id,
+            "undecodable": self.undecodable,
             "database": self.tag,
             "account_id": entry.get("account_id"),
             "connection_id": entry.get("connection_id"),
@@ -372,7 +415,11 @@ def read_quarantined(path: Path) -> QuarantinedEntry:
     """One quarantine file; ValueError when it is not one this module wrote."""
     try:
         record = json.loads(path.read_bytes())
-        decode_entry(json.dumps(record["entry"]).encode())
+        if record["entry"] is None:
+            if not isinstance(record["line"], str) or not isinstance(record["id"], str):
+                raise TypeError("an undecodable line's record needs its line and id")
+        else:
+            decode_entry(json.dumps(record["entry"]).encode())
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a quarantined journal entry ({exc})") from exc
     tag = path.name.removeprefix("quarantine-").split("-", 1)[0]
@@ -386,7 +433,12 @@ def list_quarantined(directory: Path) -> list[QuarantinedEntry]:
 def release_quarantined(entry: QuarantinedEntry) -> Path:
     """Put the entry back for replay: its line as a journal file of its own (the running
     milter replays it within a second, or the next one at start), then the quarantine file
-    goes. Returns the journal file."""
+    goes. Returns the journal file. An undecodable line cannot be put back (ValueError)."""
+    if entry.undecodable:
+        raise ValueError(
+            f"entry {entry.txn_id} is a journal line that does not decode: it cannot be "
+            "replayed; bill its mail by hand from 'txrelay journal show', then drop it"
+        )
     line = (
         json.dumps(entry.record["entry"], separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
     )
@@ -425,6 +477,22 @@ def _write_quarantine(
     return directory / name
 
 
+def _write_undecodable(directory: Path, tag: str, line: bytes, reason: str, source: str) -> Path:
+    ident = f"undecodable-{hashlib.sha256(line).hexdigest()[:16]}"
+    record = {
+        "entry": None,
+        "id": ident,
+        "line": line.decode("utf-8", "backslashreplace"),
+        "reason": reason,
+        "failures": 1,
+        "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_file": source,
+    }
+    name = f"quarantine-{tag}-{ident}.json"
+    _write_file(directory, name, json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+    return directory / name
+
+
 def _write_file(directory: Path, name: str, data: bytes) -> None:
     """A whole file, mode 0600, under a hidden name first: the journal's globs never see it
     half-written."""
@@ -448,7 +516,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def _parse(line: bytes, path: Path) -> JournalEntry | None:
+def _parse(line: bytes, path: Path) -> JournalEntry | Exception | None:
+    """The line's entry; None for a torn last line (never acknowledged); the decoding error
+    for a whole line that does not decode (acknowledged: it must be set aside)."""
     if not line.endswith(b"\n"):
         log.warning(
             "event=journal_torn_line file=%s bytes=%d (never acknowledged: skipped)",
@@ -458,9 +528,8 @@ def _parse(line: bytes, path: Path) -> JournalEntry | None:
         return None
     try:
         return decode_entry(line)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.error("event=journal_bad_line file=%s error=%r", path.name, str(exc))
-        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return exc
 
 
 def _count_lines(path: Path) -> int:

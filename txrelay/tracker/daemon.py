@@ -92,11 +92,13 @@ class TrackerDaemon:
         self.conn: psycopg.Connection | None = None
         self.redis: redis.Redis = open_redis(config.redis, lazy=True)
         self.tracker: Tracker | None = None
+        self.superuser_warning = database.SuperuserWarning("tracker")
         self._next_tick = 0.0
 
     def connect(self) -> Tracker:
         if self.tracker is None:
             self.conn = database.connect(self.config.database.for_daemons(), autocommit=True)
+            self.superuser_warning(self.conn)
             self.tracker = Tracker(
                 self.conn,
                 self.node,
