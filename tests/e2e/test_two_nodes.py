@@ -79,6 +79,26 @@ def states(cluster: TwoNodes, shop: Provisioned) -> Counter[str]:
     return Counter(state for (state,) in rows)
 
 
+def unfinished(cluster: TwoNodes, shop: Provisioned) -> str:
+    """The rows not yet delivered or voided, with their queue id's lines in their node's log:
+    what the tracker had to go on."""
+    with psycopg.connect(cluster.postgres.url) as conn:
+        rows = conn.execute(
+            "SELECT l.recipient, l.state, m.node, m.queue_id FROM ledger l"
+            " JOIN messages m ON m.id = l.message_id WHERE l.account_id = %s"
+            " AND l.state NOT IN ('delivered', 'voided') ORDER BY m.queue_id",
+            (shop.account_id,)).fetchall()
+        positions = conn.execute("SELECT node, log_path, lines_read, unmatched_events"
+                                 " FROM tracker_positions ORDER BY node").fetchall()
+    logs = {node.name: Path(node.config.tracker.log_path) for node in cluster.nodes}
+    lines = [f"states: {dict(states(cluster, shop))}; tracker positions: {positions}"]
+    for recipient, state, node, queue_id in rows[:5]:
+        log = logs[node].read_text(errors="replace") if logs[node].exists() else ""
+        seen = [line for line in log.splitlines() if queue_id and queue_id in line]
+        lines.append(f"{recipient} {state} node={node} queue_id={queue_id}: {seen}")
+    return "\n".join(lines) + "\n" + cluster.logs()
+
+
 def test_mail_through_both_nodes_is_recorded_by_the_node_that_took_it(
         cluster: TwoNodes) -> None:
     shop = new_shop(cluster)
@@ -136,5 +156,6 @@ def test_one_nodes_postfix_killed_under_load_and_restarted_loses_nothing(
     again = sum(sink_recipients(relay, shop).values()) - sum(
         sink_recipients(relay, shop, one_per_queue_file=True).values())
     print(f"recipients Postfix delivered twice after its SIGKILL (billed once): {again}")
-    wait_until(lambda: set(states(cluster, shop)) <= {"delivered", "voided"}, 30,
-               "every ledger row delivered (or voided: recorded, never queued)", cluster.logs)
+    wait_until(lambda: set(states(cluster, shop)) <= {"delivered", "voided"}, 60,
+               "every ledger row delivered (or voided: recorded, never queued)",
+               lambda: unfinished(cluster, shop))
