@@ -1,0 +1,206 @@
+"""Group commit of the ledger: one writer thread records every message queued while the
+previous COMMIT was in flight in ONE transaction, so concurrent ends of message share one
+WAL flush instead of queueing for one each.
+
+Each message is written under its own savepoint (record_acceptance's, inside a transaction),
+so a database error of its own (a constraint, a bug) fails that message only. The batch is
+committed once; only then is each waiting end of message woken with its own outcome: never
+an answer before its record is durable. When PostgreSQL does not answer during the batch
+(connection lost, timeout, COMMIT outcome unknown), every message of the batch is told so
+and goes to the journal as before, whose replay is idempotent by txn_id.
+
+A caller waits at most `wait_seconds` for its batch: a stuck writer makes that message
+"PostgreSQL did not answer in time" (the journal takes it), never an end of message that
+hangs until Postfix's milter timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+import psycopg_pool
+
+from txrelay.store.ledger import AcceptedMessage, Conn, Recorded, record_acceptance
+from txrelay.supervised import RUN_AGAIN, SupervisedLoop
+
+log = logging.getLogger("txrelay.milter")
+
+# PostgreSQL did not answer (connection refused or lost, timeout): the journal takes over.
+# Any other database error (a constraint, a bug) is a 451, never journaled.
+UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+MAX_BATCH = 64  # messages per transaction: one slow batch never holds a crowd
+IDLE_WAIT = 0.5  # seconds the writer waits for a message before it looks at stop()
+
+
+class CommitTimeout(Exception):
+    """The writer did not finish the message's batch within the caller's wait."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A message the ledger did not record: `unreachable` when PostgreSQL did not answer
+    (journal it), else an error of its own (451)."""
+
+    error: Exception
+    unreachable: bool
+
+
+Outcome = Recorded | Failed
+
+
+class _Pending:
+    """One end of message waiting for its batch. Taken by the writer or abandoned by its
+    caller (after the wait), never both: an abandoned message is not written."""
+
+    def __init__(self, message: AcceptedMessage, holds: Sequence[str]) -> None:
+        self.message = message
+        self.holds = holds
+        self.outcome: Outcome | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._taken = False
+        self._abandoned = False
+
+    def take(self) -> bool:
+        with self._lock:
+            self._taken = not self._abandoned
+            return self._taken
+
+    def abandon(self) -> bool:
+        """True when the writer had not taken it (it never will); False: it is in flight."""
+        with self._lock:
+            self._abandoned = not self._taken
+            return self._abandoned
+
+
+class GroupCommitter:
+    """The ledger's writer thread: `write` queues a message and waits for its batch's
+    COMMIT. Supervised (an unexpected error fails its batch with a 451, is logged and
+    counted, and the writer goes on). After close() (which drains the queue) each message
+    is written alone by its caller, as before group commit."""
+
+    def __init__(
+        self, pool: psycopg_pool.ConnectionPool, wait_seconds: float, max_batch: int = MAX_BATCH
+    ) -> None:
+        self.pool = pool
+        self.wait_seconds = wait_seconds
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # started/closed and queueing agree
+        self._started = False
+        self._closed = False
+        self.loop = SupervisedLoop(
+            "ledger-writer", IDLE_WAIT, self._write_next_batch, first_run_now=True
+        )
+
+    def write(self, message: AcceptedMessage, holds: Sequence[str] = ()) -> Outcome:
+        """The message recorded once its batch is committed, or why not."""
+        pending = _Pending(message, holds)
+        if not self._enqueue(pending):
+            self._write_batch([pending])  # closed: written alone, by the caller
+            return _outcome(pending)
+        if pending.done.wait(self.wait_seconds):
+            return _outcome(pending)
+        if pending.abandon():
+            return Failed(CommitTimeout("the ledger writer did not take the message"), True)
+        if pending.done.is_set():  # finished just now
+            return _outcome(pending)
+        # In flight on a stuck writer: its COMMIT may still come; the journal's replay is
+        # idempotent by txn_id, so journaling it as well records it once.
+        return Failed(CommitTimeout(f"no COMMIT within {self.wait_seconds:g} s"), True)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the writer and write what is still queued (in this thread)."""
+        with self._lock:
+            self._closed = True
+        self.loop.stop(timeout)
+        while True:
+            try:
+                if self._write_next_batch(block=False) is not RUN_AGAIN:
+                    return
+            except Exception:  # its batch has its outcome (a 451); write the rest
+                log.exception("event=ledger_writer_error while draining at shutdown")
+
+    def _enqueue(self, pending: _Pending) -> bool:
+        """Queued for the writer (started at the first message: tools and tests that never
+        record start no thread); False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            if not self._started:
+                self._started = True
+                self.loop.start()
+            self._queue.put(pending)
+            return True
+
+    def _write_next_batch(self, *, block: bool = True) -> object:
+        """One batch: every message queued now (at most max_batch), in one transaction."""
+        try:
+            first = self._queue.get(timeout=IDLE_WAIT) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return RUN_AGAIN if block else None
+        batch = [first]
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._write_batch([p for p in batch if p.take()])
+        return RUN_AGAIN
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        if not batch:
+            return
+        try:
+            with self.pool.connection() as conn:
+                if len(batch) == 1:  # alone: one statement, its own implicit transaction
+                    pending = batch[0]
+                    pending.outcome = record_acceptance(conn, pending.message, pending.holds)
+                else:
+                    with conn.transaction():
+                        # Connection rows (last use) locked in id order in every batch:
+                        # two nodes' batches never wait for each other in a cycle.
+                        for pending in sorted(batch, key=lambda p: p.message.connection_id):
+                            self._write_one(conn, pending)
+        except UNREACHABLE as exc:
+            self._fail(batch, exc, unreachable=True)
+        except psycopg.Error as exc:  # the COMMIT refused (or the lone message's own error)
+            self._fail(batch, exc, unreachable=False)
+        except Exception as exc:
+            self._fail(batch, exc, unreachable=False)
+            raise  # a bug: the supervisor logs and counts it
+        finally:
+            for pending in batch:
+                pending.done.set()
+        if len(batch) > 1:
+            log.debug("event=ledger_group_commit messages=%d", len(batch))
+
+    @staticmethod
+    def _write_one(conn: Conn, pending: _Pending) -> None:
+        """Under its own savepoint: its own error rolls back only its rows. The outcome
+        stands only once the batch's COMMIT succeeds (_fail overrides it otherwise)."""
+        try:
+            pending.outcome = record_acceptance(conn, pending.message, pending.holds)
+        except UNREACHABLE:
+            raise
+        except psycopg.Error as exc:
+            pending.outcome = Failed(exc, unreachable=False)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception, *, unreachable: bool) -> None:
+        """The batch was not committed: every message fails with the batch's error, but a
+        message that failed on its own keeps its own error (it was never going in)."""
+        for pending in batch:
+            if not isinstance(pending.outcome, Failed):
+                pending.outcome = Failed(exc, unreachable)
+
+
+def _outcome(pending: _Pending) -> Outcome:
+    if pending.outcome is None:  # the writer was interrupted (BaseException) mid-batch
+        return Failed(CommitTimeout("the ledger writer stopped before the COMMIT"), True)
+    return pending.outcome
