@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import psycopg
 import psycopg_pool
 
+from txrelay import metrics
 from txrelay.store.ledger import (
     AcceptedMessage,
     Conn,
@@ -165,6 +166,7 @@ class GroupCommitter:
     def _write_batch(self, batch: list[_Pending]) -> None:
         if not batch:
             return
+        metrics.LEDGER_BATCH.observe(len(batch))
         try:
             with self.pool.connection() as conn:
                 if len(batch) == 1:
