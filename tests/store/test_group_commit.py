@@ -107,7 +107,7 @@ def rows_of(db: psycopg.Connection, accepted: AcceptedMessage) -> tuple[int, int
 
 @pytest.fixture()
 def ledger(pool: Any) -> Iterator[PostgresLedger]:
-    opened = PostgresLedger(pool, SystemClock())
+    opened = PostgresLedger(pool, SystemClock(), group_commit=True)
     yield opened
     opened.close()
 
@@ -157,7 +157,7 @@ def test_postgresql_lost_during_a_batch_journals_every_message_of_it_once(
         pool: Any, database_url: str, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant], tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal", database_url, 1000)
-    ledger = PostgresLedger(pool, SystemClock(), journal)
+    ledger = PostgresLedger(pool, SystemClock(), journal, group_commit=True)
     one, two = tenant_factory(), tenant_factory()
     try:
         with connection_row_locked(database_url, two):
@@ -184,8 +184,10 @@ def test_a_stuck_writer_becomes_the_journal_after_the_bounded_wait_and_is_record
         pool: Any, database_url: str, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant], tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal", database_url, 1000)
-    ledger = PostgresLedger(pool, SystemClock(), journal, commit_wait=1.0)
-    bare = PostgresLedger(pool, SystemClock(), commit_wait=1.0)  # no journal: a 451
+    ledger = PostgresLedger(pool, SystemClock(), journal, commit_wait=1.0,
+                            group_commit=True)
+    # Without a journal, the same wait is a 451.
+    bare = PostgresLedger(pool, SystemClock(), commit_wait=1.0, group_commit=True)
     tenant = tenant_factory()
     try:
         with connection_row_locked(database_url, tenant):
@@ -213,7 +215,7 @@ def test_a_stuck_writer_becomes_the_journal_after_the_bounded_wait_and_is_record
 def test_close_drains_what_is_queued_then_writes_each_message_alone(
         pool: Any, database_url: str, db: psycopg.Connection,
         tenant_factory: Callable[..., Tenant]) -> None:
-    ledger = PostgresLedger(pool, SystemClock())
+    ledger = PostgresLedger(pool, SystemClock(), group_commit=True)
     tenant = tenant_factory()
     with connection_row_locked(database_url, tenant):
         first = Sender(ledger, message(tenant, ["first@x.example"]))

@@ -177,6 +177,7 @@ def open_runtime(
         holds_of=reservations.held_in_postgres,
         recorded_for=settler.notify,
         commit_wait=COMMIT_WAIT_TIMEOUTS * config.database.timeout_ms / 1000,
+        group_commit=config.milter.ledger_group_commit,
     )
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
     policy = PolicyCache(

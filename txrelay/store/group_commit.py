@@ -91,11 +91,16 @@ class _Pending:
 class GroupCommitter:
     """The ledger's writer thread: `write` queues a message and waits for its batch's
     COMMIT. Supervised (an unexpected error fails its batch with a 451, is logged and
-    counted, and the writer goes on). After close() (which drains the queue) each message
-    is written alone by its caller, as before group commit."""
+    counted, and the writer goes on). After close() (which drains the queue), or when not
+    enabled ([milter] ledger_group_commit), each message is written alone by its caller."""
 
     def __init__(
-        self, pool: psycopg_pool.ConnectionPool, wait_seconds: float, max_batch: int = MAX_BATCH
+        self,
+        pool: psycopg_pool.ConnectionPool,
+        wait_seconds: float,
+        max_batch: int = MAX_BATCH,
+        *,
+        enabled: bool = True,
     ) -> None:
         self.pool = pool
         self.wait_seconds = wait_seconds
@@ -103,7 +108,9 @@ class GroupCommitter:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._lock = threading.Lock()  # started/closed and queueing agree
         self._started = False
-        self._closed = False
+        # Not enabled: as if closed from the start, every message written alone by its caller
+        # (one statement, its own implicit transaction: the ledger without group commit).
+        self._closed = not enabled
         self.loop = SupervisedLoop(
             "ledger-writer", IDLE_WAIT, self._write_next_batch, first_run_now=True
         )

@@ -59,10 +59,11 @@ class PostgresLedger:
     the message accepted); without one (tests, tools) it is a 451. Each account recorded
     for is passed to `recorded_for` (the settler, which bills the pending rows to blocks).
 
-    Records go through one writer thread (store/group_commit.py): concurrent messages share
-    one transaction and one COMMIT, each answered only once that COMMIT succeeded, and each
-    waits for it at most `commit_wait` seconds (then: "PostgreSQL did not answer", the
-    journal). close() drains it."""
+    With `group_commit`, records go through one writer thread (store/group_commit.py):
+    concurrent messages share one transaction and one COMMIT, each answered only once that
+    COMMIT succeeded, and each waits for it at most `commit_wait` seconds (then: "PostgreSQL
+    did not answer", the journal). close() drains it. Without, each message is one statement
+    in its own implicit transaction, written by the caller."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class PostgresLedger:
         holds_of: Callable[[uuid.UUID], list[str]] | None = None,
         recorded_for: Callable[[int], None] | None = None,
         commit_wait: float = COMMIT_WAIT,
+        group_commit: bool = False,
     ) -> None:
         self.pool = pool
         self.clock = clock
@@ -79,7 +81,7 @@ class PostgresLedger:
         self.holds_of = holds_of or (lambda txn_id: [])
         self.recorded_for = recorded_for or (lambda account_id: None)
         self.balance = PostgresQuotaBalance(pool, clock)
-        self.writer = GroupCommitter(pool, commit_wait)
+        self.writer = GroupCommitter(pool, commit_wait, enabled=group_commit)
 
     def record(self, message: AcceptedMessage) -> Recorded:
         holds = self.holds_of(message.txn_id)
