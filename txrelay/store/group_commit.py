@@ -182,9 +182,11 @@ class GroupCommitter:
                     self._write_together(conn, batch)
         except UNREACHABLE as exc:
             self._fail(batch, exc, unreachable=True)
+        except psycopg.Error as exc:  # e.g. the connection refused back by the pool
+            self._fail(batch, exc, unreachable=False)
         except Exception as exc:
             self._fail(batch, exc, unreachable=False)
-            raise  # a bug: the supervisor logs and counts it
+            raise  # a bug: the supervisor logs and counts it (or the caller's 451)
         finally:
             for pending in batch:
                 pending.done.set()
