@@ -15,6 +15,9 @@ and goes to the journal as before, whose replay is idempotent by txn_id.
 A caller waits at most `wait_seconds` for its batch: a stuck writer makes that message
 "PostgreSQL did not answer in time" (the journal takes it), never an end of message that
 hangs until Postfix's milter timeout.
+
+Off by default ([milter] ledger_group_commit): on 2 busy cores the hand-offs to the writer
+and back cost more than the COMMITs it saved (docs/performance.md, "Group commit").
 """
 
 from __future__ import annotations
