@@ -55,6 +55,13 @@ STAGE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+LEDGER_BATCH = Histogram(
+    "txrelay_ledger_batch_messages",
+    "Messages the milter's ledger writer recorded per PostgreSQL "
+    "COMMIT (group commit: those whose end of message came while the previous COMMIT ran).",
+    registry=REGISTRY,
+    buckets=(1, 2, 3, 5, 8, 13, 21, 34, 64),
+)
 JOURNAL_BACKLOG = Gauge(
     "txrelay_milter_journal_backlog",
     "Messages accepted into the milter's local journal "

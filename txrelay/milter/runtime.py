@@ -44,6 +44,9 @@ from txrelay.supervised import Loops, SupervisedLoop
 log = logging.getLogger("txrelay.milter")
 
 REPLAY_INTERVAL = 1.0  # seconds between attempts to replay the journal into PostgreSQL
+# An end of message waits for its ledger batch's COMMIT at most this many [database]
+# timeout_ms: a free connection, the batch's statements and the COMMIT each get about one.
+COMMIT_WAIT_TIMEOUTS = 3
 
 
 @dataclass
@@ -168,7 +171,13 @@ def open_runtime(
     )
     reservations = FailoverReservations(redis_store, postgres_holds, rebuild)
     ledger = PostgresLedger(
-        pool, clock, journal, holds_of=reservations.held_in_postgres, recorded_for=settler.notify
+        pool,
+        clock,
+        journal,
+        holds_of=reservations.held_in_postgres,
+        recorded_for=settler.notify,
+        commit_wait=COMMIT_WAIT_TIMEOUTS * config.database.timeout_ms / 1000,
+        group_commit=config.milter.ledger_group_commit,
     )
     copy_path = state_dir / f"policy-{database_tag(config.database.url)}.json"
     policy = PolicyCache(
@@ -194,6 +203,7 @@ def open_runtime(
     def close() -> None:
         replayer.stop()
         suppressions.stop()
+        ledger.close()  # its queued records first: the settler's last run bills them
         settler.stop()
         reservations.stop()
         policy.stop()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
@@ -136,7 +137,58 @@ def record_acceptance(
         "accepted_at": message.accepted_at,
         "release_holds": list(release_holds),
     }
-    rows = _one_statement(conn, RECORD_ACCEPTANCE, params)
+    return _recorded(_one_statement(conn, RECORD_ACCEPTANCE, params))
+
+
+# Several messages in ONE statement (the ledger writer's group commit): one round trip and
+# one implicit transaction, each message through the same function as record_acceptance, in
+# the order given; each result row says which message (n, from 1) it belongs to.
+RECORD_ACCEPTANCES = """
+SELECT b.n, r.message_row_id, r.recipient, r.billing, r.quota_block_id
+  FROM jsonb_array_elements(%(batch)s::jsonb) WITH ORDINALITY AS b (m, n)
+ CROSS JOIN LATERAL txrelay_record_acceptance(
+       (b.m->>'txn_id')::uuid, b.m->>'queue_id', b.m->>'node', b.m->>'message_id',
+       (b.m->>'account_id')::bigint, (b.m->>'connection_id')::bigint,
+       b.m->>'envelope_sender', b.m->>'header_from', (b.m->>'size')::bigint,
+       ARRAY(SELECT jsonb_array_elements_text(b.m->'recipients')),
+       (b.m->>'accepted_at')::timestamptz,
+       ARRAY(SELECT jsonb_array_elements_text(b.m->'release_holds')))
+       WITH ORDINALITY AS r (message_row_id, recipient, billing, quota_block_id, k)
+ ORDER BY b.n, r.k"""
+
+
+def record_acceptances(
+    conn: Conn, messages: Sequence[tuple[AcceptedMessage, Sequence[str]]]
+) -> list[Recorded]:
+    """record_acceptance for several messages (each with its release_holds) in ONE
+    statement, so ONE transaction: all of them are recorded or none. Idempotent by txn_id
+    per message. Results in the order given."""
+    batch = [
+        {
+            "txn_id": str(message.txn_id),
+            "queue_id": message.queue_id,
+            "node": message.node,
+            "message_id": message.message_id,
+            "account_id": message.account_id,
+            "connection_id": message.connection_id,
+            "envelope_sender": message.envelope_sender,
+            "header_from": message.header_from,
+            "size": message.size,
+            "recipients": list(message.recipients),
+            "accepted_at": message.accepted_at.isoformat(),
+            "release_holds": list(holds),
+        }
+        for message, holds in messages
+    ]
+    rows = _one_statement(conn, RECORD_ACCEPTANCES, {"batch": Jsonb(batch)})
+    by_message: dict[int, list[Any]] = {}
+    for row in rows:
+        by_message.setdefault(_column(row, "n"), []).append(row)
+    return [_recorded(by_message.get(n, [])) for n in range(1, len(messages) + 1)]
+
+
+def _recorded(rows: Sequence[Any]) -> Recorded:
+    """record_acceptance's result rows as a Recorded (none: recorded before)."""
     if not rows:
         return Recorded(None, [])
     allocations = [

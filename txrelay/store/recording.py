@@ -14,6 +14,7 @@ import psycopg_pool
 from txrelay.clock import Clock
 from txrelay.errors import ServiceUnavailable
 from txrelay.policy.billing import parse_period
+from txrelay.store.group_commit import UNREACHABLE, Failed, GroupCommitter
 from txrelay.store.journal import Journal, JournalEntry
 from txrelay.store.ledger import (
     AcceptedMessage,
@@ -25,9 +26,9 @@ from txrelay.store.ledger import (
 )
 
 log = logging.getLogger("txrelay.milter")
-# PostgreSQL did not answer (connection refused or lost, timeout): the journal takes over.
-# Any other database error (a constraint, a bug) is a 451, never journaled.
-UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout)
+# How long an end of message waits for its batch's COMMIT by default, in seconds (the
+# milter passes a multiple of [database] timeout_ms).
+COMMIT_WAIT = 9.0
 
 
 class LedgerUnavailable(ServiceUnavailable):
@@ -56,7 +57,13 @@ class PostgresLedger:
 
     With a journal, a record PostgreSQL cannot take is written to the journal instead (and
     the message accepted); without one (tests, tools) it is a 451. Each account recorded
-    for is passed to `recorded_for` (the settler, which bills the pending rows to blocks)."""
+    for is passed to `recorded_for` (the settler, which bills the pending rows to blocks).
+
+    With `group_commit`, records go through one writer thread (store/group_commit.py):
+    concurrent messages share one transaction and one COMMIT, each answered only once that
+    COMMIT succeeded, and each waits for it at most `commit_wait` seconds (then: "PostgreSQL
+    did not answer", the journal). close() drains it. Without, each message is one statement
+    in its own implicit transaction, written by the caller."""
 
     def __init__(
         self,
@@ -65,6 +72,8 @@ class PostgresLedger:
         journal: Journal | None = None,
         holds_of: Callable[[uuid.UUID], list[str]] | None = None,
         recorded_for: Callable[[int], None] | None = None,
+        commit_wait: float = COMMIT_WAIT,
+        group_commit: bool = False,
     ) -> None:
         self.pool = pool
         self.clock = clock
@@ -72,32 +81,39 @@ class PostgresLedger:
         self.holds_of = holds_of or (lambda txn_id: [])
         self.recorded_for = recorded_for or (lambda account_id: None)
         self.balance = PostgresQuotaBalance(pool, clock)
+        self.writer = GroupCommitter(pool, commit_wait, enabled=group_commit)
 
     def record(self, message: AcceptedMessage) -> Recorded:
         holds = self.holds_of(message.txn_id)
-        try:
-            with self.pool.connection() as conn:
-                recorded = record_acceptance(conn, message, holds)
-            self.recorded_for(message.account_id)
-            return recorded
-        except UNREACHABLE as exc:
-            if self.journal is None:
-                raise _unavailable(exc) from exc
-            self.journal.append(JournalEntry(message, holds))  # JournalUnavailable → 451
-            log.warning(
-                "event=journaled txn=%s rcpts=%d backlog=%d error=%r",
-                message.txn_id,
-                len(message.recipients),
-                self.journal.backlog(),
-                exc.__class__.__name__,
-            )
-            return Recorded(
-                None,
-                [Allocation(r, "pending", None) for r in message.recipients],
-                journaled=len(message.recipients),
-            )
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+        outcome = self.writer.write(message, holds)
+        if isinstance(outcome, Failed):
+            if not outcome.unreachable or self.journal is None:
+                raise _unavailable(outcome.error) from outcome.error
+            return self._journal(self.journal, message, holds, outcome.error)
+        self.recorded_for(message.account_id)
+        return outcome
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer (before the pool closes)."""
+        self.writer.close()
+
+    @staticmethod
+    def _journal(
+        journal: Journal, message: AcceptedMessage, holds: list[str], error: Exception
+    ) -> Recorded:
+        journal.append(JournalEntry(message, holds))  # JournalUnavailable → 451
+        log.warning(
+            "event=journaled txn=%s rcpts=%d backlog=%d error=%r",
+            message.txn_id,
+            len(message.recipients),
+            journal.backlog(),
+            error.__class__.__name__,
+        )
+        return Recorded(
+            None,
+            [Allocation(r, "pending", None) for r in message.recipients],
+            journaled=len(message.recipients),
+        )
 
     def replay_journal(self) -> int:
         """Write journaled records to PostgreSQL (idempotent); 0 when there was nothing or
