@@ -87,21 +87,7 @@ class JournalEntry:
 
 
 def encode_entry(entry: JournalEntry) -> bytes:
-    message = entry.message
-    record = {
-        "txn_id": str(message.txn_id),
-        "queue_id": message.queue_id,
-        "node": message.node,
-        "message_id": message.message_id,
-        "account_id": message.account_id,
-        "connection_id": message.connection_id,
-        "envelope_sender": message.envelope_sender,
-        "header_from": message.header_from,
-        "size": message.size,
-        "recipients": list(message.recipients),
-        "accepted_at": message.accepted_at.isoformat(),
-        "holds": list(entry.holds),
-    }
+    record = entry.message.json_fields() | {"holds": list(entry.holds)}
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
 
 

@@ -69,6 +69,29 @@ class AcceptedMessage:
     recipients: Sequence[str]  # one per copy Postfix queues (an address may repeat), in RCPT order
     accepted_at: dt.datetime
 
+    def fields(self) -> dict[str, Any]:
+        """The message as the ledger's statements take it (recipients as a list)."""
+        return {
+            "txn_id": self.txn_id,
+            "queue_id": self.queue_id,
+            "node": self.node,
+            "message_id": self.message_id,
+            "account_id": self.account_id,
+            "connection_id": self.connection_id,
+            "envelope_sender": self.envelope_sender,
+            "header_from": self.header_from,
+            "size": self.size,
+            "recipients": list(self.recipients),
+            "accepted_at": self.accepted_at,
+        }
+
+    def json_fields(self) -> dict[str, Any]:
+        """fields() in JSON's types: the journal's line, the group commit's batch."""
+        return self.fields() | {
+            "txn_id": str(self.txn_id),
+            "accepted_at": self.accepted_at.isoformat(),
+        }
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -123,20 +146,7 @@ def record_acceptance(
     One statement in its own implicit transaction: one network round trip, and no lock on
     any row another message of the account needs, so messages of one account never wait
     for each other's COMMIT. settle() bills the rows to blocks afterwards."""
-    params = {
-        "txn_id": message.txn_id,
-        "queue_id": message.queue_id,
-        "node": message.node,
-        "message_id": message.message_id,
-        "account_id": message.account_id,
-        "connection_id": message.connection_id,
-        "envelope_sender": message.envelope_sender,
-        "header_from": message.header_from,
-        "size": message.size,
-        "recipients": list(message.recipients),
-        "accepted_at": message.accepted_at,
-        "release_holds": list(release_holds),
-    }
+    params = message.fields() | {"release_holds": list(release_holds)}
     return _recorded(_one_statement(conn, RECORD_ACCEPTANCE, params))
 
 
@@ -163,23 +173,7 @@ def record_acceptances(
     """record_acceptance for several messages (each with its release_holds) in ONE
     statement, so ONE transaction: all of them are recorded or none. Idempotent by txn_id
     per message. Results in the order given."""
-    batch = [
-        {
-            "txn_id": str(message.txn_id),
-            "queue_id": message.queue_id,
-            "node": message.node,
-            "message_id": message.message_id,
-            "account_id": message.account_id,
-            "connection_id": message.connection_id,
-            "envelope_sender": message.envelope_sender,
-            "header_from": message.header_from,
-            "size": message.size,
-            "recipients": list(message.recipients),
-            "accepted_at": message.accepted_at.isoformat(),
-            "release_holds": list(holds),
-        }
-        for message, holds in messages
-    ]
+    batch = [message.json_fields() | {"release_holds": list(holds)} for message, holds in messages]
     rows = _one_statement(conn, RECORD_ACCEPTANCES, {"batch": Jsonb(batch)})
     by_message: dict[int, list[Any]] = {}
     for row in rows:
