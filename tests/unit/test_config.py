@@ -11,7 +11,7 @@ import pytest
 
 from txrelay.config import SECTIONS, Config, environment_variable, load_config, render_toml
 from txrelay.errors import ConfigError
-from txrelay.settings_doc import rewrite_tables
+from txrelay.settings_doc import layout_problems, rewrite_tables
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -92,10 +92,29 @@ def test_configuration_md_tables_are_generated_from_the_declarations() -> None:
     After changing a setting: python -m txrelay.settings_doc docs/configuration.md"""
     text = DOCS.read_text()
     assert rewrite_tables(text) == text
+    assert layout_problems(text) == []
     in_code = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
                for f in dataclasses.fields(cls)}
     for qualified in in_code:
         assert environment_variable(qualified) in text, qualified
+
+
+def test_the_docs_check_refuses_a_section_twice_and_a_row_outside_its_table() -> None:
+    """A merge once left [sandbox] twice and an [bounce] row after [sandbox]'s table; the
+    generator rewrites the tables and keeps both, so the check looks for them itself."""
+    text = DOCS.read_text()
+    sandbox = text.index("## [sandbox]")
+    section = text[sandbox : text.index("## [", sandbox + 1)]
+    doubled = text.replace("## [limits]", section + "## [limits]", 1)
+    assert rewrite_tables(doubled) == doubled
+    assert any("[sandbox] has a second heading" in p for p in layout_problems(doubled))
+    row = next(line for line in text.splitlines() if line.startswith("| `inbound_max_size`"))
+    stray = text.replace("## [retention]", row + "\n\n## [retention]", 1)
+    assert rewrite_tables(stray) == stray
+    stray_line = len(stray[: stray.index("## [retention]")].splitlines()) - 1
+    assert layout_problems(stray) == [f"line {stray_line}: a table row outside its section's table"]
+    missing = text.replace("## [sandbox]", "## sandbox", 1)
+    assert "[sandbox] has no heading" in layout_problems(missing)
 
 
 def test_every_setting_declares_its_documentation() -> None:
