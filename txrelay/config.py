@@ -766,6 +766,9 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, frozen: one section a field, loaded once at start from the
+    file and TXRELAY_* variables (load_config), and where each value came from (origin)."""
+
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
