@@ -138,6 +138,47 @@ def test_an_environment_variables_error_names_the_variable_not_the_file(tmp_path
     assert str(in_file.value).startswith(f"{tmp_path / 'txrelay.toml'}: 'milter.log_level'")
 
 
+def test_redis_topology_errors_name_each_values_own_source(tmp_path: Path) -> None:
+    """A mode from the environment is not the file's fault, and a value set beside a mode
+    from elsewhere says where that mode came from."""
+    path = write(tmp_path, '[smtp]\nhost = "relay.example.net"\n')
+    env_mode = "environment variable TXRELAY_REDIS_MODE"
+    with pytest.raises(ConfigError) as mode:
+        load_config(path, environ={"TXRELAY_REDIS_MODE": "cluster"})
+    assert str(mode.value).startswith(
+        f"{env_mode}: redis.mode = \"cluster\" needs 'redis.cluster_nodes'"
+    )
+    with pytest.raises(ConfigError) as sentinels:
+        load_config(path, environ={"TXRELAY_REDIS_SENTINELS": "a:26379"})
+    assert str(sentinels.value).startswith(
+        "environment variable TXRELAY_REDIS_SENTINELS: 'redis.sentinels' is set but "
+        'redis.mode is "standalone" (default);'
+    )
+    cluster_file = write(tmp_path, '[redis]\nmode = "cluster"\ncluster_nodes = "a:7000"\n')
+    with pytest.raises(ConfigError) as url:
+        load_config(cluster_file, environ={"TXRELAY_REDIS_URL": "redis://a:7000/2"})
+    assert str(url.value).startswith(
+        "environment variable TXRELAY_REDIS_URL: 'redis.url' selects a database other than 0; "
+        f'redis.mode is "cluster" ({cluster_file}) and Redis Cluster has only database 0'
+    )
+    with pytest.raises(ConfigError) as all_env:
+        load_config(
+            path,
+            environ={
+                "TXRELAY_REDIS_MODE": "cluster",
+                "TXRELAY_REDIS_CLUSTER_NODES": "a:7000",
+                "TXRELAY_REDIS_URL": "redis://a:7000/2",
+            },
+        )
+    assert str(all_env.value).startswith(
+        "environment variable TXRELAY_REDIS_URL: 'redis.url' selects a database other than 0; "
+        f'redis.mode is "cluster" ({env_mode}) and'
+    )
+    with pytest.raises(ConfigError) as in_file:
+        load_config(write(tmp_path, '[redis]\nmode = "cluster"\n'), environ={})
+    assert str(in_file.value).startswith(f"{tmp_path / 'txrelay.toml'}: redis.mode = \"cluster\"")
+
+
 def test_each_value_remembers_where_it_came_from(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[smtp]\nhost = "relay.example.net"\n'),
                          environ={"TXRELAY_SMTP_PORT": "2587"})
