@@ -8,6 +8,8 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """Where the code asks the time: SystemClock in the daemons, FixedClock in tests."""
+
     def now(self) -> dt.datetime: ...
 
 

@@ -775,6 +775,9 @@ class RetentionConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, frozen: one section a field, loaded once at start from the
+    file and TXRELAY_* variables (load_config), and where each value came from (origin)."""
+
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
@@ -924,7 +927,7 @@ def _build(values: dict[str, Any], origins: dict[str, str], source: str) -> Conf
         source=source,
         origins=tuple(sorted(origins.items())),
     )
-    _check_redis_topology(config.redis, source)
+    _check_redis_topology(config)
     return config
 
 
@@ -975,42 +978,54 @@ def _as_type(kind: Any, value: Any, bad: Callable[[str], ConfigError]) -> Any:
     return value
 
 
-def _check_redis_topology(redis: RedisConfig, source: str) -> None:
-    """The [redis] keys a mode needs are there, and none of another mode is left over."""
+def _check_redis_topology(config: Config) -> None:
+    """The [redis] keys a mode needs are there, and none of another mode is left over. Each
+    refusal starts with where the value it blames came from (config.origin), and names the
+    mode's own source when that differs."""
+    redis = config.redis
     needed = {
         "standalone": (),
         "sentinel": ("sentinels", "sentinel_master"),
         "cluster": ("cluster_nodes",),
     }
+    mode_from = config.origin("redis.mode")
     if redis.mode not in needed:
         raise ConfigError(
-            f"{source}: 'redis.mode' = {redis.mode!r} is not one of {', '.join(REDIS_MODES)}"
+            f"{mode_from}: 'redis.mode' = {redis.mode!r} is not one of {', '.join(REDIS_MODES)}"
         )
     for key in ("sentinels", "sentinel_master", "cluster_nodes"):
         value = getattr(redis, key)
         if key in needed[redis.mode] and not value:
             raise ConfigError(
-                f"{source}: redis.mode = \"{redis.mode}\" needs 'redis.{key}'; "
+                f"{mode_from}: redis.mode = \"{redis.mode}\" needs 'redis.{key}'; "
                 "see docs/configuration.md"
             )
         if key not in needed[redis.mode] and value:
             raise ConfigError(
-                f"{source}: 'redis.{key}' is set but redis.mode is "
-                f'"{redis.mode}"; set the mode it belongs to or remove it'
+                f"{config.origin(f'redis.{key}')}: 'redis.{key}' is set but redis.mode is "
+                f'"{redis.mode}"{_besides(config, f"redis.{key}")}; set the mode it belongs to '
+                "or remove it"
             )
     for key in ("sentinels", "cluster_nodes"):
         for item in getattr(redis, key).split(","):
             if getattr(redis, key) and not _is_host_port(item.strip()):
                 raise ConfigError(
-                    f"{source}: 'redis.{key}' has {item.strip()!r}; give "
+                    f"{config.origin(f'redis.{key}')}: 'redis.{key}' has {item.strip()!r}; give "
                     "HOST:PORT entries separated by commas, such as "
                     '"10.0.0.1:26379,10.0.0.2:26379"'
                 )
     if redis.mode == "cluster" and urlsplit(redis.url).path.strip("/") not in {"", "0"}:
         raise ConfigError(
-            f"{source}: 'redis.url' selects a database other than 0; Redis "
-            "Cluster has only database 0"
+            f"{config.origin('redis.url')}: 'redis.url' selects a database other than 0; "
+            f'redis.mode is "cluster"{_besides(config, "redis.url")} and Redis Cluster has '
+            "only database 0"
         )
+
+
+def _besides(config: Config, blamed: str) -> str:
+    """ " (WHERE)": redis.mode's source, when it is not the blamed value's."""
+    mode_from = config.origin("redis.mode")
+    return "" if mode_from == config.origin(blamed) else f" ({mode_from})"
 
 
 def _is_host_port(value: str) -> bool:

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from txrelay.config import Config
 from txrelay.policy.health import LoopStatus, NodeHealth, judge_dependencies, judge_milter
 from txrelay.store.keys import AccountKeys
-from txrelay.store.redis_client import open_redis
+from txrelay.store.redis_client import open_redis, reply_text
 
 log = logging.getLogger("txrelay.metrics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -289,7 +289,7 @@ class AccountCollector(Collector):
             {
                 int(m[1])
                 for key in self.client.scan_iter(match=pattern, count=1000)
-                if (m := self._account_id.match(_text(key)))
+                if (m := self._account_id.match(reply_text(key)))
             }
         )
         now = self.now()
@@ -350,10 +350,6 @@ class AccountNameCache:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 # -- the tracker's distance from the end of the log -----------------------------------------

@@ -97,6 +97,8 @@ def _dashboard(link: DashboardLink | None) -> str:
 
 
 class Mailer(Protocol):
+    """What hands a reminder on for delivery: the local MTA (SmtpMailer), a list in tests."""
+
     def send(self, message: EmailMessage) -> None: ...
 
 

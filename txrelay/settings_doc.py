@@ -2,7 +2,8 @@
 
 `python -m txrelay.settings_doc docs/configuration.md` rewrites every `## [section]` table from
 the code (the prose around the tables stays the file's own); tests/unit/test_config.py fails
-while the file and the code differ.
+while the file and the code differ, or while the page has a section twice or a table row
+outside a section's table (layout_problems; the command then refuses to write).
 """
 
 from __future__ import annotations
@@ -51,6 +52,32 @@ def rewrite_tables(text: str) -> str:
     return "".join(out)
 
 
+def layout_problems(text: str) -> list[str]:
+    """What rewrite_tables cannot see: a section heading twice, a heading of no section, a
+    section without a heading, or a table row outside the generated table of its section
+    (merges have left each of these behind, and rewriting the tables keeps them)."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    in_table = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        heading = _HEADING.match(line)
+        if heading:
+            section = heading.group(1)
+            if section in seen:
+                problems.append(f"line {number}: [{section}] has a second heading")
+            elif section not in SECTIONS:
+                problems.append(f"line {number}: [{section}] is not a section of config.py")
+            seen.add(section)
+        if line.startswith("| key |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif not in_table:
+            problems.append(f"line {number}: a table row outside its section's table")
+    problems.extend(f"[{name}] has no heading" for name in SECTIONS if name not in seen)
+    return problems
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -64,7 +91,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m txrelay.settings_doc docs/configuration.md", file=sys.stderr)
         return 2
     path = Path(argv[0])
-    path.write_text(rewrite_tables(path.read_text(encoding="utf-8")), encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    problems = layout_problems(text)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    path.write_text(rewrite_tables(text), encoding="utf-8")
     return 0
 
 

@@ -165,3 +165,34 @@ class Loops:
         with self._lock:
             loops = list(self._loops)
         return [loop.status() for loop in loops]
+
+
+BACKOFF_SECONDS = 5.0  # a daemon's wait after its database or Redis went away
+
+
+def backing_off(
+    work: Callable[[], object],
+    *,
+    outages: tuple[type[Exception], ...],
+    disconnect: Callable[[], None],
+    stop: threading.Event,
+    logger: logging.Logger,
+    event: str,
+) -> object:
+    """One pass of a daemon's main loop that rides out its services going away.
+
+    An outage (one of `outages`) is logged at ERROR as `event=EVENT reason=…`, the daemon's
+    connections dropped and BACKOFF_SECONDS waited (less when `stop` is set): None, so the
+    loop waits its interval before trying again. Any other exception drops the connections
+    too (one may be mid-transaction; the next pass takes fresh ones) and goes on to the
+    SupervisedLoop, which logs and counts it. Otherwise what `work` returned."""
+    try:
+        return work()
+    except outages as exc:
+        logger.error("event=%s reason=%s", event, exc)
+        disconnect()
+        stop.wait(BACKOFF_SECONDS)
+        return None
+    except Exception:
+        disconnect()
+        raise

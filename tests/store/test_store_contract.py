@@ -13,11 +13,20 @@ import psycopg
 import pytest
 import redis
 
-from tests.memory_store import MemoryLedger, MemoryPolicy, MemoryReservations
+from tests.memory_store import (
+    MemoryLedger,
+    MemoryPolicy,
+    MemoryRefusals,
+    MemoryReservations,
+    MemorySandbox,
+    MemorySuppressions,
+)
 from tests.store.builders import Tenant, make_tenant
 from txrelay.clock import SystemClock
 from txrelay.config import Config
+from txrelay.milter.refusal_budget import RefusalBudget, Refusals
 from txrelay.policy.quota import ReservationStatus
+from txrelay.store import suppressions as suppression_rows
 from txrelay.store.ledger import AcceptedMessage
 from txrelay.store.policy import PolicyLoader
 from txrelay.store.policy_cache import PolicyCache, PolicySource
@@ -28,6 +37,8 @@ from txrelay.store.reservations import (
     ReservationStore,
     reservation_member,
 )
+from txrelay.store.sandbox import CapturedMessage, PostgresSandbox, Sandbox, find_sandbox_message
+from txrelay.store.suppression_cache import SuppressionCache, SuppressionList
 
 RESERVED, OVERAGE, DUPLICATE = (ReservationStatus.RESERVED, ReservationStatus.OVERAGE,
                                 ReservationStatus.DUPLICATE)
@@ -42,6 +53,15 @@ class Stores:
     policy: PolicySource
     add_tenant: Callable[..., Tenant]
     cold_reservations: Callable[[], ReservationStore]  # a store that has loaded no balance
+    suppressions: SuppressionList
+    # suppress(tenant, address, expires_at) and remove(tenant, address) as the CLI and the
+    # tracker do, then what the milter's list holds after its next read
+    suppress: Callable[[Tenant, str, dt.datetime | None], None]
+    remove: Callable[[Tenant, str], None]
+    refused_count: Callable[[int], int]  # suppressed recipients counted for a connection
+    sandbox: Sandbox
+    captured: Callable[[uuid.UUID], tuple[bytes, list[str]] | None]
+    refusals: Callable[[int], Refusals]  # a refusal budget of that many messages an hour
 
 
 @pytest.fixture(params=["memory", "postgresql+redis"])
@@ -59,7 +79,22 @@ def stores(request: pytest.FixtureRequest, config: Config, unique: str) -> Itera
         def memory_store() -> ReservationStore:
             return MemoryReservations(ledger.remaining_quota, load_overage=ledger.overage_used)
 
-        yield Stores(ledger, memory_store(), policy, add_memory_tenant, memory_store)
+        listed = MemorySuppressions(SystemClock())
+        sandbox = MemorySandbox()
+
+        def memory_captured(txn_id: uuid.UUID) -> tuple[bytes, list[str]] | None:
+            found = sandbox.messages.get(str(txn_id))
+            return None if found is None else (found.raw, list(found.recipients))
+
+        yield Stores(
+            ledger, memory_store(), policy, add_memory_tenant, memory_store, listed,
+            lambda tenant, address, expires_at: listed.suppress(
+                tenant.account_id, address, "hard_bounce", dsn="5.1.1", expires_at=expires_at),
+            lambda tenant, address: listed.remove(tenant.account_id, address),
+            lambda connection_id: sum(n for (c, _), n in listed.counts.items()
+                                      if c == connection_id),
+            sandbox, memory_captured,
+            lambda budget: MemoryRefusals(budget, SystemClock()))
         return
     db: psycopg.Connection[Any] = request.getfixturevalue("db")
     pool: Any = request.getfixturevalue("pool")
@@ -77,7 +112,32 @@ def stores(request: pytest.FixtureRequest, config: Config, unique: str) -> Itera
         return RedisReservations(client, f"ctr{unique}{next(prefixes)}", 60,
                                  balance.remaining_quota, balance.overage_used)
 
-    yield Stores(PostgresLedger(pool, SystemClock()), cold(), cache, add_real_tenant, cold)
+    listed = SuppressionCache(pool, SystemClock(), 60)  # read by hand: no loop started
+
+    def suppress(tenant: Tenant, address: str, expires_at: dt.datetime | None) -> None:
+        suppression_rows.suppress(db, tenant.account_id, address, "hard_bounce",
+                                  dt.datetime.now(dt.UTC), expires_at=expires_at, dsn="5.1.1")
+        listed.refresh()
+
+    def remove(tenant: Tenant, address: str) -> None:
+        suppression_rows.remove(db, tenant.account_id, address, dt.datetime.now(dt.UTC))
+        listed.refresh()
+
+    def refused_count(connection_id: int) -> int:
+        listed.flush_counts()
+        row = db.execute("SELECT coalesce(sum(refused), 0) AS n FROM suppressed_counts "
+                         "WHERE connection_id = %s", (connection_id,)).fetchone()
+        return int(row["n"]) if row else 0
+
+    def captured(txn_id: uuid.UUID) -> tuple[bytes, list[str]] | None:
+        found = find_sandbox_message(db, str(txn_id))
+        return None if found is None else (found.raw, found.recipients)
+
+    listed.refresh()
+    yield Stores(PostgresLedger(pool, SystemClock()), cold(), cache, add_real_tenant, cold,
+                 listed, suppress, remove, refused_count, PostgresSandbox(pool), captured,
+                 lambda budget: RefusalBudget(client, f"ctr{unique}{next(prefixes)}", budget,
+                                              SystemClock()))
     client.close()
 
 
@@ -286,3 +346,77 @@ def test_quota_balance_agrees_after_a_mixed_sequence(stores: Stores) -> None:
         ReservationStatus.QUOTA_EXHAUSTED, 0)
     assert reserve(stores.cold_reservations(), tenant, "h@x.example", txn="t4") == (
         ReservationStatus.QUOTA_EXHAUSTED, 0)
+
+
+def test_suppressed_recipient_is_found_for_its_account_only_until_removed_or_expired(
+        stores: Stores) -> None:
+    tenant, other = stores.add_tenant(), stores.add_tenant()
+    listed = stores.suppressions
+    assert listed.lookup(tenant.account_id, "gone@x.example") is None
+    stores.suppress(tenant, "Gone@X.example", None)
+    found = listed.lookup(tenant.account_id, "gone@x.example")
+    assert found is not None and (found.reason, found.dsn, found.expires_at) == (
+        "hard_bounce", "5.1.1", None)
+    assert listed.lookup(other.account_id, "gone@x.example") is None
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    stores.suppress(tenant, "soon@x.example", later)
+    soon = listed.lookup(tenant.account_id, "soon@x.example")
+    assert soon is not None and soon.expires_at == later
+    stores.suppress(tenant, "past@x.example", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    assert listed.lookup(tenant.account_id, "past@x.example") is None
+    stores.remove(tenant, "gone@x.example")
+    assert listed.lookup(tenant.account_id, "gone@x.example") is None
+    assert listed.lookup(tenant.account_id, "soon@x.example") is not None
+
+
+def test_refused_suppressed_recipients_are_counted_per_connection(stores: Stores) -> None:
+    tenant, other = stores.add_tenant(), stores.add_tenant()
+    for _ in range(3):
+        stores.suppressions.count_refused(tenant.connection_id)
+    stores.suppressions.count_refused(other.connection_id)
+    assert stores.refused_count(tenant.connection_id) == 3
+    assert stores.refused_count(other.connection_id) == 1
+
+
+def captured_message(tenant: Tenant, txn_id: uuid.UUID, raw: bytes) -> CapturedMessage:
+    return CapturedMessage(
+        txn_id=txn_id, queue_id="4QSANDBOX", node="contract-node",
+        message_id=f"<{uuid.uuid4().hex}@{tenant.domain}>", account_id=tenant.account_id,
+        connection_id=tenant.connection_id, envelope_sender=f"orders@{tenant.domain}",
+        header_from=f"orders@{tenant.domain}", recipients=["a@x.example", "b@x.example"],
+        raw=raw)
+
+
+def test_sandbox_keeps_the_first_capture_of_a_transaction(stores: Stores) -> None:
+    tenant = stores.add_tenant()  # the store keeps what the milter hands it, whatever the kind
+    txn_id = uuid.uuid4()
+    assert stores.captured(txn_id) is None
+    first = b"Subject: first\r\n\r\nbody\r\n"
+    stores.sandbox.capture(captured_message(tenant, txn_id, first))
+    stores.sandbox.capture(captured_message(tenant, txn_id, b"Subject: retry\r\n\r\nx\r\n"))
+    assert stores.captured(txn_id) == (first, ["a@x.example", "b@x.example"])
+    other = uuid.uuid4()
+    stores.sandbox.capture(captured_message(tenant, other, b"Subject: other\r\n\r\ny\r\n"))
+    assert stores.captured(other) == (b"Subject: other\r\n\r\ny\r\n",
+                                      ["a@x.example", "b@x.example"])
+    assert stores.captured(txn_id) == (first, ["a@x.example", "b@x.example"])
+
+
+def test_refusal_budget_is_spent_at_its_count_per_connection(stores: Stores) -> None:
+    tenant, other = stores.add_tenant(), stores.add_tenant()
+    budget = stores.refusals(2)
+    assert budget.spent(tenant.connection_id) is None
+    budget.count(tenant.connection_id)
+    assert budget.spent(tenant.connection_id) is None
+    budget.count(tenant.connection_id)
+    assert budget.spent(tenant.connection_id) == 2
+    budget.count(tenant.connection_id)
+    assert budget.spent(tenant.connection_id) == 3
+    assert budget.spent(other.connection_id) is None
+    reply = budget.refusal("Web shop", 3)
+    assert (reply.smtp_code, reply.enhanced_code) == ("421", "4.7.0")
+    assert 'connection "Web shop" had 3 messages refused this hour' in reply.text
+    unlimited = stores.refusals(0)
+    for _ in range(5):
+        unlimited.count(tenant.connection_id)
+    assert unlimited.spent(tenant.connection_id) is None

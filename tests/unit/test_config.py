@@ -11,7 +11,7 @@ import pytest
 
 from txrelay.config import SECTIONS, Config, environment_variable, load_config, render_toml
 from txrelay.errors import ConfigError
-from txrelay.settings_doc import rewrite_tables
+from txrelay.settings_doc import layout_problems, rewrite_tables
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -92,10 +92,29 @@ def test_configuration_md_tables_are_generated_from_the_declarations() -> None:
     After changing a setting: python -m txrelay.settings_doc docs/configuration.md"""
     text = DOCS.read_text()
     assert rewrite_tables(text) == text
+    assert layout_problems(text) == []
     in_code = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
                for f in dataclasses.fields(cls)}
     for qualified in in_code:
         assert environment_variable(qualified) in text, qualified
+
+
+def test_the_docs_check_refuses_a_section_twice_and_a_row_outside_its_table() -> None:
+    """A merge once left [sandbox] twice and an [bounce] row after [sandbox]'s table; the
+    generator rewrites the tables and keeps both, so the check looks for them itself."""
+    text = DOCS.read_text()
+    sandbox = text.index("## [sandbox]")
+    section = text[sandbox : text.index("## [", sandbox + 1)]
+    doubled = text.replace("## [limits]", section + "## [limits]", 1)
+    assert rewrite_tables(doubled) == doubled
+    assert any("[sandbox] has a second heading" in p for p in layout_problems(doubled))
+    row = next(line for line in text.splitlines() if line.startswith("| `inbound_max_size`"))
+    stray = text.replace("## [retention]", row + "\n\n## [retention]", 1)
+    assert rewrite_tables(stray) == stray
+    stray_line = len(stray[: stray.index("## [retention]")].splitlines()) - 1
+    assert layout_problems(stray) == [f"line {stray_line}: a table row outside its section's table"]
+    missing = text.replace("## [sandbox]", "## sandbox", 1)
+    assert "[sandbox] has no heading" in layout_problems(missing)
 
 
 def test_every_setting_declares_its_documentation() -> None:
@@ -117,6 +136,47 @@ def test_an_environment_variables_error_names_the_variable_not_the_file(tmp_path
     with pytest.raises(ConfigError) as in_file:
         load_config(write(tmp_path, '[milter]\nlog_level = "loud"\n'), environ={})
     assert str(in_file.value).startswith(f"{tmp_path / 'txrelay.toml'}: 'milter.log_level'")
+
+
+def test_redis_topology_errors_name_each_values_own_source(tmp_path: Path) -> None:
+    """A mode from the environment is not the file's fault, and a value set beside a mode
+    from elsewhere says where that mode came from."""
+    path = write(tmp_path, '[smtp]\nhost = "relay.example.net"\n')
+    env_mode = "environment variable TXRELAY_REDIS_MODE"
+    with pytest.raises(ConfigError) as mode:
+        load_config(path, environ={"TXRELAY_REDIS_MODE": "cluster"})
+    assert str(mode.value).startswith(
+        f"{env_mode}: redis.mode = \"cluster\" needs 'redis.cluster_nodes'"
+    )
+    with pytest.raises(ConfigError) as sentinels:
+        load_config(path, environ={"TXRELAY_REDIS_SENTINELS": "a:26379"})
+    assert str(sentinels.value).startswith(
+        "environment variable TXRELAY_REDIS_SENTINELS: 'redis.sentinels' is set but "
+        'redis.mode is "standalone" (default);'
+    )
+    cluster_file = write(tmp_path, '[redis]\nmode = "cluster"\ncluster_nodes = "a:7000"\n')
+    with pytest.raises(ConfigError) as url:
+        load_config(cluster_file, environ={"TXRELAY_REDIS_URL": "redis://a:7000/2"})
+    assert str(url.value).startswith(
+        "environment variable TXRELAY_REDIS_URL: 'redis.url' selects a database other than 0; "
+        f'redis.mode is "cluster" ({cluster_file}) and Redis Cluster has only database 0'
+    )
+    with pytest.raises(ConfigError) as all_env:
+        load_config(
+            path,
+            environ={
+                "TXRELAY_REDIS_MODE": "cluster",
+                "TXRELAY_REDIS_CLUSTER_NODES": "a:7000",
+                "TXRELAY_REDIS_URL": "redis://a:7000/2",
+            },
+        )
+    assert str(all_env.value).startswith(
+        "environment variable TXRELAY_REDIS_URL: 'redis.url' selects a database other than 0; "
+        f'redis.mode is "cluster" ({env_mode}) and'
+    )
+    with pytest.raises(ConfigError) as in_file:
+        load_config(write(tmp_path, '[redis]\nmode = "cluster"\n'), environ={})
+    assert str(in_file.value).startswith(f"{tmp_path / 'txrelay.toml'}: redis.mode = \"cluster\"")
 
 
 def test_each_value_remembers_where_it_came_from(tmp_path: Path) -> None:

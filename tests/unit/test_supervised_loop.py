@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from txrelay import metrics
-from txrelay.supervised import RUN_AGAIN, Loops, SupervisedLoop
+from txrelay.supervised import BACKOFF_SECONDS, RUN_AGAIN, Loops, SupervisedLoop, backing_off
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
@@ -134,3 +134,49 @@ def test_a_loop_run_in_the_callers_thread_counts_as_running_until_it_returns() -
     loop = loops.add(SupervisedLoop("unit-in-place", 0.01, work, stop_event=stop))
     loop.run()
     assert seen == [True] and not loop.status().alive
+
+
+class _Outage(Exception):
+    pass
+
+
+class _StopWatch(threading.Event):
+    """A stop event that records the waits asked of it instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_backing_off_rides_out_an_outage_and_passes_a_bug_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    dropped: list[bool] = []
+    stop = _StopWatch()
+    logger = logging.getLogger("txrelay.test-daemon")
+
+    def passing(work: Callable[[], object]) -> object:
+        return backing_off(work, outages=(_Outage,), disconnect=lambda: dropped.append(True),
+                           stop=stop, logger=logger, event="test_backoff")
+
+    assert passing(lambda: RUN_AGAIN) is RUN_AGAIN
+    assert (dropped, stop.waits) == ([], [])
+
+    def outage() -> object:
+        raise _Outage("database gone")
+
+    with caplog.at_level(logging.ERROR, logger="txrelay.test-daemon"):
+        assert passing(outage) is None
+    assert (dropped, stop.waits) == ([True], [BACKOFF_SECONDS])
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("txrelay.test-daemon", logging.ERROR, "event=test_backoff reason=database gone")]
+
+    def bug() -> object:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        passing(bug)
+    assert (dropped, stop.waits) == ([True, True], [BACKOFF_SECONDS])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import tempfile
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from txrelay.atomic_file import write_atomically
 from txrelay.bounce_dkim import read_bounce_dkim_key, write_bounce_dkim_key
 from txrelay.bounce_secret import read_bounce_secret, write_bounce_secret
 from txrelay.cli.context import CliContext, pass_cli
@@ -339,12 +339,7 @@ def _write_config(target: Path, text: str) -> None:
     """Atomically: a half-written config would stop every txrelay process on the node."""
     _make_config_directory(target)
     try:
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONFIG_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), CONFIG_MODE)  # the umask may have narrowed it
-            handle.write(text)
-        os.replace(temporary, target)
+        write_atomically(target, text, mode=CONFIG_MODE, sync_file=False)
     except OSError as exc:
         raise ConfigError(
             f"cannot write {target}: {exc.strerror}; run as a user that may, or pass --config-path"

@@ -82,12 +82,8 @@ def run(config: Config, clock: Clock, socket_spec: str | None = None) -> None:
     # The endpoint starts before the runtime, so /healthz answers from the first second.
     journal = open_journal(config)
     loops = Loops()  # filled by open_runtime; /healthz shows a dead or frozen one
-    endpoint = start_milter_endpoint(
-        config,
-        journal.room,  # [metrics] milter_listen
-        loops.statuses,
-        journal.quarantined,
-    )
+    # On [metrics] milter_listen; "" = no endpoint (None).
+    endpoint = start_milter_endpoint(config, journal.room, loops.statuses, journal.quarantined)
     try:
         runtime = open_runtime(config, clock, journal, loops)
     except BaseException:  # e.g. the bounce secret missing: stop with its reason, no thread left

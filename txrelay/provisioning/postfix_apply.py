@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from txrelay.atomic_file import write_atomically
 from txrelay.errors import ConfigError, Conflict, InvalidInput
 from txrelay.provisioning.postfix import (
     CLEANUP_COMMAND,
@@ -440,21 +441,13 @@ def _replace_files(target: PostfixTarget, copy: PostfixTarget, now: datetime) ->
 
 def _write_like(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace `path` in one rename, keeping its mode and owner (a new file: `mode`)."""
-    if not path.exists():
-        path.write_bytes(b"")
-        path.chmod(mode if mode is not None else 0o644)
-    info = path.stat()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(temporary, info.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.chown(temporary, info.st_uid, info.st_gid)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(
+        path,
+        data,
+        mode=mode if mode is not None else 0o644,
+        like_existing=True,
+        sync_file=False,
+    )
 
 
 def _postfix_check(target: PostfixTarget) -> str | None:

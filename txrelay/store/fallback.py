@@ -39,6 +39,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.policy.billing import parse_period
 from txrelay.policy.quota import Reservation, ReservationStatus
 from txrelay.store.keys import AccountKeys
+from txrelay.store.redis_client import reply_text
 from txrelay.store.reservations import (
     RESERVE_STATUSES,
     RedisReservations,
@@ -359,7 +360,7 @@ def rebuild_redis(conn: Conn, client: redis.Redis, prefix: str, accounts: set[in
 
 def _drop_recorded_holds(conn: Conn, client: redis.Redis, keys: AccountKeys) -> None:
     """Redis holds whose message PostgreSQL recorded while Redis could not be told."""
-    members = [_text(m) for m in client.zrange(keys.held, 0, -1)]
+    members = [reply_text(m) for m in client.zrange(keys.held, 0, -1)]
     txns = sorted({m.split("|", 1)[0] for m in members})
     if not txns:
         return
@@ -370,10 +371,6 @@ def _drop_recorded_holds(conn: Conn, client: redis.Redis, keys: AccountKeys) -> 
     done = [m for m in members if m.split("|", 1)[0] in recorded]
     if done:
         client.zrem(keys.held, *done)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _is_uuid(text: str) -> bool:

@@ -45,6 +45,7 @@ from typing import Any
 
 import psycopg
 
+from txrelay.atomic_file import write_atomically
 from txrelay.errors import ServiceUnavailable
 from txrelay.store.ledger import AcceptedMessage
 
@@ -482,19 +483,7 @@ def _write_undecodable(directory: Path, tag: str, line: bytes, reason: str, sour
 def _write_file(directory: Path, name: str, data: bytes) -> None:
     """A whole file, mode 0600, under a hidden name first: the journal's globs never see it
     half-written."""
-    hidden = directory / f".{name}.{os.getpid()}"
-    fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        _write_all(fd, data)
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        hidden.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(hidden, directory / name)
-    _fsync_directory(directory)
+    write_atomically(directory / name, data, mode=0o600, sync_directory=True)
 
 
 def _first_line(exc: BaseException) -> str:

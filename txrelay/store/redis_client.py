@@ -47,6 +47,12 @@ def open_redis(config: RedisConfig, *, lazy: bool = False) -> redis.Redis:
     )
 
 
+def reply_text(value: object) -> str:
+    """A Redis reply (a key, a member) as text, whether the client decodes replies or not; a
+    byte that is not UTF-8 (a key someone else wrote) becomes U+FFFD instead of an error."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 def _data_node_options(config: RedisConfig) -> dict[str, Any]:
     """User, password, database and TLS of the data nodes, from url (its host is unused)."""
     parsed = parse_url(config.url)

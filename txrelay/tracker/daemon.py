@@ -23,7 +23,7 @@ from txrelay.notify import Mailer, SmtpMailer
 from txrelay.store import database, lifecycle, tracking
 from txrelay.store.redis_client import open_redis
 from txrelay.store.tracking import Counters
-from txrelay.supervised import RUN_AGAIN, SupervisedLoop
+from txrelay.supervised import RUN_AGAIN, SupervisedLoop, backing_off
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.follower import LogFollower
 from txrelay.tracker.journal import JournalUnreadable
@@ -217,26 +217,28 @@ class TrackerDaemon:
         return summary
 
     def _pass(self, summary: RunSummary) -> object:
-        """One pass of `run`: RUN_AGAIN while the log is not caught up."""
-        try:
-            due = time.monotonic() >= self._next_tick
-            caught_up = self.run_once(summary, tick=due)
-            if due:
-                self._next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
-                summary.ticks.clear()
-        except (
-            psycopg.OperationalError,
-            ServiceUnavailable,
-            redis.RedisError,
-            JournalUnreadable,
-        ) as exc:
-            log.error("event=tracker_backoff reason=%s", exc)
-            self.disconnect()
-            self.stop.wait(5.0)
-            return None
-        except Exception:
-            self.disconnect()  # the connection may be mid-transaction: a fresh one next pass
-            raise
+        """One pass of `run`: RUN_AGAIN while the log is not caught up; an outage of
+        PostgreSQL, Redis or the journal backs off (supervised.backing_off)."""
+        return backing_off(
+            lambda: self._follow(summary),
+            outages=(
+                psycopg.OperationalError,
+                ServiceUnavailable,
+                redis.RedisError,
+                JournalUnreadable,
+            ),
+            disconnect=self.disconnect,
+            stop=self.stop,
+            logger=log,
+            event="tracker_backoff",
+        )
+
+    def _follow(self, summary: RunSummary) -> object:
+        due = time.monotonic() >= self._next_tick
+        caught_up = self.run_once(summary, tick=due)
+        if due:
+            self._next_tick = time.monotonic() + self.config.tracker.tick_interval_seconds
+            summary.ticks.clear()
         return None if caught_up else RUN_AGAIN
 
     def log_position(self) -> metrics.FollowerPosition | None:

@@ -35,6 +35,9 @@ class Chunk:
 
 
 class Reader(Protocol):
+    """Random reads from one log file by offset: PlainReader (a live or rotated file, readable
+    after rename and unlink) or GzipReader (a compressed rotation)."""
+
     def read_at(self, offset: int, size: int) -> bytes: ...
 
     def close(self) -> None: ...

@@ -29,6 +29,9 @@ ERROR_TEXT_CHARS = 300
 
 
 class Resolver(Protocol):
+    """What resolves a webhook's host: a name and a record type ("A", "AAAA") give its
+    addresses, [] when it has none; LookupFailed when DNS did not answer."""
+
     def addresses(self, name: str, rtype: str) -> list[str]: ...
 
 

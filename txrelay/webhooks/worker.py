@@ -28,7 +28,7 @@ from txrelay.policy.webhooks import RetryPlan
 from txrelay.provisioning.dns_lookup import DnsLookup
 from txrelay.store import database
 from txrelay.store import webhooks as store
-from txrelay.supervised import RUN_AGAIN, SupervisedLoop
+from txrelay.supervised import RUN_AGAIN, SupervisedLoop, backing_off
 from txrelay.webhooks.delivery import Outcome, Resolver, post
 
 log = logging.getLogger("txrelay.webhooks")
@@ -250,16 +250,14 @@ class WebhookWorker:
         log.info("event=webhooks_stop")
 
     def _supervised_pass(self) -> object:
-        try:
-            return self.deliver_pass()
-        except (psycopg.OperationalError, ServiceUnavailable) as exc:
-            log.error("event=webhooks_backoff reason=%s", exc)
-            self.disconnect()
-            self.stop.wait(5.0)
-            return None
-        except Exception:
-            self.disconnect()  # the connection may be mid-transaction: a fresh one next pass
-            raise
+        return backing_off(
+            self.deliver_pass,
+            outages=(psycopg.OperationalError, ServiceUnavailable),
+            disconnect=self.disconnect,
+            stop=self.stop,
+            logger=log,
+            event="webhooks_backoff",
+        )
 
     def close(self) -> None:
         """Wait for the deliveries under way and record them, then let go of everything."""
