@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.harness.dns import DnsServer, running_dns_server
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import (
     TXRELAY,
@@ -39,7 +40,11 @@ from tests.harness.processes import (
     wait_until,
 )
 from tests.harness.provision import Provisioned
+from tests.harness.reports import arf, original_message
 from tests.harness.smtp import build_message, submit
+from tests.harness.webhook_receiver import WebhookReceiver
+from txrelay.bounce_secret import read_bounce_secret
+from txrelay.policy.return_path import feedback_id
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +77,12 @@ def query(relay: RelayStack, sql: str, *params: object) -> list[dict[str, Any]]:
 class Dashboard:
     url: str
     admin_token: str
-    shop: Provisioned  # with mail: delivered and bounced
+    shop: Provisioned  # with mail: delivered, bounced, one complaint; a webhook
     quiet: Provisioned  # no mail at all
     shop_link: str  # its account link's token
     quiet_link: str
+    webhook_id: int  # the shop's, its events delivered once
+    published_domain: str  # the shop's second domain, its DKIM record checked in DNS
 
 
 class Browser:
@@ -120,19 +127,61 @@ def track_until_settled(relay: RelayStack, account_id: int) -> None:
     wait_until(settled, 60, "the tracker to record every outcome", lambda: relay.postfix.log(30))
 
 
+def publish_and_check(relay: RelayStack, zone: DnsServer, account: str) -> str:
+    """A second domain of ACCOUNT whose DKIM record NSD serves and `domain check` found."""
+    domain = f"seen-{secrets.token_hex(4)}.example"
+    cli(relay, "domain", "add", account, domain, "--list-help", "https://help.example/")
+    records = {record["name"]: [("TXT", record["value"])]
+               for record in cli(relay, "domain", "dns", domain)["records"]
+               if record["kind"] == "dkim"}
+    zone.serve(records)
+    done = run([TXRELAY, "--config", str(relay.config_file), "--json", "domain", "check", domain],
+               env={**os.environ, "TXRELAY_DNS_RESOLVER": zone.address}, check=False)
+    assert json.loads(done.stdout)["dkim_publication"]["state"] == "published", done.stdout
+    return domain
+
+
+def complain(relay: RelayStack, shop: Provisioned, recipient: str) -> None:
+    """An ARF report about RECIPIENT's message, piped to `txrelay inbound deliver` as
+    Postfix's pipe service runs it."""
+    row = query(relay, "SELECT m.txn_id, m.connection_id FROM ledger l JOIN messages m "
+                       "ON m.id = l.message_id WHERE l.account_id = %s AND l.recipient = %s",
+                shop.account_id, recipient)[0]
+    secret = read_bounce_secret(Path(relay.config.bounce.secret_file))
+    fid = feedback_id(secret, shop.account_id, int(row["connection_id"]), row["txn_id"])
+    report = arf(original_message(recipient, feedback_id=fid, sender=shop.address()),
+                 rcpt_to=recipient)
+    done = subprocess.run(
+        [TXRELAY, "--config", str(relay.config_file), "inbound", "deliver", "--sender",
+         "feedback@isp.example", "--", f"fbl@{relay.config.bounce.domain}"],
+        input=report, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0 and b"outcome=recorded" in done.stderr, done.stderr
+
+
 @pytest.fixture(scope="module")
 def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     directory = tmp_path_factory.mktemp("web")
     shop = relay.provision()
     quiet = relay.provision()
-    recipients = [f"ann@{RCPT_DOMAIN}", f"bob@{RCPT_DOMAIN}", f"bounce-cy@{RCPT_DOMAIN}"]
-    for recipient in recipients:
-        submit(shop.username, shop.password, shop.address(), [recipient],
-               build_message(shop.address(), [recipient]), port=relay.port)
-    submit(shop.username, shop.password, shop.address(), [f"dan@{RCPT_DOMAIN}"],
-           build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
-           port=relay.port)
-    track_until_settled(relay, shop.account_id)
+    receiver = WebhookReceiver().start()
+    try:
+        hook = cli(relay, "webhook", "add", shop.account, receiver.url, "--allow-private")
+        cli(relay, "connection", "create", shop.account, "backup", "--domain", shop.domain)
+        with running_dns_server(directory / "nsd") as zone:
+            published = publish_and_check(relay, zone, shop.account)
+        recipients = [f"ann@{RCPT_DOMAIN}", f"bob@{RCPT_DOMAIN}", f"bounce-cy@{RCPT_DOMAIN}"]
+        for recipient in recipients:
+            submit(shop.username, shop.password, shop.address(), [recipient],
+                   build_message(shop.address(), [recipient]), port=relay.port)
+        submit(shop.username, shop.password, shop.address(), [f"dan@{RCPT_DOMAIN}"],
+               build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
+               port=relay.port)
+        track_until_settled(relay, shop.account_id)
+        complain(relay, shop, f"dan@{RCPT_DOMAIN}")
+        run([TXRELAY, "--config", str(relay.config_file), "webhooks", "run", "--once"],
+            timeout=120)
+    finally:
+        receiver.stop()
 
     token_file = directory / "admin-token"
     admin_token = secrets.token_hex(32)
@@ -153,7 +202,7 @@ def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> It
             assert made["url"].startswith(f"http://127.0.0.1:{port}/accounts/")
             links[account.account] = made["url"].rsplit("token=", 1)[1]
         yield Dashboard(f"http://127.0.0.1:{port}", admin_token, shop, quiet,
-                        links[shop.account], links[quiet.account])
+                        links[shop.account], links[quiet.account], int(hook["id"]), published)
     finally:
         process.stop()
     assert "token=" not in (directory / "web.log").read_text(), "a token reached the log"
@@ -171,10 +220,10 @@ def status(url: str, token: str | None = None, method: str = "GET") -> tuple[int
         return error.code, error.read().decode()
 
 
-def cell(dom: str, row_key: str, field: str) -> str:
-    """The text of the cell data-field=FIELD in the row data-account=ROW_KEY."""
-    row = re.search(rf'<tr data-account="{re.escape(row_key)}">(.*?)</tr>', dom, re.S)
-    assert row, f"no row for {row_key}"
+def cell(dom: str, row_key: str, field: str, kind: str = "account") -> str:
+    """The text of the cell data-field=FIELD in the row data-KIND=ROW_KEY."""
+    row = re.search(rf'<tr data-{kind}="{re.escape(str(row_key))}">(.*?)</tr>', dom, re.S)
+    assert row, f"no row for {kind} {row_key}"
     found = re.search(rf'data-field="{field}"[^>]*>(.*?)</td>', row.group(1), re.S)
     assert found, f"no {field} in the row of {row_key}"
     return html.unescape(re.sub(r"<[^>]+>", "", found.group(1))).strip()
@@ -206,10 +255,17 @@ def test_all_accounts_page_shows_the_ledgers_figures(dashboard: Dashboard, relay
     assert shop["arrived"] == 4 and shop["bounced"] == 1 and shop["delivered"] == 3
     assert cell(dom, dashboard.shop.account, "arrived") == "4"
     assert cell(dom, dashboard.shop.account, "bounce-rate") == "25.00 % ⚠ high"
-    assert cell(dom, dashboard.shop.account, "complaint-rate") == "0.00 %"
+    # One complaint (dan's) of four: above [web] complaint_warning_rate (0.1 %).
+    assert shop["complained"] == 1
+    assert cell(dom, dashboard.shop.account, "complaint-rate") == "25.00 % ⚠ high"
     assert cell(dom, dashboard.shop.account, "remaining").startswith(
         str(remaining_quota(relay, dashboard.shop.account_id)))
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", cell(dom, dashboard.shop.account, "runs-out"))
+    # The run-out date is `quota show`'s forecast (the same rule, seconds apart).
+    forecast = cli(relay, "quota", "show", dashboard.shop.account)["forecast"]
+    runs_out = dt.datetime.fromisoformat(forecast["runs_out_at"])
+    assert forecast["last_24h"] == 4
+    assert cell(dom, dashboard.shop.account, "runs-out") in {
+        f"{runs_out:%Y-%m-%d}", f"{runs_out - dt.timedelta(minutes=2):%Y-%m-%d}"}
     assert cell(dom, dashboard.quiet.account, "arrived") == "0"
     assert cell(dom, dashboard.quiet.account, "runs-out") == "no mail lately"
     assert "<script" not in dom
@@ -244,9 +300,37 @@ def test_account_page_chart_and_tables_equal_the_ledger(dashboard: Dashboard,
                    dashboard.shop.account_id)[0]["n"]
     assert f'<td class="num" id="burn-total">{burned}</td>' in dom
     assert f'<dd id="remaining">{remaining_quota(relay, dashboard.shop.account_id)}</dd>' in dom
-    assert dashboard.shop.domain in dom and ">shop<" in dom and "active" in dom
-    # The bounced recipient is on the suppression list (hard bounce).
+    connections = {row["name"]: row for row in query(relay, """
+        SELECT c.name, to_char(GREATEST(c.last_used_at, max(l.accepted_at)) AT TIME ZONE 'UTC',
+                               'YYYY-MM-DD HH24:MI') AS last_used
+          FROM connections c LEFT JOIN ledger l ON l.connection_id = c.id
+         WHERE c.account_id = %s GROUP BY c.id""", dashboard.shop.account_id)}
+    assert set(connections) == {"shop", "backup"} and connections["backup"]["last_used"] is None
+    assert cell(dom, "shop", "state", "connection") == "active"
+    assert cell(dom, "shop", "last-used", "connection") == connections["shop"]["last_used"]
+    assert cell(dom, "backup", "state", "connection") == "inactive"  # never used
+    assert cell(dom, "backup", "last-used", "connection") == "never"
+    assert cell(dom, dashboard.shop.domain, "published", "domain").startswith("pending")
+    checked = query(relay, """
+        SELECT to_char(d.dkim_published_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS since
+          FROM sending_domains d WHERE d.domain = %s""", dashboard.published_domain)[0]
+    assert cell(dom, dashboard.published_domain, "published", "domain") == (
+        f"published since {checked['since']}")
+    assert cell(dom, dashboard.published_domain, "last-check", "domain").startswith(
+        checked["since"])
+    # The suppression list: the bounced recipient (hard bounce) and the one who complained.
     assert f"bounce-cy@{RCPT_DOMAIN}" in dom and "hard_bounce" in dom
+    assert f"dan@{RCPT_DOMAIN}" in dom and "complaint" in dom
+    # The webhook's events, as the outbox has them: delivered to the receiver once.
+    outbox = query(relay, "SELECT id, event, attempts, last_status, delivered_at "
+                          "FROM webhook_outbox WHERE webhook_id = %s", dashboard.webhook_id)
+    assert {row["event"] for row in outbox} >= {"delivered", "bounced", "complained"}
+    for row in outbox:
+        assert row["delivered_at"] is not None, row
+        assert cell(dom, row["id"], "event", "delivery") == row["event"]
+        assert cell(dom, row["id"], "state", "delivery") == "delivered"
+        assert cell(dom, row["id"], "attempts", "delivery") == str(row["attempts"]) == "1"
+        assert cell(dom, row["id"], "last-status", "delivery") == "200"
     browser.screenshot(url, "account")
     browser.screenshot(url, "account-phone", width=390, height=2400)
 
