@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.harness.complaints import report_complaint
 from tests.harness.dns import DnsServer, running_dns_server
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import (
@@ -40,11 +41,8 @@ from tests.harness.processes import (
     wait_until,
 )
 from tests.harness.provision import Provisioned
-from tests.harness.reports import arf, original_message
 from tests.harness.smtp import build_message, submit
 from tests.harness.webhook_receiver import WebhookReceiver
-from txrelay.bounce_secret import read_bounce_secret
-from txrelay.policy.return_path import feedback_id
 
 pytestmark = pytest.mark.e2e
 
@@ -141,23 +139,6 @@ def publish_and_check(relay: RelayStack, zone: DnsServer, account: str) -> str:
     return domain
 
 
-def complain(relay: RelayStack, shop: Provisioned, recipient: str) -> None:
-    """An ARF report about RECIPIENT's message, piped to `txrelay inbound deliver` as
-    Postfix's pipe service runs it."""
-    row = query(relay, "SELECT m.txn_id, m.connection_id FROM ledger l JOIN messages m "
-                       "ON m.id = l.message_id WHERE l.account_id = %s AND l.recipient = %s",
-                shop.account_id, recipient)[0]
-    secret = read_bounce_secret(Path(relay.config.bounce.secret_file))
-    fid = feedback_id(secret, shop.account_id, int(row["connection_id"]), row["txn_id"])
-    report = arf(original_message(recipient, feedback_id=fid, sender=shop.address()),
-                 rcpt_to=recipient)
-    done = subprocess.run(
-        [TXRELAY, "--config", str(relay.config_file), "inbound", "deliver", "--sender",
-         "feedback@isp.example", "--", f"fbl@{relay.config.bounce.domain}"],
-        input=report, capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0 and b"outcome=recorded" in done.stderr, done.stderr
-
-
 @pytest.fixture(scope="module")
 def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     directory = tmp_path_factory.mktemp("web")
@@ -177,7 +158,8 @@ def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> It
                build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
                port=relay.port)
         track_until_settled(relay, shop.account_id)
-        complain(relay, shop, f"dan@{RCPT_DOMAIN}")
+        report_complaint(relay.config, relay.config_file, relay.database_url, shop.account_id,
+                         f"dan@{RCPT_DOMAIN}", shop.address())
         run([TXRELAY, "--config", str(relay.config_file), "webhooks", "run", "--once"],
             timeout=120)
     finally:
