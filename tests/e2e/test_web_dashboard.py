@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.harness.artifacts import artifacts_dir, record
 from tests.harness.complaints import report_complaint
 from tests.harness.dns import DnsServer, running_dns_server
 from tests.harness.fixtures import RelayStack
@@ -43,21 +44,13 @@ from tests.harness.processes import (
 from tests.harness.provision import Provisioned
 from tests.harness.smtp import build_message, submit
 from tests.harness.webhook_receiver import WebhookReceiver
+from txrelay.policy.retention import retention_cutoff
 
 pytestmark = pytest.mark.e2e
 
 RCPT_DOMAIN = "rcpt.example.net"
 CHROMIUM = shutil.which("chromium") or "chromium"
 FORBIDDEN = "This link or token is not valid: it is wrong, has expired or was revoked."
-
-
-def artifacts_dir() -> Path:
-    """Where CI keeps this test's screenshots: $TXRELAY_ARTIFACTS, else test-artifacts/."""
-    base = Path(os.environ.get("TXRELAY_ARTIFACTS")
-                or Path(__file__).resolve().parents[2] / "test-artifacts")
-    directory = base / "dashboard"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def cli(relay: RelayStack, *args: str, env: dict[str, str] | None = None) -> Any:
@@ -101,11 +94,12 @@ class Browser:
         return self._run("--dump-dom", url).stdout
 
     def screenshot(self, url: str, name: str, width: int = 1280, height: int = 1800) -> Path:
-        path = artifacts_dir() / f"{name}.png"
+        path = artifacts_dir("dashboard") / f"{name}.png"
         path.unlink(missing_ok=True)
         self._run(f"--screenshot={path}", f"--window-size={width},{height}", url)
         assert path.stat().st_size > 1000, f"no screenshot of {url}"
-        return path
+        print(f"screenshot of {url.split('?')[0]}: {path}")  # with -s, or when it fails
+        return record(path)
 
 
 @pytest.fixture(scope="module")
@@ -317,12 +311,36 @@ def test_account_page_chart_and_tables_equal_the_ledger(dashboard: Dashboard,
     browser.screenshot(url, "account-phone", width=390, height=2400)
 
 
+def first_row(dom: str) -> str:
+    """The start of the chart's first bucket, as its table shows it."""
+    found = re.search(r'<table id="timeline">.*?<tbody>\s*<tr><th scope="row">([^<]+)</th>', dom,
+                      re.S)
+    assert found, "no chart table"
+    return found.group(1)
+
+
 def test_a_range_beyond_the_data_is_clamped_with_a_note(dashboard: Dashboard,
+                                                        relay: RelayStack,
                                                         browser: Browser) -> None:
     name = quote(dashboard.shop.account)
+    months = relay.config.retention.ledger_months
+    kept_from = retention_cutoff(dt.datetime.now(dt.UTC), months)
+    retention_note = (f"([retention] ledger_months = {months}): the chart starts at "
+                      f"{kept_from:%Y-%m-%d}.")
+    # Ten years of an account without mail: cut to the retention, said in a note.
+    dom = browser.dom(f"{dashboard.url}/accounts/{quote(dashboard.quiet.account)}"
+                      f"?by=1d&range=3650d&token={dashboard.quiet_link}")
+    assert retention_note in dom and "No mail in this range." in dom
+    # Ten years of the shop's: cut to the retention, then to its first mail's day (or a day
+    # back from now, when that mail is younger: a chart spans one bucket at least).
     dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=1d&range=3650d"
                       f"&token={dashboard.shop_link}")
-    assert "the chart starts there" in dom
+    assert retention_note in dom and "the chart starts there" in dom
+    first = query(relay, """
+        SELECT to_char(LEAST(min(accepted_at), now() - interval '1 day') AT TIME ZONE 'UTC',
+                       'YYYY-MM-DD') AS day
+          FROM ledger WHERE account_id = %s""", dashboard.shop.account_id)[0]["day"]
+    assert first_row(dom) == f"{first} 00:00"
     dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=15m&range=3650d"
                       f"&token={dashboard.admin_token}")
     assert "the chart starts there" in dom
