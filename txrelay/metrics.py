@@ -33,6 +33,7 @@ from txrelay.config import Config
 from txrelay.policy.health import LoopStatus, NodeHealth, judge_dependencies, judge_milter
 from txrelay.store.keys import AccountKeys
 from txrelay.store.redis_client import open_redis, reply_text
+from txrelay.store.reporting import AccountCohort
 
 log = logging.getLogger("txrelay.metrics")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -452,6 +453,35 @@ class TrackerCollector(Collector):
         )
 
 
+class AccountCohortCollector(Collector):
+    """txrelay_account_arrived_last_day and txrelay_account_complained_last_day per account
+    (its id; txrelay_account_info names it), as the tracker's last tick counted them from
+    PostgreSQL: the complaint rate's two halves (nothing before the first tick)."""
+
+    def __init__(self, latest: Callable[[], Sequence[AccountCohort] | None]) -> None:
+        self.latest = latest
+
+    def collect(self) -> Iterator[Metric]:
+        cohorts = self.latest()
+        if cohorts is None:
+            return
+        arrived = GaugeMetricFamily(
+            "txrelay_account_arrived_last_day",
+            "Recipients that arrived in the last 24 hours (accounts with mail only).",
+            labels=["account"],
+        )
+        complained = GaugeMetricFamily(
+            "txrelay_account_complained_last_day",
+            "Of the recipients that arrived in the last 24 hours, those who complained.",
+            labels=["account"],
+        )
+        for cohort in cohorts:
+            arrived.add_metric([str(cohort.account_id)], cohort.arrived)
+            complained.add_metric([str(cohort.account_id)], cohort.complained)
+        yield arrived
+        yield complained
+
+
 class WebhookBacklogCollector(Collector):
     """txrelay_webhook_backlog and txrelay_webhook_oldest_pending_seconds, read from the
     outbox at scrape time (nothing when PostgreSQL does not answer)."""
@@ -622,9 +652,10 @@ def start_tracker_endpoint(
     config: Config,
     position: Callable[[], LogPosition | None],
     loops: Callable[[], Sequence[LoopStatus]] = tuple,
+    last_day: Callable[[], Sequence[AccountCohort] | None] = lambda: None,
 ) -> MetricsEndpoint | None:
-    """[metrics] tracker_listen: lag behind the mail log, health (its dependencies and its
-    loop)."""
+    """[metrics] tracker_listen: lag behind the mail log, each account's arrivals and
+    complaints of the last day, health (its dependencies and its loop)."""
 
     def judge(problems: Mapping[str, str | None]) -> NodeHealth:
         return judge_dependencies(problems, loops())
@@ -635,7 +666,7 @@ def start_tracker_endpoint(
         config.metrics.tracker_listen,
         "tracker",
         dependency_checks(config),
-        [TrackerCollector(position)],
+        [TrackerCollector(position), AccountCohortCollector(last_day)],
         judge,
     )
 

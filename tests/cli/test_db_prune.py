@@ -10,6 +10,7 @@ import psycopg
 from tests.cli.billing_fixtures import sender_with_outcomes
 from tests.cli.conftest import Txrelay
 from txrelay.clock import FixedClock
+from txrelay.web.data import account_timeline
 
 
 def _counts(db: psycopg.Connection, account_id: int) -> tuple[int, int]:
@@ -65,3 +66,27 @@ def test_the_open_and_previous_month_are_kept_even_with_one_month(
     monkeypatch.setenv("TXRELAY_RETENTION_LEDGER_MONTHS", "0")
     result = txrelay("db", "prune")
     assert result.exit_code == 1 and "retention.ledger_months" in result.error
+
+
+def test_the_dashboards_chart_finds_the_first_mail_of_pruned_months_in_the_rollups(
+        txrelay: Txrelay, db: psycopg.Connection, clock: FixedClock, unique: str,
+        monkeypatch) -> None:
+    """Pruned with one month kept, then shown with 13 (the retention raised since): the
+    chart starts at the first mail's day, read from the rollups, with the figures."""
+    clock.current = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+    old, _ = sender_with_outcomes(db, unique, dt.datetime(2026, 9, 10, 8, 5, tzinfo=dt.UTC))
+    monkeypatch.setenv("TXRELAY_RETENTION_LEDGER_MONTHS", "1")
+    assert txrelay("db", "prune").exit_code == 0
+    assert _counts(db, old.account_id) == (0, 0)
+    chart = account_timeline(db, old.account, old.account_id, "1d", "3650d", clock.current, 13)
+    assert chart.buckets[0].start == dt.datetime(2026, 9, 10, tzinfo=dt.UTC)
+    assert chart.total("arrived") == 4
+    assert chart.notes == [
+        "The ledger keeps 13 closed months of mail before this one ([retention] ledger_months "
+        "= 13): the chart starts at 2025-11-01.",
+        "This account's first mail arrived at 2026-09-10 08:00 UTC (its quarter hour): the "
+        "chart starts there."]
+    # With the retention the prune used, the chart starts at its cutoff: no mail left in it.
+    chart = account_timeline(db, old.account, old.account_id, "1d", "3650d", clock.current, 1)
+    assert chart.buckets[0].start == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    assert chart.empty and "chart starts at 2026-11-01." in chart.notes[0]

@@ -103,11 +103,52 @@ def test_quarter_hours_count_a_recipient_on_the_edge_in_the_later_bucket(
     assert result.exit_code == 0, result.stderr
     table = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(table[0]) == ["start", "end", "account", "connection", "connection_id",
-                              *FIGURES, "sandboxed", "bounce_rate"]
+                              *FIGURES, "suppressed", "sandboxed", "bounce_rate"]
     assert [(r["start"], r["arrived"], r["bounced"], r["bounce_rate"]) for r in table] == [
         ("2026-10-20T10:00:00+00:00", "1", "0", "0.0000"),  # since is rounded down to 10:00
         ("2026-10-20T10:15:00+00:00", "2", "1", "0.5000"),
         ("2026-10-20T10:30:00+00:00", "1", "0", "0.0000")]  # until 10:45 is exclusive
+
+
+def refused(db: psycopg.Connection, connection_id: int, at: str, count: int) -> None:
+    """COUNT recipients refused at RCPT as suppressed, added as the milter adds them (one
+    call of txrelay_count_suppressed per flush; at: the 15-minute bucket, UTC)."""
+    db.execute("SELECT txrelay_count_suppressed(%s, %s, %s)",
+               ([connection_id], [utc(at)], [count]))
+
+
+def test_suppressed_refusals_count_in_their_bucket_as_plain_stats_counts_them(
+        txrelay: Txrelay, db: psycopg.Connection, unique: str) -> None:
+    sender = make_sender(db, unique)
+    other = db.execute("INSERT INTO connections (account_id, name) VALUES (%s, 'Newsletter') "
+                       "RETURNING id", (sender.account_id,)).fetchone()
+    assert other is not None
+    mail(db, sender, "2026-10-20T10:20:00", ["delivered"])
+    refused(db, sender.connection_id, "2026-10-20T09:45:00", 7)  # before the range
+    refused(db, sender.connection_id, "2026-10-20T10:00:00", 3)
+    refused(db, sender.connection_id, "2026-10-20T10:45:00", 2)
+    refused(db, sender.connection_id, "2026-10-20T10:45:00", 1)  # a second milter's flush
+    refused(db, sender.connection_id, "2026-10-20T11:45:00", 4)
+    refused(db, other["id"], "2026-10-20T11:00:00", 5)
+    refused(db, sender.connection_id, "2026-10-20T12:00:00", 9)  # until is exclusive
+    rows = txrelay("stats", "--by", "1h", "--account", sender.account, "--since",
+                   "2026-10-20T10:00", "--until", "2026-10-20T12:00", "--json").json()
+    assert [(r["connection"], r["start"], r["arrived"], r["suppressed"]) for r in rows] == [
+        ("Newsletter", "2026-10-20T10:00:00+00:00", 0, 0),
+        ("Newsletter", "2026-10-20T11:00:00+00:00", 0, 5),
+        ("Web shop", "2026-10-20T10:00:00+00:00", 1, 6),
+        ("Web shop", "2026-10-20T11:00:00+00:00", 0, 4)]
+    # Suppressed recipients never arrived: no other column counts them.
+    assert [r["bounced"] + r["delivered"] + r["in_flight"] for r in rows] == [0, 0, 1, 0]
+    table = list(csv.DictReader(io.StringIO(txrelay(
+        "stats", "--by", "15m", "--account", sender.account, "--connection", "Web shop",
+        "--since", "2026-10-20T10:00", "--until", "2026-10-20T11:00", "--csv").stdout)))
+    assert [(r["start"][11:16], r["suppressed"]) for r in table] == [
+        ("10:00", "3"), ("10:15", "0"), ("10:30", "0"), ("10:45", "3")]
+    whole = {r["connection"]: r["suppressed"] for r in txrelay(
+        "stats", "--account", sender.account, "--since", "2026-10-20T10:00",
+        "--until", "2026-10-20T12:00", "--json").json()}
+    assert whole == {"Newsletter": 5, "Web shop": 10}
 
 
 def test_every_bucket_of_every_live_connection_is_listed_even_without_mail(
@@ -137,10 +178,10 @@ def test_human_table_names_the_zone_offset_of_each_bucket(
     assert result.exit_code == 0, result.stderr
     header, line = result.stdout.splitlines()
     assert header.split() == ["START", "ACCOUNT", "CONNECTION", "ARRIVED", "DELIVERED",
-                              "DEFERRED", "BOUNCED", "COMPLAINED", "IN", "FLIGHT", "SANDBOXED",
-                              "BOUNCE%"]
+                              "DEFERRED", "BOUNCED", "COMPLAINED", "IN", "FLIGHT", "SUPPRESSED",
+                              "SANDBOXED", "BOUNCE%"]
     assert line.startswith("2026-10-25 00:00+0200")
-    assert line.split()[-8:] == ["6", "2", "1", "2", "1", "1", "0", "33.33"]
+    assert line.split()[-9:] == ["6", "2", "1", "2", "1", "1", "0", "0", "33.33"]
 
 
 def test_default_range_of_hours_is_the_last_week(txrelay: Txrelay, db: psycopg.Connection,

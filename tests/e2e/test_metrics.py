@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.harness.complaints import report_complaint
 from tests.harness.fixtures import RelayStack
 from tests.harness.metrics import MetricsStack, http_get, metrics_stack, samples
 from tests.harness.processes import TXRELAY, ManagedProcess, free_port, port_open, wait_until
@@ -93,6 +94,35 @@ def test_tracker_metrics_show_it_caught_up_with_the_log(relay: RelayStack, shop:
     assert Path(metrics_stack.config.tracker.log_path).stat().st_size > 0
 
 
+def test_tracker_exports_each_accounts_arrivals_and_complaints_of_the_last_day(
+        relay: RelayStack, metrics_stack: MetricsStack) -> None:
+    """Four recipients of a fresh account, one complains (an ARF report through `txrelay
+    inbound deliver`): the tracker's /metrics says 4 arrived and 1 complained for that
+    account, counted at its tick from PostgreSQL: the two halves the Complaint rate panel
+    divides."""
+    shop = relay.provision()
+    token = secrets.token_hex(4)
+    recipients = [f"c{index}-{token}@customer.example.net" for index in range(4)]
+    for recipient in recipients:
+        assert submit(shop.username, shop.password, shop.address(), [recipient],
+                      build_message(shop.address(), [recipient]),
+                      port=metrics_stack.port).accepted
+        relay.sink.wait_for_recipient(recipient)
+    label = (("account", str(shop.account_id)),)
+
+    def gauges() -> tuple[float | None, float | None]:
+        text = curl(f"{metrics_stack.tracker_url}/metrics")
+        return (samples(text, "txrelay_account_arrived_last_day").get(label),
+                samples(text, "txrelay_account_complained_last_day").get(label))
+
+    wait_until(lambda: gauges() == (4.0, 0.0), 30, "4 arrived, none complained",
+               metrics_stack.tracker.log)
+    report_complaint(metrics_stack.config, metrics_stack.config_file, relay.database_url,
+                     shop.account_id, recipients[0], shop.address())
+    wait_until(lambda: gauges() == (4.0, 1.0), 30, "the complaint counted",
+               metrics_stack.tracker.log)
+
+
 def _webhook_worker_metrics(metrics_stack: MetricsStack, tmp_path: Path) -> str:
     """The /metrics of a webhook worker (`txrelay webhooks run`) of the same configuration."""
     listen = f"127.0.0.1:{free_port()}"
@@ -121,10 +151,13 @@ def test_grafana_dashboard_and_alerts_ask_only_for_what_milter_and_tracker_expor
 
     def delivered_counted() -> bool:
         text = curl(f"{metrics_stack.tracker_url}/metrics")
-        return samples(text, "txrelay_tracker_outcomes_total").get((("state", "delivered"),),
-                                                                   0.0) >= 1.0
+        ticked = (("account", str(shop.account_id)),) in samples(
+            text, "txrelay_account_arrived_last_day")
+        return ticked and samples(text, "txrelay_tracker_outcomes_total").get(
+            (("state", "delivered"),), 0.0) >= 1.0
 
-    wait_until(delivered_counted, 20, "tracker counted the delivery", metrics_stack.tracker.log)
+    wait_until(delivered_counted, 20, "tracker counted the delivery and ticked",
+               metrics_stack.tracker.log)
     milter_text = curl(f"{metrics_stack.milter_url}/metrics")
     tracker_text = curl(f"{metrics_stack.tracker_url}/metrics")
     info = samples(milter_text, "txrelay_account_info")

@@ -29,6 +29,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.harness.artifacts import artifacts_dir, record
+from tests.harness.complaints import report_complaint
+from tests.harness.dns import DnsServer, running_dns_server
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import (
     TXRELAY,
@@ -40,21 +43,14 @@ from tests.harness.processes import (
 )
 from tests.harness.provision import Provisioned
 from tests.harness.smtp import build_message, submit
+from tests.harness.webhook_receiver import WebhookReceiver
+from txrelay.policy.retention import retention_cutoff
 
 pytestmark = pytest.mark.e2e
 
 RCPT_DOMAIN = "rcpt.example.net"
 CHROMIUM = shutil.which("chromium") or "chromium"
 FORBIDDEN = "This link or token is not valid: it is wrong, has expired or was revoked."
-
-
-def artifacts_dir() -> Path:
-    """Where CI keeps this test's screenshots: $TXRELAY_ARTIFACTS, else test-artifacts/."""
-    base = Path(os.environ.get("TXRELAY_ARTIFACTS")
-                or Path(__file__).resolve().parents[2] / "test-artifacts")
-    directory = base / "dashboard"
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def cli(relay: RelayStack, *args: str, env: dict[str, str] | None = None) -> Any:
@@ -72,10 +68,12 @@ def query(relay: RelayStack, sql: str, *params: object) -> list[dict[str, Any]]:
 class Dashboard:
     url: str
     admin_token: str
-    shop: Provisioned  # with mail: delivered and bounced
+    shop: Provisioned  # with mail: delivered, bounced, one complaint; a webhook
     quiet: Provisioned  # no mail at all
     shop_link: str  # its account link's token
     quiet_link: str
+    webhook_id: int  # the shop's, its events delivered once
+    published_domain: str  # the shop's second domain, its DKIM record checked in DNS
 
 
 class Browser:
@@ -96,11 +94,12 @@ class Browser:
         return self._run("--dump-dom", url).stdout
 
     def screenshot(self, url: str, name: str, width: int = 1280, height: int = 1800) -> Path:
-        path = artifacts_dir() / f"{name}.png"
+        path = artifacts_dir("dashboard") / f"{name}.png"
         path.unlink(missing_ok=True)
         self._run(f"--screenshot={path}", f"--window-size={width},{height}", url)
         assert path.stat().st_size > 1000, f"no screenshot of {url}"
-        return path
+        print(f"screenshot of {url.split('?')[0]}: {path}")  # with -s, or when it fails
+        return record(path)
 
 
 @pytest.fixture(scope="module")
@@ -120,19 +119,45 @@ def track_until_settled(relay: RelayStack, account_id: int) -> None:
     wait_until(settled, 60, "the tracker to record every outcome", lambda: relay.postfix.log(30))
 
 
+def publish_and_check(relay: RelayStack, zone: DnsServer, account: str) -> str:
+    """A second domain of ACCOUNT whose DKIM record NSD serves and `domain check` found."""
+    domain = f"seen-{secrets.token_hex(4)}.example"
+    cli(relay, "domain", "add", account, domain, "--list-help", "https://help.example/")
+    records = {record["name"]: [("TXT", record["value"])]
+               for record in cli(relay, "domain", "dns", domain)["records"]
+               if record["kind"] == "dkim"}
+    zone.serve(records)
+    done = run([TXRELAY, "--config", str(relay.config_file), "--json", "domain", "check", domain],
+               env={**os.environ, "TXRELAY_DNS_RESOLVER": zone.address}, check=False)
+    assert json.loads(done.stdout)["dkim_publication"]["state"] == "published", done.stdout
+    return domain
+
+
 @pytest.fixture(scope="module")
 def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     directory = tmp_path_factory.mktemp("web")
     shop = relay.provision()
     quiet = relay.provision()
-    recipients = [f"ann@{RCPT_DOMAIN}", f"bob@{RCPT_DOMAIN}", f"bounce-cy@{RCPT_DOMAIN}"]
-    for recipient in recipients:
-        submit(shop.username, shop.password, shop.address(), [recipient],
-               build_message(shop.address(), [recipient]), port=relay.port)
-    submit(shop.username, shop.password, shop.address(), [f"dan@{RCPT_DOMAIN}"],
-           build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
-           port=relay.port)
-    track_until_settled(relay, shop.account_id)
+    receiver = WebhookReceiver().start()
+    try:
+        hook = cli(relay, "webhook", "add", shop.account, receiver.url, "--allow-private")
+        cli(relay, "connection", "create", shop.account, "backup", "--domain", shop.domain)
+        with running_dns_server(directory / "nsd") as zone:
+            published = publish_and_check(relay, zone, shop.account)
+        recipients = [f"ann@{RCPT_DOMAIN}", f"bob@{RCPT_DOMAIN}", f"bounce-cy@{RCPT_DOMAIN}"]
+        for recipient in recipients:
+            submit(shop.username, shop.password, shop.address(), [recipient],
+                   build_message(shop.address(), [recipient]), port=relay.port)
+        submit(shop.username, shop.password, shop.address(), [f"dan@{RCPT_DOMAIN}"],
+               build_message(shop.address(), [f"dan@{RCPT_DOMAIN}"], subject="Password reset"),
+               port=relay.port)
+        track_until_settled(relay, shop.account_id)
+        report_complaint(relay.config, relay.config_file, relay.database_url, shop.account_id,
+                         f"dan@{RCPT_DOMAIN}", shop.address())
+        run([TXRELAY, "--config", str(relay.config_file), "webhooks", "run", "--once"],
+            timeout=120)
+    finally:
+        receiver.stop()
 
     token_file = directory / "admin-token"
     admin_token = secrets.token_hex(32)
@@ -153,7 +178,7 @@ def dashboard(relay: RelayStack, tmp_path_factory: pytest.TempPathFactory) -> It
             assert made["url"].startswith(f"http://127.0.0.1:{port}/accounts/")
             links[account.account] = made["url"].rsplit("token=", 1)[1]
         yield Dashboard(f"http://127.0.0.1:{port}", admin_token, shop, quiet,
-                        links[shop.account], links[quiet.account])
+                        links[shop.account], links[quiet.account], int(hook["id"]), published)
     finally:
         process.stop()
     assert "token=" not in (directory / "web.log").read_text(), "a token reached the log"
@@ -171,10 +196,10 @@ def status(url: str, token: str | None = None, method: str = "GET") -> tuple[int
         return error.code, error.read().decode()
 
 
-def cell(dom: str, row_key: str, field: str) -> str:
-    """The text of the cell data-field=FIELD in the row data-account=ROW_KEY."""
-    row = re.search(rf'<tr data-account="{re.escape(row_key)}">(.*?)</tr>', dom, re.S)
-    assert row, f"no row for {row_key}"
+def cell(dom: str, row_key: str, field: str, kind: str = "account") -> str:
+    """The text of the cell data-field=FIELD in the row data-KIND=ROW_KEY."""
+    row = re.search(rf'<tr data-{kind}="{re.escape(str(row_key))}">(.*?)</tr>', dom, re.S)
+    assert row, f"no row for {kind} {row_key}"
     found = re.search(rf'data-field="{field}"[^>]*>(.*?)</td>', row.group(1), re.S)
     assert found, f"no {field} in the row of {row_key}"
     return html.unescape(re.sub(r"<[^>]+>", "", found.group(1))).strip()
@@ -206,10 +231,17 @@ def test_all_accounts_page_shows_the_ledgers_figures(dashboard: Dashboard, relay
     assert shop["arrived"] == 4 and shop["bounced"] == 1 and shop["delivered"] == 3
     assert cell(dom, dashboard.shop.account, "arrived") == "4"
     assert cell(dom, dashboard.shop.account, "bounce-rate") == "25.00 % ⚠ high"
-    assert cell(dom, dashboard.shop.account, "complaint-rate") == "0.00 %"
+    # One complaint (dan's) of four: above [web] complaint_warning_rate (0.1 %).
+    assert shop["complained"] == 1
+    assert cell(dom, dashboard.shop.account, "complaint-rate") == "25.00 % ⚠ high"
     assert cell(dom, dashboard.shop.account, "remaining").startswith(
         str(remaining_quota(relay, dashboard.shop.account_id)))
-    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", cell(dom, dashboard.shop.account, "runs-out"))
+    # The run-out date is `quota show`'s forecast (the same rule, seconds apart).
+    forecast = cli(relay, "quota", "show", dashboard.shop.account)["forecast"]
+    runs_out = dt.datetime.fromisoformat(forecast["runs_out_at"])
+    assert forecast["last_24h"] == 4
+    assert cell(dom, dashboard.shop.account, "runs-out") in {
+        f"{runs_out:%Y-%m-%d}", f"{runs_out - dt.timedelta(minutes=2):%Y-%m-%d}"}
     assert cell(dom, dashboard.quiet.account, "arrived") == "0"
     assert cell(dom, dashboard.quiet.account, "runs-out") == "no mail lately"
     assert "<script" not in dom
@@ -244,19 +276,71 @@ def test_account_page_chart_and_tables_equal_the_ledger(dashboard: Dashboard,
                    dashboard.shop.account_id)[0]["n"]
     assert f'<td class="num" id="burn-total">{burned}</td>' in dom
     assert f'<dd id="remaining">{remaining_quota(relay, dashboard.shop.account_id)}</dd>' in dom
-    assert dashboard.shop.domain in dom and ">shop<" in dom and "active" in dom
-    # The bounced recipient is on the suppression list (hard bounce).
+    connections = {row["name"]: row for row in query(relay, """
+        SELECT c.name, to_char(GREATEST(c.last_used_at, max(l.accepted_at)) AT TIME ZONE 'UTC',
+                               'YYYY-MM-DD HH24:MI') AS last_used
+          FROM connections c LEFT JOIN ledger l ON l.connection_id = c.id
+         WHERE c.account_id = %s GROUP BY c.id""", dashboard.shop.account_id)}
+    assert set(connections) == {"shop", "backup"} and connections["backup"]["last_used"] is None
+    assert cell(dom, "shop", "state", "connection") == "active"
+    assert cell(dom, "shop", "last-used", "connection") == connections["shop"]["last_used"]
+    assert cell(dom, "backup", "state", "connection") == "inactive"  # never used
+    assert cell(dom, "backup", "last-used", "connection") == "never"
+    assert cell(dom, dashboard.shop.domain, "published", "domain").startswith("pending")
+    checked = query(relay, """
+        SELECT to_char(d.dkim_published_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS since
+          FROM sending_domains d WHERE d.domain = %s""", dashboard.published_domain)[0]
+    assert cell(dom, dashboard.published_domain, "published", "domain") == (
+        f"published since {checked['since']}")
+    assert cell(dom, dashboard.published_domain, "last-check", "domain").startswith(
+        checked["since"])
+    # The suppression list: the bounced recipient (hard bounce) and the one who complained.
     assert f"bounce-cy@{RCPT_DOMAIN}" in dom and "hard_bounce" in dom
+    assert f"dan@{RCPT_DOMAIN}" in dom and "complaint" in dom
+    # The webhook's events, as the outbox has them: delivered to the receiver once.
+    outbox = query(relay, "SELECT id, event, attempts, last_status, delivered_at "
+                          "FROM webhook_outbox WHERE webhook_id = %s", dashboard.webhook_id)
+    assert {row["event"] for row in outbox} >= {"delivered", "bounced", "complained"}
+    for row in outbox:
+        assert row["delivered_at"] is not None, row
+        assert cell(dom, row["id"], "event", "delivery") == row["event"]
+        assert cell(dom, row["id"], "state", "delivery") == "delivered"
+        assert cell(dom, row["id"], "attempts", "delivery") == str(row["attempts"]) == "1"
+        assert cell(dom, row["id"], "last-status", "delivery") == "200"
     browser.screenshot(url, "account")
     browser.screenshot(url, "account-phone", width=390, height=2400)
 
 
+def first_row(dom: str) -> str:
+    """The start of the chart's first bucket, as its table shows it."""
+    found = re.search(r'<table id="timeline">.*?<tbody>\s*<tr><th scope="row">([^<]+)</th>', dom,
+                      re.S)
+    assert found, "no chart table"
+    return found.group(1)
+
+
 def test_a_range_beyond_the_data_is_clamped_with_a_note(dashboard: Dashboard,
+                                                        relay: RelayStack,
                                                         browser: Browser) -> None:
     name = quote(dashboard.shop.account)
+    months = relay.config.retention.ledger_months
+    kept_from = retention_cutoff(dt.datetime.now(dt.UTC), months)
+    retention_note = (f"([retention] ledger_months = {months}): the chart starts at "
+                      f"{kept_from:%Y-%m-%d}.")
+    # Ten years of an account without mail: cut to the retention, said in a note.
+    dom = browser.dom(f"{dashboard.url}/accounts/{quote(dashboard.quiet.account)}"
+                      f"?by=1d&range=3650d&token={dashboard.quiet_link}")
+    assert retention_note in dom and "No mail in this range." in dom
+    # Ten years of the shop's: cut to the retention, then to its first mail's day (or a day
+    # back from now, when that mail is younger: a chart spans one bucket at least).
     dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=1d&range=3650d"
                       f"&token={dashboard.shop_link}")
-    assert "the chart starts there" in dom
+    assert retention_note in dom and "the chart starts there" in dom
+    first = query(relay, """
+        SELECT to_char(LEAST(min(accepted_at), now() - interval '1 day') AT TIME ZONE 'UTC',
+                       'YYYY-MM-DD') AS day
+          FROM ledger WHERE account_id = %s""", dashboard.shop.account_id)[0]["day"]
+    assert first_row(dom) == f"{first} 00:00"
     dom = browser.dom(f"{dashboard.url}/accounts/{name}?by=15m&range=3650d"
                       f"&token={dashboard.admin_token}")
     assert "the chart starts there" in dom

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,45 @@ def test_template_variable_queries_are_checked_too() -> None:
     assert problems("label_values(txrelay_tracker_lag_seconds, instance)", metrics) == []
     assert problems("label_values(txrelay_quota_remaining, stage)", metrics) == [
         "txrelay_quota_remaining has no label 'stage'"]
+
+
+# The panels issue 16 names, by title: the kind of panel, the metrics it must read and the
+# label its legend must show (names, not account numbers).
+NAMED_PANELS = {
+    "Decisions by verdict": ("timeseries", {"txrelay_milter_decisions_total"}, "{{verdict}}"),
+    "Stage latency: mail": ("heatmap", {"txrelay_milter_stage_seconds_bucket"}, ""),
+    "Stage latency: rcpt": ("heatmap", {"txrelay_milter_stage_seconds_bucket"}, ""),
+    "Stage latency: eom": ("heatmap", {"txrelay_milter_stage_seconds_bucket"}, ""),
+    "Quota remaining per account": (
+        "bargauge", {"txrelay_quota_remaining", "txrelay_account_info"}, "{{name}}"),
+    "Tracker lag": ("timeseries", {"txrelay_tracker_lag_seconds"}, ""),
+    "Dependencies": ("stat", {"txrelay_dependency_up"}, "{{dependency}}"),
+    "Bounce rate": ("timeseries", {"txrelay_tracker_outcomes_total"}, ""),
+    "Complaint rate": ("timeseries", {"txrelay_account_complained_last_day",
+                                      "txrelay_account_arrived_last_day",
+                                      "txrelay_account_info"}, "{{name}}"),
+    "Webhook backlog": ("timeseries", {"txrelay_webhook_backlog",
+                                       "txrelay_webhook_oldest_pending_seconds"}, ""),
+}
+
+
+def test_the_panels_the_issue_names_are_there_and_read_their_metrics() -> None:
+    panels = {panel["title"]: panel for panel in dashboard()["panels"]}
+    missing = set(NAMED_PANELS) - set(panels)
+    assert missing == set()
+    for title, (kind, metrics, legend) in NAMED_PANELS.items():
+        panel = panels[title]
+        assert panel["type"] == kind, title
+        read = set().union(*(uses(target["expr"]).metrics for target in panel["targets"]))
+        assert metrics <= read, (title, metrics - read)
+        legends = " ".join(target.get("legendFormat", "") for target in panel["targets"])
+        assert legend in legends, title
+
+
+def test_every_daemon_that_serves_metrics_is_in_the_scrape_panel() -> None:
+    panels = {panel["title"]: panel for panel in dashboard()["panels"]}
+    expr = panels["Daemons answering scrapes"]["targets"][0]["expr"]
+    jobs = re.search(r'job=~"([^"]+)"', expr)
+    assert jobs is not None
+    assert set(jobs.group(1).split("|")) == {
+        "txrelay-milter", "txrelay-tracker", "txrelay-webhooks"}

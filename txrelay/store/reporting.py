@@ -138,6 +138,41 @@ def _stats(row: dict[str, Any], now: dt.datetime, active_window: dt.timedelta) -
     )
 
 
+# Every connection, deleted ones too: their mail of the last day still counts.
+CONNECTION_ACCOUNTS = "SELECT id AS connection_id, account_id FROM connections"
+
+
+@dataclass(frozen=True)
+class AccountCohort:
+    """An account's recipients that arrived in a period, and those of them who complained."""
+
+    account_id: int
+    arrived: int
+    complained: int
+
+
+def account_cohorts(conn: Conn, since: dt.datetime, until: dt.datetime) -> list[AccountCohort]:
+    """Per account with mail in [since, until), ordered by id: the cohort `txrelay stats` and
+    the dashboard's complaint rate count (recipients by arrival, with what became of them
+    since), from the rollups."""
+    owner = {
+        int(row["connection_id"]): int(row["account_id"])
+        for row in conn.execute(CONNECTION_ACCOUNTS).fetchall()
+    }
+    totals: dict[int, tuple[int, int]] = {}
+    for connection_id, counts in rollups.connection_sums(conn, list(owner), since, until).items():
+        arrived, complained = totals.get(owner[connection_id], (0, 0))
+        totals[owner[connection_id]] = (
+            arrived + counts["arrived"],
+            complained + counts["complained"],
+        )
+    return [
+        AccountCohort(account_id, arrived, complained)
+        for account_id, (arrived, complained) in sorted(totals.items())
+        if arrived
+    ]
+
+
 def require_account(conn: Conn, name: str) -> int:
     row = conn.execute(SELECT_ACCOUNT_ID, {"name": name}).fetchone()
     if row is None:

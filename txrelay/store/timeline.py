@@ -1,7 +1,7 @@
 """Statistics over time: per bucket and connection, counts from each source of figures.
 
-Each source (today the ledger) is one query that returns counts per (bucket, connection);
-they are merged here, so a new column (suppressed, sandboxed…) is one more CountSource.
+Each source is one query that returns counts per (bucket, connection);
+they are merged here: the ledger's columns, suppressed and sandboxed are three CountSources.
 The ledger source reads the ledger's 15-minute rollups (store.rollups, migration 0043)
 behind the same signature it had when it read the ledger itself.
 """
@@ -71,8 +71,9 @@ class BucketStats:
 
 
 # The connections of `txrelay stats`: live ones always, deleted ones only when they have
-# mail in the range (so a chart of a deleted connection's past still shows, also once
-# `txrelay db prune` deleted its ledger rows: the rollups keep it).
+# mail, suppressed refusals or sandbox captures in the range (so a chart of a deleted
+# connection's past still shows, also once `txrelay db prune` deleted its ledger rows: the
+# rollups keep it).
 SELECT_CONNECTIONS = """
 SELECT c.id AS connection_id, a.name AS account, c.name AS connection
   FROM connections c
@@ -85,7 +86,9 @@ SELECT c.id AS connection_id, a.name AS account, c.name AS connection
         OR EXISTS (SELECT 1 FROM ledger_rollup_deltas r WHERE r.connection_id = c.id
                       AND r.bucket >= %(start)s AND r.bucket < %(end)s)
         OR EXISTS (SELECT 1 FROM sandbox_messages s WHERE s.connection_id = c.id
-                      AND s.captured_at >= %(start)s AND s.captured_at < %(end)s))
+                      AND s.captured_at >= %(start)s AND s.captured_at < %(end)s)
+        OR EXISTS (SELECT 1 FROM suppressed_counts s WHERE s.connection_id = c.id
+                      AND s.bucket >= %(start)s AND s.bucket < %(end)s))
  ORDER BY a.name, c.name, c.id"""
 
 LEDGER_COLUMNS = rollups.STATS_COLUMNS
@@ -127,8 +130,37 @@ def sandbox_counts(conn: Conn, scope: Scope) -> Counts:
     }
 
 
+# Recipients the milter refused at RCPT because they are on the account's suppression list
+# (never arrived, never billed), as `txrelay stats` counts them: by the 15-minute bucket of
+# the refusal, a grid every bucket edge is on.
+SUPPRESSED_COUNTS = """
+SELECT s.connection_id, width_bucket(s.bucket, %(edges)s::timestamptz[]) - 1 AS bucket,
+       sum(s.refused) AS suppressed
+  FROM suppressed_counts s
+ WHERE s.connection_id = ANY(%(connection_ids)s)
+   AND s.bucket >= %(start)s AND s.bucket < %(end)s
+ GROUP BY 1, 2"""
+
+
+def suppressed_counts(conn: Conn, scope: Scope) -> Counts:
+    rows = conn.execute(
+        SUPPRESSED_COUNTS,
+        {
+            "edges": list(scope.buckets.edges),
+            "connection_ids": list(scope.connection_ids),
+            "start": scope.buckets.start,
+            "end": scope.buckets.end,
+        },
+    ).fetchall()
+    return {
+        (int(row["bucket"]), int(row["connection_id"])): {"suppressed": int(row["suppressed"])}
+        for row in rows
+    }
+
+
 SOURCES: tuple[CountSource, ...] = (
     CountSource(LEDGER_COLUMNS, ledger_counts),
+    CountSource(("suppressed",), suppressed_counts),
     CountSource(("sandboxed",), sandbox_counts),
 )
 

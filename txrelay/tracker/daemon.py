@@ -22,6 +22,7 @@ from txrelay.errors import ServiceUnavailable
 from txrelay.notify import Mailer, SmtpMailer
 from txrelay.store import database, lifecycle, tracking
 from txrelay.store.redis_client import open_redis
+from txrelay.store.reporting import AccountCohort
 from txrelay.store.tracking import Counters
 from txrelay.supervised import RUN_AGAIN, SupervisedLoop, backing_off
 from txrelay.tracker.engine import Tracker
@@ -94,6 +95,8 @@ class TrackerDaemon:
         self.tracker: Tracker | None = None
         self.superuser_warning = database.SuperuserWarning("tracker")
         self._next_tick = 0.0
+        # The last tick's arrivals and complaints per account, for /metrics (None: no tick yet).
+        self.last_day: list[AccountCohort] | None = None
 
     def connect(self) -> Tracker:
         if self.tracker is None:
@@ -126,10 +129,14 @@ class TrackerDaemon:
         if tick:
             self.expire_kept()
             assert self.conn is not None
-            summary.ticks.append(
-                run_tick(self.conn, self.redis, self.config, self.clock.now(), self.mailer)
-            )
+            summary.ticks.append(self._tick())
         return result.caught_up
+
+    def _tick(self) -> TickResult:
+        assert self.conn is not None
+        result = run_tick(self.conn, self.redis, self.config, self.clock.now(), self.mailer)
+        self.last_day = result.last_day
+        return result
 
     def once(self) -> RunSummary:
         """Catch up with the log, void, tick once: what `txrelay tracker --once` does."""
@@ -145,9 +152,7 @@ class TrackerDaemon:
                 time.sleep(0.2)
             self.expire_kept()
             assert self.conn is not None
-            summary.ticks.append(
-                run_tick(self.conn, self.redis, self.config, self.clock.now(), self.mailer)
-            )
+            summary.ticks.append(self._tick())
         finally:
             self.disconnect()
         return summary
@@ -207,7 +212,7 @@ class TrackerDaemon:
             stale_after=PASS_STALE_AFTER,
         )
         endpoint = metrics.start_tracker_endpoint(
-            self.config, self.log_position, lambda: [loop.status()]
+            self.config, self.log_position, lambda: [loop.status()], lambda: self.last_day
         )
         loop.run()
         self.disconnect()

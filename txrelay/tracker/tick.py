@@ -1,6 +1,7 @@
 """The periodic tick: renew plans, expire blocks, send low-quota reminders, look the DKIM
 records of pending sending domains up, delete sandbox mail older than [sandbox]
-retention_days, and fold the ledger's deltas into its rollups.
+retention_days, fold the ledger's deltas into its rollups, and count each account's
+arrivals and complaints of the last 24 hours (the tracker's complaint-rate metrics).
 
 Run by the tracker every [tracker] tick_interval_seconds and by `txrelay quota tick`.
 Idempotent: a second run (or another node's run) changes nothing.
@@ -22,7 +23,7 @@ from txrelay.notify import DashboardLink, Mailer, Reminder, Usage, compose
 from txrelay.policy.web_access import account_link_url
 from txrelay.provisioning import dns_check, domains
 from txrelay.provisioning.dns_lookup import DnsLookup
-from txrelay.store import lifecycle, rollups, web_links, webhook_events
+from txrelay.store import lifecycle, reporting, rollups, web_links, webhook_events
 from txrelay.store.sandbox import purge_sandbox_messages
 
 log = logging.getLogger("txrelay.tracker")
@@ -40,6 +41,9 @@ class TickResult:
     quota_exhausted: list[int] = field(default_factory=list)  # account ids told (webhooks)
     sandbox_purged: int = 0  # captured sandbox messages past their retention, deleted
     rollups_folded: int = 0  # ledger deltas moved into the 15-minute rollups
+    # Per account, the last 24 hours' arrivals and complaints (the tracker's metrics); None
+    # when the tick was limited to some accounts.
+    last_day: list[reporting.AccountCohort] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -117,6 +121,7 @@ def run_tick(
     if accounts is None:
         with conn.transaction():
             result.rollups_folded = rollups.fold(conn)
+        result.last_day = reporting.account_cohorts(conn, now - dt.timedelta(hours=24), now)
     return result
 
 

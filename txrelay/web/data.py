@@ -16,6 +16,7 @@ from txrelay.config import Config
 from txrelay.policy.billing import Period
 from txrelay.policy.buckets import WIDTHS, Buckets, make_buckets
 from txrelay.policy.forecast import Forecast, Usage
+from txrelay.policy.retention import retention_cutoff
 from txrelay.store import lifecycle, reporting, suppressions, timeline, webhooks
 from txrelay.store import quota as quota_store
 from txrelay.store.domains import SendingDomain, list_domains
@@ -131,15 +132,29 @@ def parse_span(text: str) -> dt.timedelta | None:
     return dt.timedelta(**{_UNITS[match["unit"]]: int(match["n"])})
 
 
-FIRST_MAIL = "SELECT min(accepted_at) AS first FROM ledger WHERE account_id = %(id)s"
+# The quarter hour of the account's first mail, from the rollups: they outlive `db prune`.
+FIRST_MAIL = """
+SELECT min(first) AS first
+  FROM (SELECT min(bucket) AS first FROM ledger_rollups
+         WHERE account_id = %(id)s AND arrived > 0
+        UNION ALL
+        SELECT min(bucket) FROM ledger_rollup_deltas
+         WHERE account_id = %(id)s AND arrived > 0) AS firsts"""
 
 
 def account_timeline(
-    conn: Conn, account: str, account_id: int, width: str, span_text: str, now: dt.datetime
+    conn: Conn,
+    account: str,
+    account_id: int,
+    width: str,
+    span_text: str,
+    now: dt.datetime,
+    ledger_months: int,
 ) -> Timeline:
     """The account's outcomes per bucket over the last `span_text` (24h, 7d, 90d…) up to now,
-    summed over its connections. A range longer than the bucket's default that reaches before
-    the ledger's first mail of the account starts at that mail; one of more than
+    summed over its connections. A range reaching before the retention ([retention]
+    ledger_months) starts there; a range longer than the bucket's default that reaches
+    before the account's first mail starts at that mail's quarter hour; one of more than
     MAX_CHART_BUCKETS buckets is shortened; each says so in a note."""
     notes: list[str] = []
     if width not in WIDTHS:
@@ -152,6 +167,14 @@ def account_timeline(
         span = parse_span(span_text)
         assert span is not None
     since = now - span
+    kept_from = retention_cutoff(now, ledger_months)
+    if since < kept_from:
+        notes.append(
+            f"The ledger keeps {ledger_months} closed months of mail before this one "
+            f"([retention] ledger_months = {ledger_months}): the chart starts at "
+            f"{kept_from:%Y-%m-%d}."
+        )
+        since = kept_from
     first = conn.execute(FIRST_MAIL, {"id": account_id}).fetchone()
     first_mail: dt.datetime | None = first["first"] if first else None
     default = parse_span(RANGES[width])
@@ -160,8 +183,8 @@ def account_timeline(
     # account that started an hour ago still spans the day.
     if first_mail is not None and span > default and since < first_mail:
         notes.append(
-            f"The ledger holds this account's mail from {first_mail:%Y-%m-%d %H:%M} UTC: "
-            "the chart starts there."
+            f"This account's first mail arrived at {first_mail:%Y-%m-%d %H:%M} "
+            "UTC (its quarter hour): the chart starts there."
         )
         since = first_mail
     longest = dt.timedelta(minutes=WIDTHS[width] * MAX_CHART_BUCKETS)
@@ -233,6 +256,7 @@ def account_page(
         for hook in webhooks.list_webhooks(conn, ident)
     ]
     disabled = conn.execute(SELECT_ACCOUNT, {"name": name}).fetchone()
+    months = config.retention.ledger_months
     return AccountPage(
         name=name,
         account_id=ident,
@@ -241,8 +265,8 @@ def account_page(
         paid=paid,
         forecast=Forecast(remaining, Usage(last_day, last_week), now),
         blocks=quota_store.list_blocks(conn, ident, now),
-        chart=account_timeline(conn, name, ident, width, span, now),
-        burn=account_timeline(conn, name, ident, "1d", RANGES["1d"], now),
+        chart=account_timeline(conn, name, ident, width, span, now, months),
+        burn=account_timeline(conn, name, ident, "1d", RANGES["1d"], now, months),
         connections=reporting.connection_stats(
             conn,
             now=now,
