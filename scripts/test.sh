@@ -19,4 +19,9 @@ ensure_redis
 
 cd "$here"
 export PATH="$venv/bin:$PATH"
-exec "$venv/bin/pytest" -q -p no:cacheprovider --durations=15 "$@"
+# Two pytest-xdist workers (PYTEST_WORKERS=N for another number, 0 for none): most e2e time
+# is waiting for Postfix, the sink and timeouts, so two files at a time nearly halve the run on
+# 2 cores. Each test file runs whole on one worker; the files that use what the machine has
+# once (tests/conftest.py MACHINE_WIDE) run one after another on one worker.
+exec "$venv/bin/pytest" -q -p no:cacheprovider --durations=15 \
+    -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

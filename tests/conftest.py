@@ -15,19 +15,69 @@ import psycopg
 import pytest
 import redis
 
+from tests.harness import artifacts
 from txrelay.bounce_secret import write_bounce_secret
 from txrelay.config import Config, DatabaseConfig, load_config
 from txrelay.kek import KeyRing, generate_kek, write_kek_file
 from txrelay.store import database
 
-ADMIN_DSN = os.environ.get("TXRELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_BASE = os.environ.get("TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("TXRELAY_TEST_REDIS_DB", "9"))
-# The test command's own variables are read above; the configuration loader refuses any other
-# TXRELAY_* variable as an unknown setting, so CLI and daemon tests must not inherit them.
+# The test command's own variables; the configuration loader refuses any other TXRELAY_*
+# variable as an unknown setting, so CLI and daemon tests must not inherit them. They are
+# kept as PYTEST_TXRELAY_* for pytest-xdist's workers, which start after this file ran.
 for _name in ("TXRELAY_VENV", "TXRELAY_TEST_ADMIN_DSN", "TXRELAY_TEST_REDIS",
               "TXRELAY_TEST_REDIS_DB"):
-    os.environ.pop(_name, None)
+    if _name in os.environ:
+        os.environ[f"PYTEST_{_name}"] = os.environ.pop(_name)
+ADMIN_DSN = os.environ.get("PYTEST_TXRELAY_TEST_ADMIN_DSN",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("PYTEST_TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379")
+# One Redis DB per pytest-xdist worker (gw0, gw1, ...): each flushes its own at start.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_DB = int(os.environ.get("PYTEST_TXRELAY_TEST_REDIS_DB", "9")) + WORKER
+
+# Test files that use what the machine has only once, run one after the other on one worker
+# (pytest-xdist --dist loadgroup; every other file is a group of its own, so a module's
+# fixtures start once): the real systemd journal (/run/systemd/journal, /dev/log), the fixed
+# role names of the README install and the container, the image build, the bench, the
+# documentation examples' /etc/txrelay sandbox.
+MACHINE_WIDE = {
+    "tests/e2e/test_readme_install.py",
+    "tests/e2e/test_container.py",
+    "tests/e2e/test_bench_smoke.py",
+    "tests/e2e/test_tracking_journal.py",
+    "tests/store/test_tracking_journal.py",
+    "tests/cli/test_tracker_command.py",
+    "tests/cli/test_init_database_and_tls.py",
+    "tests/docs/test_examples.py",
+    "tests/docs/test_example_reading.py",
+}
+_ring_seconds: dict[str, float] = {}  # tests/milter_fast test id -> setup + call + teardown
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        group = "machine-wide" if path in MACHINE_WIDE else path
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid.startswith("tests/milter_fast/"):
+        _ring_seconds[report.nodeid] = _ring_seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fast ring's own time, and the files the tests left for CI (the dashboard's
+    screenshots), where CI's log shows them whatever pytest captured."""
+    if _ring_seconds:
+        terminalreporter.write_line(
+            f"milter_fast ring: {len(_ring_seconds)} tests in "
+            f"{sum(_ring_seconds.values()):.2f} s with in-memory stores")
+    lines = artifacts.summary()
+    if lines:
+        terminalreporter.section("test artifacts")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 pytest_plugins = ["tests.harness.fixtures", "tests.harness.dns"]
 

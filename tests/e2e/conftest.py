@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import artifacts
 from tests.harness.fixtures import RelayStack
 from tests.harness.processes import free_port, port_open, wait_until
 
@@ -19,13 +18,3 @@ def plain_smtpd(relay: RelayStack) -> int:
     relay.postfix.reload()
     wait_until(lambda: port_open(port), 15, "the plain smtpd", lambda: relay.postfix.log(20))
     return port
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The screenshots this run wrote (tests/harness/artifacts.py), where CI's log shows them
-    whatever pytest captured."""
-    lines = artifacts.summary()
-    if lines:
-        terminalreporter.section("test artifacts")
-        for line in lines:
-            terminalreporter.write_line(line)

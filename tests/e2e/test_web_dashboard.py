@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.harness.artifacts import artifacts_dir, record
+from tests.harness.artifacts import artifacts_dir
 from tests.harness.complaints import report_complaint
 from tests.harness.dns import DnsServer, running_dns_server
 from tests.harness.fixtures import RelayStack
@@ -99,7 +99,7 @@ class Browser:
         self._run(f"--screenshot={path}", f"--window-size={width},{height}", url)
         assert path.stat().st_size > 1000, f"no screenshot of {url}"
         print(f"screenshot of {url.split('?')[0]}: {path}")  # with -s, or when it fails
-        return record(path)
+        return path
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The fast milter ring: RelayMilter through TestCtx with in-memory stores, no services.
 
 Every network connection is refused here, so a test that reached PostgreSQL or Redis by
-mistake fails instead of passing slowly; the ring's time is printed at the end of the run.
+mistake fails instead of passing slowly; the ring's time is printed at the end of the run
+(tests/conftest.py, which pytest-xdist's controller loads too).
 """
 
 from __future__ import annotations
@@ -19,20 +20,6 @@ from tests.store.builders import Tenant
 from txrelay.clock import SystemClock
 from txrelay.config import Config, load_config
 from txrelay.milter.runtime import Runtime
-
-_spent: dict[str, float] = {}  # test id -> seconds in setup, call and teardown
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Only this directory's tests reach a conftest's runtest hooks: the ring's own time."""
-    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _spent:
-        terminalreporter.write_line(
-            f"milter_fast ring: {len(_spent)} tests in {sum(_spent.values()):.2f} s "
-            "with in-memory stores")
 
 
 @pytest.fixture(autouse=True)
