@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.harness.metrics import http_get
+from tests.harness.processes import wait_until
 from tests.store.builders import Tenant
 from tests.store.test_journal import accepted, poisoned
 from txrelay import metrics
@@ -103,6 +104,11 @@ def test_a_poisoned_journal_entry_is_set_aside_and_healthz_and_the_metric_show_i
     here = dataclasses.replace(
         config, metrics=dataclasses.replace(config.metrics, milter_listen="127.0.0.1:0"),
         dovecot=dataclasses.replace(config.dovecot, auth_socket=str(auth_socket)))
+    # This runtime's policy refresh has finished a run (the gauge is process-wide: an
+    # earlier test's runtime may have set it, or none yet when this test runs first).
+    wait_until(lambda: metrics.REGISTRY.get_sample_value(
+        "txrelay_background_loop_last_success_timestamp_seconds",
+        {"loop": "policy-refresh"}) is not None, 10, "a policy refresh run")
     endpoint = metrics.start_milter_endpoint(here, journal.room, runtime.loops.statuses,
                                              journal.quarantined)
     assert endpoint is not None
