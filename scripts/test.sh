@@ -20,8 +20,17 @@ ensure_redis
 cd "$here"
 export PATH="$venv/bin:$PATH"
 # Two pytest-xdist workers (PYTEST_WORKERS=N for another number, 0 for none): most e2e time
-# is waiting for Postfix, the sink and timeouts, so two files at a time nearly halve the run on
-# 2 cores. Each test file runs whole on one worker; the files that use what the machine has
-# once (tests/conftest.py MACHINE_WIDE) run one after another on one worker.
-exec "$venv/bin/pytest" -q -p no:cacheprovider --durations=15 \
-    -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+# is waiting for Postfix, the sink and timeouts, so two test files run at a time. Each file
+# runs whole on one worker. The whole suite (no arguments) then runs the files that use what
+# the machine has once (tests/conftest.py MACHINE_WIDE: the systemd journal, fixed role
+# names, the image build, the bench) alone, one after the other.
+pytest=("$venv/bin/pytest" -q -p no:cacheprovider --durations=15)
+parallel=(-n "${PYTEST_WORKERS:-2}" --dist loadgroup)
+if [ $# -gt 0 ]; then
+    exec "${pytest[@]}" "${parallel[@]}" "$@"
+fi
+status=0
+"${pytest[@]}" "${parallel[@]}" -m "not machine_wide" || status=$?
+echo "[test] the machine-wide tests, alone"
+"${pytest[@]}" -m machine_wide || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+exit "$status"

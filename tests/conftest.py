@@ -35,11 +35,12 @@ REDIS_BASE = os.environ.get("PYTEST_TXRELAY_TEST_REDIS", "redis://127.0.0.1:6379
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 REDIS_DB = int(os.environ.get("PYTEST_TXRELAY_TEST_REDIS_DB", "9")) + WORKER
 
-# Test files that use what the machine has only once, run one after the other on one worker
-# (pytest-xdist --dist loadgroup; every other file is a group of its own, so a module's
-# fixtures start once): the real systemd journal (/run/systemd/journal, /dev/log), the fixed
-# role names of the README install and the container, the image build, the bench, the
-# documentation examples' /etc/txrelay sandbox.
+# Test files that use what the machine has only once (marked machine_wide): the whole run of
+# scripts/test.sh runs them alone after the others; a run of chosen files gives them to one
+# pytest-xdist worker, one after the other (--dist loadgroup; every other file is a group of
+# its own, so a module's fixtures start once). They use the real systemd journal
+# (/run/systemd/journal, /dev/log), the fixed role names of the README install and the
+# container, the image build, the bench, the documentation examples' /etc/txrelay sandbox.
 MACHINE_WIDE = {
     "tests/e2e/test_readme_install.py",
     "tests/e2e/test_container.py",
@@ -57,8 +58,10 @@ _ring_seconds: dict[str, float] = {}  # tests/milter_fast test id -> setup + cal
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = item.nodeid.split("::", 1)[0]
-        group = "machine-wide" if path in MACHINE_WIDE else path
-        item.add_marker(pytest.mark.xdist_group(group))
+        if path in MACHINE_WIDE:
+            item.add_marker(pytest.mark.machine_wide)
+        item.add_marker(pytest.mark.xdist_group("machine-wide" if path in MACHINE_WIDE
+                                                else path))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
