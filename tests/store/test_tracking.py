@@ -319,6 +319,30 @@ def test_message_expiry_bounces_what_is_still_pending(db, conn, node, maillog, u
     assert ledger_row(db, message, "b@x.test")["dsn"] == "4.4.1"
 
 
+def test_removed_with_recipients_still_queued_is_an_anomaly_not_a_guess(db, conn, node,
+                                                                         maillog, unique):
+    """Postfix removes a queue file only when every recipient is done: a row still queued
+    then lost its delivery line (Postfix or its logger killed). It stays queued, and the
+    tracker says so in tracker_anomalies; a normal removal says nothing."""
+    sender = make_sender(db, unique)
+    lost = add_message(db, sender, "QRAAAA", ["a@x.test", "b@x.test"], node=node)
+    normal = add_message(db, sender, "QRBBBB", ["c@x.test"], node=node)
+    maillog.queued("QRAAAA", 2)
+    maillog.delivery("QRAAAA", "a@x.test", "sent")
+    maillog.removed("QRAAAA")  # b@x.test's line never reached the log
+    maillog.queued("QRBBBB", 1)
+    maillog.delivery("QRBBBB", "c@x.test", "sent")
+    maillog.removed("QRBBBB")
+    tracker_for(conn, node, maillog).run_pass()
+    assert states(db, lost) == {"a@x.test": "delivered", "b@x.test": "queued"}
+    assert states(db, normal) == {"c@x.test": "delivered"}
+    anomalies = db.execute("SELECT queue_id, kind, detail FROM tracker_anomalies"
+                           " WHERE node = %s", (node,)).fetchall()
+    assert [(a["queue_id"], a["kind"]) for a in anomalies] == [
+        ("QRAAAA", "removed_without_outcome")]
+    assert "1 recipients still queued" in anomalies[0]["detail"]
+
+
 def test_unconfirmed_rows_are_voided_and_their_quota_given_back(db, conn, node, unique,
                                                                 config, redis_client):
     sender = make_sender(db, unique, quota=100)

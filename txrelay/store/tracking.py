@@ -207,7 +207,13 @@ SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
  ORDER BY l.id
    FOR UPDATE OF l"""
 
-MARK_REMOVED = "UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s"
+# The removal, and in the same round trip the message's rows that still wait for an outcome:
+# Postfix removes a queue file only when every recipient is done, so a row still queued or
+# deferred here had its delivery line lost (Postfix or its logger stopped abruptly).
+MARK_REMOVED = """
+WITH removed AS (UPDATE messages SET removed_at = %(now)s WHERE id = %(message_id)s)
+SELECT count(*) AS open_rows FROM ledger
+ WHERE message_id = %(message_id)s AND state IN ('queued', 'deferred')"""
 
 # The queue ids of a chunk that have kept lines of this node (nearly always none).
 SELECT_QUEUE_IDS_WITH_PENDING = """
@@ -330,8 +336,11 @@ def expiring_rows(conn: Conn, message_id: int) -> list[ExpiringRow]:
     ]
 
 
-def mark_removed(conn: Conn, message_id: int, now: dt.datetime) -> None:
-    conn.execute(MARK_REMOVED, {"message_id": message_id, "now": now})
+def mark_removed(conn: Conn, message_id: int, now: dt.datetime) -> int:
+    """The message's queue file is gone; returns how many of its rows still wait for an
+    outcome (their log lines were lost)."""
+    row = conn.execute(MARK_REMOVED, {"message_id": message_id, "now": now}).fetchone()
+    return int(row["open_rows"]) if row is not None else 0
 
 
 def record_anomaly(

@@ -284,8 +284,28 @@ def _apply_known(
         _apply_expired(conn, owner[0], now, rules)
         owners.forget(event.queue_id)
     if isinstance(event, logline.Removed):
-        tracking.mark_removed(conn, owner[0], now)
+        open_rows = tracking.mark_removed(conn, owner[0], now)
         owners.forget(event.queue_id)
+        if open_rows:
+            # Postfix removes a queue file only when every recipient is done: the outcome
+            # lines of these were lost (Postfix or its logger stopped abruptly, e.g. SIGKILL
+            # or a power cut). Billing does not depend on them; say so instead of guessing.
+            log.warning(
+                "event=removed_without_outcome node=%s queue_id=%s rows=%d",
+                node,
+                event.queue_id,
+                open_rows,
+            )
+            tracking.record_anomaly(
+                conn,
+                node,
+                event.queue_id,
+                "removed_without_outcome",
+                f"Postfix removed the message with {open_rows} recipients still queued or "
+                "deferred in the ledger: their delivery lines are missing from the log "
+                "(Postfix or its logger was killed, or the message deleted with postsuper)",
+                now,
+            )
     return Counters()
 
 
