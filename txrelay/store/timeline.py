@@ -115,19 +115,7 @@ SELECT s.connection_id, width_bucket(s.captured_at, %(edges)s::timestamptz[]) - 
 
 
 def sandbox_counts(conn: Conn, scope: Scope) -> Counts:
-    rows = conn.execute(
-        SANDBOX_COUNTS,
-        {
-            "edges": list(scope.buckets.edges),
-            "connection_ids": list(scope.connection_ids),
-            "start": scope.buckets.start,
-            "end": scope.buckets.end,
-        },
-    ).fetchall()
-    return {
-        (int(row["bucket"]), int(row["connection_id"])): {"sandboxed": int(row["sandboxed"])}
-        for row in rows
-    }
+    return _column_counts(conn, scope, SANDBOX_COUNTS, "sandboxed")
 
 
 # Recipients the milter refused at RCPT because they are on the account's suppression list
@@ -143,8 +131,13 @@ SELECT s.connection_id, width_bucket(s.bucket, %(edges)s::timestamptz[]) - 1 AS 
 
 
 def suppressed_counts(conn: Conn, scope: Scope) -> Counts:
+    return _column_counts(conn, scope, SUPPRESSED_COUNTS, "suppressed")
+
+
+def _column_counts(conn: Conn, scope: Scope, query: str, column: str) -> Counts:
+    """One column per (bucket, connection) from a query over the scope's buckets."""
     rows = conn.execute(
-        SUPPRESSED_COUNTS,
+        query,
         {
             "edges": list(scope.buckets.edges),
             "connection_ids": list(scope.connection_ids),
@@ -153,8 +146,7 @@ def suppressed_counts(conn: Conn, scope: Scope) -> Counts:
         },
     ).fetchall()
     return {
-        (int(row["bucket"]), int(row["connection_id"])): {"suppressed": int(row["suppressed"])}
-        for row in rows
+        (int(row["bucket"]), int(row["connection_id"])): {column: int(row[column])} for row in rows
     }
 
 
