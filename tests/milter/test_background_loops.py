@@ -87,6 +87,23 @@ def auth_socket(tmp_path: Path) -> Iterator[Path]:
     server.close()
 
 
+def milter_endpoint_answers(config: Config, auth_socket: Path, journal: Journal,
+                            runtime: Runtime) -> tuple[int, str, str]:
+    """The milter's /healthz (status, body) and /metrics for this journal and runtime."""
+    here = dataclasses.replace(
+        config, metrics=dataclasses.replace(config.metrics, milter_listen="127.0.0.1:0"),
+        dovecot=dataclasses.replace(config.dovecot, auth_socket=str(auth_socket)))
+    endpoint = metrics.start_milter_endpoint(here, journal.room, runtime.loops.statuses,
+                                             journal.quarantined)
+    assert endpoint is not None
+    try:
+        status, body = http_get(f"http://{endpoint.address}/healthz")
+        scraped = http_get(f"http://{endpoint.address}/metrics")[1]
+    finally:
+        endpoint.close()
+    return status, body, scraped
+
+
 def test_a_poisoned_journal_entry_is_set_aside_and_healthz_and_the_metric_show_it(
         runtime: Runtime, config: Config, tenant: Tenant, db: psycopg.Connection,
         tmp_path: Path, auth_socket: Path) -> None:
@@ -101,22 +118,12 @@ def test_a_poisoned_journal_entry_is_set_aside_and_healthz_and_the_metric_show_i
     metrics.watch_journal_quarantine(journal.quarantined)
     assert metrics.REGISTRY.get_sample_value("txrelay_journal_quarantined") == 1.0
 
-    here = dataclasses.replace(
-        config, metrics=dataclasses.replace(config.metrics, milter_listen="127.0.0.1:0"),
-        dovecot=dataclasses.replace(config.dovecot, auth_socket=str(auth_socket)))
     # This runtime's policy refresh has finished a run (the gauge is process-wide: an
     # earlier test's runtime may have set it, or none yet when this test runs first).
     wait_until(lambda: metrics.REGISTRY.get_sample_value(
         "txrelay_background_loop_last_success_timestamp_seconds",
         {"loop": "policy-refresh"}) is not None, 10, "a policy refresh run")
-    endpoint = metrics.start_milter_endpoint(here, journal.room, runtime.loops.statuses,
-                                             journal.quarantined)
-    assert endpoint is not None
-    try:
-        status, body = http_get(f"http://{endpoint.address}/healthz")
-        scraped = http_get(f"http://{endpoint.address}/metrics")[1]
-    finally:
-        endpoint.close()
+    status, body, scraped = milter_endpoint_answers(config, auth_socket, journal, runtime)
     lines = body.splitlines()
     assert (status, lines[0]) == (200, "degraded"), body
     assert lines[1].startswith("journal: 1 entries set aside after failing to replay")
@@ -143,15 +150,6 @@ def test_an_undecodable_journal_line_is_set_aside_and_healthz_and_the_metric_sho
     metrics.watch_journal_quarantine(journal.quarantined)
     assert metrics.REGISTRY.get_sample_value("txrelay_journal_quarantined") == 1.0
 
-    here = dataclasses.replace(
-        config, metrics=dataclasses.replace(config.metrics, milter_listen="127.0.0.1:0"),
-        dovecot=dataclasses.replace(config.dovecot, auth_socket=str(auth_socket)))
-    endpoint = metrics.start_milter_endpoint(here, journal.room, runtime.loops.statuses,
-                                             journal.quarantined)
-    assert endpoint is not None
-    try:
-        status, body = http_get(f"http://{endpoint.address}/healthz")
-    finally:
-        endpoint.close()
+    status, body, _ = milter_endpoint_answers(config, auth_socket, journal, runtime)
     assert (status, body.splitlines()[0]) == (200, "degraded"), body
     assert "journal: 1 entries set aside" in body
