@@ -34,6 +34,7 @@ from bench.report import (
     SUBMISSION,
     SUBMISSION_REUSE,
     as_json,
+    cpu_breakdown,
     medians,
     ratios,
     recipients_report,
@@ -302,6 +303,11 @@ def _report(raw: list[Measurement], profile: dict[str, object] | None, results: 
     if heavy is not None:
         print("\n== the same over the rcpt50 log (50 delivery lines a message; no target) ==")
         print("\n".join(heavy.report(with_target=False)))
+    breakdown = cpu_breakdown(raw)
+    if breakdown:
+        print("\n== where the machine's CPU went, ms per message (median of the runs; "
+              "PostgreSQL and Redis: the whole server) ==")
+        print("\n".join(breakdown))
     print("\n== txrelay's PostgreSQL sessions: what they were doing (% of busy samples) ==")
     for (scenario, target), row in table.items():
         extra = row["extra"]

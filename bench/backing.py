@@ -71,6 +71,22 @@ class BenchDatabase:
         return int(row[0]) if row else 0
 
 
+def shared_service_pids() -> dict[str, tuple[int, ...]]:
+    """The PostgreSQL postmaster (the parent of a backend) and the Redis server the bench
+    uses: their CPU counts the other databases' and clients' work too, which on an idle
+    machine is none."""
+    with psycopg.connect(ADMIN_DSN) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    backend = int(row[0]) if row else 0
+    stat = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+    try:
+        redis_pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    return {"postgresql": (int(stat[1]),), "redis": (redis_pid,)}
+
+
 def clean_redis(prefix: str) -> None:
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
     for key in client.scan_iter(match=f"{prefix}:*", count=500):

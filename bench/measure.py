@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.procs import ProcSample, machine_busy_ms, reset_peak_rss, sample
+from bench.procs import ProcSample, machine_busy_ms, reset_peak_rss, sample, trees_cpu_ms
 
 MESSAGE_LINE = re.compile(rb"event=message .*?verdict=(\S+).*? ms=([0-9.]+)")
 BUCKET_LINE = re.compile(
@@ -53,6 +53,10 @@ class Window:
     buckets_after: dict[tuple[str, str], float] | None = None
     log_lines: list[tuple[str, float]] | None = None
     pg_waits: dict[str, float] | None = None
+    # name -> root pids of the processes whose CPU the scenario reports (Stack.cpu_groups)
+    groups: dict[str, tuple[int, ...]] | None = None
+    groups_before: dict[str, float] | None = None
+    groups_after: dict[str, float] | None = None
 
     def start(self) -> None:
         if self.watched.pid:
@@ -64,10 +68,14 @@ class Window:
             self.buckets_before = scrape_buckets(self.watched.metrics_port)
         if self.watched.pg_waits is not None:
             self.watched.pg_waits.start()
+        if self.groups:
+            self.groups_before = trees_cpu_ms(self.groups)
         self.machine_before = machine_busy_ms()
 
     def stop(self) -> None:
         self.machine_after = machine_busy_ms()
+        if self.groups:
+            self.groups_after = trees_cpu_ms(self.groups)
         if self.watched.pg_waits is not None:
             self.pg_waits = self.watched.pg_waits.stop()
         if self.watched.pid:
@@ -96,6 +104,16 @@ class Window:
 
     def machine_cpu_ms(self) -> float:
         return self.machine_after - self.machine_before
+
+    def cpu_by_group_ms(self) -> dict[str, float]:
+        """CPU of each group during the window, and "rest": the machine's busy time that no
+        group accounts for (other processes, interrupts)."""
+        if self.groups_before is None or self.groups_after is None:
+            return {}
+        spent = {name: self.groups_after[name] - self.groups_before.get(name, 0.0)
+                 for name in self.groups_after}
+        spent["rest"] = max(0.0, self.machine_cpu_ms() - sum(spent.values()))
+        return spent
 
     def verdicts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -19,9 +19,8 @@ from tests.harness.processes import (
 )
 
 __all__ = ["BenchFailure", "ManagedProcess", "ProcSample", "children_cpu_ms", "free_port",
-           "machine_busy_ms",
-           "port_open", "reset_peak_rss", "run", "sample", "tail", "unix_socket_open",
-           "wait_until"]
+           "machine_busy_ms", "port_open", "reset_peak_rss", "run", "sample", "tail",
+           "trees_cpu_ms", "unix_socket_open", "wait_until"]
 
 CLOCK_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
@@ -65,6 +64,39 @@ def machine_busy_ms() -> float:
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) * CLOCK_TICK_MS
+
+
+def trees_cpu_ms(roots: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    """CPU time so far of each named group of process trees: every process under a root, the
+    root included, alive or gone. A live process counts its own time (utime + stime) and
+    that of its children that exited (cutime + cstime: Linux adds a child's times, and its
+    own exited children's, to its parent when the parent reaps it), so the difference of two
+    readings holds the Postfix daemons and PostgreSQL backends that came and went between
+    them. One pass over /proc for all groups; a root that is gone counts 0."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(v) for v in fields[11:15]) * CLOCK_TICK_MS
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    totals = {}
+    for name, group in roots.items():
+        total, todo = 0.0, [root for root in group if root in times]
+        while todo:
+            pid = todo.pop()
+            total += times[pid]
+            todo.extend(children.get(pid, ()))
+        totals[name] = total
+    return totals
 
 
 def children_cpu_ms(parent: int, names: tuple[str, ...]) -> float:

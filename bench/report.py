@@ -93,6 +93,33 @@ def ratios(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
     return lines
 
 
+CPU_GROUPS = ("postfix", "txrelay", "opendkim", "dovecot", "postgresql", "redis", "smtp-sink",
+              "bench", "rest")
+
+
+def cpu_breakdown(measurements: Iterable[Measurement]) -> list[str]:
+    """Where the machine's CPU went per message, median over the runs of each (scenario,
+    target): each part of the path (every process of it, see Stack.cpu_groups), the bench
+    itself (smtp-source, the Python client) and the rest (no group's). On 2 saturated cores
+    throughput follows this sum: a target that adds x ms here loses that share of msg/s."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for m in measurements:
+        spent = m.extra.get("cpu_ms_per_msg")
+        if isinstance(spent, dict) and spent:
+            groups.setdefault((m.scenario, m.target), []).append(spent)
+    if not groups:
+        return []
+    head = f"{'scenario':<11} {'target':<16}" + "".join(f"{name:>11}" for name in CPU_GROUPS) \
+        + f"{'sum':>9}"
+    lines = [head, "-" * len(head)]
+    for (scenario, target), runs in groups.items():
+        row = {name: statistics.median(run.get(name, 0.0) for run in runs) for name in CPU_GROUPS}
+        lines.append(f"{scenario:<11} {target:<16}"
+                     + "".join(f"{row[name]:>11.2f}" for name in CPU_GROUPS)
+                     + f"{sum(row.values()):>9.2f}")
+    return lines
+
+
 def submission_report(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
     """msg/s of each submission scenario, the ratio to the ceiling and to session reuse, and
     the CPU Dovecot's auth processes spent per login."""

@@ -57,6 +57,7 @@ class Runner:
         self.messages_dir.mkdir(exist_ok=True)
         self.verify_sample = verify_sample
         self.sequence = 0
+        self.cpu_groups = stack.cpu_groups()
 
     def smtp_source(self, scenario: str, target: Target, size: int, count: int,
                     sessions: int = SMTP_SOURCE_SESSIONS, recipients: int = 1) -> Measurement:
@@ -66,7 +67,7 @@ class Runner:
         default_destination_recipient_limit), so the sink still counts messages."""
         path = write_message_file(self.messages_dir, size, sender=self.stack.sender.address,
                                   recipient=RECIPIENT)
-        window = Window(target.watched)
+        window = Window(target.watched, groups=self.cpu_groups)
         window.start()
         log_start = log_offset(self.stack.postfix.maillog)
         started = time.perf_counter()
@@ -104,7 +105,7 @@ class Runner:
                             subject=f"bench {scenario}"))
         count = sessions * rounds * per_session
         dovecot = self.stack.dovecot_master_pid()
-        window = Window(target.watched)
+        window = Window(target.watched, groups=self.cpu_groups)
         window.start()
         auth_before = children_cpu_ms(dovecot, DOVECOT_AUTH_PROCESSES)
         started = time.perf_counter()
@@ -134,7 +135,7 @@ class Runner:
                                   recipient=RECIPIENT)
         small = crlf(message(10_000, sender=self.stack.sender.address, recipient=RECIPIENT,
                              subject="bench small during big"))
-        window = Window(target.watched)
+        window = Window(target.watched, groups=self.cpu_groups)
         window.start()
         started = time.perf_counter()
         source = subprocess.Popen(
@@ -212,7 +213,9 @@ class Runner:
             eom_ms_p99=_round(window.stage_quantile("eom", 0.99)),
             machine_cpu_ms_per_msg=round(window.machine_cpu_ms() / count, 2),
             verified=verified,
-            extra={"load1": load, **({"pg_waits": window.pg_waits} if window.pg_waits else {})})
+            extra={"load1": load, **({"pg_waits": window.pg_waits} if window.pg_waits else {}),
+                   "cpu_ms_per_msg": {name: round(ms / count, 2)
+                                      for name, ms in window.cpu_by_group_ms().items()}})
 
 
 class RssGuard:

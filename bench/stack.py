@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import backing
@@ -56,6 +56,8 @@ class Stack:
     sink: SmtpSink
     targets: dict[str, Target]
     milters: dict[str, ManagedProcess]
+    opendkim_pids: tuple[int, ...] = ()
+    shared_pids: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def submission_port(self) -> int:
@@ -64,6 +66,22 @@ class Stack:
     @property
     def submission_ceiling_port(self) -> int:
         return self.postfix.listeners[SUBMIT_NONE].port
+
+    def cpu_groups(self) -> dict[str, tuple[int, ...]]:
+        """The processes whose CPU each scenario reports per message (procs.trees_cpu_ms):
+        every part the mail goes through, and the bench itself (smtp-source and the Python
+        client are its children and threads). Read after start: Postfix's master writes its
+        pid file then."""
+        master = self.postfix.queue_directory / "pid" / "master.pid"
+        return {
+            "postfix": (int(master.read_text().split()[0]),),
+            "txrelay": tuple(m.pid for m in self.milters.values()),
+            "opendkim": self.opendkim_pids,
+            "dovecot": (self.dovecot_master_pid(),),
+            **self.shared_pids,
+            "smtp-sink": (self.sink.daemon.pid,),
+            "bench": (os.getpid(),),
+        }
 
     def dovecot_master_pid(self) -> int:
         """The bench Dovecot's master: its auth processes are its children."""
@@ -158,7 +176,8 @@ def bench_stack(root: Path) -> Iterator[Stack]:
                                 None),
         }
         yield Stack(root, config, config_file, sender, postfix, sink, targets,
-                    {TX_UNIX: tx_unix.daemon, TX_INET: tx_inet.daemon})
+                    {TX_UNIX: tx_unix.daemon, TX_INET: tx_inet.daemon},
+                    (odk[0].daemon.pid, odk[1].daemon.pid), backing.shared_service_pids())
 
 
 def _start_dovecot(config: Config, cleanup: contextlib.ExitStack) -> None:
