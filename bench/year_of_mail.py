@@ -29,6 +29,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,7 +46,7 @@ from txrelay.config import QuotaConfig
 from txrelay.policy.billing import parse_period
 from txrelay.policy.logline import parse_line
 from txrelay.policy.suppression import SuppressionRules
-from txrelay.store import database, passdb_file, reporting
+from txrelay.store import database, passdb_file, reporting, retention
 from txrelay.store.policy import PolicyLoader, fetch_policy_rows
 from txrelay.tracker import engine
 
@@ -183,11 +184,12 @@ def generate(conn: psycopg.Connection[Any], shape: Shape) -> None:
         conn.execute(sql, params)
     done()
     indexes = _drop_indexes(conn, ("messages", "ledger"))
-    done = _step("messages")
-    conn.execute(MESSAGES, params)
+    done = _step(f"messages ({LOADERS} connections)")
+    _in_parallel(conn, MESSAGES, params, 1, shape.messages)
     done()
-    done = _step("ledger")
-    conn.execute(LEDGER, params)
+    done = _step(f"ledger ({LOADERS} connections)")
+    ids = conn.execute("SELECT min(id) AS lo, max(id) AS hi FROM messages").fetchone()
+    _in_parallel(conn, LEDGER, params, ids["lo"], ids["hi"])
     done()
     done = _step(f"{len(indexes)} indexes")
     for definition in indexes:
@@ -202,6 +204,35 @@ def generate(conn: psycopg.Connection[Any], shape: Shape) -> None:
     done = _step("vacuum analyze")
     conn.execute("VACUUM ANALYZE")
     done()
+
+
+LOADERS = 2  # connections loading at once: one per core of the machine this was tuned on
+
+
+def _in_parallel(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any],
+                 first: int, last: int) -> None:
+    """Run `sql` over [first, last] split into LOADERS ranges (%(lo)s, %(hi)s), each on a
+    connection of its own at the same time: one INSERT ... SELECT keeps one core busy."""
+    url = conn.info.dsn
+    step = (last - first) // LOADERS + 1
+    ranges = [(lo, min(last, lo + step - 1)) for lo in range(first, last + 1, step)]
+    errors: list[BaseException] = []
+
+    def load(lo: int, hi: int) -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as loader:
+                loader.execute(sql, params | {"lo": lo, "hi": hi})
+        except psycopg.Error as exc:  # reported below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=bounds, daemon=True) for bounds in ranges]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.5)  # short joins: SIGTERM's handler runs in the main thread
+    if errors:
+        raise errors[0]
 
 
 def _drop_indexes(conn: psycopg.Connection[Any], tables: tuple[str, ...]) -> list[str]:
@@ -250,7 +281,7 @@ SELECT gen_random_uuid(), upper(to_hex(g)), %(node)s, g || '.' || c || '@shop.ex
        1 + c %% %(a)s, c, 'shop@shop.example', 'shop@shop.example', 10000, 1, t, t
   FROM (SELECT g, 1 + floor(%(c)s * random() ^ 3)::bigint AS c,
                %(now)s - random() * interval '365 days' AS t
-          FROM generate_series(1, %(m)s) g) s""".replace("%(node)s", f"'{NODE}'")
+          FROM generate_series(%(lo)s, %(hi)s) g) s""".replace("%(node)s", f"'{NODE}'")
 
 LEDGER = """
 INSERT INTO ledger (message_id, account_id, connection_id, recipient, billing,
@@ -260,7 +291,7 @@ SELECT m.id, m.account_id, m.connection_id, 'rcpt' || (m.id %% 2000000) || '@exa
        CASE WHEN r < 0.95 THEN 'delivered' WHEN r < 0.98 THEN 'bounced' ELSE 'deferred' END,
        CASE WHEN r < 0.95 THEN '2.0.0' WHEN r < 0.98 THEN '5.1.1' ELSE '4.2.0' END,
        m.accepted_at + interval '2 seconds', m.accepted_at
-  FROM (SELECT *, random() AS r FROM messages) m"""
+  FROM (SELECT *, random() AS r FROM messages WHERE id BETWEEN %(lo)s AND %(hi)s) m"""
 
 
 # -- the measurements -----------------------------------------------------------------------
@@ -310,6 +341,7 @@ def measure(conn: psycopg.Connection[Any], url: str, shape: Shape,
     figures.append(_tracker(conn, shape))
     figures.extend(_policy(url))
     figures.append(_login_file(url))
+    figures.append(_prune(conn))  # last: it deletes a month of the history
     return figures
 
 
@@ -358,6 +390,17 @@ def _tracker(conn: psycopg.Connection[Any], shape: Shape) -> Figure:
         samples.append((time.perf_counter() - started) * 1000 / len(chunk))
     return Figure("tracker, per delivery line", samples, None,
                   f"({1000 / statistics.median(samples):.0f} lines/s)")
+
+
+def _prune(conn: psycopg.Connection[Any]) -> Figure:
+    """`txrelay db prune` of the oldest month (the history's first of twelve): what a
+    monthly retention job costs without partitions to drop (docs/performance.md)."""
+    started = time.perf_counter()
+    pruned = retention.prune(conn, NOW - dt.timedelta(days=365 - 30), dry_run=False)
+    ms = (time.perf_counter() - started) * 1000
+    return Figure(f"db prune, oldest month ({pruned.ledger_rows:,} rows)", [ms], None,
+                  f"({pruned.ledger_rows / (ms / 1000):,.0f} rows/s, "
+                  f"{pruned.connections:,} connections)")
 
 
 def _rss_kib() -> int:
