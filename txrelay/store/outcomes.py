@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from txrelay.policy.bounces import BounceKind, classify
 from txrelay.policy.suppression import SuppressionRules, after_bounce, after_complaint
@@ -24,15 +25,50 @@ from txrelay.store import suppressions, webhook_events
 log = logging.getLogger("txrelay.outcomes")
 Conn = psycopg.Connection[Any]
 
-SELECT_ROW = """
+# What every webhook event about a ledger row says of it (the row as l, its message as m,
+# its connection as c); the event adds its own fields.
+EVENT_DATA = """
+jsonb_build_object('recipient', l.recipient, 'message_id', m.message_id,
+                   'queue_id', m.queue_id, 'txn_id', m.txn_id::text,
+                   'connection', c.name, 'ledger_id', l.id)"""
+
+SELECT_ROW = f"""
 SELECT l.id, l.account_id, l.connection_id, l.recipient, l.state, l.dsn, l.bounce_kind,
        l.complained_at, m.id AS message_row_id, m.txn_id, m.queue_id, m.message_id,
-       m.envelope_sender, m.header_from, c.name AS connection
+       m.envelope_sender, m.header_from, c.name AS connection, {EVENT_DATA} AS event_data
   FROM ledger l
   JOIN messages m ON m.id = l.message_id
   JOIN connections c ON c.id = l.connection_id
  WHERE l.id = %(ledger_id)s
-   FOR UPDATE OF l"""
+   FOR UPDATE OF l"""  # noqa: S608 - composed of constants
+
+# The webhook event of a delivery line's row, from what its UPDATE returned (`recorded`).
+_DELIVERY_EVENT = f"""
+SELECT l.account_id,
+       %(envelope)s::jsonb || jsonb_build_object(
+           'account_id', l.account_id, 'data', {EVENT_DATA} || %(data)s::jsonb) AS payload
+  FROM recorded l
+  JOIN messages m ON m.id = l.message_id
+  JOIN connections c ON c.id = l.connection_id"""  # noqa: S608 - composed of constants
+
+# A delivery line's outcome (delivered or deferred) in one statement: the message marked
+# queued unless it is already (a delivery line proves Postfix queued it; its qmgr line may
+# come later), the row updated unless it is final (delivered and bounced are final, voided
+# rows were never Postfix's to deliver), and for the row updated its webhook event, built
+# from what the UPDATE returns instead of reading the row again. The rollup triggers see
+# the same UPDATE as before. %(event)s is the new state and the event's name. Returns one
+# row when the row was updated.
+RECORD_DELIVERY = f"""
+WITH queued AS (
+    UPDATE messages SET queued_at = %(now)s
+     WHERE id = %(message_row_id)s AND queued_at IS NULL AND NOT %(queued)s),
+recorded AS (
+    UPDATE ledger SET state = %(event)s, dsn = %(dsn)s, last_event = %(last_event)s,
+                      last_event_at = %(now)s
+     WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred')
+    RETURNING id, account_id, connection_id, recipient, message_id),
+outbox AS ({webhook_events.INSERT_OUTBOX_FROM.format(source=_DELIVERY_EVENT)})
+SELECT id FROM recorded"""  # noqa: S608 - composed of constants
 
 # A DSN may come after Postfix logged the remote server's 250: delivered becomes bounced.
 # A bounce already recorded is not recorded again (the log and the DSN of one bounce).
@@ -63,16 +99,10 @@ class LedgerRow:
     txn_id: Any
     queue_id: str
     message_id: str | None
+    data: dict[str, Any]  # EVENT_DATA
 
     def event_data(self) -> dict[str, Any]:
-        return {
-            "recipient": self.recipient,
-            "message_id": self.message_id,
-            "queue_id": self.queue_id,
-            "txn_id": str(self.txn_id),
-            "connection": self.connection,
-            "ledger_id": self.id,
-        }
+        return dict(self.data)
 
 
 def lock_row(conn: Conn, ledger_id: int) -> LedgerRow | None:
@@ -90,20 +120,43 @@ def lock_row(conn: Conn, ledger_id: int) -> LedgerRow | None:
         row["txn_id"],
         row["queue_id"],
         row["message_id"],
+        row["event_data"],
     )
 
 
-def delivery_event(conn: Conn, ledger_id: int, state: str, detail: str, now: dt.datetime) -> None:
-    """After the tracker recorded delivered or deferred: the webhook event (once per row and
-    state for delivered; once per attempt text for deferred)."""
-    row = lock_row(conn, ledger_id)
-    if row is None or state not in ("delivered", "deferred"):
-        return
-    data = row.event_data() | {"detail": detail}
-    key = (row.id, state) if state == "delivered" else (row.id, state, detail, now.isoformat())
-    webhook_events.emit(
-        conn, row.account_id, state, data, now, event_id=webhook_events.event_id_for(*key)
-    )
+def record_delivery(
+    conn: Conn,
+    message_row_id: int,
+    ledger_id: int,
+    state: str,
+    dsn: str,
+    detail: str,
+    now: dt.datetime,
+    *,
+    queued: bool,
+) -> bool:
+    """The tracker read a delivery line: the row is delivered or deferred unless it is final
+    already (False then), with its webhook event (once per row for delivered; once per
+    attempt text for deferred), in one round trip. queued: the message is known to be
+    marked queued already (its owner row said so in this transaction)."""
+    once_per: tuple[object, ...] = (detail, now.isoformat()) if state == "deferred" else ()
+    event_id = webhook_events.event_id_for(ledger_id, state, *once_per)
+    row = conn.execute(
+        RECORD_DELIVERY,
+        {
+            "message_row_id": message_row_id,
+            "queued": queued,
+            "ledger_id": ledger_id,
+            "event": state,
+            "dsn": dsn,
+            "last_event": detail,
+            "now": now,
+            "event_id": event_id,
+            "envelope": Jsonb(webhook_events.envelope(state, now, event_id)),
+            "data": Jsonb({"detail": detail}),
+        },
+    ).fetchone()
+    return row is not None
 
 
 def record_bounce(

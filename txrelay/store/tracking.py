@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,19 +176,11 @@ SELECT DISTINCT ON (queue_id) queue_id, id, queued_at FROM messages
 SET_QUEUED_AT = """
 UPDATE messages SET queued_at = %(now)s WHERE id = %(message_id)s AND queued_at IS NULL"""
 
-# A recipient may have several rows, one per copy Postfix queued (migration 0013): open rows
-# come last, so the mapping below gives each delivery line a copy that has no outcome yet.
-# Only the addresses a delivery line can name: a message to 50 recipients logs 50 lines.
+# The rows of the addresses a delivery line can name (a message to 50 recipients logs 50
+# lines); which one the line is about: open_copies_first.
 SELECT_LEDGER_RECIPIENTS = """
-SELECT id, lower(recipient) AS recipient FROM ledger
- WHERE message_id = %(message_id)s AND lower(recipient) = ANY(%(addresses)s)
- ORDER BY state NOT IN ('delivered', 'bounced', 'voided'), id DESC"""
-
-# Delivered and bounced are final; voided rows were never Postfix's to deliver.
-RECORD_OUTCOME = """
-UPDATE ledger SET state = %(state)s, dsn = %(dsn)s, last_event = %(event)s,
-                  last_event_at = %(now)s
- WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred')"""
+SELECT id, message_id, lower(recipient) AS recipient, state FROM ledger
+ WHERE message_id = %(message_id)s AND lower(recipient) = ANY(%(addresses)s)"""
 
 # qmgr gave up on a message: its recipients still pending, each then recorded as a bounce
 # through store/outcomes.py (the chunk locked them already, in id order).
@@ -200,9 +192,11 @@ SELECT id, dsn, last_event FROM ledger
 # A chunk of log lines is one transaction that updates the rows of many messages in log
 # order, which is not id order: the settler, which locks an account's pending rows by id,
 # would meet it the other way round. So a chunk first locks, by id, every ledger row of the
-# messages owning its queue ids (migration 0014's lock order).
+# messages owning its queue ids (migration 0014's lock order). What it reads of them is what
+# the chunk's delivery lines need (LedgerCopy): locked, they change only by the chunk itself.
 LOCK_QUEUE_ROWS = """
-SELECT l.id FROM ledger l JOIN messages m ON m.id = l.message_id
+SELECT l.id, l.message_id, lower(l.recipient) AS recipient, l.state
+  FROM ledger l JOIN messages m ON m.id = l.message_id
  WHERE m.node = %(node)s AND m.queue_id = ANY(%(queue_ids)s) AND m.removed_at IS NULL
  ORDER BY l.id
    FOR UPDATE OF l"""
@@ -232,11 +226,51 @@ class Confirmed:
     voided_rows: int
 
 
-def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> None:
+# Ledger states no delivery line changes any more (a DSN may still turn delivered into
+# bounced); voided rows were never Postfix's to deliver.
+FINAL_STATES = frozenset({"delivered", "bounced", "voided"})
+
+
+@dataclass(frozen=True)
+class LedgerCopy:
+    """One ledger row as a delivery line is matched against it: a recipient may have several,
+    one per copy Postfix queued (migration 0013)."""
+
+    ledger_id: int
+    message_id: int
+    recipient: str  # lower-cased
+    state: str
+
+
+def open_copies_first(copies: Iterable[LedgerCopy]) -> dict[str, int]:
+    """Lower-cased recipient -> the row its next delivery line is about: of its copies, the
+    open one with the lowest id; the final one with the lowest id when none is open."""
+    chosen: dict[str, LedgerCopy] = {}
+    for copy in copies:
+        best = chosen.get(copy.recipient)
+        if best is None or _preference(copy) < _preference(best):
+            chosen[copy.recipient] = copy
+    return {recipient: copy.ledger_id for recipient, copy in chosen.items()}
+
+
+def _preference(copy: LedgerCopy) -> tuple[bool, int]:
+    return copy.state in FINAL_STATES, copy.ledger_id
+
+
+def _copies(rows: Iterable[dict[str, Any]]) -> list[LedgerCopy]:
+    return [
+        LedgerCopy(int(row["id"]), int(row["message_id"]), row["recipient"], row["state"])
+        for row in rows
+    ]
+
+
+def lock_queue_rows(conn: Conn, node: str, queue_ids: Sequence[str]) -> list[LedgerCopy]:
     """Inside a transaction: lock the ledger rows of the messages owning these queue ids now,
-    in id order, before any of them is updated."""
-    if queue_ids:
-        conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
+    in id order, before any of them is updated; returns them as locked."""
+    if not queue_ids:
+        return []
+    rows = conn.execute(LOCK_QUEUE_ROWS, {"node": node, "queue_ids": sorted(set(queue_ids))})
+    return _copies(rows.fetchall())
 
 
 def queue_ids_with_pending(conn: Conn, node: str, queue_ids: Sequence[str]) -> set[str]:
@@ -281,40 +315,16 @@ def queue_owners(conn: Conn, node: str, queue_ids: Sequence[str]) -> dict[str, O
 
 
 def ledger_recipients(conn: Conn, message_id: int, addresses: Sequence[str]) -> dict[str, int]:
-    """Lower-cased recipient -> ledger row id (of a copy still open, when there is one), of
-    the message's recipients among `addresses` (lower-cased)."""
+    """open_copies_first of the message's rows of `addresses` (lower-cased)."""
     rows = conn.execute(
         SELECT_LEDGER_RECIPIENTS, {"message_id": message_id, "addresses": sorted(set(addresses))}
     ).fetchall()
-    return {row["recipient"]: int(row["id"]) for row in rows}
+    return open_copies_first(_copies(rows))
 
 
 def mark_queued(conn: Conn, message_id: int, now: dt.datetime) -> None:
     """A delivery line proves Postfix queued the message (its qmgr line may come later)."""
     conn.execute(SET_QUEUED_AT, {"message_id": message_id, "now": now})
-
-
-def record_outcome(
-    conn: Conn,
-    message_id: int,
-    ledger_id: int,
-    state: str,
-    dsn: str,
-    event: str,
-    now: dt.datetime,
-    *,
-    queued: bool = False,
-) -> bool:
-    """Apply one recipient's outcome; False when the row was already final. queued: the
-    message is known to be marked queued already (its owner row said so in this
-    transaction), which saves marking it again."""
-    if not queued:
-        mark_queued(conn, message_id, now)
-    cursor = conn.execute(
-        RECORD_OUTCOME,
-        {"state": state, "dsn": dsn, "event": event, "now": now, "ledger_id": ledger_id},
-    )
-    return cursor.rowcount == 1
 
 
 @dataclass(frozen=True)

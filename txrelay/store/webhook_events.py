@@ -29,13 +29,19 @@ EVENTS = (
     "block.expired",
 )
 
-INSERT_OUTBOX = """
+# One outbox row per live webhook of the event's account that subscribed to the event; the
+# same event twice (the same event_id) keeps one. {source}: a query of one row, the event's
+# account_id and payload (a recording statement may build both from the rows it changes).
+INSERT_OUTBOX_FROM = """
 INSERT INTO webhook_outbox (webhook_id, event_id, event, payload, created_at, next_attempt_at)
-SELECT id, %(event_id)s, %(event)s, %(payload)s, %(now)s, %(now)s
-  FROM webhooks
- WHERE account_id = %(account_id)s AND removed_at IS NULL AND %(event)s = ANY (events)
-ON CONFLICT (webhook_id, event_id) DO NOTHING
-"""
+SELECT w.id, %(event_id)s, %(event)s, e.payload, %(now)s, %(now)s
+  FROM ({source}) e JOIN webhooks w ON w.account_id = e.account_id
+ WHERE w.removed_at IS NULL AND %(event)s = ANY (w.events)
+ON CONFLICT (webhook_id, event_id) DO NOTHING"""
+
+INSERT_OUTBOX = INSERT_OUTBOX_FROM.format(
+    source="SELECT %(account_id)s::bigint AS account_id, %(payload)s::jsonb AS payload"
+)
 
 
 def emit(
@@ -50,16 +56,8 @@ def emit(
     """Queue one event for every live webhook of the account that subscribed to it; the
     number of outbox rows written. Give `event_id` when the same event may be emitted twice
     (e.g. derived from a ledger row and a state): the outbox keeps one row per webhook."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown webhook event {event!r}")
     event_id = event_id or uuid.uuid4()
-    payload = {
-        "id": str(event_id),
-        "event": event,
-        "created_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-        "account_id": account_id,
-        "data": dict(data),
-    }
+    payload = envelope(event, now, event_id) | {"account_id": account_id, "data": dict(data)}
     cursor = conn.execute(
         INSERT_OUTBOX,
         {
@@ -71,6 +69,17 @@ def emit(
         },
     )
     return cursor.rowcount
+
+
+def envelope(event: str, now: dt.datetime, event_id: uuid.UUID) -> dict[str, Any]:
+    """The payload's fields that do not come from the account or the event's data."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown webhook event {event!r}")
+    return {
+        "id": str(event_id),
+        "event": event,
+        "created_at": now.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
 
 
 def event_id_for(*parts: object) -> uuid.UUID:

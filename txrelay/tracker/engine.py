@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -107,14 +109,22 @@ class Tracker:
             counters = Counters(lines_read=len(chunk.lines))
             events = [(logline.parse_line(line), line) for line in chunk.lines]
             queue_ids = [e.queue_id for e, _ in events if isinstance(e, _LEDGER_EVENTS)]
-            tracking.lock_queue_rows(self.conn, self.node, queue_ids)
+            rows = LedgerRows(self.conn, tracking.lock_queue_rows(self.conn, self.node, queue_ids))
             # One query for the chunk instead of one per line: nearly every queue id has no
             # kept lines (they wait only for a journal replay's rows).
             kept = tracking.queue_ids_with_pending(self.conn, self.node, queue_ids)
             owners = Owners.of_chunk(self.conn, self.node, queue_ids)
             for event, line in events:
                 counters += apply_event(
-                    self.conn, self.node, event, now, line, self.rules, kept=kept, owners=owners
+                    self.conn,
+                    self.node,
+                    event,
+                    now,
+                    line,
+                    self.rules,
+                    kept=kept,
+                    owners=owners,
+                    rows=rows,
                 )
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
         self.follower.advance(chunk)
@@ -129,9 +139,11 @@ class Tracker:
         with self.conn.transaction():
             tracking.lock_position(self.conn, self.node, self.log_path)
             queue_ids = tracking.awaited_with_pending(self.conn, self.node)
-            tracking.lock_queue_rows(self.conn, self.node, queue_ids)
+            rows = LedgerRows(self.conn, tracking.lock_queue_rows(self.conn, self.node, queue_ids))
             for queue_id in queue_ids:
-                counters += apply_pending(self.conn, self.node, queue_id, now, self.rules)
+                counters += apply_pending(
+                    self.conn, self.node, queue_id, now, self.rules, rows=rows
+                )
         metrics.record_outcomes(counters.outcomes())
         return counters
 
@@ -195,6 +207,49 @@ class Owners:
         self.known.pop(queue_id, None)
 
 
+class LedgerRows:
+    """The ledger rows a chunk's delivery lines are matched against, as this transaction
+    sees them: those the chunk locked (tracking.lock_queue_rows, which reads them), kept in
+    step with what the transaction itself changes, so that a delivery line costs no read.
+    Locked, they change only by this transaction. The rows of a message not locked at the
+    start (a queue id's owner that changed during the chunk) are read line by line."""
+
+    def __init__(self, conn: psycopg.Connection, locked: Iterable[tracking.LedgerCopy]) -> None:
+        self.conn = conn
+        self.by_message: dict[int, dict[int, tracking.LedgerCopy]] = {}
+        for copy in locked:
+            self.by_message.setdefault(copy.message_id, {})[copy.ledger_id] = copy
+
+    def recipients(self, message_id: int, addresses: Sequence[str]) -> dict[str, int]:
+        """tracking.ledger_recipients, from the locked rows when they are the message's."""
+        copies = self.by_message.get(message_id)
+        if copies is None:
+            return tracking.ledger_recipients(self.conn, message_id, addresses)
+        wanted = set(addresses)
+        return tracking.open_copies_first(c for c in copies.values() if c.recipient in wanted)
+
+    def recorded(self, message_id: int, ledger_id: int, state: str | None) -> None:
+        """The row's state is now `state` (None: the statement changed nothing, so the row
+        was in a state this object may not know: read the message's rows again)."""
+        copies = self.by_message.get(message_id)
+        if copies is None or ledger_id not in copies:
+            return
+        if state is None:
+            self.forget(message_id)
+        else:
+            copies[ledger_id] = dataclasses.replace(copies[ledger_id], state=state)
+
+    def queued(self, message_id: int) -> None:
+        """qmgr's line confirmed the message: its accepted rows are queued."""
+        for ledger_id, copy in self.by_message.get(message_id, {}).items():
+            if copy.state == "accepted":
+                self.by_message[message_id][ledger_id] = dataclasses.replace(copy, state="queued")
+
+    def forget(self, message_id: int) -> None:
+        """Read the message's rows line by line from now on (after a change made elsewhere)."""
+        self.by_message.pop(message_id, None)
+
+
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 EXPIRED_EVENT = "expired, returned to sender"
 _LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
@@ -210,6 +265,7 @@ def apply_event(
     *,
     kept: set[str] | None = None,
     owners: Owners | None = None,
+    rows: LedgerRows | None = None,
 ) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
@@ -220,15 +276,17 @@ def apply_event(
     kept: the queue ids that may have kept lines, read in this transaction under the
     position lock (tracking.queue_ids_with_pending); the ones this call keeps a line of are
     added. None: look for kept lines of every queue id. owners: the chunk's Owners (None:
-    read each owner when needed)."""
+    read each owner when needed). rows: the chunk's LedgerRows (None: read the rows of each
+    delivery line)."""
     if isinstance(event, logline.Unparsed):
         return Counters(unparsed_lines=1)
     if not isinstance(event, _LEDGER_EVENTS):
         return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
     owners = owners or Owners(conn, node, {})
+    rows = rows or LedgerRows(conn, [])
     counters = Counters()
     if kept is None or event.queue_id in kept:
-        counters = apply_pending(conn, node, event.queue_id, now, rules, owners)
+        counters = apply_pending(conn, node, event.queue_id, now, rules, owners, rows)
     owner = owners.get(event.queue_id)
     if owner is None:
         tracking.keep_event(conn, node, event.queue_id, line, now)
@@ -237,7 +295,7 @@ def apply_event(
         if isinstance(event, logline.Removed):
             return counters
         return counters + Counters(unmatched_events=1)
-    return counters + _apply_known(conn, node, event, owner, owners, now, rules)
+    return counters + _apply_known(conn, node, event, owner, owners, rows, now, rules)
 
 
 def apply_pending(
@@ -247,18 +305,20 @@ def apply_pending(
     now: dt.datetime,
     rules: SuppressionRules,
     owners: Owners | None = None,
+    rows: LedgerRows | None = None,
 ) -> Counters:
     """Apply the kept lines of queue_id, oldest first, once a message owns it; each is deleted
     in the transaction that applies it (exactly once). A kept 'removed' ends that message:
     the lines after it belong to the queue id's next use and stay kept."""
     owners = owners or Owners(conn, node, {})
+    rows = rows or LedgerRows(conn, [])
     counters = Counters()
     for pending in tracking.pending_events(conn, node, queue_id):
         owner = owners.get(queue_id)
         if owner is None:
             break
         event = logline.parse_line(pending.line)
-        counters += _apply_known(conn, node, event, owner, owners, now, rules)
+        counters += _apply_known(conn, node, event, owner, owners, rows, now, rules)
         tracking.forget_pending(conn, pending.id)
     return counters
 
@@ -269,6 +329,7 @@ def _apply_known(
     event: logline.Event,
     owner: tracking.Owner,
     owners: Owners,
+    rows: LedgerRows,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
@@ -277,12 +338,14 @@ def _apply_known(
         confirmed, counters = _apply_queued(conn, node, event, owner, now)
         if confirmed is not None:
             owners.queued(event.queue_id, confirmed)
+            rows.queued(confirmed)
         return counters
     if isinstance(event, logline.Delivery):
-        return _apply_delivery(conn, node, event, owner, owners, now, rules)
+        return _apply_delivery(conn, node, event, owner, owners, rows, now, rules)
     if isinstance(event, logline.Expired):
         _apply_expired(conn, owner[0], now, rules)
         owners.forget(event.queue_id)
+        rows.forget(owner[0])
     if isinstance(event, logline.Removed):
         open_rows = tracking.mark_removed(conn, owner[0], now)
         owners.forget(event.queue_id)
@@ -378,11 +441,12 @@ def _apply_delivery(
     event: logline.Delivery,
     owner: tracking.Owner,
     owners: Owners,
+    rows: LedgerRows,
     now: dt.datetime,
     rules: SuppressionRules,
 ) -> Counters:
     message_id, queued = owner
-    recipients = tracking.ledger_recipients(conn, message_id, logline.addresses_of(event))
+    recipients = rows.recipients(message_id, logline.addresses_of(event))
     picked = logline.pick_candidate(event, set(recipients))
     if picked is None:
         if len(event.candidates) > 1:
@@ -411,17 +475,11 @@ def _apply_delivery(
             rules=rules,
             event=candidate.describe(),
         )
+        rows.recorded(message_id, ledger_id, "bounced" if bounced else None)
         return Counters(bounced=1) if bounced else Counters()
-    if tracking.record_outcome(
-        conn,
-        message_id,
-        ledger_id,
-        candidate.outcome.value,
-        candidate.dsn,
-        candidate.describe(),
-        now,
-        queued=queued,
-    ):
-        outcomes.delivery_event(conn, ledger_id, candidate.outcome.value, candidate.describe(), now)
-        return Counters(**{candidate.outcome.value: 1})
-    return Counters()
+    state = candidate.outcome.value
+    recorded = outcomes.record_delivery(
+        conn, message_id, ledger_id, state, candidate.dsn, candidate.describe(), now, queued=queued
+    )
+    rows.recorded(message_id, ledger_id, state if recorded else None)
+    return Counters(**{state: 1}) if recorded else Counters()
