@@ -72,7 +72,8 @@ def trees_cpu_ms(roots: dict[str, tuple[int, ...]]) -> dict[str, float]:
     that of its children that exited (cutime + cstime: Linux adds a child's times, and its
     own exited children's, to its parent when the parent reaps it), so the difference of two
     readings holds the Postfix daemons and PostgreSQL backends that came and went between
-    them. One pass over /proc for all groups; a root that is gone counts 0."""
+    them. A process under two roots counts for the nearer one only. One pass over /proc for
+    all groups; a root that is gone counts 0."""
     parents: dict[int, int] = {}
     times: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -88,13 +89,16 @@ def trees_cpu_ms(roots: dict[str, tuple[int, ...]]) -> dict[str, float]:
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
         children.setdefault(parent, []).append(pid)
+    # A group's tree stops at another group's root: the bench starts the milters and the
+    # sink itself, and they count as theirs, not as the bench's.
+    every_root = {root for group in roots.values() for root in group}
     totals = {}
     for name, group in roots.items():
         total, todo = 0.0, [root for root in group if root in times]
         while todo:
             pid = todo.pop()
             total += times[pid]
-            todo.extend(children.get(pid, ()))
+            todo.extend(child for child in children.get(pid, ()) if child not in every_root)
         totals[name] = total
     return totals
 

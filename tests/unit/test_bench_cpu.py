@@ -4,6 +4,7 @@ process outside the tree; the report shows each part's median over the runs."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -44,6 +45,22 @@ def test_a_tree_counts_children_that_exited_and_nothing_outside_it() -> None:
                      - children_before.ru_utime - children_before.ru_stime)
     assert burnt < beside, f"the tree counted a process outside it: {burnt} ms"
     assert after["gone"] == before["gone"] == 0.0
+
+
+def test_a_tree_stops_at_another_groups_root() -> None:
+    """The bench starts the milters itself: their CPU is theirs, not the bench's."""
+    with subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stdin is not None
+        groups = {"parent": (os.getpid(),), "child": (child.pid,)}
+        before = trees_cpu_ms(groups)
+        assert child.stdout.readline() == "burnt\n"
+        after = trees_cpu_ms(groups)
+        child.stdin.close()
+        child.wait()
+    burnt = after["child"] - before["child"]
+    assert burnt >= 100
+    assert after["parent"] - before["parent"] < burnt
 
 
 def _run(target: str, **spent: float) -> Measurement:
