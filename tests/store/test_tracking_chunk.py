@@ -4,7 +4,9 @@ rows, states, events and payloads as reading each row per line, in fewer stateme
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,71 @@ def test_a_10kb_message_costs_three_statements_and_a_chunk_eight_more(
     # Per chunk: position row and its lock, row locks, kept lines, owners, new position (6;
     # begin and commit are not execute calls).
     assert len(statements) == 20 * 3 + 6
+
+
+def test_a_pipelined_delivery_whose_row_was_final_rolls_the_chunk_back_and_applies_it_again(
+        db, conn, node, maillog, unique, monkeypatch, caplog):
+    """The chunk's row locks read b@ as queued while it was delivered already (a stale read,
+    which the locks exclude; simulated here): the pipelined statement for b@ updates nothing,
+    which settle() finds before the commit. The chunk is rolled back and applied again
+    without the pipeline: counters, events and the position come out as if read right."""
+    sender = make_sender(db, unique)
+    hook = webhook(db, sender, "delivered")
+    message = add_message(db, sender, "QCH008", ["a@x.test", "b@x.test", "c@x.test"],
+                          node=node)
+    a, b, c = ledger_ids(db, message)
+    db.execute("UPDATE ledger SET state = 'delivered' WHERE id = %s", (b,))
+    real = engine.tracking.lock_queue_rows
+
+    def stale(*args: Any) -> list[Any]:
+        return [copy if copy.state != "delivered" else dataclasses.replace(copy, state="queued")
+                for copy in real(*args)]
+
+    monkeypatch.setattr(engine.tracking, "lock_queue_rows", stale)
+    maillog.queued("QCH008", 3)
+    for recipient in ("a@x.test", "b@x.test", "c@x.test"):
+        maillog.delivery("QCH008", recipient, "sent")
+    maillog.removed("QCH008")
+    tracker = tracker_for(conn, node, maillog)
+    with caplog.at_level(logging.WARNING, logger="txrelay.tracker"):
+        result = tracker.run_pass()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"event=pipeline_mismatch node={node} path={maillog.path}"]
+    assert result.counters.outcomes() == {"delivered": 2, "deferred": 0, "bounced": 0}
+    assert result.counters.lines_read == 5
+    assert rows_of(db, message) == [("a@x.test", "delivered"), ("b@x.test", "delivered"),
+                                    ("c@x.test", "delivered")]
+    assert [p["data"]["ledger_id"] for p in payloads(db, hook)] == [a, c]
+    position: Any = db.execute("SELECT lines_read FROM tracker_positions WHERE node = %s",
+                               (node,)).fetchone()
+    assert position["lines_read"] == 5
+    again = tracker.run_pass()
+    assert again.counters == engine.Counters()
+    assert [p["data"]["ledger_id"] for p in payloads(db, hook)] == [a, c]
+
+
+def test_a_bounce_after_pipelined_deliveries_reads_its_own_result_in_log_order(
+        db, conn, node, maillog, unique):
+    """A bounce (its row read and locked, its UPDATE's rowcount read, suppression decided)
+    waits for the delivery statements sent before it: d@, bounced already by its DSN, is
+    not counted again. The events are written in the log's order."""
+    sender = make_sender(db, unique)
+    hook = webhook(db, sender, "delivered", "bounced", "suppressed")
+    message = add_message(db, sender, "QCH009",
+                          ["a@x.test", "b@x.test", "c@x.test", "d@x.test"], node=node)
+    a, b, c, d = ledger_ids(db, message)
+    db.execute("UPDATE ledger SET state = 'bounced' WHERE id = %s", (d,))
+    maillog.queued("QCH009", 4)
+    maillog.delivery("QCH009", "a@x.test", "sent")
+    maillog.delivery("QCH009", "b@x.test", "bounced", detail="550 5.1.1 no such user")
+    maillog.delivery("QCH009", "c@x.test", "sent")
+    maillog.delivery("QCH009", "d@x.test", "bounced", detail="550 5.1.1 no such user")
+    result = tracker_for(conn, node, maillog).run_pass()
+    assert result.counters.outcomes() == {"delivered": 2, "deferred": 0, "bounced": 1}
+    assert rows_of(db, message) == [("a@x.test", "delivered"), ("b@x.test", "bounced"),
+                                    ("c@x.test", "delivered"), ("d@x.test", "bounced")]
+    assert [(p["event"], p["data"]["ledger_id"]) for p in payloads(db, hook)] == [
+        ("delivered", a), ("bounced", b), ("suppressed", b), ("delivered", c)]
+    suppressed: Any = db.execute("SELECT count(*) AS n FROM suppressions WHERE account_id = %s "
+                                 "AND address = 'b@x.test'", (sender.account_id,)).fetchone()
+    assert suppressed["n"] == 1

@@ -16,6 +16,7 @@ from txrelay.policy import logline
 from txrelay.policy.suppression import SuppressionRules
 from txrelay.store import outcomes, tracking
 from txrelay.store.tracking import Counters
+from txrelay.tracker.deliveries import DeliveryPipeline, PipelineMismatch
 from txrelay.tracker.follower import Chunk, same_file
 from txrelay.tracker.sources import LogSource
 
@@ -100,7 +101,28 @@ class Tracker:
 
     def apply_chunk(self, chunk: Chunk) -> Counters:
         """The chunk's events and the position after it, in one transaction. The ledger rows
-        the events may update are locked first, in id order (tracking.lock_queue_rows)."""
+        the events may update are locked first, in id order (tracking.lock_queue_rows).
+
+        Delivery lines matched against those rows are sent in pipeline mode (DeliveryPipeline)
+        and their results checked before the commit; when one differs from what the locked
+        rows predicted, the transaction rolls back and the chunk is applied again with every
+        statement waited for."""
+        try:
+            counters = self._apply_chunk(chunk, pipelined=True)
+        except PipelineMismatch as mismatch:
+            log.warning(
+                "event=pipeline_mismatch node=%s path=%s: %s; applying the chunk again "
+                "without the pipeline",
+                self.node,
+                self.log_path,
+                mismatch,
+            )
+            counters = self._apply_chunk(chunk, pipelined=False)
+        self.follower.advance(chunk)
+        metrics.record_outcomes(counters.outcomes())
+        return counters
+
+    def _apply_chunk(self, chunk: Chunk, *, pipelined: bool) -> Counters:
         now = self.clock.now()
         with self.conn.transaction():
             stored = tracking.lock_position(self.conn, self.node, self.log_path)
@@ -114,21 +136,21 @@ class Tracker:
             # kept lines (they wait only for a journal replay's rows).
             kept = tracking.queue_ids_with_pending(self.conn, self.node, queue_ids)
             owners = Owners.of_chunk(self.conn, self.node, queue_ids)
-            for event, line in events:
-                counters += apply_event(
-                    self.conn,
-                    self.node,
-                    event,
-                    now,
-                    line,
-                    self.rules,
-                    kept=kept,
-                    owners=owners,
-                    rows=rows,
-                )
+            with DeliveryPipeline(self.conn) as deliveries:
+                for event, line in events:
+                    counters += apply_event(
+                        self.conn,
+                        self.node,
+                        event,
+                        now,
+                        line,
+                        self.rules,
+                        kept=kept,
+                        owners=owners,
+                        rows=rows,
+                        deliveries=deliveries if pipelined else None,
+                    )
             tracking.save_position(self.conn, self.node, self.log_path, chunk.end, counters, now)
-        self.follower.advance(chunk)
-        metrics.record_outcomes(counters.outcomes())
         return counters
 
     def apply_kept(self) -> Counters:
@@ -190,6 +212,10 @@ class Owners:
         known.update(tracking.queue_owners(conn, node, queue_ids))
         return cls(conn, node, known)
 
+    def cached(self, queue_id: str) -> tracking.Owner | None:
+        """The owner when it is known without a query (None: no owner, or not known)."""
+        return self.known.get(queue_id)
+
     def get(self, queue_id: str) -> tracking.Owner | None:
         if queue_id not in self.known:
             self.known[queue_id] = tracking.queue_owner(self.conn, self.node, queue_id)
@@ -227,6 +253,10 @@ class LedgerRows:
             return tracking.ledger_recipients(self.conn, message_id, addresses)
         wanted = set(addresses)
         return tracking.open_copies_first(c for c in copies.values() if c.recipient in wanted)
+
+    def locked(self, message_id: int) -> dict[int, tracking.LedgerCopy] | None:
+        """The message's rows by ledger id when this object knows them (None: it does not)."""
+        return self.by_message.get(message_id)
 
     def recorded(self, message_id: int, ledger_id: int, state: str | None) -> None:
         """The row's state is now `state` (None: the statement changed nothing, so the row
@@ -266,6 +296,7 @@ def apply_event(
     kept: set[str] | None = None,
     owners: Owners | None = None,
     rows: LedgerRows | None = None,
+    deliveries: DeliveryPipeline | None = None,
 ) -> Counters:
     """One event's effect on the ledger; the counters say what was not understood.
 
@@ -277,13 +308,20 @@ def apply_event(
     position lock (tracking.queue_ids_with_pending); the ones this call keeps a line of are
     added. None: look for kept lines of every queue id. owners: the chunk's Owners (None:
     read each owner when needed). rows: the chunk's LedgerRows (None: read the rows of each
-    delivery line)."""
+    delivery line). deliveries: the chunk's DeliveryPipeline (None: wait for each
+    statement); with it, a delivery line that needs no query is sent in the pipeline, and
+    any other ledger event settles the pipeline first."""
     if isinstance(event, logline.Unparsed):
         return Counters(unparsed_lines=1)
     if not isinstance(event, _LEDGER_EVENTS):
         return Counters()  # Ignored, Notification: Postfix's own mail has no ledger rows
     owners = owners or Owners(conn, node, {})
     rows = rows or LedgerRows(conn, [])
+    if deliveries is not None:
+        sent = _pipelined_delivery(event, now, kept, owners, rows, deliveries)
+        if sent is not None:
+            return sent
+        deliveries.settle()
     counters = Counters()
     if kept is None or event.queue_id in kept:
         counters = apply_pending(conn, node, event.queue_id, now, rules, owners, rows)
@@ -483,3 +521,48 @@ def _apply_delivery(
     )
     rows.recorded(message_id, ledger_id, state if recorded else None)
     return Counters(**{state: 1}) if recorded else Counters()
+
+
+def _pipelined_delivery(
+    event: logline.Event,
+    now: dt.datetime,
+    kept: set[str] | None,
+    owners: Owners,
+    rows: LedgerRows,
+    deliveries: DeliveryPipeline,
+) -> Counters | None:
+    """_apply_delivery's delivered/deferred path sent in the pipeline, when everything it
+    needs is known without a query: the queue id has no kept lines, its owner and that
+    message's locked rows are known, and the line names one of them without ambiguity.
+    The statement's result is predicted from the row's locked state (final: it changes
+    nothing) and checked at settle(). None: apply the event the ordinary way."""
+    if not isinstance(event, logline.Delivery) or kept is None or event.queue_id in kept:
+        return None
+    owner = owners.cached(event.queue_id)
+    if owner is None:
+        return None
+    message_id, queued = owner
+    copies = rows.locked(message_id)
+    if copies is None:
+        return None
+    recipients = rows.recipients(message_id, logline.addresses_of(event))
+    picked = logline.pick_candidate(event, set(recipients))
+    if picked is None or picked[0].outcome is logline.Outcome.BOUNCED:
+        return None
+    candidate, address = picked
+    ledger_id = recipients[address]
+    expected = copies[ledger_id].state not in tracking.FINAL_STATES
+    owners.queued(event.queue_id, message_id)
+    state = candidate.outcome.value
+    deliveries.send(
+        message_id,
+        ledger_id,
+        state,
+        candidate.dsn,
+        candidate.describe(),
+        now,
+        queued=queued,
+        expected=expected,
+    )
+    rows.recorded(message_id, ledger_id, state if expected else None)
+    return Counters(**{state: 1}) if expected else Counters()

@@ -1,0 +1,97 @@
+"""A chunk's delivery statements sent in psycopg's pipeline mode, checked before it commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+
+from txrelay.store import outcomes
+
+
+class PipelineMismatch(Exception):
+    """A pipelined delivery statement did not do what the chunk's locked rows said it would:
+    the chunk's transaction must roll back (the tracker applies it again without the
+    pipeline)."""
+
+
+@dataclass(frozen=True)
+class _Sent:
+    cursor: psycopg.Cursor[Any]
+    ledger_id: int
+    expected: bool  # the row was open: the statement updates it and returns its id
+
+
+class DeliveryPipeline:
+    """outcomes.record_delivery without waiting for each result: the statements go out in
+    pipeline mode, each with the result the chunk's locked rows (engine.LedgerRows) predict,
+    and settle() waits for them all and checks every result against its prediction.
+
+    The chunk counts outcomes and keeps LedgerRows in step from the predictions, so a
+    statement whose result the chunk reads (a rowcount, a bounce's suppression rules, an
+    owner, the new position) must come after settle(): the engine settles before every
+    line it does not pipeline and before the position. Use as a context manager inside the
+    chunk's transaction: leaving it normally settles; an exception leaves the pipeline and
+    the transaction rolls back."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._pipeline = ExitStack()
+        self._sent: list[_Sent] = []
+
+    def __enter__(self) -> DeliveryPipeline:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if error is None:
+            self.settle()
+        else:
+            self._sent = []
+            self._pipeline.__exit__(kind, error, trace)
+
+    def send(
+        self,
+        message_row_id: int,
+        ledger_id: int,
+        state: str,
+        dsn: str,
+        detail: str,
+        now: dt.datetime,
+        *,
+        queued: bool,
+        expected: bool,
+    ) -> None:
+        """outcomes.send_delivery in the pipeline; expected: it updates the row (the row was
+        open), as record_delivery would have returned."""
+        if not self._sent:
+            self._pipeline.enter_context(self.conn.pipeline())
+        cursor = outcomes.send_delivery(
+            self.conn, message_row_id, ledger_id, state, dsn, detail, now, queued=queued
+        )
+        self._sent.append(_Sent(cursor, ledger_id, expected))
+
+    def settle(self) -> None:
+        """Leave pipeline mode (psycopg syncs and reads every result) and check each result;
+        PipelineMismatch when one differs from its prediction."""
+        if not self._sent:
+            return
+        sent, self._sent = self._sent, []
+        self._pipeline.close()
+        for statement in sent:
+            row = statement.cursor.fetchone()
+            recorded = row is not None and int(row["id"]) == statement.ledger_id
+            if recorded != statement.expected:
+                raise PipelineMismatch(
+                    f"ledger row {statement.ledger_id}: the delivery statement "
+                    f"{'updated' if recorded else 'did not update'} it, the chunk's locked "
+                    f"rows said it would{'' if statement.expected else ' not'}"
+                )
