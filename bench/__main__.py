@@ -154,8 +154,10 @@ def _run_all(runner: Runner, stack: Stack, plan: plans.Plan, args: argparse.Name
                                                 plans.MEDIUM_SIZE, plan.medium)))
         if "submission" in wanted:
             # As most shops send: a new session, STARTTLS and AUTH for every message; through
-            # txrelay, then through the same service without a milter (the ceiling).
+            # txrelay, through the same service with OpenDKIM (the reference milter on the
+            # same path), then without a milter (the ceiling).
             for name, port in ((TX_UNIX, stack.submission_port),
+                               (ODK_UNIX, stack.submission_opendkim_port),
                                (SUBMIT_NONE, stack.submission_ceiling_port)):
                 raw.append(_show(runner.client(
                     SUBMISSION, stack.targets[name], plans.SMALL_SIZE,

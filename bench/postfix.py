@@ -75,20 +75,21 @@ class BenchPostfix(PostfixInstance):
                 return values
         return {}
 
-    def add_submission_without_milter(self, name: str) -> int:
+    def add_submission_copy(self, name: str, milter: str = "") -> int:
         """A copy of txrelay's submission service (STARTTLS, AUTH through the same Dovecot,
-        the same limits) on a port of its own, with no milter: the ceiling the per-message
-        session scenario is measured against. Returns its port."""
+        the same limits) on a port of its own, with `milter` instead of txrelay's (""
+        none): with none it is the ceiling the per-message session scenario is measured
+        against, with OpenDKIM the reference milter on the same path. Returns its port."""
         port = free_port()
         service = f"127.0.0.1:{port}"
         self.postconf("-M", f"{service}/inet = {service} inet n - n - - smtpd")
-        # The milter settings do not matter without a milter (and one holds spaces).
+        # txrelay's milter settings are not the other milter's (and one holds spaces).
         overrides = {key: value for key, value in self._txrelay_service_settings().items()
                      if not key.startswith(("milter_", "smtpd_milter"))}
-        overrides.update({"syslog_name": f"postfix/bench-{name}", "smtpd_milters": ""})
+        overrides.update({"syslog_name": f"postfix/bench-{name}", "smtpd_milters": milter})
         for key, value in overrides.items():
             self.postconf("-P", f"{service}/inet/{key}={value}")
-        self.listeners[name] = Listener(name, port, "")
+        self.listeners[name] = Listener(name, port, milter)
         return port
 
     def start(self) -> None:

@@ -84,12 +84,13 @@ def ratios(table: dict[tuple[str, str], dict[str, object]]) -> list[str]:
         tx_inet = _get(table, scenario, TX_INET, "msg_per_s")
         if tx and tx_inet:
             lines.append(f"{scenario}: txrelay-inet / txrelay-unix = {tx_inet / tx:.2f}")
-    tx = _get(table, SUBMISSION, TX_UNIX, "msg_per_s")
     ceiling = _get(table, SUBMISSION, SUBMIT_NONE, "msg_per_s")
-    if tx and ceiling:
-        lines.append(f"{SUBMISSION} (session per message): txrelay-unix / {SUBMIT_NONE} = "
-                     f"{tx / ceiling:.2f}   (run by run: "
-                     f"{_run_ratios(table, SUBMISSION, SUBMIT_NONE)})")
+    for target in (TX_UNIX, ODK_UNIX):
+        rate = _get(table, SUBMISSION, target, "msg_per_s")
+        if rate and ceiling:
+            lines.append(f"{SUBMISSION} (session per message): {target} / {SUBMIT_NONE} = "
+                         f"{rate / ceiling:.2f}   (run by run: "
+                         f"{_run_ratios(table, SUBMISSION, SUBMIT_NONE, target)})")
     return lines
 
 
@@ -126,6 +127,7 @@ def submission_report(table: dict[tuple[str, str], dict[str, object]]) -> list[s
     lines = []
     for scenario, target, what in (
             (SUBMISSION, TX_UNIX, "session per message, txrelay"),
+            (SUBMISSION, ODK_UNIX, "session per message, OpenDKIM instead"),
             (SUBMISSION, SUBMIT_NONE, "session per message, no milter (ceiling)"),
             (SUBMISSION_REUSE, TX_UNIX, "sessions reused, txrelay")):
         row = table.get((scenario, target))
@@ -140,6 +142,12 @@ def submission_report(table: dict[tuple[str, str], dict[str, object]]) -> list[s
     ceiling = _get(table, SUBMISSION, SUBMIT_NONE, "msg_per_s")
     if tx and ceiling:
         lines.append(f"   session per message: txrelay / {SUBMIT_NONE} = {tx / ceiling:.2f}")
+    opendkim = _get(table, SUBMISSION, ODK_UNIX, "msg_per_s")
+    if opendkim and ceiling:
+        lines.append(f"   session per message: OpenDKIM / {SUBMIT_NONE} = "
+                     f"{opendkim / ceiling:.2f} (the reference milter on the same path)")
+    if tx and opendkim:
+        lines.append(f"   session per message: txrelay / OpenDKIM = {tx / opendkim:.2f}")
     reuse = _get(table, SUBMISSION_REUSE, TX_UNIX, "msg_per_s")
     if tx and reuse:
         lines.append(f"   session per message / sessions reused (txrelay) = {tx / reuse:.2f}")
@@ -171,8 +179,8 @@ def _per_rcpt(value: float | None, count: int) -> str:
 
 
 def _run_ratios(table: dict[tuple[str, str], dict[str, object]], scenario: str,
-                reference: str) -> str:
-    ours = table[(scenario, TX_UNIX)]["msg_per_s_runs"]
+                reference: str, target: str = TX_UNIX) -> str:
+    ours = table[(scenario, target)]["msg_per_s_runs"]
     theirs = table[(scenario, reference)]["msg_per_s_runs"]
     assert isinstance(ours, list) and isinstance(theirs, list)
     return " ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=False) if b)

@@ -34,6 +34,7 @@ NONE, ODK_UNIX, ODK_INET, TX_UNIX, TX_INET = (
     "postfix-only", "opendkim-unix", "opendkim-inet", "txrelay-unix", "txrelay-inet")
 # The submission scenarios' ceiling: txrelay's service (STARTTLS + AUTH via Dovecot), no milter.
 SUBMIT_NONE = "postfix+dovecot"
+SUBMIT_ODK = "submission-opendkim"  # the same service with OpenDKIM (unix) as its milter
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class Stack:
     @property
     def submission_ceiling_port(self) -> int:
         return self.postfix.listeners[SUBMIT_NONE].port
+
+    @property
+    def submission_opendkim_port(self) -> int:
+        return self.postfix.listeners[SUBMIT_ODK].port
 
     def cpu_groups(self) -> dict[str, tuple[int, ...]]:
         """The processes whose CPU each scenario reports per message (procs.trees_cpu_ms):
@@ -155,7 +160,8 @@ def bench_stack(root: Path) -> Iterator[Stack]:
             (TX_UNIX, unix_socket, sender.username),
             (TX_INET, f"inet:127.0.0.1:{inet_port}", sender.username),
         ])
-        postfix.add_submission_without_milter(SUBMIT_NONE)
+        postfix.add_submission_copy(SUBMIT_NONE)
+        postfix.add_submission_copy(SUBMIT_ODK, odk[0].postfix_socket)
         cleanup.callback(postfix.stop)
         postfix.start()
         odk_signer = odk[2]

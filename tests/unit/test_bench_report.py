@@ -13,7 +13,7 @@ from bench.report import (
     targets,
 )
 from bench.scenarios import Measurement
-from bench.stack import SUBMIT_NONE, TX_UNIX
+from bench.stack import ODK_UNIX, SUBMIT_NONE, TX_UNIX
 
 
 def _run(scenario: str, target: str, msg_per_s: float, **extra: object) -> Measurement:
@@ -59,3 +59,19 @@ def test_multi_recipient_cost_is_per_recipient() -> None:
     assert line.startswith("    10 recipients/msg: 50.0 msg/s = 500.0 recipients/s; "
                            "milter CPU 0.500 ms/recipient (5.0 ms/msg); host CPU 2.000 "
                            "ms/recipient")
+
+
+def test_opendkim_on_the_submission_path_anchors_the_ceiling_ratio() -> None:
+    """The same service with OpenDKIM instead of txrelay: what the reference milter reaches
+    of the no-milter ceiling, and txrelay against it, run by run."""
+    table = medians([
+        _run(SUBMISSION, TX_UNIX, 60), _run(SUBMISSION, TX_UNIX, 66),
+        _run(SUBMISSION, ODK_UNIX, 75), _run(SUBMISSION, ODK_UNIX, 66),
+        _run(SUBMISSION, SUBMIT_NONE, 100), _run(SUBMISSION, SUBMIT_NONE, 110),
+    ])
+    lines = submission_report(table)
+    assert "   session per message: OpenDKIM / postfix+dovecot = 0.67 (the reference milter " \
+           "on the same path)" in lines
+    assert "   session per message: txrelay / OpenDKIM = 0.89" in lines
+    assert f"{SUBMISSION} (session per message): {ODK_UNIX} / {SUBMIT_NONE} = 0.67   " \
+           "(run by run: 0.75 0.60)" in ratios(table)
