@@ -67,7 +67,14 @@ class SupervisedLoop:
 
     def start(self) -> SupervisedLoop:
         self._started = time.monotonic()
-        self._thread.start()
+        # Running from now on, not from when the new thread is first scheduled: /healthz,
+        # already listening while the daemon starts, must not call it dead in between.
+        self._running = True
+        try:
+            self._thread.start()
+        except BaseException:
+            self._running = False
+            raise
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -257,7 +257,9 @@ def test_a_pipelined_delivery_whose_row_was_final_rolls_the_chunk_back_and_appli
     tracker = tracker_for(conn, node, maillog)
     with caplog.at_level(logging.WARNING, logger="txrelay.tracker"):
         result = tracker.run_pass()
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+    # Only the tracker's records: a milter of an earlier test in this worker may still log.
+    assert [r.getMessage().split(":")[0] for r in caplog.records
+            if r.name.startswith("txrelay.tracker")] == [
         f"event=pipeline_mismatch node={node} path={maillog.path}"]
     assert result.counters.outcomes() == {"delivered": 2, "deferred": 0, "bounced": 0}
     assert result.counters.lines_read == 5

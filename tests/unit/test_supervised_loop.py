@@ -75,6 +75,22 @@ def test_stop_is_prompt_and_a_last_run_happens_when_asked() -> None:
     assert not loop.status().alive
 
 
+def test_a_loop_counts_as_running_from_start_not_from_when_its_thread_is_scheduled() -> None:
+    """/healthz listens while the daemon starts its loops: a loop started a moment ago whose
+    thread has not run a line yet is not dead (CI once caught /healthz in that moment)."""
+    loop = SupervisedLoop("unit-starting", 0.01, lambda: None)
+    gate = threading.Event()
+    run = loop._run
+    loop._thread = threading.Thread(target=lambda: (gate.wait(5), run()), daemon=True)
+    loop.start()
+    try:
+        assert loop.status().problem() is None
+    finally:
+        gate.set()
+        loop.stop()
+    assert loop.status().problem() == "its thread is not running"
+
+
 def test_a_stopped_loop_is_reported_as_not_running() -> None:
     loop = SupervisedLoop("unit-dead", 0.01, lambda: None).start()
     loop.stop()
