@@ -1,4 +1,4 @@
-"""A chunk's delivery lines applied against the rows the chunk locked (engine.LedgerRows) and
+"""A chunk's delivery lines applied against the rows the chunk locked (known.LedgerRows) and
 recorded with their webhook event in one statement (outcomes.record_delivery): the same
 rows, states, events and payloads as reading each row per line, in fewer statements."""
 

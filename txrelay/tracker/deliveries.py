@@ -10,7 +10,10 @@ from typing import Any
 
 import psycopg
 
-from txrelay.store import outcomes
+from txrelay.policy import logline
+from txrelay.store import outcomes, tracking
+from txrelay.store.tracking import Counters
+from txrelay.tracker.known import LedgerRows, Owners
 
 
 class PipelineMismatch(Exception):
@@ -28,7 +31,7 @@ class _Sent:
 
 class DeliveryPipeline:
     """outcomes.record_delivery without waiting for each result: the statements go out in
-    pipeline mode, each with the result the chunk's locked rows (engine.LedgerRows) predict,
+    pipeline mode, each with the result the chunk's locked rows (known.LedgerRows) predict,
     and settle() waits for them all and checks every result against its prediction.
 
     The chunk counts outcomes and keeps LedgerRows in step from the predictions, so a
@@ -95,3 +98,48 @@ class DeliveryPipeline:
                     f"{'updated' if recorded else 'did not update'} it, the chunk's locked "
                     f"rows said it would{'' if statement.expected else ' not'}"
                 )
+
+
+def pipelined_delivery(
+    event: logline.Event,
+    now: dt.datetime,
+    kept: set[str] | None,
+    owners: Owners,
+    rows: LedgerRows,
+    deliveries: DeliveryPipeline,
+) -> Counters | None:
+    """engine._apply_delivery's delivered/deferred path sent in the pipeline, when everything it
+    needs is known without a query: the queue id has no kept lines, its owner and that
+    message's locked rows are known, and the line names one of them without ambiguity.
+    The statement's result is predicted from the row's locked state (final: it changes
+    nothing) and checked at settle(). None: apply the event the ordinary way."""
+    if not isinstance(event, logline.Delivery) or kept is None or event.queue_id in kept:
+        return None
+    owner = owners.cached(event.queue_id)
+    if owner is None:
+        return None
+    message_id, queued = owner
+    copies = rows.locked(message_id)
+    if copies is None:
+        return None
+    recipients = rows.recipients(message_id, logline.addresses_of(event))
+    picked = logline.pick_candidate(event, set(recipients))
+    if picked is None or picked[0].outcome is logline.Outcome.BOUNCED:
+        return None
+    candidate, address = picked
+    ledger_id = recipients[address]
+    expected = copies[ledger_id].state not in tracking.FINAL_STATES
+    owners.queued(event.queue_id, message_id)
+    state = candidate.outcome.value
+    deliveries.send(
+        message_id,
+        ledger_id,
+        state,
+        candidate.dsn,
+        candidate.describe(),
+        now,
+        queued=queued,
+        expected=expected,
+    )
+    rows.recorded(message_id, ledger_id, state if expected else None)
+    return Counters(**{state: 1}) if expected else Counters()

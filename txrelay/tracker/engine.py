@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -16,8 +14,9 @@ from txrelay.policy import logline
 from txrelay.policy.suppression import SuppressionRules
 from txrelay.store import outcomes, tracking
 from txrelay.store.tracking import Counters
-from txrelay.tracker.deliveries import DeliveryPipeline, PipelineMismatch
+from txrelay.tracker.deliveries import DeliveryPipeline, PipelineMismatch, pipelined_delivery
 from txrelay.tracker.follower import Chunk, same_file
+from txrelay.tracker.known import LedgerRows, Owners
 from txrelay.tracker.sources import LogSource
 
 log = logging.getLogger("txrelay.tracker")
@@ -186,100 +185,6 @@ def _continues(stored: tracking.Position, start: tracking.Position) -> bool:
     return start.offset == 0  # the first chunk of the next file after a rotation
 
 
-class Owners:
-    """The message owning each queue id (tracking.queue_owner) as this transaction sees it,
-    kept in step with what the transaction itself changes (queued, removed).
-
-    Of a chunk, all are read in one query instead of one per line, after its lines were read.
-    That finds every message the lines can name: the milter records a message before it lets
-    Postfix queue it, and Postfix logs a queue id's qmgr and delivery lines only after that.
-    The exception is a message the milter journaled (PostgreSQL was down), whose row comes at
-    replay: until the row is read, its lines are kept as when there is no row, and they are
-    applied once it is there (apply_pending, Tracker.apply_kept)."""
-
-    def __init__(
-        self, conn: psycopg.Connection, node: str, known: dict[str, tracking.Owner | None]
-    ) -> None:
-        """known: queue id -> its owner (None: no message owns it); others are read when
-        asked for."""
-        self.conn = conn
-        self.node = node
-        self.known = known
-
-    @classmethod
-    def of_chunk(cls, conn: psycopg.Connection, node: str, queue_ids: list[str]) -> Owners:
-        known: dict[str, tracking.Owner | None] = dict.fromkeys(queue_ids)
-        known.update(tracking.queue_owners(conn, node, queue_ids))
-        return cls(conn, node, known)
-
-    def cached(self, queue_id: str) -> tracking.Owner | None:
-        """The owner when it is known without a query (None: no owner, or not known)."""
-        return self.known.get(queue_id)
-
-    def get(self, queue_id: str) -> tracking.Owner | None:
-        if queue_id not in self.known:
-            self.known[queue_id] = tracking.queue_owner(self.conn, self.node, queue_id)
-        return self.known[queue_id]
-
-    def queued(self, queue_id: str, message_id: int) -> None:
-        """message_id was marked queued in this transaction."""
-        if self.known.get(queue_id) == (message_id, False):
-            self.known[queue_id] = (message_id, True)
-        elif self.known.get(queue_id) != (message_id, True):
-            self.forget(queue_id)
-
-    def forget(self, queue_id: str) -> None:
-        """Read the owner again when next asked (after a change that may move it)."""
-        self.known.pop(queue_id, None)
-
-
-class LedgerRows:
-    """The ledger rows a chunk's delivery lines are matched against, as this transaction
-    sees them: those the chunk locked (tracking.lock_queue_rows, which reads them), kept in
-    step with what the transaction itself changes, so that a delivery line costs no read.
-    Locked, they change only by this transaction. The rows of a message not locked at the
-    start (a queue id's owner that changed during the chunk) are read line by line."""
-
-    def __init__(self, conn: psycopg.Connection, locked: Iterable[tracking.LedgerCopy]) -> None:
-        self.conn = conn
-        self.by_message: dict[int, dict[int, tracking.LedgerCopy]] = {}
-        for copy in locked:
-            self.by_message.setdefault(copy.message_id, {})[copy.ledger_id] = copy
-
-    def recipients(self, message_id: int, addresses: Sequence[str]) -> dict[str, int]:
-        """tracking.ledger_recipients, from the locked rows when they are the message's."""
-        copies = self.by_message.get(message_id)
-        if copies is None:
-            return tracking.ledger_recipients(self.conn, message_id, addresses)
-        wanted = set(addresses)
-        return tracking.open_copies_first(c for c in copies.values() if c.recipient in wanted)
-
-    def locked(self, message_id: int) -> dict[int, tracking.LedgerCopy] | None:
-        """The message's rows by ledger id when this object knows them (None: it does not)."""
-        return self.by_message.get(message_id)
-
-    def recorded(self, message_id: int, ledger_id: int, state: str | None) -> None:
-        """The row's state is now `state` (None: the statement changed nothing, so the row
-        was in a state this object may not know: read the message's rows again)."""
-        copies = self.by_message.get(message_id)
-        if copies is None or ledger_id not in copies:
-            return
-        if state is None:
-            self.forget(message_id)
-        else:
-            copies[ledger_id] = dataclasses.replace(copies[ledger_id], state=state)
-
-    def queued(self, message_id: int) -> None:
-        """qmgr's line confirmed the message: its accepted rows are queued."""
-        for ledger_id, copy in self.by_message.get(message_id, {}).items():
-            if copy.state == "accepted":
-                self.by_message[message_id][ledger_id] = dataclasses.replace(copy, state="queued")
-
-    def forget(self, message_id: int) -> None:
-        """Read the message's rows line by line from now on (after a change made elsewhere)."""
-        self.by_message.pop(message_id, None)
-
-
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 EXPIRED_EVENT = "expired, returned to sender"
 _LEDGER_EVENTS = (logline.Queued, logline.Delivery, logline.Expired, logline.Removed)
@@ -318,7 +223,7 @@ def apply_event(
     owners = owners or Owners(conn, node, {})
     rows = rows or LedgerRows(conn, [])
     if deliveries is not None:
-        sent = _pipelined_delivery(event, now, kept, owners, rows, deliveries)
+        sent = pipelined_delivery(event, now, kept, owners, rows, deliveries)
         if sent is not None:
             return sent
         deliveries.settle()
@@ -521,48 +426,3 @@ def _apply_delivery(
     )
     rows.recorded(message_id, ledger_id, state if recorded else None)
     return Counters(**{state: 1}) if recorded else Counters()
-
-
-def _pipelined_delivery(
-    event: logline.Event,
-    now: dt.datetime,
-    kept: set[str] | None,
-    owners: Owners,
-    rows: LedgerRows,
-    deliveries: DeliveryPipeline,
-) -> Counters | None:
-    """_apply_delivery's delivered/deferred path sent in the pipeline, when everything it
-    needs is known without a query: the queue id has no kept lines, its owner and that
-    message's locked rows are known, and the line names one of them without ambiguity.
-    The statement's result is predicted from the row's locked state (final: it changes
-    nothing) and checked at settle(). None: apply the event the ordinary way."""
-    if not isinstance(event, logline.Delivery) or kept is None or event.queue_id in kept:
-        return None
-    owner = owners.cached(event.queue_id)
-    if owner is None:
-        return None
-    message_id, queued = owner
-    copies = rows.locked(message_id)
-    if copies is None:
-        return None
-    recipients = rows.recipients(message_id, logline.addresses_of(event))
-    picked = logline.pick_candidate(event, set(recipients))
-    if picked is None or picked[0].outcome is logline.Outcome.BOUNCED:
-        return None
-    candidate, address = picked
-    ledger_id = recipients[address]
-    expected = copies[ledger_id].state not in tracking.FINAL_STATES
-    owners.queued(event.queue_id, message_id)
-    state = candidate.outcome.value
-    deliveries.send(
-        message_id,
-        ledger_id,
-        state,
-        candidate.dsn,
-        candidate.describe(),
-        now,
-        queued=queued,
-        expected=expected,
-    )
-    rows.recorded(message_id, ledger_id, state if expected else None)
-    return Counters(**{state: 1}) if expected else Counters()
