@@ -134,29 +134,13 @@ def record_delivery(
     now: dt.datetime,
     *,
     queued: bool,
-) -> bool:
-    """The tracker read a delivery line: the row is delivered or deferred unless it is final
-    already (False then), with its webhook event (once per row for delivered; once per
-    attempt text for deferred), in one round trip. queued: the message is known to be
-    marked queued already (its owner row said so in this transaction)."""
-    sent = send_delivery(conn, message_row_id, ledger_id, state, dsn, detail, now, queued=queued)
-    return sent.fetchone() is not None
-
-
-def send_delivery(
-    conn: Conn,
-    message_row_id: int,
-    ledger_id: int,
-    state: str,
-    dsn: str,
-    detail: str,
-    now: dt.datetime,
-    *,
-    queued: bool,
 ) -> psycopg.Cursor[Any]:
-    """record_delivery's statement, sent without reading its result: in pipeline mode the
-    caller does not wait for it. The cursor returns the row's id when the row was updated
-    (no row when it was final already)."""
+    """The tracker read a delivery line: the row is delivered or deferred unless it is final
+    already, with its webhook event (once per row for delivered; once per attempt text for
+    deferred), in one statement. The cursor returns the row's id when the row was updated,
+    no row when it was final; in pipeline mode the caller reads it later (deliveries.py).
+    queued: the message is known to be marked queued already (its owner row said so in
+    this transaction)."""
     once_per: tuple[object, ...] = (detail, now.isoformat()) if state == "deferred" else ()
     event_id = webhook_events.event_id_for(ledger_id, state, *once_per)
     return conn.execute(

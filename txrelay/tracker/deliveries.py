@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -62,25 +63,13 @@ class DeliveryPipeline:
             self._pipeline.__exit__(kind, error, trace)
 
     def send(
-        self,
-        message_row_id: int,
-        ledger_id: int,
-        state: str,
-        dsn: str,
-        detail: str,
-        now: dt.datetime,
-        *,
-        queued: bool,
-        expected: bool,
+        self, ledger_id: int, expected: bool, record: Callable[[], psycopg.Cursor[Any]]
     ) -> None:
-        """outcomes.send_delivery in the pipeline; expected: it updates the row (the row was
-        open), as record_delivery would have returned."""
+        """record() (outcomes.record_delivery of ledger_id) in the pipeline; expected: it
+        updates the row (the row was open)."""
         if not self._sent:
             self._pipeline.enter_context(self.conn.pipeline())
-        cursor = outcomes.send_delivery(
-            self.conn, message_row_id, ledger_id, state, dsn, detail, now, queued=queued
-        )
-        self._sent.append(_Sent(cursor, ledger_id, expected))
+        self._sent.append(_Sent(record(), ledger_id, expected))
 
     def settle(self) -> None:
         """Leave pipeline mode (psycopg syncs and reads every result) and check each result;
@@ -132,14 +121,18 @@ def pipelined_delivery(
     owners.queued(event.queue_id, message_id)
     state = candidate.outcome.value
     deliveries.send(
-        message_id,
         ledger_id,
-        state,
-        candidate.dsn,
-        candidate.describe(),
-        now,
-        queued=queued,
-        expected=expected,
+        expected,
+        lambda: outcomes.record_delivery(
+            deliveries.conn,
+            message_id,
+            ledger_id,
+            state,
+            candidate.dsn,
+            candidate.describe(),
+            now,
+            queued=queued,
+        ),
     )
     rows.recorded(message_id, ledger_id, state if expected else None)
     return Counters(**{state: 1}) if expected else Counters()

@@ -421,8 +421,9 @@ def _apply_delivery(
         rows.recorded(message_id, ledger_id, "bounced" if bounced else None)
         return Counters(bounced=1) if bounced else Counters()
     state = candidate.outcome.value
-    recorded = outcomes.record_delivery(
+    cursor = outcomes.record_delivery(
         conn, message_id, ledger_id, state, candidate.dsn, candidate.describe(), now, queued=queued
     )
+    recorded = cursor.fetchone() is not None
     rows.recorded(message_id, ledger_id, state if recorded else None)
     return Counters(**{state: 1}) if recorded else Counters()
