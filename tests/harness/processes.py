@@ -26,11 +26,21 @@ class HarnessError(RuntimeError):
     """A service of the tests' own did not start or stop as expected."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A TCP port on 127.0.0.1 nobody listens on right now, and not one this process was
+    given before: callers often take several before anything listens (the bench's Postfix
+    writes all its listeners first), and the kernel may offer a port it just offered again,
+    so two services got one port and `postconf -M` put the second over the first."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
