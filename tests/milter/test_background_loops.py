@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from tests.harness.metrics import http_get
 from tests.harness.processes import wait_until
-from tests.store.builders import Tenant
+from tests.store.builders import Tenant, make_tenant
 from tests.store.test_journal import accepted, poisoned
 from txrelay import metrics
 from txrelay.clock import SystemClock
@@ -153,3 +154,39 @@ def test_an_undecodable_journal_line_is_set_aside_and_healthz_and_the_metric_sho
     status, body, _ = milter_endpoint_answers(config, auth_socket, journal, runtime)
     assert (status, body.splitlines()[0]) == (200, "degraded"), body
     assert "journal: 1 entries set aside" in body
+
+
+class HeldFirstBuild(PolicyLoader):
+    """A loader whose first build waits until the test lets it go, as a slow poll would."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.building = threading.Event()
+        self.go_on = threading.Event()
+        self.builds = 0
+
+    def build(self, rows: PolicyRows, credentials_since: float | None = None) -> PolicySnapshot:
+        self.builds += 1
+        if self.builds == 1:
+            self.building.set()
+            assert self.go_on.wait(10)
+        return super().build(rows, credentials_since)
+
+
+def test_a_slow_reload_never_puts_back_a_snapshot_older_than_a_later_one(
+        runtime: Runtime, db: psycopg.Connection, unique: str) -> None:
+    """A poll that read its rows before a connection was made and a refresh that read them
+    after: whichever finishes last, the connection is in the snapshot kept."""
+    loader = HeldFirstBuild(runtime.config.quota)
+    cache = PolicyCache(runtime.ledger.pool, loader, 60)
+    slow = threading.Thread(target=cache.refresh)
+    slow.start()
+    assert loader.building.wait(10)
+    made = make_tenant(db, unique)
+    later = threading.Thread(target=cache.refresh)
+    later.start()
+    later.join(1.0)  # without one reload at a time, it is done here and kept first
+    loader.go_on.set()
+    slow.join(10)
+    later.join(10)
+    assert cache.current is not None and made.username in cache.current.connections

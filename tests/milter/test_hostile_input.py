@@ -94,6 +94,7 @@ def test_recipient_domain_with_an_invisible_character_gets_550_5_1_3(
         driver: Driver, tenant: Tenant) -> None:
     outcome = driver.send(tenant, recipients=("alice@cust\u200bomer.example",
                                               "bob@customer.example"))
+    assert outcome.mail == Milter.CONTINUE, outcome.mail_reply
     (first, reply), (second, _) = outcome.rcpt
     assert first == Milter.REJECT and reply is not None and reply[:2] == ("550", "5.1.3")
     assert "U+200B" in reply[2]

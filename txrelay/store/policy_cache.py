@@ -92,13 +92,23 @@ class PolicyCache:
             now = time.monotonic()
             if now - self._last_refresh >= UNKNOWN_LOGIN_RECHECK:
                 self._last_refresh = now
-                self.refresh()
+                self._reload()
         finally:
             self._refresh_lock.release()
         return self.current
 
     def refresh(self) -> bool:
-        """Reload when the version moved; True when the snapshot is usable afterwards."""
+        """Reload when the version moved; True when the snapshot is usable afterwards.
+
+        One reload at a time: two at once read their rows at different moments, and the one
+        that finished last, not the one that read last, would be kept, so a slow poll could
+        put back a snapshot without a connection made a moment ago (and the loader's record
+        of credentials would be raced the same way)."""
+        with self._refresh_lock:
+            return self._reload()
+
+    def _reload(self) -> bool:
+        """refresh(), with the refresh lock held by the caller."""
         try:
             with self.pool.connection() as conn:
                 version = current_version(conn)
@@ -198,5 +208,4 @@ class PolicyCache:
         self.loop.stop()
 
     def _poll(self) -> None:
-        with self._refresh_lock:  # connections meeting an unknown login wait for it
-            self.refresh()
+        self.refresh()  # connections meeting an unknown login wait for it on its lock
