@@ -8,6 +8,8 @@ from typing import Any
 
 import psycopg
 
+from txrelay.store.ledger_states import OPEN, sql_list
+
 
 @dataclass(frozen=True)
 class Account:
@@ -183,11 +185,11 @@ def mark_deleted(conn: psycopg.Connection, account_id: int, now: dt.datetime) ->
 # What the next invoice will still charge for: overage recipients of the open period
 # (migration 0033's txrelay_overage_used; blocks are paid when booked), and recipients
 # still in flight (they will be billed when they finish).
-UNBILLED_USAGE = """
+UNBILLED_USAGE = f"""
 SELECT txrelay_overage_used(%(id)s, %(start)s, %(end)s) AS overage,
        (SELECT count(*) FROM ledger l
-         WHERE l.account_id = %(id)s AND l.state IN ('accepted', 'queued', 'deferred')
-           AND l.billing <> 'void') AS in_flight"""
+         WHERE l.account_id = %(id)s AND l.state IN {sql_list(OPEN)}
+           AND l.billing <> 'void') AS in_flight"""  # noqa: S608 - composed of constants
 
 
 def unbilled_usage(

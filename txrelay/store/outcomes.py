@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from txrelay.policy.bounces import BounceKind, classify
 from txrelay.policy.suppression import SuppressionRules, after_bounce, after_complaint
 from txrelay.store import suppressions, webhook_events
+from txrelay.store.ledger_states import OPEN, sql_list
 
 log = logging.getLogger("txrelay.outcomes")
 Conn = psycopg.Connection[Any]
@@ -65,17 +66,17 @@ WITH queued AS (
 recorded AS (
     UPDATE ledger SET state = %(event)s, dsn = %(dsn)s, last_event = %(last_event)s,
                       last_event_at = %(now)s
-     WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred')
+     WHERE id = %(ledger_id)s AND state IN {sql_list(OPEN)}
     RETURNING id, account_id, connection_id, recipient, message_id),
 outbox AS ({webhook_events.INSERT_OUTBOX_FROM.format(source=_DELIVERY_EVENT)})
 SELECT id FROM recorded"""  # noqa: S608 - composed of constants
 
 # A DSN may come after Postfix logged the remote server's 250: delivered becomes bounced.
 # A bounce already recorded is not recorded again (the log and the DSN of one bounce).
-RECORD_BOUNCE = """
+RECORD_BOUNCE = f"""
 UPDATE ledger SET state = 'bounced', dsn = %(dsn)s, last_event = %(event)s,
                   last_event_at = %(now)s, bounce_kind = %(kind)s, bounce_source = %(source)s
- WHERE id = %(ledger_id)s AND state IN ('accepted', 'queued', 'deferred', 'delivered')"""
+ WHERE id = %(ledger_id)s AND state IN {sql_list((*OPEN, "delivered"))}"""  # noqa: S608 - composed of constants
 
 RECORD_COMPLAINT = """
 UPDATE ledger SET complained_at = %(now)s, complaint_type = %(type)s

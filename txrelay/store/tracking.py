@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from txrelay.store.ledger_states import FINAL, OPEN, sql_list
+
 Conn = psycopg.Connection[Any]  # dict_row connections (txrelay.store.database)
 
 
@@ -184,10 +186,10 @@ SELECT id, message_id, lower(recipient) AS recipient, state FROM ledger
 
 # qmgr gave up on a message: its recipients still pending, each then recorded as a bounce
 # through store/outcomes.py (the chunk locked them already, in id order).
-EXPIRING_ROWS = """
+EXPIRING_ROWS = f"""
 SELECT id, dsn, last_event FROM ledger
- WHERE message_id = %(message_id)s AND state IN ('accepted', 'queued', 'deferred')
- ORDER BY id"""
+ WHERE message_id = %(message_id)s AND state IN {sql_list(OPEN)}
+ ORDER BY id"""  # noqa: S608 - composed of constants
 
 # A chunk of log lines is one transaction that updates the rows of many messages in log
 # order, which is not id order: the settler, which locks an account's pending rows by id,
@@ -226,9 +228,8 @@ class Confirmed:
     voided_rows: int
 
 
-# Ledger states no delivery line changes any more (a DSN may still turn delivered into
-# bounced); voided rows were never Postfix's to deliver.
-FINAL_STATES = frozenset({"delivered", "bounced", "voided"})
+# What a delivery line's statement (outcomes.RECORD_DELIVERY) leaves as it is.
+FINAL_STATES = frozenset(FINAL)
 
 
 @dataclass(frozen=True)
