@@ -1,8 +1,10 @@
-"""Store fixtures: the run's Redis DB with a per-test key prefix, and tenants made with SQL."""
+"""Store fixtures: the run's Redis DB with a per-test key prefix, tenants made with SQL, the
+connections the tests and the daemons use, and a mail log for the tracker."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -11,7 +13,8 @@ import redis
 from psycopg.rows import dict_row
 
 from tests.store.builders import Tenant, make_tenant
-from txrelay.config import DatabaseConfig
+from tests.store.tracking_fixtures import MailLog
+from txrelay.config import Config, DatabaseConfig
 from txrelay.store import database
 
 
@@ -42,6 +45,27 @@ def conn(database_url: str) -> Any:
     """A dict-row connection to the run's database, not autocommit (tests see transactions)."""
     with psycopg.connect(database_url, row_factory=dict_row) as connection:  # type: ignore[arg-type]
         yield connection
+
+
+@pytest.fixture()
+def store_conn(config: Config) -> Iterator[psycopg.Connection]:
+    """A connection as the tracker, the lifecycle tick and the CLI open one
+    (txrelay.store.database.connect): autocommit, dict rows."""
+    connection = database.connect(config.database, autocommit=True)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture()
+def node(unique: str) -> str:
+    """This test's relay node name, so its queue ids and log position are its own."""
+    return f"node-{unique}"
+
+
+@pytest.fixture()
+def maillog(tmp_path: Path) -> MailLog:
+    """A Postfix mail log the test writes lines to, for a tracker to follow."""
+    return MailLog(tmp_path / "postfix.log")
 
 
 @pytest.fixture()

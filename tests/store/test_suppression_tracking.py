@@ -5,39 +5,23 @@ soft bounces."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.store.tracking_fixtures import MailLog, add_message, ledger_row, make_sender, states
 from txrelay.clock import FixedClock
-from txrelay.config import Config, SuppressionConfig
+from txrelay.config import SuppressionConfig
 from txrelay.policy.suppression import SuppressionRules
-from txrelay.store import database
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.follower import LogFollower
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture()
-def conn(config: Config) -> Iterator[psycopg.Connection]:
-    connection = database.connect(config.database, autocommit=True)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture()
-def maillog(tmp_path: Path) -> MailLog:
-    return MailLog(tmp_path / "postfix.log")
-
-
-def run_tracker(conn: psycopg.Connection, node: str, maillog: MailLog,
+def run_tracker(store_conn: psycopg.Connection, node: str, maillog: MailLog,
                 rules: SuppressionRules) -> None:
-    Tracker(conn, node, LogFollower(maillog.path, rotation_grace=0.0), FixedClock(NOW),
+    Tracker(store_conn, node, LogFollower(maillog.path, rotation_grace=0.0), FixedClock(NOW),
             rules).run_pass()
 
 
@@ -53,7 +37,7 @@ def expire(maillog: MailLog, queue_id: str) -> None:
 
 
 def test_an_expired_recipient_is_a_soft_bounce_and_suppressed_at_the_configured_limit(
-        db: psycopg.Connection[Any], conn: psycopg.Connection, maillog: MailLog,
+        db: psycopg.Connection[Any], store_conn: psycopg.Connection, maillog: MailLog,
         unique: str) -> None:
     node = f"node-{unique}"
     sender = make_sender(db, unique)
@@ -64,7 +48,7 @@ def test_an_expired_recipient_is_a_soft_bounce_and_suppressed_at_the_configured_
     maillog.delivery("QSAAAA", "b@x.test", "deferred", dsn="4.4.1", detail="timed out")
     expire(maillog, "QSAAAA")
     rules = SuppressionConfig(soft_bounce_limit=1, soft_bounces_days=5).rules()
-    run_tracker(conn, node, maillog, rules)
+    run_tracker(store_conn, node, maillog, rules)
     assert states(db, message) == {"a@x.test": "delivered", "b@x.test": "bounced",
                                    "c@x.test": "bounced"}
     deferred = ledger_row(db, message, "b@x.test")
@@ -79,7 +63,7 @@ def test_an_expired_recipient_is_a_soft_bounce_and_suppressed_at_the_configured_
 
 
 def test_below_the_soft_bounce_limit_an_expired_recipient_is_not_suppressed(
-        db: psycopg.Connection[Any], conn: psycopg.Connection, maillog: MailLog,
+        db: psycopg.Connection[Any], store_conn: psycopg.Connection, maillog: MailLog,
         unique: str) -> None:
     node = f"node-{unique}"
     sender = make_sender(db, unique)
@@ -89,25 +73,25 @@ def test_below_the_soft_bounce_limit_an_expired_recipient_is_not_suppressed(
     add_message(db, sender, "QUAAAA", ["b@x.test"], node=node)
     maillog.queued("QUAAAA", 1)
     expire(maillog, "QUAAAA")
-    run_tracker(conn, node, maillog, SuppressionRules(soft_bounce_limit=3))
+    run_tracker(store_conn, node, maillog, SuppressionRules(soft_bounce_limit=3))
     assert suppression(db, sender.account_id, "b@x.test") is None
     add_message(db, sender, "QVAAAA", ["b@x.test"], node=node)
     maillog.queued("QVAAAA", 1)
     expire(maillog, "QVAAAA")
-    run_tracker(conn, node, maillog, SuppressionRules(soft_bounce_limit=3))
+    run_tracker(store_conn, node, maillog, SuppressionRules(soft_bounce_limit=3))
     row = suppression(db, sender.account_id, "b@x.test")
     assert row is not None and row["reason"] == "soft_bounces"  # the third one
 
 
 def test_a_hard_bounce_is_suppressed_for_the_configured_days(
-        db: psycopg.Connection[Any], conn: psycopg.Connection, maillog: MailLog,
+        db: psycopg.Connection[Any], store_conn: psycopg.Connection, maillog: MailLog,
         unique: str) -> None:
     node = f"node-{unique}"
     sender = make_sender(db, unique)
     add_message(db, sender, "QWAAAA", ["gone@x.test"], node=node)
     maillog.queued("QWAAAA", 1)
     maillog.delivery("QWAAAA", "gone@x.test", "bounced", detail="550 5.1.1 no such user")
-    run_tracker(conn, node, maillog, SuppressionConfig(hard_bounce_days=10).rules())
+    run_tracker(store_conn, node, maillog, SuppressionConfig(hard_bounce_days=10).rules())
     row = suppression(db, sender.account_id, "gone@x.test")
     assert row is not None and (row["reason"], row["dsn"]) == ("hard_bounce", "5.1.1")
     assert row["expires_at"] == NOW + dt.timedelta(days=10)

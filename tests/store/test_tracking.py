@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,7 +13,6 @@ import redis
 from tests.store.tracking_fixtures import MailLog, add_message, ledger_row, make_sender, states
 from txrelay import metrics
 from txrelay.clock import FixedClock
-from txrelay.config import Config
 from txrelay.store import database, tracking
 from txrelay.store.keys import AccountKeys
 from txrelay.tracker import engine
@@ -25,26 +22,9 @@ from txrelay.tracker.follower import LogFollower
 NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture()
-def node(unique: str) -> str:
-    return f"node-{unique}"
-
-
-@pytest.fixture()
-def conn(config: Config) -> Iterator[psycopg.Connection]:
-    connection = database.connect(config.database, autocommit=True)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture()
-def maillog(tmp_path: Path) -> MailLog:
-    return MailLog(tmp_path / "postfix.log")
-
-
-def tracker_for(conn: psycopg.Connection, node: str, maillog: MailLog,
+def tracker_for(store_conn: psycopg.Connection, node: str, maillog: MailLog,
                 clock: FixedClock | None = None) -> Tracker:
-    return Tracker(conn, node, LogFollower(maillog.path, rotation_grace=0.0),
+    return Tracker(store_conn, node, LogFollower(maillog.path, rotation_grace=0.0),
                    clock or FixedClock(NOW))
 
 
@@ -54,11 +34,11 @@ def lines_read(db: psycopg.Connection, node: str) -> int:
     return 0 if row is None else int(row["lines_read"])  # type: ignore[call-overload]
 
 
-def test_queued_then_sent_deferred_bounced_per_recipient(db, conn, node, maillog, unique):
+def test_queued_then_sent_deferred_bounced_per_recipient(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q1AAAA", ["ok@x.test", "defer@x.test", "bounce@x.test"],
                           node=node)
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     maillog.queued("Q1AAAA", 3)
     tracker.run_pass()
     assert set(states(db, message).values()) == {"queued"}
@@ -77,7 +57,7 @@ def test_queued_then_sent_deferred_bounced_per_recipient(db, conn, node, maillog
     assert queued_at == NOW
 
 
-def test_delivered_and_bounced_are_final(db, conn, node, maillog, unique):
+def test_delivered_and_bounced_are_final(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q2AAAA", ["a@x.test", "b@x.test"], node=node)
     maillog.queued("Q2AAAA", 2)
@@ -85,7 +65,7 @@ def test_delivered_and_bounced_are_final(db, conn, node, maillog, unique):
     maillog.delivery("Q2AAAA", "b@x.test", "bounced")
     maillog.delivery("Q2AAAA", "a@x.test", "deferred")
     maillog.delivery("Q2AAAA", "b@x.test", "sent")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {"a@x.test": "delivered", "b@x.test": "bounced"}
 
 
@@ -95,7 +75,7 @@ def outcomes_counted() -> dict[str, float]:
             for state in ("delivered", "deferred", "bounced")}
 
 
-def test_outcomes_are_counted_once_by_state_for_the_metrics(db, conn, node, maillog, unique):
+def test_outcomes_are_counted_once_by_state_for_the_metrics(db, store_conn, node, maillog, unique):
     """txrelay_tracker_outcomes_total: each deferral, a bounce once however often it is read,
     and a delivery later reported bounced in both states (as the ledger row went)."""
     sender = make_sender(db, unique)
@@ -109,34 +89,34 @@ def test_outcomes_are_counted_once_by_state_for_the_metrics(db, conn, node, mail
     maillog.delivery("Q9AAAA", "b@x.test", "bounced")
     maillog.delivery("Q9AAAA", "c@x.test", "sent")
     maillog.delivery("Q9AAAA", "c@x.test", "bounced")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert result.counters.outcomes() == {"delivered": 2, "deferred": 2, "bounced": 2}
     after = outcomes_counted()
     assert {state: after[state] - before[state] for state in after} == {
         "delivered": 2.0, "deferred": 2.0, "bounced": 2.0}
 
 
-def test_deferred_then_sent_ends_delivered(db, conn, node, maillog, unique):
+def test_deferred_then_sent_ends_delivered(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q3AAAA", ["a@x.test"], node=node)
     maillog.queued("Q3AAAA", 1)
     maillog.delivery("Q3AAAA", "a@x.test", "deferred")
     maillog.queued("Q3AAAA", 1)  # qmgr logs the line again on each retry
     maillog.delivery("Q3AAAA", "a@x.test", "sent")
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     result = tracker.run_pass()
     assert states(db, message) == {"a@x.test": "delivered"}
     assert result.counters.unmatched_events == 0
 
 
-def test_a_line_split_across_reads_is_applied_once_complete(db, conn, node, maillog, unique):
+def test_a_line_split_across_reads_is_applied_once_complete(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q4AAAA", ["a@x.test"], node=node)
     maillog.queued("Q4AAAA", 1)
     full = ("Nov 27 22:39:01 relay1 postfix/smtp[1]: Q4AAAA: to=<a@x.test>, relay=none, "
             "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)\n")
     maillog.write(full[:60])
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     tracker.run_pass()
     assert states(db, message) == {"a@x.test": "queued"}
     assert lines_read(db, node) == 1
@@ -146,11 +126,11 @@ def test_a_line_split_across_reads_is_applied_once_complete(db, conn, node, mail
     assert lines_read(db, node) == 2
 
 
-def test_rotation_by_rename_and_new_file_loses_and_repeats_nothing(db, conn, node, maillog,
+def test_rotation_by_rename_and_new_file_loses_and_repeats_nothing(db, store_conn, node, maillog,
                                                                     unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q5AAAA", ["a@x.test", "b@x.test"], node=node)
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     maillog.queued("Q5AAAA", 2)
     tracker.run_pass()
     maillog.delivery("Q5AAAA", "a@x.test", "sent")  # written just before the rename
@@ -163,13 +143,13 @@ def test_rotation_by_rename_and_new_file_loses_and_repeats_nothing(db, conn, nod
     assert lines_read(db, node) == 3
 
 
-def test_restart_resumes_from_the_stored_position(db, conn, node, maillog, unique):
+def test_restart_resumes_from_the_stored_position(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q6AAAA", ["a@x.test"], node=node)
     maillog.queued("Q6AAAA", 2)  # a mismatch: recorded once per line read
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     maillog.delivery("Q6AAAA", "a@x.test", "sent")
-    restarted = tracker_for(conn, node, maillog)
+    restarted = tracker_for(store_conn, node, maillog)
     restarted.run_pass()
     restarted.run_pass()
     assert states(db, message) == {"a@x.test": "delivered"}
@@ -179,24 +159,24 @@ def test_restart_resumes_from_the_stored_position(db, conn, node, maillog, uniqu
     assert anomalies == 1
 
 
-def test_restart_after_rotation_while_down_drains_the_rotated_file_first(db, conn, node,
+def test_restart_after_rotation_while_down_drains_the_rotated_file_first(db, store_conn, node,
                                                                          maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q7AAAA", ["a@x.test", "b@x.test"], node=node)
     maillog.queued("Q7AAAA", 2)
-    first = tracker_for(conn, node, maillog)
+    first = tracker_for(store_conn, node, maillog)
     first.run_pass()
     first.close()
     maillog.delivery("Q7AAAA", "a@x.test", "sent")
     os.rename(maillog.path, str(maillog.path) + ".20260310-120500")
     maillog.path.touch()
     maillog.delivery("Q7AAAA", "b@x.test", "sent")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {"a@x.test": "delivered", "b@x.test": "delivered"}
     assert lines_read(db, node) == 3
 
 
-def test_a_failed_transaction_is_retried_and_applied_once(db, conn, node, maillog, unique,
+def test_a_failed_transaction_is_retried_and_applied_once(db, store_conn, node, maillog, unique,
                                                           monkeypatch):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "Q8AAAA", ["a@x.test"], node=node)
@@ -212,13 +192,13 @@ def test_a_failed_transaction_is_retried_and_applied_once(db, conn, node, maillo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "apply_event", crash_on_second_line)
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     with pytest.raises(RuntimeError):
         tracker.run_pass()
     assert states(db, message) == {"a@x.test": "accepted"}  # the whole chunk rolled back
     assert lines_read(db, node) == 0
     monkeypatch.setattr(engine, "apply_event", real)
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {"a@x.test": "delivered"}
     assert lines_read(db, node) == 2
     mismatches = db.execute("SELECT count(*) AS n FROM tracker_anomalies WHERE node = %s",
@@ -226,14 +206,14 @@ def test_a_failed_transaction_is_retried_and_applied_once(db, conn, node, maillo
     assert mismatches == 1
 
 
-def test_two_trackers_on_one_position_never_apply_a_line_twice(db, conn, config, node,
+def test_two_trackers_on_one_position_never_apply_a_line_twice(db, store_conn, config, node,
                                                                maillog, unique):
     sender = make_sender(db, unique)
     add_message(db, sender, "Q9AAAA", ["a@x.test"], node=node)
     maillog.queued("Q9AAAA", 3)
     other = database.connect(config.database, autocommit=True)
     try:
-        first, second = tracker_for(conn, node, maillog), tracker_for(other, node, maillog)
+        first, second = tracker_for(store_conn, node, maillog), tracker_for(other, node, maillog)
         first.resume()
         second.resume()  # both start at the beginning of the log
         first.run_pass()
@@ -248,17 +228,17 @@ def test_two_trackers_on_one_position_never_apply_a_line_twice(db, conn, config,
                       (node,)).fetchone()["n"] == 1
 
 
-def test_hostile_quoted_address_cannot_fake_a_delivery(db, conn, node, maillog, unique):
+def test_hostile_quoted_address_cannot_fake_a_delivery(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     hostile = '"x, status=sent (ok)"@example.com'
     message = add_message(db, sender, "QAAAAA", [hostile, "victim@example.com"], node=node)
     maillog.queued("QAAAAA", 2)
     maillog.delivery("QAAAAA", hostile, "deferred", detail="450 greylisted")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {hostile: "deferred", "victim@example.com": "queued"}
 
 
-def test_postfix_bounce_notification_reusing_nothing_is_not_matched(db, conn, node, maillog,
+def test_postfix_bounce_notification_reusing_nothing_is_not_matched(db, store_conn, node, maillog,
                                                                     unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "QBAAAA", ["bounce@x.test"], node=node)
@@ -275,7 +255,7 @@ def test_postfix_bounce_notification_reusing_nothing_is_not_matched(db, conn, no
     maillog.queued("QBAAAA", 1)
     maillog.line("smtp", "QBAAAA: to=<bounce@x.test>, relay=none, delay=0, "
                          "delays=0/0/0/0, dsn=2.0.0, status=sent (ok)")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {"bounce@x.test": "bounced"}
     assert result.counters.unmatched_events == 4
     billed = db.execute("SELECT count(*) AS n FROM ledger WHERE account_id = %s",
@@ -283,30 +263,30 @@ def test_postfix_bounce_notification_reusing_nothing_is_not_matched(db, conn, no
     assert billed == 1
 
 
-def test_queue_ids_are_per_node(db, conn, node, maillog, unique):
+def test_queue_ids_are_per_node(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     mine = add_message(db, sender, "QDAAAA", ["a@x.test"], node=node)
     theirs = add_message(db, sender, "QDAAAA", ["a@x.test"], node=node + "-other")
     maillog.queued("QDAAAA", 1)
     maillog.delivery("QDAAAA", "a@x.test", "sent")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, mine) == {"a@x.test": "delivered"}
     assert states(db, theirs) == {"a@x.test": "accepted"}
 
 
-def test_unknown_lines_are_counted_and_skipped(db, conn, node, maillog, unique):
+def test_unknown_lines_are_counted_and_skipped(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "QEAAAA", ["a@x.test"], node=node)
     maillog.write("this is not a log line\n")
     maillog.line("smtp", "QEAAAA: to=<a@x.test>, status=sent (no structure)")
     maillog.write("\x00\xff binary junk\n")
     maillog.queued("QEAAAA", 1)
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert result.counters.unparsed_lines == 3
     assert states(db, message) == {"a@x.test": "queued"}
 
 
-def test_message_expiry_bounces_what_is_still_pending(db, conn, node, maillog, unique):
+def test_message_expiry_bounces_what_is_still_pending(db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "QFAAAA", ["a@x.test", "b@x.test"], node=node)
     maillog.queued("QFAAAA", 2)
@@ -314,12 +294,12 @@ def test_message_expiry_bounces_what_is_still_pending(db, conn, node, maillog, u
     maillog.delivery("QFAAAA", "b@x.test", "deferred", dsn="4.4.1", detail="timed out")
     maillog.line("qmgr", "QFAAAA: from=<shop@acme.example>, status=expired, returned to "
                          "sender")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, message) == {"a@x.test": "delivered", "b@x.test": "bounced"}
     assert ledger_row(db, message, "b@x.test")["dsn"] == "4.4.1"
 
 
-def test_removed_with_recipients_still_queued_is_an_anomaly_not_a_guess(db, conn, node,
+def test_removed_with_recipients_still_queued_is_an_anomaly_not_a_guess(db, store_conn, node,
                                                                          maillog, unique):
     """Postfix removes a queue file only when every recipient is done: a row still queued
     then lost its delivery line (Postfix or its logger killed). It stays queued, and the
@@ -333,7 +313,7 @@ def test_removed_with_recipients_still_queued_is_an_anomaly_not_a_guess(db, conn
     maillog.queued("QRBBBB", 1)
     maillog.delivery("QRBBBB", "c@x.test", "sent")
     maillog.removed("QRBBBB")
-    tracker_for(conn, node, maillog).run_pass()
+    tracker_for(store_conn, node, maillog).run_pass()
     assert states(db, lost) == {"a@x.test": "delivered", "b@x.test": "queued"}
     assert states(db, normal) == {"c@x.test": "delivered"}
     anomalies = db.execute("SELECT queue_id, kind, detail FROM tracker_anomalies"
@@ -343,7 +323,7 @@ def test_removed_with_recipients_still_queued_is_an_anomaly_not_a_guess(db, conn
     assert "1 recipients still queued" in anomalies[0]["detail"]
 
 
-def test_unconfirmed_rows_are_voided_and_their_quota_given_back(db, conn, node, unique,
+def test_unconfirmed_rows_are_voided_and_their_quota_given_back(db, store_conn, node, unique,
                                                                 config, redis_client):
     sender = make_sender(db, unique, quota=100)
     accepted = NOW - dt.timedelta(seconds=config.tracker.confirm_timeout_seconds + 5)
@@ -353,8 +333,8 @@ def test_unconfirmed_rows_are_voided_and_their_quota_given_back(db, conn, node, 
     balance_key = AccountKeys(config.redis.key_prefix, sender.account_id).balance
     redis_client.set(balance_key, 97)
     cutoff = NOW - dt.timedelta(seconds=config.tracker.confirm_timeout_seconds)
-    with conn.transaction():
-        voided = tracking.void_unconfirmed(conn, node, cutoff, NOW)
+    with store_conn.transaction():
+        voided = tracking.void_unconfirmed(store_conn, node, cutoff, NOW)
     from txrelay.store.lifecycle import apply_credits
 
     apply_credits(redis.Redis.from_url(config.redis.url), config.redis.key_prefix,
@@ -373,13 +353,13 @@ def test_unconfirmed_rows_are_voided_and_their_quota_given_back(db, conn, node, 
 
 @pytest.mark.parametrize("keep", ["nothing", "first_line"])
 def test_a_log_cut_shorter_than_the_stored_offset_is_read_on_from_its_start(
-        db, conn, node, maillog, unique, keep):
+        db, store_conn, node, maillog, unique, keep):
     """Truncated to nothing (copytruncate, or a new log that got the old one's inode number:
     another first line) or to its first line (the same file to the tracker): the stored
     offset is past the end. The tracker used to find its position 'moved' forever."""
     sender = make_sender(db, unique)
     first = add_message(db, sender, "Q9CUT1", ["a@x.test"], node=node)
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     maillog.queued("Q9CUT1", 1)
     maillog.delivery("Q9CUT1", "a@x.test", "sent", detail="250 ok " + "x" * 400)
     tracker.run_pass()
@@ -391,6 +371,6 @@ def test_a_log_cut_shorter_than_the_stored_offset_is_read_on_from_its_start(
     second = add_message(db, sender, "Q9CUT2", ["b@x.test"], node=node)
     maillog.queued("Q9CUT2", 1)
     maillog.delivery("Q9CUT2", "b@x.test", "sent")
-    result = tracker_for(conn, node, maillog).run_pass(max_chunks=5)
+    result = tracker_for(store_conn, node, maillog).run_pass(max_chunks=5)
     assert result.caught_up
     assert states(db, second) == {"b@x.test": "delivered"}

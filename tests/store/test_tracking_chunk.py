@@ -7,19 +7,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from tests.store.tracking_fixtures import MailLog, Sender, add_message, make_sender
 from txrelay.clock import FixedClock
-from txrelay.config import Config
 from txrelay.policy import logline
 from txrelay.policy.suppression import SuppressionRules
-from txrelay.store import database, webhook_events
+from txrelay.store import webhook_events
 from txrelay.tracker import engine
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.follower import LogFollower
@@ -27,25 +23,8 @@ from txrelay.tracker.follower import LogFollower
 NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture()
-def node(unique: str) -> str:
-    return f"node-{unique}"
-
-
-@pytest.fixture()
-def conn(config: Config) -> Iterator[psycopg.Connection]:
-    connection = database.connect(config.database, autocommit=True)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture()
-def maillog(tmp_path: Path) -> MailLog:
-    return MailLog(tmp_path / "postfix.log")
-
-
-def tracker_for(conn: psycopg.Connection, node: str, maillog: MailLog) -> Tracker:
-    return Tracker(conn, node, LogFollower(maillog.path, rotation_grace=0.0), FixedClock(NOW))
+def tracker_for(store_conn: psycopg.Connection, node: str, maillog: MailLog) -> Tracker:
+    return Tracker(store_conn, node, LogFollower(maillog.path, rotation_grace=0.0), FixedClock(NOW))
 
 
 def webhook(db: psycopg.Connection, sender: Sender, *events: str) -> int:
@@ -91,7 +70,7 @@ def expected_payload(db: psycopg.Connection, sender: Sender, ledger_id: int, eve
 
 
 def test_deferred_then_sent_in_one_chunk_gives_both_events_with_their_payloads(
-        db, conn, node, maillog, unique):
+        db, store_conn, node, maillog, unique):
     sender = make_sender(db, unique)
     hook = webhook(db, sender, "delivered", "deferred")
     message = add_message(db, sender, "QCH001", ["Later@x.test"], node=node,
@@ -100,7 +79,7 @@ def test_deferred_then_sent_in_one_chunk_gives_both_events_with_their_payloads(
     maillog.delivery("QCH001", "Later@x.test", "deferred", detail="450 4.2.0 try later")
     maillog.delivery("QCH001", "Later@x.test", "deferred", detail="450 4.2.0 try later")
     maillog.delivery("QCH001", "later@x.test", "sent")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert rows_of(db, message) == [("Later@x.test", "delivered")]
     # The same attempt text at the same time is one event (as before: once per attempt).
     assert result.counters.outcomes() == {"delivered": 1, "deferred": 2, "bounced": 0}
@@ -117,7 +96,7 @@ def test_deferred_then_sent_in_one_chunk_gives_both_events_with_their_payloads(
 
 
 def test_each_copy_of_a_recipient_gets_its_own_line_within_one_chunk(
-        db, conn, node, maillog, unique):
+        db, store_conn, node, maillog, unique):
     """Two copies of a@ and one b@ (migration 0013): the second line of a@ goes to the copy
     still open, not again to the one the first line delivered."""
     sender = make_sender(db, unique)
@@ -131,7 +110,7 @@ def test_each_copy_of_a_recipient_gets_its_own_line_within_one_chunk(
     maillog.delivery("QCH002", "b@x.test", "sent")
     maillog.delivery("QCH002", "a@x.test", "sent")  # a third line: both copies are final
     maillog.removed("QCH002")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert rows_of(db, message) == [("a@x.test", "delivered"), ("a@x.test", "delivered"),
                                     ("b@x.test", "delivered")]
     assert result.counters.outcomes() == {"delivered": 3, "deferred": 1, "bounced": 0}
@@ -141,18 +120,19 @@ def test_each_copy_of_a_recipient_gets_its_own_line_within_one_chunk(
     assert anomalies["n"] == 0
 
 
-def test_a_bounced_copy_sends_the_next_line_to_the_other_copy(db, conn, node, maillog, unique):
+def test_a_bounced_copy_sends_the_next_line_to_the_other_copy(db, store_conn, node, maillog,
+                                                              unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "QCH003", ["a@x.test", "a@x.test"], node=node)
     maillog.queued("QCH003", 2)
     maillog.delivery("QCH003", "a@x.test", "bounced", detail="552 5.2.2 mailbox full")
     maillog.delivery("QCH003", "a@x.test", "sent")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert rows_of(db, message) == [("a@x.test", "bounced"), ("a@x.test", "delivered")]
     assert result.counters.outcomes() == {"delivered": 1, "deferred": 0, "bounced": 1}
 
 
-def test_two_messages_in_one_chunk_each_get_their_own_recipients(db, conn, node, maillog,
+def test_two_messages_in_one_chunk_each_get_their_own_recipients(db, store_conn, node, maillog,
                                                                   unique):
     sender = make_sender(db, unique)
     first = add_message(db, sender, "QCH004", ["a@x.test", "b@x.test"], node=node)
@@ -164,13 +144,13 @@ def test_two_messages_in_one_chunk_each_get_their_own_recipients(db, conn, node,
     maillog.delivery("QCH004", "a@x.test", "deferred")
     maillog.delivery("QCH005", "c@x.test", "bounced")
     maillog.delivery("QCH004", "c@x.test", "sent")  # not a recipient of QCH004
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert rows_of(db, first) == [("a@x.test", "deferred"), ("b@x.test", "deferred")]
     assert rows_of(db, second) == [("a@x.test", "delivered"), ("c@x.test", "bounced")]
     assert result.counters.unmatched_events == 1
 
 
-def test_kept_lines_of_a_row_that_came_later_apply_with_the_next_chunk(db, conn, node,
+def test_kept_lines_of_a_row_that_came_later_apply_with_the_next_chunk(db, store_conn, node,
                                                                        maillog, unique):
     """A journaled message: its lines are kept while it has no row; the chunk that reads
     its next line applies them first, against the rows that chunk locked."""
@@ -178,7 +158,7 @@ def test_kept_lines_of_a_row_that_came_later_apply_with_the_next_chunk(db, conn,
     maillog.queued("QCH006", 2)
     maillog.delivery("QCH006", "a@x.test", "deferred")
     maillog.delivery("QCH006", "a@x.test", "sent")
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     first = tracker.run_pass()
     assert first.counters.unmatched_events == 3
     message = add_message(db, sender, "QCH006", ["a@x.test", "b@x.test"], node=node,
@@ -189,21 +169,21 @@ def test_kept_lines_of_a_row_that_came_later_apply_with_the_next_chunk(db, conn,
     assert second.counters.outcomes() == {"delivered": 2, "deferred": 1, "bounced": 0}
 
 
-def test_apply_event_without_the_chunks_rows_reads_them_per_line(db, conn, node, unique):
+def test_apply_event_without_the_chunks_rows_reads_them_per_line(db, store_conn, node, unique):
     """Callers that pass no LedgerRows (one event at a time) match the same copies."""
     sender = make_sender(db, unique)
     message = add_message(db, sender, "QCH007", ["a@x.test", "a@x.test"], node=node)
     line = ("Nov 27 22:39:01 relay1 postfix/smtp[1]: QCH007: to=<a@x.test>, relay=none, "
             "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)")
-    with conn.transaction():
+    with store_conn.transaction():
         for _ in range(3):
-            engine.apply_event(conn, node, logline.parse_line(line), NOW, line,
+            engine.apply_event(store_conn, node, logline.parse_line(line), NOW, line,
                                SuppressionRules())
     assert rows_of(db, message) == [("a@x.test", "delivered"), ("a@x.test", "delivered")]
 
 
 def test_a_10kb_message_costs_three_statements_and_a_chunk_eight_more(
-        db, conn, node, maillog, unique, monkeypatch):
+        db, store_conn, node, maillog, unique, monkeypatch):
     """qmgr's line, the delivery line (outcome and webhook event together) and 'removed':
     one statement each; the delivery line reads nothing (the chunk's row locks did)."""
     sender = make_sender(db, unique)
@@ -213,7 +193,7 @@ def test_a_10kb_message_costs_three_statements_and_a_chunk_eight_more(
         maillog.queued(f"QCS{n:03d}", 1)
         maillog.delivery(f"QCS{n:03d}", f"r{n}@x.test", "sent")
         maillog.removed(f"QCS{n:03d}")
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     tracker.resume()
     statements = []
     real = psycopg.Connection.execute
@@ -232,7 +212,7 @@ def test_a_10kb_message_costs_three_statements_and_a_chunk_eight_more(
 
 
 def test_a_pipelined_delivery_whose_row_was_final_rolls_the_chunk_back_and_applies_it_again(
-        db, conn, node, maillog, unique, monkeypatch, caplog):
+        db, store_conn, node, maillog, unique, monkeypatch, caplog):
     """The chunk's row locks read b@ as queued while it was delivered already (a stale read,
     which the locks exclude; simulated here): the pipelined statement for b@ updates nothing,
     which settle() finds before the commit. The chunk is rolled back and applied again
@@ -254,7 +234,7 @@ def test_a_pipelined_delivery_whose_row_was_final_rolls_the_chunk_back_and_appli
     for recipient in ("a@x.test", "b@x.test", "c@x.test"):
         maillog.delivery("QCH008", recipient, "sent")
     maillog.removed("QCH008")
-    tracker = tracker_for(conn, node, maillog)
+    tracker = tracker_for(store_conn, node, maillog)
     with caplog.at_level(logging.WARNING, logger="txrelay.tracker"):
         result = tracker.run_pass()
     # Only the tracker's records: a milter of an earlier test in this worker may still log.
@@ -275,7 +255,7 @@ def test_a_pipelined_delivery_whose_row_was_final_rolls_the_chunk_back_and_appli
 
 
 def test_a_bounce_after_pipelined_deliveries_reads_its_own_result_in_log_order(
-        db, conn, node, maillog, unique):
+        db, store_conn, node, maillog, unique):
     """A bounce (its row read and locked, its UPDATE's rowcount read, suppression decided)
     waits for the delivery statements sent before it: d@, bounced already by its DSN, is
     not counted again. The events are written in the log's order."""
@@ -290,7 +270,7 @@ def test_a_bounce_after_pipelined_deliveries_reads_its_own_result_in_log_order(
     maillog.delivery("QCH009", "b@x.test", "bounced", detail="550 5.1.1 no such user")
     maillog.delivery("QCH009", "c@x.test", "sent")
     maillog.delivery("QCH009", "d@x.test", "bounced", detail="550 5.1.1 no such user")
-    result = tracker_for(conn, node, maillog).run_pass()
+    result = tracker_for(store_conn, node, maillog).run_pass()
     assert result.counters.outcomes() == {"delivered": 2, "deferred": 0, "bounced": 1}
     assert rows_of(db, message) == [("a@x.test", "delivered"), ("b@x.test", "bounced"),
                                     ("c@x.test", "delivered"), ("d@x.test", "bounced")]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,7 +15,6 @@ import pytest
 
 from tests.store.tracking_fixtures import add_message, make_sender, states
 from txrelay.clock import FixedClock
-from txrelay.config import Config
 from txrelay.store import database, tracking
 from txrelay.tracker.engine import Tracker
 from txrelay.tracker.journal import JournalReader, JournalUnreadable
@@ -78,15 +76,8 @@ def node(unique: str) -> str:
     return f"jnode-{unique}"
 
 
-@pytest.fixture()
-def conn(config: Config) -> Iterator[psycopg.Connection]:
-    connection = database.connect(config.database, autocommit=True)
-    yield connection
-    connection.close()
-
-
-def journal_tracker(conn: psycopg.Connection, node: str, journal: FakeJournal) -> Tracker:
-    return Tracker(conn, node, JournalReader("postfix", journalctl=str(journal.journalctl)),
+def journal_tracker(store_conn: psycopg.Connection, node: str, journal: FakeJournal) -> Tracker:
+    return Tracker(store_conn, node, JournalReader("postfix", journalctl=str(journal.journalctl)),
                    FixedClock(NOW))
 
 
@@ -98,7 +89,7 @@ def stored(db: psycopg.Connection, node: str) -> dict:
 
 
 def test_cursor_is_stored_with_the_outcomes_and_a_restart_applies_only_newer_entries(
-        db, conn, node, fake_journal, unique):
+        db, store_conn, node, fake_journal, unique):
     sender = make_sender(db, unique)
     first = add_message(db, sender, "J1AAAA", ["a@x.test", "b@x.test"], node=node)
     fake_journal.queued("J1AAAA", 2)
@@ -106,29 +97,30 @@ def test_cursor_is_stored_with_the_outcomes_and_a_restart_applies_only_newer_ent
     fake_journal.add("postfix-other/smtp", "J1AAAA: to=<b@x.test>, relay=x[1.2.3.4]:25, "
                      "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (other instance)")
     last = fake_journal.add("sshd", "Accepted publickey for root")
-    result = journal_tracker(conn, node, fake_journal).run_pass()
+    result = journal_tracker(store_conn, node, fake_journal).run_pass()
     assert result.caught_up and result.counters.lines_read == 2
     assert states(db, first) == {"a@x.test": "delivered", "b@x.test": "queued"}
     assert stored(db, node) == {"log_path": "journal", "journal_cursor": last, "inode": None,
                                 "lines_read": 2}
 
     fake_journal.delivery("J1AAAA", "b@x.test", "bounced", "5.1.1")
-    restarted = journal_tracker(conn, node, fake_journal)
+    restarted = journal_tracker(store_conn, node, fake_journal)
     assert restarted.run_pass().counters.lines_read == 1
     assert restarted.run_pass().counters.lines_read == 0
     assert states(db, first) == {"a@x.test": "delivered", "b@x.test": "bounced"}
     assert stored(db, node)["lines_read"] == 3
-    assert tracking.load_position(conn, node, "journal").cursor == f"s=1;i={fake_journal.count}"
+    assert tracking.load_position(store_conn, node,
+                                  "journal").cursor == f"s=1;i={fake_journal.count}"
 
 
-def test_two_trackers_on_one_journal_never_apply_an_entry_twice(db, conn, config, node,
+def test_two_trackers_on_one_journal_never_apply_an_entry_twice(db, store_conn, config, node,
                                                                fake_journal, unique):
     sender = make_sender(db, unique)
     message = add_message(db, sender, "J2AAAA", ["a@x.test"], node=node)
     fake_journal.queued("J2AAAA", 1)
     other = database.connect(config.database, autocommit=True)
     try:
-        first = journal_tracker(conn, node, fake_journal)
+        first = journal_tracker(store_conn, node, fake_journal)
         second = journal_tracker(other, node, fake_journal)
         first.resume()
         second.resume()  # both start before the first entry
@@ -143,13 +135,13 @@ def test_two_trackers_on_one_journal_never_apply_an_entry_twice(db, conn, config
     assert states(db, message) == {"a@x.test": "delivered"}
 
 
-def test_journalctl_failing_is_an_error_with_its_message(conn, node, fake_journal):
+def test_journalctl_failing_is_an_error_with_its_message(store_conn, node, fake_journal):
     fake_journal.add("postfix/qmgr", "J3AAAA: removed")
-    with conn.transaction():
-        tracking.lock_position(conn, node, "journal")
-        tracking.save_position(conn, node, "journal",
+    with store_conn.transaction():
+        tracking.lock_position(store_conn, node, "journal")
+        tracking.save_position(store_conn, node, "journal",
                                tracking.Position(None, 0, "s=9;i=404"), tracking.Counters(),
                                NOW)
     with pytest.raises(JournalUnreadable, match="journalctl exited 1: Failed to seek to "
                                                 "cursor: Invalid argument"):
-        journal_tracker(conn, node, fake_journal).run_pass()
+        journal_tracker(store_conn, node, fake_journal).run_pass()

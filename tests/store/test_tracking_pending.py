@@ -26,16 +26,6 @@ ACCEPTED = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture()
-def node(unique: str) -> str:
-    return f"node-{unique}"
-
-
-@pytest.fixture()
-def maillog(tmp_path: Path) -> MailLog:
-    return MailLog(tmp_path / "postfix.log")
-
-
-@pytest.fixture()
 def clock() -> FixedClock:
     """Twenty minutes after acceptance: well past the 600 s confirm timeout."""
     return FixedClock(ACCEPTED + dt.timedelta(minutes=20))
