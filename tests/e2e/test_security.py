@@ -82,6 +82,8 @@ def test_auth_before_starttls_is_refused_with_530(relay: RelayStack, shop: Provi
     assert code == 530 and "5.7.0" in text, text
 
 
+# The client offers the old versions on purpose, to see the relay refuse them.
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_tls_below_1_2_is_refused_and_1_2_works(relay: RelayStack) -> None:
     def handshake(maximum: ssl.TLSVersion) -> str:
         context = tls_context()
