@@ -228,10 +228,6 @@ class Confirmed:
     voided_rows: int
 
 
-# What a delivery line's statement (outcomes.RECORD_DELIVERY) leaves as it is.
-FINAL_STATES = frozenset(FINAL)
-
-
 @dataclass(frozen=True)
 class LedgerCopy:
     """One ledger row as a delivery line is matched against it: a recipient may have several,
@@ -255,7 +251,7 @@ def open_copies_first(copies: Iterable[LedgerCopy]) -> dict[str, int]:
 
 
 def _preference(copy: LedgerCopy) -> tuple[bool, int]:
-    return copy.state in FINAL_STATES, copy.ledger_id
+    return copy.state in FINAL, copy.ledger_id
 
 
 def _copies(rows: Iterable[dict[str, Any]]) -> list[LedgerCopy]:

@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 
 from txrelay.policy import logline
-from txrelay.store import outcomes, tracking
+from txrelay.store import outcomes
+from txrelay.store.ledger_states import FINAL
 from txrelay.store.tracking import Counters
 from txrelay.tracker.known import LedgerRows, Owners
 
@@ -117,7 +118,7 @@ def pipelined_delivery(
         return None
     candidate, address = picked
     ledger_id = recipients[address]
-    expected = copies[ledger_id].state not in tracking.FINAL_STATES
+    expected = copies[ledger_id].state not in FINAL  # what RECORD_DELIVERY leaves as it is
     owners.queued(event.queue_id, message_id)
     state = candidate.outcome.value
     deliveries.send(
